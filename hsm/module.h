@@ -1,0 +1,77 @@
+// A loaded and initialized PKCS#11 module. One Module per library path per
+// process: loading the same path twice returns the same object, because a
+// module can be C_Initialize'd only once.
+#pragma once
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "hsm/pkcs11.h"
+
+namespace keywarden::hsm {
+
+struct SlotToken {
+  CK_SLOT_ID slot;
+  CK_TOKEN_INFO info;
+  std::string label;   // trimmed of the blank padding
+  std::string serial;  // trimmed
+  std::string manufacturer;
+  std::string model;
+};
+
+class Module {
+ public:
+  // `spec` is a path to the module library ("/usr/lib/softhsm/libsofthsm2.so")
+  // or the name of a module registered with p11-kit ("softhsm2"). The module
+  // is initialized with CKF_OS_LOCKING_OK. Trace output is enabled when the
+  // environment variable KEYWARDEN_PKCS11_TRACE is set to a non-empty value
+  // other than "0", or later by SetTrace().
+  static absl::StatusOr<std::shared_ptr<Module>> Load(std::string_view spec);
+
+  ~Module();
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
+
+  const std::string& path() const { return path_; }
+  CK_FUNCTION_LIST* functions() const { return fn_; }
+
+  // Tokens in slots that have one, in slot order.
+  absl::StatusOr<std::vector<SlotToken>> Tokens() const;
+
+  // Prints every PKCS#11 call made through Call() with its return value and
+  // duration to `out` (stderr by default). Arguments are never printed, so a
+  // PIN or key bytes cannot reach the trace.
+  void SetTrace(bool on, FILE* out = stderr);
+  bool trace() const { return trace_; }
+
+  // Calls one PKCS#11 function, tracing it when enabled.
+  //   CK_RV rv = module.Call("C_Sign", fn->C_Sign, session, ...);
+  template <typename F, typename... Args>
+  CK_RV Call(const char* name, F f, Args... args) const {
+    if (!trace_) return f(args...);
+    auto start = std::chrono::steady_clock::now();
+    CK_RV rv = f(args...);
+    TraceLine(name, rv, std::chrono::steady_clock::now() - start);
+    return rv;
+  }
+
+ private:
+  Module(std::string path, void* handle, CK_FUNCTION_LIST* fn);
+  void TraceLine(const char* name, CK_RV rv, std::chrono::nanoseconds took) const;
+
+  std::string path_;
+  void* handle_;  // p11-kit module handle
+  CK_FUNCTION_LIST* fn_;
+  bool trace_ = false;
+  FILE* trace_out_ = stderr;
+};
+
+// Removes the trailing blanks PKCS#11 pads fixed-size fields with.
+std::string TrimPadded(const unsigned char* field, size_t size);
+
+}  // namespace keywarden::hsm

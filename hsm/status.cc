@@ -1,0 +1,197 @@
+#include "hsm/status.h"
+#include "hsm/strings.h"
+
+#include <cstdio>
+#include <string>
+
+#include <openssl/err.h>
+
+namespace keywarden::hsm {
+
+namespace {
+
+struct RvEntry {
+  CK_RV rv;
+  const char* name;
+};
+
+#define RV(x) \
+  { x, #x }
+constexpr RvEntry kRvNames[] = {
+    RV(CKR_OK),
+    RV(CKR_CANCEL),
+    RV(CKR_HOST_MEMORY),
+    RV(CKR_SLOT_ID_INVALID),
+    RV(CKR_GENERAL_ERROR),
+    RV(CKR_FUNCTION_FAILED),
+    RV(CKR_ARGUMENTS_BAD),
+    RV(CKR_NO_EVENT),
+    RV(CKR_NEED_TO_CREATE_THREADS),
+    RV(CKR_CANT_LOCK),
+    RV(CKR_ATTRIBUTE_READ_ONLY),
+    RV(CKR_ATTRIBUTE_SENSITIVE),
+    RV(CKR_ATTRIBUTE_TYPE_INVALID),
+    RV(CKR_ATTRIBUTE_VALUE_INVALID),
+    RV(CKR_ACTION_PROHIBITED),
+    RV(CKR_DATA_INVALID),
+    RV(CKR_DATA_LEN_RANGE),
+    RV(CKR_DEVICE_ERROR),
+    RV(CKR_DEVICE_MEMORY),
+    RV(CKR_DEVICE_REMOVED),
+    RV(CKR_ENCRYPTED_DATA_INVALID),
+    RV(CKR_ENCRYPTED_DATA_LEN_RANGE),
+    RV(CKR_FUNCTION_CANCELED),
+    RV(CKR_FUNCTION_NOT_PARALLEL),
+    RV(CKR_FUNCTION_NOT_SUPPORTED),
+    RV(CKR_KEY_HANDLE_INVALID),
+    RV(CKR_KEY_SIZE_RANGE),
+    RV(CKR_KEY_TYPE_INCONSISTENT),
+    RV(CKR_KEY_NOT_NEEDED),
+    RV(CKR_KEY_CHANGED),
+    RV(CKR_KEY_NEEDED),
+    RV(CKR_KEY_INDIGESTIBLE),
+    RV(CKR_KEY_FUNCTION_NOT_PERMITTED),
+    RV(CKR_KEY_NOT_WRAPPABLE),
+    RV(CKR_KEY_UNEXTRACTABLE),
+    RV(CKR_MECHANISM_INVALID),
+    RV(CKR_MECHANISM_PARAM_INVALID),
+    RV(CKR_OBJECT_HANDLE_INVALID),
+    RV(CKR_OPERATION_ACTIVE),
+    RV(CKR_OPERATION_NOT_INITIALIZED),
+    RV(CKR_PIN_INCORRECT),
+    RV(CKR_PIN_INVALID),
+    RV(CKR_PIN_LEN_RANGE),
+    RV(CKR_PIN_EXPIRED),
+    RV(CKR_PIN_LOCKED),
+    RV(CKR_SESSION_CLOSED),
+    RV(CKR_SESSION_COUNT),
+    RV(CKR_SESSION_HANDLE_INVALID),
+    RV(CKR_SESSION_PARALLEL_NOT_SUPPORTED),
+    RV(CKR_SESSION_READ_ONLY),
+    RV(CKR_SESSION_EXISTS),
+    RV(CKR_SESSION_READ_ONLY_EXISTS),
+    RV(CKR_SESSION_READ_WRITE_SO_EXISTS),
+    RV(CKR_SIGNATURE_INVALID),
+    RV(CKR_SIGNATURE_LEN_RANGE),
+    RV(CKR_TEMPLATE_INCOMPLETE),
+    RV(CKR_TEMPLATE_INCONSISTENT),
+    RV(CKR_TOKEN_NOT_PRESENT),
+    RV(CKR_TOKEN_NOT_RECOGNIZED),
+    RV(CKR_TOKEN_WRITE_PROTECTED),
+    RV(CKR_UNWRAPPING_KEY_HANDLE_INVALID),
+    RV(CKR_UNWRAPPING_KEY_SIZE_RANGE),
+    RV(CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT),
+    RV(CKR_USER_ALREADY_LOGGED_IN),
+    RV(CKR_USER_NOT_LOGGED_IN),
+    RV(CKR_USER_PIN_NOT_INITIALIZED),
+    RV(CKR_USER_TYPE_INVALID),
+    RV(CKR_USER_ANOTHER_ALREADY_LOGGED_IN),
+    RV(CKR_USER_TOO_MANY_TYPES),
+    RV(CKR_WRAPPED_KEY_INVALID),
+    RV(CKR_WRAPPED_KEY_LEN_RANGE),
+    RV(CKR_WRAPPING_KEY_HANDLE_INVALID),
+    RV(CKR_WRAPPING_KEY_SIZE_RANGE),
+    RV(CKR_WRAPPING_KEY_TYPE_INCONSISTENT),
+    RV(CKR_RANDOM_SEED_NOT_SUPPORTED),
+    RV(CKR_RANDOM_NO_RNG),
+    RV(CKR_DOMAIN_PARAMS_INVALID),
+    RV(CKR_CURVE_NOT_SUPPORTED),
+    RV(CKR_BUFFER_TOO_SMALL),
+    RV(CKR_SAVED_STATE_INVALID),
+    RV(CKR_INFORMATION_SENSITIVE),
+    RV(CKR_STATE_UNSAVEABLE),
+    RV(CKR_CRYPTOKI_NOT_INITIALIZED),
+    RV(CKR_CRYPTOKI_ALREADY_INITIALIZED),
+    RV(CKR_MUTEX_BAD),
+    RV(CKR_MUTEX_NOT_LOCKED),
+    RV(CKR_FUNCTION_REJECTED),
+};
+#undef RV
+
+absl::StatusCode CodeFor(CK_RV rv) {
+  switch (rv) {
+    case CKR_PIN_INCORRECT:
+    case CKR_PIN_LOCKED:
+    case CKR_PIN_EXPIRED:
+    case CKR_USER_NOT_LOGGED_IN:
+    case CKR_KEY_FUNCTION_NOT_PERMITTED:
+    case CKR_KEY_UNEXTRACTABLE:
+    case CKR_ATTRIBUTE_SENSITIVE:
+    case CKR_ACTION_PROHIBITED:
+      return absl::StatusCode::kPermissionDenied;
+    case CKR_ARGUMENTS_BAD:
+    case CKR_ATTRIBUTE_VALUE_INVALID:
+    case CKR_ATTRIBUTE_TYPE_INVALID:
+    case CKR_DATA_INVALID:
+    case CKR_DATA_LEN_RANGE:
+    case CKR_ENCRYPTED_DATA_INVALID:
+    case CKR_ENCRYPTED_DATA_LEN_RANGE:
+    case CKR_MECHANISM_PARAM_INVALID:
+    case CKR_PIN_INVALID:
+    case CKR_PIN_LEN_RANGE:
+    case CKR_TEMPLATE_INCONSISTENT:
+    case CKR_TEMPLATE_INCOMPLETE:
+    case CKR_KEY_SIZE_RANGE:
+    case CKR_CURVE_NOT_SUPPORTED:
+      return absl::StatusCode::kInvalidArgument;
+    case CKR_MECHANISM_INVALID:
+    case CKR_FUNCTION_NOT_SUPPORTED:
+      return absl::StatusCode::kUnimplemented;
+    case CKR_DEVICE_ERROR:
+    case CKR_DEVICE_MEMORY:
+    case CKR_DEVICE_REMOVED:
+    case CKR_TOKEN_NOT_PRESENT:
+    case CKR_TOKEN_NOT_RECOGNIZED:
+    case CKR_SESSION_COUNT:
+      return absl::StatusCode::kUnavailable;
+    case CKR_OBJECT_HANDLE_INVALID:
+    case CKR_KEY_HANDLE_INVALID:
+    case CKR_SLOT_ID_INVALID:
+      return absl::StatusCode::kNotFound;
+    case CKR_HOST_MEMORY:
+      return absl::StatusCode::kResourceExhausted;
+    default:
+      return absl::StatusCode::kInternal;
+  }
+}
+
+}  // namespace
+
+std::string RvName(CK_RV rv) {
+  for (const auto& e : kRvNames) {
+    if (e.rv == rv) return e.name;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "CKR_0x%08lX", static_cast<unsigned long>(rv));
+  return buf;
+}
+
+absl::Status Pkcs11Error(std::string_view function, CK_RV rv, std::string_view what) {
+  std::string msg = what.empty() ? StrCat(function, " returned ", RvName(rv))
+                                 : StrCat(what, ": ", function, " returned ", RvName(rv));
+  return absl::Status(CodeFor(rv), msg);
+}
+
+absl::Status OpenSslError(std::string_view what, absl::StatusCode code) {
+  std::string reasons;
+  unsigned long e;
+  const char* data = nullptr;
+  int flags = 0;
+  while ((e = ERR_get_error_all(nullptr, nullptr, nullptr, &data, &flags)) != 0) {
+    std::string one;
+    if (ERR_GET_LIB(e) == ERR_LIB_USER && data != nullptr && (flags & ERR_TXT_STRING) != 0) {
+      one = data;  // keywarden's provider: the message says it all
+    } else {
+      const char* reason = ERR_reason_error_string(e);
+      one = reason != nullptr ? reason : StrCat("OpenSSL error ", e);
+      if (data != nullptr && (flags & ERR_TXT_STRING) != 0 && *data != '\0')
+        one = StrCat(one, " (", data, ")");
+    }
+    if (!reasons.empty()) reasons += "; ";
+    reasons += one;
+  }
+  if (reasons.empty()) return absl::Status(code, std::string(what));
+  return absl::Status(code, StrCat(what, ": ", reasons));
+}
+
+}  // namespace keywarden::hsm
