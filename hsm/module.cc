@@ -1,6 +1,7 @@
 #include "hsm/module.h"
 #include "hsm/strings.h"
 
+#include <climits>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -75,6 +76,12 @@ absl::StatusOr<std::shared_ptr<Module>> Module::Load(std::string_view spec) {
     path = *resolved;
   }
 
+  // One library reached by several paths (symlinks, p11-kit's path) is one
+  // module: key the cache on the canonical path.
+  if (char* real = realpath(path.c_str(), nullptr)) {
+    path = real;
+    free(real);
+  }
   std::lock_guard<std::mutex> lock(g_modules_mu);
   auto& loaded = LoadedModules();
   if (auto it = loaded.find(path); it != loaded.end()) {

@@ -49,6 +49,10 @@ class SessionKey {
   // The key wrapped (C_WrapKey) to an RSA public key, e.g. a KRA certificate's.
   absl::StatusOr<std::vector<uint8_t>> WrapTo(EVP_PKEY* rsa_public, WrapMechanism mechanism);
 
+  // For inspection (tests): the key object and the session that owns it.
+  CK_OBJECT_HANDLE handle() const { return handle_; }
+  Session& session() { return session_; }
+
  private:
   SessionKey(Session session, CK_OBJECT_HANDLE handle, SymmetricAlgorithm algorithm)
       : session_(std::move(session)), handle_(handle), algorithm_(algorithm) {}

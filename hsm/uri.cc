@@ -32,6 +32,24 @@ absl::StatusOr<Pkcs11Uri> Pkcs11Uri::Parse(std::string_view text) {
     return absl::InvalidArgumentError(
         StrCat("PKCS#11 URI \"", out.redacted_, "\": must start with \"pkcs11:\""));
   }
+  // p11-kit ignores a type it does not know; a typo there would silently
+  // widen the search, so check it here.
+  std::string_view path = text.substr(
+      7, text.find('?') == std::string_view::npos ? std::string_view::npos : text.find('?') - 7);
+  for (size_t pos = 0; pos <= path.size();) {
+    size_t end = path.find(';', pos);
+    if (end == std::string_view::npos) end = path.size();
+    std::string_view attr = path.substr(pos, end - pos);
+    if (attr.starts_with("type=")) {
+      std::string_view v = attr.substr(5);
+      if (v != "public" && v != "private" && v != "cert" && v != "secret-key" && v != "data") {
+        return absl::InvalidArgumentError(
+            StrCat("PKCS#11 URI \"", out.redacted_, "\": unknown object type \"", v,
+                   "\" (expected public, private, cert, secret-key or data)"));
+      }
+    }
+    pos = end + 1;
+  }
   std::unique_ptr<P11KitUri, UriDeleter> uri(p11_kit_uri_new());
   std::string s(text);
   int rc = p11_kit_uri_parse(s.c_str(), P11_KIT_URI_FOR_ANY, uri.get());
