@@ -230,8 +230,11 @@ absl::StatusOr<std::vector<uint8_t>> GetAttribute(Session& s, CK_OBJECT_HANDLE o
   return out;
 }
 
-bool LabelInUse(Session& s, std::string_view label) {
-  auto found = FindObjects(s, {Attr(CKA_LABEL, label.data(), label.size())});
+bool LabelInUse(Session& s, std::string_view label, std::optional<CK_OBJECT_CLASS> object_class) {
+  std::vector<CK_ATTRIBUTE> match = {Attr(CKA_LABEL, label.data(), label.size())};
+  CK_OBJECT_CLASS cls = object_class.value_or(0);
+  if (object_class) match.push_back(Attr(CKA_CLASS, cls));
+  auto found = FindObjects(s, match);
   return !found.ok() || !found->empty();  // on error, assume in use: refuse rather than clobber
 }
 
@@ -417,7 +420,7 @@ absl::StatusOr<CK_OBJECT_HANDLE> ImportCertificate(Token& token, X509* cert, std
     cleanup();
     return session.status();
   }
-  if (!label.empty() && LabelInUse(*session, label)) {
+  if (!label.empty() && LabelInUse(*session, label, CKO_CERTIFICATE)) {
     cleanup();
     return absl::AlreadyExistsError(StrCat("import certificate: label \"", label,
                                            "\" is already used on token \"", token.label(), "\""));
@@ -520,7 +523,7 @@ absl::StatusOr<CK_OBJECT_HANDLE> ImportPublicKey(Token& token, EVP_PKEY* key,
                                                  std::span<const uint8_t> id) {
   auto session = token.Acquire();
   if (!session.ok()) return session.status();
-  if (!label.empty() && LabelInUse(*session, label)) {
+  if (!label.empty() && LabelInUse(*session, label, CKO_PUBLIC_KEY)) {
     return absl::AlreadyExistsError(StrCat("import public key: label \"", label,
                                            "\" is already used on token \"", token.label(), "\""));
   }

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -67,7 +68,8 @@ absl::StatusOr<std::shared_ptr<TokenKey>> FindPrivateKey(std::shared_ptr<Token> 
                                                          std::span<const uint8_t> id = {});
 
 // Token objects (CKA_TOKEN=TRUE, public) for a certificate or a public key.
-// Refuse a label already used on the token.
+// Refuse a label already used by an object of the same class (a certificate
+// conventionally shares label and CKA_ID with its key).
 absl::StatusOr<CK_OBJECT_HANDLE> ImportCertificate(Token& token, X509* cert, std::string_view label,
                                                    std::span<const uint8_t> id);
 absl::StatusOr<CK_OBJECT_HANDLE> ImportPublicKey(Token& token, EVP_PKEY* key,
@@ -87,7 +89,10 @@ absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> FindObjects(Session& session,
                                                           std::vector<CK_ATTRIBUTE> match);
 absl::StatusOr<std::vector<uint8_t>> GetAttribute(Session& session, CK_OBJECT_HANDLE object,
                                                   CK_ATTRIBUTE_TYPE type);
-bool LabelInUse(Session& session, std::string_view label);
+// True when an object with `label` (of `object_class`, if given) exists, or
+// when the search itself fails (callers refuse rather than risk a clash).
+bool LabelInUse(Session& session, std::string_view label,
+                std::optional<CK_OBJECT_CLASS> object_class = std::nullopt);
 
 // Session object (CKA_TOKEN=FALSE) for an RSA public key, usable to wrap.
 absl::StatusOr<CK_OBJECT_HANDLE> CreateRsaWrappingKey(Session& session, EVP_PKEY* key);

@@ -152,6 +152,7 @@ absl::StatusOr<std::vector<SlotToken>> Module::Tokens() const {
     t.serial = TrimPadded(t.info.serialNumber, sizeof t.info.serialNumber);
     t.manufacturer = TrimPadded(t.info.manufacturerID, sizeof t.info.manufacturerID);
     t.model = TrimPadded(t.info.model, sizeof t.info.model);
+    t.initialized = (t.info.flags & CKF_TOKEN_INITIALIZED) != 0;
     out.push_back(std::move(t));
   }
   return out;

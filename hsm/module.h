@@ -22,6 +22,7 @@ struct SlotToken {
   std::string serial;  // trimmed
   std::string manufacturer;
   std::string model;
+  bool initialized = false;  // CKF_TOKEN_INITIALIZED: a free slot has a token that is not
 };
 
 class Module {
@@ -40,7 +41,7 @@ class Module {
   const std::string& path() const { return path_; }
   CK_FUNCTION_LIST* functions() const { return fn_; }
 
-  // Tokens in slots that have one, in slot order.
+  // Tokens in slots that have one, in slot order (initialised or not).
   absl::StatusOr<std::vector<SlotToken>> Tokens() const;
 
   // Prints every PKCS#11 call made through Call() with its return value and

@@ -47,6 +47,7 @@ absl::StatusOr<std::shared_ptr<Token>> Token::Open(std::shared_ptr<Module> modul
   std::vector<SlotToken> matches;
   std::vector<std::string> seen;
   for (auto& t : *tokens) {
+    if (!t.initialized) continue;  // SoftHSM2's free slot, a blank card
     seen.push_back(StrCat("\"", t.label, "\" (serial ", t.serial, ")"));
     if (uri.MatchesToken(t)) matches.push_back(t);
   }

@@ -1,0 +1,133 @@
+// keywarden ceremony: key ceremonies on the HSM. Like an operator's
+// ceremony tool, every step refuses to overwrite: an existing key label or
+// output file stops the run before anything is created, and every
+// signature is verified right after it is made.
+#include <openssl/x509.h>
+
+#include "cli/commands.h"
+#include "hsm/keys.h"
+#include "hsm/open.h"
+#include "hsm/provider/provider.h"
+#include "hsm/strings.h"
+#include "pki/certificate.h"
+#include "pki/files.h"
+
+namespace keywarden::cli {
+namespace {
+
+struct RootOptions {
+  std::string module;
+  std::string token_uri;
+  std::string pin_source = "prompt";
+  std::string key_label;
+  std::string key_algorithm = "rsa3072";
+  std::string subject;
+  int days = 3650;
+  int path_length = -1;
+  std::string digest = "SHA256";
+  bool pss = false;
+  std::string out;
+};
+
+absl::StatusOr<nlohmann::json> RunRoot(const RootOptions& o, std::string& text) {
+  // Everything that can be checked without touching the token comes first.
+  auto algorithm = hsm::ParseKeyAlgorithm(o.key_algorithm);
+  if (!algorithm.ok()) return algorithm.status();
+  auto subject = pki::ParseName(o.subject);
+  if (!subject.ok()) return subject.status();
+  if (auto st = pki::CheckWritable(o.out, pki::Overwrite::kRefuse); !st.ok()) return st;
+  auto uri = hsm::Pkcs11Uri::Parse(o.token_uri);
+  if (!uri.ok()) return uri.status();
+  auto pin = hsm::PinSource::Parse(o.pin_source);
+  if (!pin.ok()) return pin.status();
+
+  hsm::OpenOptions open;
+  open.default_module = DefaultModule(o.module);
+  open.pin = *pin;
+  auto token = hsm::OpenToken(*uri, open);
+  if (!token.ok()) return token.status();
+  auto crypto = hsm::CryptoContext::Create();
+  if (!crypto.ok()) return crypto.status();
+
+  hsm::KeySpec spec;
+  spec.algorithm = *algorithm;
+  spec.label = o.key_label;
+  spec.usage.sign = true;
+  auto key = hsm::GenerateKeyPair(*token, spec);
+  if (!key.ok()) return key.status();
+  auto pkey = (*crypto)->Load(*key);
+  if (!pkey.ok()) return pkey.status();
+
+  pki::RootCaOptions root;
+  root.subject = subject->get();
+  root.validity_days = o.days;
+  root.path_length = o.path_length;
+  root.signature.digest = o.digest;
+  root.signature.rsa_pss = o.pss;
+  auto cert = pki::MakeSelfSignedRoot((*crypto)->libctx(), pkey->get(), root);
+  if (!cert.ok()) return cert.status();
+  auto stored = hsm::ImportCertificate(**token, cert->get(), o.key_label, (*key)->id);
+  if (!stored.ok()) return stored.status();
+  if (auto st = pki::WriteFileAtomically(o.out, pki::ToPem(cert->get()), pki::Overwrite::kRefuse);
+      !st.ok()) {
+    return st;
+  }
+
+  const std::string sha1 = pki::Sha1Thumbprint(cert->get());
+  const std::string sha256 = pki::Sha256Thumbprint(cert->get());
+  const std::string subj = pki::FormatName(X509_get_subject_name(cert->get()));
+  const std::string key_uri =
+      StrCat("pkcs11:token=", (*token)->label(), ";object=", o.key_label, ";type=private");
+  text = StrCat("Root CA key generated on token \"", (*token)->label(), "\" (", (*key)->Describe(),
+                ")\n", "  key URI:     ", key_uri, "\n", "  key id:      ", HexString((*key)->id),
+                "\n", "  subject:     ", subj, "\n", "  SHA-1:       ", sha1, "\n",
+                "  SHA-256:     ", sha256, "\n", "  certificate: ", o.out,
+                " (signature verified; also stored on the token)\n");
+  return nlohmann::json{{"token", (*token)->label()},
+                        {"key_uri", key_uri},
+                        {"key_id", HexString((*key)->id)},
+                        {"key_algorithm", hsm::KeyAlgorithmName(*algorithm)},
+                        {"subject", subj},
+                        {"sha1", sha1},
+                        {"sha256", sha256},
+                        {"certificate", o.out}};
+}
+
+}  // namespace
+
+void RegisterCeremonyCommands(CLI::App& app, const Output& out, Action& action) {
+  CLI::App* ceremony = app.add_subcommand("ceremony", "Key ceremonies on the HSM");
+  ceremony->require_subcommand(1);
+  CLI::App* root = ceremony->add_subcommand(
+      "root", "Generate a CA key on the token and a self-signed root certificate");
+  auto o = std::make_shared<RootOptions>();
+  root->add_option("--module", o->module,
+                   "PKCS#11 module path or p11-kit name (default $KEYWARDEN_PKCS11_MODULE)");
+  root->add_option("--token", o->token_uri,
+                   "PKCS#11 URI of the token, e.g. pkcs11:token=keywarden-ca")
+      ->required();
+  root->add_option("--pin-source", o->pin_source, "file:PATH, env:NAME or prompt (default prompt)");
+  root->add_option("--key-label", o->key_label, "Label of the new key (must not exist)")
+      ->required();
+  root->add_option("--key-algorithm", o->key_algorithm,
+                   "rsa2048, rsa3072, rsa4096, ec-p256 or ec-p384 (default rsa3072)");
+  root->add_option("--subject", o->subject, "Subject, e.g. \"CN=Example Root CA,O=Example\"")
+      ->required();
+  root->add_option("--days", o->days, "Validity in days (default 3650)");
+  root->add_option("--path-length", o->path_length, "pathLenConstraint (default none)");
+  root->add_option("--digest", o->digest, "SHA256, SHA384 or SHA512 (default SHA256)");
+  root->add_flag("--pss", o->pss, "Sign with RSASSA-PSS instead of PKCS#1 v1.5");
+  root->add_option("--out", o->out, "Where to write the certificate (PEM; must not exist)")
+      ->required();
+  root->callback([&out, &action, o] {
+    action = [&out, o] {
+      std::string text;
+      auto result = RunRoot(*o, text);
+      if (!result.ok()) return out.Fail(result.status());
+      out.Result(*result, text);
+      return static_cast<int>(kExitOk);
+    };
+  });
+}
+
+}  // namespace keywarden::cli

@@ -1,0 +1,41 @@
+// keywarden: the operator's command-line tool.
+#include <cstdlib>
+
+#include <CLI/CLI.hpp>
+
+#include "cli/commands.h"
+#include "cli/output.h"
+
+namespace keywarden::cli {
+
+std::string DefaultModule(const std::string& flag) {
+  if (!flag.empty()) return flag;
+  const char* env = std::getenv("KEYWARDEN_PKCS11_MODULE");
+  return env != nullptr ? env : "";
+}
+
+}  // namespace keywarden::cli
+
+int main(int argc, char** argv) {
+  using namespace keywarden::cli;
+  CLI::App app{
+      "keywarden: hardware-backed CA key service, key archival and recovery.\n"
+      "Exit codes: 0 ok, 1 failed, 2 usage, 3 refused, 4 not found."};
+  app.require_subcommand(1);
+  Output out;
+  app.add_flag("--json", out.json, "Print results as JSON");
+  Action action;
+  RegisterTokenCommands(app, out, action);
+  RegisterCeremonyCommands(app, out, action);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return kExitUsage;
+  }
+  return action ? action() : kExitUsage;
+}

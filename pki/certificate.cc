@@ -1,0 +1,207 @@
+#include "pki/certificate.h"
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/rsa.h>
+#include <openssl/sha.h>
+
+#include "hsm/status.h"
+#include "hsm/strings.h"
+
+namespace keywarden::pki {
+namespace {
+
+using hsm::OpenSslError;
+
+// Splits on unescaped `sep`, removing the escapes.
+absl::StatusOr<std::vector<std::string>> SplitEscaped(std::string_view text, char sep) {
+  std::vector<std::string> out(1);
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (c == '\\') {
+      if (i + 1 == text.size()) return absl::InvalidArgumentError("name ends with a backslash");
+      out.back().push_back(text[++i]);
+    } else if (c == sep) {
+      out.emplace_back();
+    } else {
+      out.back().push_back(c);
+    }
+  }
+  return out;
+}
+
+std::string Trim(std::string s) {
+  size_t b = s.find_first_not_of(' ');
+  size_t e = s.find_last_not_of(' ');
+  return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
+}
+
+bool AddExtension(X509* cert, X509* issuer, int nid, const char* value) {
+  X509V3_CTX ctx;
+  X509V3_set_ctx_nodb(&ctx);
+  X509V3_set_ctx(&ctx, issuer, cert, nullptr, nullptr, 0);
+  X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value);
+  if (ext == nullptr) return false;
+  int ok = X509_add_ext(cert, ext, -1);
+  X509_EXTENSION_free(ext);
+  return ok == 1;
+}
+
+std::string Thumbprint(X509* cert, const EVP_MD* md) {
+  unsigned char buf[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (!X509_digest(cert, md, buf, &len)) return {};
+  return HexString({buf, len});
+}
+
+}  // namespace
+
+absl::StatusOr<ossl::UniquePtr<X509_NAME>> ParseName(std::string_view text) {
+  ossl::UniquePtr<X509_NAME> name(X509_NAME_new());
+  if (!name) return OpenSslError("parse name");
+  std::vector<std::string> rdns;
+  bool slash_form = !text.empty() && text.front() == '/';
+  auto split = SplitEscaped(slash_form ? text.substr(1) : text, slash_form ? '/' : ',');
+  if (!split.ok())
+    return absl::InvalidArgumentError(StrCat("name \"", text, "\": ", split.status().message()));
+  rdns = std::move(*split);
+  if (!slash_form) std::reverse(rdns.begin(), rdns.end());  // RFC 4514 lists the last RDN first
+  for (const std::string& raw : rdns) {
+    std::string rdn = Trim(raw);
+    if (rdn.empty()) {
+      if (rdns.size() == 1) break;  // the empty name
+      return absl::InvalidArgumentError(StrCat("name \"", text, "\": empty component"));
+    }
+    size_t eq = rdn.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      return absl::InvalidArgumentError(
+          StrCat("name \"", text, "\": component \"", rdn, "\" is not TYPE=value"));
+    }
+    std::string type = Trim(rdn.substr(0, eq));
+    std::string value = Trim(rdn.substr(eq + 1));
+    if (OBJ_txt2nid(type.c_str()) == NID_undef) {
+      return absl::InvalidArgumentError(
+          StrCat("name \"", text, "\": unknown attribute type \"", type, "\""));
+    }
+    if (!X509_NAME_add_entry_by_txt(name.get(), type.c_str(), MBSTRING_UTF8,
+                                    reinterpret_cast<const unsigned char*>(value.data()),
+                                    static_cast<int>(value.size()), -1, 0)) {
+      ERR_clear_error();
+      return absl::InvalidArgumentError(
+          StrCat("name \"", text, "\": value of ", type, " is not acceptable (\"", value, "\")"));
+    }
+  }
+  return name;
+}
+
+std::string FormatName(const X509_NAME* name) {
+  ossl::UniquePtr<BIO> bio(BIO_new(BIO_s_mem()));
+  X509_NAME_print_ex(bio.get(), name, 0, XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB);
+  char* data = nullptr;
+  long len = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<size_t>(len));
+}
+
+absl::StatusOr<ossl::UniquePtr<ASN1_INTEGER>> RandomSerial(size_t bytes) {
+  if (bytes < 8 || bytes > 20) return absl::InvalidArgumentError("serial: 8 to 20 bytes");
+  std::vector<uint8_t> buf(bytes);
+  do {
+    if (RAND_bytes(buf.data(), static_cast<int>(buf.size())) != 1) return OpenSslError("serial");
+    buf[0] &= 0x7f;       // positive
+  } while (buf[0] == 0);  // keep the full length: no leading zero octet
+  ossl::UniquePtr<BIGNUM> bn(BN_bin2bn(buf.data(), static_cast<int>(buf.size()), nullptr));
+  ossl::UniquePtr<ASN1_INTEGER> serial(bn ? BN_to_ASN1_INTEGER(bn.get(), nullptr) : nullptr);
+  if (!serial) return OpenSslError("serial");
+  return serial;
+}
+
+absl::Status SignCertificate(OSSL_LIB_CTX* libctx, X509* cert, EVP_PKEY* key,
+                             const SignatureOptions& options) {
+  ossl::UniquePtr<EVP_MD_CTX> mctx(EVP_MD_CTX_new());
+  EVP_PKEY_CTX* pctx = nullptr;
+  const bool ec = EVP_PKEY_is_a(key, "EC");
+  if (!mctx || EVP_DigestSignInit_ex(mctx.get(), &pctx, options.digest.c_str(), libctx, nullptr,
+                                     key, nullptr) <= 0) {
+    return OpenSslError(StrCat("sign certificate with ", options.digest));
+  }
+  if (options.rsa_pss) {
+    if (ec) return absl::InvalidArgumentError("sign certificate: RSA-PSS needs an RSA key");
+    if (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) <= 0 ||
+        EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) <= 0) {
+      return OpenSslError("sign certificate: RSA-PSS parameters");
+    }
+  }
+  if (X509_sign_ctx(cert, mctx.get()) <= 0) return OpenSslError("sign certificate");
+  return absl::OkStatus();
+}
+
+absl::Status VerifySignature(X509* cert, EVP_PKEY* issuer_public) {
+  if (X509_verify(cert, issuer_public) != 1) {
+    return OpenSslError("certificate signature does not verify", absl::StatusCode::kDataLoss);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ossl::UniquePtr<X509>> MakeSelfSignedRoot(OSSL_LIB_CTX* libctx, EVP_PKEY* key,
+                                                         const RootCaOptions& options) {
+  if (key == nullptr) return absl::InvalidArgumentError("root certificate: no key");
+  if (options.subject == nullptr || X509_NAME_entry_count(options.subject) == 0) {
+    return absl::InvalidArgumentError("root certificate: the subject name is empty");
+  }
+  if (options.validity_days <= 0 || options.validity_days > 36500) {
+    return absl::InvalidArgumentError("root certificate: validity must be 1 to 36500 days");
+  }
+  ossl::UniquePtr<X509> cert(X509_new_ex(libctx, nullptr));
+  auto serial = RandomSerial();
+  if (!cert || !serial.ok()) return OpenSslError("root certificate");
+  if (!X509_set_version(cert.get(), X509_VERSION_3) ||
+      !X509_set_serialNumber(cert.get(), serial->get()) ||
+      !X509_set_subject_name(cert.get(), options.subject) ||
+      !X509_set_issuer_name(cert.get(), options.subject) ||
+      !X509_gmtime_adj(X509_getm_notBefore(cert.get()), 0) ||
+      !X509_time_adj_ex(X509_getm_notAfter(cert.get()), options.validity_days, 0, nullptr) ||
+      !X509_set_pubkey(cert.get(), key)) {
+    return OpenSslError("root certificate: fields");
+  }
+  std::string bc = options.path_length >= 0
+                       ? StrCat("critical,CA:TRUE,pathlen:", options.path_length)
+                       : std::string("critical,CA:TRUE");
+  if (!AddExtension(cert.get(), cert.get(), NID_basic_constraints, bc.c_str()) ||
+      !AddExtension(cert.get(), cert.get(), NID_key_usage,
+                    "critical,digitalSignature,keyCertSign,cRLSign") ||
+      !AddExtension(cert.get(), cert.get(), NID_subject_key_identifier, "hash") ||
+      !AddExtension(cert.get(), cert.get(), NID_authority_key_identifier, "keyid:always")) {
+    return OpenSslError("root certificate: extensions");
+  }
+  if (auto st = SignCertificate(libctx, cert.get(), key, options.signature); !st.ok()) return st;
+  // Check the signature right after making it (an HSM fault must not
+  // ship). Re-decode the DER first: the certificate caches the signing
+  // EVP_PKEY, and the check must use a software copy of the public key.
+  unsigned char* der = nullptr;
+  int len = i2d_X509(cert.get(), &der);
+  const unsigned char* p = der;
+  ossl::UniquePtr<X509> decoded(len > 0 ? d2i_X509(nullptr, &p, len) : nullptr);
+  OPENSSL_free(der);
+  if (!decoded) return OpenSslError("root certificate: re-decode");
+  if (auto st = VerifySignature(decoded.get(), X509_get0_pubkey(decoded.get())); !st.ok())
+    return st;
+  return cert;
+}
+
+std::string Sha1Thumbprint(X509* cert) {
+  return Thumbprint(cert, EVP_sha1());
+}
+std::string Sha256Thumbprint(X509* cert) {
+  return Thumbprint(cert, EVP_sha256());
+}
+
+std::string ToPem(X509* cert) {
+  ossl::UniquePtr<BIO> bio(BIO_new(BIO_s_mem()));
+  PEM_write_bio_X509(bio.get(), cert);
+  char* data = nullptr;
+  long len = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<size_t>(len));
+}
+
+}  // namespace keywarden::pki

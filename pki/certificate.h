@@ -1,0 +1,59 @@
+// Certificate building shared by the daemon and the CLI: names, serial
+// numbers, self-signed roots. Signing goes through whatever EVP_PKEY is
+// given, so a token key (hsm::CryptoContext) signs on the token.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "hsm/ossl.h"
+
+namespace keywarden::pki {
+
+// "CN=Demo Root CA,O=keywarden,C=DE" (RFC 4514: most specific RDN first) or
+// "/C=DE/O=keywarden/CN=Demo Root CA" (OpenSSL style, in encoding order).
+// Backslash escapes a separator. Unknown attribute types are errors.
+absl::StatusOr<ossl::UniquePtr<X509_NAME>> ParseName(std::string_view text);
+// RFC 4514 string of a name.
+std::string FormatName(const X509_NAME* name);
+
+// A positive random serial of `bytes` bytes (at least 8: 64 bits of entropy
+// minus the sign bit).
+absl::StatusOr<ossl::UniquePtr<ASN1_INTEGER>> RandomSerial(size_t bytes = 16);
+
+struct SignatureOptions {
+  std::string digest = "SHA256";
+  bool rsa_pss = false;  // RSASSA-PSS, salt = digest length
+};
+
+struct RootCaOptions {
+  const X509_NAME* subject = nullptr;
+  int validity_days = 3650;
+  int path_length = -1;  // -1: no pathLenConstraint
+  SignatureOptions signature;
+};
+
+// A self-signed CA certificate: v3, random serial, basicConstraints
+// critical CA:TRUE, keyUsage critical keyCertSign+cRLSign+digitalSignature,
+// subject key identifier (SHA-1 of the key bits) and authority key identifier.
+// The signature is checked against the key's public half before returning.
+absl::StatusOr<ossl::UniquePtr<X509>> MakeSelfSignedRoot(OSSL_LIB_CTX* libctx, EVP_PKEY* key,
+                                                         const RootCaOptions& options);
+
+// Signs `cert` (already filled in) with `key`.
+absl::Status SignCertificate(OSSL_LIB_CTX* libctx, X509* cert, EVP_PKEY* key,
+                             const SignatureOptions& options);
+
+// Checks that `cert`'s signature verifies with `issuer_public`.
+absl::Status VerifySignature(X509* cert, EVP_PKEY* issuer_public);
+
+// SHA-1 and SHA-256 thumbprints (lower-case hex) of a certificate's DER.
+std::string Sha1Thumbprint(X509* cert);
+std::string Sha256Thumbprint(X509* cert);
+
+std::string ToPem(X509* cert);
+
+}  // namespace keywarden::pki
