@@ -22,6 +22,12 @@ namespace keywarden::hsm {
 
 inline constexpr char kProviderName[] = "keywarden-pkcs11";
 
+// Property query for hot paths that know they use a token key: OpenSSL then
+// fetches keywarden's implementation first instead of first trying the
+// default provider (which cannot take the key) on every operation. It is a
+// preference ("?"), so a software key given by mistake still works.
+inline constexpr char kTokenKeyProperties[] = "?provider=keywarden-pkcs11";
+
 class CryptoContext {
  public:
   static absl::StatusOr<std::shared_ptr<CryptoContext>> Create();
