@@ -83,6 +83,15 @@ TEST_F(ProviderTest, Rsa3072PssSignedCertificatePassesOpensslVerify) {
   EXPECT_NE(r.output.find("rsassaPss"), std::string::npos) << r.output;
 }
 
+TEST_F(ProviderTest, Rsa4096CertificatePassesOpensslVerify) {
+  auto key = Generate(KeyAlgorithm::kRsa4096, "ca-4096");
+  ASSERT_NE(key, nullptr);
+  EXPECT_EQ(key->bits, 4096u);
+  auto pkey = Load(key);
+  EXPECT_EQ(EVP_PKEY_get_size(pkey.get()), 512);
+  ExpectOpensslVerifies(SelfSignedCa(crypto_->libctx(), pkey.get(), "RSA-4096 Root", "SHA512").get());
+}
+
 TEST_F(ProviderTest, EcP256AndP384CertificatesPassOpensslVerify) {
   auto p256 = Load(Generate(KeyAlgorithm::kEcP256, "ec256"));
   ExpectOpensslVerifies(SelfSignedCa(crypto_->libctx(), p256.get(), "EC P-256 Root").get());
