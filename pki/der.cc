@@ -1,0 +1,92 @@
+#include "pki/der.h"
+
+namespace keywarden::pki {
+
+bool DerReader::Next(DerElement* out) {
+  if (rest_.size() < 2) return false;
+  const uint8_t tag = rest_[0];
+  if ((tag & 0x1f) == 0x1f) return false;  // high tag numbers: not used here
+  size_t len = rest_[1];
+  size_t header = 2;
+  if (len & 0x80) {
+    const size_t n = len & 0x7f;
+    if (n == 0 || n > 4 || rest_.size() < 2 + n) return false;  // indefinite or huge
+    len = 0;
+    for (size_t i = 0; i < n; ++i) len = (len << 8) | rest_[2 + i];
+    if (rest_[2] == 0 || len < 0x80) return false;  // not minimal
+    header += n;
+  }
+  if (len > rest_.size() - header) return false;
+  out->tag = tag;
+  out->contents = rest_.subspan(header, len);
+  out->whole = rest_.subspan(0, header + len);
+  rest_ = rest_.subspan(header + len);
+  return true;
+}
+
+bool DerReader::Expect(uint8_t tag, DerElement* out) {
+  uint8_t t;
+  if (!PeekTag(&t) || t != tag) return false;
+  return Next(out);
+}
+
+bool DerReader::PeekTag(uint8_t* tag) const {
+  if (rest_.empty()) return false;
+  *tag = rest_[0];
+  return true;
+}
+
+std::string OidToText(std::span<const uint8_t> c) {
+  if (c.empty() || (c.back() & 0x80)) return {};
+  std::string out;
+  uint64_t value = 0;
+  bool first = true;
+  size_t digits = 0;
+  for (uint8_t b : c) {
+    if (digits == 0 && b == 0x80) return {};  // non-minimal
+    if (++digits > 9) return {};              // arcs beyond 63 bits: refuse
+    value = (value << 7) | (b & 0x7f);
+    if (b & 0x80) continue;
+    if (first) {
+      const uint64_t a = value < 40 ? 0 : value < 80 ? 1 : 2;
+      out = std::to_string(a) + "." + std::to_string(value - a * 40);
+      first = false;
+    } else {
+      out += "." + std::to_string(value);
+    }
+    value = 0;
+    digits = 0;
+  }
+  return out;
+}
+
+bool ReadSmallInt(std::span<const uint8_t> c, int64_t* out) {
+  if (c.empty() || c.size() > 4 || (c[0] & 0x80)) return false;
+  if (c.size() > 1 && c[0] == 0 && !(c[1] & 0x80)) return false;  // not minimal
+  int64_t v = 0;
+  for (uint8_t b : c) v = (v << 8) | b;
+  *out = v;
+  return true;
+}
+
+bool BmpToUtf8(std::span<const uint8_t> c, std::string* out) {
+  if (c.size() % 2 != 0) return false;
+  out->clear();
+  for (size_t i = 0; i < c.size(); i += 2) {
+    uint32_t cp = (static_cast<uint32_t>(c[i]) << 8) | c[i + 1];
+    if (cp >= 0xd800 && cp <= 0xdfff) return false;  // BMPString has no surrogates
+    if (cp < 0x80) {
+      out->push_back(static_cast<char>(cp));
+    } else if (cp < 0x800) {
+      out->push_back(static_cast<char>(0xc0 | (cp >> 6)));
+      out->push_back(static_cast<char>(0x80 | (cp & 0x3f)));
+    } else {
+      out->push_back(static_cast<char>(0xe0 | (cp >> 12)));
+      out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3f)));
+      out->push_back(static_cast<char>(0x80 | (cp & 0x3f)));
+    }
+  }
+  return true;
+}
+
+}  // namespace keywarden::pki

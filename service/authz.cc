@@ -1,0 +1,84 @@
+#include "service/authz.h"
+
+#include <algorithm>
+
+#include "hsm/strings.h"
+#include "service/errors.h"
+
+namespace keywarden::service {
+
+const std::vector<MethodPolicy>& MethodTable() {
+  using R = Role;
+  static const auto* table = new std::vector<MethodPolicy>{
+      // Enrollment: certificates and CRL for anyone authenticated; requests for enrollees.
+      {"/keywarden.v1.Enrollment/GetCaCertificate", {}},
+      {"/keywarden.v1.Enrollment/GetExchangeCertificate", {}},
+      {"/keywarden.v1.Enrollment/GetCrl", {}},
+      {"/keywarden.v1.Enrollment/Submit", {R::kEnrollee}},
+      {"/keywarden.v1.Enrollment/Retrieve", {R::kEnrollee, R::kCertificateManager}},
+      // Officer: Certificate Managers.
+      {"/keywarden.v1.Officer/ListRequests", {R::kCertificateManager}, true},
+      {"/keywarden.v1.Officer/GetRequest", {R::kCertificateManager}, true},
+      {"/keywarden.v1.Officer/Approve", {R::kCertificateManager}, true},
+      {"/keywarden.v1.Officer/Deny", {R::kCertificateManager}, true},
+      {"/keywarden.v1.Officer/Revoke", {R::kCertificateManager}, true},
+      {"/keywarden.v1.Officer/FindCertificates", {R::kCertificateManager}, true},
+      // Administration: CA Administrators.
+      {"/keywarden.v1.Administration/GetCaStatus", {R::kCaAdministrator}},
+      {"/keywarden.v1.Administration/RenewExchangeCertificate", {R::kCaAdministrator}},
+      {"/keywarden.v1.Administration/PublishCrl", {R::kCaAdministrator}},
+      // Audit: Auditors.
+      {"/keywarden.v1.Audit/ReadAudit", {R::kAuditor}},
+      {"/keywarden.v1.Audit/VerifyAudit", {R::kAuditor}},
+      // Backup: Backup Operators.
+      {"/keywarden.v1.Backup/BackupDatabase", {R::kBackupOperator}},
+  };
+  return *table;
+}
+
+const MethodPolicy* FindMethod(std::string_view method) {
+  for (const auto& p : MethodTable()) {
+    if (method == p.method) return &p;
+  }
+  return nullptr;
+}
+
+bool IsAdministrative(const MethodPolicy& policy) {
+  return std::any_of(policy.roles.begin(), policy.roles.end(), IsCimcRole);
+}
+
+AuthzDecision Authorize(const Config& config, std::string_view principal, std::string_view method) {
+  AuthzDecision d;
+  d.roles = config.RolesOf(principal);
+  const MethodPolicy* policy = FindMethod(method);
+  if (policy == nullptr) {
+    d.status = Error(hresult::kAccessDenied, StrCat("no access rule for ", method));
+    return d;
+  }
+  auto has = [&](Role r) { return std::find(d.roles.begin(), d.roles.end(), r) != d.roles.end(); };
+  const bool administrative = IsAdministrative(*policy);
+  if (administrative && config.flags.role_separation) {
+    const auto cimc = std::count_if(d.roles.begin(), d.roles.end(), IsCimcRole);
+    if (cimc > 1) {
+      d.role_separation_refusal = true;
+      d.status = Error(hresult::kRoleConflict, StrCat(principal, " holds ", cimc, " CIMC roles"));
+      return d;
+    }
+  }
+  if (policy->roles.empty()) return d;  // any authenticated principal
+  for (Role r : policy->roles) {
+    if (has(r)) return d;
+  }
+  if (policy->administrator_without_separation && !config.flags.role_separation &&
+      has(Role::kCaAdministrator)) {
+    return d;
+  }
+  std::vector<std::string> needed;
+  for (Role r : policy->roles) needed.push_back(RoleName(r));
+  d.status = Error(hresult::kAccessDenied,
+                   StrCat(principal.empty() ? "(no principal)" : principal, " may not call ",
+                          method, ": it needs the role ", StrJoin(needed, " or ")));
+  return d;
+}
+
+}  // namespace keywarden::service

@@ -1,0 +1,40 @@
+// Who may call what. Every RPC has one row in one table (authz.cc), which
+// docs/API.md mirrors and a test checks against the proto: an RPC without
+// a row is refused.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "service/config.h"
+
+namespace keywarden::service {
+
+struct MethodPolicy {
+  const char* method;       // "/keywarden.v1.Enrollment/Submit"
+  std::vector<Role> roles;  // any one of them suffices; empty: any authenticated principal
+  // Without role separation a CA Administrator may also do this (the seed:
+  // "the Certificate Manager (or administrator of the server, if role
+  // separation is not enabled)").
+  bool administrator_without_separation = false;
+};
+
+const std::vector<MethodPolicy>& MethodTable();
+const MethodPolicy* FindMethod(std::string_view method);
+
+// An RPC is administrative when it needs one of the four CIMC roles; with
+// RoleSeparationEnabled, a principal holding more than one CIMC role is
+// refused every administrative RPC (CERTSRV_E_ROLECONFLICT).
+bool IsAdministrative(const MethodPolicy& policy);
+
+struct AuthzDecision {
+  absl::Status status;  // OK when allowed
+  bool role_separation_refusal = false;
+  std::vector<Role> roles;  // what the principal holds
+};
+
+AuthzDecision Authorize(const Config& config, std::string_view principal, std::string_view method);
+
+}  // namespace keywarden::service

@@ -1,0 +1,462 @@
+#include "service/ca/authority.h"
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+
+#include <nlohmann/json.hpp>
+
+#include "hsm/status.h"
+#include "hsm/strings.h"
+#include "pki/files.h"
+#include "pki/pkcs10.h"
+#include "service/errors.h"
+
+namespace keywarden::service {
+namespace {
+
+using nlohmann::json;
+
+constexpr size_t kMaxRequestSize = 256 * 1024;
+constexpr char kCrlSetting[] = "crl.current";
+
+std::vector<uint8_t> Der(X509* cert) {
+  unsigned char* der = nullptr;
+  int len = i2d_X509(cert, &der);
+  std::vector<uint8_t> out(der, der + std::max(len, 0));
+  OPENSSL_free(der);
+  return out;
+}
+
+std::string Base64(const std::vector<uint8_t>& data) {
+  std::string out(4 * ((data.size() + 2) / 3) + 1, '\0');
+  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), data.data(),
+                          static_cast<int>(data.size()));
+  out.resize(static_cast<size_t>(n));
+  return out;
+}
+
+std::vector<uint8_t> Unbase64(const std::string& text) {
+  std::vector<uint8_t> out(text.size());
+  int n = EVP_DecodeBlock(out.data(), reinterpret_cast<const unsigned char*>(text.data()),
+                          static_cast<int>(text.size()));
+  if (n < 0) return {};
+  size_t pad = 0;
+  for (auto it = text.rbegin(); it != text.rend() && *it == '='; ++it) ++pad;
+  out.resize(static_cast<size_t>(n) - pad);
+  return out;
+}
+
+absl::StatusOr<std::vector<ossl::UniquePtr<X509>>> ReadPemCertificates(const std::string& path) {
+  auto bytes = pki::ReadFileBytes(path, 4 << 20);
+  if (!bytes.ok()) return bytes.status();
+  ossl::UniquePtr<BIO> bio(BIO_new_mem_buf(bytes->data(), static_cast<int>(bytes->size())));
+  std::vector<ossl::UniquePtr<X509>> out;
+  while (X509* x = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) out.emplace_back(x);
+  ERR_clear_error();
+  if (out.empty()) return absl::InvalidArgumentError(StrCat(path, ": no PEM certificate in it"));
+  return out;
+}
+
+CertificateRecord RecordFor(X509* cert, int64_t request_id, const std::string& template_name) {
+  CertificateRecord r;
+  r.serial = SerialHex(cert);
+  r.request_id = request_id;
+  r.der = Der(cert);
+  r.subject = pki::FormatName(X509_get_subject_name(cert));
+  r.template_name = template_name;
+  r.sha1 = pki::Sha1Thumbprint(cert);
+  r.sha256 = pki::Sha256Thumbprint(cert);
+  r.not_before = ToUnix(X509_get0_notBefore(cert));
+  r.not_after = ToUnix(X509_get0_notAfter(cert));
+  return r;
+}
+
+bool KeyTypeAllowed(const TemplateConfig& t, EVP_PKEY* key, std::string* type) {
+  *type = EVP_PKEY_is_a(key, "RSA") ? "rsa" : EVP_PKEY_is_a(key, "EC") ? "ec" : "other";
+  return std::find(t.key_types.begin(), t.key_types.end(), *type) != t.key_types.end();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CertificateAuthority>> CertificateAuthority::Open(
+    const Config& config, Store& store, std::shared_ptr<hsm::CryptoContext> crypto,
+    std::shared_ptr<hsm::Token> token, Clock clock) {
+  std::unique_ptr<CertificateAuthority> ca(
+      new CertificateAuthority(config, store, std::move(clock)));
+  ca->crypto_ = std::move(crypto);
+  ca->token_ = std::move(token);
+
+  if (config.ca.certificate.empty()) {
+    return absl::FailedPreconditionError(
+        "the CA has no certificate: set [ca] certificate (make one with `keywarden ceremony "
+        "root`)");
+  }
+  auto certs = ReadPemCertificates(config.ca.certificate);
+  if (!certs.ok()) {
+    return absl::FailedPreconditionError(StrCat("CA certificate: ", certs.status().message()));
+  }
+  ossl::UniquePtr<X509> ca_cert = std::move(certs->front());
+  const int64_t now = ca->clock_();
+  if (ToUnix(X509_get0_notBefore(ca_cert.get())) > now ||
+      ToUnix(X509_get0_notAfter(ca_cert.get())) <= now) {
+    return absl::FailedPreconditionError(
+        StrCat("CA certificate ", config.ca.certificate, " is not within its validity period"));
+  }
+  if (!config.ca.chain.empty()) {
+    auto chain = ReadPemCertificates(config.ca.chain);
+    if (!chain.ok())
+      return absl::FailedPreconditionError(StrCat("CA chain: ", chain.status().message()));
+    ca->chain_ = std::move(*chain);
+  }
+
+  auto uri = hsm::Pkcs11Uri::Parse(config.hsm.signing_key);
+  if (!uri.ok()) return uri.status();
+  auto key = hsm::FindPrivateKey(ca->token_, *uri);
+  if (!key.ok()) return key.status();
+  auto pkey = ca->crypto_->Load(*key);
+  if (!pkey.ok()) return pkey.status();
+  auto issuer = Issuer::Create(ca->crypto_->libctx(), hsm::kTokenKeyProperties, std::move(ca_cert),
+                               std::move(*pkey), pki::SignatureOptions{});
+  if (!issuer.ok()) return issuer.status();
+  ca->issuer_ = std::move(*issuer);
+
+  CertificateAuthority* self = ca.get();
+  ca->exchange_ =
+      std::make_unique<ExchangeKeys>(config.exchange, ca->token_, *ca->issuer_, store, ca->clock_,
+                                     [self](const std::string& event, const std::string& details) {
+                                       self->Audit("system", event, details);
+                                     });
+  if (auto st = ca->exchange_->Load(); !st.ok()) return st;
+  if (auto x = ca->exchange_->Current(); !x.ok()) return x.status();
+
+  if (auto saved = store.GetSetting(kCrlSetting); saved.ok()) {
+    auto j = json::parse(*saved, nullptr, false);
+    if (!j.is_discarded() && j.is_object()) {
+      CrlInfo info;
+      info.der = Unbase64(j.value("der", ""));
+      info.number = j.value("number", int64_t{0});
+      info.this_update = j.value("this_update", int64_t{0});
+      info.next_update = j.value("next_update", int64_t{0});
+      if (!info.der.empty()) ca->crl_ = std::move(info);
+    }
+  }
+  if (auto crl = ca->CurrentCrl(); !crl.ok()) return crl.status();
+  ca->Audit("system", "service.started",
+            json{{"ca", config.ca.name},
+                 {"sha1", pki::Sha1Thumbprint(ca->certificate())},
+                 {"token", ca->token_->label()}}
+                .dump());
+  return ca;
+}
+
+std::vector<std::vector<uint8_t>> CertificateAuthority::ChainDer() const {
+  std::vector<std::vector<uint8_t>> out{Der(certificate())};
+  for (const auto& c : chain_) out.push_back(Der(c.get()));
+  return out;
+}
+
+void CertificateAuthority::Audit(const std::string& principal, const std::string& event,
+                                 const std::string& details_json) {
+  auto st = store_.AppendAudit(principal, event, details_json, clock_());
+  if (!st.ok()) {
+    std::fprintf(stderr, "keywardend: AUDIT FAILURE for %s: %s\n", event.c_str(),
+                 std::string(st.status().message()).c_str());
+  }
+}
+
+absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Submit(const std::string& principal,
+                                                               std::span<const uint8_t> request,
+                                                               const std::string& template_hint) {
+  // Input that is not a request at all changes nothing stored.
+  if (request.empty()) return Error(hresult::kInvalidArg, "the request is empty");
+  if (request.size() > kMaxRequestSize) {
+    return Error(hresult::kInvalidArg, StrCat("the request is ", request.size(),
+                                              " bytes; the limit is ", kMaxRequestSize));
+  }
+  std::vector<uint8_t> der = pki::PemToDer(request);
+  const std::string format = pki::SniffRequestFormat(der);
+  if (format.empty()) {
+    return Error(hresult::kAsn1BadTag,
+                 "the request is neither a PKCS#10 request nor a CMS message");
+  }
+  if (format == "cmc") {
+    return Error(hresult::kInvalidArg, "CMC requests are not accepted by this build yet");
+  }
+  auto parsed = pki::ParsePkcs10(der);
+  if (!parsed.ok()) {
+    const bool bad_signature =
+        parsed.status().message().find("signature") != absl::string_view::npos;
+    Audit(principal, "request.rejected",
+          json{{"reason", std::string(parsed.status().message())}}.dump());
+    return Error(bad_signature ? hresult::kBadSignature : hresult::kAsn1BadTag,
+                 std::string(parsed.status().message()));
+  }
+
+  RequestRecord r;
+  r.requester = principal;
+  r.template_name = template_hint;
+  r.format = format;
+  r.raw = der;
+  r.subject = pki::FormatName(X509_REQ_get_subject_name(parsed->req.get()));
+  r.disposition = Disposition::kPending;
+  r.submitted_at = clock_();
+  auto id = store_.InsertRequest(r);
+  if (!id.ok()) return id.status();
+  r.id = *id;
+  Audit(principal, "request.received",
+        json{{"request_id", r.id},
+             {"format", format},
+             {"subject", r.subject},
+             {"template_hint", template_hint}}
+            .dump());
+  return Process(std::move(r), principal, /*approving=*/false);
+}
+
+absl::Status CertificateAuthority::DenyWith(RequestRecord& request, const absl::Status& why,
+                                            const std::string& by) {
+  const uint32_t code = HResultOf(why).value_or(0);
+  const std::string message(why.message());
+  auto st = store_.ResolveRequest(request.id, Disposition::kDenied, message, code, by, clock_());
+  if (!st.ok()) return st;
+  request.disposition = Disposition::kDenied;
+  request.disposition_message = message;
+  request.status_code = code;
+  Audit(by, "request.denied",
+        json{{"request_id", request.id}, {"requester", request.requester}, {"reason", message}}
+            .dump());
+  // The caller sees the refusal, with the request id to look it up later.
+  absl::Status out(why.code(), StrCat("request ", request.id, " denied: ", message));
+  if (auto p = why.GetPayload("type.keywarden/hresult"))
+    out.SetPayload("type.keywarden/hresult", *p);
+  return out;
+}
+
+absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord request,
+                                                                const std::string& actor,
+                                                                bool approving) {
+  const std::string policy = approving ? actor : std::string("policy");
+  auto parsed = pki::ParsePkcs10(request.raw);
+  if (!parsed.ok())
+    return DenyWith(request, Error(hresult::kAsn1BadTag, std::string(parsed.status().message())),
+                    policy);
+
+  // Template: the caller's hint, else what the request names (v2 OID, then v1 name).
+  std::string wanted = !request.template_name.empty()  ? request.template_name
+                       : !parsed->template_oid.empty() ? parsed->template_oid
+                                                       : parsed->template_name;
+  if (wanted.empty()) return DenyWith(request, Error(hresult::kNoCertType), policy);
+  const TemplateConfig* t = config_.FindTemplate(wanted);
+  if (t == nullptr) {
+    return DenyWith(
+        request,
+        Error(hresult::kUnsupportedCertType, StrCat("the request was for certificate template (",
+                                                    wanted, ") that is not supported by this CA")),
+        policy);
+  }
+  request.template_name = t->name;
+
+  EVP_PKEY* pub = parsed->public_key();
+  std::string key_type;
+  if (!KeyTypeAllowed(*t, pub, &key_type)) {
+    return DenyWith(request,
+                    Error(hresult::kKeyLength,
+                          StrCat("template ", t->name, " does not accept ", key_type, " keys")),
+                    policy);
+  }
+  if (EVP_PKEY_get_bits(pub) < t->min_key_bits) {
+    return DenyWith(
+        request,
+        Error(hresult::kKeyLength, StrCat(EVP_PKEY_get_bits(pub), "-bit key; template ", t->name,
+                                          " needs at least ", t->min_key_bits)),
+        policy);
+  }
+  if (t->archival == ArchivalPolicy::kRequired) {
+    return DenyWith(
+        request,
+        Error(hresult::kArchivedKeyRequired, StrCat("template ", t->name,
+                                                    " requires key archival (send a CMC request "
+                                                    "with the encrypted private key)")),
+        policy);
+  }
+
+  // Subject: from the request, or from the authenticated principal when the
+  // template says so or the request has none (Windows autoenrollment).
+  ossl::UniquePtr<X509_NAME> subject;
+  if (t->subject == SubjectSource::kPrincipal || parsed->empty_subject) {
+    auto name = pki::ParseName(request.requester);
+    if (!name.ok() || X509_NAME_entry_count(name->get()) == 0) {
+      return DenyWith(request,
+                      Error(hresult::kBadRequestSubject,
+                            StrCat("no subject: the request has none and the principal \"",
+                                   request.requester, "\" is not a usable name")),
+                      policy);
+    }
+    subject = std::move(*name);
+  } else {
+    subject.reset(X509_NAME_dup(X509_REQ_get_subject_name(parsed->req.get())));
+  }
+
+  if (t->pend && !approving) {
+    Audit("policy", "request.pending",
+          json{{"request_id", request.id}, {"template", t->name}, {"requester", request.requester}}
+              .dump());
+    request.disposition_message = "Taken Under Submission";
+    return EnrollmentOutcome{std::move(request), std::nullopt};
+  }
+
+  const int64_t now = clock_();
+  CertificateSpec spec;
+  spec.subject = subject.get();
+  spec.public_key = pub;
+  spec.not_before = now - 60;
+  spec.not_after = now + t->validity.count();
+  spec.key_usage = t->key_usage;
+  spec.extended_key_usage = t->extended_key_usage;
+  auto cert = issuer_->IssueCertificate(spec);
+  if (!cert.ok()) {
+    const std::string message(cert.status().message());
+    (void)store_.ResolveRequest(request.id, Disposition::kFailed, message, 0, "system", now);
+    Audit("system", "request.failed", json{{"request_id", request.id}, {"reason", message}}.dump());
+    return cert.status();
+  }
+  CertificateRecord record = RecordFor(cert->get(), request.id, t->name);
+  if (auto st = store_.RecordIssued(request.id, record, std::nullopt, policy, now); !st.ok()) {
+    return st;
+  }
+  request.disposition = Disposition::kIssued;
+  request.disposition_message = "Issued";
+  request.serial = record.serial;
+  request.resolved_at = now;
+  request.resolved_by = policy;
+  Audit(policy, "request.issued",
+        json{{"request_id", request.id},
+             {"requester", request.requester},
+             {"template", t->name},
+             {"serial", record.serial},
+             {"subject", record.subject},
+             {"sha1", record.sha1}}
+            .dump());
+  return EnrollmentOutcome{std::move(request), std::move(record)};
+}
+
+absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Retrieve(const std::string& principal,
+                                                                 int64_t request_id,
+                                                                 bool any_requester) {
+  auto request = store_.GetRequest(request_id);
+  if (!request.ok()) return request.status();
+  if (!any_requester && request->requester != principal) {
+    return Error(hresult::kAccessDenied,
+                 StrCat("request ", request_id, " was submitted by someone else"));
+  }
+  EnrollmentOutcome out{std::move(*request), std::nullopt};
+  if (out.request.disposition == Disposition::kIssued) {
+    auto cert = store_.GetCertificate(out.request.serial);
+    if (!cert.ok()) return cert.status();
+    out.certificate = std::move(*cert);
+  }
+  return out;
+}
+
+absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Approve(const std::string& officer,
+                                                                int64_t request_id) {
+  auto request = store_.GetRequest(request_id);
+  if (!request.ok()) return request.status();
+  if (request->disposition != Disposition::kPending) {
+    return Error(hresult::kBadRequestStatus,
+                 StrCat("request ", request_id, " is ", DispositionName(request->disposition)));
+  }
+  Audit(officer, "request.approved", json{{"request_id", request_id}}.dump());
+  return Process(std::move(*request), officer, /*approving=*/true);
+}
+
+absl::StatusOr<RequestRecord> CertificateAuthority::Deny(const std::string& officer,
+                                                         int64_t request_id,
+                                                         const std::string& reason) {
+  auto request = store_.GetRequest(request_id);
+  if (!request.ok()) return request.status();
+  if (request->disposition != Disposition::kPending) {
+    return Error(hresult::kBadRequestStatus,
+                 StrCat("request ", request_id, " is ", DispositionName(request->disposition)));
+  }
+  const std::string message = reason.empty()
+                                  ? "Denied by the Certificate Manager"
+                                  : StrCat("Denied by the Certificate Manager: ", reason);
+  if (auto st =
+          store_.ResolveRequest(request_id, Disposition::kDenied, message, 0, officer, clock_());
+      !st.ok()) {
+    return st;
+  }
+  Audit(officer, "request.denied", json{{"request_id", request_id}, {"reason", message}}.dump());
+  return store_.GetRequest(request_id);
+}
+
+absl::StatusOr<CertificateRecord> CertificateAuthority::Revoke(const std::string& officer,
+                                                               const std::string& serial,
+                                                               int reason) {
+  if (reason < 0 || reason > 10 || reason == 7) {
+    return Error(hresult::kInvalidArg,
+                 StrCat("revocation reason ", reason, " is not an RFC 5280 CRLReason (0-6, 8-10)"));
+  }
+  const std::string normalized = NormalizeSerial(serial);
+  if (normalized.empty() || normalized.find_first_not_of("0123456789abcdef") != std::string::npos) {
+    return Error(hresult::kInvalidArg,
+                 StrCat("\"", serial, "\" is not a hexadecimal serial number"));
+  }
+  if (auto st = store_.Revoke(normalized, reason, clock_()); !st.ok()) return st;
+  Audit(officer, "certificate.revoked", json{{"serial", normalized}, {"reason", reason}}.dump());
+  if (auto crl = PublishCrl(officer); !crl.ok()) return crl.status();
+  return store_.GetCertificate(normalized);
+}
+
+absl::StatusOr<CrlInfo> CertificateAuthority::CurrentCrl() {
+  {
+    std::lock_guard<std::mutex> lock(crl_mu_);
+    const int64_t now = clock_();
+    // Re-issue at half-life so relying parties never see a stale CRL.
+    if (crl_ && now < crl_->this_update + (crl_->next_update - crl_->this_update) / 2) return *crl_;
+  }
+  return PublishCrl("system");
+}
+
+absl::StatusOr<CrlInfo> CertificateAuthority::PublishCrl(const std::string& who) {
+  std::lock_guard<std::mutex> lock(crl_mu_);
+  const int64_t now = clock_();
+  auto revoked = store_.RevokedCertificates(now);
+  if (!revoked.ok()) return revoked.status();
+  std::vector<RevokedEntry> entries;
+  for (const auto& r : *revoked) entries.push_back({r.serial, r.revoked_at, r.revocation_reason});
+  auto number = store_.NextCounter("crl.number");
+  if (!number.ok()) return number.status();
+  CrlInfo info;
+  info.number = *number;
+  info.this_update = now;
+  info.next_update = now + config_.crl.validity.count();
+  auto crl = issuer_->IssueCrl(entries, info.number, info.this_update, info.next_update);
+  if (!crl.ok()) return crl.status();
+  unsigned char* der = nullptr;
+  int len = i2d_X509_CRL(crl->get(), &der);
+  info.der.assign(der, der + std::max(len, 0));
+  OPENSSL_free(der);
+  if (auto st = store_.PutSetting(kCrlSetting, json{{"der", Base64(info.der)},
+                                                    {"number", info.number},
+                                                    {"this_update", info.this_update},
+                                                    {"next_update", info.next_update}}
+                                                   .dump());
+      !st.ok()) {
+    return st;
+  }
+  crl_ = info;
+  Audit(
+      who, "crl.published",
+      json{{"number", info.number}, {"entries", entries.size()}, {"next_update", info.next_update}}
+          .dump());
+  return info;
+}
+
+absl::StatusOr<ExchangeCertificate> CertificateAuthority::RenewExchange(const std::string& who) {
+  auto x = exchange_->Renew(StrCat("requested by ", who));
+  if (x.ok()) Audit(who, "exchange.renew_requested", json{{"serial", x->serial}}.dump());
+  return x;
+}
+
+}  // namespace keywarden::service

@@ -1,0 +1,97 @@
+// The certification authority: the domain logic behind every RPC, usable
+// without gRPC. Handlers authorize, call one method here, and map the
+// result; everything security-relevant is audited here.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "hsm/provider/provider.h"
+#include "hsm/token.h"
+#include "service/ca/exchange.h"
+#include "service/ca/issuer.h"
+#include "service/config.h"
+#include "service/storage/store.h"
+
+namespace keywarden::service {
+
+struct EnrollmentOutcome {
+  RequestRecord request;
+  std::optional<CertificateRecord> certificate;
+};
+
+struct CrlInfo {
+  std::vector<uint8_t> der;
+  int64_t number = 0;
+  int64_t this_update = 0;
+  int64_t next_update = 0;
+};
+
+class CertificateAuthority {
+ public:
+  using Clock = std::function<int64_t()>;
+
+  // Opens the CA: loads its certificate (and chain) from the configured
+  // files, finds the signing key on the token and checks that they match,
+  // loads or makes the exchange certificate, and publishes a CRL if none is
+  // current. A CA without a valid certificate does not start.
+  static absl::StatusOr<std::unique_ptr<CertificateAuthority>> Open(
+      const Config& config, Store& store, std::shared_ptr<hsm::CryptoContext> crypto,
+      std::shared_ptr<hsm::Token> token, Clock clock);
+
+  const Config& config() const { return config_; }
+  Store& store() { return store_; }
+  X509* certificate() const { return issuer_->ca_certificate(); }
+  // DER of the CA certificate followed by its configured chain.
+  std::vector<std::vector<uint8_t>> ChainDer() const;
+
+  absl::StatusOr<EnrollmentOutcome> Submit(const std::string& principal,
+                                           std::span<const uint8_t> request,
+                                           const std::string& template_hint);
+  absl::StatusOr<EnrollmentOutcome> Retrieve(const std::string& principal, int64_t request_id,
+                                             bool any_requester);
+  absl::StatusOr<EnrollmentOutcome> Approve(const std::string& officer, int64_t request_id);
+  absl::StatusOr<RequestRecord> Deny(const std::string& officer, int64_t request_id,
+                                     const std::string& reason);
+  absl::StatusOr<CertificateRecord> Revoke(const std::string& officer, const std::string& serial,
+                                           int reason);
+
+  absl::StatusOr<CrlInfo> CurrentCrl();
+  absl::StatusOr<CrlInfo> PublishCrl(const std::string& who);
+
+  absl::StatusOr<ExchangeCertificate> CurrentExchange() { return exchange_->Current(); }
+  absl::StatusOr<ExchangeCertificate> RenewExchange(const std::string& who);
+  std::vector<ExchangeCertificate> ExchangeCertificates() const { return exchange_->Unexpired(); }
+
+  // Appends to the audit log; a failure to audit is logged loudly.
+  void Audit(const std::string& principal, const std::string& event,
+             const std::string& details_json);
+
+ private:
+  CertificateAuthority(const Config& config, Store& store, Clock clock)
+      : config_(config), store_(store), clock_(std::move(clock)) {}
+
+  // Policy and issuance for a stored request (new or approved).
+  absl::StatusOr<EnrollmentOutcome> Process(RequestRecord request, const std::string& actor,
+                                            bool approving);
+  absl::Status DenyWith(RequestRecord& request, const absl::Status& why, const std::string& by);
+
+  const Config& config_;
+  Store& store_;
+  Clock clock_;
+  std::shared_ptr<hsm::CryptoContext> crypto_;
+  std::shared_ptr<hsm::Token> token_;
+  std::unique_ptr<Issuer> issuer_;
+  std::unique_ptr<ExchangeKeys> exchange_;
+  std::vector<ossl::UniquePtr<X509>> chain_;
+  std::mutex crl_mu_;
+  std::optional<CrlInfo> crl_;
+};
+
+}  // namespace keywarden::service

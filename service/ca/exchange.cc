@@ -1,0 +1,180 @@
+#include "service/ca/exchange.h"
+
+#include <algorithm>
+
+#include "hsm/status.h"
+#include "hsm/strings.h"
+
+namespace keywarden::service {
+namespace {
+
+constexpr char kSettingSerials[] = "exchange.serials";
+constexpr char kExchangeTemplate[] = "CAExchange";
+
+std::vector<std::string> Split(const std::string& s) {
+  std::vector<std::string> out;
+  size_t pos = 0;
+  while (pos < s.size()) {
+    size_t comma = s.find(',', pos);
+    if (comma == std::string::npos) comma = s.size();
+    if (comma > pos) out.push_back(s.substr(pos, comma - pos));
+    pos = comma + 1;
+  }
+  return out;
+}
+
+// CA subject with the CN suffixed "-Xchg" (a CN is added if the CA has none).
+ossl::UniquePtr<X509_NAME> ExchangeSubject(X509* ca) {
+  ossl::UniquePtr<X509_NAME> name(X509_NAME_dup(X509_get_subject_name(ca)));
+  int idx = X509_NAME_get_index_by_NID(name.get(), NID_commonName, -1);
+  std::string cn;
+  if (idx >= 0) {
+    ASN1_STRING* v = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name.get(), idx));
+    unsigned char* utf8 = nullptr;
+    int len = ASN1_STRING_to_UTF8(&utf8, v);
+    if (len > 0) cn.assign(reinterpret_cast<char*>(utf8), static_cast<size_t>(len));
+    OPENSSL_free(utf8);
+    X509_NAME_ENTRY_free(X509_NAME_delete_entry(name.get(), idx));
+  } else {
+    idx = -1;
+  }
+  cn += "-Xchg";
+  X509_NAME_add_entry_by_NID(name.get(), NID_commonName, MBSTRING_UTF8,
+                             reinterpret_cast<const unsigned char*>(cn.data()),
+                             static_cast<int>(cn.size()), idx, 0);
+  return name;
+}
+
+std::shared_ptr<X509> Shared(ossl::UniquePtr<X509> cert) {
+  return std::shared_ptr<X509>(cert.release(), X509_free);
+}
+
+}  // namespace
+
+absl::Status ExchangeKeys::Load() {
+  std::lock_guard<std::mutex> lock(mu_);
+  certs_.clear();
+  auto serials = store_.GetSetting(kSettingSerials);
+  if (!serials.ok()) {
+    if (absl::IsNotFound(serials.status())) return absl::OkStatus();
+    return serials.status();
+  }
+  const int64_t now = clock_();
+  for (const std::string& serial : Split(*serials)) {
+    auto record = store_.GetCertificate(serial);
+    if (!record.ok()) return record.status();
+    if (record->not_after <= now) continue;  // expired: no longer offered or used
+    const unsigned char* p = record->der.data();
+    ossl::UniquePtr<X509> cert(d2i_X509(nullptr, &p, static_cast<long>(record->der.size())));
+    if (!cert)
+      return absl::DataLossError(
+          StrCat("exchange certificate ", serial, " in the database does not parse"));
+    auto id = hsm::PublicKeySha1(X509_get0_pubkey(cert.get()));
+    if (!id.ok()) return id.status();
+    auto key = hsm::FindPrivateKey(token_, {}, *id);
+    if (!key.ok()) {
+      return absl::FailedPreconditionError(StrCat("exchange certificate ", serial,
+                                                  ": its key is not on token \"", token_->label(),
+                                                  "\": ", key.status().message()));
+    }
+    ExchangeCertificate x;
+    x.serial = serial;
+    x.not_before = record->not_before;
+    x.not_after = record->not_after;
+    x.key = *key;
+    x.key_label = (*key)->label;
+    x.certificate = Shared(std::move(cert));
+    certs_.push_back(std::move(x));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ExchangeCertificate> ExchangeKeys::Current() {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t now = clock_();
+  if (!certs_.empty()) {
+    const ExchangeCertificate& newest = certs_.back();
+    if (newest.not_after - now > config_.overlap.count()) return newest;
+  }
+  return RenewLocked(certs_.empty() ? "none" : "overlap reached");
+}
+
+absl::StatusOr<ExchangeCertificate> ExchangeKeys::Renew(const std::string& reason) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return RenewLocked(reason);
+}
+
+absl::StatusOr<ExchangeCertificate> ExchangeKeys::RenewLocked(const std::string& reason) {
+  const int64_t now = clock_();
+  auto algorithm = hsm::ParseKeyAlgorithm(config_.key_algorithm);
+  if (!algorithm.ok()) return algorithm.status();
+  hsm::KeySpec spec;
+  spec.algorithm = *algorithm;
+  spec.label = StrCat("keywarden-xchg-", now, "-", certs_.size() + 1);
+  spec.usage.sign = false;
+  spec.usage.decrypt = true;
+  auto key = hsm::GenerateKeyPair(token_, spec);
+  if (!key.ok()) return key.status();
+
+  auto subject = ExchangeSubject(issuer_.ca_certificate());
+  CertificateSpec cs;
+  cs.subject = subject.get();
+  cs.public_key = (*key)->public_key.get();
+  cs.not_before = now - 60;  // a little slack for clients' clocks
+  cs.not_after = now + config_.validity.count();
+  cs.key_usage = {"keyEncipherment"};
+  cs.extended_key_usage = {"1.3.6.1.4.1.311.21.5"};
+  auto cert = issuer_.IssueCertificate(cs);
+  if (!cert.ok()) return cert.status();
+
+  CertificateRecord record;
+  record.serial = SerialHex(cert->get());
+  unsigned char* der = nullptr;
+  int len = i2d_X509(cert->get(), &der);
+  record.der.assign(der, der + len);
+  OPENSSL_free(der);
+  record.subject = pki::FormatName(X509_get_subject_name(cert->get()));
+  record.template_name = kExchangeTemplate;
+  record.sha1 = pki::Sha1Thumbprint(cert->get());
+  record.sha256 = pki::Sha256Thumbprint(cert->get());
+  record.not_before = ToUnix(X509_get0_notBefore(cert->get()));
+  record.not_after = ToUnix(X509_get0_notAfter(cert->get()));
+  if (auto st = store_.InsertCertificate(record); !st.ok()) return st;
+
+  std::vector<std::string> serials;
+  for (const auto& c : certs_) {
+    if (c.not_after > now) serials.push_back(c.serial);
+  }
+  serials.push_back(record.serial);
+  if (auto st = store_.PutSetting(kSettingSerials, StrJoin(serials, ",")); !st.ok()) return st;
+
+  ExchangeCertificate x;
+  x.serial = record.serial;
+  x.not_before = record.not_before;
+  x.not_after = record.not_after;
+  x.key = *key;
+  x.key_label = spec.label;
+  x.certificate = Shared(std::move(*cert));
+  certs_.erase(std::remove_if(certs_.begin(), certs_.end(),
+                              [&](const ExchangeCertificate& c) { return c.not_after <= now; }),
+               certs_.end());
+  certs_.push_back(x);
+  if (audit_) {
+    audit_("exchange.renewed",
+           StrCat("{\"serial\":\"", x.serial, "\",\"key_label\":\"", x.key_label,
+                  "\",\"not_after\":", x.not_after, ",\"reason\":\"", reason, "\"}"));
+  }
+  return x;
+}
+
+std::vector<ExchangeCertificate> ExchangeKeys::Unexpired() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t now = clock_();
+  std::vector<ExchangeCertificate> out;
+  for (auto it = certs_.rbegin(); it != certs_.rend(); ++it) {
+    if (it->not_after > now) out.push_back(*it);
+  }
+  return out;
+}
+
+}  // namespace keywarden::service

@@ -1,0 +1,205 @@
+#include "service/ca/issuer.h"
+
+#include <openssl/err.h>
+#include <openssl/rsa.h>
+
+#include "hsm/status.h"
+#include "hsm/strings.h"
+
+namespace keywarden::service {
+namespace {
+
+using hsm::OpenSslError;
+
+bool AddExt(X509* cert, X509* issuer, int nid, const std::string& value) {
+  X509V3_CTX ctx;
+  X509V3_set_ctx_nodb(&ctx);
+  X509V3_set_ctx(&ctx, issuer, cert, nullptr, nullptr, 0);
+  X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value.c_str());
+  if (ext == nullptr) return false;
+  int ok = X509_add_ext(cert, ext, -1);
+  X509_EXTENSION_free(ext);
+  return ok == 1;
+}
+
+ossl::UniquePtr<ASN1_INTEGER> SerialFromHex(const std::string& hex) {
+  BIGNUM* bn = nullptr;
+  if (hex.empty() || BN_hex2bn(&bn, hex.c_str()) == 0) return nullptr;
+  ossl::UniquePtr<BIGNUM> owned(bn);
+  return ossl::UniquePtr<ASN1_INTEGER>(BN_to_ASN1_INTEGER(bn, nullptr));
+}
+
+}  // namespace
+
+std::string SerialHex(const X509* cert) {
+  const ASN1_INTEGER* s = X509_get0_serialNumber(cert);
+  ossl::UniquePtr<BIGNUM> bn(ASN1_INTEGER_to_BN(s, nullptr));
+  std::vector<uint8_t> bytes(static_cast<size_t>(BN_num_bytes(bn.get())));
+  BN_bn2bin(bn.get(), bytes.data());
+  std::string hex = HexString(bytes);
+  return hex.empty() ? "00" : hex;
+}
+
+std::string NormalizeSerial(std::string_view text) {
+  std::string out;
+  for (char c : text) {
+    if (c == ' ' || c == ':' || c == '\t') continue;
+    out.push_back(static_cast<char>(c >= 'A' && c <= 'F' ? c - 'A' + 'a' : c));
+  }
+  if (out.size() % 2 != 0) out.insert(out.begin(), '0');
+  // Drop leading zero octets, as SerialHex does (the sign octet of DER).
+  while (out.size() > 2 && out[0] == '0' && out[1] == '0') out.erase(0, 2);
+  return out;
+}
+
+int64_t ToUnix(const ASN1_TIME* t) {
+  struct tm tm {};
+  if (ASN1_TIME_to_tm(t, &tm) != 1) return 0;
+  return static_cast<int64_t>(timegm(&tm));
+}
+
+absl::StatusOr<std::unique_ptr<Issuer>> Issuer::Create(OSSL_LIB_CTX* libctx, const char* properties,
+                                                       ossl::UniquePtr<X509> ca_certificate,
+                                                       ossl::UniquePtr<EVP_PKEY> signing_key,
+                                                       pki::SignatureOptions signature) {
+  if (!ca_certificate || !signing_key)
+    return absl::InvalidArgumentError("issuer: no CA certificate or key");
+  std::unique_ptr<Issuer> issuer(new Issuer());
+  issuer->libctx_ = libctx;
+  issuer->properties_ = properties != nullptr ? properties : "";
+  // A software copy of the CA public key, decoded from the certificate DER.
+  unsigned char* der = nullptr;
+  int len = i2d_X509(ca_certificate.get(), &der);
+  const unsigned char* p = der;
+  ossl::UniquePtr<X509> decoded(len > 0 ? d2i_X509(nullptr, &p, len) : nullptr);
+  OPENSSL_free(der);
+  if (!decoded) return OpenSslError("issuer: CA certificate does not encode");
+  issuer->ca_public_.reset(X509_get_pubkey(decoded.get()));
+  if (EVP_PKEY_eq(issuer->ca_public_.get(), signing_key.get()) != 1) {
+    ERR_clear_error();
+    return absl::FailedPreconditionError(
+        "the CA certificate's public key does not match the CA signing key on the token");
+  }
+  issuer->ca_ = std::move(ca_certificate);
+  issuer->key_ = std::move(signing_key);
+  issuer->signature_ = std::move(signature);
+  return issuer;
+}
+
+int64_t Issuer::ca_not_after() const {
+  return ToUnix(X509_get0_notAfter(ca_.get()));
+}
+
+absl::Status Issuer::SignAndCheck(X509* cert) const {
+  ossl::UniquePtr<EVP_MD_CTX> mctx(EVP_MD_CTX_new());
+  EVP_PKEY_CTX* pctx = nullptr;
+  if (EVP_DigestSignInit_ex(mctx.get(), &pctx, signature_.digest.c_str(), libctx_,
+                            properties_.empty() ? nullptr : properties_.c_str(), key_.get(),
+                            nullptr) <= 0) {
+    return OpenSslError("sign certificate");
+  }
+  if (signature_.rsa_pss && (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) <= 0 ||
+                             EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) <= 0)) {
+    return OpenSslError("sign certificate: PSS");
+  }
+  if (X509_sign_ctx(cert, mctx.get()) <= 0) return OpenSslError("sign certificate");
+  if (X509_verify(cert, ca_public_.get()) != 1) {
+    return OpenSslError("the token produced a certificate signature that does not verify",
+                        absl::StatusCode::kInternal);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ossl::UniquePtr<X509>> Issuer::IssueCertificate(const CertificateSpec& spec) const {
+  if (spec.subject == nullptr || spec.public_key == nullptr) {
+    return absl::InvalidArgumentError("issue: no subject or public key");
+  }
+  ossl::UniquePtr<X509> cert(X509_new_ex(libctx_, nullptr));
+  auto serial = pki::RandomSerial();
+  if (!cert || !serial.ok()) return OpenSslError("issue: allocate");
+  const int64_t not_after = std::min(spec.not_after, ca_not_after());
+  if (not_after <= spec.not_before) {
+    return absl::FailedPreconditionError(
+        "issue: the CA certificate expires before the new certificate would start");
+  }
+  if (!X509_set_version(cert.get(), X509_VERSION_3) ||
+      !X509_set_serialNumber(cert.get(), serial->get()) ||
+      !X509_set_subject_name(cert.get(), spec.subject) ||
+      !X509_set_issuer_name(cert.get(), X509_get_subject_name(ca_.get())) ||
+      !ASN1_TIME_set(X509_getm_notBefore(cert.get()), static_cast<time_t>(spec.not_before)) ||
+      !ASN1_TIME_set(X509_getm_notAfter(cert.get()), static_cast<time_t>(not_after)) ||
+      !X509_set_pubkey(cert.get(), spec.public_key)) {
+    return OpenSslError("issue: certificate fields");
+  }
+  std::string ku = StrJoin(spec.key_usage, ",");
+  std::string eku = StrJoin(spec.extended_key_usage, ",");
+  if (!AddExt(cert.get(), ca_.get(), NID_basic_constraints, "critical,CA:FALSE") ||
+      (!ku.empty() && !AddExt(cert.get(), ca_.get(), NID_key_usage,
+                              (spec.key_usage_critical ? "critical," : "") + ku)) ||
+      (!eku.empty() && !AddExt(cert.get(), ca_.get(), NID_ext_key_usage, eku)) ||
+      !AddExt(cert.get(), ca_.get(), NID_subject_key_identifier, "hash") ||
+      !AddExt(cert.get(), ca_.get(), NID_authority_key_identifier, "keyid:always")) {
+    return OpenSslError("issue: extensions", absl::StatusCode::kInvalidArgument);
+  }
+  if (auto st = SignAndCheck(cert.get()); !st.ok()) return st;
+  return cert;
+}
+
+absl::StatusOr<ossl::UniquePtr<X509_CRL>> Issuer::IssueCrl(const std::vector<RevokedEntry>& revoked,
+                                                           int64_t crl_number, int64_t this_update,
+                                                           int64_t next_update) const {
+  ossl::UniquePtr<X509_CRL> crl(X509_CRL_new_ex(libctx_, nullptr));
+  ossl::UniquePtr<ASN1_TIME> t(ASN1_TIME_new());
+  if (!crl || !t || !X509_CRL_set_version(crl.get(), X509_CRL_VERSION_2) ||
+      !X509_CRL_set_issuer_name(crl.get(), X509_get_subject_name(ca_.get())) ||
+      !ASN1_TIME_set(t.get(), static_cast<time_t>(this_update)) ||
+      !X509_CRL_set1_lastUpdate(crl.get(), t.get()) ||
+      !ASN1_TIME_set(t.get(), static_cast<time_t>(next_update)) ||
+      !X509_CRL_set1_nextUpdate(crl.get(), t.get())) {
+    return OpenSslError("CRL: fields");
+  }
+  for (const RevokedEntry& e : revoked) {
+    X509_REVOKED* r = X509_REVOKED_new();
+    auto serial = SerialFromHex(e.serial);
+    ossl::UniquePtr<ASN1_TIME> when(ASN1_TIME_new());
+    ASN1_ENUMERATED* reason = ASN1_ENUMERATED_new();
+    bool ok = r != nullptr && serial && when && reason &&
+              X509_REVOKED_set_serialNumber(r, serial.get()) &&
+              ASN1_TIME_set(when.get(), static_cast<time_t>(e.revoked_at)) &&
+              X509_REVOKED_set_revocationDate(r, when.get()) &&
+              (e.reason == 0 || (ASN1_ENUMERATED_set(reason, e.reason) &&
+                                 X509_REVOKED_add1_ext_i2d(r, NID_crl_reason, reason, 0, 0))) &&
+              X509_CRL_add0_revoked(crl.get(), r);
+    ASN1_ENUMERATED_free(reason);
+    if (!ok) {
+      X509_REVOKED_free(r);
+      return OpenSslError(StrCat("CRL: entry for serial ", e.serial));
+    }
+  }
+  X509_CRL_sort(crl.get());
+  ossl::UniquePtr<ASN1_INTEGER> number(ASN1_INTEGER_new());
+  X509V3_CTX ctx;
+  X509V3_set_ctx_nodb(&ctx);
+  X509V3_set_ctx(&ctx, ca_.get(), nullptr, nullptr, crl.get(), 0);
+  X509_EXTENSION* aki =
+      X509V3_EXT_conf_nid(nullptr, &ctx, NID_authority_key_identifier, "keyid:always");
+  bool ok = number && ASN1_INTEGER_set_int64(number.get(), crl_number) &&
+            X509_CRL_add1_ext_i2d(crl.get(), NID_crl_number, number.get(), 0, 0) &&
+            aki != nullptr && X509_CRL_add_ext(crl.get(), aki, -1);
+  X509_EXTENSION_free(aki);
+  if (!ok) return OpenSslError("CRL: extensions");
+
+  ossl::UniquePtr<EVP_MD_CTX> mctx(EVP_MD_CTX_new());
+  if (EVP_DigestSignInit_ex(mctx.get(), nullptr, signature_.digest.c_str(), libctx_,
+                            properties_.empty() ? nullptr : properties_.c_str(), key_.get(),
+                            nullptr) <= 0 ||
+      X509_CRL_sign_ctx(crl.get(), mctx.get()) <= 0) {
+    return OpenSslError("CRL: sign");
+  }
+  if (X509_CRL_verify(crl.get(), ca_public_.get()) != 1) {
+    return OpenSslError("the token produced a CRL signature that does not verify");
+  }
+  return crl;
+}
+
+}  // namespace keywarden::service

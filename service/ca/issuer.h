@@ -1,0 +1,70 @@
+// Builds and signs what the CA issues: end-entity certificates, exchange
+// certificates and CRLs. The signing key is any EVP_PKEY (the token key via
+// hsm::CryptoContext in the daemon); every signature is verified in software
+// with the CA certificate's public key before it is returned.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "hsm/ossl.h"
+#include "pki/certificate.h"
+
+namespace keywarden::service {
+
+struct CertificateSpec {
+  const X509_NAME* subject = nullptr;
+  EVP_PKEY* public_key = nullptr;
+  int64_t not_before = 0;                       // unix seconds
+  int64_t not_after = 0;                        // clipped to the CA's own notAfter
+  std::vector<std::string> key_usage;           // names as in the configuration
+  std::vector<std::string> extended_key_usage;  // names or dotted OIDs
+  bool key_usage_critical = true;
+};
+
+struct RevokedEntry {
+  std::string serial;  // hex
+  int64_t revoked_at = 0;
+  int reason = 0;  // RFC 5280 CRLReason
+};
+
+class Issuer {
+ public:
+  // `ca_certificate` must match `signing_key` (checked).
+  static absl::StatusOr<std::unique_ptr<Issuer>> Create(OSSL_LIB_CTX* libctx,
+                                                        const char* properties,
+                                                        ossl::UniquePtr<X509> ca_certificate,
+                                                        ossl::UniquePtr<EVP_PKEY> signing_key,
+                                                        pki::SignatureOptions signature);
+
+  X509* ca_certificate() const { return ca_.get(); }
+  int64_t ca_not_after() const;
+
+  absl::StatusOr<ossl::UniquePtr<X509>> IssueCertificate(const CertificateSpec& spec) const;
+  absl::StatusOr<ossl::UniquePtr<X509_CRL>> IssueCrl(const std::vector<RevokedEntry>& revoked,
+                                                     int64_t crl_number, int64_t this_update,
+                                                     int64_t next_update) const;
+
+ private:
+  Issuer() = default;
+  absl::Status SignAndCheck(X509* cert) const;
+
+  OSSL_LIB_CTX* libctx_ = nullptr;
+  std::string properties_;
+  ossl::UniquePtr<X509> ca_;
+  ossl::UniquePtr<EVP_PKEY> key_;
+  ossl::UniquePtr<EVP_PKEY> ca_public_;  // software copy, for checking
+  pki::SignatureOptions signature_;
+};
+
+// Serial (hex, as stored) of a certificate.
+std::string SerialHex(const X509* cert);
+// Normalizes operator input: "61 1a:0b" -> "611a0b" (lower case, even length).
+std::string NormalizeSerial(std::string_view text);
+int64_t ToUnix(const ASN1_TIME* t);
+
+}  // namespace keywarden::service

@@ -1,0 +1,818 @@
+// keywarden.toml: strict parsing into service::Config.
+//
+// Every table is read by a Section that knows its full key path ("hsm",
+// "template[2]"), so any message can name the file, the line and the key.
+// Indices in key paths count from 1, as operators count entries in a file:
+// "template[2]" is the second [[template]].
+//
+// Debian's toml++ shared library is built with exceptions only (there is no
+// no-exceptions ABI to link against), so toml::parse_error is caught here and
+// turned into a status: no exception leaves this file.
+#include "service/config.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <exception>
+#include <filesystem>
+#include <initializer_list>
+#include <limits>
+#include <map>
+#include <utility>
+
+#include <toml++/toml.h>
+
+#include "absl/status/status.h"
+#include "hsm/pin.h"
+#include "hsm/strings.h"
+#include "hsm/uri.h"
+
+#define KW_RETURN_IF_ERROR(expr)             \
+  do {                                       \
+    absl::Status kw_status_ = (expr);        \
+    if (!kw_status_.ok()) return kw_status_; \
+  } while (0)
+
+namespace keywarden::service {
+
+namespace {
+
+using Seconds = std::chrono::seconds;
+using Choices = std::initializer_list<std::string_view>;
+
+constexpr int kIntMax = std::numeric_limits<int>::max();
+// Longer than any certificate or CRL could sensibly live, and far from
+// overflowing a system_clock time_point when added to now().
+constexpr int64_t kMaxDurationSeconds = int64_t{36525} * 86400;  // 100 years
+
+const Choices kKeyUsages = {"digitalSignature", "nonRepudiation", "keyEncipherment",
+                            "dataEncipherment", "keyAgreement",   "keyCertSign",
+                            "cRLSign"};
+const Choices kExtendedKeyUsages = {"serverAuth",  "clientAuth",  "emailProtection",
+                                    "codeSigning", "OCSPSigning", "timeStamping"};
+
+std::string JoinChoices(Choices choices) {
+  std::string out;
+  for (std::string_view c : choices) {
+    if (!out.empty()) out += ", ";
+    out += c;
+  }
+  return out;
+}
+
+bool OneOf(std::string_view value, Choices choices) {
+  return std::find(choices.begin(), choices.end(), value) != choices.end();
+}
+
+const char* TypeName(toml::node_type type) {
+  switch (type) {
+    case toml::node_type::none:
+      return "nothing";
+    case toml::node_type::table:
+      return "a table";
+    case toml::node_type::array:
+      return "an array";
+    case toml::node_type::string:
+      return "a string";
+    case toml::node_type::integer:
+      return "an integer";
+    case toml::node_type::floating_point:
+      return "a float";
+    case toml::node_type::boolean:
+      return "a boolean";
+    case toml::node_type::date:
+      return "a date";
+    case toml::node_type::time:
+      return "a time";
+    case toml::node_type::date_time:
+      return "a date-time";
+  }
+  return "an unknown type";
+}
+
+// Dotted-decimal OID: at least two arcs, digits only, no empty arcs and no
+// leading zeros (so that exact string comparison is OID comparison); the
+// first arc is 0, 1 or 2 and under 0 and 1 the second is below 40 (X.660).
+bool IsDottedOid(std::string_view s) {
+  std::vector<std::string_view> arcs;
+  for (size_t pos = 0;;) {
+    size_t dot = s.find('.', pos);
+    arcs.push_back(
+        s.substr(pos, dot == std::string_view::npos ? std::string_view::npos : dot - pos));
+    if (dot == std::string_view::npos) break;
+    pos = dot + 1;
+  }
+  if (arcs.size() < 2) return false;
+  for (std::string_view arc : arcs) {
+    if (arc.empty()) return false;
+    if (arc.size() > 1 && arc[0] == '0') return false;
+    for (char c : arc) {
+      if (c < '0' || c > '9') return false;
+    }
+  }
+  if (arcs[0].size() != 1 || arcs[0][0] > '2') return false;
+  if (arcs[0][0] != '2' && (arcs[1].size() > 2 || (arcs[1].size() == 2 && arcs[1][0] > '3'))) {
+    return false;
+  }
+  return true;
+}
+
+bool IsSha1Thumbprint(std::string_view s) {
+  if (s.size() != 40) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+  });
+}
+
+// "7d", "12h", ...: the largest unit that divides the duration exactly.
+std::string FormatDuration(Seconds d) {
+  int64_t s = d.count();
+  if (s != 0 && s % 86400 == 0) return StrCat(s / 86400, "d");
+  if (s != 0 && s % 3600 == 0) return StrCat(s / 3600, "h");
+  if (s != 0 && s % 60 == 0) return StrCat(s / 60, "m");
+  return StrCat(s, "s");
+}
+
+uint32_t NodeLine(const toml::node& node) {
+  return node.source().begin.line;
+}
+
+// The file being parsed: names it in messages and resolves relative paths.
+class Context {
+ public:
+  Context(std::string source, std::string base_dir)
+      : source_(std::move(source)), base_dir_(std::move(base_dir)) {}
+
+  // "file:line: message", or "file: message" when no line is known.
+  absl::Status Error(uint32_t line, std::string_view message) const {
+    if (line == 0) return absl::InvalidArgumentError(StrCat(source_, ": ", message));
+    return absl::InvalidArgumentError(StrCat(source_, ":", line, ": ", message));
+  }
+
+  std::string ResolvePath(const std::string& path) const {
+    if (path.empty() || base_dir_.empty() || path.front() == '/') return path;
+    return (std::filesystem::path(base_dir_) / path).lexically_normal().string();
+  }
+
+ private:
+  std::string source_;
+  std::string base_dir_;
+};
+
+// One TOML table (a [section], a [[template]] entry, or the root). A missing
+// section is a Section without a table: every key in it reads as absent.
+class Section {
+ public:
+  Section(const Context& ctx, const toml::table* table, std::string path)
+      : ctx_(&ctx), table_(table), path_(std::move(path)) {}
+
+  const Context& ctx() const { return *ctx_; }
+  const std::string& path() const { return path_; }
+  uint32_t line() const { return table_ != nullptr ? NodeLine(*table_) : 0; }
+
+  std::string KeyPath(std::string_view key) const {
+    return path_.empty() ? std::string(key) : StrCat(path_, ".", key);
+  }
+
+  const toml::node* Find(std::string_view key) const {
+    return table_ != nullptr ? table_->get(key) : nullptr;
+  }
+  bool Has(std::string_view key) const { return Find(key) != nullptr; }
+
+  // The line of `key` (where the key is written), else of the section.
+  uint32_t LineOf(std::string_view key) const {
+    if (table_ == nullptr) return 0;
+    auto it = table_->find(key);
+    if (it == table_->end()) return line();
+    if (uint32_t l = it->first.source().begin.line; l != 0) return l;
+    if (uint32_t l = NodeLine(it->second); l != 0) return l;
+    return line();
+  }
+
+  // `key "<path>": <what>` at the key's line.
+  absl::Status Invalid(std::string_view key, std::string_view what) const {
+    return ctx_->Error(LineOf(key), StrCat("key \"", KeyPath(key), "\": ", what));
+  }
+  absl::Status InvalidAt(uint32_t line, std::string_view key, std::string_view what) const {
+    return ctx_->Error(line != 0 ? line : LineOf(key),
+                       StrCat("key \"", KeyPath(key), "\": ", what));
+  }
+
+  absl::Status Missing(std::string_view key) const {
+    return ctx_->Error(line(), StrCat("missing required key \"", KeyPath(key), "\""));
+  }
+
+  // Every key of the table must be in `allowed`; the first offender (by line)
+  // is reported.
+  absl::Status CheckKeys(Choices allowed) const {
+    if (table_ == nullptr) return absl::OkStatus();
+    const toml::key* worst = nullptr;
+    const toml::node* worst_node = nullptr;
+    uint32_t worst_line = 0;
+    for (auto&& [key, node] : *table_) {
+      if (OneOf(key.str(), allowed)) continue;
+      uint32_t l = key.source().begin.line;
+      if (l == 0) l = NodeLine(node);
+      if (worst == nullptr || (l != 0 && (worst_line == 0 || l < worst_line))) {
+        worst = &key;
+        worst_node = &node;
+        worst_line = l;
+      }
+    }
+    if (worst == nullptr) return absl::OkStatus();
+    bool is_table = worst_node->is_table() || worst_node->is_array_of_tables();
+    return ctx_->Error(worst_line != 0 ? worst_line : line(),
+                       StrCat("unknown ", is_table ? "table" : "key", " \"", KeyPath(worst->str()),
+                              "\" (expected one of: ", JoinChoices(allowed), ")"));
+  }
+
+  absl::Status WrongType(std::string_view key, const toml::node& node,
+                         std::string_view expected) const {
+    return Invalid(key, StrCat("expected ", expected, ", got ", TypeName(node.type())));
+  }
+
+  // Sub-table: absent -> a Section without a table.
+  absl::StatusOr<Section> Table(std::string_view key) const {
+    const toml::node* node = Find(key);
+    if (node == nullptr) return Section(*ctx_, nullptr, KeyPath(key));
+    const toml::table* t = node->as_table();
+    if (t == nullptr) return WrongType(key, *node, StrCat("a table ([", KeyPath(key), "])"));
+    return Section(*ctx_, t, KeyPath(key));
+  }
+
+  // Array of tables ([[key]]): one Section per entry, "key[1]", "key[2]", ...
+  absl::Status Tables(std::string_view key, std::vector<Section>& out) const {
+    const toml::node* node = Find(key);
+    if (node == nullptr) return absl::OkStatus();
+    const toml::array* a = node->as_array();
+    if (a == nullptr || !a->is_array_of_tables()) {
+      // An empty array is not an array of tables to toml++, but it is harmless.
+      if (a != nullptr && a->empty()) return absl::OkStatus();
+      return WrongType(key, *node, StrCat("an array of tables ([[", KeyPath(key), "]])"));
+    }
+    for (size_t i = 0; i < a->size(); ++i) {
+      out.emplace_back(*ctx_, a->get(i)->as_table(), StrCat(KeyPath(key), "[", i + 1, "]"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ReadString(std::string_view key, std::string& out) const {
+    const toml::node* node = Find(key);
+    if (node == nullptr) return absl::OkStatus();
+    const toml::value<std::string>* v = node->as_string();
+    if (v == nullptr) return WrongType(key, *node, "a string");
+    out = v->get();
+    return absl::OkStatus();
+  }
+
+  // Present or not, the value must not end up empty.
+  absl::Status ReadRequiredString(std::string_view key, std::string& out) const {
+    KW_RETURN_IF_ERROR(ReadString(key, out));
+    if (!Has(key)) return Missing(key);
+    if (out.empty()) return Invalid(key, "must not be empty");
+    return absl::OkStatus();
+  }
+
+  absl::Status ReadChoice(std::string_view key, Choices choices, std::string& out) const {
+    std::string value = out;
+    KW_RETURN_IF_ERROR(ReadString(key, value));
+    if (!OneOf(value, choices)) {
+      return Invalid(key, StrCat("\"", value, "\" is not one of: ", JoinChoices(choices)));
+    }
+    out = std::move(value);
+    return absl::OkStatus();
+  }
+
+  absl::Status ReadInt(std::string_view key, int64_t min, int64_t max, int& out) const {
+    const toml::node* node = Find(key);
+    if (node == nullptr) return absl::OkStatus();
+    const toml::value<int64_t>* v = node->as_integer();
+    if (v == nullptr) return WrongType(key, *node, "an integer");
+    int64_t n = v->get();
+    if (n < min || n > max) {
+      std::string range = max != kIntMax ? StrCat(min, "..", max)
+                          : n < min      ? StrCat("at least ", min)
+                                         : StrCat("at most ", max);
+      return Invalid(key, StrCat(n, " is out of range (", range, ")"));
+    }
+    out = static_cast<int>(n);
+    return absl::OkStatus();
+  }
+
+  absl::Status ReadBool(std::string_view key, bool& out) const {
+    const toml::node* node = Find(key);
+    if (node == nullptr) return absl::OkStatus();
+    const toml::value<bool>* v = node->as_boolean();
+    if (v == nullptr) return WrongType(key, *node, "a boolean (true or false)");
+    out = v->get();
+    return absl::OkStatus();
+  }
+
+  absl::Status ReadDuration(std::string_view key, Seconds& out) const {
+    const toml::node* node = Find(key);
+    if (node == nullptr) return absl::OkStatus();
+    const toml::value<std::string>* v = node->as_string();
+    if (v == nullptr) {
+      return WrongType(key, *node, "a duration string such as \"90s\", \"15m\", \"12h\" or \"7d\"");
+    }
+    absl::StatusOr<Seconds> d = ParseDuration(v->get());
+    if (!d.ok()) return Invalid(key, std::string(d.status().message()));
+    out = *d;
+    return absl::OkStatus();
+  }
+
+  // An array of strings; `lines` (if given) gets each element's line.
+  absl::Status ReadStrings(std::string_view key, std::vector<std::string>& out,
+                           std::vector<uint32_t>* lines = nullptr) const {
+    const toml::node* node = Find(key);
+    if (node == nullptr) return absl::OkStatus();
+    const toml::array* a = node->as_array();
+    if (a == nullptr) return WrongType(key, *node, "an array of strings");
+    std::vector<std::string> values;
+    std::vector<uint32_t> value_lines;
+    for (size_t i = 0; i < a->size(); ++i) {
+      const toml::node& element = *a->get(i);
+      const toml::value<std::string>* v = element.as_string();
+      if (v == nullptr) {
+        std::string element_key = StrCat(key, "[", i + 1, "]");
+        return InvalidAt(NodeLine(element), element_key,
+                         StrCat("expected a string, got ", TypeName(element.type())));
+      }
+      values.push_back(v->get());
+      value_lines.push_back(NodeLine(element) != 0 ? NodeLine(element) : LineOf(key));
+    }
+    out = std::move(values);
+    if (lines != nullptr) *lines = std::move(value_lines);
+    return absl::OkStatus();
+  }
+
+  // An array of strings, each one of `choices` (or accepted by `also`), no
+  // repeats.
+  absl::Status ReadStringSet(std::string_view key, Choices choices, bool (*also)(std::string_view),
+                             std::string_view also_text, std::vector<std::string>& out) const {
+    std::vector<std::string> values = out;
+    std::vector<uint32_t> lines;
+    KW_RETURN_IF_ERROR(ReadStrings(key, values, &lines));
+    for (size_t i = 0; i < values.size() && i < lines.size(); ++i) {
+      const std::string& v = values[i];
+      if (!OneOf(v, choices) && (also == nullptr || !also(v))) {
+        return InvalidAt(lines[i], key,
+                         StrCat("\"", v, "\" is not one of: ", JoinChoices(choices), also_text));
+      }
+      if (std::find(values.begin(), values.begin() + static_cast<std::ptrdiff_t>(i), v) !=
+          values.begin() + static_cast<std::ptrdiff_t>(i)) {
+        return InvalidAt(lines[i], key, StrCat("\"", v, "\" is listed twice"));
+      }
+    }
+    out = std::move(values);
+    return absl::OkStatus();
+  }
+
+ private:
+  const Context* ctx_;
+  const toml::table* table_;
+  std::string path_;
+};
+
+absl::Status ReadCa(const Section& s, Config::Ca& ca) {
+  KW_RETURN_IF_ERROR(s.CheckKeys({"name", "certificate", "chain"}));
+  KW_RETURN_IF_ERROR(s.ReadRequiredString("name", ca.name));
+  KW_RETURN_IF_ERROR(s.ReadString("certificate", ca.certificate));
+  KW_RETURN_IF_ERROR(s.ReadString("chain", ca.chain));
+  ca.certificate = s.ctx().ResolvePath(ca.certificate);
+  ca.chain = s.ctx().ResolvePath(ca.chain);
+  return absl::OkStatus();
+}
+
+absl::Status CheckUri(const Section& s, std::string_view key, const std::string& uri,
+                      bool needs_object) {
+  absl::StatusOr<hsm::Pkcs11Uri> parsed = hsm::Pkcs11Uri::Parse(uri);
+  if (!parsed.ok()) return s.Invalid(key, std::string(parsed.status().message()));
+  if (needs_object && !parsed->has_object_selector()) {
+    return s.Invalid(key, StrCat("PKCS#11 URI \"", parsed->Redacted(),
+                                 "\" names no key (add object=LABEL or id=HEX)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadHsm(const Section& s, Config::Hsm& h) {
+  KW_RETURN_IF_ERROR(s.CheckKeys({"module", "token", "pin_source", "signing_key", "max_sessions"}));
+  KW_RETURN_IF_ERROR(s.ReadString("module", h.module));
+  KW_RETURN_IF_ERROR(s.ReadRequiredString("token", h.token));
+  KW_RETURN_IF_ERROR(CheckUri(s, "token", h.token, /*needs_object=*/false));
+  KW_RETURN_IF_ERROR(s.ReadRequiredString("pin_source", h.pin_source));
+  absl::StatusOr<hsm::PinSource> pin = hsm::PinSource::Parse(h.pin_source);
+  if (!pin.ok()) return s.Invalid("pin_source", std::string(pin.status().message()));
+  if (h.pin_source == "prompt" || h.pin_source.starts_with("prompt:")) {
+    return s.Invalid("pin_source", "a daemon cannot prompt for the PIN; use file:PATH or env:NAME");
+  }
+  KW_RETURN_IF_ERROR(s.ReadRequiredString("signing_key", h.signing_key));
+  KW_RETURN_IF_ERROR(CheckUri(s, "signing_key", h.signing_key, /*needs_object=*/true));
+  KW_RETURN_IF_ERROR(s.ReadInt("max_sessions", 1, 1024, h.max_sessions));
+  return absl::OkStatus();
+}
+
+absl::Status ReadExchange(const Section& s, Config::Exchange& e) {
+  KW_RETURN_IF_ERROR(s.CheckKeys({"validity", "overlap", "key_algorithm"}));
+  KW_RETURN_IF_ERROR(s.ReadDuration("validity", e.validity));
+  KW_RETURN_IF_ERROR(s.ReadDuration("overlap", e.overlap));
+  KW_RETURN_IF_ERROR(
+      s.ReadChoice("key_algorithm", {"rsa2048", "rsa3072", "rsa4096"}, e.key_algorithm));
+  if (e.overlap >= e.validity) {
+    // Blame the key that is written down; if both are, the overlap.
+    if (!s.Has("overlap")) {
+      return s.Invalid("validity",
+                       StrCat(FormatDuration(e.validity), " must be longer than exchange.overlap (",
+                              FormatDuration(e.overlap), ", the default)"));
+    }
+    return s.Invalid("overlap",
+                     StrCat(FormatDuration(e.overlap), " must be shorter than exchange.validity (",
+                            FormatDuration(e.validity), ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadDatabase(const Section& s, Config::Database& d) {
+  KW_RETURN_IF_ERROR(s.CheckKeys({"backend", "path", "connection"}));
+  KW_RETURN_IF_ERROR(s.ReadChoice("backend", {"sqlite", "postgresql"}, d.backend));
+  KW_RETURN_IF_ERROR(s.ReadString("path", d.path));
+  KW_RETURN_IF_ERROR(s.ReadString("connection", d.connection));
+  if (d.backend == "sqlite" && d.path.empty()) {
+    if (!s.Has("path")) {
+      return s.ctx().Error(s.line(),
+                           "missing required key \"database.path\" (backend = \"sqlite\")");
+    }
+    return s.Invalid("path", "must not be empty with backend = \"sqlite\"");
+  }
+  if (d.backend == "postgresql" && d.connection.empty()) {
+    if (!s.Has("connection")) {
+      return s.ctx().Error(
+          s.line(), "missing required key \"database.connection\" (backend = \"postgresql\")");
+    }
+    return s.Invalid("connection", "must not be empty with backend = \"postgresql\"");
+  }
+  d.path = s.ctx().ResolvePath(d.path);
+  return absl::OkStatus();
+}
+
+absl::Status ReadServer(const Section& s, Config::Server& v) {
+  KW_RETURN_IF_ERROR(s.CheckKeys({"listen", "tls_certificate", "tls_key", "client_ca", "threads"}));
+  KW_RETURN_IF_ERROR(s.ReadString("listen", v.listen));
+  if (v.listen.empty()) return s.Invalid("listen", "must not be empty");
+  KW_RETURN_IF_ERROR(s.ReadRequiredString("tls_certificate", v.tls_certificate));
+  KW_RETURN_IF_ERROR(s.ReadRequiredString("tls_key", v.tls_key));
+  std::vector<uint32_t> lines;
+  KW_RETURN_IF_ERROR(s.ReadStrings("client_ca", v.client_ca, &lines));
+  if (!s.Has("client_ca")) return s.Missing("client_ca");
+  if (v.client_ca.empty()) return s.Invalid("client_ca", "needs at least one CA certificate file");
+  for (size_t i = 0; i < v.client_ca.size(); ++i) {
+    if (v.client_ca[i].empty()) return s.InvalidAt(lines[i], "client_ca", "empty file name");
+    v.client_ca[i] = s.ctx().ResolvePath(v.client_ca[i]);
+  }
+  KW_RETURN_IF_ERROR(s.ReadInt("threads", 0, kIntMax, v.threads));
+  v.tls_certificate = s.ctx().ResolvePath(v.tls_certificate);
+  v.tls_key = s.ctx().ResolvePath(v.tls_key);
+  return absl::OkStatus();
+}
+
+absl::Status ReadCrl(const Section& s, Config::Crl& c) {
+  KW_RETURN_IF_ERROR(s.CheckKeys({"validity"}));
+  return s.ReadDuration("validity", c.validity);
+}
+
+absl::Status ReadKra(const Section& s, Config::Kra& k) {
+  KW_RETURN_IF_ERROR(s.CheckKeys({"certificates", "count"}));
+  std::vector<uint32_t> lines;
+  KW_RETURN_IF_ERROR(s.ReadStrings("certificates", k.certificates, &lines));
+  for (size_t i = 0; i < k.certificates.size(); ++i) {
+    std::string& c = k.certificates[i];
+    if (c.empty()) return s.InvalidAt(lines[i], "certificates", "empty entry");
+    if (!IsSha1Thumbprint(c)) c = s.ctx().ResolvePath(c);
+  }
+  KW_RETURN_IF_ERROR(s.ReadInt("count", 1, kIntMax, k.count));
+  return absl::OkStatus();
+}
+
+absl::Status ReadFlags(const Section& s, Config::Flags& f) {
+  KW_RETURN_IF_ERROR(s.CheckKeys({"role_separation", "enable_foreign", "archival_scheme"}));
+  KW_RETURN_IF_ERROR(s.ReadBool("role_separation", f.role_separation));
+  KW_RETURN_IF_ERROR(s.ReadBool("enable_foreign", f.enable_foreign));
+  KW_RETURN_IF_ERROR(
+      s.ReadChoice("archival_scheme", {"des3-rsa-pkcs1", "aes256-rsa-oaep"}, f.archival_scheme));
+  return absl::OkStatus();
+}
+
+absl::Status ReadRole(const Section& s, RoleBinding& r) {
+  KW_RETURN_IF_ERROR(s.CheckKeys({"principal", "roles"}));
+  KW_RETURN_IF_ERROR(s.ReadRequiredString("principal", r.principal));
+  std::vector<std::string> names;
+  std::vector<uint32_t> lines;
+  KW_RETURN_IF_ERROR(s.ReadStrings("roles", names, &lines));
+  if (!s.Has("roles")) return s.Missing("roles");
+  if (names.empty()) return s.Invalid("roles", "needs at least one role");
+  for (size_t i = 0; i < names.size(); ++i) {
+    std::optional<Role> role = ParseRole(names[i]);
+    if (!role.has_value()) {
+      return s.InvalidAt(lines[i], "roles",
+                         StrCat("unknown role \"", names[i],
+                                "\" (expected one of: ca-administrator, certificate-manager, "
+                                "backup-operator, auditor, enrollee, signer)"));
+    }
+    if (std::find(r.roles.begin(), r.roles.end(), *role) != r.roles.end()) {
+      return s.InvalidAt(lines[i], "roles", StrCat("\"", names[i], "\" is listed twice"));
+    }
+    r.roles.push_back(*role);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadTemplate(const Section& s, TemplateConfig& t) {
+  KW_RETURN_IF_ERROR(s.CheckKeys({"name", "oid", "major_version", "minor_version", "key_usage",
+                                  "extended_key_usage", "validity", "subject", "min_key_bits",
+                                  "key_types", "pend", "archival"}));
+  KW_RETURN_IF_ERROR(s.ReadRequiredString("name", t.name));
+  KW_RETURN_IF_ERROR(s.ReadString("oid", t.oid));
+  if (s.Has("oid") && !IsDottedOid(t.oid)) {
+    return s.Invalid(
+        "oid",
+        StrCat("\"", t.oid, "\" is not a dotted-decimal OID (e.g. \"1.3.6.1.4.1.311.21.8.1.1\")"));
+  }
+  KW_RETURN_IF_ERROR(s.ReadInt("major_version", 0, kIntMax, t.major_version));
+  KW_RETURN_IF_ERROR(s.ReadInt("minor_version", 0, kIntMax, t.minor_version));
+  KW_RETURN_IF_ERROR(s.ReadStringSet("key_usage", kKeyUsages, nullptr, "", t.key_usage));
+  KW_RETURN_IF_ERROR(s.ReadStringSet("extended_key_usage", kExtendedKeyUsages, IsDottedOid,
+                                     " or a dotted-decimal OID", t.extended_key_usage));
+  KW_RETURN_IF_ERROR(s.ReadDuration("validity", t.validity));
+  std::string subject = t.subject == SubjectSource::kPrincipal ? "principal" : "request";
+  KW_RETURN_IF_ERROR(s.ReadChoice("subject", {"request", "principal"}, subject));
+  t.subject = subject == "principal" ? SubjectSource::kPrincipal : SubjectSource::kRequest;
+  KW_RETURN_IF_ERROR(s.ReadInt("min_key_bits", 256, 16384, t.min_key_bits));
+  KW_RETURN_IF_ERROR(s.ReadStringSet("key_types", {"rsa", "ec"}, nullptr, "", t.key_types));
+  if (t.key_types.empty()) return s.Invalid("key_types", "needs at least one key type");
+  KW_RETURN_IF_ERROR(s.ReadBool("pend", t.pend));
+  std::string archival = t.archival == ArchivalPolicy::kRequired  ? "required"
+                         : t.archival == ArchivalPolicy::kAllowed ? "allowed"
+                                                                  : "none";
+  KW_RETURN_IF_ERROR(s.ReadChoice("archival", {"none", "allowed", "required"}, archival));
+  t.archival = archival == "required"  ? ArchivalPolicy::kRequired
+               : archival == "allowed" ? ArchivalPolicy::kAllowed
+                                       : ArchivalPolicy::kNone;
+  return absl::OkStatus();
+}
+
+absl::Status ReadRoot(const Context& ctx, const toml::table& root, Config& config) {
+  Section top(ctx, &root, "");
+  KW_RETURN_IF_ERROR(top.CheckKeys(
+      {"ca", "hsm", "exchange", "database", "server", "crl", "kra", "flags", "role", "template"}));
+
+  // Sections in the order of the example file, so the first error reported
+  // is usually the first one in the file.
+  struct {
+    const char* name;
+    absl::Status (*read)(const Section&, Config&);
+  } const kSections[] = {
+      {"ca", [](const Section& s, Config& c) { return ReadCa(s, c.ca); }},
+      {"hsm", [](const Section& s, Config& c) { return ReadHsm(s, c.hsm); }},
+      {"exchange", [](const Section& s, Config& c) { return ReadExchange(s, c.exchange); }},
+      {"database", [](const Section& s, Config& c) { return ReadDatabase(s, c.database); }},
+      {"server", [](const Section& s, Config& c) { return ReadServer(s, c.server); }},
+      {"crl", [](const Section& s, Config& c) { return ReadCrl(s, c.crl); }},
+      {"kra", [](const Section& s, Config& c) { return ReadKra(s, c.kra); }},
+      {"flags", [](const Section& s, Config& c) { return ReadFlags(s, c.flags); }},
+  };
+  for (const auto& section : kSections) {
+    absl::StatusOr<Section> s = top.Table(section.name);
+    if (!s.ok()) return s.status();
+    KW_RETURN_IF_ERROR(section.read(*s, config));
+  }
+
+  std::vector<Section> roles;
+  KW_RETURN_IF_ERROR(top.Tables("role", roles));
+  std::map<std::string, std::string> principals;  // principal -> "role[i]"
+  for (const Section& s : roles) {
+    RoleBinding binding;
+    KW_RETURN_IF_ERROR(ReadRole(s, binding));
+    auto [it, inserted] = principals.emplace(binding.principal, s.path());
+    if (!inserted) {
+      return s.Invalid("principal", StrCat("\"", binding.principal, "\" is already bound in ",
+                                           it->second, " (list all its roles there)"));
+    }
+    config.roles.push_back(std::move(binding));
+  }
+
+  std::vector<Section> templates;
+  KW_RETURN_IF_ERROR(top.Tables("template", templates));
+  std::map<std::string, std::string> names;  // lower-case name -> "template[i]"
+  std::map<std::string, std::string> oids;   // oid -> "template[i]"
+  for (const Section& s : templates) {
+    TemplateConfig t;
+    KW_RETURN_IF_ERROR(ReadTemplate(s, t));
+    if (auto [it, inserted] = names.emplace(AsciiLower(t.name), s.path()); !inserted) {
+      return s.Invalid("name", StrCat("\"", t.name, "\" is already the name of ", it->second,
+                                      " (names are compared case-insensitively)"));
+    }
+    if (!t.oid.empty()) {
+      if (auto [it, inserted] = oids.emplace(t.oid, s.path()); !inserted) {
+        return s.Invalid("oid", StrCat("\"", t.oid, "\" is already the OID of ", it->second));
+      }
+    }
+    config.templates.push_back(std::move(t));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status FileError(const std::string& path, int err) {
+  std::string message = StrCat("configuration file ", path, ": ", std::strerror(err));
+  switch (err) {
+    case ENOENT:
+    case ENOTDIR:
+      return absl::NotFoundError(message);
+    case EACCES:
+    case EPERM:
+      return absl::PermissionDeniedError(message);
+    default:
+      return absl::FailedPreconditionError(message);
+  }
+}
+
+}  // namespace
+
+const char* RoleName(Role role) {
+  switch (role) {
+    case Role::kCaAdministrator:
+      return "ca-administrator";
+    case Role::kCertificateManager:
+      return "certificate-manager";
+    case Role::kBackupOperator:
+      return "backup-operator";
+    case Role::kAuditor:
+      return "auditor";
+    case Role::kEnrollee:
+      return "enrollee";
+    case Role::kSigner:
+      return "signer";
+  }
+  return "unknown";
+}
+
+std::optional<Role> ParseRole(std::string_view name) {
+  for (Role r : {Role::kCaAdministrator, Role::kCertificateManager, Role::kBackupOperator,
+                 Role::kAuditor, Role::kEnrollee, Role::kSigner}) {
+    if (name == RoleName(r)) return r;
+  }
+  return std::nullopt;
+}
+
+bool IsCimcRole(Role role) {
+  switch (role) {
+    case Role::kCaAdministrator:
+    case Role::kCertificateManager:
+    case Role::kBackupOperator:
+    case Role::kAuditor:
+      return true;
+    case Role::kEnrollee:
+    case Role::kSigner:
+      return false;
+  }
+  return false;
+}
+
+const TemplateConfig* Config::FindTemplate(std::string_view name_or_oid) const {
+  if (name_or_oid.empty()) return nullptr;
+  std::string lower = AsciiLower(name_or_oid);
+  for (const TemplateConfig& t : templates) {
+    if (AsciiLower(t.name) == lower) return &t;
+  }
+  for (const TemplateConfig& t : templates) {
+    if (!t.oid.empty() && t.oid == name_or_oid) return &t;
+  }
+  return nullptr;
+}
+
+std::vector<Role> Config::RolesOf(std::string_view principal) const {
+  constexpr std::array<Role, 6> kAll = {Role::kCaAdministrator, Role::kCertificateManager,
+                                        Role::kBackupOperator,  Role::kAuditor,
+                                        Role::kEnrollee,        Role::kSigner};
+  std::array<bool, kAll.size()> held{};
+  for (const RoleBinding& b : roles) {
+    if (b.principal != principal) continue;
+    for (Role r : b.roles) held[static_cast<size_t>(r)] = true;
+  }
+  std::vector<Role> out;
+  for (size_t i = 0; i < kAll.size(); ++i) {
+    if (held[i]) out.push_back(kAll[i]);
+  }
+  return out;
+}
+
+absl::StatusOr<std::chrono::seconds> ParseDuration(std::string_view text) {
+  auto bad = [&](std::string_view why) {
+    return absl::InvalidArgumentError(StrCat("duration \"", text, "\": ", why));
+  };
+  constexpr std::string_view kForm =
+      "expected a positive whole number and one unit (s, m, h or d), e.g. \"90s\", \"15m\", "
+      "\"12h\", \"7d\"";
+  if (text.size() < 2) return bad(kForm);
+  int64_t unit = 0;
+  switch (text.back()) {
+    case 's':
+      unit = 1;
+      break;
+    case 'm':
+      unit = 60;
+      break;
+    case 'h':
+      unit = 3600;
+      break;
+    case 'd':
+      unit = 86400;
+      break;
+    default:
+      return bad(kForm);
+  }
+  std::string_view digits = text.substr(0, text.size() - 1);
+  for (char c : digits) {
+    if (c < '0' || c > '9') return bad(kForm);
+  }
+  uint64_t n = 0;
+  auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), n);
+  if (ec == std::errc::result_out_of_range ||
+      (ec == std::errc() && n > static_cast<uint64_t>(kMaxDurationSeconds / unit))) {
+    return bad("too long (at most 100 years)");
+  }
+  if (ec != std::errc() || end != digits.data() + digits.size()) return bad(kForm);
+  if (n == 0) return bad("must be positive");
+  return std::chrono::seconds(static_cast<int64_t>(n) * unit);
+}
+
+absl::StatusOr<Config> ParseConfig(std::string_view toml_text, const std::string& source_name,
+                                   const std::string& base_dir) {
+  toml::table root;
+  try {
+    root = toml::parse(toml_text, std::string_view(source_name));
+  } catch (const toml::parse_error& e) {
+    const toml::source_position& at = e.source().begin;
+    return absl::InvalidArgumentError(StrCat(source_name, ":", at.line, ":", at.column,
+                                             ": TOML syntax error: ", e.description()));
+  } catch (const std::exception& e) {
+    return absl::InternalError(StrCat(source_name, ": reading TOML: ", e.what()));
+  }
+  Context ctx(source_name, base_dir);
+  Config config;
+  config.source = source_name;
+  try {
+    KW_RETURN_IF_ERROR(ReadRoot(ctx, root, config));
+  } catch (const std::exception& e) {  // std::bad_alloc, std::filesystem errors
+    return absl::InternalError(StrCat(source_name, ": ", e.what()));
+  }
+  return config;
+}
+
+absl::StatusOr<Config> LoadConfig(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return FileError(path, errno);
+  struct stat st {};
+  if (fstat(fd, &st) != 0) {
+    int err = errno;
+    close(fd);
+    return FileError(path, err);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    close(fd);
+    return absl::FailedPreconditionError(
+        StrCat("configuration file ", path, ": not a regular file"));
+  }
+  constexpr size_t kMaxSize = 4 << 20;
+  std::string text;
+  std::array<char, 8192> buf;
+  for (;;) {
+    ssize_t n = read(fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      close(fd);
+      return FileError(path, err);
+    }
+    if (n == 0) break;
+    text.append(buf.data(), static_cast<size_t>(n));
+    if (text.size() > kMaxSize) {
+      close(fd);
+      return absl::InvalidArgumentError(StrCat("configuration file ", path, ": larger than 4 MiB"));
+    }
+  }
+  close(fd);
+
+  std::error_code ec;
+  std::filesystem::path absolute = std::filesystem::absolute(path, ec);
+  std::string base_dir = ec ? std::filesystem::path(path).parent_path().string()
+                            : absolute.lexically_normal().parent_path().string();
+  return ParseConfig(text, path, base_dir);
+}
+
+}  // namespace keywarden::service

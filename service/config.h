@@ -1,0 +1,127 @@
+// keywarden.toml: the daemon's whole configuration, strictly parsed. An
+// unknown table or key, a wrong type, or a value out of range is an error
+// that names the file, the key and what was expected. Relative paths are
+// taken relative to the configuration file's directory.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace keywarden::service {
+
+enum class Role {
+  kCaAdministrator,     // "ca-administrator"
+  kCertificateManager,  // "certificate-manager"
+  kBackupOperator,      // "backup-operator"
+  kAuditor,             // "auditor"
+  kEnrollee,            // "enrollee"
+  kSigner,              // "signer"
+};
+const char* RoleName(Role role);
+std::optional<Role> ParseRole(std::string_view name);
+// The four Common Criteria CIMC roles that role separation keeps apart.
+bool IsCimcRole(Role role);
+
+enum class ArchivalPolicy { kNone, kAllowed, kRequired };  // "none", "allowed", "required"
+enum class SubjectSource { kRequest, kPrincipal };         // "request", "principal"
+
+struct TemplateConfig {
+  std::string name;  // required, unique
+  std::string oid;   // optional, unique; dotted decimal
+  int major_version = 100;
+  int minor_version = 0;
+  std::vector<std::string> key_usage;  // digitalSignature, nonRepudiation, keyEncipherment,
+                                       // dataEncipherment, keyAgreement, keyCertSign, cRLSign
+  std::vector<std::string> extended_key_usage;  // serverAuth, clientAuth, emailProtection,
+                                                // codeSigning, OCSPSigning, timeStamping,
+                                                // or a dotted OID
+  std::chrono::seconds validity{std::chrono::hours(24 * 365)};
+  // Where the subject comes from; with kRequest an empty request subject
+  // still falls back to the principal (Windows autoenrollment sends none).
+  SubjectSource subject = SubjectSource::kRequest;
+  int min_key_bits = 2048;                       // RSA modulus / EC field size floor
+  std::vector<std::string> key_types = {"rsa"};  // "rsa", "ec"
+  bool pend = false;                             // wait for a Certificate Manager
+  ArchivalPolicy archival = ArchivalPolicy::kNone;
+};
+
+struct RoleBinding {
+  std::string principal;  // client certificate subject, RFC 4514 ("CN=alice,O=Example")
+  std::vector<Role> roles;
+};
+
+struct Config {
+  std::string source;  // the file it came from (for messages)
+
+  struct Ca {
+    std::string name;         // required
+    std::string certificate;  // PEM file of the CA certificate (required to serve)
+    std::string chain;        // optional PEM file: issuers above the CA, leaf-most first
+  } ca;
+
+  struct Hsm {
+    std::string module;       // path or p11-kit name; may also be in the URIs
+    std::string token;        // PKCS#11 URI of the CA token (required)
+    std::string pin_source;   // file:PATH / env:NAME (required: a daemon cannot prompt)
+    std::string signing_key;  // PKCS#11 URI of the CA signing key (required)
+    int max_sessions = 16;    // 1..1024
+  } hsm;
+
+  struct Exchange {
+    std::chrono::seconds validity{std::chrono::hours(24 * 7)};
+    std::chrono::seconds overlap{std::chrono::hours(24)};  // must be < validity
+    std::string key_algorithm = "rsa2048";                 // RSA only: rsa2048/3072/4096
+  } exchange;
+
+  struct Database {
+    std::string backend = "sqlite";  // "sqlite" or "postgresql"
+    std::string path;                // sqlite: database file (required for sqlite)
+    std::string connection;          // postgresql: libpq connection string
+  } database;
+
+  struct Server {
+    std::string listen = "127.0.0.1:8443";
+    std::string tls_certificate;         // PEM (required)
+    std::string tls_key;                 // PEM (required)
+    std::vector<std::string> client_ca;  // PEM files of CAs whose client certs are accepted (>= 1)
+    int threads = 0;                     // 0: one per core
+  } server;
+
+  struct Crl {
+    std::chrono::seconds validity{std::chrono::hours(24 * 7)};  // nextUpdate - thisUpdate
+  } crl;
+
+  struct Kra {
+    std::vector<std::string> certificates;  // PEM files or SHA-1 thumbprints of issued certs
+    int count = 1;                          // N per archival; checked against the list by the CA
+  } kra;
+
+  struct Flags {
+    bool role_separation = false;                    // RoleSeparationEnabled
+    bool enable_foreign = false;                     // KRAF_ENABLEFOREIGN
+    std::string archival_scheme = "des3-rsa-pkcs1";  // or "aes256-rsa-oaep"
+  } flags;
+
+  std::vector<RoleBinding> roles;
+  std::vector<TemplateConfig> templates;
+
+  // Lookup helpers.
+  const TemplateConfig* FindTemplate(std::string_view name_or_oid) const;
+  std::vector<Role> RolesOf(std::string_view principal) const;
+};
+
+// Durations: "90s", "15m", "12h", "7d" (one unit, positive integer).
+absl::StatusOr<std::chrono::seconds> ParseDuration(std::string_view text);
+
+// `source_name` is used in messages; `base_dir` resolves relative paths.
+absl::StatusOr<Config> ParseConfig(std::string_view toml_text, const std::string& source_name,
+                                   const std::string& base_dir);
+absl::StatusOr<Config> LoadConfig(const std::string& path);
+
+}  // namespace keywarden::service

@@ -1,0 +1,111 @@
+// keywardend: the keywarden CA daemon.
+//   keywardend --config /etc/keywarden/keywarden.toml [--port-file FILE]
+// Prints "keywardend: listening on HOST:PORT" once it serves; stops cleanly
+// on SIGTERM or SIGINT.
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <string>
+#include <thread>
+
+#include "hsm/open.h"
+#include "hsm/provider/provider.h"
+#include "hsm/strings.h"
+#include "pki/files.h"
+#include "service/ca/authority.h"
+#include "service/config.h"
+#include "service/server/server.h"
+#include "service/storage/store.h"
+
+namespace {
+
+using namespace keywarden;
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "keywardend: %s\n", std::string(status.message()).c_str());
+  return 1;
+}
+
+int Run(const std::string& config_path, const std::string& port_file) {
+  auto config = service::LoadConfig(config_path);
+  if (!config.ok()) return Fail(config.status());
+  if (config->database.backend != "sqlite") {
+    return Fail(absl::UnimplementedError("database backend \"" + config->database.backend +
+                                         "\" is not available in this build (use sqlite)"));
+  }
+  auto store = service::OpenSqliteStore(config->database.path);
+  if (!store.ok()) return Fail(store.status());
+
+  auto uri = hsm::Pkcs11Uri::Parse(config->hsm.token);
+  if (!uri.ok()) return Fail(uri.status());
+  auto pin = hsm::PinSource::Parse(config->hsm.pin_source);
+  if (!pin.ok()) return Fail(pin.status());
+  hsm::OpenOptions open;
+  open.default_module = config->hsm.module;
+  open.pin = *pin;
+  open.token.max_sessions = static_cast<size_t>(config->hsm.max_sessions);
+  auto token = hsm::OpenToken(*uri, open);
+  if (!token.ok()) return Fail(token.status());
+  auto crypto = hsm::CryptoContext::Create();
+  if (!crypto.ok()) return Fail(crypto.status());
+
+  auto ca = service::CertificateAuthority::Open(
+      *config, **store, *crypto, *token, [] { return static_cast<int64_t>(std::time(nullptr)); });
+  if (!ca.ok()) return Fail(ca.status());
+  auto server = service::StartServer(*config, **ca);
+  if (!server.ok()) return Fail(server.status());
+
+  const std::string host = config->server.listen.substr(0, config->server.listen.rfind(':'));
+  std::printf("keywardend: listening on %s:%d\n", host.c_str(), server->port);
+  std::fflush(stdout);
+  if (!port_file.empty()) {
+    auto st = pki::WriteFileAtomically(port_file, std::to_string(server->port) + "\n",
+                                       pki::Overwrite::kReplace);
+    if (!st.ok()) return Fail(st);
+  }
+
+  // Block the stop signals here and wait for them on this thread.
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGINT);
+  int sig = 0;
+  sigwait(&stop, &sig);
+  std::fprintf(stderr, "keywardend: %s received, stopping\n", strsignal(sig));
+  server->server->Shutdown();
+  (*ca)->Audit("system", "service.stopped", "{\"signal\":\"" + std::string(strsignal(sig)) + "\"}");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Block stop signals before gRPC starts its threads, so only sigwait sees them.
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+
+  std::string config, port_file;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if ((a == "--config" || a == "-c") && i + 1 < argc) {
+      config = argv[++i];
+    } else if (a == "--port-file" && i + 1 < argc) {
+      port_file = argv[++i];
+    } else if (a == "--help" || a == "-h") {
+      std::printf("usage: keywardend --config FILE [--port-file FILE]\n");
+      return 0;
+    } else {
+      std::fprintf(stderr, "keywardend: unknown argument \"%s\" (see --help)\n", a.c_str());
+      return 2;
+    }
+  }
+  if (config.empty()) {
+    std::fprintf(stderr, "keywardend: --config FILE is required\n");
+    return 2;
+  }
+  return Run(config, port_file);
+}

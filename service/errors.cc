@@ -1,0 +1,60 @@
+#include "service/errors.h"
+
+#include <cstdio>
+
+#include "absl/strings/cord.h"
+#include "hsm/strings.h"
+
+namespace keywarden::service {
+namespace {
+
+constexpr char kPayloadUrl[] = "type.keywarden/hresult";
+
+const HResult* const kAll[] = {
+    &hresult::kKeyArchivalNotConfigured,
+    &hresult::kNoValidKra,
+    &hresult::kBadRequestKeyArchival,
+    &hresult::kArchivedKeyRequired,
+    &hresult::kUnsupportedCertType,
+    &hresult::kNoCertType,
+    &hresult::kKeyLength,
+    &hresult::kBadRequestSubject,
+    &hresult::kBadRequestStatus,
+    &hresult::kRoleConflict,
+    &hresult::kAccessDenied,
+    &hresult::kBadSignature,
+    &hresult::kAsn1BadTag,
+    &hresult::kInvalidArg,
+    &hresult::kAmbiguousName,
+    &hresult::kNotFound,
+};
+
+}  // namespace
+
+absl::Status Error(const HResult& hr, const std::string& detail) {
+  char code[16];
+  std::snprintf(code, sizeof code, "0x%08x", hr.code);
+  std::string message =
+      detail.empty() ? StrCat(hr.text, " ", code) : StrCat(hr.text, " ", code, ": ", detail);
+  absl::Status status(hr.status, message);
+  status.SetPayload(kPayloadUrl, absl::Cord(std::string(code)));
+  return status;
+}
+
+std::optional<uint32_t> HResultOf(const absl::Status& status) {
+  auto payload = status.GetPayload(kPayloadUrl);
+  if (!payload) return std::nullopt;
+  std::string text(*payload);
+  unsigned value = 0;
+  if (std::sscanf(text.c_str(), "0x%x", &value) != 1) return std::nullopt;
+  return value;
+}
+
+const HResult* FindHResult(uint32_t code) {
+  for (const HResult* hr : kAll) {
+    if (hr->code == code) return hr;
+  }
+  return nullptr;
+}
+
+}  // namespace keywarden::service

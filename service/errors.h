@@ -1,0 +1,88 @@
+// keywarden's one error vocabulary: an absl::Status whose code is the gRPC
+// code and whose payload carries the seed's HRESULT (certutil shows the same
+// numbers), mapped to a gRPC status in exactly one place (server/status.cc).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+
+namespace keywarden::service {
+
+struct HResult {
+  uint32_t code;
+  const char* symbol;
+  const char* text;  // the Windows message, where it has one
+  absl::StatusCode status;
+};
+
+namespace hresult {
+// Key archival (ARCHITECTURE.md §4).
+inline constexpr HResult kKeyArchivalNotConfigured{
+    0x8009400a, "CERTSRV_E_KEY_ARCHIVAL_NOT_CONFIGURED",
+    "Cannot archive private key. The certification authority is not configured for key archival.",
+    absl::StatusCode::kFailedPrecondition};
+inline constexpr HResult kNoValidKra{
+    0x8009400b, "CERTSRV_E_NO_VALID_KRA",
+    "Cannot archive private key. No valid key recovery agent is defined for this certification "
+    "authority.",
+    absl::StatusCode::kFailedPrecondition};
+inline constexpr HResult kBadRequestKeyArchival{
+    0x8009400c, "CERTSRV_E_BAD_REQUEST_KEY_ARCHIVAL",
+    "The request is incorrectly formatted. The encrypted private key must be in an unauthenticated "
+    "attribute in an outermost signature.",
+    absl::StatusCode::kInvalidArgument};
+inline constexpr HResult kArchivedKeyRequired{
+    0x80094804, "CERTSRV_E_ARCHIVED_KEY_REQUIRED",
+    "The certificate template requires the private key to be archived, but the request carries "
+    "none.",
+    absl::StatusCode::kInvalidArgument};
+// Enrollment and policy.
+inline constexpr HResult kUnsupportedCertType{
+    0x80094800, "CERTSRV_E_UNSUPPORTED_CERT_TYPE",
+    "The requested certificate template is not supported by this CA.",
+    absl::StatusCode::kInvalidArgument};
+inline constexpr HResult kNoCertType{0x80094801, "CERTSRV_E_NO_CERT_TYPE",
+                                     "The request contains no certificate template information.",
+                                     absl::StatusCode::kInvalidArgument};
+inline constexpr HResult kKeyLength{
+    0x80094811, "CERTSRV_E_KEY_LENGTH",
+    "The public key does not meet the minimum size required by the specified certificate "
+    "template.",
+    absl::StatusCode::kInvalidArgument};
+inline constexpr HResult kBadRequestSubject{0x80094001, "CERTSRV_E_BAD_REQUESTSUBJECT",
+                                            "The request subject name is invalid or too long.",
+                                            absl::StatusCode::kInvalidArgument};
+inline constexpr HResult kBadRequestStatus{
+    0x80094003, "CERTSRV_E_BAD_REQUESTSTATUS",
+    "The request's current status does not allow this operation.",
+    absl::StatusCode::kFailedPrecondition};
+inline constexpr HResult kRoleConflict{
+    0x80094008, "CERTSRV_E_ROLECONFLICT",
+    "The operation is denied. The user has multiple roles assigned and the certification "
+    "authority is configured to enforce role separation.",
+    absl::StatusCode::kPermissionDenied};
+inline constexpr HResult kAccessDenied{0x80070005, "E_ACCESSDENIED", "Access is denied.",
+                                       absl::StatusCode::kPermissionDenied};
+inline constexpr HResult kBadSignature{0x80090006, "NTE_BAD_SIGNATURE", "Invalid Signature.",
+                                       absl::StatusCode::kInvalidArgument};
+inline constexpr HResult kAsn1BadTag{0x8009310b, "CRYPT_E_ASN1_BADTAG", "ASN1 bad tag value met.",
+                                     absl::StatusCode::kInvalidArgument};
+inline constexpr HResult kInvalidArg{0x80070057, "E_INVALIDARG", "The parameter is incorrect.",
+                                     absl::StatusCode::kInvalidArgument};
+// Recovery.
+inline constexpr HResult kAmbiguousName{0x8002802c, "TYPE_E_AMBIGUOUSNAME", "Ambiguous name.",
+                                        absl::StatusCode::kFailedPrecondition};
+inline constexpr HResult kNotFound{0x80092004, "CRYPT_E_NOT_FOUND",
+                                   "Cannot find object or property.", absl::StatusCode::kNotFound};
+}  // namespace hresult
+
+// "<hresult text> <detail>" with the HRESULT attached.
+absl::Status Error(const HResult& hr, const std::string& detail = {});
+// The HRESULT attached to a status, if any.
+std::optional<uint32_t> HResultOf(const absl::Status& status);
+const HResult* FindHResult(uint32_t code);
+
+}  // namespace keywarden::service

@@ -1,0 +1,349 @@
+#include "service/server/services.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+#include <openssl/evp.h>
+
+#include "hsm/strings.h"
+#include "service/server/rpc.h"
+
+namespace keywarden::service {
+namespace {
+
+using grpc::ServerContext;
+using grpc::Status;
+
+#define KW_AUTHORIZE(method)                              \
+  auto caller_or = Authorize(ca_, *context, method);      \
+  if (!caller_or.ok()) return ToGrpc(caller_or.status()); \
+  const Caller& caller = *caller_or;                      \
+  (void)caller
+
+std::string Bytes(const std::vector<uint8_t>& v) {
+  return std::string(v.begin(), v.end());
+}
+
+void FillChain(X509* leaf, const std::vector<std::vector<uint8_t>>& chain,
+               v1::CertificateChain* out) {
+  unsigned char* der = nullptr;
+  int len = i2d_X509(leaf, &der);
+  out->set_certificate(
+      std::string(reinterpret_cast<char*>(der), static_cast<size_t>(std::max(len, 0))));
+  OPENSSL_free(der);
+  for (const auto& c : chain) out->add_chain(Bytes(c));
+}
+
+Disposition FromProto(v1::Disposition d) {
+  switch (d) {
+    case v1::DISPOSITION_ISSUED:
+      return Disposition::kIssued;
+    case v1::DISPOSITION_DENIED:
+      return Disposition::kDenied;
+    case v1::DISPOSITION_FAILED:
+      return Disposition::kFailed;
+    default:
+      return Disposition::kPending;
+  }
+}
+
+class EnrollmentService final : public v1::Enrollment::Service {
+ public:
+  explicit EnrollmentService(CertificateAuthority& ca) : ca_(ca) {}
+
+  Status GetCaCertificate(ServerContext* context, const v1::GetCaCertificateRequest*,
+                          v1::CertificateChain* out) override {
+    KW_AUTHORIZE("/keywarden.v1.Enrollment/GetCaCertificate");
+    auto chain = ca_.ChainDer();
+    out->set_certificate(Bytes(chain.front()));
+    for (size_t i = 1; i < chain.size(); ++i) out->add_chain(Bytes(chain[i]));
+    return Status::OK;
+  }
+
+  Status GetExchangeCertificate(ServerContext* context, const v1::GetExchangeCertificateRequest*,
+                                v1::CertificateChain* out) override {
+    KW_AUTHORIZE("/keywarden.v1.Enrollment/GetExchangeCertificate");
+    auto x = ca_.CurrentExchange();
+    if (!x.ok()) return ToGrpc(x.status());
+    FillChain(x->certificate.get(), ca_.ChainDer(), out);
+    return Status::OK;
+  }
+
+  Status Submit(ServerContext* context, const v1::SubmitRequest* in,
+                v1::EnrollmentResult* out) override {
+    KW_AUTHORIZE("/keywarden.v1.Enrollment/Submit");
+    const auto& raw = in->request();
+    auto outcome =
+        ca_.Submit(caller.principal, {reinterpret_cast<const uint8_t*>(raw.data()), raw.size()},
+                   in->template_name());
+    if (!outcome.ok()) return ToGrpc(outcome.status());
+    Fill(*outcome, ca_.ChainDer(), out);
+    return Status::OK;
+  }
+
+  Status Retrieve(ServerContext* context, const v1::RetrieveRequest* in,
+                  v1::EnrollmentResult* out) override {
+    KW_AUTHORIZE("/keywarden.v1.Enrollment/Retrieve");
+    auto outcome =
+        ca_.Retrieve(caller.principal, in->request_id(), caller.Has(Role::kCertificateManager));
+    if (!outcome.ok()) return ToGrpc(outcome.status());
+    Fill(*outcome, ca_.ChainDer(), out);
+    return Status::OK;
+  }
+
+  Status GetCrl(ServerContext* context, const v1::GetCrlRequest*, v1::Crl* out) override {
+    KW_AUTHORIZE("/keywarden.v1.Enrollment/GetCrl");
+    auto crl = ca_.CurrentCrl();
+    if (!crl.ok()) return ToGrpc(crl.status());
+    out->set_crl(Bytes(crl->der));
+    out->set_crl_number(crl->number);
+    out->set_this_update(crl->this_update);
+    out->set_next_update(crl->next_update);
+    return Status::OK;
+  }
+
+ private:
+  CertificateAuthority& ca_;
+};
+
+class OfficerService final : public v1::Officer::Service {
+ public:
+  explicit OfficerService(CertificateAuthority& ca) : ca_(ca) {}
+
+  Status ListRequests(ServerContext* context, const v1::ListRequestsRequest* in,
+                      v1::ListRequestsResponse* out) override {
+    KW_AUTHORIZE("/keywarden.v1.Officer/ListRequests");
+    std::optional<Disposition> filter;
+    if (in->disposition() != v1::DISPOSITION_UNSPECIFIED) filter = FromProto(in->disposition());
+    const size_t limit = in->limit() > 0 ? static_cast<size_t>(in->limit()) : 100;
+    auto list = ca_.store().ListRequests(filter, std::min<size_t>(limit, 10000));
+    if (!list.ok()) return ToGrpc(list.status());
+    for (const auto& r : *list) Fill(r, out->add_requests());
+    return Status::OK;
+  }
+
+  Status GetRequest(ServerContext* context, const v1::GetRequestRequest* in,
+                    v1::RequestInfo* out) override {
+    KW_AUTHORIZE("/keywarden.v1.Officer/GetRequest");
+    auto r = ca_.store().GetRequest(in->request_id());
+    if (!r.ok()) return ToGrpc(r.status());
+    Fill(*r, out);
+    return Status::OK;
+  }
+
+  Status Approve(ServerContext* context, const v1::ApproveRequest* in,
+                 v1::EnrollmentResult* out) override {
+    KW_AUTHORIZE("/keywarden.v1.Officer/Approve");
+    auto outcome = ca_.Approve(caller.principal, in->request_id());
+    if (!outcome.ok()) return ToGrpc(outcome.status());
+    Fill(*outcome, ca_.ChainDer(), out);
+    return Status::OK;
+  }
+
+  Status Deny(ServerContext* context, const v1::DenyRequest* in, v1::RequestInfo* out) override {
+    KW_AUTHORIZE("/keywarden.v1.Officer/Deny");
+    auto r = ca_.Deny(caller.principal, in->request_id(), in->reason());
+    if (!r.ok()) return ToGrpc(r.status());
+    Fill(*r, out);
+    return Status::OK;
+  }
+
+  Status Revoke(ServerContext* context, const v1::RevokeRequest* in,
+                v1::CertificateInfo* out) override {
+    KW_AUTHORIZE("/keywarden.v1.Officer/Revoke");
+    auto c = ca_.Revoke(caller.principal, in->serial(), in->reason());
+    if (!c.ok()) return ToGrpc(c.status());
+    Fill(*c, out);
+    return Status::OK;
+  }
+
+  Status FindCertificates(ServerContext* context, const v1::FindCertificatesRequest* in,
+                          v1::FindCertificatesResponse* out) override {
+    KW_AUTHORIZE("/keywarden.v1.Officer/FindCertificates");
+    CertificateQuery q;
+    q.serial = in->serial().empty() ? "" : NormalizeSerial(in->serial());
+    q.sha1 = AsciiLower(in->sha1());
+    q.common_name = in->common_name();
+    q.upn = in->upn();
+    q.subject_contains = in->subject_contains();
+    q.request_id = in->request_id();
+    q.limit = in->limit() > 0 ? static_cast<size_t>(in->limit()) : 1000;
+    auto found = ca_.store().FindCertificates(q);
+    if (!found.ok()) return ToGrpc(found.status());
+    for (const auto& c : *found) Fill(c, out->add_certificates());
+    return Status::OK;
+  }
+
+ private:
+  CertificateAuthority& ca_;
+};
+
+class AdministrationService final : public v1::Administration::Service {
+ public:
+  explicit AdministrationService(CertificateAuthority& ca) : ca_(ca) {}
+
+  Status GetCaStatus(ServerContext* context, const v1::GetCaStatusRequest*,
+                     v1::CaStatus* out) override {
+    KW_AUTHORIZE("/keywarden.v1.Administration/GetCaStatus");
+    const Config& config = ca_.config();
+    out->set_name(config.ca.name);
+    out->set_subject(pki::FormatName(X509_get_subject_name(ca_.certificate())));
+    out->set_sha1(pki::Sha1Thumbprint(ca_.certificate()));
+    out->set_not_after(ToUnix(X509_get0_notAfter(ca_.certificate())));
+    out->set_token(config.hsm.token);
+    out->set_role_separation(config.flags.role_separation);
+    out->set_schema_version(ca_.store().SchemaVersion());
+    auto current = ca_.CurrentExchange();
+    for (const auto& x : ca_.ExchangeCertificates()) {
+      auto* e = out->add_exchange();
+      e->set_serial(x.serial);
+      e->set_not_before(x.not_before);
+      e->set_not_after(x.not_after);
+      e->set_key_label(x.key_label);
+      e->set_current(current.ok() && current->serial == x.serial);
+    }
+    for (const auto& t : config.templates) {
+      auto* ti = out->add_templates();
+      ti->set_name(t.name);
+      ti->set_oid(t.oid);
+      ti->set_pend(t.pend);
+      ti->set_archival(t.archival == ArchivalPolicy::kRequired  ? "required"
+                       : t.archival == ArchivalPolicy::kAllowed ? "allowed"
+                                                                : "none");
+      ti->set_validity_seconds(t.validity.count());
+    }
+    return Status::OK;
+  }
+
+  Status RenewExchangeCertificate(ServerContext* context,
+                                  const v1::RenewExchangeCertificateRequest*,
+                                  v1::CertificateChain* out) override {
+    KW_AUTHORIZE("/keywarden.v1.Administration/RenewExchangeCertificate");
+    auto x = ca_.RenewExchange(caller.principal);
+    if (!x.ok()) return ToGrpc(x.status());
+    FillChain(x->certificate.get(), ca_.ChainDer(), out);
+    return Status::OK;
+  }
+
+  Status PublishCrl(ServerContext* context, const v1::PublishCrlRequest*, v1::Crl* out) override {
+    KW_AUTHORIZE("/keywarden.v1.Administration/PublishCrl");
+    auto crl = ca_.PublishCrl(caller.principal);
+    if (!crl.ok()) return ToGrpc(crl.status());
+    out->set_crl(Bytes(crl->der));
+    out->set_crl_number(crl->number);
+    out->set_this_update(crl->this_update);
+    out->set_next_update(crl->next_update);
+    return Status::OK;
+  }
+
+ private:
+  CertificateAuthority& ca_;
+};
+
+class AuditService final : public v1::Audit::Service {
+ public:
+  explicit AuditService(CertificateAuthority& ca) : ca_(ca) {}
+
+  Status ReadAudit(ServerContext* context, const v1::ReadAuditRequest* in,
+                   v1::ReadAuditResponse* out) override {
+    KW_AUTHORIZE("/keywarden.v1.Audit/ReadAudit");
+    const size_t limit =
+        in->limit() > 0 ? std::min<size_t>(static_cast<size_t>(in->limit()), 10000) : 1000;
+    auto records = ca_.store().ReadAudit(std::max<int64_t>(in->from_seq(), 1), limit);
+    if (!records.ok()) return ToGrpc(records.status());
+    for (const auto& r : *records) {
+      auto* o = out->add_records();
+      o->set_seq(r.seq);
+      o->set_time(r.time);
+      o->set_principal(r.principal);
+      o->set_event(r.event);
+      o->set_details(r.details);
+      o->set_prev_hash(Bytes(r.prev_hash));
+      o->set_hash(Bytes(r.hash));
+    }
+    return Status::OK;
+  }
+
+  Status VerifyAudit(ServerContext* context, const v1::VerifyAuditRequest*,
+                     v1::VerifyAuditResponse* out) override {
+    KW_AUTHORIZE("/keywarden.v1.Audit/VerifyAudit");
+    std::vector<AuditRecord> all;
+    for (int64_t from = 1;;) {
+      auto page = ca_.store().ReadAudit(from, 5000);
+      if (!page.ok()) return ToGrpc(page.status());
+      if (page->empty()) break;
+      from = page->back().seq + 1;
+      all.insert(all.end(), std::make_move_iterator(page->begin()),
+                 std::make_move_iterator(page->end()));
+    }
+    auto st = VerifyAuditChain(all);
+    out->set_ok(st.ok());
+    out->set_records(static_cast<int64_t>(all.size()));
+    if (!st.ok()) out->set_problem(std::string(st.message()));
+    return Status::OK;
+  }
+
+ private:
+  CertificateAuthority& ca_;
+};
+
+class BackupService final : public v1::Backup::Service {
+ public:
+  explicit BackupService(CertificateAuthority& ca) : ca_(ca) {}
+
+  Status BackupDatabase(ServerContext* context, const v1::BackupDatabaseRequest*,
+                        grpc::ServerWriter<v1::BackupChunk>* writer) override {
+    KW_AUTHORIZE("/keywarden.v1.Backup/BackupDatabase");
+    char dir[] = "/tmp/keywarden-backup-XXXXXX";
+    if (mkdtemp(dir) == nullptr)
+      return ToGrpc(absl::InternalError("backup: no temporary directory"));
+    const std::string path = StrCat(dir, "/ca.db");
+    auto st = ca_.store().Backup(path);
+    Status result = Status::OK;
+    if (!st.ok()) {
+      result = ToGrpc(st);
+    } else {
+      FILE* f = std::fopen(path.c_str(), "rb");
+      ossl::UniquePtr<EVP_MD_CTX> sha(EVP_MD_CTX_new());
+      EVP_DigestInit_ex(sha.get(), EVP_sha256(), nullptr);
+      std::vector<char> buf(64 * 1024);
+      size_t n;
+      while (f != nullptr && (n = std::fread(buf.data(), 1, buf.size(), f)) > 0) {
+        EVP_DigestUpdate(sha.get(), buf.data(), n);
+        v1::BackupChunk chunk;
+        chunk.set_data(std::string(buf.data(), n));
+        if (!writer->Write(chunk)) break;
+      }
+      if (f != nullptr) std::fclose(f);
+      unsigned char digest[32];
+      unsigned int dlen = 0;
+      EVP_DigestFinal_ex(sha.get(), digest, &dlen);
+      v1::BackupChunk last;
+      last.set_sha256(HexString({digest, dlen}));
+      writer->Write(last);
+      ca_.Audit(caller.principal, "backup.database",
+                StrCat("{\"sha256\":\"", last.sha256(), "\"}"));
+    }
+    std::remove(path.c_str());
+    rmdir(dir);
+    return result;
+  }
+
+ private:
+  CertificateAuthority& ca_;
+};
+
+}  // namespace
+
+std::vector<std::unique_ptr<grpc::Service>> MakeServices(CertificateAuthority& ca) {
+  std::vector<std::unique_ptr<grpc::Service>> out;
+  out.push_back(std::make_unique<EnrollmentService>(ca));
+  out.push_back(std::make_unique<OfficerService>(ca));
+  out.push_back(std::make_unique<AdministrationService>(ca));
+  out.push_back(std::make_unique<AuditService>(ca));
+  out.push_back(std::make_unique<BackupService>(ca));
+  return out;
+}
+
+}  // namespace keywarden::service

@@ -1,0 +1,169 @@
+// The CA database. One interface, several backends (SQLite embedded by
+// default; PostgreSQL to follow): the same store tests run on each.
+//
+// Every write that must not be half-done is one call here, so a backend can
+// make it one transaction: RecordIssued stores the issued certificate, the
+// request's final disposition and (for archival) the encrypted key together,
+// so there is never an issued archival certificate without its blob.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace keywarden::service {
+
+// Unix time, seconds.
+using UnixTime = int64_t;
+
+// Request disposition, as certutil -view shows it.
+enum class Disposition {
+  kPending = 9,   // "Taken Under Submission": waits for a Certificate Manager
+  kIssued = 20,   // "Issued"
+  kDenied = 31,   // "Denied" by policy or by a Certificate Manager
+  kFailed = 30,   // "Error": something went wrong while processing
+};
+const char* DispositionName(Disposition d);  // "pending", "issued", "denied", "failed"
+
+// The encrypted private key of an archival request (filled by the archival
+// pipeline): a DER CMS EnvelopedData plus what is needed to find the KRAs.
+struct ArchivedKey {
+  std::vector<uint8_t> envelope;         // CMS EnvelopedData (DER ContentInfo)
+  std::string scheme;                    // "des3-rsa-pkcs1" or "aes256-rsa-oaep"
+  std::vector<std::string> kra_sha1;     // SHA-1 thumbprints (hex) of the KRA certificates used
+  std::vector<uint8_t> encrypted_key_hash;  // the request's 1.3.6.1.4.1.311.21.21 value
+};
+
+struct RequestRecord {
+  int64_t id = 0;                 // assigned by InsertRequest
+  std::string requester;          // authenticated principal that submitted it
+  std::string template_name;
+  std::string format;             // "pkcs10", "cmc"
+  std::vector<uint8_t> raw;       // the request exactly as received
+  std::string subject;            // requested subject (RFC 4514), may be empty
+  Disposition disposition = Disposition::kPending;
+  std::string disposition_message;
+  uint32_t status_code = 0;       // HRESULT-style code when denied/failed, else 0
+  UnixTime submitted_at = 0;
+  UnixTime resolved_at = 0;       // 0 while pending
+  std::string resolved_by;        // principal (officer) or "policy"
+  std::string serial;             // serial (hex) of the issued certificate, when issued
+  std::optional<ArchivedKey> archived_key;
+};
+
+struct CertificateRecord {
+  std::string serial;             // lower-case hex of the serial number's magnitude, even length
+  int64_t request_id = 0;         // 0 for certificates not issued from a request (CA's own)
+  std::vector<uint8_t> der;
+  std::string subject;            // RFC 4514
+  std::string upn;                // from the subjectAltName, when present
+  std::string template_name;
+  std::string sha1;               // hex thumbprint of the DER
+  std::string sha256;
+  UnixTime not_before = 0;
+  UnixTime not_after = 0;
+  bool revoked = false;
+  int revocation_reason = 0;      // RFC 5280 CRLReason
+  UnixTime revoked_at = 0;
+};
+
+// Search for certificates (getkey's tokens, the CLI's view). Empty fields
+// match everything; several set fields must all match.
+struct CertificateQuery {
+  std::string serial;
+  std::string sha1;
+  std::string subject_contains;   // case-insensitive substring of the subject
+  std::string common_name;        // exact CN
+  std::string upn;                // exact UPN
+  int64_t request_id = 0;
+  bool only_with_archived_key = false;
+  size_t limit = 1000;
+};
+
+struct AuditRecord {
+  int64_t seq = 0;                // 1, 2, 3, ... assigned by AppendAudit
+  UnixTime time = 0;
+  std::string principal;          // who ("system" for the daemon itself)
+  std::string event;              // e.g. "request.issued", "authz.refused"
+  std::string details;            // JSON object text
+  std::vector<uint8_t> prev_hash; // hash of record seq-1 (32 zero bytes for seq 1)
+  std::vector<uint8_t> hash;      // SHA-256 over this record's fields and prev_hash
+};
+
+// SHA-256 of an audit record's canonical encoding (seq, time, principal,
+// event, details, prev_hash; each length-prefixed). Backends must use this.
+std::vector<uint8_t> AuditHash(const AuditRecord& record);
+
+// Checks a run of audit records read in seq order from the start: every
+// hash recomputes, every prev_hash is the previous record's hash, seqs are
+// 1..n without gaps. The error names the first bad record and what is wrong
+// (edited, deleted/missing, reordered).
+absl::Status VerifyAuditChain(const std::vector<AuditRecord>& records);
+
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  // -- requests
+  virtual absl::StatusOr<int64_t> InsertRequest(const RequestRecord& request) = 0;
+  virtual absl::StatusOr<RequestRecord> GetRequest(int64_t id) = 0;
+  // Newest first; `disposition` filters when set.
+  virtual absl::StatusOr<std::vector<RequestRecord>> ListRequests(
+      std::optional<Disposition> disposition, size_t limit) = 0;
+  // Pending -> denied or failed. FAILED_PRECONDITION if the request is not pending.
+  virtual absl::Status ResolveRequest(int64_t id, Disposition disposition,
+                                      const std::string& message, uint32_t status_code,
+                                      const std::string& resolved_by, UnixTime at) = 0;
+  // Pending -> issued, atomically with inserting the certificate and, when
+  // given, the archived key. FAILED_PRECONDITION if the request is not
+  // pending; ALREADY_EXISTS if the serial is taken. Nothing is written on error.
+  virtual absl::Status RecordIssued(int64_t request_id, const CertificateRecord& certificate,
+                                    const std::optional<ArchivedKey>& archived_key,
+                                    const std::string& resolved_by, UnixTime at) = 0;
+
+  // -- certificates
+  // A certificate not tied to a request (the CA's own, exchange certificates).
+  virtual absl::Status InsertCertificate(const CertificateRecord& certificate) = 0;
+  virtual absl::StatusOr<CertificateRecord> GetCertificate(const std::string& serial) = 0;
+  virtual absl::StatusOr<std::vector<CertificateRecord>> FindCertificates(
+      const CertificateQuery& query) = 0;
+  // NOT_FOUND for an unknown serial; FAILED_PRECONDITION if already revoked.
+  virtual absl::Status Revoke(const std::string& serial, int reason, UnixTime at) = 0;
+  // Revoked certificates that have not expired before `now` (for the CRL).
+  virtual absl::StatusOr<std::vector<CertificateRecord>> RevokedCertificates(UnixTime now) = 0;
+
+  // -- settings: small named values the CA keeps (CRL number, exchange
+  // certificate serials, ...). NOT_FOUND when unset.
+  virtual absl::Status PutSetting(const std::string& name, const std::string& value) = 0;
+  virtual absl::StatusOr<std::string> GetSetting(const std::string& name) = 0;
+  // Atomically increments an integer setting (starting from 0) and returns the new value.
+  virtual absl::StatusOr<int64_t> NextCounter(const std::string& name) = 0;
+
+  // -- audit log (append-only, hash-chained)
+  virtual absl::StatusOr<AuditRecord> AppendAudit(const std::string& principal,
+                                                  const std::string& event,
+                                                  const std::string& details_json,
+                                                  UnixTime at) = 0;
+  // Records with seq >= from_seq, in seq order, at most `limit`.
+  virtual absl::StatusOr<std::vector<AuditRecord>> ReadAudit(int64_t from_seq, size_t limit) = 0;
+
+  // -- administration
+  // The schema as SQL (what `keywarden schema` prints, like certutil -schema).
+  virtual std::string Schema() = 0;
+  virtual int SchemaVersion() = 0;
+  // A consistent copy of the whole database at `path` while the CA keeps
+  // running; refuses to overwrite an existing file.
+  virtual absl::Status Backup(const std::string& path) = 0;
+};
+
+// Opens (creating if needed) an SQLite database: WAL mode, foreign keys on,
+// schema migrated to the current version inside a transaction. A database
+// with a newer schema version than this build knows is refused.
+absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path);
+
+}  // namespace keywarden::service

@@ -1,0 +1,701 @@
+// keywarden.toml parsing: pure parsing, no token needed.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "service/config.h"
+#include "tests/test_util.h"
+
+namespace keywarden::testing {
+namespace {
+
+using service::ArchivalPolicy;
+using service::Config;
+using service::ParseConfig;
+using service::ParseDuration;
+using service::Role;
+using service::SubjectSource;
+using service::TemplateConfig;
+using std::chrono::hours;
+using std::chrono::minutes;
+using std::chrono::seconds;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+constexpr hours kDay(24);
+
+// The smallest valid configuration. Line numbers matter to the tests:
+// [hsm] is line 4, [database] line 9, [server] line 12, client_ca line 15.
+constexpr std::string_view kMinimal = R"([ca]
+name = "Test CA"
+
+[hsm]
+token = "pkcs11:token=keywarden-ca"
+pin_source = "env:KEYWARDEN_CA_PIN"
+signing_key = "pkcs11:token=keywarden-ca;object=ca-key"
+
+[database]
+path = "keywarden.db"
+
+[server]
+tls_certificate = "tls.pem"
+tls_key = "tls.key"
+client_ca = ["clients.pem"]
+)";
+
+absl::StatusOr<Config> Parse(std::string_view text, const std::string& base_dir = "/etc/kw") {
+  return ParseConfig(text, "keywarden.toml", base_dir);
+}
+
+// kMinimal with `from` (which must occur) replaced by `to`.
+std::string Minimal(std::string_view from, std::string_view to) {
+  std::string text(kMinimal);
+  size_t at = text.find(from);
+  if (at == std::string::npos) {
+    ADD_FAILURE() << "test bug: \"" << from << "\" is not in the minimal config";
+    return text;
+  }
+  text.replace(at, from.size(), to);
+  return text;
+}
+
+// kMinimal followed by `extra` (after a blank line, so `extra` starts on line 17).
+std::string MinimalPlus(std::string_view extra) {
+  return std::string(kMinimal) + "\n" + std::string(extra);
+}
+
+// The message of a parse that must fail with INVALID_ARGUMENT.
+std::string ErrorOf(std::string_view text) {
+  absl::StatusOr<Config> config = Parse(text);
+  if (config.ok()) return "<parsed without error>";
+  EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument) << config.status();
+  return std::string(config.status().message());
+}
+
+std::string ReadText(const std::string& path) {
+  std::vector<uint8_t> bytes = ReadFile(path);
+  return std::string(bytes.begin(), bytes.end());
+}
+
+// --- The example file --------------------------------------------------------
+
+TEST(ConfigExampleTest, ParsesWithTheDocumentedValues) {
+  std::string text = ReadText(KEYWARDEN_EXAMPLE_CONFIG);
+  ASSERT_FALSE(text.empty()) << KEYWARDEN_EXAMPLE_CONFIG;
+  absl::StatusOr<Config> c = ParseConfig(text, "keywarden.example.toml", "/etc/keywarden");
+  ASSERT_TRUE(c.ok()) << c.status();
+
+  EXPECT_EQ(c->source, "keywarden.example.toml");
+  EXPECT_EQ(c->ca.name, "Example Issuing CA");
+  EXPECT_EQ(c->ca.certificate, "/etc/keywarden/ca.pem");
+  EXPECT_EQ(c->ca.chain, "/etc/keywarden/chain.pem");
+
+  EXPECT_EQ(c->hsm.module, "/usr/lib/softhsm/libsofthsm2.so");
+  EXPECT_EQ(c->hsm.token, "pkcs11:token=keywarden-ca");
+  EXPECT_EQ(c->hsm.pin_source, "file:/run/credentials/keywarden.service/ca-pin");
+  EXPECT_EQ(c->hsm.signing_key, "pkcs11:token=keywarden-ca;object=ca-key;type=private");
+  EXPECT_EQ(c->hsm.max_sessions, 16);
+
+  EXPECT_EQ(c->exchange.validity, 7 * kDay);
+  EXPECT_EQ(c->exchange.overlap, kDay);
+  EXPECT_EQ(c->exchange.key_algorithm, "rsa2048");
+
+  EXPECT_EQ(c->database.backend, "sqlite");
+  EXPECT_EQ(c->database.path, "/var/lib/keywarden/keywarden.db");
+  EXPECT_EQ(c->database.connection, "");
+
+  EXPECT_EQ(c->server.listen, "0.0.0.0:8443");
+  EXPECT_EQ(c->server.tls_certificate, "/etc/keywarden/tls/server.pem");
+  EXPECT_EQ(c->server.tls_key, "/etc/keywarden/tls/server.key");
+  EXPECT_EQ(c->server.client_ca,
+            (std::vector<std::string>{"/etc/keywarden/ca.pem", "/etc/keywarden/partner-ca.pem"}));
+  EXPECT_EQ(c->server.threads, 0);
+
+  EXPECT_EQ(c->crl.validity, 7 * kDay);
+
+  EXPECT_EQ(c->kra.certificates,
+            (std::vector<std::string>{"/etc/keywarden/kra/alice-kra.pem",
+                                      "/etc/keywarden/kra/bob-kra.pem",
+                                      "3f2a5c7e9b1d4f6a8c0e2b4d6f8a0c2e4b6d8f0a"}));
+  EXPECT_EQ(c->kra.count, 2);
+
+  EXPECT_TRUE(c->flags.role_separation);
+  EXPECT_FALSE(c->flags.enable_foreign);
+  EXPECT_EQ(c->flags.archival_scheme, "des3-rsa-pkcs1");
+
+  ASSERT_EQ(c->roles.size(), 6u);
+  EXPECT_EQ(c->RolesOf("CN=Alice Admin,O=Example"), std::vector<Role>{Role::kCaAdministrator});
+  EXPECT_EQ(c->RolesOf("CN=Bob Officer,O=Example"), std::vector<Role>{Role::kCertificateManager});
+  EXPECT_EQ(c->RolesOf("CN=Backup Service,O=Example"), std::vector<Role>{Role::kBackupOperator});
+  EXPECT_EQ(c->RolesOf("CN=Carol Auditor,O=Example"), std::vector<Role>{Role::kAuditor});
+  EXPECT_EQ(c->RolesOf("CN=Enrollment Gateway,O=Example"), std::vector<Role>{Role::kEnrollee});
+  EXPECT_EQ(c->RolesOf("CN=Build Service,O=Example"),
+            (std::vector<Role>{Role::kEnrollee, Role::kSigner}));
+
+  ASSERT_EQ(c->templates.size(), 4u);
+  const TemplateConfig& user = c->templates[0];
+  EXPECT_EQ(user.name, "User");
+  EXPECT_EQ(user.oid, "1.3.6.1.4.1.311.21.8.1.1");
+  EXPECT_EQ(user.major_version, 100);
+  EXPECT_EQ(user.minor_version, 0);
+  EXPECT_EQ(user.key_usage, (std::vector<std::string>{"digitalSignature", "keyEncipherment"}));
+  EXPECT_EQ(user.extended_key_usage, (std::vector<std::string>{"clientAuth", "emailProtection"}));
+  EXPECT_EQ(user.validity, 365 * kDay);
+  EXPECT_EQ(user.subject, SubjectSource::kRequest);
+  EXPECT_EQ(user.min_key_bits, 2048);
+  EXPECT_EQ(user.key_types, std::vector<std::string>{"rsa"});
+  EXPECT_FALSE(user.pend);
+  EXPECT_EQ(user.archival, ArchivalPolicy::kAllowed);
+
+  const TemplateConfig& archival = c->templates[1];
+  EXPECT_EQ(archival.name, "UserArchival");
+  EXPECT_EQ(archival.subject, SubjectSource::kPrincipal);
+  EXPECT_EQ(archival.archival, ArchivalPolicy::kRequired);
+  EXPECT_EQ(archival.minor_version, 1);
+
+  const TemplateConfig& web = c->templates[2];
+  EXPECT_EQ(web.name, "WebServer");
+  EXPECT_EQ(web.extended_key_usage, std::vector<std::string>{"serverAuth"});
+  EXPECT_FALSE(web.pend);
+  EXPECT_EQ(web.validity, 90 * kDay);
+  EXPECT_EQ(web.archival, ArchivalPolicy::kNone);
+
+  const TemplateConfig& kra = c->templates[3];
+  EXPECT_EQ(kra.name, "KeyRecoveryAgent");
+  EXPECT_EQ(kra.extended_key_usage, std::vector<std::string>{"1.3.6.1.4.1.311.21.6"});
+  EXPECT_EQ(kra.key_usage, std::vector<std::string>{"keyEncipherment"});
+  EXPECT_TRUE(kra.pend);
+  EXPECT_EQ(kra.archival, ArchivalPolicy::kNone);
+}
+
+TEST(ConfigExampleTest, LoadsFromDiskWithPathsRelativeToItsDirectory) {
+  absl::StatusOr<Config> c = service::LoadConfig(KEYWARDEN_EXAMPLE_CONFIG);
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::string dir(KEYWARDEN_EXAMPLE_CONFIG);
+  dir.resize(dir.rfind('/'));
+  EXPECT_EQ(c->source, KEYWARDEN_EXAMPLE_CONFIG);
+  EXPECT_EQ(c->ca.certificate, dir + "/ca.pem");
+  EXPECT_EQ(c->server.tls_key, dir + "/tls/server.key");
+}
+
+// --- Defaults ----------------------------------------------------------------
+
+TEST(ConfigTest, MinimalConfigGetsTheDocumentedDefaults) {
+  absl::StatusOr<Config> c = Parse(kMinimal);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->ca.certificate, "");
+  EXPECT_EQ(c->ca.chain, "");
+  EXPECT_EQ(c->hsm.module, "");
+  EXPECT_EQ(c->hsm.max_sessions, 16);
+  EXPECT_EQ(c->exchange.validity, 7 * kDay);
+  EXPECT_EQ(c->exchange.overlap, kDay);
+  EXPECT_EQ(c->exchange.key_algorithm, "rsa2048");
+  EXPECT_EQ(c->database.backend, "sqlite");
+  EXPECT_EQ(c->database.connection, "");
+  EXPECT_EQ(c->server.listen, "127.0.0.1:8443");
+  EXPECT_EQ(c->server.threads, 0);
+  EXPECT_EQ(c->crl.validity, 7 * kDay);
+  EXPECT_TRUE(c->kra.certificates.empty());
+  EXPECT_EQ(c->kra.count, 1);
+  EXPECT_FALSE(c->flags.role_separation);
+  EXPECT_FALSE(c->flags.enable_foreign);
+  EXPECT_EQ(c->flags.archival_scheme, "des3-rsa-pkcs1");
+  EXPECT_TRUE(c->roles.empty());
+  EXPECT_TRUE(c->templates.empty());
+}
+
+TEST(ConfigTest, TemplateWithOnlyANameGetsTheDocumentedDefaults) {
+  absl::StatusOr<Config> c = Parse(MinimalPlus("[[template]]\nname = \"Plain\"\n"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->templates.size(), 1u);
+  const TemplateConfig& t = c->templates[0];
+  EXPECT_EQ(t.name, "Plain");
+  EXPECT_EQ(t.oid, "");
+  EXPECT_EQ(t.major_version, 100);
+  EXPECT_EQ(t.minor_version, 0);
+  EXPECT_TRUE(t.key_usage.empty());
+  EXPECT_TRUE(t.extended_key_usage.empty());
+  EXPECT_EQ(t.validity, 365 * kDay);
+  EXPECT_EQ(t.subject, SubjectSource::kRequest);
+  EXPECT_EQ(t.min_key_bits, 2048);
+  EXPECT_EQ(t.key_types, std::vector<std::string>{"rsa"});
+  EXPECT_FALSE(t.pend);
+  EXPECT_EQ(t.archival, ArchivalPolicy::kNone);
+}
+
+// --- Strictness --------------------------------------------------------------
+
+TEST(ConfigStrictTest, UnknownTopLevelTableNamesFileLineAndTable) {
+  EXPECT_THAT(ErrorOf(MinimalPlus("[ldap]\nhost = \"ldap.example.com\"\n")),
+              StartsWith("keywarden.toml:17: unknown table \"ldap\" (expected one of: ca, hsm,"));
+}
+
+TEST(ConfigStrictTest, UnknownKeyInHsmNamesFileLineAndKeyPath) {
+  EXPECT_THAT(ErrorOf(Minimal("[hsm]\n", "[hsm]\npin = \"1234\"\n")),
+              StartsWith("keywarden.toml:5: unknown key \"hsm.pin\" (expected one of: module, "
+                         "token, pin_source, signing_key, max_sessions)"));
+}
+
+TEST(ConfigStrictTest, UnknownKeyInSecondTemplateNamesTheEntry) {
+  std::string text = MinimalPlus(
+      "[[template]]\n"          // 17
+      "name = \"User\"\n"       // 18
+      "\n"                      // 19
+      "[[template]]\n"          // 20
+      "name = \"WebServer\"\n"  // 21
+      "pendd = true\n");        // 22
+  EXPECT_THAT(ErrorOf(text), StartsWith("keywarden.toml:22: unknown key \"template[2].pendd\" "
+                                        "(expected one of: name, oid, major_version,"));
+}
+
+TEST(ConfigStrictTest, UnknownKeyInRoleNamesTheEntry) {
+  EXPECT_THAT(ErrorOf(MinimalPlus("[[role]]\nprinciple = \"CN=alice\"\nroles = [\"auditor\"]\n")),
+              StartsWith("keywarden.toml:18: unknown key \"role[1].principle\""));
+}
+
+TEST(ConfigStrictTest, OfSeveralUnknownKeysTheFirstInTheFileIsReported) {
+  // toml++ keeps keys sorted; the report must still follow the file.
+  EXPECT_THAT(ErrorOf(Minimal("[hsm]\n", "[hsm]\nzzz = 1\naaa = 2\n")),
+              StartsWith("keywarden.toml:5: unknown key \"hsm.zzz\""));
+}
+
+TEST(ConfigStrictTest, WrongTypeNamesKeyAndExpectedType) {
+  EXPECT_THAT(ErrorOf(Minimal("[hsm]\n", "[hsm]\nmax_sessions = \"16\"\n")),
+              StartsWith("keywarden.toml:5: key \"hsm.max_sessions\": expected an integer, got "
+                         "a string"));
+}
+
+TEST(ConfigStrictTest, WrongElementTypeInArrayNamesTheElement) {
+  EXPECT_THAT(ErrorOf(Minimal("[\"clients.pem\"]", "[\"clients.pem\", 2]")),
+              StartsWith("keywarden.toml:15: key \"server.client_ca[2]\": expected a string, got "
+                         "an integer"));
+}
+
+TEST(ConfigStrictTest, SingleStringWhereAnArrayIsNeededIsWrongType) {
+  EXPECT_THAT(ErrorOf(Minimal("[\"clients.pem\"]", "\"clients.pem\"")),
+              HasSubstr("key \"server.client_ca\": expected an array of strings, got a string"));
+}
+
+TEST(ConfigStrictTest, BooleanGivenAsStringIsWrongType) {
+  EXPECT_THAT(ErrorOf(MinimalPlus("[flags]\nrole_separation = \"yes\"\n")),
+              HasSubstr("key \"flags.role_separation\": expected a boolean"));
+}
+
+TEST(ConfigStrictTest, DurationGivenAsIntegerIsWrongType) {
+  EXPECT_THAT(ErrorOf(MinimalPlus("[crl]\nvalidity = 7\n")),
+              HasSubstr("key \"crl.validity\": expected a duration string"));
+}
+
+TEST(ConfigStrictTest, SectionThatIsNotATableIsWrongType) {
+  EXPECT_THAT(ErrorOf(MinimalPlus("[[flags]]\nenable_foreign = true\n")),
+              HasSubstr("key \"flags\": expected a table ([flags]), got an array"));
+}
+
+TEST(ConfigStrictTest, TemplateAsSingleTableIsWrongType) {
+  EXPECT_THAT(ErrorOf(MinimalPlus("[template]\nname = \"User\"\n")),
+              HasSubstr("key \"template\": expected an array of tables ([[template]]), got a "
+                        "table"));
+}
+
+TEST(ConfigStrictTest, SyntaxErrorShowsLineColumnAndDescription) {
+  std::string message = ErrorOf(Minimal("path = \"keywarden.db\"", "path = \"keywarden.db"));
+  EXPECT_THAT(message, ::testing::ContainsRegex("^keywarden\\.toml:10:[0-9]+: TOML syntax error: "))
+      << message;
+}
+
+TEST(ConfigStrictTest, DuplicateKeyIsASyntaxError) {
+  EXPECT_THAT(ErrorOf(Minimal("[ca]\n", "[ca]\nname = \"A\"\n")),
+              ::testing::ContainsRegex("^keywarden\\.toml:3:[0-9]+: TOML syntax error: "));
+}
+
+// --- Validation: one rule per case --------------------------------------------
+
+struct ValidationCase {
+  std::string name;
+  std::string text;
+  std::vector<std::string> expected;  // substrings of the message
+};
+
+void PrintTo(const ValidationCase& c, std::ostream* os) {
+  *os << c.name;
+}
+
+std::string Template(std::string_view body) {
+  return "[[template]]\nname = \"T\"\n" + std::string(body) + "\n";
+}
+
+std::vector<ValidationCase> ValidationCases() {
+  return {
+      {"MissingCaName",
+       Minimal("name = \"Test CA\"\n", ""),
+       {"keywarden.toml:1: missing required key \"ca.name\""}},
+      {"MissingCaSection",
+       Minimal("[ca]\nname = \"Test CA\"\n", ""),
+       {"keywarden.toml: missing required key \"ca.name\""}},
+      {"EmptyCaName", Minimal("\"Test CA\"", "\"\""), {"\"ca.name\"", "must not be empty"}},
+      {"MissingHsmToken",
+       Minimal("token = \"pkcs11:token=keywarden-ca\"\n", ""),
+       {"missing required key \"hsm.token\""}},
+      {"HsmTokenNotAUri",
+       Minimal("\"pkcs11:token=keywarden-ca\"", "\"keywarden-ca\""),
+       {"keywarden.toml:5: key \"hsm.token\"", "must start with \"pkcs11:\""}},
+      {"MissingPinSource",
+       Minimal("pin_source = \"env:KEYWARDEN_CA_PIN\"\n", ""),
+       {"missing required key \"hsm.pin_source\""}},
+      {"PinSourcePrompt",
+       Minimal("\"env:KEYWARDEN_CA_PIN\"", "\"prompt\""),
+       {"key \"hsm.pin_source\"", "cannot prompt"}},
+      {"PinSourcePromptWithText",
+       Minimal("\"env:KEYWARDEN_CA_PIN\"", "\"prompt:CA PIN: \""),
+       {"key \"hsm.pin_source\"", "cannot prompt"}},
+      {"PinSourceUnparsable",
+       Minimal("\"env:KEYWARDEN_CA_PIN\"", "\"hunter2\""),
+       {"key \"hsm.pin_source\"", "expected file:PATH, env:NAME"}},
+      {"MissingSigningKey",
+       Minimal("signing_key = \"pkcs11:token=keywarden-ca;object=ca-key\"\n", ""),
+       {"missing required key \"hsm.signing_key\""}},
+      {"SigningKeyNotAUri",
+       Minimal("\"pkcs11:token=keywarden-ca;object=ca-key\"", "\"ca-key\""),
+       {"key \"hsm.signing_key\"", "PKCS#11 URI"}},
+      {"SigningKeyNamesNoObject",
+       Minimal("\"pkcs11:token=keywarden-ca;object=ca-key\"", "\"pkcs11:token=keywarden-ca\""),
+       {"key \"hsm.signing_key\"", "names no key"}},
+      {"MaxSessionsZero",
+       Minimal("[hsm]\n", "[hsm]\nmax_sessions = 0\n"),
+       {"key \"hsm.max_sessions\"", "0 is out of range (1..1024)"}},
+      {"MaxSessionsTooMany",
+       Minimal("[hsm]\n", "[hsm]\nmax_sessions = 1025\n"),
+       {"key \"hsm.max_sessions\"", "1025 is out of range (1..1024)"}},
+      {"MissingTlsCertificate",
+       Minimal("tls_certificate = \"tls.pem\"\n", ""),
+       {"keywarden.toml:12: missing required key \"server.tls_certificate\""}},
+      {"MissingTlsKey",
+       Minimal("tls_key = \"tls.key\"\n", ""),
+       {"missing required key \"server.tls_key\""}},
+      {"MissingClientCa",
+       Minimal("client_ca = [\"clients.pem\"]\n", ""),
+       {"missing required key \"server.client_ca\""}},
+      {"EmptyClientCa",
+       Minimal("[\"clients.pem\"]", "[]"),
+       {"key \"server.client_ca\"", "at least one"}},
+      {"SqliteWithoutPath",
+       Minimal("path = \"keywarden.db\"\n", ""),
+       {"missing required key \"database.path\""}},
+      {"PostgresqlWithoutConnection",
+       Minimal("path = \"keywarden.db\"\n", "backend = \"postgresql\"\n"),
+       {"missing required key \"database.connection\""}},
+      {"UnknownBackend",
+       Minimal("[database]\n", "[database]\nbackend = \"mysql\"\n"),
+       {"key \"database.backend\"", "\"mysql\" is not one of: sqlite, postgresql"}},
+      {"OverlapNotShorterThanValidity",
+       MinimalPlus("[exchange]\nvalidity = \"1d\"\noverlap = \"24h\"\n"),
+       {"keywarden.toml:19: key \"exchange.overlap\"", "must be shorter than exchange.validity"}},
+      {"ValidityNotLongerThanDefaultOverlap",
+       MinimalPlus("[exchange]\nvalidity = \"12h\"\n"),
+       {"keywarden.toml:18: key \"exchange.validity\"", "must be longer than exchange.overlap"}},
+      {"UnknownKeyAlgorithm",
+       MinimalPlus("[exchange]\nkey_algorithm = \"ec256\"\n"),
+       {"key \"exchange.key_algorithm\"", "rsa2048, rsa3072, rsa4096"}},
+      {"UnknownArchivalScheme",
+       MinimalPlus("[flags]\narchival_scheme = \"aes128\"\n"),
+       {"key \"flags.archival_scheme\"", "des3-rsa-pkcs1, aes256-rsa-oaep"}},
+      {"KraCountZero",
+       MinimalPlus("[kra]\ncount = 0\n"),
+       {"key \"kra.count\"", "0 is out of range (at least 1)"}},
+      {"KraCountBeyondInt",
+       MinimalPlus("[kra]\ncount = 99999999999\n"),
+       {"key \"kra.count\"", "99999999999 is out of range (at most 2147483647)"}},
+      {"NegativeServerThreads",
+       Minimal("[server]\n", "[server]\nthreads = -1\n"),
+       {"key \"server.threads\"", "-1 is out of range (at least 0)"}},
+      {"UnknownRoleName",
+       MinimalPlus("[[role]]\nprincipal = \"CN=a\"\nroles = [\"admin\"]\n"),
+       {"keywarden.toml:19: key \"role[1].roles\"", "unknown role \"admin\""}},
+      {"EmptyPrincipal",
+       MinimalPlus("[[role]]\nprincipal = \"\"\nroles = [\"auditor\"]\n"),
+       {"key \"role[1].principal\"", "must not be empty"}},
+      {"DuplicatePrincipal",
+       MinimalPlus("[[role]]\nprincipal = \"CN=a\"\nroles = [\"auditor\"]\n"
+                   "[[role]]\nprincipal = \"CN=a\"\nroles = [\"signer\"]\n"),
+       {"keywarden.toml:21: key \"role[2].principal\"", "already bound in role[1]"}},
+      {"MissingTemplateName",
+       MinimalPlus("[[template]]\noid = \"1.2.3\"\n"),
+       {"keywarden.toml:17: missing required key \"template[1].name\""}},
+      {"EmptyTemplateName",
+       MinimalPlus("[[template]]\nname = \"\"\n"),
+       {"key \"template[1].name\"", "must not be empty"}},
+      {"DuplicateTemplateNameIgnoringCase",
+       MinimalPlus("[[template]]\nname = \"User\"\n[[template]]\nname = \"USER\"\n"),
+       {"keywarden.toml:20: key \"template[2].name\"", "template[1]"}},
+      {"DuplicateTemplateOid",
+       MinimalPlus("[[template]]\nname = \"A\"\noid = \"1.2.3\"\n"
+                   "[[template]]\nname = \"B\"\noid = \"1.2.3\"\n"),
+       {"key \"template[2].oid\"", "already the OID of template[1]"}},
+      {"OidWithOneArc",
+       MinimalPlus(Template("oid = \"1\"")),
+       {"key \"template[1].oid\"", "dotted-decimal"}},
+      {"OidWithLetters",
+       MinimalPlus(Template("oid = \"1.3.6.x\"")),
+       {"key \"template[1].oid\"", "dotted-decimal"}},
+      {"OidWithEmptyArc",
+       MinimalPlus(Template("oid = \"1..3\"")),
+       {"key \"template[1].oid\"", "dotted-decimal"}},
+      {"UnknownKeyUsage",
+       MinimalPlus(Template("key_usage = [\"digitalsignature\"]")),
+       {"key \"template[1].key_usage\"", "\"digitalsignature\" is not one of: digitalSignature"}},
+      {"RepeatedKeyUsage",
+       MinimalPlus(Template("key_usage = [\"keyEncipherment\", \"keyEncipherment\"]")),
+       {"key \"template[1].key_usage\"", "listed twice"}},
+      {"UnknownExtendedKeyUsage",
+       MinimalPlus(Template("extended_key_usage = [\"anyPurpose\"]")),
+       {"key \"template[1].extended_key_usage\"", "or a dotted-decimal OID"}},
+      {"UnknownKeyType",
+       MinimalPlus(Template("key_types = [\"dsa\"]")),
+       {"key \"template[1].key_types\"", "\"dsa\" is not one of: rsa, ec"}},
+      {"NoKeyTypes",
+       MinimalPlus(Template("key_types = []")),
+       {"key \"template[1].key_types\"", "at least one"}},
+      {"MinKeyBitsTooSmall",
+       MinimalPlus(Template("min_key_bits = 128")),
+       {"key \"template[1].min_key_bits\"", "256..16384"}},
+      {"MinKeyBitsTooLarge",
+       MinimalPlus(Template("min_key_bits = 32768")),
+       {"key \"template[1].min_key_bits\"", "256..16384"}},
+      {"NegativeMajorVersion",
+       MinimalPlus(Template("major_version = -1")),
+       {"key \"template[1].major_version\"", "out of range"}},
+      {"NegativeMinorVersion",
+       MinimalPlus(Template("minor_version = -1")),
+       {"key \"template[1].minor_version\"", "out of range"}},
+      {"UnknownSubjectSource",
+       MinimalPlus(Template("subject = \"csr\"")),
+       {"key \"template[1].subject\"", "request, principal"}},
+      {"UnknownArchivalPolicy",
+       MinimalPlus(Template("archival = \"always\"")),
+       {"key \"template[1].archival\"", "none, allowed, required"}},
+      {"MalformedDuration",
+       MinimalPlus(Template("validity = \"1y\"")),
+       {"keywarden.toml:19: key \"template[1].validity\"", "duration \"1y\""}},
+  };
+}
+
+class ConfigValidationTest : public ::testing::TestWithParam<ValidationCase> {};
+
+TEST_P(ConfigValidationTest, IsRejectedNamingTheKey) {
+  std::string message = ErrorOf(GetParam().text);
+  for (const std::string& part : GetParam().expected) EXPECT_THAT(message, HasSubstr(part));
+}
+
+INSTANTIATE_TEST_SUITE_P(Rules, ConfigValidationTest, ::testing::ValuesIn(ValidationCases()),
+                         [](const ::testing::TestParamInfo<ValidationCase>& p) {
+                           return p.param.name;
+                         });
+
+TEST(ConfigTest, PostgresqlWithConnectionNeedsNoPath) {
+  absl::StatusOr<Config> c =
+      Parse(Minimal("path = \"keywarden.db\"\n",
+                    "backend = \"postgresql\"\nconnection = \"host=db dbname=keywarden\"\n"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->database.backend, "postgresql");
+  EXPECT_EQ(c->database.connection, "host=db dbname=keywarden");
+  EXPECT_EQ(c->database.path, "");
+}
+
+TEST(ConfigTest, ExtendedKeyUsageMayBeADottedOid) {
+  absl::StatusOr<Config> c =
+      Parse(MinimalPlus(Template("extended_key_usage = [\"serverAuth\", \"1.3.6.1.5.5.7.3.9\"]")));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->templates[0].extended_key_usage,
+            (std::vector<std::string>{"serverAuth", "1.3.6.1.5.5.7.3.9"}));
+}
+
+// --- Durations ---------------------------------------------------------------
+
+TEST(ParseDurationTest, AcceptsEachUnit) {
+  EXPECT_EQ(ParseDuration("90s").value(), seconds(90));
+  EXPECT_EQ(ParseDuration("15m").value(), minutes(15));
+  EXPECT_EQ(ParseDuration("12h").value(), hours(12));
+  EXPECT_EQ(ParseDuration("7d").value(), 7 * kDay);
+}
+
+TEST(ParseDurationTest, RejectsAnythingButOnePositiveIntegerAndOneUnit) {
+  for (const char* bad : {"", "7", "d", "7D", "7w", "1.5h", "-1d", "+1d", " 7d", "7d ", "7 d",
+                          "1h30m", "0x10s", "7dd"}) {
+    absl::StatusOr<seconds> d = ParseDuration(bad);
+    ASSERT_FALSE(d.ok()) << "\"" << bad << "\"";
+    EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(d.status().message()), HasSubstr("duration \"")) << d.status();
+  }
+}
+
+TEST(ParseDurationTest, RejectsZero) {
+  absl::StatusOr<seconds> d = ParseDuration("0d");
+  ASSERT_FALSE(d.ok());
+  EXPECT_THAT(std::string(d.status().message()), HasSubstr("positive"));
+}
+
+TEST(ParseDurationTest, RejectsOverflow) {
+  for (const char* big : {"99999999999999999999999d", "9223372036854775807s", "36526d"}) {
+    absl::StatusOr<seconds> d = ParseDuration(big);
+    ASSERT_FALSE(d.ok()) << big;
+    EXPECT_THAT(std::string(d.status().message()), HasSubstr("too long")) << d.status();
+  }
+}
+
+TEST(ConfigTest, DurationsInTheFileUseParseDuration) {
+  absl::StatusOr<Config> c = Parse(MinimalPlus(
+      "[exchange]\nvalidity = \"14d\"\noverlap = \"36h\"\n[crl]\nvalidity = \"90m\"\n"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->exchange.validity, 14 * kDay);
+  EXPECT_EQ(c->exchange.overlap, hours(36));
+  EXPECT_EQ(c->crl.validity, minutes(90));
+}
+
+// --- Paths -------------------------------------------------------------------
+
+TEST(ConfigTest, RelativePathsAreResolvedAgainstTheBaseDirectory) {
+  std::string text =
+      Minimal("[ca]\n", "[ca]\ncertificate = \"pki/ca.pem\"\nchain = \"../chain.pem\"\n") +
+      "\n[kra]\ncertificates = [\"kra1.pem\", "
+      "\"00112233445566778899AABBCCDDEEFF00112233\"]\n";
+  absl::StatusOr<Config> c = Parse(text, "/etc/keywarden");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->ca.certificate, "/etc/keywarden/pki/ca.pem");
+  EXPECT_EQ(c->ca.chain, "/etc/chain.pem");
+  EXPECT_EQ(c->database.path, "/etc/keywarden/keywarden.db");
+  EXPECT_EQ(c->server.tls_certificate, "/etc/keywarden/tls.pem");
+  EXPECT_EQ(c->server.tls_key, "/etc/keywarden/tls.key");
+  EXPECT_EQ(c->server.client_ca, std::vector<std::string>{"/etc/keywarden/clients.pem"});
+  // A thumbprint is not a path.
+  EXPECT_EQ(c->kra.certificates,
+            (std::vector<std::string>{"/etc/keywarden/kra1.pem",
+                                      "00112233445566778899AABBCCDDEEFF00112233"}));
+}
+
+TEST(ConfigTest, AbsolutePathsAreKept) {
+  absl::StatusOr<Config> c = Parse(Minimal("\"tls.pem\"", "\"/srv/tls/server.pem\""));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->server.tls_certificate, "/srv/tls/server.pem");
+}
+
+TEST(ConfigTest, PinSourceModuleAndUrisAreNotTreatedAsPaths) {
+  absl::StatusOr<Config> c = Parse(Minimal("[hsm]\n", "[hsm]\nmodule = \"softhsm2\"\n"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->hsm.module, "softhsm2");
+  EXPECT_EQ(c->hsm.pin_source, "env:KEYWARDEN_CA_PIN");
+  EXPECT_EQ(c->hsm.token, "pkcs11:token=keywarden-ca");
+}
+
+// --- Lookups -----------------------------------------------------------------
+
+Config WithTemplates() {
+  absl::StatusOr<Config> c =
+      Parse(MinimalPlus("[[template]]\nname = \"User\"\noid = \"1.3.6.1.4.1.311.21.8.1.1\"\n"
+                        "[[template]]\nname = \"WebServer\"\n"));
+  EXPECT_TRUE(c.ok()) << c.status();
+  return c.ok() ? *std::move(c) : Config{};
+}
+
+TEST(FindTemplateTest, FindsByNameIgnoringCase) {
+  Config c = WithTemplates();
+  const TemplateConfig* t = c.FindTemplate("webSERVER");
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(t->name, "WebServer");
+}
+
+TEST(FindTemplateTest, FindsByExactOid) {
+  Config c = WithTemplates();
+  const TemplateConfig* t = c.FindTemplate("1.3.6.1.4.1.311.21.8.1.1");
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(t->name, "User");
+  EXPECT_EQ(c.FindTemplate("1.3.6.1.4.1.311.21.8.1"), nullptr);
+}
+
+TEST(FindTemplateTest, UnknownNameIsNull) {
+  Config c = WithTemplates();
+  EXPECT_EQ(c.FindTemplate("Web"), nullptr);
+  EXPECT_EQ(c.FindTemplate(""), nullptr);
+}
+
+TEST(RolesOfTest, IsTheUnionOfAllBindingsForThePrincipal) {
+  Config c;
+  c.roles = {{"CN=alice", {Role::kSigner, Role::kAuditor}},
+             {"CN=bob", {Role::kCaAdministrator}},
+             {"CN=alice", {Role::kEnrollee, Role::kAuditor}}};
+  EXPECT_EQ(c.RolesOf("CN=alice"),
+            (std::vector<Role>{Role::kAuditor, Role::kEnrollee, Role::kSigner}));
+  EXPECT_EQ(c.RolesOf("CN=bob"), std::vector<Role>{Role::kCaAdministrator});
+}
+
+TEST(RolesOfTest, MatchesThePrincipalExactly) {
+  absl::StatusOr<Config> c =
+      Parse(MinimalPlus("[[role]]\nprincipal = \"CN=alice,O=Example\"\nroles = [\"auditor\"]\n"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->RolesOf("CN=alice,O=Example"), std::vector<Role>{Role::kAuditor});
+  EXPECT_TRUE(c->RolesOf("cn=alice,o=example").empty());
+  EXPECT_TRUE(c->RolesOf("CN=alice").empty());
+}
+
+TEST(RoleTest, NamesRoundTripAndCimcRolesAreTheFour) {
+  for (Role r : {Role::kCaAdministrator, Role::kCertificateManager, Role::kBackupOperator,
+                 Role::kAuditor, Role::kEnrollee, Role::kSigner}) {
+    EXPECT_EQ(service::ParseRole(service::RoleName(r)), r) << service::RoleName(r);
+  }
+  EXPECT_EQ(service::ParseRole("certificate-manager"), Role::kCertificateManager);
+  EXPECT_EQ(service::ParseRole("Auditor"), std::nullopt);
+  EXPECT_EQ(service::ParseRole(""), std::nullopt);
+  EXPECT_TRUE(service::IsCimcRole(Role::kCaAdministrator));
+  EXPECT_TRUE(service::IsCimcRole(Role::kCertificateManager));
+  EXPECT_TRUE(service::IsCimcRole(Role::kBackupOperator));
+  EXPECT_TRUE(service::IsCimcRole(Role::kAuditor));
+  EXPECT_FALSE(service::IsCimcRole(Role::kEnrollee));
+  EXPECT_FALSE(service::IsCimcRole(Role::kSigner));
+}
+
+// --- LoadConfig --------------------------------------------------------------
+
+TEST(LoadConfigTest, MissingFileIsNotFoundNamingThePath) {
+  TempDir dir;
+  std::string path = dir.File("nope.toml");
+  absl::StatusOr<Config> c = service::LoadConfig(path);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kNotFound) << c.status();
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr(path));
+}
+
+TEST(LoadConfigTest, UnreadableFileIsPermissionDenied) {
+  if (geteuid() == 0) GTEST_SKIP() << "root reads any file";
+  TempDir dir;
+  std::string path = dir.File("keywarden.toml");
+  WriteFile(path, std::string(kMinimal));
+  ASSERT_EQ(chmod(path.c_str(), 0), 0);
+  absl::StatusOr<Config> c = service::LoadConfig(path);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kPermissionDenied) << c.status();
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr(path));
+}
+
+TEST(LoadConfigTest, ResolvesAgainstTheFilesDirectoryAndNamesItInErrors) {
+  TempDir dir;
+  std::string path = dir.File("keywarden.toml");
+  WriteFile(path, std::string(kMinimal));
+  absl::StatusOr<Config> c = service::LoadConfig(path);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->source, path);
+  EXPECT_EQ(c->database.path, dir.path() + "/keywarden.db");
+
+  WriteFile(path, Minimal("[hsm]\n", "[hsm]\npin = \"1234\"\n"));
+  c = service::LoadConfig(path);
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()), StartsWith(path + ":5: unknown key \"hsm.pin\""));
+}
+
+}  // namespace
+}  // namespace keywarden::testing

@@ -1,0 +1,262 @@
+#include "tests/service/daemon_harness.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <grpcpp/security/credentials.h>
+#include <openssl/pem.h>
+
+#include "hsm/strings.h"
+#include "pki/certificate.h"
+
+#ifndef KEYWARDEN_DAEMON
+#error "KEYWARDEN_DAEMON must be the path of keywardend"
+#endif
+#ifndef KEYWARDEN_CLI
+#error "KEYWARDEN_CLI must be the path of keywarden"
+#endif
+
+namespace keywarden::testing {
+namespace {
+
+struct Issued {
+  ossl::UniquePtr<EVP_PKEY> key;
+  ossl::UniquePtr<X509> cert;
+};
+
+std::string KeyPem(EVP_PKEY* key) {
+  return PrivateKeyPem(key);
+}
+
+bool AddExt(X509* cert, X509* issuer, int nid, const char* value) {
+  X509V3_CTX ctx;
+  X509V3_set_ctx_nodb(&ctx);
+  X509V3_set_ctx(&ctx, issuer, cert, nullptr, nullptr, 0);
+  X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value);
+  if (ext == nullptr) return false;
+  X509_add_ext(cert, ext, -1);
+  X509_EXTENSION_free(ext);
+  return true;
+}
+
+// A software certificate for the TLS PKI (not the CA under test).
+Issued Make(const std::string& subject, const Issued* issuer, bool ca, const char* san = nullptr,
+            const char* eku = nullptr) {
+  Issued out;
+  out.key.reset(EVP_EC_gen("P-256"));
+  out.cert.reset(X509_new());
+  X509* x = out.cert.get();
+  X509_set_version(x, X509_VERSION_3);
+  auto serial = pki::RandomSerial();
+  X509_set_serialNumber(x, serial->get());
+  auto name = pki::ParseName(subject);
+  X509_set_subject_name(x, name->get());
+  X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer->cert.get()) : name->get());
+  X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+  X509_gmtime_adj(X509_getm_notAfter(x), 3600L * 24 * 30);
+  X509_set_pubkey(x, out.key.get());
+  X509* signer_cert = issuer ? issuer->cert.get() : x;
+  AddExt(x, signer_cert, NID_basic_constraints, ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
+  AddExt(x, signer_cert, NID_key_usage,
+         ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature,keyAgreement");
+  AddExt(x, signer_cert, NID_subject_key_identifier, "hash");
+  if (san != nullptr) AddExt(x, signer_cert, NID_subject_alt_name, san);
+  if (eku != nullptr) AddExt(x, signer_cert, NID_ext_key_usage, eku);
+  X509_sign(x, issuer ? issuer->key.get() : out.key.get(), EVP_sha256());
+  return out;
+}
+
+absl::Status Write(const std::string& path, const std::string& data) {
+  std::ofstream f(path, std::ios::binary);
+  f << data;
+  return f.good() ? absl::OkStatus() : absl::InternalError("write " + path);
+}
+
+std::string Slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DaemonHarness>> DaemonHarness::Start(const Options& options) {
+  std::unique_ptr<DaemonHarness> h(new DaemonHarness());
+  auto tokens = SoftHsmFixture::Create();
+  if (!tokens.ok()) return tokens.status();
+  h->tokens_ = std::move(*tokens);
+  const std::string module = SoftHsmFixture::module_path();
+  const std::string pin_file = h->tokens_->PinFile(SoftHsmFixture::kCaToken);
+
+  // The CA, made the way an operator makes it.
+  auto ceremony = RunCommand(
+      StrCat("KEYWARDEN_PKCS11_MODULE=", module, " ", KEYWARDEN_CLI,
+             " ceremony root --token pkcs11:token=keywarden-ca --pin-source file:", pin_file,
+             " --key-label ca-signing --key-algorithm rsa2048 --subject 'CN=keywarden Test "
+             "CA,O=keywarden test'",
+             " --out ", h->ca_cert_path()));
+  if (ceremony.exit_code != 0) return absl::InternalError("ceremony failed: " + ceremony.output);
+
+  // TLS PKI: one CA for the server and trusted clients, another nobody trusts.
+  mkdir(h->dir_.File("tls").c_str(), 0700);
+  Issued tls_ca = Make("CN=keywarden test TLS CA", nullptr, true);
+  Issued server = Make("CN=localhost", &tls_ca, false, "DNS:localhost,IP:127.0.0.1", "serverAuth");
+  Issued rogue_ca = Make("CN=rogue CA", nullptr, true);
+  if (auto st = Write(h->tls_ca_path(), ToPem(tls_ca.cert.get())); !st.ok()) return st;
+  if (auto st = Write(h->dir_.File("tls/server.pem"), ToPem(server.cert.get())); !st.ok())
+    return st;
+  if (auto st = Write(h->dir_.File("tls/server.key"), KeyPem(server.key.get())); !st.ok())
+    return st;
+  const std::map<std::string, std::string> who = {
+      {"admin", "CN=admin,O=keywarden test"},     {"officer", "CN=officer,O=keywarden test"},
+      {"auditor", "CN=auditor,O=keywarden test"}, {"backup", "CN=backup,O=keywarden test"},
+      {"enrollee", "CN=alice,O=keywarden test"},  {"enrollee2", "CN=bob,O=keywarden test"},
+      {"signer", "CN=signer,O=keywarden test"},   {"admin-officer", "CN=boss,O=keywarden test"},
+      {"nobody", "CN=nobody,O=keywarden test"},   {"untrusted", "CN=admin,O=keywarden test"},
+  };
+  for (const auto& [name, subject] : who) {
+    Issued c =
+        Make(subject, name == "untrusted" ? &rogue_ca : &tls_ca, false, nullptr, "clientAuth");
+    ClientIdentity id{subject, h->dir_.File("tls/" + name + ".pem"),
+                      h->dir_.File("tls/" + name + ".key")};
+    if (auto st = Write(id.cert_path, ToPem(c.cert.get())); !st.ok()) return st;
+    if (auto st = Write(id.key_path, KeyPem(c.key.get())); !st.ok()) return st;
+    h->clients_[name] = id;
+  }
+
+  std::string toml =
+      StrCat("[ca]\nname = \"keywarden Test CA\"\ncertificate = \"ca.pem\"\n\n",
+             "[hsm]\nmodule = \"", module, "\"\ntoken = \"pkcs11:token=keywarden-ca\"\n",
+             "pin_source = \"file:", pin_file, "\"\n",
+             "signing_key = "
+             "\"pkcs11:token=keywarden-ca;object=ca-signing;type=private\"\nmax_sessions = 8\n\n",
+             "[exchange]\nvalidity = \"", options.exchange_validity, "\"\noverlap = \"",
+             options.exchange_overlap, "\"\nkey_algorithm = \"rsa2048\"\n\n",
+             "[database]\nbackend = \"sqlite\"\npath = \"ca.db\"\n\n",
+             "[server]\nlisten = \"127.0.0.1:0\"\ntls_certificate = \"tls/server.pem\"\n",
+             "tls_key = \"tls/server.key\"\nclient_ca = [\"tls/tls-ca.pem\"]\n\n",
+             "[crl]\nvalidity = \"", options.crl_validity, "\"\n\n",
+             "[flags]\nrole_separation = ", options.role_separation ? "true" : "false", "\n\n");
+  const std::vector<std::pair<std::string, std::string>> roles = {
+      {"admin", "ca-administrator"}, {"officer", "certificate-manager"},
+      {"auditor", "auditor"},        {"backup", "backup-operator"},
+      {"enrollee", "enrollee"},      {"enrollee2", "enrollee"},
+      {"signer", "signer"},          {"admin-officer", "ca-administrator\", \"certificate-manager"},
+  };
+  for (const auto& [name, role] : roles) {
+    toml += StrCat("[[role]]\nprincipal = \"", who.at(name), "\"\nroles = [\"", role, "\"]\n\n");
+  }
+  toml += R"([[template]]
+name = "User"
+oid = "1.3.6.1.4.1.311.21.8.1.1"
+key_usage = ["digitalSignature", "keyEncipherment"]
+extended_key_usage = ["clientAuth", "emailProtection"]
+validity = "365d"
+key_types = ["rsa", "ec"]
+
+[[template]]
+name = "WebServer"
+key_usage = ["digitalSignature", "keyEncipherment"]
+extended_key_usage = ["serverAuth"]
+validity = "90d"
+min_key_bits = 3072
+
+[[template]]
+name = "PendingUser"
+extended_key_usage = ["clientAuth"]
+pend = true
+key_types = ["rsa", "ec"]
+
+[[template]]
+name = "ArchivalUser"
+key_usage = ["keyEncipherment"]
+extended_key_usage = ["emailProtection"]
+archival = "required"
+subject = "principal"
+)";
+  toml += options.extra_toml;
+  if (auto st = Write(h->config_path(), toml); !st.ok()) return st;
+  if (auto st = h->Launch(); !st.ok()) return st;
+  return h;
+}
+
+absl::Status DaemonHarness::Launch() {
+  const std::string port_file = dir_.File("port");
+  unlink(port_file.c_str());
+  pid_ = fork();
+  if (pid_ < 0) return absl::InternalError("fork failed");
+  if (pid_ == 0) {
+    FILE* log = std::freopen(log_path().c_str(), "a", stdout);
+    if (log == nullptr || dup2(fileno(stdout), STDERR_FILENO) < 0) _exit(127);
+    execl(KEYWARDEN_DAEMON, KEYWARDEN_DAEMON, "--config", config_path().c_str(), "--port-file",
+          port_file.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Wait for the port file (the daemon writes it once it serves).
+  for (int i = 0; i < 600; ++i) {
+    std::string text = Slurp(port_file);
+    if (!text.empty() && text.back() == '\n') {
+      port_ = std::stoi(text);
+      return absl::OkStatus();
+    }
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      return absl::InternalError("keywardend exited at start:\n" + Slurp(log_path()));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return absl::DeadlineExceededError("keywardend did not start in 30 s:\n" + Slurp(log_path()));
+}
+
+absl::Status DaemonHarness::Stop() {
+  if (pid_ <= 0) return absl::OkStatus();
+  kill(pid_, SIGTERM);
+  int status = 0;
+  for (int i = 0; i < 200; ++i) {
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      return WIFEXITED(status) && WEXITSTATUS(status) == 0
+                 ? absl::OkStatus()
+                 : absl::InternalError("keywardend did not exit cleanly:\n" + Slurp(log_path()));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  kill(pid_, SIGKILL);
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return absl::DeadlineExceededError("keywardend ignored SIGTERM for 10 s");
+}
+
+absl::Status DaemonHarness::Restart() {
+  if (auto st = Stop(); !st.ok()) return st;
+  return Launch();
+}
+
+DaemonHarness::~DaemonHarness() {
+  (void)Stop();
+}
+
+std::shared_ptr<grpc::Channel> DaemonHarness::Channel(const std::string& who) const {
+  grpc::SslCredentialsOptions tls;
+  tls.pem_root_certs = Slurp(tls_ca_path());
+  if (who != "anonymous") {
+    const ClientIdentity& id = clients_.at(who);
+    tls.pem_cert_chain = Slurp(id.cert_path);
+    tls.pem_private_key = Slurp(id.key_path);
+  }
+  grpc::ChannelArguments args;
+  args.SetSslTargetNameOverride("localhost");
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 200);
+  return grpc::CreateCustomChannel(target(), grpc::SslCredentials(tls), args);
+}
+
+}  // namespace keywarden::testing

@@ -1,0 +1,73 @@
+// A real keywardend on a random loopback port, with fresh SoftHSM2 tokens,
+// a CA made by the real `keywarden ceremony root`, an SQLite database, and a
+// software TLS PKI that issues the server certificate and one client
+// certificate per principal. Tests talk to it exactly as clients would.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+#include <sys/types.h>
+
+#include "absl/status/statusor.h"
+#include "softhsm-fixtures/fixture.h"
+#include "tests/test_util.h"
+
+namespace keywarden::testing {
+
+struct ClientIdentity {
+  std::string principal;  // RFC 4514 subject, as the daemon sees it
+  std::string cert_path;  // PEM
+  std::string key_path;   // PEM
+};
+
+class DaemonHarness {
+ public:
+  struct Options {
+    bool role_separation = false;
+    std::string exchange_validity = "7d";
+    std::string exchange_overlap = "1d";
+    std::string crl_validity = "7d";
+    std::string extra_toml;  // appended to the configuration
+  };
+
+  // Principals with a client certificate from the trusted TLS CA:
+  //   admin, officer, auditor, backup, enrollee, signer  -- one role each
+  //   admin-officer   -- ca-administrator + certificate-manager
+  //   enrollee2       -- another enrollee
+  //   nobody          -- trusted certificate, no role
+  // and "untrusted": a certificate from a CA the daemon does not trust.
+  static absl::StatusOr<std::unique_ptr<DaemonHarness>> Start(const Options& options);
+  static absl::StatusOr<std::unique_ptr<DaemonHarness>> Start() { return Start(Options()); }
+  ~DaemonHarness();
+
+  absl::Status Stop();     // SIGTERM, wait
+  absl::Status Restart();  // Stop + start on a new port with the same state
+
+  std::string target() const { return "127.0.0.1:" + std::to_string(port_); }
+  const ClientIdentity& client(const std::string& who) const { return clients_.at(who); }
+  std::shared_ptr<grpc::Channel> Channel(const std::string& who) const;
+  // Paths: the client TLS trust anchor (for the server cert) and the CA cert.
+  std::string tls_ca_path() const { return dir_.File("tls/tls-ca.pem"); }
+  std::string ca_cert_path() const { return dir_.File("ca.pem"); }
+  std::string config_path() const { return dir_.File("keywarden.toml"); }
+  std::string db_path() const { return dir_.File("ca.db"); }
+  std::string log_path() const { return dir_.File("daemon.log"); }
+  const TempDir& dir() const { return dir_; }
+  SoftHsmFixture& tokens() { return *tokens_; }
+  pid_t pid() const { return pid_; }
+
+ private:
+  DaemonHarness() = default;
+  absl::Status Launch();
+
+  TempDir dir_;
+  std::unique_ptr<SoftHsmFixture> tokens_;
+  std::map<std::string, ClientIdentity> clients_;
+  pid_t pid_ = -1;
+  int port_ = 0;
+};
+
+}  // namespace keywarden::testing
