@@ -45,7 +45,9 @@ absl::StatusOr<RunningServer> StartServer(const Config& config, CertificateAutho
   grpc::ServerBuilder builder;
   RunningServer running;
   builder.AddListeningPort(config.server.listen, grpc::SslServerCredentials(tls), &running.port);
-  builder.SetMaxReceiveMessageSize(4 << 20);
+  // Above the CA's own request limit, so an oversized request gets the CA's clear
+  // INVALID_ARGUMENT rather than a transport error.
+  builder.SetMaxReceiveMessageSize(16 << 20);
   const int threads = config.server.threads > 0
                           ? config.server.threads
                           : static_cast<int>(std::max(2u, std::thread::hardware_concurrency()));

@@ -1,10 +1,16 @@
 // keywardend end to end: a real daemon on loopback, real tokens, real mTLS;
 // everything it issues is checked with the openssl command line.
+#include <chrono>
+#include <cstdlib>
+#include <thread>
+#include <tuple>
+
 #include <gtest/gtest.h>
 #include <openssl/pem.h>
 
 #include "keywarden/v1/keywarden.grpc.pb.h"
 #include "tests/service/daemon_harness.h"
+#include "tests/service/rpc_test_util.h"
 
 namespace keywarden::testing {
 namespace {
@@ -112,6 +118,332 @@ TEST_F(DaemonTest, Pkcs10IsIssuedAndPassesOpensslVerifyWithCrlCheck) {
   EXPECT_EQ(v.exit_code, 0) << v.output;
   auto text = RunCommand("openssl x509 -noout -text -in " + tmp_.File("leaf.pem"));
   EXPECT_NE(text.output.find("TLS Web Client Authentication"), std::string::npos) << text.output;
+}
+
+TEST_F(DaemonTest, PendingRequestIsIssuedOnlyAfterAnOfficerApproves) {
+  v1::EnrollmentResult result;
+  ASSERT_TRUE(Submit("enrollee", MakeCsr("/CN=pending one"), "PendingUser", &result).ok());
+  EXPECT_EQ(result.disposition(), v1::DISPOSITION_PENDING);
+  EXPECT_EQ(result.message(), "Taken Under Submission");
+  EXPECT_TRUE(result.certificate().empty());
+
+  auto officer = v1::Officer::NewStub(daemon_->Channel("officer"));
+  {
+    grpc::ClientContext ctx;
+    v1::ListRequestsRequest in;
+    in.set_disposition(v1::DISPOSITION_PENDING);
+    v1::ListRequestsResponse list;
+    ASSERT_TRUE(officer->ListRequests(&ctx, in, &list).ok());
+    ASSERT_EQ(list.requests_size(), 1);
+    EXPECT_EQ(list.requests(0).request_id(), result.request_id());
+    EXPECT_EQ(list.requests(0).requester(), "CN=alice,O=keywarden test");
+  }
+  v1::EnrollmentResult approved;
+  {
+    grpc::ClientContext ctx;
+    v1::ApproveRequest in;
+    in.set_request_id(result.request_id());
+    auto st = officer->Approve(&ctx, in, &approved);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  EXPECT_EQ(approved.disposition(), v1::DISPOSITION_ISSUED);
+  EXPECT_EQ(VerifyWithCrl(approved.certificate()).exit_code, 0);
+
+  // The requester retrieves it by request id; approving twice is refused.
+  auto enroll = v1::Enrollment::NewStub(daemon_->Channel("enrollee"));
+  grpc::ClientContext ctx;
+  v1::RetrieveRequest rin;
+  rin.set_request_id(result.request_id());
+  v1::EnrollmentResult retrieved;
+  ASSERT_TRUE(enroll->Retrieve(&ctx, rin, &retrieved).ok());
+  EXPECT_EQ(retrieved.certificate(), approved.certificate());
+  grpc::ClientContext again_ctx;
+  v1::ApproveRequest again;
+  again.set_request_id(result.request_id());
+  v1::EnrollmentResult ignored;
+  auto st = officer->Approve(&again_ctx, again, &ignored);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(DetailOf(st).hresult(), 0x80094003u) << st.error_message();
+}
+
+TEST_F(DaemonTest, DeniedRequestKeepsItsReasonAndIssuesNothing) {
+  v1::EnrollmentResult result;
+  ASSERT_TRUE(Submit("enrollee", MakeCsr("/CN=to deny"), "PendingUser", &result).ok());
+  auto officer = v1::Officer::NewStub(daemon_->Channel("officer"));
+  grpc::ClientContext ctx;
+  v1::DenyRequest in;
+  in.set_request_id(result.request_id());
+  in.set_reason("not on the list");
+  v1::RequestInfo info;
+  ASSERT_TRUE(officer->Deny(&ctx, in, &info).ok());
+  EXPECT_EQ(info.disposition(), v1::DISPOSITION_DENIED);
+  EXPECT_NE(info.message().find("not on the list"), std::string::npos);
+  EXPECT_EQ(info.resolved_by(), "CN=officer,O=keywarden test");
+  EXPECT_TRUE(info.serial().empty());
+}
+
+TEST_F(DaemonTest, OnlyTheRequesterOrAnOfficerMayRetrieve) {
+  v1::EnrollmentResult result;
+  ASSERT_TRUE(Submit("enrollee", MakeCsr("/CN=mine"), "User", &result).ok());
+  auto other = v1::Enrollment::NewStub(daemon_->Channel("enrollee2"));
+  grpc::ClientContext ctx;
+  v1::RetrieveRequest in;
+  in.set_request_id(result.request_id());
+  v1::EnrollmentResult out;
+  auto st = other->Retrieve(&ctx, in, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  auto officer = v1::Enrollment::NewStub(daemon_->Channel("officer"));
+  grpc::ClientContext octx;
+  EXPECT_TRUE(officer->Retrieve(&octx, in, &out).ok());
+  EXPECT_EQ(out.certificate(), result.certificate());
+}
+
+TEST_F(DaemonTest, PolicyRefusalsCarryTheSeedsCodesAndAreRecorded) {
+  struct Case {
+    std::string csr;
+    std::string tmpl;
+    uint32_t hresult;
+  };
+  std::vector<Case> cases = {
+      {MakeCsr("/CN=a", "rsa:2048", "a"), "NoSuchTemplate", 0x80094800},  // not offered
+      {MakeCsr("/CN=b", "rsa:2048", "b"), "ArchivalUser", 0x80094804},    // needs an archived key
+      {MakeCsr("/CN=c", "rsa:2048", "c"), "WebServer", 0x80094811},       // key too small
+      {MakeCsr("/CN=d", "rsa:2048", "d"), "", 0x80094801},                // no template at all
+  };
+  for (const auto& c : cases) {
+    v1::EnrollmentResult out;
+    auto st = Submit("enrollee", c.csr, c.tmpl, &out);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.tmpl;
+    EXPECT_EQ(DetailOf(st).hresult(), c.hresult) << c.tmpl << ": " << st.error_message();
+    EXPECT_FALSE(DetailOf(st).symbol().empty());
+  }
+  // Each is on record as denied, with its code; nothing was issued.
+  auto officer = v1::Officer::NewStub(daemon_->Channel("officer"));
+  grpc::ClientContext ctx;
+  v1::ListRequestsResponse list;
+  ASSERT_TRUE(officer->ListRequests(&ctx, v1::ListRequestsRequest(), &list).ok());
+  ASSERT_EQ(list.requests_size(), 4);
+  for (const auto& r : list.requests()) {
+    EXPECT_EQ(r.disposition(), v1::DISPOSITION_DENIED);
+    EXPECT_NE(r.status_code(), 0u);
+    EXPECT_TRUE(r.serial().empty());
+  }
+  grpc::ClientContext fctx;
+  v1::FindCertificatesResponse found;
+  v1::FindCertificatesRequest q;
+  q.set_subject_contains("CN=");
+  ASSERT_TRUE(officer->FindCertificates(&fctx, q, &found).ok());
+  for (const auto& c : found.certificates()) EXPECT_EQ(c.template_name(), "CAExchange");
+}
+
+TEST_F(DaemonTest, TemplateNamedByOidIsFound) {
+  v1::EnrollmentResult out;
+  auto st = Submit("enrollee", MakeCsr("/CN=by oid"), "1.3.6.1.4.1.311.21.8.1.1", &out);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(out.disposition(), v1::DISPOSITION_ISSUED);
+}
+
+TEST_F(DaemonTest, EmptySubjectTakesThePrincipalLikeAutoenrollment) {
+  ossl::UniquePtr<EVP_PKEY> key;
+  v1::EnrollmentResult out;
+  auto st = Submit("enrollee", MakeRequestDer("", 2048, &key), "User", &out);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  WriteFile(tmp_.File("auto.pem"), DerToPem(out.certificate(), "CERTIFICATE"));
+  auto text = RunCommand("openssl x509 -noout -subject -in " + tmp_.File("auto.pem"));
+  EXPECT_NE(text.output.find("CN = alice"), std::string::npos) << text.output;
+}
+
+TEST_F(DaemonTest, RequestWithABrokenSignatureIsRefused) {
+  std::string csr = MakeCsr("/CN=tampered");
+  csr[csr.size() - 5] ^= 0x01;  // inside the signature
+  v1::EnrollmentResult out;
+  auto st = Submit("enrollee", csr, "User", &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(DetailOf(st).hresult(), 0x80090006u) << st.error_message();
+}
+
+TEST_F(DaemonTest, RevokedCertificateFailsCrlCheckAndTheCrlNumberGrows) {
+  v1::EnrollmentResult issued;
+  ASSERT_TRUE(Submit("enrollee", MakeCsr("/CN=to revoke"), "User", &issued).ok());
+  ASSERT_EQ(VerifyWithCrl(issued.certificate()).exit_code, 0);
+  const int64_t before = GetCrl().crl_number();
+
+  WriteFile(tmp_.File("revoke.pem"), DerToPem(issued.certificate(), "CERTIFICATE"));
+  auto serial = RunCommand("openssl x509 -noout -serial -in " + tmp_.File("revoke.pem"));
+  std::string hex = serial.output.substr(serial.output.find('=') + 1);
+  hex.erase(hex.find_last_not_of("\n") + 1);
+  auto officer = v1::Officer::NewStub(daemon_->Channel("officer"));
+  grpc::ClientContext ctx;
+  v1::RevokeRequest in;
+  in.set_serial(hex);  // upper case, as openssl prints it
+  in.set_reason(1);    // keyCompromise
+  v1::CertificateInfo info;
+  auto st = officer->Revoke(&ctx, in, &info);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_TRUE(info.revoked());
+
+  EXPECT_GT(GetCrl().crl_number(), before);
+  auto v = VerifyWithCrl(issued.certificate());
+  EXPECT_NE(v.exit_code, 0);
+  EXPECT_NE(v.output.find("certificate revoked"), std::string::npos) << v.output;
+  auto crl_text = RunCommand("openssl crl -noout -text -in " + tmp_.File("crl.pem"));
+  EXPECT_NE(crl_text.output.find("Key Compromise"), std::string::npos) << crl_text.output;
+
+  // Twice, unknown serial, bad reason: each refused clearly.
+  for (auto [serial_text, reason, code] :
+       {std::tuple{hex, 1, grpc::StatusCode::FAILED_PRECONDITION},
+        std::tuple{std::string("0badc0de"), 1, grpc::StatusCode::NOT_FOUND},
+        std::tuple{hex, 7, grpc::StatusCode::INVALID_ARGUMENT},
+        std::tuple{std::string("not hex!"), 0, grpc::StatusCode::INVALID_ARGUMENT}}) {
+    grpc::ClientContext c2;
+    v1::RevokeRequest r2;
+    r2.set_serial(serial_text);
+    r2.set_reason(reason);
+    EXPECT_EQ(officer->Revoke(&c2, r2, &info).error_code(), code) << serial_text << " " << reason;
+  }
+}
+
+TEST_F(DaemonTest, ExchangeCertificateIsRenewedInsideTheOverlapAndTheOldOneKept) {
+  DaemonHarness::Options options;
+  options.exchange_validity = "8s";
+  options.exchange_overlap = "5s";
+  StartDaemon(options);
+  auto enroll = v1::Enrollment::NewStub(daemon_->Channel("enrollee"));
+  auto fetch = [&] {
+    grpc::ClientContext ctx;
+    v1::CertificateChain chain;
+    EXPECT_TRUE(
+        enroll->GetExchangeCertificate(&ctx, v1::GetExchangeCertificateRequest(), &chain).ok());
+    return chain.certificate();
+  };
+  const std::string first = fetch();
+  EXPECT_EQ(fetch(), first);  // still more than the overlap left
+  std::this_thread::sleep_for(std::chrono::milliseconds(3500));
+  const std::string second = fetch();
+  EXPECT_NE(second, first);
+  WriteFile(tmp_.File("x2.pem"), DerToPem(second, "CERTIFICATE"));
+  EXPECT_EQ(
+      RunCommand("openssl verify -CAfile " + daemon_->ca_cert_path() + " " + tmp_.File("x2.pem"))
+          .exit_code,
+      0);
+
+  auto admin = v1::Administration::NewStub(daemon_->Channel("admin"));
+  grpc::ClientContext ctx;
+  v1::CaStatus status;
+  ASSERT_TRUE(admin->GetCaStatus(&ctx, v1::GetCaStatusRequest(), &status).ok());
+  ASSERT_EQ(status.exchange_size(), 2);  // the old one is kept until it expires
+  EXPECT_TRUE(status.exchange(0).current());
+  EXPECT_FALSE(status.exchange(1).current());
+}
+
+TEST_F(DaemonTest, EverythingSurvivesARestartAndTheAuditChainVerifies) {
+  v1::EnrollmentResult issued, pending;
+  ASSERT_TRUE(Submit("enrollee", MakeCsr("/CN=persist", "rsa:2048", "p1"), "User", &issued).ok());
+  ASSERT_TRUE(
+      Submit("enrollee", MakeCsr("/CN=later", "rsa:2048", "p2"), "PendingUser", &pending).ok());
+  auto xchg_before = [&] {
+    auto s = v1::Enrollment::NewStub(daemon_->Channel("enrollee"));
+    grpc::ClientContext ctx;
+    v1::CertificateChain c;
+    EXPECT_TRUE(s->GetExchangeCertificate(&ctx, v1::GetExchangeCertificateRequest(), &c).ok());
+    return c.certificate();
+  };
+  const std::string xchg = xchg_before();
+  const int64_t crl_number = GetCrl().crl_number();
+  ASSERT_TRUE(daemon_->Restart().ok());
+
+  auto enroll = v1::Enrollment::NewStub(daemon_->Channel("enrollee"));
+  grpc::ClientContext ctx;
+  v1::RetrieveRequest in;
+  in.set_request_id(issued.request_id());
+  v1::EnrollmentResult again;
+  ASSERT_TRUE(enroll->Retrieve(&ctx, in, &again).ok());
+  EXPECT_EQ(again.certificate(), issued.certificate());
+  EXPECT_EQ(xchg_before(), xchg);                // same exchange key after restart
+  EXPECT_GE(GetCrl().crl_number(), crl_number);  // CRL numbers never go back
+
+  auto officer = v1::Officer::NewStub(daemon_->Channel("officer"));
+  grpc::ClientContext actx;
+  v1::ApproveRequest approve;
+  approve.set_request_id(pending.request_id());
+  v1::EnrollmentResult approved;
+  EXPECT_TRUE(officer->Approve(&actx, approve, &approved).ok());  // pending survived too
+
+  auto audit = v1::Audit::NewStub(daemon_->Channel("auditor"));
+  grpc::ClientContext vctx;
+  v1::VerifyAuditResponse verdict;
+  ASSERT_TRUE(audit->VerifyAudit(&vctx, v1::VerifyAuditRequest(), &verdict).ok());
+  EXPECT_TRUE(verdict.ok()) << verdict.problem();
+  EXPECT_GT(verdict.records(), 8);
+  grpc::ClientContext rctx;
+  v1::ReadAuditResponse records;
+  ASSERT_TRUE(audit->ReadAudit(&rctx, v1::ReadAuditRequest(), &records).ok());
+  std::string events;
+  for (const auto& r : records.records()) events += r.event() + " ";
+  for (const char* e :
+       {"service.started", "service.stopped", "request.received", "request.issued",
+        "request.pending", "request.approved", "crl.published", "exchange.renewed"}) {
+    EXPECT_NE(events.find(e), std::string::npos) << e << " missing from: " << events;
+  }
+}
+
+TEST_F(DaemonTest, AnEditedAuditRecordIsDetected) {
+  v1::EnrollmentResult issued;
+  ASSERT_TRUE(Submit("enrollee", MakeCsr("/CN=audited"), "User", &issued).ok());
+  ASSERT_TRUE(daemon_->Stop().ok());
+  // An attacker with the database file: drop the append-only triggers, edit a row.
+  auto edit =
+      RunCommand("sqlite3 " + daemon_->db_path() +
+                 " \"SELECT name FROM sqlite_master WHERE type='trigger'\" | while read t; do "
+                 "sqlite3 " +
+                 daemon_->db_path() + " \"DROP TRIGGER $t\"; done; sqlite3 " + daemon_->db_path() +
+                 " \"UPDATE audit SET principal='CN=someone else' WHERE event='request.issued'\"");
+  ASSERT_EQ(edit.exit_code, 0) << edit.output;
+  ASSERT_TRUE(daemon_->Restart().ok());
+  auto audit = v1::Audit::NewStub(daemon_->Channel("auditor"));
+  grpc::ClientContext ctx;
+  v1::VerifyAuditResponse verdict;
+  ASSERT_TRUE(audit->VerifyAudit(&ctx, v1::VerifyAuditRequest(), &verdict).ok());
+  EXPECT_FALSE(verdict.ok());
+  EXPECT_NE(verdict.problem().find("edited"), std::string::npos) << verdict.problem();
+}
+
+TEST_F(DaemonTest, BadBytesOnEveryRpcThatTakesThemAreInvalidArgumentAndChangeNothing) {
+  std::string good = MakeCsr("/CN=good");
+  const auto ca_pem = ReadFile(daemon_->ca_cert_path());
+  std::string random(3000, '\0');
+  for (auto& c : random) c = static_cast<char>(std::rand());
+  const std::vector<std::pair<std::string, std::string>> inputs = {
+      {"empty", ""},
+      {"truncated", good.substr(0, good.size() / 2)},
+      {"random", random},
+      {"trailing garbage", good + "xyz"},
+      {"huge", std::string(8 << 20, '\x30')},
+      {"pem garbage",
+       "-----BEGIN CERTIFICATE REQUEST-----\n!!!!\n-----END CERTIFICATE REQUEST-----\n"},
+      {"a certificate, not a request", std::string(ca_pem.begin(), ca_pem.end())},
+  };
+  for (const auto& [name, bytes] : inputs) {
+    v1::EnrollmentResult out;
+    auto st = Submit("enrollee", bytes, "User", &out);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << name << ": " << st.error_message();
+    EXPECT_FALSE(st.error_message().empty()) << name;
+  }
+  // The daemon still serves, and no request was recorded for any of them.
+  v1::EnrollmentResult ok;
+  ASSERT_TRUE(Submit("enrollee", good, "User", &ok).ok());
+  auto officer = v1::Officer::NewStub(daemon_->Channel("officer"));
+  grpc::ClientContext ctx;
+  v1::ListRequestsResponse list;
+  ASSERT_TRUE(officer->ListRequests(&ctx, v1::ListRequestsRequest(), &list).ok());
+  EXPECT_EQ(list.requests_size(), 1);
+  // Unknown ids and serials: clear NOT_FOUND.
+  grpc::ClientContext gctx;
+  v1::GetRequestRequest g;
+  g.set_request_id(987654);
+  v1::RequestInfo info;
+  EXPECT_EQ(officer->GetRequest(&gctx, g, &info).error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
 }  // namespace
