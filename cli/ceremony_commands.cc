@@ -2,6 +2,8 @@
 // ceremony tool, every step refuses to overwrite: an existing key label or
 // output file stops the run before anything is created, and every
 // signature is verified right after it is made.
+#include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/x509.h>
 
 #include "cli/commands.h"
@@ -29,6 +31,31 @@ struct RootOptions {
   std::string out;
 };
 
+// The token named on the command line, logged in with the PIN source given.
+absl::StatusOr<std::shared_ptr<hsm::Token>> OpenCeremonyToken(const std::string& module,
+                                                              const std::string& token_uri,
+                                                              const std::string& pin_source) {
+  auto uri = hsm::Pkcs11Uri::Parse(token_uri);
+  if (!uri.ok()) return uri.status();
+  auto pin = hsm::PinSource::Parse(pin_source);
+  if (!pin.ok()) return pin.status();
+  hsm::OpenOptions open;
+  open.default_module = DefaultModule(module);
+  open.pin = *pin;
+  return hsm::OpenToken(*uri, open);
+}
+
+absl::StatusOr<std::vector<ossl::UniquePtr<X509>>> ReadCertificates(const std::string& path) {
+  auto bytes = pki::ReadFileBytes(path, 4 << 20);
+  if (!bytes.ok()) return bytes.status();
+  ossl::UniquePtr<BIO> bio(BIO_new_mem_buf(bytes->data(), static_cast<int>(bytes->size())));
+  std::vector<ossl::UniquePtr<X509>> out;
+  while (X509* x = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) out.emplace_back(x);
+  ERR_clear_error();
+  if (out.empty()) return absl::InvalidArgumentError(StrCat(path, ": no PEM certificate in it"));
+  return out;
+}
+
 absl::StatusOr<nlohmann::json> RunRoot(const RootOptions& o, std::string& text) {
   // Everything that can be checked without touching the token comes first.
   auto algorithm = hsm::ParseKeyAlgorithm(o.key_algorithm);
@@ -36,15 +63,8 @@ absl::StatusOr<nlohmann::json> RunRoot(const RootOptions& o, std::string& text) 
   auto subject = pki::ParseName(o.subject);
   if (!subject.ok()) return subject.status();
   if (auto st = pki::CheckWritable(o.out, pki::Overwrite::kRefuse); !st.ok()) return st;
-  auto uri = hsm::Pkcs11Uri::Parse(o.token_uri);
-  if (!uri.ok()) return uri.status();
-  auto pin = hsm::PinSource::Parse(o.pin_source);
-  if (!pin.ok()) return pin.status();
-
-  hsm::OpenOptions open;
-  open.default_module = DefaultModule(o.module);
-  open.pin = *pin;
-  auto token = hsm::OpenToken(*uri, open);
+  if (auto pin = hsm::PinSource::Parse(o.pin_source); !pin.ok()) return pin.status();
+  auto token = OpenCeremonyToken(o.module, o.token_uri, o.pin_source);
   if (!token.ok()) return token.status();
   auto crypto = hsm::CryptoContext::Create();
   if (!crypto.ok()) return crypto.status();
@@ -93,6 +113,78 @@ absl::StatusOr<nlohmann::json> RunRoot(const RootOptions& o, std::string& text) 
                         {"certificate", o.out}};
 }
 
+// keywarden ceremony subordinate: key on the token + CSR for the parent CA.
+absl::StatusOr<nlohmann::json> RunSubordinate(const RootOptions& o, std::string& text) {
+  auto algorithm = hsm::ParseKeyAlgorithm(o.key_algorithm);
+  if (!algorithm.ok()) return algorithm.status();
+  auto subject = pki::ParseName(o.subject);
+  if (!subject.ok()) return subject.status();
+  if (auto st = pki::CheckWritable(o.out, pki::Overwrite::kRefuse); !st.ok()) return st;
+  if (auto pin = hsm::PinSource::Parse(o.pin_source); !pin.ok()) return pin.status();
+  auto token = OpenCeremonyToken(o.module, o.token_uri, o.pin_source);
+  if (!token.ok()) return token.status();
+  auto crypto = hsm::CryptoContext::Create();
+  if (!crypto.ok()) return crypto.status();
+  hsm::KeySpec spec;
+  spec.algorithm = *algorithm;
+  spec.label = o.key_label;
+  auto key = hsm::GenerateKeyPair(*token, spec);
+  if (!key.ok()) return key.status();
+  auto pkey = (*crypto)->Load(*key);
+  if (!pkey.ok()) return pkey.status();
+  auto req = pki::MakeCaRequest((*crypto)->libctx(), pkey->get(), subject->get(),
+                                pki::SignatureOptions{o.digest, o.pss});
+  if (!req.ok()) return req.status();
+  if (auto st = pki::WriteFileAtomically(o.out, pki::ToPem(req->get()), pki::Overwrite::kRefuse);
+      !st.ok()) {
+    return st;
+  }
+  const std::string key_uri =
+      StrCat("pkcs11:token=", (*token)->label(), ";object=", o.key_label, ";type=private");
+  text = StrCat("Subordinate CA key generated on token \"", (*token)->label(), "\" (",
+                (*key)->Describe(), ")\n  key URI: ", key_uri, "\n  request: ", o.out,
+                " (take it to the parent CA, then run `keywarden ceremony install`)\n");
+  return nlohmann::json{{"token", (*token)->label()},
+                        {"key_uri", key_uri},
+                        {"key_id", HexString((*key)->id)},
+                        {"request", o.out}};
+}
+
+struct InstallOptions {
+  std::string module, token_uri, pin_source = "prompt", key_label, certificate, chain, out;
+};
+
+// keywarden ceremony install: the parent CA's answer, checked and stored.
+absl::StatusOr<nlohmann::json> RunInstall(const InstallOptions& o, std::string& text) {
+  auto certs = ReadCertificates(o.certificate);
+  if (!certs.ok()) return certs.status();
+  auto chain = ReadCertificates(o.chain);
+  if (!chain.ok()) return chain.status();
+  if (auto st = pki::CheckWritable(o.out, pki::Overwrite::kRefuse); !st.ok()) return st;
+  if (auto pin = hsm::PinSource::Parse(o.pin_source); !pin.ok()) return pin.status();
+  auto token = OpenCeremonyToken(o.module, o.token_uri, o.pin_source);
+  if (!token.ok()) return token.status();
+  auto key = hsm::FindPrivateKey(*token, o.key_label);
+  if (!key.ok()) return key.status();
+  X509* cert = certs->front().get();
+  if (auto st = pki::CheckSubordinateCertificate(cert, (*key)->public_key.get(), *chain);
+      !st.ok()) {
+    return st;
+  }
+  auto stored = hsm::ImportCertificate(**token, cert, o.key_label, (*key)->id);
+  if (!stored.ok()) return stored.status();
+  std::string pem = pki::ToPem(cert);
+  for (const auto& c : *chain) pem += pki::ToPem(c.get());
+  if (auto st = pki::WriteFileAtomically(o.out, pem, pki::Overwrite::kRefuse); !st.ok()) return st;
+  const std::string subj = pki::FormatName(X509_get_subject_name(cert));
+  text = StrCat("Installed subordinate CA certificate for key \"", o.key_label,
+                "\"\n  subject: ", subj, "\n  SHA-1:   ", pki::Sha1Thumbprint(cert),
+                "\n  chain:   ", o.out,
+                " (certificate followed by its issuers; also stored on the token)\n");
+  return nlohmann::json{
+      {"subject", subj}, {"sha1", pki::Sha1Thumbprint(cert)}, {"certificate", o.out}};
+}
+
 }  // namespace
 
 void RegisterCeremonyCommands(CLI::App& app, const Output& out, Action& action) {
@@ -119,6 +211,57 @@ void RegisterCeremonyCommands(CLI::App& app, const Output& out, Action& action) 
   root->add_flag("--pss", o->pss, "Sign with RSASSA-PSS instead of PKCS#1 v1.5");
   root->add_option("--out", o->out, "Where to write the certificate (PEM; must not exist)")
       ->required();
+  auto add_key_options = [](CLI::App* cmd, RootOptions& opt) {
+    cmd->add_option("--module", opt.module,
+                    "PKCS#11 module path or p11-kit name (default $KEYWARDEN_PKCS11_MODULE)");
+    cmd->add_option("--token", opt.token_uri, "PKCS#11 URI of the token")->required();
+    cmd->add_option("--pin-source", opt.pin_source,
+                    "file:PATH, env:NAME or prompt (default prompt)");
+    cmd->add_option("--key-label", opt.key_label, "Label of the new key (must not exist)")
+        ->required();
+    cmd->add_option("--key-algorithm", opt.key_algorithm,
+                    "rsa2048, rsa3072, rsa4096, ec-p256 or ec-p384 (default rsa3072)");
+    cmd->add_option("--subject", opt.subject, "Subject, e.g. \"CN=Example Issuing CA,O=Example\"")
+        ->required();
+    cmd->add_option("--digest", opt.digest, "SHA256, SHA384 or SHA512 (default SHA256)");
+    cmd->add_flag("--pss", opt.pss, "Sign with RSASSA-PSS instead of PKCS#1 v1.5");
+  };
+  CLI::App* sub = ceremony->add_subcommand(
+      "subordinate", "Generate a CA key on the token and a certificate request for the parent CA");
+  auto so = std::make_shared<RootOptions>();
+  add_key_options(sub, *so);
+  sub->add_option("--out", so->out, "Where to write the request (PEM; must not exist)")->required();
+  sub->callback([&out, &action, so] {
+    action = [&out, so] {
+      std::string text;
+      auto result = RunSubordinate(*so, text);
+      if (!result.ok()) return out.Fail(result.status());
+      out.Result(*result, text);
+      return static_cast<int>(kExitOk);
+    };
+  });
+  CLI::App* install = ceremony->add_subcommand(
+      "install", "Check and install the certificate the parent CA issued for a subordinate key");
+  auto io = std::make_shared<InstallOptions>();
+  install->add_option("--module", io->module, "PKCS#11 module path or p11-kit name");
+  install->add_option("--token", io->token_uri, "PKCS#11 URI of the token")->required();
+  install->add_option("--pin-source", io->pin_source,
+                      "file:PATH, env:NAME or prompt (default prompt)");
+  install->add_option("--key-label", io->key_label, "Label of the subordinate CA key")->required();
+  install->add_option("--certificate", io->certificate, "The issued certificate (PEM)")->required();
+  install->add_option("--chain", io->chain, "The parent CA's certificates, up to its root (PEM)")
+      ->required();
+  install->add_option("--out", io->out, "Where to write certificate + chain (PEM; must not exist)")
+      ->required();
+  install->callback([&out, &action, io] {
+    action = [&out, io] {
+      std::string text;
+      auto result = RunInstall(*io, text);
+      if (!result.ok()) return out.Fail(result.status());
+      out.Result(*result, text);
+      return static_cast<int>(kExitOk);
+    };
+  });
   root->callback([&out, &action, o] {
     action = [&out, o] {
       std::string text;

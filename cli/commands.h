@@ -1,6 +1,9 @@
 // Each verb group registers itself on the top-level app.
 #pragma once
 
+#include <functional>
+#include <string>
+
 #include <CLI/CLI.hpp>
 
 #include "cli/output.h"
@@ -12,6 +15,21 @@ using Action = std::function<int()>;
 
 void RegisterTokenCommands(CLI::App& app, const Output& out, Action& action);
 void RegisterCeremonyCommands(CLI::App& app, const Output& out, Action& action);
+
+// Verbs that talk to keywardend (cli/client.h) with the connection options
+// of the top-level app.
+struct ConnectionOptions;
+void RegisterEnrollCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
+                            Action& action);
+void RegisterCaCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
+                        Action& action);
+void RegisterOfficerCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
+                             Action& action);
+void RegisterAuditCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
+                           Action& action);
+// backup (remote) and schema (local).
+void RegisterBackupCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
+                            Action& action);
 
 // The PKCS#11 module used when a URI names none: --module, else
 // $KEYWARDEN_PKCS11_MODULE.

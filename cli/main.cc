@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "cli/client.h"
 #include "cli/commands.h"
 #include "cli/output.h"
 
@@ -22,11 +23,25 @@ int main(int argc, char** argv) {
       "keywarden: hardware-backed CA key service, key archival and recovery.\n"
       "Exit codes: 0 ok, 1 failed, 2 usage, 3 refused, 4 not found."};
   app.require_subcommand(1);
+  // Top-level options (--json, the connection) may also follow the verb.
+  app.fallthrough();
+  app.footer(
+      "Verbs that talk to keywardend use mutual TLS: --server, --client-cert, --client-key,\n"
+      "--server-ca (or $KEYWARDEN_SERVER, $KEYWARDEN_CLIENT_CERT, $KEYWARDEN_CLIENT_KEY,\n"
+      "$KEYWARDEN_SERVER_CA), given before or after the verb. --json prints one JSON object\n"
+      "on stdout, errors included. Run `keywarden VERB --help` for each verb.");
   Output out;
   app.add_flag("--json", out.json, "Print results as JSON");
+  ConnectionOptions conn;
+  AddConnectionOptions(app, conn);
   Action action;
   RegisterTokenCommands(app, out, action);
   RegisterCeremonyCommands(app, out, action);
+  RegisterEnrollCommands(app, out, conn, action);
+  RegisterOfficerCommands(app, out, conn, action);
+  RegisterCaCommands(app, out, conn, action);
+  RegisterAuditCommands(app, out, conn, action);
+  RegisterBackupCommands(app, out, conn, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

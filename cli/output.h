@@ -3,11 +3,13 @@
 #pragma once
 
 #include <iostream>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
 #include "absl/status/status.h"
+#include "absl/strings/cord.h"
 
 namespace keywarden::cli {
 
@@ -19,13 +21,29 @@ enum ExitCode : int {
   kExitNotFound = 4,  // a named token, key or file does not exist
 };
 
+// The HRESULT the daemon attached to an error (cli/client.cc), carried in
+// the absl::Status as payloads so that failures can show it as JSON fields.
+inline constexpr char kHResultPayload[] = "type.keywarden.cli/hresult";  // "0x80094800"
+inline constexpr char kSymbolPayload[] = "type.keywarden.cli/symbol";    // "CERTSRV_E_..."
+
+inline std::optional<std::string> PayloadOf(const absl::Status& status, const char* url) {
+  auto p = status.GetPayload(url);
+  if (!p.has_value()) return std::nullopt;
+  return std::string(*p);
+}
+
+// JSON text; strings that are not UTF-8 are shown with U+FFFD instead of throwing.
+inline std::string JsonText(const nlohmann::json& j) {
+  return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 struct Output {
   bool json = false;
 
   // Prints `result` (JSON mode) or `text` (text mode) on stdout.
   void Result(const nlohmann::json& result, const std::string& text) const {
     if (json) {
-      std::cout << result.dump(2) << std::endl;
+      std::cout << JsonText(result) << std::endl;
     } else {
       std::cout << text;
     }
@@ -36,10 +54,15 @@ struct Output {
   int Fail(const absl::Status& status) const {
     int code = ExitCodeFor(status);
     if (json) {
-      std::cout << nlohmann::json{{"error", std::string(status.message())},
-                                  {"code", absl::StatusCodeToString(status.code())},
-                                  {"exit_code", code}}
-                       .dump(2)
+      auto field = [&](const char* url) {
+        auto v = PayloadOf(status, url);
+        return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
+      };
+      std::cout << JsonText({{"error", std::string(status.message())},
+                             {"code", absl::StatusCodeToString(status.code())},
+                             {"exit_code", code},
+                             {"hresult", field(kHResultPayload)},
+                             {"symbol", field(kSymbolPayload)}})
                 << std::endl;
     } else {
       std::cerr << "keywarden: " << status.message() << std::endl;

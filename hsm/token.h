@@ -77,7 +77,10 @@ class Token : public std::enable_shared_from_this<Token> {
   absl::Status Login(const SecretString& pin);
   bool logged_in() const;
 
-  // Waits while max_sessions sessions are in use.
+  // Waits while max_sessions sessions are in use. Never call a method that
+  // acquires (Sign, Decrypt, GenerateRandom, FindPrivateKey, ...) while
+  // holding a Session from the same token: with every session leased, two
+  // threads doing that wait for each other forever.
   absl::StatusOr<Session> Acquire();
 
   const std::string& label() const { return info_.label; }

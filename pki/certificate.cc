@@ -189,6 +189,97 @@ absl::StatusOr<ossl::UniquePtr<X509>> MakeSelfSignedRoot(OSSL_LIB_CTX* libctx, E
   return cert;
 }
 
+absl::StatusOr<ossl::UniquePtr<X509_REQ>> MakeCaRequest(OSSL_LIB_CTX* libctx, EVP_PKEY* key,
+                                                        const X509_NAME* subject,
+                                                        const SignatureOptions& signature) {
+  if (key == nullptr || subject == nullptr || X509_NAME_entry_count(subject) == 0) {
+    return absl::InvalidArgumentError("CA request: a key and a non-empty subject are required");
+  }
+  ossl::UniquePtr<X509_REQ> req(X509_REQ_new_ex(libctx, nullptr));
+  if (!req || !X509_REQ_set_version(req.get(), 0) ||
+      !X509_REQ_set_subject_name(req.get(), subject) || !X509_REQ_set_pubkey(req.get(), key)) {
+    return OpenSslError("CA request: fields");
+  }
+  X509V3_CTX v3;
+  X509V3_set_ctx_nodb(&v3);
+  X509V3_set_ctx(&v3, nullptr, nullptr, req.get(), nullptr, 0);
+  STACK_OF(X509_EXTENSION)* exts = sk_X509_EXTENSION_new_null();
+  for (auto [nid, value] :
+       {std::pair{NID_basic_constraints, "critical,CA:TRUE"},
+        std::pair{NID_key_usage, "critical,digitalSignature,keyCertSign,cRLSign"}}) {
+    X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &v3, nid, value);
+    if (ext != nullptr) sk_X509_EXTENSION_push(exts, ext);
+  }
+  const int ok = X509_REQ_add_extensions(req.get(), exts);
+  sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+  if (!ok) return OpenSslError("CA request: extensions");
+  ossl::UniquePtr<EVP_MD_CTX> mctx(EVP_MD_CTX_new());
+  EVP_PKEY_CTX* pctx = nullptr;
+  if (EVP_DigestSignInit_ex(mctx.get(), &pctx, signature.digest.c_str(), libctx, nullptr, key,
+                            nullptr) <= 0 ||
+      (signature.rsa_pss &&
+       (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) <= 0 ||
+        EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) <= 0)) ||
+      X509_REQ_sign_ctx(req.get(), mctx.get()) <= 0) {
+    return OpenSslError("CA request: sign");
+  }
+  unsigned char* der = nullptr;
+  int len = i2d_X509_REQ(req.get(), &der);
+  const unsigned char* p = der;
+  ossl::UniquePtr<X509_REQ> decoded(len > 0 ? d2i_X509_REQ(nullptr, &p, len) : nullptr);
+  OPENSSL_free(der);
+  if (!decoded || X509_REQ_verify(decoded.get(), X509_REQ_get0_pubkey(decoded.get())) != 1) {
+    return OpenSslError("CA request: the signature made on the token does not verify");
+  }
+  return req;
+}
+
+absl::Status CheckSubordinateCertificate(X509* cert, EVP_PKEY* key,
+                                         const std::vector<ossl::UniquePtr<X509>>& issuers) {
+  if (cert == nullptr) return absl::InvalidArgumentError("install: no certificate");
+  if (EVP_PKEY_eq(X509_get0_pubkey(cert), key) != 1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError("install: the certificate is not for the key on the token");
+  }
+  if (X509_check_ca(cert) != 1) {
+    return absl::InvalidArgumentError(
+        "install: the certificate is not a CA certificate (no basicConstraints CA:TRUE)");
+  }
+  if (issuers.empty())
+    return absl::InvalidArgumentError("install: give the issuing CA chain (--chain)");
+  ossl::UniquePtr<X509_STORE> store(X509_STORE_new());
+  STACK_OF(X509)* untrusted = sk_X509_new_null();
+  for (size_t i = 0; i < issuers.size(); ++i) {
+    X509* c = issuers[i].get();
+    const bool self_signed = X509_check_issued(c, c) == X509_V_OK;
+    if (self_signed) {
+      X509_STORE_add_cert(store.get(), c);
+    } else {
+      sk_X509_push(untrusted, c);
+    }
+  }
+  ossl::UniquePtr<X509_STORE_CTX> ctx(X509_STORE_CTX_new());
+  int ok = X509_STORE_CTX_init(ctx.get(), store.get(), cert, untrusted) == 1 &&
+           X509_verify_cert(ctx.get()) == 1;
+  const int err = X509_STORE_CTX_get_error(ctx.get());
+  sk_X509_free(untrusted);
+  if (!ok) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(
+        StrCat("install: the certificate does not chain to the given issuers: ",
+               X509_verify_cert_error_string(err)));
+  }
+  return absl::OkStatus();
+}
+
+std::string ToPem(X509_REQ* request) {
+  ossl::UniquePtr<BIO> bio(BIO_new(BIO_s_mem()));
+  PEM_write_bio_X509_REQ(bio.get(), request);
+  char* data = nullptr;
+  long len = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<size_t>(len));
+}
+
 std::string Sha1Thumbprint(X509* cert) {
   return Thumbprint(cert, EVP_sha1());
 }

@@ -43,6 +43,21 @@ struct RootCaOptions {
 absl::StatusOr<ossl::UniquePtr<X509>> MakeSelfSignedRoot(OSSL_LIB_CTX* libctx, EVP_PKEY* key,
                                                          const RootCaOptions& options);
 
+// A PKCS#10 request for a subordinate CA key (signed with `key`, which may
+// be a token key), asking for basicConstraints CA:TRUE; its signature is
+// checked in software before returning.
+absl::StatusOr<ossl::UniquePtr<X509_REQ>> MakeCaRequest(OSSL_LIB_CTX* libctx, EVP_PKEY* key,
+                                                        const X509_NAME* subject,
+                                                        const SignatureOptions& signature);
+
+// Checks that `cert` is a CA certificate for `key` that chains, by
+// signature and validity, to one of `issuers` (the last of which may be a
+// self-signed root); used when installing a subordinate CA certificate.
+absl::Status CheckSubordinateCertificate(X509* cert, EVP_PKEY* key,
+                                         const std::vector<ossl::UniquePtr<X509>>& issuers);
+
+std::string ToPem(X509_REQ* request);
+
 // Signs `cert` (already filled in) with `key`.
 absl::Status SignCertificate(OSSL_LIB_CTX* libctx, X509* cert, EVP_PKEY* key,
                              const SignatureOptions& options);

@@ -412,6 +412,14 @@ absl::Status ReadHsm(const Section& s, Config::Hsm& h) {
   if (h.pin_source == "prompt" || h.pin_source.starts_with("prompt:")) {
     return s.Invalid("pin_source", "a daemon cannot prompt for the PIN; use file:PATH or env:NAME");
   }
+  // A relative PIN file is relative to the configuration file, like every other path.
+  for (const char* prefix : {"file://", "file:"}) {
+    if (h.pin_source.starts_with(prefix)) {
+      const std::string path = h.pin_source.substr(std::string_view(prefix).size());
+      h.pin_source = "file:" + s.ctx().ResolvePath(path);
+      break;
+    }
+  }
   KW_RETURN_IF_ERROR(s.ReadRequiredString("signing_key", h.signing_key));
   KW_RETURN_IF_ERROR(CheckUri(s, "signing_key", h.signing_key, /*needs_object=*/true));
   KW_RETURN_IF_ERROR(s.ReadInt("max_sessions", 1, 1024, h.max_sessions));

@@ -7,6 +7,7 @@
 
 #include "hsm/status.h"
 #include "hsm/strings.h"
+#include "pki/cmc.h"
 #include "pki/files.h"
 #include "pki/pkcs10.h"
 #include "service/errors.h"
@@ -77,6 +78,23 @@ bool KeyTypeAllowed(const TemplateConfig& t, EVP_PKEY* key, std::string* type) {
 }
 
 }  // namespace
+
+absl::StatusOr<ParsedRequest> ParseRequest(const std::string& format,
+                                           std::span<const uint8_t> der) {
+  ParsedRequest out;
+  if (format == "cmc") {
+    auto cmc = pki::ParseCmcRequest(der);
+    if (!cmc.ok()) return cmc.status();
+    out.pkcs10 = std::move(cmc->pkcs10);
+    out.encrypted_key = std::move(cmc->encrypted_key);
+    out.encrypted_key_hash = std::move(cmc->encrypted_key_hash);
+    return out;
+  }
+  auto pkcs10 = pki::ParsePkcs10(der);
+  if (!pkcs10.ok()) return pkcs10.status();
+  out.pkcs10 = std::move(*pkcs10);
+  return out;
+}
 
 absl::StatusOr<std::unique_ptr<CertificateAuthority>> CertificateAuthority::Open(
     const Config& config, Store& store, std::shared_ptr<hsm::CryptoContext> crypto,
@@ -179,15 +197,12 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Submit(const std::string
     return Error(hresult::kAsn1BadTag,
                  "the request is neither a PKCS#10 request nor a CMS message");
   }
-  if (format == "cmc") {
-    return Error(hresult::kInvalidArg, "CMC requests are not accepted by this build yet");
-  }
-  auto parsed = pki::ParsePkcs10(der);
+  auto parsed = ParseRequest(format, der);
   if (!parsed.ok()) {
     const bool bad_signature =
         parsed.status().message().find("signature") != absl::string_view::npos;
     Audit(principal, "request.rejected",
-          json{{"reason", std::string(parsed.status().message())}}.dump());
+          json{{"format", format}, {"reason", std::string(parsed.status().message())}}.dump());
     return Error(bad_signature ? hresult::kBadSignature : hresult::kAsn1BadTag,
                  std::string(parsed.status().message()));
   }
@@ -197,7 +212,7 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Submit(const std::string
   r.template_name = template_hint;
   r.format = format;
   r.raw = der;
-  r.subject = pki::FormatName(X509_REQ_get_subject_name(parsed->req.get()));
+  r.subject = pki::FormatName(X509_REQ_get_subject_name(parsed->pkcs10.req.get()));
   r.disposition = Disposition::kPending;
   r.submitted_at = clock_();
   auto id = store_.InsertRequest(r);
@@ -235,10 +250,12 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
                                                                 const std::string& actor,
                                                                 bool approving) {
   const std::string policy = approving ? actor : std::string("policy");
-  auto parsed = pki::ParsePkcs10(request.raw);
-  if (!parsed.ok())
-    return DenyWith(request, Error(hresult::kAsn1BadTag, std::string(parsed.status().message())),
+  auto stored = ParseRequest(request.format, request.raw);
+  if (!stored.ok()) {
+    return DenyWith(request, Error(hresult::kAsn1BadTag, std::string(stored.status().message())),
                     policy);
+  }
+  pki::Pkcs10Request* parsed = &stored->pkcs10;
 
   // Template: the caller's hint, else what the request names (v2 OID, then v1 name).
   std::string wanted = !request.template_name.empty()  ? request.template_name
@@ -269,6 +286,14 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
         Error(hresult::kKeyLength, StrCat(EVP_PKEY_get_bits(pub), "-bit key; template ", t->name,
                                           " needs at least ", t->min_key_bits)),
         policy);
+  }
+  if (stored->encrypted_key) {
+    // seed: "Cannot archive private key. The certification authority is not
+    // configured for key archival." when no KRA is set up.
+    if (config_.kra.certificates.empty()) {
+      return DenyWith(request, Error(hresult::kKeyArchivalNotConfigured), policy);
+    }
+    return absl::UnimplementedError("key archival is not implemented in this build yet");
   }
   if (t->archival == ArchivalPolicy::kRequired) {
     return DenyWith(

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "hsm/provider/provider.h"
 #include "hsm/token.h"
+#include "pki/pkcs10.h"
 #include "service/ca/exchange.h"
 #include "service/ca/issuer.h"
 #include "service/config.h"
@@ -25,6 +26,16 @@ struct EnrollmentOutcome {
   RequestRecord request;
   std::optional<CertificateRecord> certificate;
 };
+
+// A request as the CA sees it: the PKCS#10 (from a bare request or from
+// inside a CMC one) and, for archival, the encrypted private key.
+struct ParsedRequest {
+  pki::Pkcs10Request pkcs10;
+  std::optional<std::vector<uint8_t>> encrypted_key;
+  std::optional<std::vector<uint8_t>> encrypted_key_hash;
+};
+// `format` is "pkcs10" or "cmc"; signatures and hashes are verified.
+absl::StatusOr<ParsedRequest> ParseRequest(const std::string& format, std::span<const uint8_t> der);
 
 struct CrlInfo {
   std::vector<uint8_t> der;

@@ -110,6 +110,61 @@ TEST_F(CeremonyCliTest, WrongPinAndUnknownTokenAreClear) {
   EXPECT_NE(unknown.output.find("keywarden-ca"), std::string::npos) << unknown.output;
 }
 
+TEST_F(CeremonyCliTest, SubordinateRequestThenInstallOfTheParentsCertificate) {
+  const std::string pin = "file:" + fixture_->PinFile(SoftHsmFixture::kCaToken);
+  auto req = Keywarden("ceremony subordinate --token pkcs11:token=keywarden-ca --pin-source " +
+                       pin + " --key-label issuing --subject 'CN=Issuing CA,O=keywarden' --out " +
+                       tmp_.File("issuing.csr"));
+  ASSERT_EQ(req.exit_code, 0) << req.output;
+  auto check = RunCommand("openssl req -verify -noout -text -in " + tmp_.File("issuing.csr"));
+  EXPECT_NE(check.output.find("CA:TRUE"), std::string::npos) << check.output;
+
+  // The parent: a software root made with openssl, which issues the subordinate.
+  ASSERT_EQ(RunCommand("openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=Parent -days 30 "
+                       "-addext basicConstraints=critical,CA:TRUE -keyout " +
+                       tmp_.File("parent.key") + " -out " + tmp_.File("parent.pem"))
+                .exit_code,
+            0);
+  WriteFile(
+      tmp_.File("ext.cnf"),
+      std::string("basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"));
+  ASSERT_EQ(RunCommand("openssl x509 -req -in " + tmp_.File("issuing.csr") + " -CA " +
+                       tmp_.File("parent.pem") + " -CAkey " + tmp_.File("parent.key") +
+                       " -CAcreateserial -days 20 -extfile " + tmp_.File("ext.cnf") + " -out " +
+                       tmp_.File("issuing.pem"))
+                .exit_code,
+            0);
+  // A leaf (not a CA) for the same key, and a CA cert for another key: both refused.
+  WriteFile(tmp_.File("leaf.cnf"), std::string("basicConstraints=critical,CA:FALSE\n"));
+  ASSERT_EQ(RunCommand("openssl x509 -req -in " + tmp_.File("issuing.csr") + " -CA " +
+                       tmp_.File("parent.pem") + " -CAkey " + tmp_.File("parent.key") +
+                       " -CAcreateserial -days 20 -extfile " + tmp_.File("leaf.cnf") + " -out " +
+                       tmp_.File("leaf.pem"))
+                .exit_code,
+            0);
+  auto not_ca = Keywarden("ceremony install --token pkcs11:token=keywarden-ca --pin-source " + pin +
+                          " --key-label issuing --certificate " + tmp_.File("leaf.pem") +
+                          " --chain " + tmp_.File("parent.pem") + " --out " + tmp_.File("x.pem"));
+  EXPECT_EQ(not_ca.exit_code, 2) << not_ca.output;
+  EXPECT_NE(not_ca.output.find("not a CA certificate"), std::string::npos) << not_ca.output;
+  auto wrong_key =
+      Keywarden("ceremony install --token pkcs11:token=keywarden-ca --pin-source " + pin +
+                " --key-label issuing --certificate " + tmp_.File("parent.pem") + " --chain " +
+                tmp_.File("parent.pem") + " --out " + tmp_.File("x.pem"));
+  EXPECT_EQ(wrong_key.exit_code, 2) << wrong_key.output;
+  EXPECT_NE(wrong_key.output.find("not for the key"), std::string::npos) << wrong_key.output;
+
+  auto install =
+      Keywarden("ceremony install --token pkcs11:token=keywarden-ca --pin-source " + pin +
+                " --key-label issuing --certificate " + tmp_.File("issuing.pem") + " --chain " +
+                tmp_.File("parent.pem") + " --out " + tmp_.File("issuing-chain.pem"));
+  ASSERT_EQ(install.exit_code, 0) << install.output;
+  auto v = RunCommand("openssl verify -CAfile " + tmp_.File("parent.pem") + " " +
+                      tmp_.File("issuing-chain.pem"));
+  EXPECT_EQ(v.exit_code, 0) << v.output;
+  EXPECT_EQ(ObjectsLabelled("issuing"), 3);  // key pair + the installed certificate
+}
+
 TEST_F(CeremonyCliTest, TokenListShowsTheFixtureTokens) {
   auto r = Keywarden("--json token list");
   ASSERT_EQ(r.exit_code, 0) << r.output;

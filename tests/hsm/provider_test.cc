@@ -89,7 +89,8 @@ TEST_F(ProviderTest, Rsa4096CertificatePassesOpensslVerify) {
   EXPECT_EQ(key->bits, 4096u);
   auto pkey = Load(key);
   EXPECT_EQ(EVP_PKEY_get_size(pkey.get()), 512);
-  ExpectOpensslVerifies(SelfSignedCa(crypto_->libctx(), pkey.get(), "RSA-4096 Root", "SHA512").get());
+  ExpectOpensslVerifies(
+      SelfSignedCa(crypto_->libctx(), pkey.get(), "RSA-4096 Root", "SHA512").get());
 }
 
 TEST_F(ProviderTest, EcP256AndP384CertificatesPassOpensslVerify) {

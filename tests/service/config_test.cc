@@ -593,6 +593,19 @@ TEST(ConfigTest, PinSourceModuleAndUrisAreNotTreatedAsPaths) {
   EXPECT_EQ(c->hsm.token, "pkcs11:token=keywarden-ca");
 }
 
+TEST(ConfigTest, RelativePinFileIsResolvedAgainstTheConfigDirectory) {
+  absl::StatusOr<Config> rel = Parse(
+      Minimal("pin_source = \"env:KEYWARDEN_CA_PIN\"", "pin_source = \"file:secrets/ca.pin\""),
+      "/etc/keywarden");
+  ASSERT_TRUE(rel.ok()) << rel.status();
+  EXPECT_EQ(rel->hsm.pin_source, "file:/etc/keywarden/secrets/ca.pin");
+  absl::StatusOr<Config> abs =
+      Parse(Minimal("pin_source = \"env:KEYWARDEN_CA_PIN\"", "pin_source = \"file:/run/ca.pin\""),
+            "/etc/keywarden");
+  ASSERT_TRUE(abs.ok()) << abs.status();
+  EXPECT_EQ(abs->hsm.pin_source, "file:/run/ca.pin");
+}
+
 // --- Lookups -----------------------------------------------------------------
 
 Config WithTemplates() {

@@ -253,6 +253,62 @@ TEST_F(DaemonTest, EmptySubjectTakesThePrincipalLikeAutoenrollment) {
   EXPECT_NE(text.output.find("CN = alice"), std::string::npos) << text.output;
 }
 
+TEST_F(DaemonTest, CmcRequestWithoutArchivalIsIssued) {
+  ossl::UniquePtr<EVP_PKEY> key;
+  const std::string csr = MakeRequestDer("cmc user", 2048, &key);
+  v1::EnrollmentResult out;
+  auto st = Submit("enrollee", MakeCmcDer(csr, key.get()), "User", &out);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(out.disposition(), v1::DISPOSITION_ISSUED);
+  EXPECT_EQ(VerifyWithCrl(out.certificate()).exit_code, 0);
+  auto officer = v1::Officer::NewStub(daemon_->Channel("officer"));
+  grpc::ClientContext ctx;
+  v1::GetRequestRequest g;
+  g.set_request_id(out.request_id());
+  v1::RequestInfo info;
+  ASSERT_TRUE(officer->GetRequest(&ctx, g, &info).ok());
+  EXPECT_EQ(info.format(), "cmc");
+}
+
+TEST_F(DaemonTest, WindowsArchivalRequestForAnUnknownTemplateIsDeniedLikeTheSeed) {
+  auto bytes = ReadFile(std::string(KEYWARDEN_VECTORS) + "/user-enroll-1.der");
+  v1::EnrollmentResult out;
+  auto st = Submit("enrollee", std::string(bytes.begin(), bytes.end()), "", &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(DetailOf(st).hresult(), 0x80094800u);
+  // seed: "The request was for certificate template (1.3.6.1.4.1.311.21.8....) that is
+  // not supported by the Certificate Services policy."
+  EXPECT_NE(
+      st.error_message().find(
+          "1.3.6.1.4.1.311.21.8.10998015.4198218.6898329.11679014.10423712.128.12396513.1783547"),
+      std::string::npos)
+      << st.error_message();
+}
+
+TEST_F(DaemonTest, WindowsArchivalRequestWithoutKrasIsRefusedWith8009400a) {
+  auto bytes = ReadFile(std::string(KEYWARDEN_VECTORS) + "/user-enroll-2.der");
+  v1::EnrollmentResult out;
+  auto st = Submit("enrollee", std::string(bytes.begin(), bytes.end()), "User", &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+  EXPECT_EQ(DetailOf(st).hresult(), 0x8009400au);
+  EXPECT_NE(st.error_message().find("not configured for key archival"), std::string::npos);
+}
+
+TEST_F(DaemonTest, CmcWithATamperedEncryptedKeyIsRefusedAndNothingStored) {
+  auto bytes = ReadFile(std::string(KEYWARDEN_VECTORS) + "/user-enroll-3.der");
+  bytes[bytes.size() - 40] ^= 0x01;  // inside the encrypted key
+  v1::EnrollmentResult out;
+  auto st = Submit("enrollee", std::string(bytes.begin(), bytes.end()), "User", &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("1.3.6.1.4.1.311.21.21"), std::string::npos)
+      << st.error_message();
+  auto officer = v1::Officer::NewStub(daemon_->Channel("officer"));
+  grpc::ClientContext ctx;
+  v1::ListRequestsResponse list;
+  ASSERT_TRUE(officer->ListRequests(&ctx, v1::ListRequestsRequest(), &list).ok());
+  EXPECT_EQ(list.requests_size(), 0);
+}
+
 TEST_F(DaemonTest, RequestWithABrokenSignatureIsRefused) {
   std::string csr = MakeCsr("/CN=tampered");
   csr[csr.size() - 5] ^= 0x01;  // inside the signature

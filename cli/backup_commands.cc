@@ -1,0 +1,155 @@
+// keywarden backup: a consistent copy of the CA database streamed from the
+// daemon (Backup Operator), checked against the daemon's SHA-256 and
+// written whole or not at all. keywarden schema: the database schema, like
+// certutil -schema.
+#include <openssl/evp.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "cli/client.h"
+#include "cli/commands.h"
+#include "cli/format.h"
+#include "hsm/ossl.h"
+#include "hsm/strings.h"
+#include "pki/files.h"
+#include "service/storage/store.h"
+
+namespace keywarden::cli {
+namespace {
+
+absl::StatusOr<Reply> RunBackup(Client& client, const std::string& out_path) {
+  if (auto st = pki::CheckWritable(out_path, pki::Overwrite::kRefuse); !st.ok()) return st;
+  // A backup may take a while; allow much longer than one ordinary call.
+  auto ctx = client.Context(std::chrono::seconds(3600));
+  auto reader = client.backup().BackupDatabase(ctx.get(), v1::BackupDatabaseRequest());
+  ossl::UniquePtr<EVP_MD_CTX> sha(EVP_MD_CTX_new());
+  if (!sha || EVP_DigestInit_ex(sha.get(), EVP_sha256(), nullptr) != 1) {
+    return absl::InternalError("SHA-256 is not available");
+  }
+  std::string data;
+  std::string expected;
+  int64_t chunks = 0;
+  v1::BackupChunk chunk;
+  while (reader->Read(&chunk)) {
+    ++chunks;
+    if (!expected.empty()) {
+      return absl::DataLossError("backup: the daemon sent data after the final checksum");
+    }
+    if (!chunk.data().empty()) {
+      EVP_DigestUpdate(sha.get(), chunk.data().data(), chunk.data().size());
+      data += chunk.data();
+    }
+    if (!chunk.sha256().empty()) expected = AsciiLower(chunk.sha256());
+  }
+  if (auto st = client.Check(reader->Finish()); !st.ok()) return st;
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(sha.get(), digest, &len);
+  const std::string actual = HexString({digest, len});
+  if (expected.empty()) {
+    return absl::DataLossError(StrCat("backup: the stream ended without the daemon's checksum; ",
+                                      data.size(), " bytes received and discarded"));
+  }
+  if (expected != actual) {
+    return absl::DataLossError(StrCat("backup: checksum mismatch: the daemon says sha256 ",
+                                      expected, ", the ", data.size(), " bytes received hash to ",
+                                      actual, "; nothing written"));
+  }
+  // The database holds archived keys (encrypted) and the audit log: owner only.
+  if (auto st = WriteNewFile(out_path, data, 0600); !st.ok()) return st;
+  Reply reply;
+  reply.json = {{"file", out_path},
+                {"bytes", static_cast<int64_t>(data.size())},
+                {"sha256", actual},
+                {"chunks", chunks}};
+  reply.text =
+      StrCat("Backup written\n",
+             KeyValues({{"File", out_path},
+                        {"Size", StrCat(data.size(), " bytes")},
+                        {"SHA-256", StrCat(actual, " (matches the daemon's)")},
+                        {"Check", StrCat("keywarden audit verify --database ", out_path)}}));
+  return reply;
+}
+
+// A throwaway directory for `schema` without --database, removed on exit.
+class ScratchDir {
+ public:
+  ScratchDir() {
+    const char* tmp = getenv("TMPDIR");
+    std::string templ = StrCat(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp", "/keywarden-XXXXXX");
+    if (mkdtemp(templ.data()) != nullptr) path_ = templ;
+  }
+  ~ScratchDir() {
+    if (path_.empty()) return;
+    for (const char* suffix : {"", "-wal", "-shm", "-journal"}) {
+      unlink(StrCat(path_, "/schema.db", suffix).c_str());
+    }
+    rmdir(path_.c_str());
+  }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+absl::StatusOr<Reply> RunSchema(const std::string& database) {
+  ScratchDir scratch;
+  std::string path = database;
+  if (path.empty()) {
+    if (scratch.path().empty()) return absl::InternalError("schema: no temporary directory");
+    path = StrCat(scratch.path(), "/schema.db");
+  } else if (access(path.c_str(), F_OK) != 0) {
+    return absl::NotFoundError(StrCat(path, ": no such database file"));
+  }
+  std::string schema;
+  int version = 0;
+  {
+    auto store = service::OpenSqliteStore(path);
+    if (!store.ok()) return store.status();
+    schema = (*store)->Schema();
+    version = (*store)->SchemaVersion();
+  }  // closed before the scratch directory goes
+  Reply reply;
+  reply.json = {{"schema_version", version},
+                {"database", database.empty() ? nlohmann::json(nullptr) : nlohmann::json(database)},
+                {"sql", schema}};
+  reply.text = schema;
+  return reply;
+}
+
+}  // namespace
+
+void RegisterBackupCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
+                            Action& action) {
+  auto out_path = std::make_shared<std::string>();
+  CLI::App* backup = app.add_subcommand(
+      "backup", "Copy the CA database from the daemon while it runs (Backup Operator)");
+  backup->add_option("OUT", *out_path, "Where to write the copy (SQLite; must not exist)")
+      ->required();
+  backup->footer(
+      "The copy is checked against the SHA-256 the daemon sends and written atomically with\n"
+      "mode 0600; nothing is written on any error. Check it offline with\n"
+      "`keywarden audit verify --database OUT`.");
+  backup->callback([&out, &conn, &action, out_path] {
+    action = WithClient(out, conn, [out_path](Client& c) { return RunBackup(c, *out_path); });
+  });
+
+  auto database = std::make_shared<std::string>();
+  CLI::App* schema = app.add_subcommand(
+      "schema", "Print the CA database schema as SQL (like certutil -schema); needs no daemon");
+  schema->add_option("--database", *database,
+                     "Show the schema of this SQLite database file (default: the schema this "
+                     "build creates, from a throwaway database)");
+  schema->callback([&out, &action, database] {
+    action = [&out, database] {
+      auto reply = RunSchema(*database);
+      if (!reply.ok()) return out.Fail(reply.status());
+      out.Result(reply->json, reply->text);
+      return reply->exit_code;
+    };
+  });
+}
+
+}  // namespace keywarden::cli
