@@ -96,8 +96,13 @@ absl::Status FromGrpc(const grpc::Status& status, const std::string& target) {
   if (has_detail && detail.hresult() != 0) {
     hresult = Hex32(detail.hresult());
     symbol = detail.symbol();
-    message +=
-        symbol.empty() ? StrCat(" (", hresult, ")") : StrCat(" (", hresult, " ", symbol, ")");
+    // The daemon's message usually names the code already; then add only the symbol.
+    if (message.find(hresult) != std::string::npos) {
+      if (!symbol.empty()) message += StrCat(" (", symbol, ")");
+    } else {
+      message +=
+          symbol.empty() ? StrCat(" (", hresult, ")") : StrCat(" (", hresult, " ", symbol, ")");
+    }
   }
   absl::Status out(code, message);
   if (!hresult.empty()) out.SetPayload(kHResultPayload, absl::Cord(hresult));

@@ -4,10 +4,11 @@
 # and three KRA cards), and runs a key ceremony whose results are checked
 # with independent tools.
 #
-# Today the demo covers the HSM layer: the CA key is generated on the token
-# and the root certificate is signed there through keywarden's OpenSSL
-# provider. Enrollment with archival, blob retrieval and KRA recovery join
-# this same script as the daemon lands.
+# It makes the CA key on the token, signs the root there through
+# keywarden's OpenSSL provider, starts keywardend on loopback (SQLite,
+# mutual TLS), and enrols, approves, revokes and audits through the
+# keywarden CLI, checking every result with openssl. Key archival, blob
+# retrieval and KRA recovery join this same script as they land.
 #
 # Output goes to $KEYWARDEN_DEMO_DIR (default: a new directory under /tmp).
 set -euo pipefail
@@ -50,5 +51,117 @@ if "$kw" ceremony root --token "pkcs11:token=keywarden-ca" \
   echo "demo: a second key with the same label was created" >&2
   exit 1
 fi
+
+step "TLS for the daemon: a software TLS CA, the server and one client per role"
+tls="$work/tls"
+mkdir -p "$tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+  -subj "/CN=keywarden demo TLS CA" -keyout "$tls/tls-ca.key" -out "$tls/tls-ca.pem" 2>/dev/null
+issue_tls() {  # name subject extensions
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "$2" \
+    -keyout "$tls/$1.key" -out "$tls/$1.csr" 2>/dev/null
+  printf '%s\n' "$3" > "$tls/$1.ext"
+  openssl x509 -req -in "$tls/$1.csr" -CA "$tls/tls-ca.pem" -CAkey "$tls/tls-ca.key" \
+    -CAcreateserial -days 30 -extfile "$tls/$1.ext" -out "$tls/$1.pem" 2>/dev/null
+}
+issue_tls server "/CN=localhost" "subjectAltName=DNS:localhost,IP:127.0.0.1
+extendedKeyUsage=serverAuth"
+for who in alice officer auditor admin; do
+  issue_tls "$who" "/O=keywarden demo/CN=$who" "extendedKeyUsage=clientAuth"
+done
+echo "TLS CA, server and client certificates in $tls"
+
+step "Starting keywardend (SQLite, SoftHSM2, mutual TLS on 127.0.0.1)"
+cat > "$work/keywarden.toml" <<TOML
+[ca]
+name = "keywarden Demo CA"
+certificate = "ca.pem"
+
+[hsm]
+module = "$KEYWARDEN_PKCS11_MODULE"
+token = "pkcs11:token=keywarden-ca"
+pin_source = "file:hsm/pins/keywarden-ca.pin"
+signing_key = "pkcs11:token=keywarden-ca;object=ca-root-2026;type=private"
+
+[database]
+path = "ca.db"
+
+[server]
+listen = "127.0.0.1:0"
+tls_certificate = "tls/server.pem"
+tls_key = "tls/server.key"
+client_ca = ["tls/tls-ca.pem"]
+
+[[role]]
+principal = "CN=alice,O=keywarden demo"
+roles = ["enrollee"]
+[[role]]
+principal = "CN=officer,O=keywarden demo"
+roles = ["certificate-manager"]
+[[role]]
+principal = "CN=auditor,O=keywarden demo"
+roles = ["auditor"]
+[[role]]
+principal = "CN=admin,O=keywarden demo"
+roles = ["ca-administrator"]
+
+[[template]]
+name = "User"
+key_usage = ["digitalSignature", "keyEncipherment"]
+extended_key_usage = ["clientAuth", "emailProtection"]
+validity = "365d"
+
+[[template]]
+name = "PendingUser"
+extended_key_usage = ["clientAuth"]
+pend = true
+TOML
+"$root/build/service/keywardend" --config "$work/keywarden.toml" --port-file "$work/port" \
+  > "$work/keywardend.log" 2>&1 &
+daemon=$!
+trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null' EXIT
+for _ in $(seq 1 200); do [ -s "$work/port" ] && break; sleep 0.1; done
+[ -s "$work/port" ] || { cat "$work/keywardend.log"; echo "demo: keywardend did not start" >&2; exit 1; }
+cat "$work/keywardend.log"
+export KEYWARDEN_SERVER="127.0.0.1:$(cat "$work/port")" KEYWARDEN_SERVER_CA="$tls/tls-ca.pem" \
+  KEYWARDEN_SERVER_NAME=localhost
+as() { local who=$1; shift; "$kw" --client-cert "$tls/$who.pem" --client-key "$tls/$who.key" "$@"; }
+
+step "Exchange certificate (what clients encrypt archived keys to), checked against the CA"
+as alice ca xchg --out "$work/xchg.pem"
+openssl verify -CAfile "$work/ca.pem" "$work/xchg.pem"
+openssl x509 -in "$work/xchg.pem" -noout -subject -ext keyUsage,extendedKeyUsage
+
+step "alice enrols (PKCS#10 made by openssl req)"
+openssl req -new -newkey rsa:2048 -nodes -subj "/O=keywarden demo/CN=alice" \
+  -keyout "$work/alice.key" -out "$work/alice.csr" 2>/dev/null
+as alice submit "$work/alice.csr" --template User --out "$work/alice.pem"
+openssl verify -CAfile "$work/ca.pem" "$work/alice.pem"
+
+step "A request that waits for a Certificate Manager"
+openssl req -new -newkey rsa:2048 -nodes -subj "/CN=alice laptop" \
+  -keyout "$work/laptop.key" -out "$work/laptop.csr" 2>/dev/null
+pending_id=$(as alice --json submit "$work/laptop.csr" --template PendingUser |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["request_id"])')
+as officer officer list --pending
+as officer officer approve "$pending_id" --out "$work/laptop.pem"
+openssl verify -CAfile "$work/ca.pem" "$work/laptop.pem"
+
+step "The officer revokes alice's first certificate; the CRL says so"
+serial=$(openssl x509 -in "$work/alice.pem" -noout -serial | cut -d= -f2)
+as officer officer revoke "$serial" --reason keyCompromise
+as alice ca crl --out "$work/ca.crl"
+if openssl verify -crl_check -CAfile "$work/ca.pem" -CRLfile "$work/ca.crl" "$work/alice.pem"; then
+  echo "demo: a revoked certificate passed the CRL check" >&2
+  exit 1
+fi
+openssl verify -crl_check -CAfile "$work/ca.pem" -CRLfile "$work/ca.crl" "$work/laptop.pem"
+
+step "Separation of duties: alice may not act as an officer"
+if as alice officer list; then echo "demo: an enrollee listed requests" >&2; exit 1; fi
+
+step "The auditor checks the hash-chained audit log"
+as auditor audit verify
+as auditor audit read --limit 100 | tail -n 12
 
 step "Done: everything is in $work"

@@ -374,6 +374,9 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Retrieve(const std::stri
                  StrCat("request ", request_id, " was submitted by someone else"));
   }
   EnrollmentOutcome out{std::move(*request), std::nullopt};
+  if (out.request.disposition == Disposition::kPending && out.request.disposition_message.empty()) {
+    out.request.disposition_message = "Taken Under Submission";
+  }
   if (out.request.disposition == Disposition::kIssued) {
     auto cert = store_.GetCertificate(out.request.serial);
     if (!cert.ok()) return cert.status();
