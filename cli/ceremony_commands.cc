@@ -45,17 +45,6 @@ absl::StatusOr<std::shared_ptr<hsm::Token>> OpenCeremonyToken(const std::string&
   return hsm::OpenToken(*uri, open);
 }
 
-absl::StatusOr<std::vector<ossl::UniquePtr<X509>>> ReadCertificates(const std::string& path) {
-  auto bytes = pki::ReadFileBytes(path, 4 << 20);
-  if (!bytes.ok()) return bytes.status();
-  ossl::UniquePtr<BIO> bio(BIO_new_mem_buf(bytes->data(), static_cast<int>(bytes->size())));
-  std::vector<ossl::UniquePtr<X509>> out;
-  while (X509* x = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) out.emplace_back(x);
-  ERR_clear_error();
-  if (out.empty()) return absl::InvalidArgumentError(StrCat(path, ": no PEM certificate in it"));
-  return out;
-}
-
 absl::StatusOr<nlohmann::json> RunRoot(const RootOptions& o, std::string& text) {
   // Everything that can be checked without touching the token comes first.
   auto algorithm = hsm::ParseKeyAlgorithm(o.key_algorithm);
@@ -156,9 +145,9 @@ struct InstallOptions {
 
 // keywarden ceremony install: the parent CA's answer, checked and stored.
 absl::StatusOr<nlohmann::json> RunInstall(const InstallOptions& o, std::string& text) {
-  auto certs = ReadCertificates(o.certificate);
+  auto certs = pki::ReadPemCertificates(o.certificate);
   if (!certs.ok()) return certs.status();
-  auto chain = ReadCertificates(o.chain);
+  auto chain = pki::ReadPemCertificates(o.chain);
   if (!chain.ok()) return chain.status();
   if (auto st = pki::CheckWritable(o.out, pki::Overwrite::kRefuse); !st.ok()) return st;
   if (auto pin = hsm::PinSource::Parse(o.pin_source); !pin.ok()) return pin.status();

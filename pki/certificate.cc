@@ -8,6 +8,7 @@
 
 #include "hsm/status.h"
 #include "hsm/strings.h"
+#include "pki/files.h"
 
 namespace keywarden::pki {
 namespace {
@@ -35,17 +36,6 @@ std::string Trim(std::string s) {
   size_t b = s.find_first_not_of(' ');
   size_t e = s.find_last_not_of(' ');
   return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
-}
-
-bool AddExtension(X509* cert, X509* issuer, int nid, const char* value) {
-  X509V3_CTX ctx;
-  X509V3_set_ctx_nodb(&ctx);
-  X509V3_set_ctx(&ctx, issuer, cert, nullptr, nullptr, 0);
-  X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value);
-  if (ext == nullptr) return false;
-  int ok = X509_add_ext(cert, ext, -1);
-  X509_EXTENSION_free(ext);
-  return ok == 1;
 }
 
 std::string Thumbprint(X509* cert, const EVP_MD* md) {
@@ -278,6 +268,28 @@ std::string ToPem(X509_REQ* request) {
   char* data = nullptr;
   long len = BIO_get_mem_data(bio.get(), &data);
   return std::string(data, static_cast<size_t>(len));
+}
+
+bool AddExtension(X509* cert, X509* issuer, int nid, const std::string& value) {
+  X509V3_CTX ctx;
+  X509V3_set_ctx_nodb(&ctx);
+  X509V3_set_ctx(&ctx, issuer, cert, nullptr, nullptr, 0);
+  X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value.c_str());
+  if (ext == nullptr) return false;
+  const int ok = X509_add_ext(cert, ext, -1);
+  X509_EXTENSION_free(ext);
+  return ok == 1;
+}
+
+absl::StatusOr<std::vector<ossl::UniquePtr<X509>>> ReadPemCertificates(const std::string& path) {
+  auto bytes = ReadFileBytes(path, 4 << 20);
+  if (!bytes.ok()) return bytes.status();
+  ossl::UniquePtr<BIO> bio(BIO_new_mem_buf(bytes->data(), static_cast<int>(bytes->size())));
+  std::vector<ossl::UniquePtr<X509>> out;
+  while (X509* x = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) out.emplace_back(x);
+  ERR_clear_error();
+  if (out.empty()) return absl::InvalidArgumentError(StrCat(path, ": no PEM certificate in it"));
+  return out;
 }
 
 std::string Sha1Thumbprint(X509* cert) {

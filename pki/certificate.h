@@ -71,4 +71,11 @@ std::string Sha256Thumbprint(X509* cert);
 
 std::string ToPem(X509* cert);
 
+// Every PEM certificate in a file (a certificate, or a chain leaf-first).
+absl::StatusOr<std::vector<ossl::UniquePtr<X509>>> ReadPemCertificates(const std::string& path);
+
+// Adds an X509v3 extension written in OpenSSL's config syntax
+// ("critical,CA:TRUE"); `issuer` provides the authority key identifier.
+bool AddExtension(X509* cert, X509* issuer, int nid, const std::string& value);
+
 }  // namespace keywarden::pki

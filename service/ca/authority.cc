@@ -47,17 +47,6 @@ std::vector<uint8_t> Unbase64(const std::string& text) {
   return out;
 }
 
-absl::StatusOr<std::vector<ossl::UniquePtr<X509>>> ReadPemCertificates(const std::string& path) {
-  auto bytes = pki::ReadFileBytes(path, 4 << 20);
-  if (!bytes.ok()) return bytes.status();
-  ossl::UniquePtr<BIO> bio(BIO_new_mem_buf(bytes->data(), static_cast<int>(bytes->size())));
-  std::vector<ossl::UniquePtr<X509>> out;
-  while (X509* x = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) out.emplace_back(x);
-  ERR_clear_error();
-  if (out.empty()) return absl::InvalidArgumentError(StrCat(path, ": no PEM certificate in it"));
-  return out;
-}
-
 CertificateRecord RecordFor(X509* cert, int64_t request_id, const std::string& template_name) {
   CertificateRecord r;
   r.serial = SerialHex(cert);
@@ -109,7 +98,7 @@ absl::StatusOr<std::unique_ptr<CertificateAuthority>> CertificateAuthority::Open
         "the CA has no certificate: set [ca] certificate (make one with `keywarden ceremony "
         "root`)");
   }
-  auto certs = ReadPemCertificates(config.ca.certificate);
+  auto certs = pki::ReadPemCertificates(config.ca.certificate);
   if (!certs.ok()) {
     return absl::FailedPreconditionError(StrCat("CA certificate: ", certs.status().message()));
   }
@@ -121,7 +110,7 @@ absl::StatusOr<std::unique_ptr<CertificateAuthority>> CertificateAuthority::Open
         StrCat("CA certificate ", config.ca.certificate, " is not within its validity period"));
   }
   if (!config.ca.chain.empty()) {
-    auto chain = ReadPemCertificates(config.ca.chain);
+    auto chain = pki::ReadPemCertificates(config.ca.chain);
     if (!chain.ok())
       return absl::FailedPreconditionError(StrCat("CA chain: ", chain.status().message()));
     ca->chain_ = std::move(*chain);

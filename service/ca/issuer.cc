@@ -11,17 +11,6 @@ namespace {
 
 using hsm::OpenSslError;
 
-bool AddExt(X509* cert, X509* issuer, int nid, const std::string& value) {
-  X509V3_CTX ctx;
-  X509V3_set_ctx_nodb(&ctx);
-  X509V3_set_ctx(&ctx, issuer, cert, nullptr, nullptr, 0);
-  X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value.c_str());
-  if (ext == nullptr) return false;
-  int ok = X509_add_ext(cert, ext, -1);
-  X509_EXTENSION_free(ext);
-  return ok == 1;
-}
-
 ossl::UniquePtr<ASN1_INTEGER> SerialFromHex(const std::string& hex) {
   BIGNUM* bn = nullptr;
   if (hex.empty() || BN_hex2bn(&bn, hex.c_str()) == 0) return nullptr;
@@ -133,12 +122,12 @@ absl::StatusOr<ossl::UniquePtr<X509>> Issuer::IssueCertificate(const Certificate
   }
   std::string ku = StrJoin(spec.key_usage, ",");
   std::string eku = StrJoin(spec.extended_key_usage, ",");
-  if (!AddExt(cert.get(), ca_.get(), NID_basic_constraints, "critical,CA:FALSE") ||
-      (!ku.empty() && !AddExt(cert.get(), ca_.get(), NID_key_usage,
-                              (spec.key_usage_critical ? "critical," : "") + ku)) ||
-      (!eku.empty() && !AddExt(cert.get(), ca_.get(), NID_ext_key_usage, eku)) ||
-      !AddExt(cert.get(), ca_.get(), NID_subject_key_identifier, "hash") ||
-      !AddExt(cert.get(), ca_.get(), NID_authority_key_identifier, "keyid:always")) {
+  if (!pki::AddExtension(cert.get(), ca_.get(), NID_basic_constraints, "critical,CA:FALSE") ||
+      (!ku.empty() && !pki::AddExtension(cert.get(), ca_.get(), NID_key_usage,
+                                         (spec.key_usage_critical ? "critical," : "") + ku)) ||
+      (!eku.empty() && !pki::AddExtension(cert.get(), ca_.get(), NID_ext_key_usage, eku)) ||
+      !pki::AddExtension(cert.get(), ca_.get(), NID_subject_key_identifier, "hash") ||
+      !pki::AddExtension(cert.get(), ca_.get(), NID_authority_key_identifier, "keyid:always")) {
     return OpenSslError("issue: extensions", absl::StatusCode::kInvalidArgument);
   }
   if (auto st = SignAndCheck(cert.get()); !st.ok()) return st;

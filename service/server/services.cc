@@ -35,6 +35,13 @@ void FillChain(X509* leaf, const std::vector<std::vector<uint8_t>>& chain,
   for (const auto& c : chain) out->add_chain(Bytes(c));
 }
 
+void FillCrl(const CrlInfo& crl, v1::Crl* out) {
+  out->set_crl(Bytes(crl.der));
+  out->set_crl_number(crl.number);
+  out->set_this_update(crl.this_update);
+  out->set_next_update(crl.next_update);
+}
+
 Disposition FromProto(v1::Disposition d) {
   switch (d) {
     case v1::DISPOSITION_ISSUED:
@@ -96,10 +103,7 @@ class EnrollmentService final : public v1::Enrollment::Service {
     KW_AUTHORIZE("/keywarden.v1.Enrollment/GetCrl");
     auto crl = ca_.CurrentCrl();
     if (!crl.ok()) return ToGrpc(crl.status());
-    out->set_crl(Bytes(crl->der));
-    out->set_crl_number(crl->number);
-    out->set_this_update(crl->this_update);
-    out->set_next_update(crl->next_update);
+    FillCrl(*crl, out);
     return Status::OK;
   }
 
@@ -230,10 +234,7 @@ class AdministrationService final : public v1::Administration::Service {
     KW_AUTHORIZE("/keywarden.v1.Administration/PublishCrl");
     auto crl = ca_.PublishCrl(caller.principal);
     if (!crl.ok()) return ToGrpc(crl.status());
-    out->set_crl(Bytes(crl->der));
-    out->set_crl_number(crl->number);
-    out->set_this_update(crl->this_update);
-    out->set_next_update(crl->next_update);
+    FillCrl(*crl, out);
     return Status::OK;
   }
 
