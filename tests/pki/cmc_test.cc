@@ -3,6 +3,7 @@
 #include "pki/cmc.h"
 
 #include <algorithm>
+#include <stdexcept>
 
 #include <gtest/gtest.h>
 
@@ -16,9 +17,11 @@
 namespace keywarden::testing {
 namespace {
 
+// A missing vector fails the test with its path (never an out-of-range read).
 std::vector<uint8_t> Vector(const std::string& name) {
-  auto bytes = ReadFile(std::string(KEYWARDEN_VECTORS) + "/" + name);
-  EXPECT_FALSE(bytes.empty()) << name;
+  const std::string path = std::string(KEYWARDEN_VECTORS) + "/" + name;
+  auto bytes = ReadFile(path);
+  if (bytes.empty()) throw std::runtime_error("test vector missing or empty: " + path);
   return bytes;
 }
 

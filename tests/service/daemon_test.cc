@@ -272,6 +272,7 @@ TEST_F(DaemonTest, CmcRequestWithoutArchivalIsIssued) {
 
 TEST_F(DaemonTest, WindowsArchivalRequestForAnUnknownTemplateIsDeniedLikeTheSeed) {
   auto bytes = ReadFile(std::string(KEYWARDEN_VECTORS) + "/user-enroll-1.der");
+  ASSERT_FALSE(bytes.empty()) << "missing test vector in " << KEYWARDEN_VECTORS;
   v1::EnrollmentResult out;
   auto st = Submit("enrollee", std::string(bytes.begin(), bytes.end()), "", &out);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
@@ -287,6 +288,7 @@ TEST_F(DaemonTest, WindowsArchivalRequestForAnUnknownTemplateIsDeniedLikeTheSeed
 
 TEST_F(DaemonTest, WindowsArchivalRequestWithoutKrasIsRefusedWith8009400a) {
   auto bytes = ReadFile(std::string(KEYWARDEN_VECTORS) + "/user-enroll-2.der");
+  ASSERT_FALSE(bytes.empty()) << "missing test vector in " << KEYWARDEN_VECTORS;
   v1::EnrollmentResult out;
   auto st = Submit("enrollee", std::string(bytes.begin(), bytes.end()), "User", &out);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
@@ -296,6 +298,7 @@ TEST_F(DaemonTest, WindowsArchivalRequestWithoutKrasIsRefusedWith8009400a) {
 
 TEST_F(DaemonTest, CmcWithATamperedEncryptedKeyIsRefusedAndNothingStored) {
   auto bytes = ReadFile(std::string(KEYWARDEN_VECTORS) + "/user-enroll-3.der");
+  ASSERT_FALSE(bytes.empty()) << "missing test vector in " << KEYWARDEN_VECTORS;
   bytes[bytes.size() - 40] ^= 0x01;  // inside the encrypted key
   v1::EnrollmentResult out;
   auto st = Submit("enrollee", std::string(bytes.begin(), bytes.end()), "User", &out);

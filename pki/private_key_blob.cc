@@ -1,0 +1,457 @@
+#include "pki/private_key_blob.h"
+
+#include <array>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include <openssl/bio.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/encoder.h>
+#include <openssl/rand.h>
+#include <openssl/rsa.h>
+#include <openssl/x509.h>
+
+#include "hsm/strings.h"
+
+namespace keywarden::pki {
+namespace {
+
+constexpr uint8_t kPrivateKeyBlobType = 0x07;  // PRIVATEKEYBLOB
+constexpr uint8_t kPublicKeyBlobType = 0x06;   // PUBLICKEYBLOB
+constexpr uint8_t kBlobVersion = 0x02;         // CUR_BLOB_VERSION
+constexpr uint32_t kMagicRsa2 = 0x32415352;    // "RSA2" read little-endian
+constexpr uint32_t kMagicRsa1 = 0x31415352;    // "RSA1": a public key blob
+constexpr uint32_t kMinBits = 512;
+constexpr uint32_t kMaxBits = 16384;
+
+absl::Status Bad(std::string_view what) {
+  return absl::InvalidArgumentError(StrCat("PRIVATEKEYBLOB: ", what));
+}
+
+std::string Hex(uint32_t v, int digits) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out = "0x";
+  for (int i = digits - 1; i >= 0; --i) out.push_back(kDigits[(v >> (4 * i)) & 0xf]);
+  return out;
+}
+
+uint32_t Le16(const uint8_t* p) {
+  return uint32_t{p[0]} | uint32_t{p[1]} << 8;
+}
+uint32_t Le32(const uint8_t* p) {
+  return uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24;
+}
+void PutLe32(uint8_t* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+
+ossl::UniquePtr<BIGNUM> NewBn() {
+  return ossl::UniquePtr<BIGNUM>(BN_new());
+}
+
+// OSSL_PARAM_free does not wipe the ordinary (non-secure) block that
+// OSSL_PARAM_BLD_to_param copies the key's numbers into, so wipe each value
+// first.
+struct CleansingParamsDeleter {
+  void operator()(OSSL_PARAM* params) const {
+    for (OSSL_PARAM* p = params; p->key != nullptr; ++p) {
+      if (p->data != nullptr) OPENSSL_cleanse(p->data, p->data_size);
+    }
+    OSSL_PARAM_free(params);
+  }
+};
+using CleansingParams = std::unique_ptr<OSSL_PARAM, CleansingParamsDeleter>;
+
+struct P8Deleter {
+  void operator()(PKCS8_PRIV_KEY_INFO* p) const { PKCS8_PRIV_KEY_INFO_free(p); }
+};
+struct EncoderCtxDeleter {
+  void operator()(OSSL_ENCODER_CTX* p) const { OSSL_ENCODER_CTX_free(p); }
+};
+
+// The blob's little-endian numbers, in blob order.
+struct BlobNumbers {
+  ossl::UniquePtr<BIGNUM> n, e, p, q, dp, dq, qinv, d;
+};
+
+// Reads `len` little-endian bytes at *offset as a BIGNUM. Secret numbers are
+// flagged constant-time so the checks below do not leak them through timing.
+ossl::UniquePtr<BIGNUM> ReadLe(std::span<const uint8_t> blob, size_t* offset, size_t len,
+                               bool secret) {
+  ossl::UniquePtr<BIGNUM> bn(BN_lebin2bn(blob.data() + *offset, static_cast<int>(len), nullptr));
+  *offset += len;
+  if (bn && secret) BN_set_flags(bn.get(), BN_FLG_CONSTTIME);
+  return bn;
+}
+
+// a == b, where both are already known to be non-null.
+bool Equal(const BIGNUM* a, const BIGNUM* b) {
+  return BN_cmp(a, b) == 0;
+}
+
+// Checks that the blob's numbers form one RSA key. The order matters for the
+// error messages: the cheap modulus check first, then each derived value
+// against what it must be, so a corrupted field is named as the culprit.
+absl::Status CheckConsistent(const BlobNumbers& k, uint32_t bitlen) {
+  ossl::UniquePtr<BN_CTX> ctx(BN_CTX_secure_new());
+  if (!ctx) return absl::InternalError("PRIVATEKEYBLOB: out of memory");
+  auto fail = [] { return absl::InternalError("PRIVATEKEYBLOB: OpenSSL arithmetic failed"); };
+
+  if (BN_is_zero(k.p.get()) || BN_is_one(k.p.get())) return Bad("prime1 is 0 or 1");
+  if (BN_is_zero(k.q.get()) || BN_is_one(k.q.get())) return Bad("prime2 is 0 or 1");
+
+  ossl::UniquePtr<BIGNUM> pq = NewBn();
+  if (!pq || !BN_mul(pq.get(), k.p.get(), k.q.get(), ctx.get())) return fail();
+  if (!Equal(pq.get(), k.n.get())) return Bad("modulus is not prime1 * prime2");
+  if (BN_num_bits(k.n.get()) != static_cast<int>(bitlen)) {
+    return Bad(StrCat("modulus is ", BN_num_bits(k.n.get()), " bits long, bitlen says ", bitlen));
+  }
+  if (Equal(k.p.get(), k.q.get())) return Bad("prime1 equals prime2");
+
+  ossl::UniquePtr<BIGNUM> p1 = NewBn(), q1 = NewBn();
+  if (!p1 || !q1 || !BN_sub(p1.get(), k.p.get(), BN_value_one()) ||
+      !BN_sub(q1.get(), k.q.get(), BN_value_one())) {
+    return fail();
+  }
+  BN_set_flags(p1.get(), BN_FLG_CONSTTIME);
+  BN_set_flags(q1.get(), BN_FLG_CONSTTIME);
+
+  // e*d = 1 mod lcm(p-1, q-1). Windows computes d mod phi and OpenSSL mod
+  // lcm; either satisfies this, since lcm divides phi.
+  ossl::UniquePtr<BIGNUM> g = NewBn(), phi = NewBn(), lambda = NewBn(), r = NewBn();
+  if (!g || !phi || !lambda || !r || !BN_gcd(g.get(), p1.get(), q1.get(), ctx.get()) ||
+      !BN_mul(phi.get(), p1.get(), q1.get(), ctx.get()) ||
+      !BN_div(lambda.get(), nullptr, phi.get(), g.get(), ctx.get()) ||
+      !BN_mod_mul(r.get(), k.d.get(), k.e.get(), lambda.get(), ctx.get())) {
+    return fail();
+  }
+  if (!BN_is_one(r.get())) {
+    return Bad("privateExponent * pubexp is not 1 mod lcm(prime1 - 1, prime2 - 1)");
+  }
+
+  if (!BN_mod(r.get(), k.d.get(), p1.get(), ctx.get())) return fail();
+  if (!Equal(r.get(), k.dp.get())) return Bad("exponent1 is not privateExponent mod (prime1 - 1)");
+  if (!BN_mod(r.get(), k.d.get(), q1.get(), ctx.get())) return fail();
+  if (!Equal(r.get(), k.dq.get())) return Bad("exponent2 is not privateExponent mod (prime2 - 1)");
+
+  // The coefficient is prime2^-1 mod prime1 whichever prime is larger
+  // (user-enroll-3 has prime1 < prime2), which is OpenSSL's iqmp = q^-1 mod p.
+  if (BN_mod_inverse(r.get(), k.q.get(), k.p.get(), ctx.get()) == nullptr) {
+    return Bad("prime2 has no inverse mod prime1");
+  }
+  if (!Equal(r.get(), k.qinv.get())) return Bad("coefficient is not prime2^-1 mod prime1");
+
+  // Last, because it costs a modular exponentiation per prime: a Fermat test
+  // (2^(p-1) = 1 mod p) rejects composite "primes". A full Miller-Rabin run
+  // would take seconds at 16384 bits; the archival key check (a real
+  // encrypt/decrypt) stands behind this for the adversarial corner.
+  ossl::UniquePtr<BIGNUM> two = NewBn();
+  if (!two || !BN_set_word(two.get(), 2)) return fail();
+  const std::array<std::pair<const BIGNUM*, const BIGNUM*>, 2> primes = {
+      std::pair{k.p.get(), p1.get()}, std::pair{k.q.get(), q1.get()}};
+  for (size_t i = 0; i < primes.size(); ++i) {
+    const char* name = i == 0 ? "prime1" : "prime2";
+    if (!BN_is_odd(primes[i].first)) return Bad(StrCat(name, " is even, not prime"));
+    if (!BN_mod_exp(r.get(), two.get(), primes[i].second, primes[i].first, ctx.get())) {
+      return fail();
+    }
+    if (!BN_is_one(r.get())) return Bad(StrCat(name, " is not prime"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> BuildRsaKey(const BlobNumbers& k) {
+  auto fail = [] { return absl::InternalError("PRIVATEKEYBLOB: could not build the RSA key"); };
+  ossl::UniquePtr<OSSL_PARAM_BLD> bld(OSSL_PARAM_BLD_new());
+  if (!bld || !OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_N, k.n.get()) ||
+      !OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_E, k.e.get()) ||
+      !OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_D, k.d.get()) ||
+      !OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_FACTOR1, k.p.get()) ||
+      !OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_FACTOR2, k.q.get()) ||
+      !OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_EXPONENT1, k.dp.get()) ||
+      !OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_EXPONENT2, k.dq.get()) ||
+      !OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_COEFFICIENT1, k.qinv.get())) {
+    return fail();
+  }
+  CleansingParams params(OSSL_PARAM_BLD_to_param(bld.get()));
+  if (!params) return fail();
+  ossl::UniquePtr<EVP_PKEY_CTX> ctx(EVP_PKEY_CTX_new_from_name(nullptr, "RSA", nullptr));
+  EVP_PKEY* raw = nullptr;
+  if (!ctx || EVP_PKEY_fromdata_init(ctx.get()) != 1 ||
+      EVP_PKEY_fromdata(ctx.get(), &raw, EVP_PKEY_KEYPAIR, params.get()) != 1) {
+    return fail();
+  }
+  return ossl::UniquePtr<EVP_PKEY>(raw);
+}
+
+// Reads a private RSA number of a key; null when the key does not have it
+// (or does not reveal it, as with token keys).
+ossl::UniquePtr<BIGNUM> GetBn(EVP_PKEY* key, const char* name) {
+  BIGNUM* bn = nullptr;
+  if (EVP_PKEY_get_bn_param(key, name, &bn) != 1) return nullptr;
+  return ossl::UniquePtr<BIGNUM>(bn);
+}
+
+}  // namespace
+
+absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> ParsePrivateKeyBlob(std::span<const uint8_t> blob,
+                                                              KeySpec* spec_out) {
+  if (blob.size() < kPrivateKeyBlobHeaderSize) {
+    return Bad(StrCat(blob.size(), " bytes, shorter than the ", kPrivateKeyBlobHeaderSize,
+                      "-byte header"));
+  }
+  const uint8_t* h = blob.data();
+  if (h[0] != kPrivateKeyBlobType) {
+    return Bad(StrCat("bType is ", Hex(h[0], 2),
+                      h[0] == kPublicKeyBlobType ? " (PUBLICKEYBLOB)" : "",
+                      ", expected 0x07 (PRIVATEKEYBLOB)"));
+  }
+  if (h[1] != kBlobVersion) return Bad(StrCat("bVersion is ", Hex(h[1], 2), ", expected 0x02"));
+  if (Le16(h + 2) != 0) return Bad(StrCat("reserved is ", Hex(Le16(h + 2), 4), ", expected 0"));
+  const uint32_t alg = Le32(h + 4);
+  if (alg != kCalgRsaKeyx && alg != kCalgRsaSign) {
+    return Bad(StrCat("aiKeyAlg is ", Hex(alg, 8),
+                      ", expected 0x0000a400 (CALG_RSA_KEYX) or 0x00002400 (CALG_RSA_SIGN)"));
+  }
+  const uint32_t magic = Le32(h + 8);
+  if (magic == kMagicRsa1) return Bad("magic is RSA1 (a public key), expected RSA2");
+  if (magic != kMagicRsa2) return Bad(StrCat("magic is ", Hex(magic, 8), ", expected RSA2"));
+  const uint32_t bitlen = Le32(h + 12);
+  if (bitlen % 16 != 0 || bitlen < kMinBits || bitlen > kMaxBits) {
+    return Bad(StrCat("bitlen ", bitlen, " is not a multiple of 16 in ", kMinBits, "..", kMaxBits));
+  }
+  const size_t want = PrivateKeyBlobSize(bitlen);
+  if (blob.size() < want) {
+    return Bad(StrCat("truncated: ", blob.size(), " bytes, a ", bitlen, "-bit key needs ", want));
+  }
+  if (blob.size() > want) {
+    return Bad(StrCat(blob.size() - want, " trailing bytes after the ", bitlen, "-bit key"));
+  }
+  const uint32_t pubexp = Le32(h + 16);
+  if (pubexp < 3 || pubexp % 2 == 0) {
+    return Bad(StrCat("pubexp ", pubexp, " is not an odd number of at least 3"));
+  }
+
+  const size_t full = bitlen / 8, half = bitlen / 16;
+  size_t at = kPrivateKeyBlobHeaderSize;
+  BlobNumbers k;
+  k.n = ReadLe(blob, &at, full, false);
+  k.p = ReadLe(blob, &at, half, true);
+  k.q = ReadLe(blob, &at, half, true);
+  k.dp = ReadLe(blob, &at, half, true);
+  k.dq = ReadLe(blob, &at, half, true);
+  k.qinv = ReadLe(blob, &at, half, true);
+  k.d = ReadLe(blob, &at, full, true);
+  k.e = NewBn();
+  if (!k.n || !k.p || !k.q || !k.dp || !k.dq || !k.qinv || !k.d || !k.e ||
+      !BN_set_word(k.e.get(), pubexp)) {
+    return absl::InternalError("PRIVATEKEYBLOB: out of memory");
+  }
+  if (absl::Status s = CheckConsistent(k, bitlen); !s.ok()) return s;
+
+  auto key = BuildRsaKey(k);
+  if (!key.ok()) return key.status();
+  if (spec_out != nullptr) *spec_out = static_cast<KeySpec>(alg);
+  return key;
+}
+
+absl::StatusOr<hsm::SecretBytes> SerializePrivateKeyBlob(EVP_PKEY* rsa_private,
+                                                         uint32_t ai_key_alg) {
+  auto bad = [](std::string_view what) {
+    return absl::InvalidArgumentError(StrCat("PRIVATEKEYBLOB: cannot serialize: ", what));
+  };
+  if (rsa_private == nullptr) return bad("no key");
+  if (EVP_PKEY_is_a(rsa_private, "RSA") != 1) {
+    const char* type = EVP_PKEY_get0_type_name(rsa_private);
+    return bad(StrCat("the key is ", type != nullptr ? type : "of an unknown type", ", not RSA"));
+  }
+  if (ai_key_alg != kCalgRsaKeyx && ai_key_alg != kCalgRsaSign) {
+    return bad(StrCat("aiKeyAlg ", Hex(ai_key_alg, 8),
+                      " is neither CALG_RSA_KEYX (0x0000a400) nor CALG_RSA_SIGN (0x00002400)"));
+  }
+  // A third prime would have nowhere to go in the blob.
+  if (GetBn(rsa_private, OSSL_PKEY_PARAM_RSA_FACTOR3)) return bad("multi-prime RSA key");
+
+  BlobNumbers k;
+  k.n = GetBn(rsa_private, OSSL_PKEY_PARAM_RSA_N);
+  k.e = GetBn(rsa_private, OSSL_PKEY_PARAM_RSA_E);
+  k.d = GetBn(rsa_private, OSSL_PKEY_PARAM_RSA_D);
+  k.p = GetBn(rsa_private, OSSL_PKEY_PARAM_RSA_FACTOR1);
+  k.q = GetBn(rsa_private, OSSL_PKEY_PARAM_RSA_FACTOR2);
+  k.dp = GetBn(rsa_private, OSSL_PKEY_PARAM_RSA_EXPONENT1);
+  k.dq = GetBn(rsa_private, OSSL_PKEY_PARAM_RSA_EXPONENT2);
+  k.qinv = GetBn(rsa_private, OSSL_PKEY_PARAM_RSA_COEFFICIENT1);
+  if (!k.n || !k.e) return bad("the key's modulus or public exponent is not readable");
+  if (!k.d || !k.p || !k.q || !k.dp || !k.dq || !k.qinv) {
+    return bad("the key's private numbers (d, primes, CRT values) are not readable");
+  }
+  const int bits = BN_num_bits(k.n.get());
+  if (bits % 16 != 0 || bits < static_cast<int>(kMinBits) || bits > static_cast<int>(kMaxBits)) {
+    return bad(StrCat("a ", bits, "-bit modulus; the format needs a multiple of 16 in ", kMinBits,
+                      "..", kMaxBits));
+  }
+  if (BN_num_bits(k.e.get()) > 32) return bad("the public exponent does not fit in 32 bits");
+  const auto bitlen = static_cast<uint32_t>(bits);
+
+  hsm::SecretBytes out(PrivateKeyBlobSize(bitlen));
+  uint8_t* h = out.data();
+  h[0] = kPrivateKeyBlobType;
+  h[1] = kBlobVersion;
+  h[2] = h[3] = 0;
+  PutLe32(h + 4, ai_key_alg);
+  PutLe32(h + 8, kMagicRsa2);
+  PutLe32(h + 12, bitlen);
+  PutLe32(h + 16, static_cast<uint32_t>(BN_get_word(k.e.get())));
+
+  const int full = bits / 8, half = bits / 16;
+  const std::array<std::tuple<const char*, const BIGNUM*, int>, 7> fields = {{
+      {"modulus", k.n.get(), full},
+      {"prime1", k.p.get(), half},
+      {"prime2", k.q.get(), half},
+      {"exponent1", k.dp.get(), half},
+      {"exponent2", k.dq.get(), half},
+      {"coefficient", k.qinv.get(), half},
+      {"privateExponent", k.d.get(), full},
+  }};
+  size_t at = kPrivateKeyBlobHeaderSize;
+  for (const auto& [name, bn, len] : fields) {
+    // BN_bn2lebinpad refuses a number longer than its field (unbalanced
+    // primes, an unreduced CRT value); the blob has fixed-size fields.
+    if (BN_bn2lebinpad(bn, out.data() + at, len) != len) {
+      return bad(StrCat(name, " does not fit in ", len, " bytes"));
+    }
+    at += static_cast<size_t>(len);
+  }
+  return out;
+}
+
+absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> ParsePrivateKeyPlaintext(std::span<const uint8_t> data,
+                                                                   bool* was_blob,
+                                                                   uint32_t* ai_key_alg) {
+  if (data.empty()) return absl::InvalidArgumentError("archived private key: empty");
+  // A blob starts with bType 0x07, DER PKCS#8 with SEQUENCE 0x30: one byte
+  // tells them apart.
+  if (data[0] == kPrivateKeyBlobType) {
+    KeySpec spec;
+    auto key = ParsePrivateKeyBlob(data, &spec);
+    if (!key.ok()) return key.status();
+    if (was_blob != nullptr) *was_blob = true;
+    if (ai_key_alg != nullptr) *ai_key_alg = static_cast<uint32_t>(spec);
+    return key;
+  }
+  if (data[0] != 0x30) {
+    return absl::InvalidArgumentError(
+        StrCat("archived private key: first byte ", Hex(data[0], 2),
+               " is neither a PRIVATEKEYBLOB (0x07) nor a DER PKCS#8 PrivateKeyInfo (0x30)"));
+  }
+
+  auto bad = [](std::string_view what) {
+    return absl::InvalidArgumentError(StrCat("PKCS#8 private key: ", what));
+  };
+  const unsigned char* p = data.data();
+  std::unique_ptr<PKCS8_PRIV_KEY_INFO, P8Deleter> p8(
+      d2i_PKCS8_PRIV_KEY_INFO(nullptr, &p, static_cast<long>(data.size())));
+  if (!p8) return bad("not a DER PrivateKeyInfo");
+  if (p != data.data() + data.size()) {
+    return bad(StrCat(data.data() + data.size() - p, " trailing bytes"));
+  }
+  ossl::UniquePtr<EVP_PKEY> key(EVP_PKCS82PKEY_ex(p8.get(), nullptr, nullptr));
+  if (!key) return bad("the key inside could not be decoded");
+  if (EVP_PKEY_is_a(key.get(), "RSA") != 1) {
+    const char* type = EVP_PKEY_get0_type_name(key.get());
+    return bad(StrCat("the key is ", type != nullptr ? type : "of an unknown type",
+                      "; only RSA keys can be archived"));
+  }
+  // The blob path checks its numbers itself; OpenSSL's key-pair check does
+  // the same for RSAPrivateKey (n = p*q, d, CRT values, primality).
+  ossl::UniquePtr<EVP_PKEY_CTX> check(EVP_PKEY_CTX_new_from_pkey(nullptr, key.get(), nullptr));
+  if (!check || EVP_PKEY_pairwise_check(check.get()) != 1) {
+    return bad("the RSA key's numbers are not consistent");
+  }
+  if (was_blob != nullptr) *was_blob = false;
+  if (ai_key_alg != nullptr) *ai_key_alg = 0;
+  return key;
+}
+
+absl::StatusOr<hsm::SecretBytes> ToPkcs8(EVP_PKEY* key) {
+  if (key == nullptr) return absl::InvalidArgumentError("PKCS#8: no key");
+  std::unique_ptr<OSSL_ENCODER_CTX, EncoderCtxDeleter> ctx(
+      OSSL_ENCODER_CTX_new_for_pkey(key, EVP_PKEY_KEYPAIR, "DER", "PrivateKeyInfo", nullptr));
+  if (!ctx || OSSL_ENCODER_CTX_get_num_encoders(ctx.get()) == 0) {
+    return absl::FailedPreconditionError(
+        "PKCS#8: no encoder for this key's private part (a token key cannot be exported)");
+  }
+  // A secure-memory BIO wipes its buffer when freed.
+  ossl::UniquePtr<BIO> bio(BIO_new(BIO_s_secmem()));
+  if (!bio || OSSL_ENCODER_to_bio(ctx.get(), bio.get()) != 1) {
+    return absl::FailedPreconditionError("PKCS#8: encoding the private key failed");
+  }
+  char* der = nullptr;
+  const long len = BIO_get_mem_data(bio.get(), &der);
+  if (len <= 0 || der == nullptr) return absl::InternalError("PKCS#8: empty encoding");
+  return hsm::SecretBytes(
+      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(der), static_cast<size_t>(len)));
+}
+
+absl::Status CheckKeyPairMatches(EVP_PKEY* private_key, EVP_PKEY* public_key) {
+  auto bad = [](std::string_view what) {
+    return absl::InvalidArgumentError(StrCat("key verification: ", what));
+  };
+  if (private_key == nullptr || public_key == nullptr) return bad("missing key");
+  if (EVP_PKEY_is_a(private_key, "RSA") != 1) return bad("the private key is not RSA");
+  if (EVP_PKEY_is_a(public_key, "RSA") != 1) return bad("the public key is not RSA");
+  if (EVP_PKEY_eq(private_key, public_key) != 1) {
+    return bad("the private key does not belong to the public key (modulus or exponent differ)");
+  }
+
+  // Equal public numbers do not prove the private half works: a real
+  // encrypt/decrypt does. OAEP-SHA256 needs 32 + 2*32 + 2 bytes of modulus,
+  // so keys under 784 bits (the format allows 512) use PKCS#1 v1.5.
+  constexpr size_t kProbe = 32;
+  const int pad = EVP_PKEY_get_size(public_key) >= static_cast<int>(kProbe + 2 * 32 + 2)
+                      ? RSA_PKCS1_OAEP_PADDING
+                      : RSA_PKCS1_PADDING;
+  auto set_padding = [pad](EVP_PKEY_CTX* ctx) {
+    if (EVP_PKEY_CTX_set_rsa_padding(ctx, pad) != 1) return false;
+    return pad != RSA_PKCS1_OAEP_PADDING ||
+           EVP_PKEY_CTX_set_rsa_oaep_md_name(ctx, "SHA256", nullptr) == 1;
+  };
+
+  hsm::SecretBytes probe(kProbe);
+  if (RAND_bytes(probe.data(), static_cast<int>(probe.size())) != 1) {
+    return absl::InternalError("key verification: no random bytes");
+  }
+  ossl::UniquePtr<EVP_PKEY_CTX> enc(EVP_PKEY_CTX_new_from_pkey(nullptr, public_key, nullptr));
+  size_t ct_len = 0;
+  if (!enc || EVP_PKEY_encrypt_init(enc.get()) != 1 || !set_padding(enc.get()) ||
+      EVP_PKEY_encrypt(enc.get(), nullptr, &ct_len, probe.data(), probe.size()) != 1) {
+    return bad("encrypting with the public key failed");
+  }
+  std::vector<uint8_t> ct(ct_len);
+  if (EVP_PKEY_encrypt(enc.get(), ct.data(), &ct_len, probe.data(), probe.size()) != 1) {
+    return bad("encrypting with the public key failed");
+  }
+  ct.resize(ct_len);
+
+  ossl::UniquePtr<EVP_PKEY_CTX> dec(EVP_PKEY_CTX_new_from_pkey(nullptr, private_key, nullptr));
+  size_t pt_len = 0;
+  if (!dec || EVP_PKEY_decrypt_init(dec.get()) != 1 || !set_padding(dec.get()) ||
+      EVP_PKEY_decrypt(dec.get(), nullptr, &pt_len, ct.data(), ct.size()) != 1) {
+    return bad("decrypting with the private key failed");
+  }
+  hsm::SecretBytes plain(pt_len);
+  if (EVP_PKEY_decrypt(dec.get(), plain.data(), &pt_len, ct.data(), ct.size()) != 1) {
+    return bad("the private key does not decrypt what the public key encrypted");
+  }
+  if (pt_len != probe.size() || CRYPTO_memcmp(plain.data(), probe.data(), probe.size()) != 0) {
+    return bad("the private key does not decrypt what the public key encrypted");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace keywarden::pki
