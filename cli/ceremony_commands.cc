@@ -45,37 +45,60 @@ absl::StatusOr<std::shared_ptr<hsm::Token>> OpenCeremonyToken(const std::string&
   return hsm::OpenToken(*uri, open);
 }
 
-absl::StatusOr<nlohmann::json> RunRoot(const RootOptions& o, std::string& text) {
-  // Everything that can be checked without touching the token comes first.
+// The common first half of a CA-key ceremony: everything that can be
+// checked without the token first (algorithm, subject, output file, PIN
+// source), then the token, the provider context and the new key on it.
+struct CeremonyKey {
+  ossl::UniquePtr<X509_NAME> subject;
+  std::shared_ptr<hsm::Token> token;
+  std::shared_ptr<hsm::CryptoContext> crypto;
+  std::shared_ptr<hsm::TokenKey> key;
+  ossl::UniquePtr<EVP_PKEY> pkey;  // the token key through the provider
+  hsm::KeyAlgorithm algorithm = hsm::KeyAlgorithm::kRsa3072;
+};
+
+absl::StatusOr<CeremonyKey> GenerateCeremonyKey(const RootOptions& o) {
+  CeremonyKey c;
   auto algorithm = hsm::ParseKeyAlgorithm(o.key_algorithm);
   if (!algorithm.ok()) return algorithm.status();
+  c.algorithm = *algorithm;
   auto subject = pki::ParseName(o.subject);
   if (!subject.ok()) return subject.status();
+  c.subject = std::move(*subject);
   if (auto st = pki::CheckWritable(o.out, pki::Overwrite::kRefuse); !st.ok()) return st;
   if (auto pin = hsm::PinSource::Parse(o.pin_source); !pin.ok()) return pin.status();
   auto token = OpenCeremonyToken(o.module, o.token_uri, o.pin_source);
   if (!token.ok()) return token.status();
+  c.token = std::move(*token);
   auto crypto = hsm::CryptoContext::Create();
   if (!crypto.ok()) return crypto.status();
-
+  c.crypto = std::move(*crypto);
   hsm::KeySpec spec;
-  spec.algorithm = *algorithm;
+  spec.algorithm = c.algorithm;
   spec.label = o.key_label;
   spec.usage.sign = true;
-  auto key = hsm::GenerateKeyPair(*token, spec);
+  auto key = hsm::GenerateKeyPair(c.token, spec);
   if (!key.ok()) return key.status();
-  auto pkey = (*crypto)->Load(*key);
+  c.key = std::move(*key);
+  auto pkey = c.crypto->Load(c.key);
   if (!pkey.ok()) return pkey.status();
+  c.pkey = std::move(*pkey);
+  return c;
+}
+
+absl::StatusOr<nlohmann::json> RunRoot(const RootOptions& o, std::string& text) {
+  auto c = GenerateCeremonyKey(o);
+  if (!c.ok()) return c.status();
 
   pki::RootCaOptions root;
-  root.subject = subject->get();
+  root.subject = c->subject.get();
   root.validity_days = o.days;
   root.path_length = o.path_length;
   root.signature.digest = o.digest;
   root.signature.rsa_pss = o.pss;
-  auto cert = pki::MakeSelfSignedRoot((*crypto)->libctx(), pkey->get(), root);
+  auto cert = pki::MakeSelfSignedRoot(c->crypto->libctx(), c->pkey.get(), root);
   if (!cert.ok()) return cert.status();
-  auto stored = hsm::ImportCertificate(**token, cert->get(), o.key_label, (*key)->id);
+  auto stored = hsm::ImportCertificate(*c->token, cert->get(), o.key_label, c->key->id);
   if (!stored.ok()) return stored.status();
   if (auto st = pki::WriteFileAtomically(o.out, pki::ToPem(cert->get()), pki::Overwrite::kRefuse);
       !st.ok()) {
@@ -86,16 +109,16 @@ absl::StatusOr<nlohmann::json> RunRoot(const RootOptions& o, std::string& text) 
   const std::string sha256 = pki::Sha256Thumbprint(cert->get());
   const std::string subj = pki::FormatName(X509_get_subject_name(cert->get()));
   const std::string key_uri =
-      StrCat("pkcs11:token=", (*token)->label(), ";object=", o.key_label, ";type=private");
-  text = StrCat("Root CA key generated on token \"", (*token)->label(), "\" (", (*key)->Describe(),
-                ")\n", "  key URI:     ", key_uri, "\n", "  key id:      ", HexString((*key)->id),
+      StrCat("pkcs11:token=", c->token->label(), ";object=", o.key_label, ";type=private");
+  text = StrCat("Root CA key generated on token \"", c->token->label(), "\" (", c->key->Describe(),
+                ")\n", "  key URI:     ", key_uri, "\n", "  key id:      ", HexString(c->key->id),
                 "\n", "  subject:     ", subj, "\n", "  SHA-1:       ", sha1, "\n",
                 "  SHA-256:     ", sha256, "\n", "  certificate: ", o.out,
                 " (signature verified; also stored on the token)\n");
-  return nlohmann::json{{"token", (*token)->label()},
+  return nlohmann::json{{"token", c->token->label()},
                         {"key_uri", key_uri},
-                        {"key_id", HexString((*key)->id)},
-                        {"key_algorithm", hsm::KeyAlgorithmName(*algorithm)},
+                        {"key_id", HexString(c->key->id)},
+                        {"key_algorithm", hsm::KeyAlgorithmName(c->algorithm)},
                         {"subject", subj},
                         {"sha1", sha1},
                         {"sha256", sha256},
@@ -104,24 +127,9 @@ absl::StatusOr<nlohmann::json> RunRoot(const RootOptions& o, std::string& text) 
 
 // keywarden ceremony subordinate: key on the token + CSR for the parent CA.
 absl::StatusOr<nlohmann::json> RunSubordinate(const RootOptions& o, std::string& text) {
-  auto algorithm = hsm::ParseKeyAlgorithm(o.key_algorithm);
-  if (!algorithm.ok()) return algorithm.status();
-  auto subject = pki::ParseName(o.subject);
-  if (!subject.ok()) return subject.status();
-  if (auto st = pki::CheckWritable(o.out, pki::Overwrite::kRefuse); !st.ok()) return st;
-  if (auto pin = hsm::PinSource::Parse(o.pin_source); !pin.ok()) return pin.status();
-  auto token = OpenCeremonyToken(o.module, o.token_uri, o.pin_source);
-  if (!token.ok()) return token.status();
-  auto crypto = hsm::CryptoContext::Create();
-  if (!crypto.ok()) return crypto.status();
-  hsm::KeySpec spec;
-  spec.algorithm = *algorithm;
-  spec.label = o.key_label;
-  auto key = hsm::GenerateKeyPair(*token, spec);
-  if (!key.ok()) return key.status();
-  auto pkey = (*crypto)->Load(*key);
-  if (!pkey.ok()) return pkey.status();
-  auto req = pki::MakeCaRequest((*crypto)->libctx(), pkey->get(), subject->get(),
+  auto c = GenerateCeremonyKey(o);
+  if (!c.ok()) return c.status();
+  auto req = pki::MakeCaRequest(c->crypto->libctx(), c->pkey.get(), c->subject.get(),
                                 pki::SignatureOptions{o.digest, o.pss});
   if (!req.ok()) return req.status();
   if (auto st = pki::WriteFileAtomically(o.out, pki::ToPem(req->get()), pki::Overwrite::kRefuse);
@@ -129,13 +137,13 @@ absl::StatusOr<nlohmann::json> RunSubordinate(const RootOptions& o, std::string&
     return st;
   }
   const std::string key_uri =
-      StrCat("pkcs11:token=", (*token)->label(), ";object=", o.key_label, ";type=private");
-  text = StrCat("Subordinate CA key generated on token \"", (*token)->label(), "\" (",
-                (*key)->Describe(), ")\n  key URI: ", key_uri, "\n  request: ", o.out,
+      StrCat("pkcs11:token=", c->token->label(), ";object=", o.key_label, ";type=private");
+  text = StrCat("Subordinate CA key generated on token \"", c->token->label(), "\" (",
+                c->key->Describe(), ")\n  key URI: ", key_uri, "\n  request: ", o.out,
                 " (take it to the parent CA, then run `keywarden ceremony install`)\n");
-  return nlohmann::json{{"token", (*token)->label()},
+  return nlohmann::json{{"token", c->token->label()},
                         {"key_uri", key_uri},
-                        {"key_id", HexString((*key)->id)},
+                        {"key_id", HexString(c->key->id)},
                         {"request", o.out}};
 }
 

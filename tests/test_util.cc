@@ -58,6 +58,12 @@ std::vector<uint8_t> ReadFile(const std::string& path) {
   return std::vector<uint8_t>(std::istreambuf_iterator<char>(f), {});
 }
 
+std::vector<uint8_t> ReadRequiredFile(const std::string& path) {
+  auto bytes = ReadFile(path);
+  if (bytes.empty()) throw std::runtime_error("required file missing or empty: " + path);
+  return bytes;
+}
+
 namespace {
 std::string BioString(BIO* bio) {
   char* data = nullptr;

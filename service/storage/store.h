@@ -23,52 +23,52 @@ using UnixTime = int64_t;
 
 // Request disposition, as certutil -view shows it.
 enum class Disposition {
-  kPending = 9,   // "Taken Under Submission": waits for a Certificate Manager
-  kIssued = 20,   // "Issued"
-  kDenied = 31,   // "Denied" by policy or by a Certificate Manager
-  kFailed = 30,   // "Error": something went wrong while processing
+  kPending = 9,  // "Taken Under Submission": waits for a Certificate Manager
+  kIssued = 20,  // "Issued"
+  kDenied = 31,  // "Denied" by policy or by a Certificate Manager
+  kFailed = 30,  // "Error": something went wrong while processing
 };
 const char* DispositionName(Disposition d);  // "pending", "issued", "denied", "failed"
 
 // The encrypted private key of an archival request (filled by the archival
 // pipeline): a DER CMS EnvelopedData plus what is needed to find the KRAs.
 struct ArchivedKey {
-  std::vector<uint8_t> envelope;         // CMS EnvelopedData (DER ContentInfo)
-  std::string scheme;                    // "des3-rsa-pkcs1" or "aes256-rsa-oaep"
-  std::vector<std::string> kra_sha1;     // SHA-1 thumbprints (hex) of the KRA certificates used
+  std::vector<uint8_t> envelope;            // CMS EnvelopedData (DER ContentInfo)
+  std::string scheme;                       // "des3-rsa-pkcs1" or "aes256-rsa-oaep"
+  std::vector<std::string> kra_sha1;        // SHA-1 thumbprints (hex) of the KRA certificates used
   std::vector<uint8_t> encrypted_key_hash;  // the request's 1.3.6.1.4.1.311.21.21 value
 };
 
 struct RequestRecord {
-  int64_t id = 0;                 // assigned by InsertRequest
-  std::string requester;          // authenticated principal that submitted it
+  int64_t id = 0;         // assigned by InsertRequest
+  std::string requester;  // authenticated principal that submitted it
   std::string template_name;
-  std::string format;             // "pkcs10", "cmc"
-  std::vector<uint8_t> raw;       // the request exactly as received
-  std::string subject;            // requested subject (RFC 4514), may be empty
+  std::string format;        // "pkcs10", "cmc"
+  std::vector<uint8_t> raw;  // the request exactly as received
+  std::string subject;       // requested subject (RFC 4514), may be empty
   Disposition disposition = Disposition::kPending;
   std::string disposition_message;
-  uint32_t status_code = 0;       // HRESULT-style code when denied/failed, else 0
+  uint32_t status_code = 0;  // HRESULT-style code when denied/failed, else 0
   UnixTime submitted_at = 0;
-  UnixTime resolved_at = 0;       // 0 while pending
-  std::string resolved_by;        // principal (officer) or "policy"
-  std::string serial;             // serial (hex) of the issued certificate, when issued
+  UnixTime resolved_at = 0;  // 0 while pending
+  std::string resolved_by;   // principal (officer) or "policy"
+  std::string serial;        // serial (hex) of the issued certificate, when issued
   std::optional<ArchivedKey> archived_key;
 };
 
 struct CertificateRecord {
-  std::string serial;             // lower-case hex of the serial number's magnitude, even length
-  int64_t request_id = 0;         // 0 for certificates not issued from a request (CA's own)
+  std::string serial;      // lower-case hex of the serial number's magnitude, even length
+  int64_t request_id = 0;  // 0 for certificates not issued from a request (CA's own)
   std::vector<uint8_t> der;
-  std::string subject;            // RFC 4514
-  std::string upn;                // from the subjectAltName, when present
+  std::string subject;  // RFC 4514
+  std::string upn;      // from the subjectAltName, when present
   std::string template_name;
-  std::string sha1;               // hex thumbprint of the DER
+  std::string sha1;  // hex thumbprint of the DER
   std::string sha256;
   UnixTime not_before = 0;
   UnixTime not_after = 0;
   bool revoked = false;
-  int revocation_reason = 0;      // RFC 5280 CRLReason
+  int revocation_reason = 0;  // RFC 5280 CRLReason
   UnixTime revoked_at = 0;
 };
 
@@ -77,22 +77,22 @@ struct CertificateRecord {
 struct CertificateQuery {
   std::string serial;
   std::string sha1;
-  std::string subject_contains;   // case-insensitive substring of the subject
-  std::string common_name;        // exact CN
-  std::string upn;                // exact UPN
+  std::string subject_contains;  // case-insensitive substring of the subject
+  std::string common_name;       // exact CN
+  std::string upn;               // exact UPN
   int64_t request_id = 0;
   bool only_with_archived_key = false;
   size_t limit = 1000;
 };
 
 struct AuditRecord {
-  int64_t seq = 0;                // 1, 2, 3, ... assigned by AppendAudit
+  int64_t seq = 0;  // 1, 2, 3, ... assigned by AppendAudit
   UnixTime time = 0;
-  std::string principal;          // who ("system" for the daemon itself)
-  std::string event;              // e.g. "request.issued", "authz.refused"
-  std::string details;            // JSON object text
-  std::vector<uint8_t> prev_hash; // hash of record seq-1 (32 zero bytes for seq 1)
-  std::vector<uint8_t> hash;      // SHA-256 over this record's fields and prev_hash
+  std::string principal;           // who ("system" for the daemon itself)
+  std::string event;               // e.g. "request.issued", "authz.refused"
+  std::string details;             // JSON object text
+  std::vector<uint8_t> prev_hash;  // hash of record seq-1 (32 zero bytes for seq 1)
+  std::vector<uint8_t> hash;       // SHA-256 over this record's fields and prev_hash
 };
 
 // SHA-256 of an audit record's canonical encoding (seq, time, principal,
@@ -147,8 +147,7 @@ class Store {
   // -- audit log (append-only, hash-chained)
   virtual absl::StatusOr<AuditRecord> AppendAudit(const std::string& principal,
                                                   const std::string& event,
-                                                  const std::string& details_json,
-                                                  UnixTime at) = 0;
+                                                  const std::string& details_json, UnixTime at) = 0;
   // Records with seq >= from_seq, in seq order, at most `limit`.
   virtual absl::StatusOr<std::vector<AuditRecord>> ReadAudit(int64_t from_seq, size_t limit) = 0;
 

@@ -19,10 +19,7 @@ namespace {
 
 // A missing vector fails the test with its path (never an out-of-range read).
 std::vector<uint8_t> Vector(const std::string& name) {
-  const std::string path = std::string(KEYWARDEN_VECTORS) + "/" + name;
-  auto bytes = ReadFile(path);
-  if (bytes.empty()) throw std::runtime_error("test vector missing or empty: " + path);
-  return bytes;
+  return ReadRequiredFile(std::string(KEYWARDEN_VECTORS) + "/" + name);
 }
 
 constexpr char kUserTemplate[] =
