@@ -2,10 +2,14 @@
 //   keywardend --config /etc/keywarden/keywarden.toml [--port-file FILE]
 // Prints "keywardend: listening on HOST:PORT" once it serves; stops cleanly
 // on SIGTERM or SIGINT.
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -65,6 +69,29 @@ int Run(const std::string& config_path, const std::string& port_file) {
     if (!st.ok()) return Fail(st);
   }
 
+  // Keep the exchange certificate and the CRL current even when no client
+  // asks: renewal happens inside the overlap, republication at half-life.
+  std::mutex maintenance_mu;
+  std::condition_variable maintenance_cv;
+  bool stopping = false;
+  const auto period = std::chrono::seconds(std::clamp<int64_t>(
+      std::min(config->exchange.overlap.count(), config->crl.validity.count()) / 4, 1, 60));
+  std::thread maintenance([&] {
+    std::unique_lock<std::mutex> lock(maintenance_mu);
+    while (!maintenance_cv.wait_for(lock, period, [&] { return stopping; })) {
+      lock.unlock();
+      if (auto x = (*ca)->CurrentExchange(); !x.ok()) {
+        std::fprintf(stderr, "keywardend: exchange certificate renewal failed: %s\n",
+                     std::string(x.status().message()).c_str());
+      }
+      if (auto crl = (*ca)->CurrentCrl(); !crl.ok()) {
+        std::fprintf(stderr, "keywardend: CRL publication failed: %s\n",
+                     std::string(crl.status().message()).c_str());
+      }
+      lock.lock();
+    }
+  });
+
   // Block the stop signals here and wait for them on this thread.
   sigset_t stop;
   sigemptyset(&stop);
@@ -73,6 +100,12 @@ int Run(const std::string& config_path, const std::string& port_file) {
   int sig = 0;
   sigwait(&stop, &sig);
   std::fprintf(stderr, "keywardend: %s received, stopping\n", strsignal(sig));
+  {
+    std::lock_guard<std::mutex> lock(maintenance_mu);
+    stopping = true;
+  }
+  maintenance_cv.notify_all();
+  maintenance.join();
   server->server->Shutdown();
   (*ca)->Audit("system", "service.stopped", "{\"signal\":\"" + std::string(strsignal(sig)) + "\"}");
   return 0;
