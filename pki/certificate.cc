@@ -165,14 +165,8 @@ absl::StatusOr<ossl::UniquePtr<X509>> MakeSelfSignedRoot(OSSL_LIB_CTX* libctx, E
     return OpenSslError("root certificate: extensions");
   }
   if (auto st = SignCertificate(libctx, cert.get(), key, options.signature); !st.ok()) return st;
-  // Check the signature right after making it (an HSM fault must not
-  // ship). Re-decode the DER first: the certificate caches the signing
-  // EVP_PKEY, and the check must use a software copy of the public key.
-  unsigned char* der = nullptr;
-  int len = i2d_X509(cert.get(), &der);
-  const unsigned char* p = der;
-  ossl::UniquePtr<X509> decoded(len > 0 ? d2i_X509(nullptr, &p, len) : nullptr);
-  OPENSSL_free(der);
+  // Check the signature right after making it (an HSM fault must not ship).
+  ossl::UniquePtr<X509> decoded = SoftwareCopy(cert.get());
   if (!decoded) return OpenSslError("root certificate: re-decode");
   if (auto st = VerifySignature(decoded.get(), X509_get0_pubkey(decoded.get())); !st.ok())
     return st;
@@ -268,6 +262,21 @@ std::string ToPem(X509_REQ* request) {
   char* data = nullptr;
   long len = BIO_get_mem_data(bio.get(), &data);
   return std::string(data, static_cast<size_t>(len));
+}
+
+std::vector<uint8_t> CertificateDer(X509* cert) {
+  unsigned char* der = nullptr;
+  const int len = cert != nullptr ? i2d_X509(cert, &der) : 0;
+  std::vector<uint8_t> out(der, der + std::max(len, 0));
+  OPENSSL_free(der);
+  return out;
+}
+
+ossl::UniquePtr<X509> SoftwareCopy(X509* cert) {
+  const std::vector<uint8_t> der = CertificateDer(cert);
+  const unsigned char* p = der.data();
+  return ossl::UniquePtr<X509>(der.empty() ? nullptr
+                                           : d2i_X509(nullptr, &p, static_cast<long>(der.size())));
 }
 
 bool AddExtension(X509* cert, X509* issuer, int nid, const std::string& value) {

@@ -71,6 +71,14 @@ std::string Sha256Thumbprint(X509* cert);
 
 std::string ToPem(X509* cert);
 
+// DER of a certificate (empty if it does not encode).
+std::vector<uint8_t> CertificateDer(X509* cert);
+
+// The certificate re-decoded from its DER. A certificate whose public key
+// was set from a token key caches that EVP_PKEY; checks of a token's
+// signature must use a software copy of the public key instead.
+ossl::UniquePtr<X509> SoftwareCopy(X509* cert);
+
 // Every PEM certificate in a file (a certificate, or a chain leaf-first).
 absl::StatusOr<std::vector<ossl::UniquePtr<X509>>> ReadPemCertificates(const std::string& path);
 

@@ -20,14 +20,6 @@ using nlohmann::json;
 constexpr size_t kMaxRequestSize = 256 * 1024;
 constexpr char kCrlSetting[] = "crl.current";
 
-std::vector<uint8_t> Der(X509* cert) {
-  unsigned char* der = nullptr;
-  int len = i2d_X509(cert, &der);
-  std::vector<uint8_t> out(der, der + std::max(len, 0));
-  OPENSSL_free(der);
-  return out;
-}
-
 std::string Base64(const std::vector<uint8_t>& data) {
   std::string out(4 * ((data.size() + 2) / 3) + 1, '\0');
   int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), data.data(),
@@ -45,20 +37,6 @@ std::vector<uint8_t> Unbase64(const std::string& text) {
   for (auto it = text.rbegin(); it != text.rend() && *it == '='; ++it) ++pad;
   out.resize(static_cast<size_t>(n) - pad);
   return out;
-}
-
-CertificateRecord RecordFor(X509* cert, int64_t request_id, const std::string& template_name) {
-  CertificateRecord r;
-  r.serial = SerialHex(cert);
-  r.request_id = request_id;
-  r.der = Der(cert);
-  r.subject = pki::FormatName(X509_get_subject_name(cert));
-  r.template_name = template_name;
-  r.sha1 = pki::Sha1Thumbprint(cert);
-  r.sha256 = pki::Sha256Thumbprint(cert);
-  r.not_before = ToUnix(X509_get0_notBefore(cert));
-  r.not_after = ToUnix(X509_get0_notAfter(cert));
-  return r;
 }
 
 bool KeyTypeAllowed(const TemplateConfig& t, EVP_PKEY* key, std::string* type) {
@@ -157,8 +135,8 @@ absl::StatusOr<std::unique_ptr<CertificateAuthority>> CertificateAuthority::Open
 }
 
 std::vector<std::vector<uint8_t>> CertificateAuthority::ChainDer() const {
-  std::vector<std::vector<uint8_t>> out{Der(certificate())};
-  for (const auto& c : chain_) out.push_back(Der(c.get()));
+  std::vector<std::vector<uint8_t>> out{pki::CertificateDer(certificate())};
+  for (const auto& c : chain_) out.push_back(pki::CertificateDer(c.get()));
   return out;
 }
 
@@ -333,7 +311,7 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
     Audit("system", "request.failed", json{{"request_id", request.id}, {"reason", message}}.dump());
     return cert.status();
   }
-  CertificateRecord record = RecordFor(cert->get(), request.id, t->name);
+  CertificateRecord record = CertificateRecordFor(cert->get(), request.id, t->name);
   if (auto st = store_.RecordIssued(request.id, record, std::nullopt, policy, now); !st.ok()) {
     return st;
   }

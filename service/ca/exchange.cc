@@ -127,18 +127,7 @@ absl::StatusOr<ExchangeCertificate> ExchangeKeys::RenewLocked(const std::string&
   auto cert = issuer_.IssueCertificate(cs);
   if (!cert.ok()) return cert.status();
 
-  CertificateRecord record;
-  record.serial = SerialHex(cert->get());
-  unsigned char* der = nullptr;
-  int len = i2d_X509(cert->get(), &der);
-  record.der.assign(der, der + len);
-  OPENSSL_free(der);
-  record.subject = pki::FormatName(X509_get_subject_name(cert->get()));
-  record.template_name = kExchangeTemplate;
-  record.sha1 = pki::Sha1Thumbprint(cert->get());
-  record.sha256 = pki::Sha256Thumbprint(cert->get());
-  record.not_before = ToUnix(X509_get0_notBefore(cert->get()));
-  record.not_after = ToUnix(X509_get0_notAfter(cert->get()));
+  const CertificateRecord record = CertificateRecordFor(cert->get(), 0, kExchangeTemplate);
   if (auto st = store_.InsertCertificate(record); !st.ok()) return st;
 
   std::vector<std::string> serials;

@@ -41,6 +41,21 @@ std::string NormalizeSerial(std::string_view text) {
   return out;
 }
 
+CertificateRecord CertificateRecordFor(X509* cert, int64_t request_id,
+                                       const std::string& template_name) {
+  CertificateRecord r;
+  r.serial = SerialHex(cert);
+  r.request_id = request_id;
+  r.der = pki::CertificateDer(cert);
+  r.subject = pki::FormatName(X509_get_subject_name(cert));
+  r.template_name = template_name;
+  r.sha1 = pki::Sha1Thumbprint(cert);
+  r.sha256 = pki::Sha256Thumbprint(cert);
+  r.not_before = ToUnix(X509_get0_notBefore(cert));
+  r.not_after = ToUnix(X509_get0_notAfter(cert));
+  return r;
+}
+
 int64_t ToUnix(const ASN1_TIME* t) {
   struct tm tm {};
   if (ASN1_TIME_to_tm(t, &tm) != 1) return 0;
@@ -56,12 +71,8 @@ absl::StatusOr<std::unique_ptr<Issuer>> Issuer::Create(OSSL_LIB_CTX* libctx, con
   std::unique_ptr<Issuer> issuer(new Issuer());
   issuer->libctx_ = libctx;
   issuer->properties_ = properties != nullptr ? properties : "";
-  // A software copy of the CA public key, decoded from the certificate DER.
-  unsigned char* der = nullptr;
-  int len = i2d_X509(ca_certificate.get(), &der);
-  const unsigned char* p = der;
-  ossl::UniquePtr<X509> decoded(len > 0 ? d2i_X509(nullptr, &p, len) : nullptr);
-  OPENSSL_free(der);
+  // A software copy of the CA public key, for checking every signature.
+  ossl::UniquePtr<X509> decoded = pki::SoftwareCopy(ca_certificate.get());
   if (!decoded) return OpenSslError("issuer: CA certificate does not encode");
   issuer->ca_public_.reset(X509_get_pubkey(decoded.get()));
   if (EVP_PKEY_eq(issuer->ca_public_.get(), signing_key.get()) != 1) {

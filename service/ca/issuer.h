@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "hsm/ossl.h"
 #include "pki/certificate.h"
+#include "service/storage/store.h"
 
 namespace keywarden::service {
 
@@ -66,5 +67,8 @@ std::string SerialHex(const X509* cert);
 // Normalizes operator input: "61 1a:0b" -> "611a0b" (lower case, even length).
 std::string NormalizeSerial(std::string_view text);
 int64_t ToUnix(const ASN1_TIME* t);
+// The database row for a certificate the CA issued.
+CertificateRecord CertificateRecordFor(X509* cert, int64_t request_id,
+                                       const std::string& template_name);
 
 }  // namespace keywarden::service

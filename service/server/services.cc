@@ -27,11 +27,7 @@ std::string Bytes(const std::vector<uint8_t>& v) {
 
 void FillChain(X509* leaf, const std::vector<std::vector<uint8_t>>& chain,
                v1::CertificateChain* out) {
-  unsigned char* der = nullptr;
-  int len = i2d_X509(leaf, &der);
-  out->set_certificate(
-      std::string(reinterpret_cast<char*>(der), static_cast<size_t>(std::max(len, 0))));
-  OPENSSL_free(der);
+  out->set_certificate(Bytes(pki::CertificateDer(leaf)));
   for (const auto& c : chain) out->add_chain(Bytes(c));
 }
 
