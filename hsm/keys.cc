@@ -13,20 +13,9 @@ namespace keywarden::hsm {
 
 namespace {
 
-CK_BBOOL kTrue = CK_TRUE;
-CK_BBOOL kFalse = CK_FALSE;
-
 // DER OIDs of the named curves (CKA_EC_PARAMS).
 const uint8_t kP256Oid[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
 const uint8_t kP384Oid[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
-
-CK_ATTRIBUTE Attr(CK_ATTRIBUTE_TYPE type, const void* value, size_t len) {
-  return CK_ATTRIBUTE{type, const_cast<void*>(value), static_cast<CK_ULONG>(len)};
-}
-template <typename T>
-CK_ATTRIBUTE Attr(CK_ATTRIBUTE_TYPE type, const T& value) {
-  return Attr(type, &value, sizeof(T));
-}
 
 ossl::UniquePtr<BIGNUM> Bn(const std::vector<uint8_t>& be) {
   return ossl::UniquePtr<BIGNUM>(BN_bin2bn(be.data(), static_cast<int>(be.size()), nullptr));

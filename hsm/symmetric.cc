@@ -6,18 +6,6 @@
 
 namespace keywarden::hsm {
 
-namespace {
-
-CK_BBOOL kTrue = CK_TRUE;
-CK_BBOOL kFalse = CK_FALSE;
-
-template <typename T>
-CK_ATTRIBUTE Attr(CK_ATTRIBUTE_TYPE type, const T& value) {
-  return CK_ATTRIBUTE{type, const_cast<T*>(&value), sizeof(T)};
-}
-
-}  // namespace
-
 absl::StatusOr<SessionKey> SessionKey::Generate(std::shared_ptr<Token> token,
                                                 SymmetricAlgorithm algorithm) {
   if (!token) return absl::InvalidArgumentError("session key: no token");

@@ -174,11 +174,6 @@ const OSSL_PARAM* CtxParams(void*, void*) {
   return kCtxParams;
 }
 
-template <typename F>
-OSSL_DISPATCH Fn(int id, F f) {
-  return OSSL_DISPATCH{id, reinterpret_cast<void (*)(void)>(f)};
-}
-
 }  // namespace
 
 const OSSL_DISPATCH kRsaAsymCipher[] = {

@@ -37,6 +37,12 @@ const EVP_MD* FindDigest(const char* name);
 // PKCS#11 hash and MGF for a digest; false if the token has no such mechanism.
 bool Pkcs11HashFor(const EVP_MD* md, CK_MECHANISM_TYPE* hash, CK_RSA_PKCS_MGF_TYPE* mgf);
 
+// One entry of a dispatch table: OpenSSL stores every function as void(*)(void).
+template <typename F>
+OSSL_DISPATCH Fn(int id, F f) {
+  return OSSL_DISPATCH{id, reinterpret_cast<void (*)(void)>(f)};
+}
+
 extern const OSSL_DISPATCH kRsaKeymgmt[];
 extern const OSSL_DISPATCH kEcKeymgmt[];
 extern const OSSL_DISPATCH kRsaSignature[];

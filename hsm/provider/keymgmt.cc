@@ -184,11 +184,6 @@ void* Dup(const void* keydata, int) {
   return d;
 }
 
-template <typename F>
-OSSL_DISPATCH Fn(int id, F f) {
-  return OSSL_DISPATCH{id, reinterpret_cast<void (*)(void)>(f)};
-}
-
 }  // namespace
 
 #define KEYWARDEN_KEYMGMT(name, newfn, types, gettable, opname) \

@@ -121,11 +121,6 @@ int GetParams(void*, OSSL_PARAM params[]) {
 
 void Teardown(void*) {}
 
-template <typename F>
-OSSL_DISPATCH Fn(int id, F f) {
-  return OSSL_DISPATCH{id, reinterpret_cast<void (*)(void)>(f)};
-}
-
 const OSSL_DISPATCH kProviderDispatch[] = {
     Fn(OSSL_FUNC_PROVIDER_QUERY_OPERATION, Query),
     Fn(OSSL_FUNC_PROVIDER_GETTABLE_PARAMS, GettableParams),

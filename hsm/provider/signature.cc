@@ -432,11 +432,6 @@ const OSSL_PARAM* EcSettable(void*, void*) {
   return kEcSettableCtx;
 }
 
-template <typename F>
-OSSL_DISPATCH Fn(int id, F f) {
-  return OSSL_DISPATCH{id, reinterpret_cast<void (*)(void)>(f)};
-}
-
 }  // namespace
 
 #define KEYWARDEN_SIGNATURE(name, newfn, gettable, settable)        \
