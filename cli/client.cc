@@ -7,6 +7,7 @@
 #include <cstdlib>
 
 #include "absl/strings/cord.h"
+#include "cli/format.h"
 #include "cli/output.h"
 #include "hsm/strings.h"
 #include "pki/files.h"
@@ -185,6 +186,16 @@ Action WithClient(const Output& out, const ConnectionOptions& conn, ClientVerb v
     out.Result(reply->json, reply->text);
     return reply->exit_code;
   };
+}
+
+absl::StatusOr<Reply> EnrollmentReply(const v1::EnrollmentResult& result,
+                                      const std::string& out_path) {
+  Reply reply;
+  auto j = ReportEnrollment(result, out_path, reply.text);
+  if (!j.ok()) return j.status();
+  reply.json = std::move(*j);
+  reply.exit_code = EnrollmentExitCode(result);
+  return reply;
 }
 
 }  // namespace keywarden::cli

@@ -87,6 +87,11 @@ struct Reply {
 };
 using ClientVerb = std::function<absl::StatusOr<Reply>(Client&)>;
 
+// The reply for an enrollment result (submit, retrieve, approve): printed as
+// format.h's ReportEnrollment does, exit code 0 issued/pending, 1 otherwise.
+absl::StatusOr<Reply> EnrollmentReply(const v1::EnrollmentResult& result,
+                                      const std::string& out_path);
+
 // An Action that connects, runs `verb`, and prints its reply or its failure.
 Action WithClient(const Output& out, const ConnectionOptions& conn, ClientVerb verb);
 

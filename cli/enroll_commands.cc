@@ -38,12 +38,7 @@ absl::StatusOr<Reply> RunSubmit(Client& client, const SubmitOptions& o) {
   auto ctx = client.Context();
   if (auto st = client.Check(client.enrollment().Submit(ctx.get(), in, &result)); !st.ok())
     return st;
-  Reply reply;
-  auto j = ReportEnrollment(result, o.out, reply.text);
-  if (!j.ok()) return j.status();
-  reply.json = std::move(*j);
-  reply.exit_code = EnrollmentExitCode(result);
-  return reply;
+  return EnrollmentReply(result, o.out);
 }
 
 absl::StatusOr<Reply> RunRetrieve(Client& client, const RetrieveOptions& o) {
@@ -56,12 +51,7 @@ absl::StatusOr<Reply> RunRetrieve(Client& client, const RetrieveOptions& o) {
   auto ctx = client.Context();
   if (auto st = client.Check(client.enrollment().Retrieve(ctx.get(), in, &result)); !st.ok())
     return st;
-  Reply reply;
-  auto j = ReportEnrollment(result, o.out, reply.text);
-  if (!j.ok()) return j.status();
-  reply.json = std::move(*j);
-  reply.exit_code = EnrollmentExitCode(result);
-  return reply;
+  return EnrollmentReply(result, o.out);
 }
 
 }  // namespace

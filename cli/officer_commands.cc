@@ -80,12 +80,7 @@ absl::StatusOr<Reply> RunApprove(Client& client, int64_t id, const std::string& 
   v1::EnrollmentResult result;
   auto ctx = client.Context();
   if (auto st = client.Check(client.officer().Approve(ctx.get(), in, &result)); !st.ok()) return st;
-  Reply reply;
-  auto j = ReportEnrollment(result, out_path, reply.text);
-  if (!j.ok()) return j.status();
-  reply.json = std::move(*j);
-  reply.exit_code = EnrollmentExitCode(result);
-  return reply;
+  return EnrollmentReply(result, out_path);
 }
 
 absl::StatusOr<Reply> RunDeny(Client& client, int64_t id, const std::string& reason) {
