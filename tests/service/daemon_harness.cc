@@ -7,7 +7,6 @@
 
 #include <chrono>
 #include <fstream>
-#include <sstream>
 #include <thread>
 
 #include <grpcpp/security/credentials.h>
@@ -35,17 +34,6 @@ std::string KeyPem(EVP_PKEY* key) {
   return PrivateKeyPem(key);
 }
 
-bool AddExt(X509* cert, X509* issuer, int nid, const char* value) {
-  X509V3_CTX ctx;
-  X509V3_set_ctx_nodb(&ctx);
-  X509V3_set_ctx(&ctx, issuer, cert, nullptr, nullptr, 0);
-  X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value);
-  if (ext == nullptr) return false;
-  X509_add_ext(cert, ext, -1);
-  X509_EXTENSION_free(ext);
-  return true;
-}
-
 // A software certificate for the TLS PKI (not the CA under test).
 Issued Make(const std::string& subject, const Issued* issuer, bool ca, const char* san = nullptr,
             const char* eku = nullptr) {
@@ -63,12 +51,13 @@ Issued Make(const std::string& subject, const Issued* issuer, bool ca, const cha
   X509_gmtime_adj(X509_getm_notAfter(x), 3600L * 24 * 30);
   X509_set_pubkey(x, out.key.get());
   X509* signer_cert = issuer ? issuer->cert.get() : x;
-  AddExt(x, signer_cert, NID_basic_constraints, ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
-  AddExt(x, signer_cert, NID_key_usage,
-         ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature,keyAgreement");
-  AddExt(x, signer_cert, NID_subject_key_identifier, "hash");
-  if (san != nullptr) AddExt(x, signer_cert, NID_subject_alt_name, san);
-  if (eku != nullptr) AddExt(x, signer_cert, NID_ext_key_usage, eku);
+  pki::AddExtension(x, signer_cert, NID_basic_constraints,
+                    ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
+  pki::AddExtension(x, signer_cert, NID_key_usage,
+                    ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature,keyAgreement");
+  pki::AddExtension(x, signer_cert, NID_subject_key_identifier, "hash");
+  if (san != nullptr) pki::AddExtension(x, signer_cert, NID_subject_alt_name, san);
+  if (eku != nullptr) pki::AddExtension(x, signer_cert, NID_ext_key_usage, eku);
   X509_sign(x, issuer ? issuer->key.get() : out.key.get(), EVP_sha256());
   return out;
 }
@@ -80,10 +69,8 @@ absl::Status Write(const std::string& path, const std::string& data) {
 }
 
 std::string Slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
+  const auto bytes = ReadFile(path);
+  return std::string(bytes.begin(), bytes.end());
 }
 
 }  // namespace
