@@ -27,6 +27,9 @@ void RegisterOfficerCommands(CLI::App& app, const Output& out, const ConnectionO
                              Action& action);
 void RegisterAuditCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
                            Action& action);
+// kra (list/reload) and importpfx: key archival administration.
+void RegisterArchivalCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
+                              Action& action);
 // backup (remote) and schema (local).
 void RegisterBackupCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
                             Action& action);

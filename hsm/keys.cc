@@ -1,4 +1,6 @@
 #include "hsm/keys.h"
+
+#include "hsm/secret.h"
 #include "hsm/strings.h"
 
 #include <algorithm>
@@ -517,6 +519,68 @@ absl::StatusOr<CK_OBJECT_HANDLE> ImportPublicKey(Token& token, EVP_PKEY* key,
                                            "\" is already used on token \"", token.label(), "\""));
   }
   return CreatePublicKeyObject(*session, key, /*on_token=*/true, /*wrap=*/false, label, id);
+}
+
+absl::StatusOr<std::shared_ptr<TokenKey>> ImportRsaPrivateKey(std::shared_ptr<Token> token,
+                                                              EVP_PKEY* key, std::string_view label,
+                                                              const KeyUsage& usage) {
+  if (!token) return absl::InvalidArgumentError("import key: no token");
+  if (key == nullptr || !EVP_PKEY_is_a(key, "RSA")) {
+    return absl::InvalidArgumentError("import key: only RSA private keys can be imported");
+  }
+  auto id = PublicKeySha1(key);
+  if (!id.ok()) return id.status();
+  const char* names[] = {OSSL_PKEY_PARAM_RSA_N,         OSSL_PKEY_PARAM_RSA_E,
+                         OSSL_PKEY_PARAM_RSA_D,         OSSL_PKEY_PARAM_RSA_FACTOR1,
+                         OSSL_PKEY_PARAM_RSA_FACTOR2,   OSSL_PKEY_PARAM_RSA_EXPONENT1,
+                         OSSL_PKEY_PARAM_RSA_EXPONENT2, OSSL_PKEY_PARAM_RSA_COEFFICIENT1};
+  std::vector<SecretBytes> parts;
+  for (const char* name : names) {
+    auto v = BnParam(key, name);
+    if (!v.ok()) {
+      return absl::InvalidArgumentError(
+          StrCat("import key: the key has no ", name, " (a token key, or a public key)"));
+    }
+    parts.emplace_back(std::span<const uint8_t>(*v));
+    OPENSSL_cleanse(v->data(), v->size());
+  }
+  auto session = token->Acquire();
+  if (!session.ok()) return session.status();
+  if (label.empty() || LabelInUse(*session, label)) {
+    return absl::AlreadyExistsError(StrCat("import key: label \"", label,
+                                           "\" is empty or already used on token \"",
+                                           token->label(), "\""));
+  }
+  CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+  CK_KEY_TYPE kt = CKK_RSA;
+  const CK_BBOOL sign = usage.sign ? CK_TRUE : CK_FALSE;
+  const CK_BBOOL decrypt = usage.decrypt ? CK_TRUE : CK_FALSE;
+  std::vector<CK_ATTRIBUTE> t = {
+      Attr(CKA_CLASS, cls),
+      Attr(CKA_KEY_TYPE, kt),
+      Attr(CKA_TOKEN, kTrue),
+      Attr(CKA_PRIVATE, kTrue),
+      Attr(CKA_SENSITIVE, kTrue),
+      Attr(CKA_EXTRACTABLE, kFalse),
+      Attr(CKA_SIGN, sign),
+      Attr(CKA_DECRYPT, decrypt),
+      Attr(CKA_UNWRAP, decrypt),
+      Attr(CKA_LABEL, label.data(), label.size()),
+      Attr(CKA_ID, id->data(), id->size()),
+      Attr(CKA_MODULUS, parts[0].data(), parts[0].size()),
+      Attr(CKA_PUBLIC_EXPONENT, parts[1].data(), parts[1].size()),
+      Attr(CKA_PRIVATE_EXPONENT, parts[2].data(), parts[2].size()),
+      Attr(CKA_PRIME_1, parts[3].data(), parts[3].size()),
+      Attr(CKA_PRIME_2, parts[4].data(), parts[4].size()),
+      Attr(CKA_EXPONENT_1, parts[5].data(), parts[5].size()),
+      Attr(CKA_EXPONENT_2, parts[6].data(), parts[6].size()),
+      Attr(CKA_COEFFICIENT, parts[7].data(), parts[7].size()),
+  };
+  CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
+  CK_RV rv = session->Call("C_CreateObject", session->fn()->C_CreateObject, session->handle(),
+                           t.data(), static_cast<CK_ULONG>(t.size()), &handle);
+  if (rv != CKR_OK) return Pkcs11Error("C_CreateObject (RSA private key)", rv);
+  return LoadTokenKey(std::move(token), *session, handle);
 }
 
 absl::StatusOr<CK_OBJECT_HANDLE> CreateRsaWrappingKey(Session& session, EVP_PKEY* key) {

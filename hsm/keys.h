@@ -76,6 +76,13 @@ absl::StatusOr<CK_OBJECT_HANDLE> ImportPublicKey(Token& token, EVP_PKEY* key,
                                                  std::string_view label,
                                                  std::span<const uint8_t> id);
 
+// Imports an existing software RSA private key to the token (CKA_TOKEN,
+// CKA_PRIVATE, CKA_SENSITIVE, not extractable; CKA_ID = SHA-1 of the public
+// key bits), e.g. a key being moved onto an HSM. Refuses a label in use.
+absl::StatusOr<std::shared_ptr<TokenKey>> ImportRsaPrivateKey(std::shared_ptr<Token> token,
+                                                              EVP_PKEY* key, std::string_view label,
+                                                              const KeyUsage& usage);
+
 // Certificates on the token with the given label and/or id (either may be empty).
 absl::StatusOr<std::vector<ossl::UniquePtr<X509>>> FindCertificates(Token& token,
                                                                     std::string_view label,

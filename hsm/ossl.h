@@ -11,6 +11,7 @@
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
 #include <openssl/params.h>
+#include <openssl/pkcs12.h>
 #include <openssl/provider.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -49,6 +50,10 @@ KEYWARDEN_OSSL_DELETER(X509_STORE, X509_STORE_free)
 KEYWARDEN_OSSL_DELETER(X509_STORE_CTX, X509_STORE_CTX_free)
 KEYWARDEN_OSSL_DELETER(ASN1_OBJECT, ASN1_OBJECT_free)
 KEYWARDEN_OSSL_DELETER(ASN1_STRING, ASN1_STRING_free)
+KEYWARDEN_OSSL_DELETER(PKCS12, PKCS12_free)
+// The stack only: the certificates in it are not freed (they are borrowed).
+KEYWARDEN_OSSL_DELETER(STACK_OF(X509), sk_X509_free)
+KEYWARDEN_OSSL_DELETER(EXTENDED_KEY_USAGE, EXTENDED_KEY_USAGE_free)
 
 #undef KEYWARDEN_OSSL_DELETER
 

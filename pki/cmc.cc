@@ -145,7 +145,7 @@ absl::Status ReadPkiData(std::span<const uint8_t> content, CmcRequest* out) {
 
 }  // namespace
 
-absl::StatusOr<CmcRequest> ParseCmcRequest(std::span<const uint8_t> input) {
+absl::StatusOr<CmcRequest> ParseCmcRequest(std::span<const uint8_t> input, bool allow_removed_key) {
   CmcRequest out;
   out.der.assign(input.begin(), input.end());
   std::span<const uint8_t> data(out.der);
@@ -288,6 +288,39 @@ absl::StatusOr<CmcRequest> ParseCmcRequest(std::span<const uint8_t> input) {
       }
       out.encrypted_key.emplace(a.values[0].whole.begin(), a.values[0].whole.end());
     }
+  }
+  if (out.encrypted_key) {
+    // The form the CA stores: the same request without the 21.13 attribute,
+    // so the database never holds a key the CA's own exchange key can open.
+    // The signature still verifies (unsigned attributes are not signed).
+    std::vector<uint8_t> kept_attrs;
+    DerReader ua(unsigned_attrs.contents);
+    DerElement attr;
+    while (ua.Next(&attr)) {
+      DerReader ar(attr.contents);
+      DerElement oid;
+      if (ar.Expect(der::kOid, &oid) && OidToText(oid.contents) == kOidArchivedKey) continue;
+      kept_attrs.insert(kept_attrs.end(), attr.whole.begin(), attr.whole.end());
+    }
+    auto before = [](std::span<const uint8_t> outer, std::span<const uint8_t> inner) {
+      return std::vector<uint8_t>(outer.data(), inner.data());
+    };
+    std::vector<uint8_t> si_contents = before(si.contents, unsigned_attrs.whole);
+    if (!kept_attrs.empty()) {
+      auto t = der::Tlv(der::ContextConstructed(1), kept_attrs);
+      si_contents.insert(si_contents.end(), t.begin(), t.end());
+    }
+    std::vector<uint8_t> sd_contents = before(sd.contents, signer_infos.whole);
+    auto sis_new = der::Tlv(der::kSet, der::Tlv(der::kSequence, si_contents));
+    sd_contents.insert(sd_contents.end(), sis_new.begin(), sis_new.end());
+    out.without_encrypted_key = der::Tlv(
+        der::kSequence,
+        der::Concat({der::Bytes(type.whole.begin(), type.whole.end()),
+                     der::Tlv(der::ContextConstructed(0), der::Tlv(der::kSequence, sd_contents))}));
+  }
+  if (!out.encrypted_key && out.encrypted_key_hash && allow_removed_key) {
+    out.encrypted_key_removed = true;
+    return out;
   }
   if (out.encrypted_key && !out.encrypted_key_hash) {
     return Bad(

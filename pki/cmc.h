@@ -43,13 +43,21 @@ struct CmcRequest {
   std::optional<std::vector<uint8_t>> encrypted_key;
   std::optional<std::vector<uint8_t>> encrypted_key_hash;
   std::vector<uint8_t> client_info;  // raw 21.20 value, when present
+  // With an encrypted key: the request re-encoded without the 21.13
+  // attribute (what the CA stores once the key is archived to KRAs).
+  std::vector<uint8_t> without_encrypted_key;
+  // Parsed with allow_removed_key: the hash is there, the key was removed.
+  bool encrypted_key_removed = false;
 };
 
 // Parses and verifies: structure (strict DER), the PKCS#10 inside, the CMS
 // signature with the PKCS#10 public key (and the signer's key id when given
 // that way), the messageDigest, the content type, and that the encrypted
 // key's hash in the signed control matches the unsigned attribute. A
-// request with an encrypted key but no hash, or a hash but no key, is refused.
-absl::StatusOr<CmcRequest> ParseCmcRequest(std::span<const uint8_t> der);
+// request with an encrypted key but no hash is refused; so is one with a
+// hash but no key, unless `allow_removed_key` (the CA re-reading a request
+// it stored without the key).
+absl::StatusOr<CmcRequest> ParseCmcRequest(std::span<const uint8_t> der,
+                                           bool allow_removed_key = false);
 
 }  // namespace keywarden::pki

@@ -1,5 +1,10 @@
 #include "pki/der.h"
 
+#include <openssl/asn1.h>
+#include <openssl/objects.h>
+
+#include <algorithm>
+
 namespace keywarden::pki {
 
 bool DerReader::Next(DerElement* out) {
@@ -89,4 +94,48 @@ bool BmpToUtf8(std::span<const uint8_t> c, std::string* out) {
   return true;
 }
 
+namespace der {
+
+Bytes Tlv(uint8_t tag, std::span<const uint8_t> contents) {
+  Bytes out{tag};
+  const size_t n = contents.size();
+  if (n < 0x80) {
+    out.push_back(static_cast<uint8_t>(n));
+  } else {
+    Bytes len;
+    for (size_t v = n; v > 0; v >>= 8) len.insert(len.begin(), static_cast<uint8_t>(v & 0xff));
+    out.push_back(static_cast<uint8_t>(0x80 | len.size()));
+    out.insert(out.end(), len.begin(), len.end());
+  }
+  out.insert(out.end(), contents.begin(), contents.end());
+  return out;
+}
+
+Bytes Concat(std::initializer_list<Bytes> parts) {
+  Bytes out;
+  for (const Bytes& p : parts) out.insert(out.end(), p.begin(), p.end());
+  return out;
+}
+
+Bytes Oid(const char* dotted) {
+  ASN1_OBJECT* obj = OBJ_txt2obj(dotted, 1);
+  unsigned char* der = nullptr;
+  int len = obj != nullptr ? i2d_ASN1_OBJECT(obj, &der) : 0;
+  Bytes out(der, der + std::max(len, 0));
+  OPENSSL_free(der);
+  ASN1_OBJECT_free(obj);
+  return out;
+}
+
+Bytes SmallInteger(uint64_t value) {
+  Bytes contents;
+  do {
+    contents.insert(contents.begin(), static_cast<uint8_t>(value & 0xff));
+    value >>= 8;
+  } while (value != 0);
+  if (contents.front() & 0x80) contents.insert(contents.begin(), 0x00);
+  return Tlv(kInteger, contents);
+}
+
+}  // namespace der
 }  // namespace keywarden::pki

@@ -6,8 +6,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <span>
 #include <string>
+#include <vector>
 
 namespace keywarden::pki {
 
@@ -30,6 +32,15 @@ inline constexpr uint8_t ContextConstructed(int n) {
 inline constexpr uint8_t ContextPrimitive(int n) {
   return static_cast<uint8_t>(0x80 | n);
 }
+// Writing DER (definite, minimal lengths) for the structures built by hand.
+using Bytes = std::vector<uint8_t>;
+Bytes Tlv(uint8_t tag, std::span<const uint8_t> contents);
+Bytes Concat(std::initializer_list<Bytes> parts);
+// The whole OBJECT IDENTIFIER TLV of a dotted OID; empty if not an OID.
+Bytes Oid(const char* dotted);
+// INTEGER TLV of a non-negative value.
+Bytes SmallInteger(uint64_t value);
+inline const Bytes kNullValue = {0x05, 0x00};
 }  // namespace der
 
 struct DerElement {

@@ -4,41 +4,17 @@
 
 #include "hsm/status.h"
 #include "hsm/strings.h"
+#include "pki/der.h"
 
 namespace keywarden::pki {
 namespace {
 
 using Bytes = std::vector<uint8_t>;
 
-Bytes Tlv(uint8_t tag, const Bytes& contents) {
-  Bytes out{tag};
-  const size_t n = contents.size();
-  if (n < 0x80) {
-    out.push_back(static_cast<uint8_t>(n));
-  } else {
-    Bytes len;
-    for (size_t v = n; v > 0; v >>= 8) len.insert(len.begin(), static_cast<uint8_t>(v & 0xff));
-    out.push_back(static_cast<uint8_t>(0x80 | len.size()));
-    out.insert(out.end(), len.begin(), len.end());
-  }
-  out.insert(out.end(), contents.begin(), contents.end());
-  return out;
-}
-
-Bytes Concat(std::initializer_list<Bytes> parts) {
-  Bytes out;
-  for (const Bytes& p : parts) out.insert(out.end(), p.begin(), p.end());
-  return out;
-}
-
-Bytes Oid(const char* dotted) {
-  ossl::UniquePtr<ASN1_OBJECT> obj(OBJ_txt2obj(dotted, 1));
-  unsigned char* der = nullptr;
-  int len = obj ? i2d_ASN1_OBJECT(obj.get(), &der) : 0;
-  Bytes out(der, der + std::max(len, 0));
-  OPENSSL_free(der);
-  return out;
-}
+using der::Concat;
+const Bytes kNull = der::kNullValue;
+using der::Oid;
+using der::Tlv;
 
 template <typename T, typename F>
 Bytes Der(T* object, F i2d) {
@@ -49,7 +25,6 @@ Bytes Der(T* object, F i2d) {
   return out;
 }
 
-const Bytes kNull = {0x05, 0x00};
 const Bytes kVersion0 = {0x02, 0x01, 0x00};
 
 }  // namespace

@@ -27,6 +27,9 @@ const std::vector<MethodPolicy>& MethodTable() {
       {"/keywarden.v1.Administration/GetCaStatus", {R::kCaAdministrator}},
       {"/keywarden.v1.Administration/RenewExchangeCertificate", {R::kCaAdministrator}},
       {"/keywarden.v1.Administration/PublishCrl", {R::kCaAdministrator}},
+      {"/keywarden.v1.Administration/ListKeyRecoveryAgents", {R::kCaAdministrator, R::kAuditor}},
+      {"/keywarden.v1.Administration/ReloadKeyRecoveryAgents", {R::kCaAdministrator}},
+      {"/keywarden.v1.Administration/ImportArchivedKey", {R::kCaAdministrator}},
       // Audit: Auditors.
       {"/keywarden.v1.Audit/ReadAudit", {R::kAuditor}},
       {"/keywarden.v1.Audit/VerifyAudit", {R::kAuditor}},

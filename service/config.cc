@@ -495,7 +495,7 @@ absl::Status ReadCrl(const Section& s, Config::Crl& c) {
 }
 
 absl::Status ReadKra(const Section& s, Config::Kra& k) {
-  KW_RETURN_IF_ERROR(s.CheckKeys({"certificates", "count"}));
+  KW_RETURN_IF_ERROR(s.CheckKeys({"certificates", "count", "crls", "trust"}));
   std::vector<uint32_t> lines;
   KW_RETURN_IF_ERROR(s.ReadStrings("certificates", k.certificates, &lines));
   for (size_t i = 0; i < k.certificates.size(); ++i) {
@@ -504,6 +504,20 @@ absl::Status ReadKra(const Section& s, Config::Kra& k) {
     if (!IsSha1Thumbprint(c)) c = s.ctx().ResolvePath(c);
   }
   KW_RETURN_IF_ERROR(s.ReadInt("count", 1, kIntMax, k.count));
+  if (!k.certificates.empty() && static_cast<size_t>(k.count) > k.certificates.size()) {
+    // seed: "The number of recovery agents required by the CA must be less
+    // than or equal to the number of available KRA certificates."
+    return s.Invalid("count", StrCat("is ", k.count, " but only ", k.certificates.size(),
+                                     " KRA certificate(s) are listed"));
+  }
+  for (auto [key, files] : {std::pair{"crls", &k.crls}, std::pair{"trust", &k.trust}}) {
+    std::vector<uint32_t> file_lines;
+    KW_RETURN_IF_ERROR(s.ReadStrings(key, *files, &file_lines));
+    for (size_t i = 0; i < files->size(); ++i) {
+      if ((*files)[i].empty()) return s.InvalidAt(file_lines[i], key, "empty file name");
+      (*files)[i] = s.ctx().ResolvePath((*files)[i]);
+    }
+  }
   return absl::OkStatus();
 }
 

@@ -99,7 +99,13 @@ struct Config {
 
   struct Kra {
     std::vector<std::string> certificates;  // PEM files or SHA-1 thumbprints of issued certs
-    int count = 1;                          // N per archival; checked against the list by the CA
+    int count = 1;                          // N per archival; 1..len(certificates)
+    // Revocation and chain material for KRA certificates issued by other
+    // CAs (this CA's own database answers for the KRAs it issued): CRL files
+    // (PEM or DER) and issuer certificates (PEM). A foreign KRA without a
+    // current CRL from its issuer is unusable ("revocation offline").
+    std::vector<std::string> crls;
+    std::vector<std::string> trust;
   } kra;
 
   struct Flags {

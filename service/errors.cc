@@ -15,6 +15,17 @@ const HResult* const kAll[] = {
     &hresult::kNoValidKra,
     &hresult::kBadRequestKeyArchival,
     &hresult::kArchivedKeyRequired,
+    &hresult::kArchivedKeyUnexpected,
+    &hresult::kNoDecryptCert,
+    &hresult::kBadData,
+    &hresult::kBadKey,
+    &hresult::kBadKeyType,
+    &hresult::kBadAlgorithm,
+    &hresult::kRevocationOffline,
+    &hresult::kRevoked,
+    &hresult::kCertExpired,
+    &hresult::kWrongUsage,
+    &hresult::kChaining,
     &hresult::kUnsupportedCertType,
     &hresult::kNoCertType,
     &hresult::kKeyLength,
@@ -31,13 +42,18 @@ const HResult* const kAll[] = {
 
 }  // namespace
 
+std::string HResultHex(uint32_t code) {
+  char text[16];
+  std::snprintf(text, sizeof text, "0x%08x", code);
+  return text;
+}
+
 absl::Status Error(const HResult& hr, const std::string& detail) {
-  char code[16];
-  std::snprintf(code, sizeof code, "0x%08x", hr.code);
+  const std::string code = HResultHex(hr.code);
   std::string message =
       detail.empty() ? StrCat(hr.text, " ", code) : StrCat(hr.text, " ", code, ": ", detail);
   absl::Status status(hr.status, message);
-  status.SetPayload(kPayloadUrl, absl::Cord(std::string(code)));
+  status.SetPayload(kPayloadUrl, absl::Cord(code));
   return status;
 }
 

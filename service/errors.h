@@ -39,6 +39,44 @@ inline constexpr HResult kArchivedKeyRequired{
     "The certificate template requires the private key to be archived, but the request carries "
     "none.",
     absl::StatusCode::kInvalidArgument};
+inline constexpr HResult kArchivedKeyUnexpected{
+    0x80094810, "CERTSRV_E_ARCHIVED_KEY_UNEXPECTED",
+    "The request includes a private key for archival by the server, but key archival is not "
+    "enabled for the specified certificate template.",
+    absl::StatusCode::kInvalidArgument};
+// The submitted private key (key verification, seed: "Key Verification").
+inline constexpr HResult kNoDecryptCert{
+    0x8009200c, "CRYPT_E_NO_DECRYPT_CERT",
+    "Cannot find the certificate and private key to use for decryption.",
+    absl::StatusCode::kInvalidArgument};
+inline constexpr HResult kBadData{0x80090005, "NTE_BAD_DATA", "Bad Data.",
+                                  absl::StatusCode::kInvalidArgument};
+inline constexpr HResult kBadKey{0x80090003, "NTE_BAD_KEY", "Bad Key.",
+                                 absl::StatusCode::kInvalidArgument};
+inline constexpr HResult kBadKeyType{0x8009000a, "NTE_BAD_TYPE", "Invalid type specified.",
+                                     absl::StatusCode::kInvalidArgument};
+inline constexpr HResult kBadAlgorithm{0x80090008, "NTE_BAD_ALGID", "Invalid algorithm specified.",
+                                       absl::StatusCode::kInvalidArgument};
+// KRA certificate validation (seed: "Loading KRA Certificates", events 82-85, 98).
+inline constexpr HResult kRevocationOffline{
+    0x80092013, "CRYPT_E_REVOCATION_OFFLINE",
+    "The revocation function was unable to check revocation because the revocation server was "
+    "offline.",
+    absl::StatusCode::kFailedPrecondition};
+inline constexpr HResult kRevoked{0x80092010, "CRYPT_E_REVOKED", "The certificate is revoked.",
+                                  absl::StatusCode::kFailedPrecondition};
+inline constexpr HResult kCertExpired{
+    0x800b0101, "CERT_E_EXPIRED",
+    "A required certificate is not within its validity period when verifying against the current "
+    "system clock or the timestamp in the signed file.",
+    absl::StatusCode::kFailedPrecondition};
+inline constexpr HResult kWrongUsage{0x800b0110, "CERT_E_WRONG_USAGE",
+                                     "The certificate is not valid for the requested usage.",
+                                     absl::StatusCode::kFailedPrecondition};
+inline constexpr HResult kChaining{
+    0x800b010a, "CERT_E_CHAINING",
+    "A certificate chain could not be built to a trusted root authority.",
+    absl::StatusCode::kFailedPrecondition};
 // Enrollment and policy.
 inline constexpr HResult kUnsupportedCertType{
     0x80094800, "CERTSRV_E_UNSUPPORTED_CERT_TYPE",
@@ -84,5 +122,7 @@ absl::Status Error(const HResult& hr, const std::string& detail = {});
 // The HRESULT attached to a status, if any.
 std::optional<uint32_t> HResultOf(const absl::Status& status);
 const HResult* FindHResult(uint32_t code);
+// "0x8009400b".
+std::string HResultHex(uint32_t code);
 
 }  // namespace keywarden::service

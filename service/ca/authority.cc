@@ -2,12 +2,15 @@
 
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/pkcs12.h>
+#include <openssl/x509v3.h>
 
 #include <nlohmann/json.hpp>
 
 #include "hsm/status.h"
 #include "hsm/strings.h"
 #include "pki/cmc.h"
+#include "pki/cmc_response.h"
 #include "pki/files.h"
 #include "pki/pkcs10.h"
 #include "service/errors.h"
@@ -19,6 +22,8 @@ using nlohmann::json;
 
 constexpr size_t kMaxRequestSize = 256 * 1024;
 constexpr char kCrlSetting[] = "crl.current";
+// Template name of certificates from other CAs imported for key archival.
+constexpr char kForeignTemplate[] = "(foreign)";
 
 std::string Base64(const std::vector<uint8_t>& data) {
   std::string out(4 * ((data.size() + 2) / 3) + 1, '\0');
@@ -46,15 +51,17 @@ bool KeyTypeAllowed(const TemplateConfig& t, EVP_PKEY* key, std::string* type) {
 
 }  // namespace
 
-absl::StatusOr<ParsedRequest> ParseRequest(const std::string& format,
-                                           std::span<const uint8_t> der) {
+absl::StatusOr<ParsedRequest> ParseRequest(const std::string& format, std::span<const uint8_t> der,
+                                           bool stored) {
   ParsedRequest out;
   if (format == "cmc") {
-    auto cmc = pki::ParseCmcRequest(der);
+    auto cmc = pki::ParseCmcRequest(der, /*allow_removed_key=*/stored);
     if (!cmc.ok()) return cmc.status();
     out.pkcs10 = std::move(cmc->pkcs10);
+    out.body_part_id = cmc->pkcs10_body_part_id;
     out.encrypted_key = std::move(cmc->encrypted_key);
     out.encrypted_key_hash = std::move(cmc->encrypted_key_hash);
+    out.without_encrypted_key = std::move(cmc->without_encrypted_key);
     return out;
   }
   auto pkcs10 = pki::ParsePkcs10(der);
@@ -113,6 +120,17 @@ absl::StatusOr<std::unique_ptr<CertificateAuthority>> CertificateAuthority::Open
                                      });
   if (auto st = ca->exchange_->Load(); !st.ok()) return st;
   if (auto x = ca->exchange_->Current(); !x.ok()) return x.status();
+
+  std::vector<X509*> chain;
+  for (const auto& c : ca->chain_) chain.push_back(c.get());
+  ca->kras_ = std::make_unique<KraRegistry>(
+      config.kra, store, ca->certificate(), std::move(chain), ca->clock_,
+      [self](const std::string& event, const std::string& details) {
+        self->Audit("system", event, details);
+      });
+  ca->kras_->Load("system (service start)");
+  ca->archiver_ = std::make_unique<KeyArchiver>(ca->token_, ca->crypto_, *ca->exchange_, *ca->kras_,
+                                                config.flags.archival_scheme);
 
   if (auto saved = store.GetSetting(kCrlSetting); saved.ok()) {
     auto j = json::parse(*saved, nullptr, false);
@@ -178,7 +196,9 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Submit(const std::string
   r.requester = principal;
   r.template_name = template_hint;
   r.format = format;
-  r.raw = der;
+  // The encrypted key is never stored: the CA's own exchange key opens it.
+  // What is kept is the key archived to KRAs (or nothing, if refused).
+  r.raw = parsed->encrypted_key ? parsed->without_encrypted_key : der;
   r.subject = pki::FormatName(X509_REQ_get_subject_name(parsed->pkcs10.req.get()));
   r.disposition = Disposition::kPending;
   r.submitted_at = clock_();
@@ -191,7 +211,7 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Submit(const std::string
              {"subject", r.subject},
              {"template_hint", template_hint}}
             .dump());
-  return Process(std::move(r), principal, /*approving=*/false);
+  return Process(std::move(r), principal, /*approving=*/false, &*parsed);
 }
 
 absl::Status CertificateAuthority::DenyWith(RequestRecord& request, const absl::Status& why,
@@ -215,9 +235,10 @@ absl::Status CertificateAuthority::DenyWith(RequestRecord& request, const absl::
 
 absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord request,
                                                                 const std::string& actor,
-                                                                bool approving) {
+                                                                bool approving,
+                                                                const ParsedRequest* submitted) {
   const std::string policy = approving ? actor : std::string("policy");
-  auto stored = ParseRequest(request.format, request.raw);
+  auto stored = ParseRequest(request.format, request.raw, /*stored=*/true);
   if (!stored.ok()) {
     return DenyWith(request, Error(hresult::kAsn1BadTag, std::string(stored.status().message())),
                     policy);
@@ -254,15 +275,24 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
                                           " needs at least ", t->min_key_bits)),
         policy);
   }
-  if (stored->encrypted_key) {
-    // seed: "Cannot archive private key. The certification authority is not
-    // configured for key archival." when no KRA is set up.
-    if (config_.kra.certificates.empty()) {
-      return DenyWith(request, Error(hresult::kKeyArchivalNotConfigured), policy);
+  // Key archival (seed: "Understanding the Archival Process").
+  const bool carries_key = stored->encrypted_key_hash.has_value();
+  if (carries_key && t->archival == ArchivalPolicy::kNone) {
+    // A CA without any KRA says so first (seed: 0x8009400a for every
+    // request that carries a key), else the template is the problem.
+    absl::Status why = kras_->Usable();
+    if (HResultOf(why) != hresult::kKeyArchivalNotConfigured.code) {
+      why = Error(hresult::kArchivedKeyUnexpected,
+                  StrCat("template ", t->name, " does not archive keys"));
     }
-    return absl::UnimplementedError("key archival is not implemented in this build yet");
+    Audit(policy, "archival.refused",
+          json{{"request_id", request.id},
+               {"requester", request.requester},
+               {"reason", std::string(why.message())}}
+              .dump());
+    return DenyWith(request, why, policy);
   }
-  if (t->archival == ArchivalPolicy::kRequired) {
+  if (!carries_key && t->archival == ArchivalPolicy::kRequired) {
     return DenyWith(
         request,
         Error(hresult::kArchivedKeyRequired, StrCat("template ", t->name,
@@ -270,7 +300,40 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
                                                     "with the encrypted private key)")),
         policy);
   }
-
+  bool archived_now = false;
+  if (carries_key && !request.archived_key) {
+    absl::StatusOr<ArchivedKey> archived;
+    if (submitted == nullptr || !submitted->encrypted_key) {
+      archived = Error(hresult::kBadRequestKeyArchival,
+                       "the request's encrypted private key is no longer available");
+    } else if (std::find(t->key_usage.begin(), t->key_usage.end(), "keyEncipherment") ==
+               t->key_usage.end()) {
+      archived = Error(hresult::kBadKeyType,
+                       StrCat("template ", t->name,
+                              " issues signature-only certificates (no keyEncipherment); "
+                              "signature keys are never archived"));
+    } else {
+      archived = archiver_->ArchiveSubmitted(*submitted->encrypted_key,
+                                             *submitted->encrypted_key_hash, pub);
+    }
+    if (!archived.ok()) {
+      Audit(policy, "archival.refused",
+            json{{"request_id", request.id},
+                 {"requester", request.requester},
+                 {"reason", std::string(archived.status().message())}}
+                .dump());
+      if (!HResultOf(archived.status())) {
+        // Not a verdict on the request: the token or the store failed.
+        const std::string message(archived.status().message());
+        (void)store_.ResolveRequest(request.id, Disposition::kFailed, message, 0, "system",
+                                    clock_());
+        return archived.status();
+      }
+      return DenyWith(request, archived.status(), policy);
+    }
+    request.archived_key = std::move(*archived);
+    archived_now = true;
+  }
   // Subject: from the request, or from the authenticated principal when the
   // template says so or the request has none (Windows autoenrollment).
   ossl::UniquePtr<X509_NAME> subject;
@@ -289,11 +352,25 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
   }
 
   if (t->pend && !approving) {
+    if (archived_now) {
+      if (auto st = store_.AttachArchivedKey(request.id, *request.archived_key); !st.ok()) {
+        return st;
+      }
+      Audit(policy, "archival.done",
+            json{{"request_id", request.id},
+                 {"requester", request.requester},
+                 {"kra_sha1", request.archived_key->kra_sha1},
+                 {"scheme", request.archived_key->scheme},
+                 {"pending", true}}
+                .dump());
+    }
     Audit("policy", "request.pending",
           json{{"request_id", request.id}, {"template", t->name}, {"requester", request.requester}}
               .dump());
     request.disposition_message = "Taken Under Submission";
-    return EnrollmentOutcome{std::move(request), std::nullopt};
+    EnrollmentOutcome pending{std::move(request), std::nullopt, {}};
+    pending.cmc_response = CmcResponseFor(pending.request, std::nullopt);
+    return pending;
   }
 
   const int64_t now = clock_();
@@ -312,8 +389,18 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
     return cert.status();
   }
   CertificateRecord record = CertificateRecordFor(cert->get(), request.id, t->name);
-  if (auto st = store_.RecordIssued(request.id, record, std::nullopt, policy, now); !st.ok()) {
+  if (auto st = store_.RecordIssued(request.id, record, request.archived_key, policy, now);
+      !st.ok()) {
     return st;
+  }
+  if (archived_now) {
+    Audit(policy, "archival.done",
+          json{{"request_id", request.id},
+               {"requester", request.requester},
+               {"serial", record.serial},
+               {"kra_sha1", request.archived_key->kra_sha1},
+               {"scheme", request.archived_key->scheme}}
+              .dump());
   }
   request.disposition = Disposition::kIssued;
   request.disposition_message = "Issued";
@@ -328,7 +415,44 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
              {"subject", record.subject},
              {"sha1", record.sha1}}
             .dump());
-  return EnrollmentOutcome{std::move(request), std::move(record)};
+  EnrollmentOutcome issued{std::move(request), std::move(record), {}};
+  issued.cmc_response = CmcResponseFor(issued.request, issued.certificate);
+  return issued;
+}
+
+std::vector<uint8_t> CertificateAuthority::CmcResponseFor(
+    const RequestRecord& request, const std::optional<CertificateRecord>& issued_record) {
+  if (request.format != "cmc") return {};
+  auto parsed = ParseRequest(request.format, request.raw, /*stored=*/true);
+  pki::CmcResponseSpec spec;
+  spec.request_body_part = parsed.ok() ? parsed->body_part_id : 1;
+  ossl::UniquePtr<X509> issued;
+  if (issued_record) {
+    const unsigned char* p = issued_record->der.data();
+    issued.reset(d2i_X509(nullptr, &p, static_cast<long>(issued_record->der.size())));
+  }
+  if (request.disposition == Disposition::kIssued && issued) {
+    spec.status = pki::CmcStatus::kSuccess;
+    spec.status_string = "Issued";
+    spec.issued = issued.get();
+    spec.certificates.push_back(issued.get());
+  } else if (request.disposition == Disposition::kPending) {
+    spec.status = pki::CmcStatus::kPending;
+    spec.status_string = "Taken Under Submission";
+  } else {
+    return {};
+  }
+  if (request.archived_key) spec.encrypted_key_hash = request.archived_key->encrypted_key_hash;
+  spec.certificates.push_back(certificate());
+  for (const auto& c : chain_) spec.certificates.push_back(c.get());
+  auto der = pki::BuildCmcResponse(issuer_->libctx(), issuer_->properties(), issuer_->signing_key(),
+                                   certificate(), spec);
+  if (!der.ok()) {
+    std::fprintf(stderr, "keywardend: cannot build the CMC response for request %lld: %s\n",
+                 static_cast<long long>(request.id), std::string(der.status().message()).c_str());
+    return {};
+  }
+  return std::move(*der);
 }
 
 absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Retrieve(const std::string& principal,
@@ -340,7 +464,7 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Retrieve(const std::stri
     return Error(hresult::kAccessDenied,
                  StrCat("request ", request_id, " was submitted by someone else"));
   }
-  EnrollmentOutcome out{std::move(*request), std::nullopt};
+  EnrollmentOutcome out{std::move(*request), std::nullopt, {}};
   if (out.request.disposition == Disposition::kPending && out.request.disposition_message.empty()) {
     out.request.disposition_message = "Taken Under Submission";
   }
@@ -349,7 +473,130 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Retrieve(const std::stri
     if (!cert.ok()) return cert.status();
     out.certificate = std::move(*cert);
   }
+  out.cmc_response = CmcResponseFor(out.request, out.certificate);
   return out;
+}
+
+std::vector<KraStatus> CertificateAuthority::ReloadKras(const std::string& who) {
+  Audit(who, "kra.reload_requested", json::object().dump());
+  kras_->Load(who);
+  return kras_->Status();
+}
+
+absl::StatusOr<CertificateAuthority::ImportResult> CertificateAuthority::ImportKey(
+    const std::string& who, std::span<const uint8_t> pfx, const hsm::SecretString& password,
+    bool foreign) {
+  constexpr size_t kMaxPfx = 1024 * 1024;
+  if (pfx.empty()) return Error(hresult::kInvalidArg, "the PKCS#12 file is empty");
+  if (pfx.size() > kMaxPfx) {
+    return Error(hresult::kInvalidArg,
+                 StrCat("the PKCS#12 file is ", pfx.size(), " bytes; the limit is ", kMaxPfx));
+  }
+  auto refuse = [&](const absl::Status& why) {
+    Audit(who, "archival.import_refused", json{{"reason", std::string(why.message())}}.dump());
+    return why;
+  };
+  const unsigned char* p = pfx.data();
+  ossl::UniquePtr<PKCS12> p12(d2i_PKCS12(nullptr, &p, static_cast<long>(pfx.size())));
+  if (!p12 || p != pfx.data() + pfx.size()) {
+    ERR_clear_error();
+    return refuse(Error(hresult::kAsn1BadTag, "the file is not a DER PKCS#12 (PFX)"));
+  }
+  EVP_PKEY* raw_key = nullptr;
+  X509* raw_cert = nullptr;
+  STACK_OF(X509)* raw_extra = nullptr;
+  const std::string_view pw = password.view();
+  const int parsed = PKCS12_parse(p12.get(), pw.data(), &raw_key, &raw_cert, &raw_extra);
+  ossl::UniquePtr<EVP_PKEY> key(raw_key);
+  ossl::UniquePtr<X509> cert(raw_cert);
+  sk_X509_pop_free(raw_extra, X509_free);
+  if (parsed != 1) {
+    ERR_clear_error();
+    return refuse(Error(hresult::kInvalidArg,
+                        "the PKCS#12 does not open: wrong password, or a damaged file"));
+  }
+  if (!key || !cert) {
+    return refuse(
+        Error(hresult::kInvalidArg, "the PKCS#12 must hold a private key and its certificate"));
+  }
+  const uint32_t ku = X509_get_key_usage(cert.get());
+  if (ku != UINT32_MAX && (ku & KU_KEY_ENCIPHERMENT) == 0) {
+    // seed (certutil -importPFX): "Ignored signature certificates".
+    return refuse(Error(hresult::kBadKeyType,
+                        StrCat("certificate ", pki::FormatName(X509_get_subject_name(cert.get())),
+                               " is a signature certificate (no keyEncipherment); signature keys "
+                               "are never archived")));
+  }
+
+  CertificateQuery q;
+  q.sha1 = pki::Sha1Thumbprint(cert.get());
+  auto found = store_.FindCertificates(q);
+  if (!found.ok()) return found.status();
+  const bool ours = !found->empty() && found->front().request_id != 0;
+  if (!ours) {
+    if (!found->empty()) {
+      return refuse(Error(hresult::kInvalidArg,
+                          StrCat("certificate ", q.sha1,
+                                 " is one of the CA's own certificates, not an end entity's")));
+    }
+    if (!config_.flags.enable_foreign || !foreign) {
+      return refuse(Error(
+          hresult::kNotFound,
+          StrCat("certificate ", pki::FormatName(X509_get_subject_name(cert.get())), " (SHA-1 ",
+                 q.sha1,
+                 ") was not issued by this CA; archiving a foreign key needs KRAF_ENABLEFOREIGN "
+                 "([flags] enable_foreign = true) and -f")));
+    }
+  } else {
+    auto request = store_.GetRequest(found->front().request_id);
+    if (!request.ok()) return request.status();
+    if (request->archived_key) {
+      return refuse(Error(hresult::kBadRequestStatus,
+                          StrCat("the key of certificate ", found->front().serial,
+                                 " is already archived (request ", request->id, ")")));
+    }
+  }
+
+  auto archived = archiver_->ArchiveKey(key.get(), X509_get0_pubkey(cert.get()));
+  key.reset();
+  if (!archived.ok()) return refuse(archived.status());
+
+  ImportResult result;
+  result.kra_sha1 = archived->kra_sha1;
+  result.foreign = !ours;
+  if (ours) {
+    result.request_id = found->front().request_id;
+    result.serial = found->front().serial;
+    if (auto st = store_.AttachArchivedKey(result.request_id, *archived); !st.ok()) return st;
+  } else {
+    // Windows keeps foreign certificates in the CA database too: a new row,
+    // marked by its template, that is never put on this CA's CRL.
+    RequestRecord r;
+    r.requester = who;
+    r.template_name = kForeignTemplate;
+    r.format = "pfx-import";
+    r.raw = pki::CertificateDer(cert.get());
+    r.subject = pki::FormatName(X509_get_subject_name(cert.get()));
+    r.submitted_at = clock_();
+    auto id = store_.InsertRequest(r);
+    if (!id.ok()) return id.status();
+    CertificateRecord record = CertificateRecordFor(cert.get(), *id, kForeignTemplate);
+    if (auto st = store_.RecordIssued(*id, record, *archived, who, clock_()); !st.ok()) {
+      (void)store_.ResolveRequest(*id, Disposition::kFailed, std::string(st.message()), 0, "system",
+                                  clock_());
+      return refuse(st);
+    }
+    result.request_id = *id;
+    result.serial = record.serial;
+  }
+  Audit(who, "archival.imported",
+        json{{"request_id", result.request_id},
+             {"serial", result.serial},
+             {"foreign", result.foreign},
+             {"kra_sha1", result.kra_sha1},
+             {"scheme", archived->scheme}}
+            .dump());
+  return result;
 }
 
 absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Approve(const std::string& officer,
@@ -361,7 +608,7 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Approve(const std::strin
                  StrCat("request ", request_id, " is ", DispositionName(request->disposition)));
   }
   Audit(officer, "request.approved", json{{"request_id", request_id}}.dump());
-  return Process(std::move(*request), officer, /*approving=*/true);
+  return Process(std::move(*request), officer, /*approving=*/true, /*submitted=*/nullptr);
 }
 
 absl::StatusOr<RequestRecord> CertificateAuthority::Deny(const std::string& officer,
@@ -396,6 +643,13 @@ absl::StatusOr<CertificateRecord> CertificateAuthority::Revoke(const std::string
   if (normalized.empty() || normalized.find_first_not_of("0123456789abcdef") != std::string::npos) {
     return Error(hresult::kInvalidArg,
                  StrCat("\"", serial, "\" is not a hexadecimal serial number"));
+  }
+  if (auto existing = store_.GetCertificate(normalized);
+      existing.ok() && existing->template_name == kForeignTemplate) {
+    return Error(hresult::kInvalidArg,
+                 StrCat("certificate ", normalized,
+                        " was issued by another CA (imported for key archival); only its issuer "
+                        "can revoke it"));
   }
   if (auto st = store_.Revoke(normalized, reason, clock_()); !st.ok()) return st;
   Audit(officer, "certificate.revoked", json{{"serial", normalized}, {"reason", reason}}.dump());

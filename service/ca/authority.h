@@ -15,6 +15,8 @@
 #include "hsm/provider/provider.h"
 #include "hsm/token.h"
 #include "pki/pkcs10.h"
+#include "service/archival/archiver.h"
+#include "service/archival/kra_registry.h"
 #include "service/ca/exchange.h"
 #include "service/ca/issuer.h"
 #include "service/config.h"
@@ -25,17 +27,24 @@ namespace keywarden::service {
 struct EnrollmentOutcome {
   RequestRecord request;
   std::optional<CertificateRecord> certificate;
+  // For CMC requests: the CMC Full PKI Response signed by the CA.
+  std::vector<uint8_t> cmc_response;
 };
 
 // A request as the CA sees it: the PKCS#10 (from a bare request or from
 // inside a CMC one) and, for archival, the encrypted private key.
 struct ParsedRequest {
   pki::Pkcs10Request pkcs10;
+  int64_t body_part_id = 1;  // the PKCS#10's bodyPartID in a CMC request
   std::optional<std::vector<uint8_t>> encrypted_key;
   std::optional<std::vector<uint8_t>> encrypted_key_hash;
+  // CMC with an encrypted key: the request without it (what is stored).
+  std::vector<uint8_t> without_encrypted_key;
 };
 // `format` is "pkcs10" or "cmc"; signatures and hashes are verified.
-absl::StatusOr<ParsedRequest> ParseRequest(const std::string& format, std::span<const uint8_t> der);
+// `stored`: the CA's own stored copy, whose encrypted key was removed.
+absl::StatusOr<ParsedRequest> ParseRequest(const std::string& format, std::span<const uint8_t> der,
+                                           bool stored = false);
 
 struct CrlInfo {
   std::vector<uint8_t> der;
@@ -80,6 +89,25 @@ class CertificateAuthority {
   absl::StatusOr<ExchangeCertificate> RenewExchange(const std::string& who);
   std::vector<ExchangeCertificate> ExchangeCertificates() const { return exchange_->Unexpired(); }
 
+  // Key Recovery Agents: their status, and re-validation (files, CRLs and
+  // the database are read again).
+  std::vector<KraStatus> KraStatuses() const { return kras_->Status(); }
+  size_t KrasPerArchival() const { return kras_->per_archival(); }
+  absl::Status KraUsable() const { return kras_->Usable(); }
+  std::vector<KraStatus> ReloadKras(const std::string& who);
+
+  // Manual archival (certutil -importPFX): archives the key of a PKCS#12 for
+  // a certificate this CA issued, or, with KRAF_ENABLEFOREIGN and `foreign`,
+  // for another CA's certificate (recorded as a new, issued row).
+  struct ImportResult {
+    int64_t request_id = 0;
+    std::string serial;
+    std::vector<std::string> kra_sha1;
+    bool foreign = false;
+  };
+  absl::StatusOr<ImportResult> ImportKey(const std::string& who, std::span<const uint8_t> pfx,
+                                         const hsm::SecretString& password, bool foreign);
+
   // Appends to the audit log; a failure to audit is logged loudly.
   void Audit(const std::string& principal, const std::string& event,
              const std::string& details_json);
@@ -89,8 +117,13 @@ class CertificateAuthority {
       : config_(config), store_(store), clock_(std::move(clock)) {}
 
   // Policy and issuance for a stored request (new or approved).
+  // `submitted`: the request as received (with its encrypted key), when
+  // processing a new submission; null when re-processing a stored one.
   absl::StatusOr<EnrollmentOutcome> Process(RequestRecord request, const std::string& actor,
-                                            bool approving);
+                                            bool approving, const ParsedRequest* submitted);
+  // The CMC response for an issued or pending CMC request (empty otherwise).
+  std::vector<uint8_t> CmcResponseFor(const RequestRecord& request,
+                                      const std::optional<CertificateRecord>& issued_record);
   absl::Status DenyWith(RequestRecord& request, const absl::Status& why, const std::string& by);
 
   const Config& config_;
@@ -100,6 +133,8 @@ class CertificateAuthority {
   std::shared_ptr<hsm::Token> token_;
   std::unique_ptr<Issuer> issuer_;
   std::unique_ptr<ExchangeKeys> exchange_;
+  std::unique_ptr<KraRegistry> kras_;
+  std::unique_ptr<KeyArchiver> archiver_;
   std::vector<ossl::UniquePtr<X509>> chain_;
   std::mutex crl_mu_;
   std::optional<CrlInfo> crl_;

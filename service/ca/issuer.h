@@ -44,6 +44,11 @@ class Issuer {
 
   X509* ca_certificate() const { return ca_.get(); }
   int64_t ca_not_after() const;
+  // For other CA-signed structures (CMC responses, recovery blobs): the
+  // signing key and where to fetch algorithms for it.
+  EVP_PKEY* signing_key() const { return key_.get(); }
+  OSSL_LIB_CTX* libctx() const { return libctx_; }
+  const char* properties() const { return properties_.empty() ? nullptr : properties_.c_str(); }
 
   absl::StatusOr<ossl::UniquePtr<X509>> IssueCertificate(const CertificateSpec& spec) const;
   absl::StatusOr<ossl::UniquePtr<X509_CRL>> IssueCrl(const std::vector<RevokedEntry>& revoked,

@@ -118,6 +118,7 @@ void Fill(const EnrollmentOutcome& o, const std::vector<std::vector<uint8_t>>& c
     out->set_certificate(std::string(o.certificate->der.begin(), o.certificate->der.end()));
     for (const auto& c : chain) out->add_chain(std::string(c.begin(), c.end()));
   }
+  out->set_cmc_response(std::string(o.cmc_response.begin(), o.cmc_response.end()));
 }
 
 }  // namespace keywarden::service

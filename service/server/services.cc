@@ -6,7 +6,9 @@
 
 #include <openssl/evp.h>
 
+#include "hsm/secret.h"
 #include "hsm/strings.h"
+#include "service/errors.h"
 #include "service/server/rpc.h"
 
 namespace keywarden::service {
@@ -234,7 +236,63 @@ class AdministrationService final : public v1::Administration::Service {
     return Status::OK;
   }
 
+  Status ListKeyRecoveryAgents(ServerContext* context, const v1::ListKeyRecoveryAgentsRequest*,
+                               v1::KeyRecoveryAgents* out) override {
+    KW_AUTHORIZE("/keywarden.v1.Administration/ListKeyRecoveryAgents");
+    FillKras(ca_.KraStatuses(), out);
+    return Status::OK;
+  }
+
+  Status ReloadKeyRecoveryAgents(ServerContext* context, const v1::ReloadKeyRecoveryAgentsRequest*,
+                                 v1::KeyRecoveryAgents* out) override {
+    KW_AUTHORIZE("/keywarden.v1.Administration/ReloadKeyRecoveryAgents");
+    FillKras(ca_.ReloadKras(caller.principal), out);
+    return Status::OK;
+  }
+
+  Status ImportArchivedKey(ServerContext* context, const v1::ImportArchivedKeyRequest* in,
+                           v1::ImportArchivedKeyResponse* out) override {
+    KW_AUTHORIZE("/keywarden.v1.Administration/ImportArchivedKey");
+    const hsm::SecretString password(in->password());
+    auto result =
+        ca_.ImportKey(caller.principal,
+                      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(in->pfx().data()),
+                                               in->pfx().size()),
+                      password, in->foreign());
+    if (!result.ok()) return ToGrpc(result.status());
+    out->set_request_id(result->request_id);
+    out->set_serial(result->serial);
+    for (const auto& sha1 : result->kra_sha1) out->add_kra_sha1(sha1);
+    out->set_foreign(result->foreign);
+    return Status::OK;
+  }
+
  private:
+  void FillKras(const std::vector<KraStatus>& kras, v1::KeyRecoveryAgents* out) {
+    for (const KraStatus& k : kras) {
+      auto* a = out->add_agents();
+      a->set_index(static_cast<uint32_t>(k.index));
+      a->set_configured(k.configured);
+      a->set_state(KraStateName(k.state));
+      a->set_status_code(k.hresult);
+      a->set_message(k.message);
+      a->set_subject(k.subject);
+      a->set_issuer(k.issuer);
+      a->set_serial(k.serial);
+      a->set_sha1(k.sha1);
+      a->set_not_before(k.not_before);
+      a->set_not_after(k.not_after);
+      a->set_issued_by_this_ca(k.issued_by_this_ca);
+    }
+    out->set_per_archival(static_cast<uint32_t>(ca_.KrasPerArchival()));
+    const absl::Status usable = ca_.KraUsable();
+    out->set_archival_enabled(usable.ok());
+    if (!usable.ok()) {
+      out->set_archival_status(std::string(usable.message()));
+      out->set_archival_status_code(HResultOf(usable).value_or(0));
+    }
+  }
+
   CertificateAuthority& ca_;
 };
 

@@ -602,6 +602,7 @@ class SqliteStore final : public Store {
   absl::Status RecordIssued(int64_t request_id, const CertificateRecord& certificate,
                             const std::optional<ArchivedKey>& archived_key,
                             const std::string& resolved_by, UnixTime at) override;
+  absl::Status AttachArchivedKey(int64_t id, const ArchivedKey& key) override;
 
   absl::Status InsertCertificate(const CertificateRecord& certificate) override;
   absl::StatusOr<CertificateRecord> GetCertificate(const std::string& serial) override;
@@ -755,6 +756,37 @@ absl::Status SqliteStore::ResolveRequest(int64_t id, Disposition disposition,
   s.BindText(5, resolved_by);
   s.BindInt(6, id);
   if (absl::Status st = s.Run(); !st.ok()) return st;
+  return txn.Commit(what);
+}
+
+absl::Status SqliteStore::AttachArchivedKey(int64_t id, const ArchivedKey& key) {
+  const std::string what = StrCat("attaching the archived key to request ", id);
+  if (absl::Status s = ValidateArchivedKey(key, what); !s.ok()) return s;
+  std::lock_guard<std::mutex> lock(mu_);
+  Transaction txn(db_.get());
+  if (absl::Status s = txn.Begin(what); !s.ok()) return s;
+  {
+    Statement s(db_.get(), what);
+    if (absl::Status st =
+            s.Prepare("UPDATE requests SET archived_key = ?1, archival_scheme = ?2, kra_sha1 = ?3, "
+                      "encrypted_key_hash = ?4 WHERE id = ?5 AND archived_key IS NULL "
+                      "AND disposition IN (?6, ?7)");
+        !st.ok()) {
+      return st;
+    }
+    s.BindBlob(1, key.envelope);
+    s.BindText(2, key.scheme);
+    s.BindText(3, StrJoin(key.kra_sha1, ","));
+    s.BindBlob(4, key.encrypted_key_hash);
+    s.BindInt(5, id);
+    s.BindInt(6, static_cast<int64_t>(Disposition::kPending));
+    s.BindInt(7, static_cast<int64_t>(Disposition::kIssued));
+    if (absl::Status st = s.Run(); !st.ok()) return st;
+  }
+  if (sqlite3_changes(db_.get()) != 1) {
+    return absl::FailedPreconditionError(
+        StrCat(what, ": no such pending or issued request without an archived key"));
+  }
   return txn.Commit(what);
 }
 

@@ -126,6 +126,12 @@ class Store {
                                     const std::optional<ArchivedKey>& archived_key,
                                     const std::string& resolved_by, UnixTime at) = 0;
 
+  // Attaches an archived key to a pending request (archival happens at
+  // submission, so a request waiting for a Certificate Manager holds its key
+  // encrypted to KRAs, never to the CA) or to an issued one (manual
+  // archival). FAILED_PRECONDITION unless pending/issued without one.
+  virtual absl::Status AttachArchivedKey(int64_t request_id, const ArchivedKey& key) = 0;
+
   // -- certificates
   // A certificate not tied to a request (the CA's own, exchange certificates).
   virtual absl::Status InsertCertificate(const CertificateRecord& certificate) = 0;

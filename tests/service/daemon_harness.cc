@@ -87,8 +87,7 @@ absl::StatusOr<std::unique_ptr<DaemonHarness>> DaemonHarness::Start(const Option
   auto ceremony = RunCommand(
       StrCat("KEYWARDEN_PKCS11_MODULE=", module, " ", KEYWARDEN_CLI,
              " ceremony root --token pkcs11:token=keywarden-ca --pin-source file:", pin_file,
-             " --key-label ca-signing --key-algorithm rsa2048 --subject 'CN=keywarden Test "
-             "CA,O=keywarden test'",
+             " --key-label ca-signing --key-algorithm rsa2048 --subject '", options.ca_subject, "'",
              " --out ", h->ca_cert_path()));
   if (ceremony.exit_code != 0) return absl::InternalError("ceremony failed: " + ceremony.output);
 
@@ -131,7 +130,8 @@ absl::StatusOr<std::unique_ptr<DaemonHarness>> DaemonHarness::Start(const Option
              "[server]\nlisten = \"127.0.0.1:0\"\ntls_certificate = \"tls/server.pem\"\n",
              "tls_key = \"tls/server.key\"\nclient_ca = [\"tls/tls-ca.pem\"]\n\n",
              "[crl]\nvalidity = \"", options.crl_validity, "\"\n\n",
-             "[flags]\nrole_separation = ", options.role_separation ? "true" : "false", "\n\n");
+             "[flags]\nrole_separation = ", options.role_separation ? "true" : "false", "\n",
+             options.extra_flags, "\n\n");
   const std::vector<std::pair<std::string, std::string>> roles = {
       {"admin", "ca-administrator"}, {"officer", "certificate-manager"},
       {"auditor", "auditor"},        {"backup", "backup-operator"},

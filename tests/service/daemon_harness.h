@@ -31,6 +31,8 @@ class DaemonHarness {
     std::string exchange_overlap = "1d";
     std::string crl_validity = "7d";
     std::string extra_toml;  // appended to the configuration
+    std::string ca_subject = "CN=keywarden Test CA,O=keywarden test";
+    std::string extra_flags;  // lines added to [flags] (e.g. "enable_foreign = true")
   };
 
   // Principals with a client certificate from the trusted TLS CA:

@@ -2,6 +2,7 @@
 // grpc-status-details-bin trailer) and making requests in tests.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -64,10 +65,29 @@ inline std::string Tlv(uint8_t tag, const std::string& contents) {
 // A CMC Full PKI Request without key archival around `csr_der`, signed by
 // `key` with OpenSSL's CMS code (signer by subject key identifier, as
 // Windows does): PKIData { {}, { [0] { 1, csr } }, {}, {} }.
-inline std::string MakeCmcDer(const std::string& csr_der, EVP_PKEY* key) {
+// Key archival: `encrypted_key` is the 1.3.6.1.4.1.311.21.13 ContentInfo;
+// `hash` goes into the signed 311.10.10.1 control as 311.21.21 (Windows
+// layout, shared/vectors/windows-key-archival/README.md).
+struct ArchivalPart {
+  std::string encrypted_key;
+  std::string hash;
+};
+
+inline std::string MakeCmcDer(const std::string& csr_der, EVP_PKEY* key,
+                              const ArchivalPart* archival = nullptr) {
   const std::string tcr = Tlv(0xa0, Tlv(0x02, std::string(1, '\x01')) + csr_der);
+  std::string controls;
+  if (archival != nullptr) {
+    const std::string oid_add_attributes("\x06\x0a\x2b\x06\x01\x04\x01\x82\x37\x0a\x0a\x01", 12);
+    const std::string oid_key_hash("\x06\x09\x2b\x06\x01\x04\x01\x82\x37\x15\x15", 11);
+    const std::string attr = Tlv(0x30, oid_key_hash + Tlv(0x31, Tlv(0x04, archival->hash)));
+    const std::string info =
+        Tlv(0x30, Tlv(0x02, std::string(1, '\0')) + Tlv(0x30, Tlv(0x02, std::string(1, '\x01'))) +
+                      Tlv(0x31, attr));
+    controls = Tlv(0x30, Tlv(0x02, std::string(1, '\x02')) + oid_add_attributes + Tlv(0x31, info));
+  }
   const std::string pki_data =
-      Tlv(0x30, Tlv(0x30, "") + Tlv(0x30, tcr) + Tlv(0x30, "") + Tlv(0x30, ""));
+      Tlv(0x30, Tlv(0x30, controls) + Tlv(0x30, tcr) + Tlv(0x30, "") + Tlv(0x30, ""));
   // CMS needs a certificate for the signer: a throwaway one carrying the key and its SKI.
   ossl::UniquePtr<X509> cert(X509_new());
   X509_set_version(cert.get(), X509_VERSION_3);
@@ -85,15 +105,46 @@ inline std::string MakeCmcDer(const std::string& csr_der, EVP_PKEY* key) {
   ossl::UniquePtr<BIO> in(BIO_new_mem_buf(pki_data.data(), static_cast<int>(pki_data.size())));
   ossl::UniquePtr<CMS_ContentInfo> cms(
       CMS_sign(nullptr, nullptr, nullptr, nullptr, CMS_BINARY | CMS_PARTIAL | CMS_NOCERTS));
-  CMS_set1_eContentType(cms.get(), OBJ_txt2obj("1.3.6.1.5.5.7.12.2", 1));
-  CMS_add1_signer(cms.get(), cert.get(), key, EVP_sha256(),
-                  CMS_BINARY | CMS_USE_KEYID | CMS_NOCERTS | CMS_NOSMIMECAP);
+  ossl::UniquePtr<ASN1_OBJECT> pki_data_type(OBJ_txt2obj("1.3.6.1.5.5.7.12.2", 1));
+  CMS_set1_eContentType(cms.get(), pki_data_type.get());
+  CMS_SignerInfo* si = CMS_add1_signer(cms.get(), cert.get(), key, EVP_sha256(),
+                                       CMS_BINARY | CMS_USE_KEYID | CMS_NOCERTS | CMS_NOSMIMECAP);
   CMS_final(cms.get(), in.get(), nullptr, CMS_BINARY);
+  if (archival != nullptr) {
+    // An ASN1_TYPE SEQUENCE holds its whole encoding.
+    CMS_unsigned_add1_attr_by_txt(
+        si, "1.3.6.1.4.1.311.21.13", V_ASN1_SEQUENCE,
+        reinterpret_cast<const unsigned char*>(archival->encrypted_key.data()),
+        static_cast<int>(archival->encrypted_key.size()));
+  }
   unsigned char* der = nullptr;
   int len = i2d_CMS_ContentInfo(cms.get(), &der);
   std::string out(reinterpret_cast<char*>(der), static_cast<size_t>(len));
   OPENSSL_free(der);
   return out;
+}
+
+// The 21.13 ContentInfo: `plaintext` (a PRIVATEKEYBLOB or PKCS#8) encrypted
+// to `exchange` with DES-EDE3-CBC and RSA PKCS#1 v1.5, as Windows sends it.
+inline std::string EncryptToExchange(const std::string& plaintext, X509* exchange) {
+  ossl::UniquePtr<STACK_OF(X509)> recipients(sk_X509_new_null());
+  sk_X509_push(recipients.get(), exchange);
+  ossl::UniquePtr<BIO> in(BIO_new_mem_buf(plaintext.data(), static_cast<int>(plaintext.size())));
+  ossl::UniquePtr<CMS_ContentInfo> cms(
+      CMS_encrypt(recipients.get(), in.get(), EVP_des_ede3_cbc(), CMS_BINARY));
+  if (!cms) return {};
+  unsigned char* der = nullptr;
+  int len = i2d_CMS_ContentInfo(cms.get(), &der);
+  std::string out(reinterpret_cast<char*>(der), static_cast<size_t>(std::max(len, 0)));
+  OPENSSL_free(der);
+  return out;
+}
+
+inline std::string Sha1Of(const std::string& data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_Digest(data.data(), data.size(), md, &n, EVP_sha1(), nullptr);
+  return std::string(reinterpret_cast<char*>(md), n);
 }
 
 }  // namespace keywarden::testing

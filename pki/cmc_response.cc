@@ -1,0 +1,103 @@
+#include "pki/cmc_response.h"
+
+#include <openssl/cms.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+
+#include "hsm/status.h"
+#include "pki/cmc.h"
+#include "pki/der.h"
+
+namespace keywarden::pki {
+namespace {
+
+using der::Bytes;
+using der::Concat;
+using der::Oid;
+using der::SmallInteger;
+using der::Tlv;
+
+Bytes Utf8(const std::string& s) {
+  return Tlv(der::kUtf8String,
+             std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(s.data()), s.size()));
+}
+
+Bytes Attribute(const char* oid, const Bytes& value) {
+  return Tlv(der::kSequence, Concat({Oid(oid), Tlv(der::kSet, value)}));
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<uint8_t>> BuildCmcResponse(OSSL_LIB_CTX* libctx, const char* propq,
+                                                      EVP_PKEY* ca_key, X509* ca_certificate,
+                                                      const CmcResponseSpec& spec) {
+  if (spec.request_body_part < 0) return absl::InvalidArgumentError("negative body part id");
+  const uint64_t part = static_cast<uint64_t>(spec.request_body_part);
+
+  // CMCStatusInfo ::= SEQUENCE { cMCStatus, bodyList SEQUENCE OF BodyPartID,
+  //   statusString UTF8String OPTIONAL, otherInfo CHOICE { failInfo, ... } OPTIONAL }
+  Bytes status_info = Concat(
+      {SmallInteger(static_cast<uint64_t>(spec.status)), Tlv(der::kSequence, SmallInteger(part))});
+  if (!spec.status_string.empty()) {
+    Bytes s = Utf8(spec.status_string);
+    status_info.insert(status_info.end(), s.begin(), s.end());
+  }
+  if (spec.status == CmcStatus::kFailed && spec.fail_info >= 0) {
+    Bytes f = SmallInteger(static_cast<uint64_t>(spec.fail_info));
+    status_info.insert(status_info.end(), f.begin(), f.end());
+  }
+  Bytes controls = Tlv(der::kSequence, Concat({SmallInteger(1), Oid(kOidCmcStatusInfo),
+                                               Tlv(der::kSet, Tlv(der::kSequence, status_info))}));
+
+  Bytes attributes;
+  if (spec.issued != nullptr) {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (X509_digest(spec.issued, EVP_sha1(), md, &n) != 1) {
+      return hsm::OpenSslError("hash the issued certificate");
+    }
+    Bytes a = Attribute(kOidIssuedCertHash, Tlv(der::kOctetString, Bytes(md, md + n)));
+    attributes.insert(attributes.end(), a.begin(), a.end());
+  }
+  if (!spec.encrypted_key_hash.empty()) {
+    Bytes a = Attribute(kOidEncryptedKeyHash, Tlv(der::kOctetString, spec.encrypted_key_hash));
+    attributes.insert(attributes.end(), a.begin(), a.end());
+  }
+  if (!attributes.empty()) {
+    // CmcAddAttributesInfo { dataReference 0, certReferences { part }, attributes SET }
+    Bytes add =
+        Tlv(der::kSequence, Concat({SmallInteger(0), Tlv(der::kSequence, SmallInteger(part)),
+                                    Tlv(der::kSet, attributes)}));
+    Bytes c = Tlv(der::kSequence,
+                  Concat({SmallInteger(2), Oid(kOidCmcAddAttributes), Tlv(der::kSet, add)}));
+    controls.insert(controls.end(), c.begin(), c.end());
+  }
+  const Bytes response = Tlv(
+      der::kSequence,
+      Concat({Tlv(der::kSequence, controls), Tlv(der::kSequence, {}), Tlv(der::kSequence, {})}));
+
+  ossl::UniquePtr<STACK_OF(X509)> certs(sk_X509_new_null());
+  for (X509* c : spec.certificates) {
+    // The signer's certificate is added by CMS itself.
+    if (c == nullptr || X509_cmp(c, ca_certificate) == 0) continue;
+    if (sk_X509_push(certs.get(), c) <= 0) return hsm::OpenSslError("sk_X509_push");
+  }
+  ossl::UniquePtr<BIO> in(BIO_new_mem_buf(response.data(), static_cast<int>(response.size())));
+  const unsigned flags = CMS_BINARY | CMS_PARTIAL | CMS_NOSMIMECAP;
+  ossl::UniquePtr<CMS_ContentInfo> cms(
+      CMS_sign_ex(ca_certificate, ca_key, certs.get(), nullptr, flags, libctx, propq));
+  if (!cms) return hsm::OpenSslError("CMS_sign_ex (CMC response)");
+  ossl::UniquePtr<ASN1_OBJECT> type(OBJ_txt2obj(kOidPkiResponse, 1));
+  if (CMS_set1_eContentType(cms.get(), type.get()) != 1 ||
+      CMS_final(cms.get(), in.get(), nullptr, flags) != 1) {
+    return hsm::OpenSslError("sign the CMC response");
+  }
+  unsigned char* out = nullptr;
+  const int len = i2d_CMS_ContentInfo(cms.get(), &out);
+  if (len <= 0) return hsm::OpenSslError("encode the CMC response");
+  std::vector<uint8_t> der(out, out + len);
+  OPENSSL_free(out);
+  return der;
+}
+
+}  // namespace keywarden::pki

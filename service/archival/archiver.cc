@@ -1,0 +1,211 @@
+#include "service/archival/archiver.h"
+
+#include <openssl/cms.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+
+#include "hsm/status.h"
+#include "hsm/strings.h"
+#include "hsm/symmetric.h"
+#include "pki/certificate.h"
+#include "pki/envelope.h"
+#include "pki/private_key_blob.h"
+#include "service/ca/issuer.h"
+#include "service/errors.h"
+
+namespace keywarden::service {
+namespace {
+
+std::string OpenSslReason() {
+  const unsigned long e = ERR_peek_last_error();
+  char buf[256] = {0};
+  if (e != 0) ERR_error_string_n(e, buf, sizeof buf);
+  ERR_clear_error();
+  return e != 0 ? std::string(buf) : std::string("no detail");
+}
+
+std::vector<uint8_t> Sha1(std::span<const uint8_t> data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_Digest(data.data(), data.size(), md, &n, EVP_sha1(), nullptr);
+  return std::vector<uint8_t>(md, md + n);
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<EVP_PKEY>> KeyArchiver::ExchangeKey(const ExchangeCertificate& x) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = exchange_keys_.find(x.serial);
+  if (it != exchange_keys_.end()) return it->second;
+  auto pkey = crypto_->Load(x.key);
+  if (!pkey.ok()) return pkey.status();
+  std::shared_ptr<EVP_PKEY> shared(pkey->release(), EVP_PKEY_free);
+  exchange_keys_.emplace(x.serial, shared);
+  return shared;
+}
+
+absl::StatusOr<hsm::SecretBytes> KeyArchiver::Decrypt(std::span<const uint8_t> encrypted_key) {
+  ossl::UniquePtr<CMS_ContentInfo> cms(CMS_ContentInfo_new_ex(crypto_->libctx(), nullptr));
+  CMS_ContentInfo* raw = cms.get();
+  const unsigned char* p = encrypted_key.data();
+  if (d2i_CMS_ContentInfo(&raw, &p, static_cast<long>(encrypted_key.size())) == nullptr ||
+      p != encrypted_key.data() + encrypted_key.size()) {
+    ERR_clear_error();
+    return Error(hresult::kBadRequestKeyArchival,
+                 "the encrypted private key (1.3.6.1.4.1.311.21.13) is not a DER CMS ContentInfo");
+  }
+  if (OBJ_obj2nid(CMS_get0_type(cms.get())) != NID_pkcs7_enveloped) {
+    return Error(hresult::kBadRequestKeyArchival,
+                 "the encrypted private key (1.3.6.1.4.1.311.21.13) is not CMS EnvelopedData");
+  }
+
+  // Which exchange certificate was it encrypted to?
+  const std::vector<ExchangeCertificate> exchange = exchange_.Unexpired();
+  STACK_OF(CMS_RecipientInfo)* infos = CMS_get0_RecipientInfos(cms.get());
+  const ExchangeCertificate* match = nullptr;
+  std::vector<std::string> named;
+  for (int i = 0; i < sk_CMS_RecipientInfo_num(infos) && match == nullptr; ++i) {
+    CMS_RecipientInfo* ri = sk_CMS_RecipientInfo_value(infos, i);
+    if (CMS_RecipientInfo_type(ri) != CMS_RECIPINFO_TRANS) continue;
+    ASN1_OCTET_STRING* keyid = nullptr;
+    X509_NAME* issuer = nullptr;
+    ASN1_INTEGER* serial = nullptr;
+    if (CMS_RecipientInfo_ktri_get0_signer_id(ri, &keyid, &issuer, &serial) == 1 &&
+        issuer != nullptr && serial != nullptr) {
+      ossl::UniquePtr<BIGNUM> bn(ASN1_INTEGER_to_BN(serial, nullptr));
+      char* hex = bn ? BN_bn2hex(bn.get()) : nullptr;
+      named.push_back(
+          StrCat(pki::FormatName(issuer), " serial ", hex != nullptr ? AsciiLower(hex) : "?"));
+      OPENSSL_free(hex);
+    }
+    for (const ExchangeCertificate& x : exchange) {
+      if (CMS_RecipientInfo_ktri_cert_cmp(ri, x.certificate.get()) == 0) {
+        match = &x;
+        break;
+      }
+    }
+  }
+  ERR_clear_error();
+  if (match == nullptr) {
+    std::vector<std::string> ours;
+    for (const auto& x : exchange) ours.push_back(x.serial);
+    return Error(hresult::kNoDecryptCert,
+                 StrCat("the private key is encrypted to ",
+                        named.empty() ? std::string("no usable recipient") : StrJoin(named, "; "),
+                        ", not to one of this CA's unexpired exchange certificates (serials ",
+                        StrJoin(ours, ", "), ")"));
+  }
+  auto pkey = ExchangeKey(*match);
+  if (!pkey.ok()) return pkey.status();
+
+  // The RSA key transport runs on the token; the plaintext goes to secure
+  // memory that is wiped when the BIO is freed.
+  ossl::UniquePtr<BIO> out(BIO_new(BIO_s_secmem()));
+  if (CMS_decrypt(cms.get(), pkey->get(), match->certificate.get(), nullptr, out.get(),
+                  CMS_BINARY) != 1) {
+    return Error(hresult::kBadData,
+                 StrCat("the encrypted private key does not decrypt with exchange certificate ",
+                        match->serial, ": ", OpenSslReason()));
+  }
+  char* data = nullptr;
+  const long len = BIO_get_mem_data(out.get(), &data);
+  if (len <= 0 || data == nullptr) {
+    return Error(hresult::kBadData, "the encrypted private key decrypts to nothing");
+  }
+  return hsm::SecretBytes(
+      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data), static_cast<size_t>(len)));
+}
+
+absl::StatusOr<ArchivedKey> KeyArchiver::ArchiveSubmitted(
+    std::span<const uint8_t> encrypted_key, const std::vector<uint8_t>& encrypted_key_hash,
+    EVP_PKEY* request_public) {
+  if (request_public == nullptr || !EVP_PKEY_is_a(request_public, "RSA")) {
+    return Error(hresult::kBadAlgorithm,
+                 "key archival is for RSA keys; the request's public key is not RSA");
+  }
+  // Nothing is spent on KRAs or the token when archival is not possible.
+  if (auto usable = kras_.Usable(); !usable.ok()) return usable;
+  auto plaintext = Decrypt(encrypted_key);
+  if (!plaintext.ok()) return plaintext.status();
+  bool was_blob = false;
+  uint32_t ai_key_alg = 0;
+  auto key = pki::ParsePrivateKeyPlaintext(plaintext->span(), &was_blob, &ai_key_alg);
+  plaintext->Clear();
+  if (!key.ok()) {
+    return Error(hresult::kBadData,
+                 StrCat("the decrypted private key is not usable: ", key.status().message()));
+  }
+  if (was_blob && ai_key_alg == pki::kCalgRsaSign) {
+    return Error(hresult::kBadKeyType,
+                 "the archived key is a signature key (PRIVATEKEYBLOB aiKeyAlg 0x2400, "
+                 "AT_SIGNATURE); signature keys are never archived");
+  }
+  return Archive(key->get(), request_public, encrypted_key_hash);
+}
+
+absl::StatusOr<ArchivedKey> KeyArchiver::ArchiveKey(EVP_PKEY* private_key,
+                                                    EVP_PKEY* certificate_public) {
+  if (private_key == nullptr || !EVP_PKEY_is_a(private_key, "RSA")) {
+    return Error(hresult::kBadAlgorithm, "key archival is for RSA keys; this key is not RSA");
+  }
+  if (auto usable = kras_.Usable(); !usable.ok()) return usable;
+  return Archive(private_key, certificate_public, {});
+}
+
+absl::StatusOr<ArchivedKey> KeyArchiver::Archive(EVP_PKEY* private_key, EVP_PKEY* public_key,
+                                                 std::vector<uint8_t> hash) {
+  if (auto st = pki::CheckKeyPairMatches(private_key, public_key); !st.ok()) {
+    return Error(hresult::kBadKey,
+                 StrCat("key verification failed: the submitted private key does not pair with "
+                        "the request's public key (",
+                        st.message(), ")"));
+  }
+  auto pkcs8 = pki::ToPkcs8(private_key);
+  if (!pkcs8.ok()) return pkcs8.status();
+
+  auto kras = kras_.Select();
+  if (!kras.ok()) return kras.status();
+  const bool modern = scheme_ == "aes256-rsa-oaep";
+  absl::StatusOr<pki::EncryptedContent> content;
+  std::vector<pki::KeyTransRecipient> recipients;
+  {
+    // One session for the whole archive: the content key lives in it and
+    // dies with it. Nothing else is leased while it is held.
+    auto cek = hsm::SessionKey::Generate(
+        token_, modern ? hsm::SymmetricAlgorithm::kAes256 : hsm::SymmetricAlgorithm::kDes3);
+    if (!cek.ok()) return cek.status();
+    auto ct = cek->Encrypt(pkcs8->span());
+    pkcs8->Clear();
+    if (!ct.ok()) return ct.status();
+    content = pki::EncryptedContent{
+        modern ? pki::ContentCipher::kAes256Cbc : pki::ContentCipher::kDes3Cbc, std::move(ct->iv),
+        std::move(ct->data)};
+    for (const auto& cert : kras->certificates) {
+      auto wrapped =
+          cek->WrapTo(X509_get0_pubkey(cert.get()),
+                      modern ? hsm::WrapMechanism::kRsaOaepSha1 : hsm::WrapMechanism::kRsaPkcs1);
+      if (!wrapped.ok()) {
+        return absl::Status(wrapped.status().code(), StrCat("wrapping the archive key to KRA ",
+                                                            pki::Sha1Thumbprint(cert.get()), ": ",
+                                                            wrapped.status().message()));
+      }
+      recipients.push_back(pki::KeyTransRecipient{
+          cert.get(), modern ? pki::KeyTransport::kRsaOaepSha1 : pki::KeyTransport::kRsaPkcs1,
+          std::move(*wrapped)});
+    }
+  }
+  auto envelope = pki::BuildEnvelopedData(recipients, *content);
+  if (!envelope.ok()) return envelope.status();
+  ArchivedKey out;
+  out.scheme = modern ? "aes256-rsa-oaep" : "des3-rsa-pkcs1";
+  out.kra_sha1 = kras->sha1;
+  if (hash.empty()) {
+    // Manual archival has no request hash: record the archive's own SHA-1.
+    hash = Sha1(*envelope);
+  }
+  out.encrypted_key_hash = std::move(hash);
+  out.envelope = std::move(*envelope);
+  return out;
+}
+
+}  // namespace keywarden::service

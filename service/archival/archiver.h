@@ -1,0 +1,75 @@
+// Key archival on the CA (seed: "Key Verification", "Key Encryption";
+// ARCHITECTURE.md §4 steps 3-4).
+//
+// A submitted key arrives encrypted to a CA exchange certificate. The
+// archiver decrypts it with that exchange key on the token (the RSA step
+// runs on the token; the key is chosen by the RecipientInfo's issuer and
+// serial among the unexpired exchange certificates), checks it (RSA, not a
+// signature-only AT_SIGNATURE blob, pairs with the request's public key by
+// encrypting random data with one and decrypting with the other), then
+// archives it: a fresh 3DES (or AES-256) key made on the token encrypts the
+// PKCS#8 on the token, and is wrapped on the token to each of the next N
+// valid KRAs. The result is a CMS EnvelopedData only a KRA can open.
+// Plaintext key bytes live in zeroing buffers and are wiped before any
+// method returns, on success and on every error.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "hsm/ossl.h"
+#include "hsm/provider/provider.h"
+#include "hsm/token.h"
+#include "service/archival/kra_registry.h"
+#include "service/ca/exchange.h"
+#include "service/storage/store.h"
+
+namespace keywarden::service {
+
+class KeyArchiver {
+ public:
+  // `scheme`: "des3-rsa-pkcs1" (Windows, default) or "aes256-rsa-oaep".
+  KeyArchiver(std::shared_ptr<hsm::Token> token, std::shared_ptr<hsm::CryptoContext> crypto,
+              ExchangeKeys& exchange, KraRegistry& kras, std::string scheme)
+      : token_(std::move(token)),
+        crypto_(std::move(crypto)),
+        exchange_(exchange),
+        kras_(kras),
+        scheme_(std::move(scheme)) {}
+
+  // A CMC request's encrypted key (the whole 1.3.6.1.4.1.311.21.13
+  // ContentInfo) for a request whose public key is `request_public`.
+  // `encrypted_key_hash` (the 21.21 value, already checked by the parser)
+  // is recorded with the archive.
+  absl::StatusOr<ArchivedKey> ArchiveSubmitted(std::span<const uint8_t> encrypted_key,
+                                               const std::vector<uint8_t>& encrypted_key_hash,
+                                               EVP_PKEY* request_public);
+
+  // Manual archival (importpfx): a key already in memory, checked against
+  // the certificate's public key the same way.
+  absl::StatusOr<ArchivedKey> ArchiveKey(EVP_PKEY* private_key, EVP_PKEY* certificate_public);
+
+ private:
+  // Decrypts the submitted ContentInfo with the matching exchange key.
+  absl::StatusOr<hsm::SecretBytes> Decrypt(std::span<const uint8_t> encrypted_key);
+  // Checks `private_key` against `public_key` and archives its PKCS#8.
+  absl::StatusOr<ArchivedKey> Archive(EVP_PKEY* private_key, EVP_PKEY* public_key,
+                                      std::vector<uint8_t> hash);
+  absl::StatusOr<std::shared_ptr<EVP_PKEY>> ExchangeKey(const ExchangeCertificate& x);
+
+  std::shared_ptr<hsm::Token> token_;
+  std::shared_ptr<hsm::CryptoContext> crypto_;
+  ExchangeKeys& exchange_;
+  KraRegistry& kras_;
+  std::string scheme_;
+  std::mutex mu_;
+  std::map<std::string, std::shared_ptr<EVP_PKEY>> exchange_keys_;  // by exchange serial
+};
+
+}  // namespace keywarden::service
