@@ -27,6 +27,9 @@ void RegisterOfficerCommands(CLI::App& app, const Output& out, const ConnectionO
                              Action& action);
 void RegisterAuditCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
                            Action& action);
+// request: enrollment with key archival (remote, or offline with --out).
+void RegisterRequestCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
+                             Action& action);
 // backup (remote) and schema (local).
 void RegisterBackupCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
                             Action& action);
