@@ -30,6 +30,9 @@ void RegisterAuditCommands(CLI::App& app, const Output& out, const ConnectionOpt
 // kra (list/reload) and importpfx: key archival administration.
 void RegisterArchivalCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
                               Action& action);
+// request: enrollment with key archival (remote, or offline with --out).
+void RegisterRequestCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
+                             Action& action);
 // backup (remote) and schema (local).
 void RegisterBackupCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
                             Action& action);

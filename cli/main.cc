@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
   RegisterTokenCommands(app, out, action);
   RegisterCeremonyCommands(app, out, action);
   RegisterEnrollCommands(app, out, conn, action);
+  RegisterRequestCommands(app, out, conn, action);
   RegisterOfficerCommands(app, out, conn, action);
   RegisterCaCommands(app, out, conn, action);
   RegisterAuditCommands(app, out, conn, action);

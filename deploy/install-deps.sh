@@ -7,6 +7,8 @@ set -euo pipefail
 packages=(
   # toolchain
   build-essential cmake ninja-build pkg-config clang-format
+  # fuzzing (deploy/fuzz.sh): clang, and libFuzzer + sanitizer runtimes
+  clang-14 libclang-rt-14-dev
   # gRPC / protobuf
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libabsl-dev
   # crypto and PKCS#11
