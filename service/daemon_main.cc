@@ -20,6 +20,8 @@
 #include "service/ca/authority.h"
 #include "service/config.h"
 #include "service/server/server.h"
+#include "service/server/signing_service.h"
+#include "service/signing/delegated_signer.h"
 #include "service/storage/store.h"
 
 namespace {
@@ -57,7 +59,20 @@ int Run(const std::string& config_path, const std::string& port_file) {
   auto ca = service::CertificateAuthority::Open(
       *config, **store, *crypto, *token, [] { return static_cast<int64_t>(std::time(nullptr)); });
   if (!ca.ok()) return Fail(ca.status());
-  auto server = service::StartServer(*config, **ca);
+  // Delegated signing ([[signing.keys]]): keys on the CA token or others.
+  service::CertificateAuthority* ca_ptr = ca->get();
+  auto signer = service::signing::DelegatedSigner::Open(
+      *config, *crypto, {*token},
+      [ca_ptr](const std::string& principal, const std::string& event, const std::string& details) {
+        ca_ptr->Audit(principal, event, details);
+      },
+      [] { return static_cast<int64_t>(std::time(nullptr)); });
+  if (!signer.ok()) return Fail(signer.status());
+  std::vector<std::unique_ptr<grpc::Service>> extra;
+  extra.push_back(service::MakeSigningService(**ca, **signer));
+  (*signer)->StartPeriodicFlush(config->signing.audit_interval);
+
+  auto server = service::StartServer(*config, **ca, std::move(extra));
   if (!server.ok()) return Fail(server.status());
 
   const std::string host = config->server.listen.substr(0, config->server.listen.rfind(':'));
@@ -107,6 +122,7 @@ int Run(const std::string& config_path, const std::string& port_file) {
   maintenance_cv.notify_all();
   maintenance.join();
   server->server->Shutdown();
+  (*signer)->Stop();  // the last signature counts go to the audit log
   (*ca)->Audit("system", "service.stopped", "{\"signal\":\"" + std::string(strsignal(sig)) + "\"}");
   return 0;
 }
