@@ -1,9 +1,14 @@
 #include "service/server/signing_service.h"
 
-#include <cstdlib>
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "keywarden/v1/signing.grpc.pb.h"
 #include "pki/certificate.h"
@@ -153,87 +158,124 @@ class Handlers {
   signing::DelegatedSigner& signer_;
 };
 
-// Callback API: each handler finishes inline on the thread that got the call.
+// The threads that serve the Signing calls: as many as [server] threads
+// (default: one per core), whatever number of threads gRPC runs callbacks
+// on (1.51: half the cores, at least 2), so that token operations (and the
+// audit writes of refusals) never hold up gRPC's own threads. The queue's
+// lock is held only to push and pop.
+class Workers {
+ public:
+  struct Job {
+    Status (*run)(Handlers&, const ServerContextBase&, const void* in, void* out) = nullptr;
+    Handlers* handlers = nullptr;
+    grpc::CallbackServerContext* context = nullptr;
+    const void* in = nullptr;
+    void* out = nullptr;
+    grpc::ServerUnaryReactor* reactor = nullptr;
+  };
+
+  explicit Workers(int n) {
+    for (int i = 0; i < n; ++i) threads_.emplace_back([this] { Loop(); });
+  }
+  ~Workers() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+
+  void Post(const Job& job) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(job);
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  void Loop() {
+    for (;;) {
+      Job job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        job = queue_.front();
+        queue_.pop_front();
+      }
+      job.reactor->Finish(job.run(*job.handlers, *job.context, job.in, job.out));
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> queue_;
+  bool stopping_ = false;
+  std::vector<std::thread> threads_;
+};
+
+// Callback API: every call is handed to the workers.
 class SigningService final : public v1::Signing::CallbackService {
  public:
-  SigningService(CertificateAuthority& ca, signing::DelegatedSigner& signer) : h_(ca, signer) {}
+  SigningService(CertificateAuthority& ca, signing::DelegatedSigner& signer, int threads)
+      : h_(ca, signer), workers_(std::make_unique<Workers>(threads)) {}
 
   grpc::ServerUnaryReactor* SignDigest(grpc::CallbackServerContext* context,
                                        const v1::SignDigestRequest* in,
                                        v1::SignResponse* out) override {
-    return Finish(context, h_.SignDigest(*context, *in, out));
+    return Post<&Handlers::SignDigest>(context, in, out);
   }
   grpc::ServerUnaryReactor* SignData(grpc::CallbackServerContext* context,
                                      const v1::SignDataRequest* in,
                                      v1::SignResponse* out) override {
-    return Finish(context, h_.SignData(*context, *in, out));
+    return Post<&Handlers::SignData>(context, in, out);
   }
   grpc::ServerUnaryReactor* GetSigningKey(grpc::CallbackServerContext* context,
                                           const v1::GetSigningKeyRequest* in,
                                           v1::SigningKeyInfo* out) override {
-    return Finish(context, h_.GetSigningKey(*context, *in, out));
+    return Post<&Handlers::GetSigningKey>(context, in, out);
   }
   grpc::ServerUnaryReactor* ListSigningKeys(grpc::CallbackServerContext* context,
                                             const v1::ListSigningKeysRequest* in,
                                             v1::ListSigningKeysResponse* out) override {
-    return Finish(context, h_.ListSigningKeys(*context, *in, out));
+    return Post<&Handlers::ListSigningKeys>(context, in, out);
   }
   grpc::ServerUnaryReactor* IssueCertificate(grpc::CallbackServerContext* context,
                                              const v1::IssueCertificateRequest* in,
                                              v1::IssuedCertificate* out) override {
-    return Finish(context, h_.IssueCertificate(*context, *in, out));
+    return Post<&Handlers::IssueCertificate>(context, in, out);
   }
 
  private:
-  static grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context, Status status) {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    reactor->Finish(std::move(status));
-    return reactor;
+  template <auto M, typename In, typename Out>
+  grpc::ServerUnaryReactor* Post(grpc::CallbackServerContext* context, const In* in, Out* out) {
+    Workers::Job job;
+    job.run = [](Handlers& h, const ServerContextBase& c, const void* i, void* o) {
+      return (h.*M)(c, *static_cast<const In*>(i), static_cast<Out*>(o));
+    };
+    job.handlers = &h_;
+    job.context = context;
+    job.in = in;
+    job.out = out;
+    job.reactor = context->DefaultReactor();
+    workers_->Post(job);
+    return job.reactor;
   }
 
   Handlers h_;
-};
-
-// Synchronous API, kept for comparison in the benchmark
-// (KEYWARDEN_SIGNING_SYNC=1); the daemon uses the callback service.
-class SyncSigningService final : public v1::Signing::Service {
- public:
-  SyncSigningService(CertificateAuthority& ca, signing::DelegatedSigner& signer) : h_(ca, signer) {}
-
-  Status SignDigest(grpc::ServerContext* context, const v1::SignDigestRequest* in,
-                    v1::SignResponse* out) override {
-    return h_.SignDigest(*context, *in, out);
-  }
-  Status SignData(grpc::ServerContext* context, const v1::SignDataRequest* in,
-                  v1::SignResponse* out) override {
-    return h_.SignData(*context, *in, out);
-  }
-  Status GetSigningKey(grpc::ServerContext* context, const v1::GetSigningKeyRequest* in,
-                       v1::SigningKeyInfo* out) override {
-    return h_.GetSigningKey(*context, *in, out);
-  }
-  Status ListSigningKeys(grpc::ServerContext* context, const v1::ListSigningKeysRequest* in,
-                         v1::ListSigningKeysResponse* out) override {
-    return h_.ListSigningKeys(*context, *in, out);
-  }
-  Status IssueCertificate(grpc::ServerContext* context, const v1::IssueCertificateRequest* in,
-                          v1::IssuedCertificate* out) override {
-    return h_.IssueCertificate(*context, *in, out);
-  }
-
- private:
-  Handlers h_;
+  std::unique_ptr<Workers> workers_;  // last: stopped first
 };
 
 }  // namespace
 
 std::unique_ptr<grpc::Service> MakeSigningService(CertificateAuthority& ca,
                                                   signing::DelegatedSigner& signer) {
-  const char* sync = std::getenv("KEYWARDEN_SIGNING_SYNC");
-  if (sync != nullptr && std::string(sync) == "1") {
-    return std::make_unique<SyncSigningService>(ca, signer);
-  }
-  return std::make_unique<SigningService>(ca, signer);
+  const int threads = ca.config().server.threads > 0
+                          ? ca.config().server.threads
+                          : static_cast<int>(std::max(2u, std::thread::hardware_concurrency()));
+  return std::make_unique<SigningService>(ca, signer, threads);
 }
 
 }  // namespace keywarden::service

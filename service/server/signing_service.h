@@ -1,9 +1,9 @@
 // keywarden.v1.Signing over gRPC: thin handlers that check the Signer role
 // (service/authz.cc), translate protobuf to signing::DelegatedSigner calls
-// and map errors with ToGrpc. Implemented with the callback API: a handler
-// runs to completion on the gRPC thread that received the call, so a
-// signature costs one thread hop less than with the synchronous API's
-// thread manager.
+// and map errors with ToGrpc. Callback API: a call costs less CPU than with
+// the synchronous API's thread manager (measured with
+// tests/bench/sign_rpc_bench, docs/DECISIONS.md). The calls run on
+// [server] threads workers (default one per core), not on gRPC's threads.
 #pragma once
 
 #include <memory>

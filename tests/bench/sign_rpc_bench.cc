@@ -3,6 +3,8 @@
 // rsa-pkcs1-sha256, EC P-256 with ecdsa-sha256):
 //   (a) raw C_SignInit + C_Sign in this process, one leased session per
 //       thread: 1 thread (the single-operation time) and one per core;
+//   (a2) the daemon's signing layer (signing::DelegatedSigner) in this
+//       process, one thread per core: what it adds without gRPC;
 //   (b) Signing/SignDigest over mutual TLS to a real keywardend running as a
 //       separate process (started here, with the same token files), from
 //       this process with 1, 4, 16 and 64 requests in flight (gRPC's
@@ -13,11 +15,13 @@
 // verify (the first one of every stream is checked in software).
 //
 // Usage: sign_rpc_bench [--seconds S] [--warmup S] [--concurrency 1,4,16,64]
-//                       [--channels N] [--smoke]
+//                       [--channels N] [--keys rsa,ec] [--smoke]
 //   --seconds   measured time per cell (default 5)
+//   --keys      which of the two keys to measure (default both)
 //   --channels  client connections (default: one per request in flight, at
 //               most 4 x cores); each has its own TLS session
 //   --smoke     tiny durations, for ctest: proves the path works, figures meaningless
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -43,6 +47,7 @@
 #include "hsm/status.h"
 #include "hsm/strings.h"
 #include "keywarden/v1/signing.grpc.pb.h"
+#include "service/signing/delegated_signer.h"
 #include "tests/service/daemon_harness.h"
 
 namespace {
@@ -51,8 +56,11 @@ namespace hsm = keywarden::hsm;
 namespace v1 = keywarden::v1;
 namespace ossl = keywarden::ossl;
 using keywarden::StrCat;
+using keywarden::service::signing::Algorithm;
+using keywarden::service::signing::DelegatedSigner;
 using keywarden::testing::DaemonHarness;
 using keywarden::testing::SoftHsmFixture;
+namespace service = keywarden::service;
 using Clock = std::chrono::steady_clock;
 
 constexpr double kTargetRatio = 0.90;
@@ -63,6 +71,7 @@ struct Options {
   double warmup = 1;
   std::vector<int> concurrency = {1, 4, 16, 64};
   int channels = 0;
+  std::string keys = "rsa,ec";
   bool smoke = false;
 };
 
@@ -82,8 +91,38 @@ struct Cell {
   int concurrency = 0;
   double ops = 0;
   double p50_ms = 0, p99_ms = 0;
+  // CPU time per operation over the whole cell (warm-up included): of this
+  // process for (a); of keywardend and of the client for (b). Unlike ops/s
+  // it hardly depends on what else the machine runs.
+  double cpu_us = 0, client_cpu_us = 0;
   bool ok = false;
 };
+
+// CPU seconds (user + system) used so far by this process, or by `pid`.
+double CpuSeconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
+
+double CpuSeconds(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(f)), {});
+  const size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return 0;
+  // After "pid (comm) ": utime and stime are the 12th and 13th fields.
+  std::vector<std::string> fields;
+  for (size_t at = paren + 2; at < stat.size();) {
+    const size_t space = stat.find(' ', at);
+    fields.push_back(stat.substr(at, space == std::string::npos ? std::string::npos : space - at));
+    if (space == std::string::npos) break;
+    at = space + 1;
+  }
+  if (fields.size() < 13) return 0;
+  const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
+  return (std::atof(fields[11].c_str()) + std::atof(fields[12].c_str())) / ticks;
+}
 
 double Percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
@@ -129,51 +168,35 @@ bool VerifiesTokenSignature(const BenchKey& k, const unsigned char* sig, size_t 
   return ok;
 }
 
-// (a) Raw PKCS#11 on `threads` threads, each on a session of its own.
-Cell RawCSign(hsm::Token& token, const BenchKey& k, int threads, const Options& o, bool* verified) {
+// Runs one operation in a loop on `threads` threads for warm-up + seconds.
+// `make_op(thread)` returns the thread's operation: a callable that signs
+// once and returns false on failure.
+template <typename MakeOp>
+Cell Timed(const char* path, int threads, const Options& o, MakeOp make_op) {
   Cell cell;
-  cell.path = "(a) C_Sign";
+  cell.path = path;
   cell.concurrency = threads;
   const auto begin = Clock::now();
   const auto measure_from = begin + std::chrono::duration<double>(o.warmup);
   const auto stop = measure_from + std::chrono::duration<double>(o.seconds);
   std::vector<std::vector<double>> latencies(static_cast<size_t>(threads));
   std::atomic<bool> failed{false};
+  std::atomic<int64_t> operations{0};
+  const double cpu_before = CpuSeconds();
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; ++t) {
     pool.emplace_back([&, t] {
-      auto session = token.Acquire();
-      if (!session.ok()) {
-        std::fprintf(stderr, "acquire: %s\n", std::string(session.status().message()).c_str());
-        failed = true;
-        return;
-      }
-      CK_FUNCTION_LIST* fn = session->fn();
-      CK_MECHANISM mech{k.key->type == hsm::KeyType::kRsa ? CKM_RSA_PKCS : CKM_ECDSA, nullptr, 0};
-      std::vector<uint8_t> sig(k.key->MaxSignatureSize());
+      auto op = make_op(t);
       auto& mine = latencies[static_cast<size_t>(t)];
-      bool first = true;
       for (;;) {
         const auto start = Clock::now();
         if (start >= stop) break;
-        CK_ULONG len = static_cast<CK_ULONG>(sig.size());
-        CK_RV rv = session->Call("C_SignInit", fn->C_SignInit, session->handle(), &mech,
-                                 k.key->private_handle);
-        if (rv == CKR_OK) {
-          rv = session->Call("C_Sign", fn->C_Sign, session->handle(),
-                             const_cast<CK_BYTE_PTR>(k.token_input.data()),
-                             static_cast<CK_ULONG>(k.token_input.size()), sig.data(), &len);
-        }
+        const bool ok = op();
         const auto end = Clock::now();
-        if (rv != CKR_OK) {
-          std::fprintf(stderr, "C_Sign: %s\n", hsm::RvName(rv).c_str());
+        operations.fetch_add(1, std::memory_order_relaxed);
+        if (!ok) {
           failed = true;
           return;
-        }
-        if (first) {
-          // Check the first signature: RSA as it comes, ECDSA's r||s as DER.
-          if (!VerifiesTokenSignature(k, sig.data(), len)) *verified = false;
-          first = false;
         }
         if (end >= measure_from && end <= stop) {
           mine.push_back(std::chrono::duration<double, std::milli>(end - start).count());
@@ -182,6 +205,9 @@ Cell RawCSign(hsm::Token& token, const BenchKey& k, int threads, const Options& 
     });
   }
   for (auto& t : pool) t.join();
+  if (operations > 0) {
+    cell.cpu_us = (CpuSeconds() - cpu_before) * 1e6 / static_cast<double>(operations.load());
+  }
   std::vector<double> all;
   for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
   cell.ops = static_cast<double>(all.size()) / o.seconds;
@@ -189,6 +215,68 @@ Cell RawCSign(hsm::Token& token, const BenchKey& k, int threads, const Options& 
   cell.p99_ms = Percentile(all, 0.99);
   cell.ok = !failed && !all.empty();
   return cell;
+}
+
+// (a) Raw PKCS#11 on `threads` threads, each on a session of its own.
+Cell RawCSign(hsm::Token& token, const BenchKey& k, int threads, const Options& o,
+              std::atomic<bool>* verified) {
+  return Timed("(a) C_Sign", threads, o, [&](int) {
+    auto session = std::make_shared<absl::StatusOr<hsm::Session>>(token.Acquire());
+    auto sig = std::make_shared<std::vector<uint8_t>>(k.key->MaxSignatureSize());
+    auto first = std::make_shared<bool>(true);
+    return [&, session, sig, first]() -> bool {
+      if (!session->ok()) {
+        std::fprintf(stderr, "acquire: %s\n", std::string(session->status().message()).c_str());
+        return false;
+      }
+      hsm::Session& s = **session;
+      CK_MECHANISM mech{k.key->type == hsm::KeyType::kRsa ? CKM_RSA_PKCS : CKM_ECDSA, nullptr, 0};
+      CK_ULONG len = static_cast<CK_ULONG>(sig->size());
+      CK_RV rv = s.Call("C_SignInit", s.fn()->C_SignInit, s.handle(), &mech, k.key->private_handle);
+      if (rv == CKR_OK) {
+        rv = s.Call("C_Sign", s.fn()->C_Sign, s.handle(),
+                    const_cast<CK_BYTE_PTR>(k.token_input.data()),
+                    static_cast<CK_ULONG>(k.token_input.size()), sig->data(), &len);
+      }
+      if (rv != CKR_OK) {
+        std::fprintf(stderr, "C_Sign: %s\n", hsm::RvName(rv).c_str());
+        return false;
+      }
+      if (*first) {
+        // Check the first signature: RSA as it comes, ECDSA's r||s as DER.
+        if (!VerifiesTokenSignature(k, sig->data(), len)) *verified = false;
+        *first = false;
+      }
+      return true;
+    };
+  });
+}
+
+// (a2) The daemon's signing layer without gRPC: DelegatedSigner::SignDigest
+// in this process (provider, pooled contexts, RSA check, counters).
+Cell SignerSign(DelegatedSigner& signer, const BenchKey& k, int threads, const Options& o,
+                std::atomic<bool>* verified) {
+  const auto algorithm =
+      k.key->type == hsm::KeyType::kRsa ? Algorithm::kRsaPkcs1Sha256 : Algorithm::kEcdsaSha256;
+  return Timed("(a2) signer", threads, o, [&](int) {
+    auto sig = std::make_shared<std::string>();
+    auto first = std::make_shared<bool>(true);
+    return [&, sig, first]() -> bool {
+      auto st =
+          signer.SignDigest(kPrincipal, k.alias, algorithm, k.digest, std::nullopt, sig.get());
+      if (!st.ok()) {
+        std::fprintf(stderr, "signer: %s\n", std::string(st.message()).c_str());
+        return false;
+      }
+      if (*first) {
+        if (!Verifies(k, reinterpret_cast<const unsigned char*>(sig->data()), sig->size())) {
+          *verified = false;
+        }
+        *first = false;
+      }
+      return true;
+    };
+  });
 }
 
 // (b) One run of `concurrency` request streams over `channels` connections.
@@ -215,12 +303,15 @@ class RpcRun {
     running_ = concurrency;
   }
 
-  Cell Run(int concurrency) {
+  Cell Run(int concurrency, pid_t daemon) {
+    const double client_before = CpuSeconds(), daemon_before = CpuSeconds(daemon);
     for (auto& s : streams_) s->Issue();
     {
       std::unique_lock<std::mutex> lock(mu_);
       done_cv_.wait(lock, [&] { return running_ == 0; });
     }
+    const double client_cpu = CpuSeconds() - client_before;
+    const double daemon_cpu = CpuSeconds(daemon) - daemon_before;
     Cell cell;
     cell.path = "(b) Sign RPC";
     cell.concurrency = concurrency;
@@ -235,6 +326,11 @@ class RpcRun {
     cell.ops = static_cast<double>(all.size()) / seconds_;
     cell.p50_ms = Percentile(all, 0.50);
     cell.p99_ms = Percentile(all, 0.99);
+    const double operations = static_cast<double>(operations_.load());
+    if (operations > 0) {
+      cell.cpu_us = daemon_cpu * 1e6 / operations;
+      cell.client_cpu_us = client_cpu * 1e6 / operations;
+    }
     cell.ok = ok && !all.empty();
     return cell;
   }
@@ -263,6 +359,7 @@ class RpcRun {
 
     void Done(const grpc::Status& status) {
       const auto end = Clock::now();
+      run->operations_.fetch_add(1, std::memory_order_relaxed);
       if (!status.ok()) {
         ++failed;
         error = StrCat(static_cast<int>(status.error_code()), " ", status.error_message());
@@ -298,6 +395,7 @@ class RpcRun {
   std::mutex mu_;
   std::condition_variable done_cv_;
   int running_ = 0;
+  std::atomic<int64_t> operations_{0};
 };
 
 std::vector<std::unique_ptr<v1::Signing::Stub>> Stubs(DaemonHarness& daemon, int n) {
@@ -340,12 +438,14 @@ bool ParseArgs(int argc, char** argv, Options& o) {
       }
     } else if (const char* n = value("--channels")) {
       o.channels = std::atoi(n);
+    } else if (const char* k = value("--keys")) {
+      o.keys = k;
     } else if (a == "--smoke") {
       o.smoke = true;
     } else {
       std::fprintf(stderr,
                    "usage: sign_rpc_bench [--seconds S] [--warmup S] [--concurrency 1,4,16,64] "
-                   "[--channels N] [--smoke]\n");
+                   "[--channels N] [--keys rsa,ec] [--smoke]\n");
       return false;
     }
   }
@@ -442,32 +542,65 @@ int main(int argc, char** argv) {
     return 1;
   }
 
+  // The signing layer in this process, on the same token and keys.
+  service::Config signer_config;
+  signer_config.hsm.module = SoftHsmFixture::module_path();
+  signer_config.hsm.max_sessions = std::max(cores, 2);
+  for (const BenchKey& k : keys) {
+    service::SigningKeyConfig kc;
+    kc.alias = k.alias;
+    kc.key = StrCat("pkcs11:token=keywarden-ca;object=", k.label, ";type=private");
+    kc.algorithms = {k.key->type == hsm::KeyType::kRsa ? "rsa-pkcs1-sha256" : "ecdsa-sha256"};
+    kc.principals = {kPrincipal};
+    signer_config.signing.keys.push_back(kc);
+  }
+  auto crypto = hsm::CryptoContext::Create();
+  if (!crypto.ok()) {
+    std::fprintf(stderr, "sign_rpc_bench: %s\n", std::string(crypto.status().message()).c_str());
+    return 1;
+  }
+  auto opened = DelegatedSigner::Open(signer_config, *crypto, {token}, nullptr,
+                                      [] { return static_cast<int64_t>(0); });
+  if (!opened.ok()) {
+    std::fprintf(stderr, "sign_rpc_bench: %s\n", std::string(opened.status().message()).c_str());
+    return 1;
+  }
+  std::unique_ptr<DelegatedSigner> signer = std::move(*opened);
+
   bool all_ok = true;
   struct Row {
     const BenchKey* key;
     Cell cell;
   };
   std::vector<Row> rows;
-  std::vector<double> single_ms(keys.size()), raw_ops(keys.size());
+  std::vector<double> single_ms(keys.size()), raw_ops(keys.size()), raw_cpu_us(keys.size());
   std::vector<std::vector<std::unique_ptr<v1::Signing::Stub>>> stub_sets;
   std::vector<std::unique_ptr<RpcRun>> runs;
   for (size_t ki = 0; ki < keys.size(); ++ki) {
     const BenchKey& k = keys[ki];
-    bool verified = true;
+    const std::string family = k.key->type == hsm::KeyType::kRsa ? "rsa" : "ec";
+    if (("," + o.keys + ",").find("," + family + ",") == std::string::npos) continue;
+    std::atomic<bool> verified{true};
     for (int threads : {1, cores}) {
       Cell c = RawCSign(*token, k, threads, o, &verified);
       all_ok = all_ok && c.ok && verified;
       if (threads == 1) single_ms[ki] = c.p50_ms;
-      if (threads == cores) raw_ops[ki] = c.ops;
+      if (threads == cores) {
+        raw_ops[ki] = c.ops;
+        raw_cpu_us[ki] = c.cpu_us;
+      }
       rows.push_back({&k, c});
       if (cores == 1) break;
     }
+    Cell layer = SignerSign(*signer, k, cores, o, &verified);
+    all_ok = all_ok && layer.ok && verified;
+    rows.push_back({&k, layer});
     for (int c : o.concurrency) {
       const int channels = o.channels > 0 ? o.channels : std::min(c, 4 * cores);
       auto& stubs = stub_sets.emplace_back(Stubs(**daemon, channels));
       // Kept until the end: gRPC may still hold the last calls' contexts briefly.
       RpcRun& run = *runs.emplace_back(std::make_unique<RpcRun>(stubs, k, c, o));
-      Cell cell = run.Run(c);
+      Cell cell = run.Run(c, (*daemon)->pid());
       all_ok = all_ok && cell.ok;
       rows.push_back({&k, cell});
     }
@@ -480,26 +613,31 @@ int main(int argc, char** argv) {
 
   std::printf(
       "\nkeywarden sign_rpc_bench%s: SoftHSM2 token \"%s\", %d cores; keywardend is a "
-      "separate process (mTLS on loopback, gRPC threads = cores), the client is this "
+      "separate process (mTLS on loopback, signing workers = cores), the client is this "
       "process; %.1f s per cell after %.1f s warm-up\n",
       o.smoke ? " (SMOKE RUN: figures meaningless)" : "", SoftHsmFixture::kCaToken, cores,
       o.seconds, o.warmup);
   std::printf(
       "single = (a) at 1 thread, median C_Sign time; target (b@16)/(a@%d) >= %.2f and "
-      "p99 < 4 x single\n\n",
+      "p99 < 4 x single\n",
       cores, kTargetRatio);
-  std::printf("%-26s %-13s %5s %10s %9s %9s %9s %12s\n", "key", "path", "conc", "ops/s", "p50 ms",
-              "p99 ms", "(b)/(a)", "p99/4single");
+  std::printf(
+      "cpu us/op: CPU time per signature of this process for (a) and (a2), of keywardend for (b); "
+      "client us/op: of the client (this process) for (b)\n\n");
+  std::printf("%-26s %-13s %5s %10s %9s %9s %8s %11s %9s %9s\n", "key", "path", "conc", "ops/s",
+              "p50 ms", "p99 ms", "(b)/(a)", "p99/4single", "cpu us/op", "client us");
   for (size_t ki = 0; ki < keys.size(); ++ki) {
     for (const Row& r : rows) {
       if (r.key != &keys[ki]) continue;
       const Cell& c = r.cell;
       const bool rpc = c.path[1] == 'b';
-      std::printf("%-26s %-13s %5d %10s %9s %9s %9s %12s%s\n", keys[ki].title.c_str(),
+      const bool raw = c.path == "(a) C_Sign";
+      std::printf("%-26s %-13s %5d %10s %9s %9s %8s %11s %9s %9s%s\n", keys[ki].title.c_str(),
                   c.path.c_str(), c.concurrency, Fixed(c.ops, 1).c_str(),
                   Fixed(c.p50_ms, 3).c_str(), Fixed(c.p99_ms, 3).c_str(),
-                  rpc && raw_ops[ki] > 0 ? Fixed(c.ops / raw_ops[ki], 3).c_str() : "",
+                  !raw && raw_ops[ki] > 0 ? Fixed(c.ops / raw_ops[ki], 3).c_str() : "",
                   single_ms[ki] > 0 ? Fixed(c.p99_ms / (4 * single_ms[ki]), 2).c_str() : "",
+                  Fixed(c.cpu_us, 0).c_str(), rpc ? Fixed(c.client_cpu_us, 0).c_str() : "",
                   c.ok ? "" : "  FAILED");
     }
     for (const Row& r : rows) {
@@ -509,6 +647,16 @@ int main(int argc, char** argv) {
       std::printf("%-26s => (b@16)/(a@%d) = %.3f (%s %.2f); p99@16 = %.1f x single (%s 4x)\n",
                   keys[ki].title.c_str(), cores, ratio, ratio >= kTargetRatio ? ">=" : "BELOW",
                   kTargetRatio, p99x, p99x < 4 ? "under" : "NOT under");
+      // What the ratio would be if CPU were the only limit: with the cores
+      // to keywardend alone, and with the client on the same cores.
+      if (r.cell.cpu_us > 0 && raw_cpu_us[ki] > 0) {
+        std::printf(
+            "%-26s    CPU per signature: raw %.0f us, keywardend %.0f us (+%.0f%%), client "
+            "%.0f us; CPU-bound ratio %.3f (daemon alone), %.3f (with the client)\n",
+            "", raw_cpu_us[ki], r.cell.cpu_us, 100 * (r.cell.cpu_us / raw_cpu_us[ki] - 1),
+            r.cell.client_cpu_us, raw_cpu_us[ki] / r.cell.cpu_us,
+            raw_cpu_us[ki] / (r.cell.cpu_us + r.cell.client_cpu_us));
+      }
     }
     std::printf("\n");
   }
@@ -518,6 +666,7 @@ int main(int argc, char** argv) {
   rows.clear();
   runs.clear();
   stub_sets.clear();
+  signer.reset();
   for (auto& k : keys) k.key.reset();
   token.reset();
   daemon->reset();
