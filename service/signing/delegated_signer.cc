@@ -211,7 +211,6 @@ absl::StatusOr<std::unique_ptr<DelegatedSigner>> DelegatedSigner::Open(
     key->templates = kc.templates;
     key->usage =
         std::make_unique<std::atomic<uint64_t>[]>(key->principals.size() * kAlgorithmCount);
-    for (size_t i = 0; i < key->principals.size() * kAlgorithmCount; ++i) key->usage[i] = 0;
 
     if (auto st = LoadCertificate(kc, *key); !st.ok()) return st;
     if (!key->templates.empty()) {
@@ -293,11 +292,11 @@ absl::StatusOr<const SigningKey*> DelegatedSigner::KeyFor(const std::string& pri
 
 absl::Status DelegatedSigner::CheckSign(const std::string& principal, std::string_view rpc,
                                         std::string_view alias, std::optional<Algorithm> algorithm,
-                                        std::optional<int> pss_salt_length, SigningKey** key,
+                                        std::optional<int> pss_salt_length, const SigningKey** key,
                                         int* principal_index, int* salt) {
   auto found = KeyFor(principal, alias, rpc);
   if (!found.ok()) return found.status();
-  SigningKey* k = const_cast<SigningKey*>(*found);
+  const SigningKey* k = *found;
   if (!algorithm) {
     return Refuse(
         principal, rpc, alias,
@@ -334,7 +333,7 @@ absl::Status DelegatedSigner::CheckSign(const std::string& principal, std::strin
   return absl::OkStatus();
 }
 
-absl::StatusOr<SigningKey::Contexts> DelegatedSigner::AcquireContexts(SigningKey& key,
+absl::StatusOr<SigningKey::Contexts> DelegatedSigner::AcquireContexts(const SigningKey& key,
                                                                       const AlgorithmInfo& a) {
   SigningKey::Pool& pool = key.pools[static_cast<size_t>(a.id)];
   {
@@ -370,7 +369,7 @@ absl::StatusOr<SigningKey::Contexts> DelegatedSigner::AcquireContexts(SigningKey
   return c;
 }
 
-void DelegatedSigner::ReleaseContexts(SigningKey& key, const AlgorithmInfo& a,
+void DelegatedSigner::ReleaseContexts(const SigningKey& key, const AlgorithmInfo& a,
                                       SigningKey::Contexts c, bool reuse) {
   if (reuse) {
     SigningKey::Pool& pool = key.pools[static_cast<size_t>(a.id)];
@@ -382,7 +381,7 @@ void DelegatedSigner::ReleaseContexts(SigningKey& key, const AlgorithmInfo& a,
   EVP_PKEY_CTX_free(c.verify);
 }
 
-absl::Status DelegatedSigner::SignPrepared(SigningKey& key, const AlgorithmInfo& a,
+absl::Status DelegatedSigner::SignPrepared(const SigningKey& key, const AlgorithmInfo& a,
                                            std::span<const uint8_t> digest, int salt,
                                            std::string* signature) {
   auto contexts = AcquireContexts(key, a);
@@ -423,7 +422,7 @@ absl::Status DelegatedSigner::SignDigest(const std::string& principal, std::stri
                                          std::span<const uint8_t> digest,
                                          std::optional<int> pss_salt_length,
                                          std::string* signature) {
-  SigningKey* key = nullptr;
+  const SigningKey* key = nullptr;
   int who = -1, salt = 0;
   if (auto st =
           CheckSign(principal, "SignDigest", alias, algorithm, pss_salt_length, &key, &who, &salt);
@@ -446,7 +445,7 @@ absl::Status DelegatedSigner::SignData(const std::string& principal, std::string
                                        std::optional<Algorithm> algorithm,
                                        std::span<const uint8_t> data,
                                        std::optional<int> pss_salt_length, std::string* signature) {
-  SigningKey* key = nullptr;
+  const SigningKey* key = nullptr;
   int who = -1, salt = 0;
   if (auto st =
           CheckSign(principal, "SignData", alias, algorithm, pss_salt_length, &key, &who, &salt);

@@ -68,7 +68,8 @@ struct SigningKey {
     std::mutex mu;
     std::vector<Contexts> idle;
   };
-  std::array<Pool, kAlgorithmCount> pools;
+  // Mutable: signing changes these, nothing else about the key.
+  mutable std::array<Pool, kAlgorithmCount> pools;
   // Signatures since the last flush: principals.size() x kAlgorithmCount.
   std::unique_ptr<std::atomic<uint64_t>[]> usage;
 
@@ -152,12 +153,12 @@ class DelegatedSigner {
   // *principal_index are set and *salt is the salt length to use.
   absl::Status CheckSign(const std::string& principal, std::string_view rpc, std::string_view alias,
                          std::optional<Algorithm> algorithm, std::optional<int> pss_salt_length,
-                         SigningKey** key, int* principal_index, int* salt);
-  absl::Status SignPrepared(SigningKey& key, const AlgorithmInfo& algorithm,
+                         const SigningKey** key, int* principal_index, int* salt);
+  absl::Status SignPrepared(const SigningKey& key, const AlgorithmInfo& algorithm,
                             std::span<const uint8_t> digest, int salt, std::string* signature);
-  absl::StatusOr<SigningKey::Contexts> AcquireContexts(SigningKey& key,
+  absl::StatusOr<SigningKey::Contexts> AcquireContexts(const SigningKey& key,
                                                        const AlgorithmInfo& algorithm);
-  void ReleaseContexts(SigningKey& key, const AlgorithmInfo& algorithm,
+  void ReleaseContexts(const SigningKey& key, const AlgorithmInfo& algorithm,
                        SigningKey::Contexts contexts, bool reuse);
 
   std::shared_ptr<hsm::CryptoContext> crypto_;
