@@ -35,6 +35,13 @@ const std::vector<MethodPolicy>& MethodTable() {
       {"/keywarden.v1.Audit/VerifyAudit", {R::kAuditor}},
       // Backup: Backup Operators.
       {"/keywarden.v1.Backup/BackupDatabase", {R::kBackupOperator}},
+      // Signing: Signers; each alias also lists the principals that may use it
+      // (checked by the signing service, refusals audited).
+      {"/keywarden.v1.Signing/SignDigest", {R::kSigner}},
+      {"/keywarden.v1.Signing/SignData", {R::kSigner}},
+      {"/keywarden.v1.Signing/GetSigningKey", {R::kSigner}},
+      {"/keywarden.v1.Signing/ListSigningKeys", {R::kSigner}},
+      {"/keywarden.v1.Signing/IssueCertificate", {R::kSigner}},
   };
   return *table;
 }

@@ -32,6 +32,7 @@
 #include "hsm/pin.h"
 #include "hsm/strings.h"
 #include "hsm/uri.h"
+#include "service/signing/algorithm.h"
 
 #define KW_RETURN_IF_ERROR(expr)             \
   do {                                       \
@@ -401,25 +402,32 @@ absl::Status CheckUri(const Section& s, std::string_view key, const std::string&
   return absl::OkStatus();
 }
 
+// A PIN source the daemon can use (file:PATH or env:NAME, never a prompt);
+// a relative PIN file is made relative to the configuration file, like
+// every other path.
+absl::Status CheckDaemonPinSource(const Section& s, std::string_view key, std::string& pin_source) {
+  absl::StatusOr<hsm::PinSource> pin = hsm::PinSource::Parse(pin_source);
+  if (!pin.ok()) return s.Invalid(key, std::string(pin.status().message()));
+  if (pin_source == "prompt" || pin_source.starts_with("prompt:")) {
+    return s.Invalid(key, "a daemon cannot prompt for the PIN; use file:PATH or env:NAME");
+  }
+  for (const char* prefix : {"file://", "file:"}) {
+    if (pin_source.starts_with(prefix)) {
+      const std::string path = pin_source.substr(std::string_view(prefix).size());
+      pin_source = "file:" + s.ctx().ResolvePath(path);
+      break;
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ReadHsm(const Section& s, Config::Hsm& h) {
   KW_RETURN_IF_ERROR(s.CheckKeys({"module", "token", "pin_source", "signing_key", "max_sessions"}));
   KW_RETURN_IF_ERROR(s.ReadString("module", h.module));
   KW_RETURN_IF_ERROR(s.ReadRequiredString("token", h.token));
   KW_RETURN_IF_ERROR(CheckUri(s, "token", h.token, /*needs_object=*/false));
   KW_RETURN_IF_ERROR(s.ReadRequiredString("pin_source", h.pin_source));
-  absl::StatusOr<hsm::PinSource> pin = hsm::PinSource::Parse(h.pin_source);
-  if (!pin.ok()) return s.Invalid("pin_source", std::string(pin.status().message()));
-  if (h.pin_source == "prompt" || h.pin_source.starts_with("prompt:")) {
-    return s.Invalid("pin_source", "a daemon cannot prompt for the PIN; use file:PATH or env:NAME");
-  }
-  // A relative PIN file is relative to the configuration file, like every other path.
-  for (const char* prefix : {"file://", "file:"}) {
-    if (h.pin_source.starts_with(prefix)) {
-      const std::string path = h.pin_source.substr(std::string_view(prefix).size());
-      h.pin_source = "file:" + s.ctx().ResolvePath(path);
-      break;
-    }
-  }
+  KW_RETURN_IF_ERROR(CheckDaemonPinSource(s, "pin_source", h.pin_source));
   KW_RETURN_IF_ERROR(s.ReadRequiredString("signing_key", h.signing_key));
   KW_RETURN_IF_ERROR(CheckUri(s, "signing_key", h.signing_key, /*needs_object=*/true));
   KW_RETURN_IF_ERROR(s.ReadInt("max_sessions", 1, 1024, h.max_sessions));
@@ -588,10 +596,119 @@ absl::Status ReadTemplate(const Section& s, TemplateConfig& t) {
   return absl::OkStatus();
 }
 
+bool IsAliasChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+         c == '_' || c == '-';
+}
+
+bool IsKnownAlgorithm(std::string_view name) {
+  return signing::ParseAlgorithm(name).has_value();
+}
+
+// One [[signing.keys]] entry. Roles and templates are already read: every
+// principal must hold the signer role and every template must exist.
+absl::Status ReadSigningKey(const Section& s, const Config& config, SigningKeyConfig& k) {
+  KW_RETURN_IF_ERROR(s.CheckKeys(
+      {"alias", "key", "pin_source", "certificate", "algorithms", "principals", "templates"}));
+  KW_RETURN_IF_ERROR(s.ReadRequiredString("alias", k.alias));
+  if (k.alias.size() > 64 || !std::all_of(k.alias.begin(), k.alias.end(), IsAliasChar)) {
+    return s.Invalid("alias",
+                     StrCat("\"", k.alias, "\" must be 1 to 64 letters, digits, '.', '_' or '-'"));
+  }
+  KW_RETURN_IF_ERROR(s.ReadRequiredString("key", k.key));
+  KW_RETURN_IF_ERROR(CheckUri(s, "key", k.key, /*needs_object=*/true));
+  KW_RETURN_IF_ERROR(s.ReadString("pin_source", k.pin_source));
+  if (s.Has("pin_source")) {
+    if (k.pin_source.empty()) return s.Invalid("pin_source", "must not be empty");
+    KW_RETURN_IF_ERROR(CheckDaemonPinSource(s, "pin_source", k.pin_source));
+  }
+  KW_RETURN_IF_ERROR(s.ReadString("certificate", k.certificate));
+  if (s.Has("certificate") && k.certificate.empty()) {
+    return s.Invalid("certificate", "must not be empty");
+  }
+  k.certificate = s.ctx().ResolvePath(k.certificate);
+
+  KW_RETURN_IF_ERROR(
+      s.ReadStringSet("algorithms", {}, IsKnownAlgorithm, signing::AlgorithmNames(), k.algorithms));
+  if (!s.Has("algorithms")) return s.Missing("algorithms");
+  if (k.algorithms.empty()) return s.Invalid("algorithms", "needs at least one algorithm");
+  const bool any_ec = std::any_of(k.algorithms.begin(), k.algorithms.end(), [](const auto& a) {
+    return signing::Info(*signing::ParseAlgorithm(a)).scheme == signing::Scheme::kEcdsa;
+  });
+  const bool any_rsa = std::any_of(k.algorithms.begin(), k.algorithms.end(), [](const auto& a) {
+    return signing::Info(*signing::ParseAlgorithm(a)).scheme != signing::Scheme::kEcdsa;
+  });
+  if (any_ec && any_rsa) {
+    return s.Invalid("algorithms",
+                     "mixes RSA and ECDSA algorithms; a key is either RSA or EC (configure two "
+                     "aliases for two keys)");
+  }
+
+  std::vector<uint32_t> lines;
+  KW_RETURN_IF_ERROR(s.ReadStrings("principals", k.principals, &lines));
+  if (!s.Has("principals")) return s.Missing("principals");
+  if (k.principals.empty()) return s.Invalid("principals", "needs at least one principal");
+  for (size_t i = 0; i < k.principals.size(); ++i) {
+    const std::string& p = k.principals[i];
+    if (p.empty()) return s.InvalidAt(lines[i], "principals", "empty principal");
+    if (std::find(k.principals.begin(), k.principals.begin() + static_cast<std::ptrdiff_t>(i), p) !=
+        k.principals.begin() + static_cast<std::ptrdiff_t>(i)) {
+      return s.InvalidAt(lines[i], "principals", StrCat("\"", p, "\" is listed twice"));
+    }
+    const std::vector<Role> held = config.RolesOf(p);
+    if (std::find(held.begin(), held.end(), Role::kSigner) == held.end()) {
+      return s.InvalidAt(lines[i], "principals",
+                         StrCat("\"", p,
+                                "\" does not hold the signer role (give it one in a [[role]] "
+                                "entry)"));
+    }
+  }
+
+  std::vector<std::string> names;
+  KW_RETURN_IF_ERROR(s.ReadStrings("templates", names, &lines));
+  for (size_t i = 0; i < names.size(); ++i) {
+    const TemplateConfig* t = config.FindTemplate(names[i]);
+    if (t == nullptr) {
+      return s.InvalidAt(lines[i], "templates",
+                         StrCat("\"", names[i], "\" is not the name or OID of a [[template]]"));
+    }
+    if (t->pend || t->archival == ArchivalPolicy::kRequired) {
+      return s.InvalidAt(lines[i], "templates",
+                         StrCat("template \"", t->name, "\" ",
+                                t->pend ? "waits for a Certificate Manager (pend = true)"
+                                        : "requires key archival",
+                                "; delegated issuance cannot do that"));
+    }
+    if (std::find(k.templates.begin(), k.templates.end(), t->name) != k.templates.end()) {
+      return s.InvalidAt(lines[i], "templates", StrCat("\"", t->name, "\" is listed twice"));
+    }
+    k.templates.push_back(t->name);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadSigning(const Section& s, Config& config) {
+  KW_RETURN_IF_ERROR(s.CheckKeys({"audit_interval", "keys"}));
+  KW_RETURN_IF_ERROR(s.ReadDuration("audit_interval", config.signing.audit_interval));
+  std::vector<Section> keys;
+  KW_RETURN_IF_ERROR(s.Tables("keys", keys));
+  std::map<std::string, std::string> aliases;  // alias -> "signing.keys[i]"
+  for (const Section& entry : keys) {
+    SigningKeyConfig k;
+    KW_RETURN_IF_ERROR(ReadSigningKey(entry, config, k));
+    if (auto [it, inserted] = aliases.emplace(k.alias, entry.path()); !inserted) {
+      return entry.Invalid("alias",
+                           StrCat("\"", k.alias, "\" is already the alias of ", it->second));
+    }
+    config.signing.keys.push_back(std::move(k));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ReadRoot(const Context& ctx, const toml::table& root, Config& config) {
   Section top(ctx, &root, "");
-  KW_RETURN_IF_ERROR(top.CheckKeys(
-      {"ca", "hsm", "exchange", "database", "server", "crl", "kra", "flags", "role", "template"}));
+  KW_RETURN_IF_ERROR(top.CheckKeys({"ca", "hsm", "exchange", "database", "server", "crl", "kra",
+                                    "flags", "role", "template", "signing"}));
 
   // Sections in the order of the example file, so the first error reported
   // is usually the first one in the file.
@@ -646,6 +763,11 @@ absl::Status ReadRoot(const Context& ctx, const toml::table& root, Config& confi
     }
     config.templates.push_back(std::move(t));
   }
+
+  // Last: signing keys name principals and templates read above.
+  absl::StatusOr<Section> signing = top.Table("signing");
+  if (!signing.ok()) return signing.status();
+  KW_RETURN_IF_ERROR(ReadSigning(*signing, config));
   return absl::OkStatus();
 }
 

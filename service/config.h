@@ -51,6 +51,18 @@ struct TemplateConfig {
   ArchivalPolicy archival = ArchivalPolicy::kNone;
 };
 
+// [[signing.keys]]: a named key that other CA services (an issuing front
+// end, an OCSP responder, a timestamp service) sign with over gRPC.
+struct SigningKeyConfig {
+  std::string alias;                    // required, unique; letters, digits, '.', '_', '-'
+  std::string key;                      // PKCS#11 URI of the private key (required); any token
+  std::string pin_source;               // file:PATH / env:NAME; for a token other than the CA token
+  std::string certificate;              // optional PEM file: the key's certificate, then its chain
+  std::vector<std::string> algorithms;  // >= 1 of service/signing/algorithm.h
+  std::vector<std::string> principals;  // >= 1; each holds the signer role
+  std::vector<std::string> templates;   // template names IssueCertificate may use
+};
+
 struct RoleBinding {
   std::string principal;  // client certificate subject, RFC 4514 ("CN=alice,O=Example")
   std::vector<Role> roles;
@@ -116,6 +128,12 @@ struct Config {
 
   std::vector<RoleBinding> roles;
   std::vector<TemplateConfig> templates;
+
+  struct Signing {
+    // How often per-principal, per-key signature counts go to the audit log.
+    std::chrono::seconds audit_interval{std::chrono::minutes(1)};
+    std::vector<SigningKeyConfig> keys;
+  } signing;
 
   // Lookup helpers.
   const TemplateConfig* FindTemplate(std::string_view name_or_oid) const;

@@ -38,6 +38,9 @@ const HResult* const kAll[] = {
     &hresult::kInvalidArg,
     &hresult::kAmbiguousName,
     &hresult::kNotFound,
+    &hresult::kBadKeyset,
+    &hresult::kBadAlgId,
+    &hresult::kBadLen,
 };
 
 }  // namespace

@@ -115,6 +115,13 @@ inline constexpr HResult kAmbiguousName{0x8002802c, "TYPE_E_AMBIGUOUSNAME", "Amb
                                         absl::StatusCode::kFailedPrecondition};
 inline constexpr HResult kNotFound{0x80092004, "CRYPT_E_NOT_FOUND",
                                    "Cannot find object or property.", absl::StatusCode::kNotFound};
+// Delegated signing.
+inline constexpr HResult kBadKeyset{0x80090016, "NTE_BAD_KEYSET", "Keyset does not exist",
+                                    absl::StatusCode::kNotFound};
+inline constexpr HResult kBadAlgId{0x80090008, "NTE_BAD_ALGID", "Invalid algorithm specified.",
+                                   absl::StatusCode::kInvalidArgument};
+inline constexpr HResult kBadLen{0x80090004, "NTE_BAD_LEN", "Bad Length.",
+                                 absl::StatusCode::kInvalidArgument};
 }  // namespace hresult
 
 // "<hresult text> <detail>" with the HRESULT attached.

@@ -18,7 +18,8 @@ namespace keywarden::service {
 grpc::Status ToGrpc(const absl::Status& status);
 
 // RFC 4514 subject of the verified client certificate; empty if none.
-std::string PrincipalOf(const grpc::ServerContext& context);
+// (ServerContextBase: sync and callback handlers alike.)
+std::string PrincipalOf(const grpc::ServerContextBase& context);
 
 // Authorizes `method` for the caller. Refusals are audited.
 struct Caller {
@@ -26,7 +27,7 @@ struct Caller {
   std::vector<Role> roles;
   bool Has(Role r) const;
 };
-absl::StatusOr<Caller> Authorize(CertificateAuthority& ca, const grpc::ServerContext& context,
+absl::StatusOr<Caller> Authorize(CertificateAuthority& ca, const grpc::ServerContextBase& context,
                                  const char* method);
 
 // Domain -> proto.

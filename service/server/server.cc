@@ -21,7 +21,8 @@ absl::StatusOr<std::string> ReadText(const std::string& path, const char* what) 
 
 }  // namespace
 
-absl::StatusOr<RunningServer> StartServer(const Config& config, CertificateAuthority& ca) {
+absl::StatusOr<RunningServer> StartServer(const Config& config, CertificateAuthority& ca,
+                                          std::vector<std::unique_ptr<grpc::Service>> extra) {
   auto cert = ReadText(config.server.tls_certificate, "TLS certificate");
   if (!cert.ok()) return cert.status();
   auto key = ReadText(config.server.tls_key, "TLS key");
@@ -53,6 +54,7 @@ absl::StatusOr<RunningServer> StartServer(const Config& config, CertificateAutho
                           : static_cast<int>(std::max(2u, std::thread::hardware_concurrency()));
   builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, threads);
   running.services = MakeServices(ca);
+  for (auto& s : extra) running.services.push_back(std::move(s));
   for (auto& s : running.services) builder.RegisterService(s.get());
   running.server = builder.BuildAndStart();
   if (!running.server || running.port == 0) {

@@ -21,6 +21,8 @@ struct RunningServer {
   int port = 0;
 };
 
-absl::StatusOr<RunningServer> StartServer(const Config& config, CertificateAuthority& ca);
+// `extra` services (e.g. delegated signing) are served beside keywarden.v1's own.
+absl::StatusOr<RunningServer> StartServer(const Config& config, CertificateAuthority& ca,
+                                          std::vector<std::unique_ptr<grpc::Service>> extra = {});
 
 }  // namespace keywarden::service

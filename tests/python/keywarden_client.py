@@ -22,20 +22,18 @@ import sys
 import tempfile
 
 
-def generate_stubs(proto_dir, out_dir):
-    """Runs `python3 -m grpc_tools.protoc` on keywarden/v1/keywarden.proto.
+def generate_stubs(proto_dir, out_dir, protos=("keywarden.proto",)):
+    """Runs `python3 -m grpc_tools.protoc` on keywarden/v1/<protos>.
 
     Run as a module, grpc_tools adds its own copy of the well-known types
     (google/protobuf/any.proto) to the include path.
     """
-    proto = os.path.join(proto_dir, "keywarden", "v1", "keywarden.proto")
     command = [
         sys.executable, "-m", "grpc_tools.protoc",
         "-I" + proto_dir,
         "--python_out=" + out_dir,
         "--grpc_python_out=" + out_dir,
-        proto,
-    ]
+    ] + [os.path.join(proto_dir, "keywarden", "v1", p) for p in protos]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError("grpc_tools.protoc failed (exit %d): %s"

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include "keywarden/v1/keywarden.grpc.pb.h"
+#include "keywarden/v1/signing.grpc.pb.h"
 #include "service/authz.h"
 #include "tests/service/daemon_harness.h"
 #include "tests/service/rpc_test_util.h"
@@ -21,7 +22,10 @@ namespace v1 = keywarden::v1;
 std::vector<std::string> AllMethods() {
   std::vector<std::string> out;
   const auto* pool = google::protobuf::DescriptorPool::generated_pool();
-  for (const char* service : {"Enrollment", "Officer", "Administration", "Audit", "Backup"}) {
+  // Referencing a Signing message links signing.proto's descriptors into the pool.
+  (void)v1::SignDigestRequest::descriptor();
+  for (const char* service :
+       {"Enrollment", "Officer", "Administration", "Audit", "Backup", "Signing"}) {
     const auto* s = pool->FindServiceByName(std::string("keywarden.v1.") + service);
     EXPECT_NE(s, nullptr) << service;
     for (int i = 0; s != nullptr && i < s->method_count(); ++i) {

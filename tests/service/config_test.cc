@@ -10,6 +10,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "hsm/strings.h"
 #include "service/config.h"
 #include "tests/test_util.h"
 
@@ -709,6 +710,222 @@ TEST(LoadConfigTest, ResolvesAgainstTheFilesDirectoryAndNamesItInErrors) {
   ASSERT_FALSE(c.ok());
   EXPECT_THAT(std::string(c.status().message()), StartsWith(path + ":5: unknown key \"hsm.pin\""));
 }
+
+// --- Delegated signing ([signing], [[signing.keys]]) --------------------------
+
+// Two signers, a template, and `keys` after them (starting on line 29).
+std::string WithSigning(std::string_view keys) {
+  return MinimalPlus(
+             "[[role]]\nprincipal = \"CN=ocsp,O=Example\"\nroles = [\"signer\"]\n\n"
+             "[[role]]\nprincipal = \"CN=front,O=Example\"\nroles = [\"enrollee\", \"signer\"]\n\n"
+             "[[template]]\nname = \"WebServer\"\noid = \"1.2.3.4\"\n\n") +
+         std::string(keys);
+}
+
+// One [[signing.keys]] entry: header, alias and key on its first three lines, then `body`.
+std::string SigningKey(std::string_view body, std::string_view alias = "ocsp") {
+  return StrCat("[[signing.keys]]\nalias = \"", alias,
+                "\"\nkey = \"pkcs11:token=keywarden-ca;object=ocsp\"\n", body, "\n");
+}
+
+constexpr std::string_view kValidKeyBody =
+    "algorithms = [\"rsa-pkcs1-sha256\"]\nprincipals = [\"CN=ocsp,O=Example\"]";
+
+TEST(ConfigExampleTest, SigningKeysHaveTheDocumentedValues) {
+  absl::StatusOr<Config> c = service::LoadConfig(KEYWARDEN_EXAMPLE_CONFIG);
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::string dir(KEYWARDEN_EXAMPLE_CONFIG);
+  dir.resize(dir.rfind('/'));
+  EXPECT_EQ(c->signing.audit_interval, minutes(5));
+  ASSERT_EQ(c->signing.keys.size(), 2u);
+  const service::SigningKeyConfig& ocsp = c->signing.keys[0];
+  EXPECT_EQ(ocsp.alias, "ocsp");
+  EXPECT_EQ(ocsp.key, "pkcs11:token=keywarden-ca;object=ocsp-signing;type=private");
+  EXPECT_EQ(ocsp.pin_source, "");
+  EXPECT_EQ(ocsp.certificate, "");
+  EXPECT_EQ(ocsp.algorithms, (std::vector<std::string>{"rsa-pkcs1-sha256", "rsa-pss-sha256"}));
+  EXPECT_EQ(ocsp.principals, std::vector<std::string>{"CN=Build Service,O=Example"});
+  EXPECT_TRUE(ocsp.templates.empty());
+  const service::SigningKeyConfig& front = c->signing.keys[1];
+  EXPECT_EQ(front.alias, "issuing-front-end");
+  EXPECT_EQ(front.key, "pkcs11:token=signing-hsm;object=issuing-ec;type=private");
+  EXPECT_EQ(front.pin_source, "file:/run/credentials/keywarden.service/signing-hsm-pin");
+  EXPECT_EQ(front.certificate, dir + "/signing/issuing-ec.pem");
+  EXPECT_EQ(front.algorithms, (std::vector<std::string>{"ecdsa-sha256", "ecdsa-sha384"}));
+  EXPECT_EQ(front.templates, std::vector<std::string>{"WebServer"});
+}
+
+TEST(ConfigSigningTest, WithoutASigningSectionThereAreNoKeysAndAMinuteInterval) {
+  absl::StatusOr<Config> c = Parse(kMinimal);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->signing.keys.empty());
+  EXPECT_EQ(c->signing.audit_interval, minutes(1));
+}
+
+TEST(ConfigSigningTest, KeysAreReadWithPathsResolvedAndTemplatesCanonical) {
+  absl::StatusOr<Config> c =
+      Parse(WithSigning("[signing]\naudit_interval = \"30s\"\n\n"
+                        "[[signing.keys]]\nalias = \"ocsp-2024.a_b\"\n"
+                        "key = \"pkcs11:token=other;object=ocsp;type=private\"\n"
+                        "pin_source = \"file:pins/other.pin\"\ncertificate = \"certs/ocsp.pem\"\n"
+                        "algorithms = [\"rsa-pss-sha512\", \"rsa-pkcs1-sha384\"]\n"
+                        "principals = [\"CN=ocsp,O=Example\", \"CN=front,O=Example\"]\n"
+                        "templates = [\"webserver\", \"1.2.3.4x\"]\n"),
+            "/etc/kw");
+  // "1.2.3.4x" is not a template: the error comes first; then the valid form.
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()),
+              HasSubstr("key \"signing.keys[1].templates\": \"1.2.3.4x\" is not the name or OID"));
+  c = Parse(WithSigning("[signing]\naudit_interval = \"30s\"\n\n"
+                        "[[signing.keys]]\nalias = \"ocsp-2024.a_b\"\n"
+                        "key = \"pkcs11:token=other;object=ocsp;type=private\"\n"
+                        "pin_source = \"file:pins/other.pin\"\ncertificate = \"certs/ocsp.pem\"\n"
+                        "algorithms = [\"rsa-pss-sha512\", \"rsa-pkcs1-sha384\"]\n"
+                        "principals = [\"CN=ocsp,O=Example\", \"CN=front,O=Example\"]\n"
+                        "templates = [\"1.2.3.4\"]\n\n" +
+                        SigningKey(kValidKeyBody, "ec-2")),
+            "/etc/kw");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->signing.audit_interval, seconds(30));
+  ASSERT_EQ(c->signing.keys.size(), 2u);
+  const service::SigningKeyConfig& k = c->signing.keys[0];
+  EXPECT_EQ(k.alias, "ocsp-2024.a_b");
+  EXPECT_EQ(k.pin_source, "file:/etc/kw/pins/other.pin");
+  EXPECT_EQ(k.certificate, "/etc/kw/certs/ocsp.pem");
+  EXPECT_EQ(k.algorithms, (std::vector<std::string>{"rsa-pss-sha512", "rsa-pkcs1-sha384"}));
+  EXPECT_EQ(k.principals, (std::vector<std::string>{"CN=ocsp,O=Example", "CN=front,O=Example"}));
+  EXPECT_EQ(k.templates, std::vector<std::string>{"WebServer"});  // found by OID, stored by name
+  EXPECT_EQ(c->signing.keys[1].alias, "ec-2");
+}
+
+TEST(ConfigSigningTest, EveryAlgorithmNameIsAccepted) {
+  for (const char* name :
+       {"rsa-pkcs1-sha256", "rsa-pkcs1-sha384", "rsa-pkcs1-sha512", "rsa-pss-sha256",
+        "rsa-pss-sha384", "rsa-pss-sha512", "ecdsa-sha256", "ecdsa-sha384", "ecdsa-sha512"}) {
+    absl::StatusOr<Config> c = Parse(WithSigning(
+        SigningKey(StrCat("algorithms = [\"", name, "\"]\nprincipals = [\"CN=ocsp,O=Example\"]"))));
+    ASSERT_TRUE(c.ok()) << name << ": " << c.status();
+    EXPECT_EQ(c->signing.keys[0].algorithms, std::vector<std::string>{name});
+  }
+}
+
+std::vector<ValidationCase> SigningValidationCases() {
+  const std::string key = "[[signing.keys]]\n";
+  return {
+      {"UnknownKeyInSigning",
+       WithSigning("[signing]\nflush = \"1m\"\n"),
+       {"keywarden.toml:30: unknown key \"signing.flush\" (expected one of: audit_interval, "
+        "keys)"}},
+      {"BadAuditInterval",
+       WithSigning("[signing]\naudit_interval = \"0s\"\n"),
+       {"key \"signing.audit_interval\"", "must be positive"}},
+      {"KeysNotAnArrayOfTables",
+       WithSigning("[signing]\nkeys = \"ocsp\"\n"),
+       {"key \"signing.keys\"", "expected an array of tables ([[signing.keys]])"}},
+      {"UnknownKeyInEntry",
+       WithSigning(SigningKey(std::string(kValidKeyBody) + "\npin = \"1234\"")),
+       {"keywarden.toml:34: unknown key \"signing.keys[1].pin\""}},
+      {"MissingAlias",
+       WithSigning(key + "key = \"pkcs11:token=t;object=k\"\n" + std::string(kValidKeyBody)),
+       {"keywarden.toml:29: missing required key \"signing.keys[1].alias\""}},
+      {"AliasWithSpace",
+       WithSigning(SigningKey(kValidKeyBody, "my key")),
+       {"key \"signing.keys[1].alias\"", "letters, digits"}},
+      {"AliasTooLong",
+       WithSigning(SigningKey(kValidKeyBody, std::string(65, 'a'))),
+       {"key \"signing.keys[1].alias\"", "1 to 64"}},
+      {"DuplicateAlias",
+       WithSigning(SigningKey(kValidKeyBody) + SigningKey(kValidKeyBody)),
+       {"keywarden.toml:35: key \"signing.keys[2].alias\"",
+        "\"ocsp\" is already the alias of signing.keys[1]"}},
+      {"MissingKeyUri",
+       WithSigning(key + "alias = \"a\"\n" + std::string(kValidKeyBody)),
+       {"missing required key \"signing.keys[1].key\""}},
+      {"KeyUriNamesNoObject",
+       WithSigning(key + "alias = \"a\"\nkey = \"pkcs11:token=t\"\n" + std::string(kValidKeyBody)),
+       {"key \"signing.keys[1].key\"", "names no key"}},
+      {"KeyNotAUri",
+       WithSigning(key + "alias = \"a\"\nkey = \"ocsp-key\"\n" + std::string(kValidKeyBody)),
+       {"key \"signing.keys[1].key\"", "pkcs11:"}},
+      {"PinSourcePrompt",
+       WithSigning(SigningKey(std::string(kValidKeyBody) + "\npin_source = \"prompt\"")),
+       {"key \"signing.keys[1].pin_source\"", "cannot prompt"}},
+      {"EmptyPinSource",
+       WithSigning(SigningKey(std::string(kValidKeyBody) + "\npin_source = \"\"")),
+       {"key \"signing.keys[1].pin_source\"", "must not be empty"}},
+      {"EmptyCertificate",
+       WithSigning(SigningKey(std::string(kValidKeyBody) + "\ncertificate = \"\"")),
+       {"key \"signing.keys[1].certificate\"", "must not be empty"}},
+      {"MissingAlgorithms",
+       WithSigning(SigningKey("principals = [\"CN=ocsp,O=Example\"]")),
+       {"missing required key \"signing.keys[1].algorithms\""}},
+      {"NoAlgorithms",
+       WithSigning(SigningKey("algorithms = []\nprincipals = [\"CN=ocsp,O=Example\"]")),
+       {"key \"signing.keys[1].algorithms\"", "at least one"}},
+      {"UnknownAlgorithm",
+       WithSigning(
+           SigningKey("algorithms = [\"rsa-sha256\"]\nprincipals = [\"CN=ocsp,O=Example\"]")),
+       {"keywarden.toml:32: key \"signing.keys[1].algorithms\"",
+        "\"rsa-sha256\" is not one of: rsa-pkcs1-sha256, rsa-pkcs1-sha384"}},
+      {"RepeatedAlgorithm",
+       WithSigning(SigningKey("algorithms = [\"ecdsa-sha256\", \"ecdsa-sha256\"]\n"
+                              "principals = [\"CN=ocsp,O=Example\"]")),
+       {"key \"signing.keys[1].algorithms\"", "listed twice"}},
+      {"RsaAndEcdsaMixed",
+       WithSigning(SigningKey("algorithms = [\"rsa-pss-sha256\", \"ecdsa-sha256\"]\n"
+                              "principals = [\"CN=ocsp,O=Example\"]")),
+       {"key \"signing.keys[1].algorithms\"", "mixes RSA and ECDSA"}},
+      {"MissingPrincipals",
+       WithSigning(SigningKey("algorithms = [\"ecdsa-sha256\"]")),
+       {"missing required key \"signing.keys[1].principals\""}},
+      {"NoPrincipals",
+       WithSigning(SigningKey("algorithms = [\"ecdsa-sha256\"]\nprincipals = []")),
+       {"key \"signing.keys[1].principals\"", "at least one principal"}},
+      {"PrincipalWithoutSignerRole",
+       WithSigning(SigningKey("algorithms = [\"ecdsa-sha256\"]\n"
+                              "principals = [\"CN=ocsp,O=Example\", \"CN=mallory\"]")),
+       {"keywarden.toml:33: key \"signing.keys[1].principals\"",
+        "\"CN=mallory\" does not hold the signer role"}},
+      {"RepeatedPrincipal",
+       WithSigning(SigningKey("algorithms = [\"ecdsa-sha256\"]\n"
+                              "principals = [\"CN=ocsp,O=Example\", \"CN=ocsp,O=Example\"]")),
+       {"key \"signing.keys[1].principals\"", "listed twice"}},
+      {"PrincipalNotAString",
+       WithSigning(SigningKey("algorithms = [\"ecdsa-sha256\"]\nprincipals = [1]")),
+       {"key \"signing.keys[1].principals[1]\"", "expected a string, got an integer"}},
+      {"UnknownTemplate",
+       WithSigning(SigningKey(std::string(kValidKeyBody) + "\ntemplates = [\"User\"]")),
+       {"keywarden.toml:34: key \"signing.keys[1].templates\"",
+        "\"User\" is not the name or OID of a [[template]]"}},
+      {"PendingTemplate",
+       MinimalPlus("[[role]]\nprincipal = \"CN=ocsp,O=Example\"\nroles = [\"signer\"]\n"
+                   "[[template]]\nname = \"Held\"\npend = true\n" +
+                   SigningKey(std::string(kValidKeyBody) + "\ntemplates = [\"Held\"]")),
+       {"key \"signing.keys[1].templates\"", "template \"Held\" waits for a Certificate Manager"}},
+      {"ArchivalTemplate",
+       MinimalPlus("[[role]]\nprincipal = \"CN=ocsp,O=Example\"\nroles = [\"signer\"]\n"
+                   "[[template]]\nname = \"Kept\"\narchival = \"required\"\n" +
+                   SigningKey(std::string(kValidKeyBody) + "\ntemplates = [\"Kept\"]")),
+       {"key \"signing.keys[1].templates\"", "template \"Kept\" requires key archival"}},
+      {"RepeatedTemplate",
+       WithSigning(
+           SigningKey(std::string(kValidKeyBody) + "\ntemplates = [\"WebServer\", \"1.2.3.4\"]")),
+       {"key \"signing.keys[1].templates\"", "\"WebServer\" is listed twice"}},
+  };
+}
+
+class ConfigSigningValidationTest : public ::testing::TestWithParam<ValidationCase> {};
+
+TEST_P(ConfigSigningValidationTest, IsRejectedNamingTheKey) {
+  std::string message = ErrorOf(GetParam().text);
+  for (const std::string& part : GetParam().expected) EXPECT_THAT(message, HasSubstr(part));
+}
+
+INSTANTIATE_TEST_SUITE_P(Rules, ConfigSigningValidationTest,
+                         ::testing::ValuesIn(SigningValidationCases()),
+                         [](const ::testing::TestParamInfo<ValidationCase>& p) {
+                           return p.param.name;
+                         });
 
 }  // namespace
 }  // namespace keywarden::testing

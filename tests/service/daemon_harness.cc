@@ -107,6 +107,7 @@ absl::StatusOr<std::unique_ptr<DaemonHarness>> DaemonHarness::Start(const Option
       {"enrollee", "CN=alice,O=keywarden test"},  {"enrollee2", "CN=bob,O=keywarden test"},
       {"signer", "CN=signer,O=keywarden test"},   {"admin-officer", "CN=boss,O=keywarden test"},
       {"nobody", "CN=nobody,O=keywarden test"},   {"untrusted", "CN=admin,O=keywarden test"},
+      {"signer2", "CN=signer2,O=keywarden test"},
   };
   for (const auto& [name, subject] : who) {
     Issued c =
@@ -137,6 +138,7 @@ absl::StatusOr<std::unique_ptr<DaemonHarness>> DaemonHarness::Start(const Option
       {"auditor", "auditor"},        {"backup", "backup-operator"},
       {"enrollee", "enrollee"},      {"enrollee2", "enrollee"},
       {"signer", "signer"},          {"admin-officer", "ca-administrator\", \"certificate-manager"},
+      {"signer2", "signer"},
   };
   for (const auto& [name, role] : roles) {
     toml += StrCat("[[role]]\nprincipal = \"", who.at(name), "\"\nroles = [\"", role, "\"]\n\n");
@@ -171,6 +173,9 @@ subject = "principal"
 )";
   toml += options.extra_toml;
   if (auto st = Write(h->config_path(), toml); !st.ok()) return st;
+  if (options.before_launch) {
+    if (auto st = options.before_launch(*h); !st.ok()) return st;
+  }
   if (auto st = h->Launch(); !st.ok()) return st;
   return h;
 }

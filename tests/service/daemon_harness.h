@@ -4,6 +4,7 @@
 // certificate per principal. Tests talk to it exactly as clients would.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -33,10 +34,14 @@ class DaemonHarness {
     std::string extra_toml;  // appended to the configuration
     std::string ca_subject = "CN=keywarden Test CA,O=keywarden test";
     std::string extra_flags;  // lines added to [flags] (e.g. "enable_foreign = true")
+    // Runs after the tokens, the CA and the configuration are made and
+    // before keywardend starts (e.g. to make more keys on the tokens).
+    std::function<absl::Status(DaemonHarness&)> before_launch;
   };
 
   // Principals with a client certificate from the trusted TLS CA:
   //   admin, officer, auditor, backup, enrollee, signer  -- one role each
+  //   signer2         -- another signer
   //   admin-officer   -- ca-administrator + certificate-manager
   //   enrollee2       -- another enrollee
   //   nobody          -- trusted certificate, no role

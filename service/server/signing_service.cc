@@ -1,0 +1,281 @@
+#include "service/server/signing_service.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "keywarden/v1/signing.grpc.pb.h"
+#include "pki/certificate.h"
+#include "service/server/rpc.h"
+
+namespace keywarden::service {
+namespace {
+
+using grpc::ServerContextBase;
+using grpc::Status;
+using signing::Algorithm;
+
+constexpr char kSignDigest[] = "/keywarden.v1.Signing/SignDigest";
+constexpr char kSignData[] = "/keywarden.v1.Signing/SignData";
+constexpr char kGetSigningKey[] = "/keywarden.v1.Signing/GetSigningKey";
+constexpr char kListSigningKeys[] = "/keywarden.v1.Signing/ListSigningKeys";
+constexpr char kIssueCertificate[] = "/keywarden.v1.Signing/IssueCertificate";
+
+std::optional<Algorithm> FromProto(v1::SignatureAlgorithm a) {
+  switch (a) {
+    case v1::SIGNATURE_ALGORITHM_RSA_PKCS1_SHA256:
+      return Algorithm::kRsaPkcs1Sha256;
+    case v1::SIGNATURE_ALGORITHM_RSA_PKCS1_SHA384:
+      return Algorithm::kRsaPkcs1Sha384;
+    case v1::SIGNATURE_ALGORITHM_RSA_PKCS1_SHA512:
+      return Algorithm::kRsaPkcs1Sha512;
+    case v1::SIGNATURE_ALGORITHM_RSA_PSS_SHA256:
+      return Algorithm::kRsaPssSha256;
+    case v1::SIGNATURE_ALGORITHM_RSA_PSS_SHA384:
+      return Algorithm::kRsaPssSha384;
+    case v1::SIGNATURE_ALGORITHM_RSA_PSS_SHA512:
+      return Algorithm::kRsaPssSha512;
+    case v1::SIGNATURE_ALGORITHM_ECDSA_SHA256:
+      return Algorithm::kEcdsaSha256;
+    case v1::SIGNATURE_ALGORITHM_ECDSA_SHA384:
+      return Algorithm::kEcdsaSha384;
+    case v1::SIGNATURE_ALGORITHM_ECDSA_SHA512:
+      return Algorithm::kEcdsaSha512;
+    default:
+      return std::nullopt;
+  }
+}
+
+v1::SignatureAlgorithm ToProto(Algorithm a) {
+  switch (a) {
+    case Algorithm::kRsaPkcs1Sha256:
+      return v1::SIGNATURE_ALGORITHM_RSA_PKCS1_SHA256;
+    case Algorithm::kRsaPkcs1Sha384:
+      return v1::SIGNATURE_ALGORITHM_RSA_PKCS1_SHA384;
+    case Algorithm::kRsaPkcs1Sha512:
+      return v1::SIGNATURE_ALGORITHM_RSA_PKCS1_SHA512;
+    case Algorithm::kRsaPssSha256:
+      return v1::SIGNATURE_ALGORITHM_RSA_PSS_SHA256;
+    case Algorithm::kRsaPssSha384:
+      return v1::SIGNATURE_ALGORITHM_RSA_PSS_SHA384;
+    case Algorithm::kRsaPssSha512:
+      return v1::SIGNATURE_ALGORITHM_RSA_PSS_SHA512;
+    case Algorithm::kEcdsaSha256:
+      return v1::SIGNATURE_ALGORITHM_ECDSA_SHA256;
+    case Algorithm::kEcdsaSha384:
+      return v1::SIGNATURE_ALGORITHM_ECDSA_SHA384;
+    case Algorithm::kEcdsaSha512:
+      return v1::SIGNATURE_ALGORITHM_ECDSA_SHA512;
+  }
+  return v1::SIGNATURE_ALGORITHM_UNSPECIFIED;
+}
+
+std::span<const uint8_t> Bytes(const std::string& s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+std::string Der(const std::vector<uint8_t>& v) {
+  return std::string(v.begin(), v.end());
+}
+
+void Fill(const signing::SigningKey& key, v1::SigningKeyInfo* out) {
+  out->set_alias(key.alias);
+  out->set_key_type(key.type() == hsm::KeyType::kEc ? "ec" : "rsa");
+  out->set_bits(static_cast<int32_t>(key.bits()));
+  out->set_public_key(Der(key.public_key_der));
+  if (key.certificate) out->set_certificate(Der(pki::CertificateDer(key.certificate.get())));
+  for (const auto& c : key.chain) out->add_chain(Der(pki::CertificateDer(c.get())));
+  for (Algorithm a : key.algorithms) out->add_algorithms(ToProto(a));
+  for (const auto& t : key.templates) out->add_templates(t);
+}
+
+// The handlers, independent of the gRPC API flavour.
+class Handlers {
+ public:
+  Handlers(CertificateAuthority& ca, signing::DelegatedSigner& signer) : ca_(ca), signer_(signer) {}
+
+  Status SignDigest(const ServerContextBase& context, const v1::SignDigestRequest& in,
+                    v1::SignResponse* out) {
+    auto caller = Authorize(ca_, context, kSignDigest);
+    if (!caller.ok()) return ToGrpc(caller.status());
+    std::optional<int> salt;
+    if (in.has_pss_salt_length()) salt = in.pss_salt_length();
+    return ToGrpc(signer_.SignDigest(caller->principal, in.alias(), FromProto(in.algorithm()),
+                                     Bytes(in.digest()), salt, out->mutable_signature()));
+  }
+
+  Status SignData(const ServerContextBase& context, const v1::SignDataRequest& in,
+                  v1::SignResponse* out) {
+    auto caller = Authorize(ca_, context, kSignData);
+    if (!caller.ok()) return ToGrpc(caller.status());
+    std::optional<int> salt;
+    if (in.has_pss_salt_length()) salt = in.pss_salt_length();
+    return ToGrpc(signer_.SignData(caller->principal, in.alias(), FromProto(in.algorithm()),
+                                   Bytes(in.data()), salt, out->mutable_signature()));
+  }
+
+  Status GetSigningKey(const ServerContextBase& context, const v1::GetSigningKeyRequest& in,
+                       v1::SigningKeyInfo* out) {
+    auto caller = Authorize(ca_, context, kGetSigningKey);
+    if (!caller.ok()) return ToGrpc(caller.status());
+    auto key = signer_.KeyFor(caller->principal, in.alias(), "GetSigningKey");
+    if (!key.ok()) return ToGrpc(key.status());
+    Fill(**key, out);
+    return Status::OK;
+  }
+
+  Status ListSigningKeys(const ServerContextBase& context, const v1::ListSigningKeysRequest&,
+                         v1::ListSigningKeysResponse* out) {
+    auto caller = Authorize(ca_, context, kListSigningKeys);
+    if (!caller.ok()) return ToGrpc(caller.status());
+    for (const auto& key : signer_.keys()) {
+      if (key->PrincipalIndex(caller->principal) >= 0) Fill(*key, out->add_keys());
+    }
+    return Status::OK;
+  }
+
+  Status IssueCertificate(const ServerContextBase& context, const v1::IssueCertificateRequest& in,
+                          v1::IssuedCertificate* out) {
+    auto caller = Authorize(ca_, context, kIssueCertificate);
+    if (!caller.ok()) return ToGrpc(caller.status());
+    auto issued = signer_.IssueCertificate(caller->principal, in.alias(), in.template_name(),
+                                           Bytes(in.csr()), in.subject());
+    if (!issued.ok()) return ToGrpc(issued.status());
+    out->set_certificate(Der(pki::CertificateDer(issued->certificate.get())));
+    for (const auto& c : issued->chain) out->add_chain(Der(c));
+    out->set_serial(issued->serial);
+    return Status::OK;
+  }
+
+ private:
+  CertificateAuthority& ca_;
+  signing::DelegatedSigner& signer_;
+};
+
+// The threads that serve the Signing calls: as many as [server] threads
+// (default: one per core), whatever number of threads gRPC runs callbacks
+// on (1.51: half the cores, at least 2), so that token operations (and the
+// audit writes of refusals) never hold up gRPC's own threads. The queue's
+// lock is held only to push and pop.
+class Workers {
+ public:
+  struct Job {
+    Status (*run)(Handlers&, const ServerContextBase&, const void* in, void* out) = nullptr;
+    Handlers* handlers = nullptr;
+    grpc::CallbackServerContext* context = nullptr;
+    const void* in = nullptr;
+    void* out = nullptr;
+    grpc::ServerUnaryReactor* reactor = nullptr;
+  };
+
+  explicit Workers(int n) {
+    for (int i = 0; i < n; ++i) threads_.emplace_back([this] { Loop(); });
+  }
+  ~Workers() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+
+  void Post(const Job& job) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(job);
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  void Loop() {
+    for (;;) {
+      Job job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        job = queue_.front();
+        queue_.pop_front();
+      }
+      job.reactor->Finish(job.run(*job.handlers, *job.context, job.in, job.out));
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> queue_;
+  bool stopping_ = false;
+  std::vector<std::thread> threads_;
+};
+
+// Callback API: every call is handed to the workers.
+class SigningService final : public v1::Signing::CallbackService {
+ public:
+  SigningService(CertificateAuthority& ca, signing::DelegatedSigner& signer, int threads)
+      : h_(ca, signer), workers_(std::make_unique<Workers>(threads)) {}
+
+  grpc::ServerUnaryReactor* SignDigest(grpc::CallbackServerContext* context,
+                                       const v1::SignDigestRequest* in,
+                                       v1::SignResponse* out) override {
+    return Post<&Handlers::SignDigest>(context, in, out);
+  }
+  grpc::ServerUnaryReactor* SignData(grpc::CallbackServerContext* context,
+                                     const v1::SignDataRequest* in,
+                                     v1::SignResponse* out) override {
+    return Post<&Handlers::SignData>(context, in, out);
+  }
+  grpc::ServerUnaryReactor* GetSigningKey(grpc::CallbackServerContext* context,
+                                          const v1::GetSigningKeyRequest* in,
+                                          v1::SigningKeyInfo* out) override {
+    return Post<&Handlers::GetSigningKey>(context, in, out);
+  }
+  grpc::ServerUnaryReactor* ListSigningKeys(grpc::CallbackServerContext* context,
+                                            const v1::ListSigningKeysRequest* in,
+                                            v1::ListSigningKeysResponse* out) override {
+    return Post<&Handlers::ListSigningKeys>(context, in, out);
+  }
+  grpc::ServerUnaryReactor* IssueCertificate(grpc::CallbackServerContext* context,
+                                             const v1::IssueCertificateRequest* in,
+                                             v1::IssuedCertificate* out) override {
+    return Post<&Handlers::IssueCertificate>(context, in, out);
+  }
+
+ private:
+  template <auto M, typename In, typename Out>
+  grpc::ServerUnaryReactor* Post(grpc::CallbackServerContext* context, const In* in, Out* out) {
+    Workers::Job job;
+    job.run = [](Handlers& h, const ServerContextBase& c, const void* i, void* o) {
+      return (h.*M)(c, *static_cast<const In*>(i), static_cast<Out*>(o));
+    };
+    job.handlers = &h_;
+    job.context = context;
+    job.in = in;
+    job.out = out;
+    job.reactor = context->DefaultReactor();
+    workers_->Post(job);
+    return job.reactor;
+  }
+
+  Handlers h_;
+  std::unique_ptr<Workers> workers_;  // last: stopped first
+};
+
+}  // namespace
+
+std::unique_ptr<grpc::Service> MakeSigningService(CertificateAuthority& ca,
+                                                  signing::DelegatedSigner& signer) {
+  const int threads = ca.config().server.threads > 0
+                          ? ca.config().server.threads
+                          : static_cast<int>(std::max(2u, std::thread::hardware_concurrency()));
+  return std::make_unique<SigningService>(ca, signer, threads);
+}
+
+}  // namespace keywarden::service

@@ -1,0 +1,180 @@
+// Delegated signing (ARCHITECTURE.md §6): named keys that other CA services
+// (an issuing front end, an OCSP responder, a timestamp service) sign with,
+// without gRPC in sight. The gRPC handlers (server/signing_service.cc)
+// check the Signer role, translate, and call one method here.
+//
+// The hot path (SignDigest/SignData) holds no lock while the token works:
+// each key keeps prepared EVP_PKEY_CTXs per algorithm in a small free list
+// (a lock only to pop and push), the token session comes from the token's
+// bounded pool inside the provider, and the signature is written straight
+// into the caller's buffer. Usage is counted per key, principal and
+// algorithm in atomics and written to the audit log by FlushUsage (every
+// [signing] audit_interval and at shutdown), not once per signature; every
+// refusal is audited when it happens.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "hsm/keys.h"
+#include "hsm/ossl.h"
+#include "hsm/provider/provider.h"
+#include "hsm/token.h"
+#include "service/ca/issuer.h"
+#include "service/config.h"
+#include "service/signing/algorithm.h"
+
+namespace keywarden::service::signing {
+
+// One [[signing.keys]] entry, opened. Read-only outside DelegatedSigner.
+struct SigningKey {
+  std::string alias;
+  std::shared_ptr<hsm::TokenKey> token_key;  // software public key in token_key->public_key
+  ossl::UniquePtr<EVP_PKEY> pkey;            // the token key through keywarden's provider
+  std::array<bool, kAlgorithmCount> allowed{};
+  std::vector<Algorithm> algorithms;  // as configured, in order
+  std::vector<std::string> principals;
+  std::vector<std::string> templates;  // canonical template names
+  ossl::UniquePtr<X509> certificate;   // may be null
+  std::vector<ossl::UniquePtr<X509>> chain;
+  std::unique_ptr<Issuer> issuer;       // when templates is not empty
+  std::vector<uint8_t> public_key_der;  // SubjectPublicKeyInfo
+
+  hsm::KeyType type() const { return token_key->type; }
+  size_t bits() const { return token_key->bits; }
+  // Index of `principal` in `principals`, or -1.
+  int PrincipalIndex(std::string_view principal) const;
+
+  // Prepared contexts: `sign` through the provider (token), `verify` in
+  // software (RSA signatures are checked before they leave the daemon).
+  struct Contexts {
+    EVP_PKEY_CTX* sign = nullptr;
+    EVP_PKEY_CTX* verify = nullptr;
+  };
+  struct Pool {
+    std::mutex mu;
+    std::vector<Contexts> idle;
+  };
+  // Mutable: signing changes these, nothing else about the key.
+  mutable std::array<Pool, kAlgorithmCount> pools;
+  // Signatures since the last flush: principals.size() x kAlgorithmCount.
+  std::unique_ptr<std::atomic<uint64_t>[]> usage;
+
+  SigningKey() = default;
+  SigningKey(const SigningKey&) = delete;
+  SigningKey& operator=(const SigningKey&) = delete;
+  ~SigningKey();
+};
+
+struct IssuedCertificate {
+  ossl::UniquePtr<X509> certificate;
+  std::vector<std::vector<uint8_t>> chain;  // DER: the alias certificate, then its chain
+  std::string serial;                       // hex
+};
+
+class DelegatedSigner {
+ public:
+  // (principal, event, details JSON) -> the audit log.
+  using AuditSink = std::function<void(const std::string&, const std::string&, const std::string&)>;
+  using Clock = std::function<int64_t()>;
+
+  // Opens every [[signing.keys]] entry. A key's token is one of `open_tokens`
+  // (the CA token, already logged in) when it is the same token of the same
+  // module; otherwise it is opened with [hsm] max_sessions and logged in with
+  // the key's pin_source (or its URI's pin-source), and shared by later keys
+  // on it. Refuses to start on anything it cannot use: a missing key or
+  // token, an algorithm the key type cannot do, a certificate that is not the
+  // key's, templates without a CA certificate to issue under.
+  static absl::StatusOr<std::unique_ptr<DelegatedSigner>> Open(
+      const Config& config, std::shared_ptr<hsm::CryptoContext> crypto,
+      std::vector<std::shared_ptr<hsm::Token>> open_tokens, AuditSink audit, Clock clock);
+  ~DelegatedSigner();  // stops the periodic flush and flushes once more
+
+  const std::vector<std::unique_ptr<SigningKey>>& keys() const { return keys_; }
+  const SigningKey* Find(std::string_view alias) const;
+  // Tokens the signer uses (the CA token first when a key is on it).
+  const std::vector<std::shared_ptr<hsm::Token>>& tokens() const { return tokens_; }
+
+  // The key `alias`, if `principal` may use it; refusals audited with `rpc`.
+  absl::StatusOr<const SigningKey*> KeyFor(const std::string& principal, std::string_view alias,
+                                           std::string_view rpc);
+
+  // Signs a digest (its length must be the algorithm's hash length) or data
+  // (hashed here). `pss_salt_length` is for RSA-PSS only (default: the hash
+  // length). On success `signature` holds the signature (RSA: key-size bytes;
+  // ECDSA: DER). Refusals: unknown alias (NTE_BAD_KEYSET), principal not
+  // allowed (E_ACCESSDENIED), algorithm not allowed (NTE_BAD_ALGID), digest
+  // of the wrong length (NTE_BAD_LEN), bad salt length (E_INVALIDARG).
+  absl::Status SignDigest(const std::string& principal, std::string_view alias,
+                          std::optional<Algorithm> algorithm, std::span<const uint8_t> digest,
+                          std::optional<int> pss_salt_length, std::string* signature);
+  absl::Status SignData(const std::string& principal, std::string_view alias,
+                        std::optional<Algorithm> algorithm, std::span<const uint8_t> data,
+                        std::optional<int> pss_salt_length, std::string* signature);
+
+  // A certificate from a PKCS#10 request under one of the alias's
+  // templates, issued by the alias's certificate. `subject` (RFC 4514)
+  // replaces the request's subject when not empty. Audited.
+  absl::StatusOr<IssuedCertificate> IssueCertificate(const std::string& principal,
+                                                     std::string_view alias,
+                                                     const std::string& template_name,
+                                                     std::span<const uint8_t> request,
+                                                     const std::string& subject);
+
+  // Writes one "signing.usage" audit record per (principal, alias) that
+  // signed since the last flush, and resets the counters.
+  void FlushUsage();
+  // Calls FlushUsage every `interval` on a thread of its own until Stop().
+  void StartPeriodicFlush(std::chrono::seconds interval);
+  // Stops the periodic flush and flushes what is left.
+  void Stop();
+
+ private:
+  DelegatedSigner(std::shared_ptr<hsm::CryptoContext> crypto, AuditSink audit, Clock clock)
+      : crypto_(std::move(crypto)), audit_(std::move(audit)), clock_(std::move(clock)) {}
+
+  // Audits and returns `refusal`.
+  absl::Status Refuse(const std::string& principal, std::string_view rpc, std::string_view alias,
+                      absl::Status refusal);
+  // Policy checks shared by SignDigest and SignData; on success *key and
+  // *principal_index are set and *salt is the salt length to use.
+  absl::Status CheckSign(const std::string& principal, std::string_view rpc, std::string_view alias,
+                         std::optional<Algorithm> algorithm, std::optional<int> pss_salt_length,
+                         const SigningKey** key, int* principal_index, int* salt);
+  absl::Status SignPrepared(const SigningKey& key, const AlgorithmInfo& algorithm,
+                            std::span<const uint8_t> digest, int salt, std::string* signature);
+  absl::StatusOr<SigningKey::Contexts> AcquireContexts(const SigningKey& key,
+                                                       const AlgorithmInfo& algorithm);
+  void ReleaseContexts(const SigningKey& key, const AlgorithmInfo& algorithm,
+                       SigningKey::Contexts contexts, bool reuse);
+
+  std::shared_ptr<hsm::CryptoContext> crypto_;
+  AuditSink audit_;
+  Clock clock_;
+  std::vector<std::shared_ptr<hsm::Token>> tokens_;
+  std::array<ossl::UniquePtr<EVP_MD>, kAlgorithmCount> digests_;  // for SignData
+  std::vector<std::unique_ptr<SigningKey>> keys_;
+  const Config* config_ = nullptr;
+
+  std::mutex flush_mu_;  // one flush at a time
+  int64_t usage_since_ = 0;
+  std::mutex stop_mu_;
+  std::condition_variable stop_cv_;
+  bool stopping_ = false;
+  std::thread flusher_;
+};
+
+}  // namespace keywarden::service::signing
