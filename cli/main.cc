@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
   RegisterCaCommands(app, out, conn, action);
   RegisterAuditCommands(app, out, conn, action);
   RegisterBackupCommands(app, out, conn, action);
+  RegisterRecoveryCommands(app, out, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
