@@ -859,7 +859,8 @@ void RegisterRecoveryCommands(CLI::App& app, const Output& out, Action& action) 
                       "pin-source, else prompt). Tried once, never retried");
   recover->add_option("--ca-cert,--trust", ro->trust,
                       "PEM file of CA certificate(s) the blob's signature must chain to "
-                      "(repeatable; required)");
+                      "(repeatable; required)")
+      ->allow_extra_args(false);
   AddOutputPasswordOptions(recover, ro->password, "the PFX file(s)");
   recover->add_flag("--legacy", ro->legacy,
                     "Protect the PFX with 3DES and a SHA-1 MAC for old importers (default "
@@ -878,7 +879,8 @@ void RegisterRecoveryCommands(CLI::App& app, const Output& out, Action& action) 
                     "certutil style: \"INPASSWORD,OUTPASSWORD\" or \"IN1,...,INn,OUTPASSWORD\"");
   merge->add_option("--in-password", mo->in_passwords,
                     "Input password source(s): file:PATH, env:NAME or prompt; once for all inputs "
-                    "or once per input, in order");
+                    "or once per input, in order")
+      ->allow_extra_args(false);
   merge->add_option("--out-password-source", mo->out_password.source,
                     "Output password from file:PATH, env:NAME or prompt (asked twice)");
   merge->add_flag("--generate-password", mo->out_password.generate,

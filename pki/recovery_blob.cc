@@ -336,14 +336,15 @@ absl::StatusOr<std::vector<uint8_t>> BuildRecoveryBlob(OSSL_LIB_CTX* libctx, con
   Bytes out = Der(cms.get(), i2d_CMS_ContentInfo);
   if (out.empty()) return OpenSslError("recovery blob: encode");
 
-  // Verify what was signed, in software, from the encoding alone.
-  const unsigned char* q = out.data();
-  ossl::UniquePtr<CMS_ContentInfo> check(
-      d2i_CMS_ContentInfo(nullptr, &q, static_cast<long>(out.size())));
-  ossl::UniquePtr<BIO> sink(BIO_new(BIO_s_null()));
-  if (!check || CMS_verify(check.get(), nullptr, nullptr, nullptr, sink.get(),
-                           CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY) != 1) {
-    return OpenSslError("recovery blob: the signature just made does not verify");
+  // Verify what was made, in software, as a KRA will: the signature, and
+  // that every certificate has its place (a user chain with a stranger in
+  // it is the caller's mistake, found here rather than by the KRA).
+  std::vector<ossl::UniquePtr<X509>> anchor;
+  anchor.push_back(SoftwareCopy(in.ca_certificate));
+  auto check = ParseRecoveryBlob(out, anchor);
+  if (!check.ok()) {
+    return absl::InternalError(
+        StrCat("recovery blob: the blob just made does not verify: ", check.status().message()));
   }
   return out;
 }
@@ -493,24 +494,37 @@ absl::StatusOr<RecoveryBlob> ParseRecoveryBlob(
     }
   }
 
-  // 4. Every certificate whose issuer is at hand is really signed by it.
+  // 4. Every certificate is well formed, and signed by its issuer when a
+  // certificate of that name is at hand (in the blob or the anchors; by
+  // name alone, so that an altered extension cannot hide the issuer).
   std::vector<X509*> issuers;
   for (int i = 0; i < sk_X509_num(certs.get()); ++i) issuers.push_back(sk_X509_value(certs.get(), i));
   for (const auto& a : trust_anchors) issuers.push_back(a.get());
   for (int i = 0; i < sk_X509_num(certs.get()); ++i) {
     X509* c = sk_X509_value(certs.get(), i);
+    if ((X509_get_extension_flags(c) & EXFLAG_INVALID) != 0) {
+      ERR_clear_error();
+      return Fail(RecoveryBlobError::kCertificateTampered, absl::StatusCode::kDataLoss,
+                  StrCat("certificate \"", Subject(c), "\" has malformed extensions: it was altered"));
+    }
+    bool named = false, verified = false;
     for (X509* issuer : issuers) {
-      if (X509_check_issued(issuer, c) != X509_V_OK) continue;
-      if (X509_verify(c, X509_get0_pubkey(issuer)) != 1) {
-        ERR_clear_error();
-        return Fail(RecoveryBlobError::kCertificateTampered, absl::StatusCode::kDataLoss,
-                    StrCat("certificate \"", Subject(c), "\" does not verify with its issuer \"",
-                           Subject(issuer), "\": it was altered"));
+      if (X509_NAME_cmp(X509_get_subject_name(issuer), X509_get_issuer_name(c)) != 0) continue;
+      EVP_PKEY* key = X509_get0_pubkey(issuer);
+      if (key == nullptr) continue;
+      named = true;
+      if (X509_verify(c, key) == 1) {
+        verified = true;
+        break;
       }
-      break;
+    }
+    ERR_clear_error();
+    if (named && !verified) {
+      return Fail(RecoveryBlobError::kCertificateTampered, absl::StatusCode::kDataLoss,
+                  StrCat("certificate \"", Subject(c), "\" does not verify with its issuer \"",
+                         FormatName(X509_get_issuer_name(c)), "\": it was altered"));
     }
   }
-  ERR_clear_error();
 
   // 5. szOID_ARCHIVED_KEY_CERT_HASH names the user certificate.
   ossl::UniquePtr<ASN1_OBJECT> hash_oid(OBJ_txt2obj(kArchivedKeyCertHashOid, 1));
@@ -607,31 +621,62 @@ absl::StatusOr<RecoveryBlob> ParseRecoveryBlob(
     blob.recipients.push_back(std::move(r));
   }
 
-  // 7. Sort the other certificates: KRA certificates (recipients), the
-  // user's issuers; the rest is the CA chain or unrelated.
-  for (int i = 0; i < sk_X509_num(certs.get()); ++i) {
+  // 7. Sort the certificates: the user's and its issuers, the KRA
+  // certificates (recipients) and their issuers, the signer's chain. A
+  // certificate that is none of these was altered (a changed name or
+  // serial no longer links it) or does not belong: refused, so that what
+  // the blob shows the KRA is what the CA put in it.
+  const int count = sk_X509_num(certs.get());
+  std::vector<bool> placed(static_cast<size_t>(count), false);
+  auto place = [&](X509* c) {
+    for (int i = 0; i < count; ++i) {
+      if (X509_cmp(sk_X509_value(certs.get(), i), c) == 0) placed[static_cast<size_t>(i)] = true;
+    }
+  };
+  // Issuers of `c` found in the blob, nearest first.
+  auto issuers_of = [&](X509* c) {
+    std::vector<X509*> chain;
+    for (int depth = 0; depth < 10; ++depth) {
+      if (X509_check_issued(c, c) == X509_V_OK) break;  // self-signed: the root
+      X509* next = nullptr;
+      for (int i = 0; i < count && next == nullptr; ++i) {
+        X509* candidate = sk_X509_value(certs.get(), i);
+        if (X509_check_issued(candidate, c) == X509_V_OK) next = candidate;
+      }
+      if (next == nullptr || std::find(chain.begin(), chain.end(), next) != chain.end()) break;
+      chain.push_back(next);
+      c = next;
+    }
+    return chain;
+  };
+  place(blob.user_certificate.get());
+  for (X509* c : issuers_of(blob.user_certificate.get())) {
+    blob.user_chain.emplace_back(X509_dup(c));
+    place(c);
+  }
+  place(blob.signer.get());
+  for (const auto& c : blob.signer_chain) place(c.get());
+  for (int i = 0; i < count; ++i) {
     X509* c = sk_X509_value(certs.get(), i);
     for (RecoveryRecipient& r : blob.recipients) {
       if (r.certificate == nullptr && r.Matches(c)) {
         blob.kra_certificates.emplace_back(X509_dup(c));
         r.certificate = blob.kra_certificates.back().get();
+        place(c);
+        for (X509* issuer : issuers_of(c)) place(issuer);
         break;
       }
     }
   }
-  X509* at_cert = blob.user_certificate.get();
-  for (int depth = 0; depth < 10; ++depth) {
-    if (X509_check_issued(at_cert, at_cert) == X509_V_OK) break;  // self-signed: the root
-    X509* next = nullptr;
-    for (int i = 0; i < sk_X509_num(certs.get()) && next == nullptr; ++i) {
-      X509* c = sk_X509_value(certs.get(), i);
-      if (X509_check_issued(c, at_cert) == X509_V_OK) next = c;
-    }
-    if (next == nullptr) break;
-    blob.user_chain.emplace_back(X509_dup(next));
-    at_cert = blob.user_chain.back().get();
-  }
   ERR_clear_error();
+  for (int i = 0; i < count; ++i) {
+    if (!placed[static_cast<size_t>(i)]) {
+      return Fail(RecoveryBlobError::kCertificateTampered, absl::StatusCode::kDataLoss,
+                  StrCat("certificate \"", Subject(sk_X509_value(certs.get(), i)),
+                         "\" is not the user's, a KRA's, or in their or the CA's chain: it was "
+                         "altered, or does not belong in a recovery blob"));
+    }
+  }
 
   ASN1_TYPE* time = nullptr;
   int time_at = CMS_signed_get_attr_by_NID(si, NID_pkcs9_signingTime, -1);

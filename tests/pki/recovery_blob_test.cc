@@ -196,11 +196,21 @@ TEST_F(RecoveryBlobTest, OpensslSeesTheStructureAndTheUserCertificateHashAttribu
 
 TEST_F(RecoveryBlobTest, EverySingleByteChangeIsRefusedOrChangesNothingThatMatters) {
   // What the KRA relies on: the envelope (ciphertext and recipients), the
-  // user certificate and the signer. Any byte change must be refused, or
-  // leave all of them as they were (e.g. a byte in a KRA certificate whose
-  // issuer is not in the blob is only display; here every certificate's
-  // issuer is present, so those are refused too).
+  // user certificate and the signer; and what it is shown: the KRA
+  // certificates. Any byte change must be refused, or leave all of them as
+  // they were.
+  auto recipient_certs = [](const pki::RecoveryBlob& b) {
+    std::vector<std::vector<uint8_t>> out;
+    for (const auto& r : b.recipients) {
+      out.push_back(r.certificate ? pki::CertificateDer(r.certificate) : std::vector<uint8_t>{});
+    }
+    return out;
+  };
+  auto original = Parse(blob_);
+  ASSERT_TRUE(original.ok()) << original.status();
+  const auto original_kras = recipient_certs(*original);
   size_t refused = 0, harmless = 0;
+  std::string accepted_at;
   std::map<std::string, size_t> kinds;
   for (size_t i = 0; i < blob_.size(); ++i) {
     std::vector<uint8_t> bad = blob_;
@@ -214,14 +224,16 @@ TEST_F(RecoveryBlobTest, EverySingleByteChangeIsRefusedOrChangesNothingThatMatte
       continue;
     }
     ++harmless;
+    accepted_at += StrCat(" ", i);
     EXPECT_EQ(parsed->enveloped_data, envelope_) << "byte " << i;
     EXPECT_EQ(X509_cmp(parsed->user_certificate.get(), user_.cert.get()), 0) << "byte " << i;
     EXPECT_EQ(X509_cmp(parsed->signer.get(), pki_->ca_cert()), 0) << "byte " << i;
+    EXPECT_EQ(recipient_certs(*parsed), original_kras) << "byte " << i;
   }
   std::string summary;
   for (auto& [k, n] : kinds) summary += StrCat(k, "=", n, " ");
   std::cout << "[ byte flips ] " << blob_.size() << " positions: " << refused << " refused ("
-            << summary << "), " << harmless << " accepted unchanged" << std::endl;
+            << summary << "), " << harmless << " accepted unchanged (at" << accepted_at << ")" << std::endl;
   EXPECT_EQ(refused + harmless, blob_.size());
   EXPECT_GT(kinds["bad-signature"], 0u);
   EXPECT_GT(kinds["malformed"], 0u);
