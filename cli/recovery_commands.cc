@@ -111,7 +111,7 @@ absl::StatusOr<hsm::SecretString> ReadPassword(const std::string& spec, const st
 }
 
 struct OutputPassword {
-  std::string value;  // -p
+  std::string value;   // -p
   std::string source;  // --password-source
   bool generate = false;
 };
@@ -122,8 +122,7 @@ absl::StatusOr<hsm::SecretString> PfxPassword(const OutputPassword& o, bool* gen
   *generated = false;
   const int given = (!o.value.empty()) + (!o.source.empty()) + (o.generate ? 1 : 0);
   if (given > 1) {
-    return absl::InvalidArgumentError(
-        "give one of -p, --password-source and --generate-password");
+    return absl::InvalidArgumentError("give one of -p, --password-source and --generate-password");
   }
   if (!o.value.empty()) return hsm::SecretString(o.value);
   if (o.generate) {
@@ -141,7 +140,7 @@ absl::StatusOr<hsm::SecretString> PfxPassword(const OutputPassword& o, bool* gen
 
 std::string ProtectionName(pki::Pkcs12Protection p) {
   return p == pki::Pkcs12Protection::kLegacy3Des ? "3DES/SHA-1 (legacy)"
-                                                  : "AES-256-CBC/PBKDF2-SHA256";
+                                                 : "AES-256-CBC/PBKDF2-SHA256";
 }
 
 // ---- recoverkey -------------------------------------------------------------
@@ -197,8 +196,11 @@ nlohmann::json BlobJson(const pki::RecoveryBlob& b) {
     kras.push_back(k);
   }
   X509* u = b.user_certificate.get();
-  return {{"user", {{"subject", Subject(u)}, {"serial", SerialHex(u)},
-                    {"sha1", pki::Sha1Thumbprint(u)}, {"not_after", NotAfter(u)}}},
+  return {{"user",
+           {{"subject", Subject(u)},
+            {"serial", SerialHex(u)},
+            {"sha1", pki::Sha1Thumbprint(u)},
+            {"not_after", NotAfter(u)}}},
           {"signer", Subject(b.signer.get())},
           {"signing_time", b.signing_time ? TimeText(*b.signing_time) : ""},
           {"content_cipher", b.content_cipher},
@@ -207,16 +209,16 @@ nlohmann::json BlobJson(const pki::RecoveryBlob& b) {
 
 std::string BlobText(const std::string& path, const pki::RecoveryBlob& b) {
   X509* u = b.user_certificate.get();
-  std::string anchor = b.signer_chain.empty() ? Subject(b.signer.get())
-                                              : Subject(b.signer_chain.back().get());
-  std::string text = StrCat(
-      "Recovery blob ", path, "\n", "  signed by:    \"", Subject(b.signer.get()),
-      "\" (signature verified, chains to trusted \"", anchor, "\")",
-      b.signing_time ? StrCat(" on ", TimeText(*b.signing_time)) : "", "\n",
-      "  user:         \"", Subject(u), "\"\n", "                serial ", SerialHex(u),
-      ", SHA-1 ", pki::Sha1Thumbprint(u), ", valid until ", NotAfter(u), "\n",
-      "  archived key: ", b.content_cipher.empty() ? "?" : b.content_cipher, ", encrypted to ",
-      b.recipients.size(), " KRA(s):\n");
+  std::string anchor =
+      b.signer_chain.empty() ? Subject(b.signer.get()) : Subject(b.signer_chain.back().get());
+  std::string text =
+      StrCat("Recovery blob ", path, "\n", "  signed by:    \"", Subject(b.signer.get()),
+             "\" (signature verified, chains to trusted \"", anchor, "\")",
+             b.signing_time ? StrCat(" on ", TimeText(*b.signing_time)) : "", "\n",
+             "  user:         \"", Subject(u), "\"\n", "                serial ", SerialHex(u),
+             ", SHA-1 ", pki::Sha1Thumbprint(u), ", valid until ", NotAfter(u), "\n",
+             "  archived key: ", b.content_cipher.empty() ? "?" : b.content_cipher,
+             ", encrypted to ", b.recipients.size(), " KRA(s):\n");
   for (const auto& r : b.recipients) {
     text += StrCat("    ", r.Describe(),
                    r.certificate != nullptr && Expired(r.certificate)
@@ -296,10 +298,11 @@ absl::StatusOr<Recovered> RecoverWithCard(const std::string& blob_path,
   const size_t bits = static_cast<size_t>(EVP_PKEY_get_bits(key->key.get()));
   r.json = {{"blob", blob_path},
             {"output", out_path},
-            {"kra", {{"subject", Subject(kra)},
-                     {"sha1", pki::Sha1Thumbprint(kra)},
-                     {"expired", Expired(kra)},
-                     {"card", s.card->label()}}},
+            {"kra",
+             {{"subject", Subject(kra)},
+              {"sha1", pki::Sha1Thumbprint(kra)},
+              {"expired", Expired(kra)},
+              {"card", s.card->label()}}},
             {"key_bits", bits},
             {"archived_format", key->was_private_key_blob ? "PRIVATEKEYBLOB" : "PKCS#8"},
             {"protection", ProtectionName(protection)},
@@ -341,11 +344,16 @@ int RunRecoverOne(const RecoverOptions& o, const Output& out) {
   if (auto st = pki::CheckWritable(out_path, pki::Overwrite::kRefuse); !st.ok()) {
     return out.Fail(st);
   }
+  // The card first (no PIN needed to match it), so that a wrong card is
+  // reported before anyone types a password; then the password; then the PIN.
+  auto card = OpenCard(o);
+  if (!card.ok()) return out.Fail(card.status());
+  if (auto match = card->card->Match(*blob); !match.ok()) {
+    return out.Fail(WithFile(path, match.status()));
+  }
   bool generated = false;
   auto password = PfxPassword(o.password, &generated);
   if (!password.ok()) return out.Fail(password.status());
-  auto card = OpenCard(o);
-  if (!card.ok()) return out.Fail(card.status());
   const auto protection =
       o.legacy ? pki::Pkcs12Protection::kLegacy3Des : pki::Pkcs12Protection::kAes256Pbkdf2;
   auto r = RecoverWithCard(path, *blob, *card, *password, protection, out_path);
@@ -454,11 +462,11 @@ int RunRecoverBatch(const RecoverOptions& o, const Output& out) {
     return out.Fail(absl::AlreadyExistsError(
         StrCat("refusing to start: output files would clash:\n  ", StrJoin(clashes, "\n  "))));
   }
+  auto card = OpenCard(o);
+  if (!card.ok()) return out.Fail(card.status());
   bool generated = false;
   auto password = PfxPassword(o.password, &generated);
   if (!password.ok()) return out.Fail(password.status());
-  auto card = OpenCard(o);
-  if (!card.ok()) return out.Fail(card.status());
   const auto protection =
       o.legacy ? pki::Pkcs12Protection::kLegacy3Des : pki::Pkcs12Protection::kAes256Pbkdf2;
 
@@ -517,9 +525,9 @@ int RunRecoverBatch(const RecoverOptions& o, const Output& out) {
                         {"key_decrypt", decrypt_s},
                         {"key_check", verify_s},
                         {"pfx_write", write_s}}}};
-  std::string text = StrCat(
-      "Recovered ", done.size(), " of ", inputs->size(), " blob(s) into ", o.out_dir,
-      " with card \"", card->card->label(), "\" (", ProtectionName(protection), ")\n");
+  std::string text =
+      StrCat("Recovered ", done.size(), " of ", inputs->size(), " blob(s) into ", o.out_dir,
+             " with card \"", card->card->label(), "\" (", ProtectionName(protection), ")\n");
   if (!failures.empty()) {
     text += StrCat(failed.size(), " failed:\n", StrJoin(failures, "\n"), "\n");
   }
@@ -656,9 +664,9 @@ int RunMerge(const MergeOptions& o, const Output& out) {
                       {"inputs", files},
                       {"keys", keys},
                       {"protection", ProtectionName(protection)}};
-  std::string text = StrCat("Merged ", entries.size(), " key(s) from ", files.size(),
-                            " file(s) into ", o.output, " (", ProtectionName(protection), "):\n",
-                            list);
+  std::string text =
+      StrCat("Merged ", entries.size(), " key(s) from ", files.size(), " file(s) into ", o.output,
+             " (", ProtectionName(protection), "):\n", list);
   if (generated) {
     j["password"] = std::string(password->view());
     text += StrCat("PFX password: ", password->view(), "\n");
@@ -806,16 +814,16 @@ int RunVerifyKeys(const VerifyOptions& o, const Output& out) {
   }
   const std::string what = subject.empty() ? o.cert : StrCat("\"", subject, "\"");
   if (!st.ok()) {
-    out.Fail(absl::FailedPreconditionError(StrCat("keys do NOT match: ", o.key, " is not the key of ",
-                                                  what, " (", st.message(), ")")));
+    out.Fail(absl::FailedPreconditionError(StrCat(
+        "keys do NOT match: ", o.key, " is not the key of ", what, " (", st.message(), ")")));
     return kExitFailed;
   }
-  out.Result({{"match", true}, {"key", o.key}, {"certificate", o.cert}, {"subject", subject}},
-             StrCat("Keys match: ", o.key, " is the private key of ", what, " (",
-                    EVP_PKEY_get0_type_name(priv->get()), "-", EVP_PKEY_get_bits(priv->get()),
-                    ", checked by ",
-                    EVP_PKEY_is_a(priv->get(), "RSA") == 1 ? "encrypt/decrypt" : "sign/verify",
-                    ")\n"));
+  out.Result(
+      {{"match", true}, {"key", o.key}, {"certificate", o.cert}, {"subject", subject}},
+      StrCat("Keys match: ", o.key, " is the private key of ", what, " (",
+             EVP_PKEY_get0_type_name(priv->get()), "-", EVP_PKEY_get_bits(priv->get()),
+             ", checked by ",
+             EVP_PKEY_is_a(priv->get(), "RSA") == 1 ? "encrypt/decrypt" : "sign/verify", ")\n"));
   return kExitOk;
 }
 
@@ -840,26 +848,29 @@ void RegisterRecoveryCommands(CLI::App& app, const Output& out, Action& action) 
       "recoverkey",
       "Decrypt a recovery blob with a KRA smart card and write the user's key as a PKCS#12 "
       "(offline: no connection to keywardend)");
-  recover->add_option("args", ro->args,
-                      "BLOB [OUT.pfx]: without OUT.pfx the blob is only verified and shown; with "
-                      "--batch: blob files and/or directories of blobs")
+  recover
+      ->add_option("args", ro->args,
+                   "BLOB [OUT.pfx]: without OUT.pfx the blob is only verified and shown; with "
+                   "--batch: blob files and/or directories of blobs")
       ->required();
   recover->add_flag("--batch", ro->batch,
                     "Recover many blobs in one run (one card login), PFX files in --out-dir");
   recover->add_option("--out-dir", ro->out_dir,
                       "--batch: directory for the PFX files (NAME.pfx for blob NAME.ext)");
-  recover->add_option("--card", ro->card,
-                      "PKCS#11 URI of the KRA smart card, e.g. pkcs11:token=kra-card-1 (object=/id= "
-                      "narrow it to one KRA certificate)");
+  recover->add_option(
+      "--card", ro->card,
+      "PKCS#11 URI of the KRA smart card, e.g. pkcs11:token=kra-card-1 (object=/id= "
+      "narrow it to one KRA certificate)");
   recover->add_option("--module", ro->module,
                       "PKCS#11 module path or p11-kit name (default: the URI's, else "
                       "$KEYWARDEN_PKCS11_MODULE)");
   recover->add_option("--pin-source", ro->pin_source,
                       "Card PIN from file:PATH, env:NAME or prompt (default: the URI's "
                       "pin-source, else prompt). Tried once, never retried");
-  recover->add_option("--ca-cert,--trust", ro->trust,
-                      "PEM file of CA certificate(s) the blob's signature must chain to "
-                      "(repeatable; required)")
+  recover
+      ->add_option("--ca-cert,--trust", ro->trust,
+                   "PEM file of CA certificate(s) the blob's signature must chain to "
+                   "(repeatable; required)")
       ->allow_extra_args(false);
   AddOutputPasswordOptions(recover, ro->password, "the PFX file(s)");
   recover->add_flag("--legacy", ro->legacy,
@@ -877,9 +888,10 @@ void RegisterRecoveryCommands(CLI::App& app, const Output& out, Action& action) 
   merge->add_option("output", mo->output, "OUT.pfx (must not exist)")->required();
   merge->add_option("-p,--password", mo->passwords,
                     "certutil style: \"INPASSWORD,OUTPASSWORD\" or \"IN1,...,INn,OUTPASSWORD\"");
-  merge->add_option("--in-password", mo->in_passwords,
-                    "Input password source(s): file:PATH, env:NAME or prompt; once for all inputs "
-                    "or once per input, in order")
+  merge
+      ->add_option("--in-password", mo->in_passwords,
+                   "Input password source(s): file:PATH, env:NAME or prompt; once for all inputs "
+                   "or once per input, in order")
       ->allow_extra_args(false);
   merge->add_option("--out-password-source", mo->out_password.source,
                     "Output password from file:PATH, env:NAME or prompt (asked twice)");
@@ -892,13 +904,16 @@ void RegisterRecoveryCommands(CLI::App& app, const Output& out, Action& action) 
   auto vo = std::make_shared<VerifyOptions>();
   CLI::App* verify = app.add_subcommand(
       "verifykeys", "Check that a private key and a certificate (or public key) are a pair");
-  verify->add_option("key", vo->key,
-                     "Private key file: PEM, DER PKCS#8/RSA, CAPI PRIVATEKEYBLOB, or PFX")
+  verify
+      ->add_option("key", vo->key,
+                   "Private key file: PEM, DER PKCS#8/RSA, CAPI PRIVATEKEYBLOB, or PFX")
       ->required();
   verify->add_option("cert", vo->cert, "Certificate or public key, PEM or DER")->required();
-  verify->add_option("--password", vo->password,
-                     "Password source for an encrypted key or a PFX: file:PATH, env:NAME or prompt");
-  verify->callback([&out, &action, vo] { action = [&out, vo] { return RunVerifyKeys(*vo, out); }; });
+  verify->add_option(
+      "--password", vo->password,
+      "Password source for an encrypted key or a PFX: file:PATH, env:NAME or prompt");
+  verify->callback(
+      [&out, &action, vo] { action = [&out, vo] { return RunVerifyKeys(*vo, out); }; });
 }
 
 }  // namespace keywarden::cli

@@ -110,8 +110,9 @@ absl::Status KraCard::Login(const hsm::PinSource& pin) {
   const CK_FLAGS flags = token_->info().info.flags;
   if (flags & CKF_USER_PIN_LOCKED) {
     login_failure_ = absl::PermissionDeniedError(
-        StrCat("card \"", label(), "\": the user PIN is locked; no login was attempted (the "
-                                  "card's security officer must unblock it)"));
+        StrCat("card \"", label(),
+               "\": the user PIN is locked; no login was attempted (the "
+               "card's security officer must unblock it)"));
     return *login_failure_;
   }
   auto value = pin.Read();
@@ -132,8 +133,7 @@ absl::Status KraCard::Login(const hsm::PinSource& pin) {
       StrCat("card \"", label(), "\" refused the login: ", why,
              ". keywarden made exactly one login attempt and does not retry, so the card's "
              "retry counter dropped by at most one; check the PIN before running again",
-             (flags & CKF_USER_PIN_FINAL_TRY) ? " (the card warned this was the final try)"
-                                              : ""));
+             (flags & CKF_USER_PIN_FINAL_TRY) ? " (the card warned this was the final try)" : ""));
   return *login_failure_;
 }
 
@@ -181,8 +181,8 @@ absl::StatusOr<RecoveredKey> KraCard::Recover(const RecoveryBlob& blob, Recovery
       CMS_ContentInfo_new_ex(crypto_->libctx(), hsm::kTokenKeyProperties));
   CMS_ContentInfo* raw = cms.get();
   const unsigned char* p = blob.enveloped_data.data();
-  if (!cms || d2i_CMS_ContentInfo(&raw, &p, static_cast<long>(blob.enveloped_data.size())) ==
-                  nullptr) {
+  if (!cms ||
+      d2i_CMS_ContentInfo(&raw, &p, static_cast<long>(blob.enveloped_data.size())) == nullptr) {
     return hsm::OpenSslError("recovery: EnvelopedData", absl::StatusCode::kDataLoss);
   }
 
@@ -194,10 +194,10 @@ absl::StatusOr<RecoveredKey> KraCard::Recover(const RecoveryBlob& blob, Recovery
   // The content-encryption key, decrypted by the card's private key.
   auto start = Clock::now();
   if (CMS_decrypt_set1_pkey_and_peer(cms.get(), *key, kra.certificate.get(), nullptr) != 1) {
-    return hsm::OpenSslError(StrCat("recovery: card \"", label(), "\" could not decrypt the ",
-                                    "content key with the key of \"",
-                                    Subject(kra.certificate.get()), "\""),
-                             absl::StatusCode::kDataLoss);
+    return hsm::OpenSslError(
+        StrCat("recovery: card \"", label(), "\" could not decrypt the ",
+               "content key with the key of \"", Subject(kra.certificate.get()), "\""),
+        absl::StatusCode::kDataLoss);
   }
   t.card = Since(start);
 
@@ -205,7 +205,7 @@ absl::StatusOr<RecoveredKey> KraCard::Recover(const RecoveryBlob& blob, Recovery
   start = Clock::now();
   ossl::UniquePtr<BIO> out(BIO_new(BIO_s_secmem()));
   if (!out || CMS_decrypt(cms.get(), nullptr, nullptr, nullptr, out.get(),
-                             CMS_BINARY | CMS_DEBUG_DECRYPT) != 1) {
+                          CMS_BINARY | CMS_DEBUG_DECRYPT) != 1) {
     return hsm::OpenSslError("recovery: decrypt the archived key", absl::StatusCode::kDataLoss);
   }
   char* data = nullptr;
@@ -214,9 +214,8 @@ absl::StatusOr<RecoveredKey> KraCard::Recover(const RecoveryBlob& blob, Recovery
       std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data), static_cast<size_t>(len)));
   out.reset();
   RecoveredKey recovered;
-  auto parsed =
-      ParsePrivateKeyPlaintext(plaintext.span(), &recovered.was_private_key_blob,
-                               &recovered.ai_key_alg);
+  auto parsed = ParsePrivateKeyPlaintext(plaintext.span(), &recovered.was_private_key_blob,
+                                         &recovered.ai_key_alg);
   plaintext.Clear();
   if (!parsed.ok()) {
     return absl::DataLossError(
@@ -227,11 +226,13 @@ absl::StatusOr<RecoveredKey> KraCard::Recover(const RecoveryBlob& blob, Recovery
   t.decrypt = Since(start);
 
   start = Clock::now();
-  if (auto st = CheckKeyPairMatches(recovered.key.get(), X509_get0_pubkey(blob.user_certificate.get()));
+  if (auto st =
+          CheckKeyPairMatches(recovered.key.get(), X509_get0_pubkey(blob.user_certificate.get()));
       !st.ok()) {
-    return absl::DataLossError(StrCat("recovery: the decrypted key does not belong to user "
-                                      "certificate \"",
-                                      Subject(blob.user_certificate.get()), "\": ", st.message()));
+    return absl::DataLossError(
+        StrCat("recovery: the decrypted key does not belong to user "
+               "certificate \"",
+               Subject(blob.user_certificate.get()), "\": ", st.message()));
   }
   t.verify = Since(start);
   recovered.kra = &kra;

@@ -39,9 +39,9 @@ struct RecoveryTiming {
 };
 
 struct RecoveredKey {
-  ossl::UniquePtr<EVP_PKEY> key;      // the user's private key (software)
-  bool was_private_key_blob = false;  // the archive held a CAPI PRIVATEKEYBLOB, not PKCS#8
-  uint32_t ai_key_alg = 0;            // its aiKeyAlg (0 for PKCS#8)
+  ossl::UniquePtr<EVP_PKEY> key;         // the user's private key (software)
+  bool was_private_key_blob = false;     // the archive held a CAPI PRIVATEKEYBLOB, not PKCS#8
+  uint32_t ai_key_alg = 0;               // its aiKeyAlg (0 for PKCS#8)
   const CardCertificate* kra = nullptr;  // the card certificate used; owned by the KraCard
 };
 

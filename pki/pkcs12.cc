@@ -88,9 +88,9 @@ absl::StatusOr<std::vector<uint8_t>> BuildPkcs12(const std::vector<Pkcs12Entry>&
     }
     if (X509_check_private_key(e.certificate, e.key) != 1) {
       ERR_clear_error();
-      return absl::InvalidArgumentError(
-          StrCat("PKCS#12: the key does not match certificate \"",
-                 FormatName(X509_get_subject_name(e.certificate)), "\""));
+      return absl::InvalidArgumentError(StrCat("PKCS#12: the key does not match certificate \"",
+                                               FormatName(X509_get_subject_name(e.certificate)),
+                                               "\""));
     }
     unsigned char keyid[EVP_MAX_MD_SIZE];
     unsigned int keyid_len = 0;
@@ -169,52 +169,52 @@ absl::StatusOr<Pkcs12Contents> ReadPkcs12(std::span<const uint8_t> der,
   std::vector<ossl::UniquePtr<X509>> certs;
   std::vector<std::string> cert_names;
   absl::Status failure;
-  std::function<void(const STACK_OF(PKCS12_SAFEBAG)*)> walk =
-      [&](const STACK_OF(PKCS12_SAFEBAG) * bags) {
-        for (int i = 0; failure.ok() && i < sk_PKCS12_SAFEBAG_num(bags); ++i) {
-          const PKCS12_SAFEBAG* bag = sk_PKCS12_SAFEBAG_value(bags, i);
-          char* fname = PKCS12_get_friendlyname(const_cast<PKCS12_SAFEBAG*>(bag));
-          std::string name = fname != nullptr ? fname : "";
-          OPENSSL_free(fname);
-          switch (PKCS12_SAFEBAG_get_nid(bag)) {
-            case NID_keyBag:
-            case NID_pkcs8ShroudedKeyBag: {
-              std::unique_ptr<PKCS8_PRIV_KEY_INFO, P8Deleter> owned;
-              const PKCS8_PRIV_KEY_INFO* p8 = nullptr;
-              if (PKCS12_SAFEBAG_get_nid(bag) == NID_keyBag) {
-                p8 = PKCS12_SAFEBAG_get0_p8inf(bag);
-              } else {
-                owned.reset(PKCS12_decrypt_skey(bag, pass.c_str(), -1));
-                p8 = owned.get();
-              }
-              ossl::UniquePtr<EVP_PKEY> key(p8 != nullptr ? EVP_PKCS82PKEY(p8) : nullptr);
-              if (!key) {
-                failure = OpenSslError("PKCS#12: a key does not decrypt or decode",
-                                       absl::StatusCode::kDataLoss);
-                return;
-              }
-              out.keys.push_back({std::move(key), nullptr, name});
-              break;
-            }
-            case NID_certBag:
-              if (PKCS12_SAFEBAG_get_bag_nid(bag) == NID_x509Certificate) {
-                ossl::UniquePtr<X509> cert(PKCS12_SAFEBAG_get1_cert(bag));
-                if (!cert) {
-                  failure = OpenSslError("PKCS#12: certificate", absl::StatusCode::kDataLoss);
-                  return;
-                }
-                certs.push_back(std::move(cert));
-                cert_names.push_back(name);
-              }
-              break;
-            case NID_safeContentsBag:
-              walk(PKCS12_SAFEBAG_get0_safes(bag));
-              break;
-            default:
-              break;  // CRL and secret bags: not used for keys
+  std::function<void(const STACK_OF(PKCS12_SAFEBAG)*)> walk = [&](const STACK_OF(PKCS12_SAFEBAG) *
+                                                                  bags) {
+    for (int i = 0; failure.ok() && i < sk_PKCS12_SAFEBAG_num(bags); ++i) {
+      const PKCS12_SAFEBAG* bag = sk_PKCS12_SAFEBAG_value(bags, i);
+      char* fname = PKCS12_get_friendlyname(const_cast<PKCS12_SAFEBAG*>(bag));
+      std::string name = fname != nullptr ? fname : "";
+      OPENSSL_free(fname);
+      switch (PKCS12_SAFEBAG_get_nid(bag)) {
+        case NID_keyBag:
+        case NID_pkcs8ShroudedKeyBag: {
+          std::unique_ptr<PKCS8_PRIV_KEY_INFO, P8Deleter> owned;
+          const PKCS8_PRIV_KEY_INFO* p8 = nullptr;
+          if (PKCS12_SAFEBAG_get_nid(bag) == NID_keyBag) {
+            p8 = PKCS12_SAFEBAG_get0_p8inf(bag);
+          } else {
+            owned.reset(PKCS12_decrypt_skey(bag, pass.c_str(), -1));
+            p8 = owned.get();
           }
+          ossl::UniquePtr<EVP_PKEY> key(p8 != nullptr ? EVP_PKCS82PKEY(p8) : nullptr);
+          if (!key) {
+            failure = OpenSslError("PKCS#12: a key does not decrypt or decode",
+                                   absl::StatusCode::kDataLoss);
+            return;
+          }
+          out.keys.push_back({std::move(key), nullptr, name});
+          break;
         }
-      };
+        case NID_certBag:
+          if (PKCS12_SAFEBAG_get_bag_nid(bag) == NID_x509Certificate) {
+            ossl::UniquePtr<X509> cert(PKCS12_SAFEBAG_get1_cert(bag));
+            if (!cert) {
+              failure = OpenSslError("PKCS#12: certificate", absl::StatusCode::kDataLoss);
+              return;
+            }
+            certs.push_back(std::move(cert));
+            cert_names.push_back(name);
+          }
+          break;
+        case NID_safeContentsBag:
+          walk(PKCS12_SAFEBAG_get0_safes(bag));
+          break;
+        default:
+          break;  // CRL and secret bags: not used for keys
+      }
+    }
+  };
   for (int i = 0; failure.ok() && i < sk_PKCS7_num(safes.get()); ++i) {
     PKCS7* safe = sk_PKCS7_value(safes.get(), i);
     std::unique_ptr<STACK_OF(PKCS12_SAFEBAG), BagsDeleter> bags;

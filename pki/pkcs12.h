@@ -21,7 +21,7 @@ namespace keywarden::pki {
 enum class Pkcs12Protection { kAes256Pbkdf2, kLegacy3Des };
 
 struct Pkcs12Entry {
-  EVP_PKEY* key = nullptr;    // a software private key
+  EVP_PKEY* key = nullptr;      // a software private key
   X509* certificate = nullptr;  // its certificate (must match the key)
   std::vector<X509*> chain;     // issuers to include (each certificate once per file)
   std::string friendly_name;    // optional

@@ -282,15 +282,15 @@ absl::StatusOr<std::vector<uint8_t>> BuildRecoveryBlob(OSSL_LIB_CTX* libctx, con
       X509_NAME* issuer = nullptr;
       ASN1_INTEGER* serial = nullptr;
       CMS_RecipientInfo_ktri_get0_signer_id(ri, &keyid, &issuer, &serial);
-      return absl::NotFoundError(StrCat(
-          "recovery blob: no KRA certificate given for recipient ",
-          issuer != nullptr
-              ? StrCat("issuer \"", FormatName(issuer), "\" serial ", SerialHex(serial))
-              : StrCat("subject key id ",
-                       keyid != nullptr
-                           ? HexString({keyid->data, static_cast<size_t>(keyid->length)})
-                           : std::string("?")),
-          " (Cannot find object or property)"));
+      return absl::NotFoundError(
+          StrCat("recovery blob: no KRA certificate given for recipient ",
+                 issuer != nullptr
+                     ? StrCat("issuer \"", FormatName(issuer), "\" serial ", SerialHex(serial))
+                     : StrCat("subject key id ",
+                              keyid != nullptr
+                                  ? HexString({keyid->data, static_cast<size_t>(keyid->length)})
+                                  : std::string("?")),
+                 " (Cannot find object or property)"));
     }
   }
   for (size_t k = 0; k < in.kra_certificates.size(); ++k) {
@@ -327,11 +327,11 @@ absl::StatusOr<std::vector<uint8_t>> BuildRecoveryBlob(OSSL_LIB_CTX* libctx, con
                                   static_cast<int>(user_hash.size())) != 1) {
     return OpenSslError("recovery blob: archived-key certificate hash attribute");
   }
-  ossl::UniquePtr<BIO> content(BIO_new_mem_buf(in.enveloped_data.data(),
-                                               static_cast<int>(in.enveloped_data.size())));
+  ossl::UniquePtr<BIO> content(
+      BIO_new_mem_buf(in.enveloped_data.data(), static_cast<int>(in.enveloped_data.size())));
   if (!content || CMS_final(cms.get(), content.get(), nullptr, CMS_BINARY) != 1) {
-    return OpenSslError(StrCat("recovery blob: sign with the key of \"",
-                               Subject(in.ca_certificate), "\""));
+    return OpenSslError(
+        StrCat("recovery blob: sign with the key of \"", Subject(in.ca_certificate), "\""));
   }
   Bytes out = Der(cms.get(), i2d_CMS_ContentInfo);
   if (out.empty()) return OpenSslError("recovery blob: encode");
@@ -360,7 +360,8 @@ absl::StatusOr<RecoveryBlob> ParseRecoveryBlob(
 
   // 1. Strict DER CMS SignedData.
   const unsigned char* p = der.data();
-  ossl::UniquePtr<CMS_ContentInfo> cms(d2i_CMS_ContentInfo(nullptr, &p, static_cast<long>(der.size())));
+  ossl::UniquePtr<CMS_ContentInfo> cms(
+      d2i_CMS_ContentInfo(nullptr, &p, static_cast<long>(der.size())));
   if (!cms) {
     ERR_clear_error();
     return Malformed("not a DER CMS ContentInfo (damaged or not a recovery blob)");
@@ -378,8 +379,7 @@ absl::StatusOr<RecoveryBlob> ParseRecoveryBlob(
   const std::string econtent_type = OidText(CMS_get0_eContentType(cms.get()), true);
   if (econtent_type != kIdData && econtent_type != kIdEnvelopedData) {
     return Fail(RecoveryBlobError::kNotEnveloped, absl::StatusCode::kDataLoss,
-                StrCat("signed content type is ",
-                       OidText(CMS_get0_eContentType(cms.get()), false),
+                StrCat("signed content type is ", OidText(CMS_get0_eContentType(cms.get()), false),
                        ", not data or envelopedData"));
   }
   ASN1_OCTET_STRING** econtent = CMS_get0_content(cms.get());
@@ -450,8 +450,8 @@ absl::StatusOr<RecoveryBlob> ParseRecoveryBlob(
     return Fail(RecoveryBlobError::kBadSignature, absl::StatusCode::kDataLoss,
                 "the archived key does not match the signed digest: the blob was altered");
   }
-  auto* content_type = static_cast<ASN1_OBJECT*>(CMS_signed_get0_data_by_OBJ(
-      si, OBJ_nid2obj(NID_pkcs9_contentType), -3, V_ASN1_OBJECT));
+  auto* content_type = static_cast<ASN1_OBJECT*>(
+      CMS_signed_get0_data_by_OBJ(si, OBJ_nid2obj(NID_pkcs9_contentType), -3, V_ASN1_OBJECT));
   if (content_type == nullptr || OidText(content_type, true) != econtent_type) {
     return Malformed("the signed contentType attribute does not match the content");
   }
@@ -478,9 +478,9 @@ absl::StatusOr<RecoveryBlob> ParseRecoveryBlob(
     const std::string why = ChainError(ctx.get());
     ERR_clear_error();
     if (err == X509_V_ERR_CERT_SIGNATURE_FAILURE) {
-      return Fail(RecoveryBlobError::kCertificateTampered, absl::StatusCode::kDataLoss,
-                  StrCat("the signing CA certificate \"", Subject(signer),
-                         "\" was altered: ", why));
+      return Fail(
+          RecoveryBlobError::kCertificateTampered, absl::StatusCode::kDataLoss,
+          StrCat("the signing CA certificate \"", Subject(signer), "\" was altered: ", why));
     }
     return Fail(RecoveryBlobError::kUntrustedSigner, absl::StatusCode::kPermissionDenied,
                 StrCat("signed by \"", Subject(signer),
@@ -498,14 +498,16 @@ absl::StatusOr<RecoveryBlob> ParseRecoveryBlob(
   // certificate of that name is at hand (in the blob or the anchors; by
   // name alone, so that an altered extension cannot hide the issuer).
   std::vector<X509*> issuers;
-  for (int i = 0; i < sk_X509_num(certs.get()); ++i) issuers.push_back(sk_X509_value(certs.get(), i));
+  for (int i = 0; i < sk_X509_num(certs.get()); ++i)
+    issuers.push_back(sk_X509_value(certs.get(), i));
   for (const auto& a : trust_anchors) issuers.push_back(a.get());
   for (int i = 0; i < sk_X509_num(certs.get()); ++i) {
     X509* c = sk_X509_value(certs.get(), i);
     if ((X509_get_extension_flags(c) & EXFLAG_INVALID) != 0) {
       ERR_clear_error();
-      return Fail(RecoveryBlobError::kCertificateTampered, absl::StatusCode::kDataLoss,
-                  StrCat("certificate \"", Subject(c), "\" has malformed extensions: it was altered"));
+      return Fail(
+          RecoveryBlobError::kCertificateTampered, absl::StatusCode::kDataLoss,
+          StrCat("certificate \"", Subject(c), "\" has malformed extensions: it was altered"));
     }
     bool named = false, verified = false;
     for (X509* issuer : issuers) {

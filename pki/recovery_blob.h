@@ -48,7 +48,10 @@ struct RecoveryBlobInput {
   X509* ca_certificate = nullptr;  // the certificate of ca_key
   std::vector<X509*> ca_chain;     // issuers of ca_certificate towards the root (may be empty)
   X509* user_certificate = nullptr;
-  std::vector<X509*> user_chain;  // issuers of the user certificate (may be empty)
+  // The user certificate's issuers (may be empty). They must be its real
+  // issuers: after a CA key renewal, the old CA certificate. A certificate
+  // that names an issuer present in the blob must verify with it.
+  std::vector<X509*> user_chain;
   // The KRA certificates the envelope is encrypted to: every RecipientInfo
   // must have one here (NotFound otherwise: the daemon maps it to
   // 0x80092004), and every certificate here must be a recipient.
@@ -61,8 +64,11 @@ struct RecoveryBlobInput {
 
 // Signs the recovery blob with input.ca_key in `libctx` (pass the token
 // key's CryptoContext libctx and hsm::kTokenKeyProperties for a token
-// key). Certificates appearing in several lists are included once. The
-// signature is verified in software before the DER is returned.
+// key). Certificates appearing in several lists are included once. Before
+// the DER is returned it is opened with ParseRecoveryBlob, trusting
+// input.ca_certificate, exactly as a KRA will (INTERNAL if that fails).
+// InvalidArgument for bad input; NotFound when a recipient of the envelope
+// has no certificate in kra_certificates.
 absl::StatusOr<std::vector<uint8_t>> BuildRecoveryBlob(OSSL_LIB_CTX* libctx, const char* propq,
                                                        const RecoveryBlobInput& input);
 
@@ -83,7 +89,7 @@ std::string_view RecoveryBlobErrorName(RecoveryBlobError error);  // "bad-signat
 
 // One RecipientInfo of the envelope: a KRA that can decrypt the blob.
 struct RecoveryRecipient {
-  ossl::UniquePtr<X509_NAME> issuer;    // issuerAndSerialNumber (null for SKI recipients)
+  ossl::UniquePtr<X509_NAME> issuer;  // issuerAndSerialNumber (null for SKI recipients)
   ossl::UniquePtr<ASN1_INTEGER> serial;
   std::vector<uint8_t> subject_key_id;  // for a subjectKeyIdentifier recipient
   std::string key_transport;            // "rsaEncryption", "rsaesOaep", ...

@@ -52,7 +52,8 @@ absl::StatusOr<std::unique_ptr<RecoveryPki>> RecoveryPki::Create(const SoftHsmFi
 
   for (size_t i = 0; i < options.kra_cards.size(); ++i) {
     const std::string& card = options.kra_cards[i];
-    const Validity validity = i < options.kra_validity.size() ? options.kra_validity[i] : Validity{};
+    const Validity validity =
+        i < options.kra_validity.size() ? options.kra_validity[i] : Validity{};
     RecoveryKra kra;
     kra.card = card;
     EVP_PKEY* public_key = nullptr;
@@ -106,9 +107,9 @@ absl::StatusOr<ossl::UniquePtr<X509>> RecoveryPki::Issue(EVP_PKEY* public_key,
   X509_set_pubkey(x.get(), public_key);
   const bool ok =
       pki::AddExtension(x.get(), ca_cert_.get(), NID_basic_constraints, "critical,CA:FALSE") &&
-      pki::AddExtension(x.get(), ca_cert_.get(), NID_key_usage,
-                        kra ? "critical,keyEncipherment"
-                            : "critical,digitalSignature,keyEncipherment") &&
+      pki::AddExtension(
+          x.get(), ca_cert_.get(), NID_key_usage,
+          kra ? "critical,keyEncipherment" : "critical,digitalSignature,keyEncipherment") &&
       pki::AddExtension(x.get(), ca_cert_.get(), NID_ext_key_usage,
                         kra ? "1.3.6.1.4.1.311.21.6" : "emailProtection,clientAuth") &&
       pki::AddExtension(x.get(), ca_cert_.get(), NID_subject_key_identifier, "hash") &&

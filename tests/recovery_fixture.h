@@ -59,8 +59,8 @@ class RecoveryPki {
   // A user with a fresh software RSA key and a certificate from the CA.
   absl::StatusOr<RecoveryUser> MakeUser(const std::string& cn, int bits = 2048);
   // A certificate from the CA for `public_key`; `kra` adds EKU 21.6.
-  absl::StatusOr<ossl::UniquePtr<X509>> Issue(EVP_PKEY* public_key, const std::string& cn,
-                                              bool kra, const Validity& validity = {});
+  absl::StatusOr<ossl::UniquePtr<X509>> Issue(EVP_PKEY* public_key, const std::string& cn, bool kra,
+                                              const Validity& validity = {});
 
   // The user's key archived to the KRAs with these indexes: PKCS#8 (or
   // `plaintext` if given) encrypted on the CA token.

@@ -146,7 +146,8 @@ TEST_F(RecoverKeyCliTest, EachChosenCardRecoversAKeyThatOpensMailSentBeforeTheLo
     ASSERT_EQ(info.exit_code, 0) << info.output;
     EXPECT_NE(info.output.find("PBES2, PBKDF2, AES-256-CBC"), std::string::npos) << info.output;
     EXPECT_NE(info.output.find("subject=O = keywarden, CN = Alice"), std::string::npos);
-    EXPECT_NE(info.output.find("subject=O = keywarden, CN = Recovery Test CA"), std::string::npos);  // chain
+    EXPECT_NE(info.output.find("subject=O = keywarden, CN = Recovery Test CA"),
+              std::string::npos);  // chain
     const std::string key = PfxKey(pfx, "pfx pass", tmp_.File(std::string(card) + ".key"));
     EXPECT_EQ(Modulus("openssl rsa -noout -modulus -in " + key), cert_modulus);
     auto dec = RunCommand("openssl cms -decrypt -binary -inform DER -in " + tmp_.File("mail.der") +
@@ -163,11 +164,10 @@ TEST_F(RecoverKeyCliTest, LegacyPfxUsesTripleDesAndASha1Mac) {
   auto r = Recover(tmp_.File("alice.rec"), tmp_.File("legacy.pfx"), SoftHsmFixture::kKraCard2,
                    "-p legacypw --legacy");
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  auto info =
-      RunCommand("openssl pkcs12 -info -nokeys -passin pass:legacypw -in " + tmp_.File("legacy.pfx"));
+  auto info = RunCommand("openssl pkcs12 -info -nokeys -passin pass:legacypw -in " +
+                         tmp_.File("legacy.pfx"));
   ASSERT_EQ(info.exit_code, 0) << info.output;
-  EXPECT_NE(info.output.find("pbeWithSHA1And3-KeyTripleDES-CBC"), std::string::npos)
-      << info.output;
+  EXPECT_NE(info.output.find("pbeWithSHA1And3-KeyTripleDES-CBC"), std::string::npos) << info.output;
   EXPECT_NE(info.output.find("MAC: sha1"), std::string::npos) << info.output;
   EXPECT_EQ(info.output.find("PBES2"), std::string::npos) << info.output;
 }
@@ -179,8 +179,8 @@ TEST_F(RecoverKeyCliTest, WithoutAnOutputFileTheBlobIsOnlyVerifiedAndShown) {
   EXPECT_NE(r.output.find("encrypted to 2 KRA(s)"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find(pki::Sha1Thumbprint(pki_->kras()[0].cert.get())), std::string::npos);
   EXPECT_NE(r.output.find("des-ede3-cbc"), std::string::npos) << r.output;
-  auto json =
-      Keywarden("--json recoverkey " + tmp_.File("alice.rec") + " --ca-cert " + tmp_.File("ca.pem"));
+  auto json = Keywarden("--json recoverkey " + tmp_.File("alice.rec") + " --ca-cert " +
+                        tmp_.File("ca.pem"));
   ASSERT_EQ(json.exit_code, 0) << json.output;
   EXPECT_NE(json.output.find("\"sha1\": \"" + pki::Sha1Thumbprint(alice_.cert.get()) + "\""),
             std::string::npos)
@@ -242,9 +242,9 @@ TEST_F(RecoverKeyCliTest, WrongPinIsTriedExactlyOnceAndSaysSo) {
   // The same through the spy with the right PIN: the spy itself works.
   const std::string log2 = tmp_.File("spy2.log");
   auto ok = Keywarden("recoverkey " + tmp_.File("alice.rec") + " " + tmp_.File("y.pfx") +
-                          " --card pkcs11:token=kra-card-1 --module " + spy + " --pin-source file:" +
-                          fixture_->PinFile(SoftHsmFixture::kKraCard1) + " --ca-cert " +
-                          tmp_.File("ca.pem") + " -p pw",
+                          " --card pkcs11:token=kra-card-1 --module " + spy +
+                          " --pin-source file:" + fixture_->PinFile(SoftHsmFixture::kKraCard1) +
+                          " --ca-cert " + tmp_.File("ca.pem") + " -p pw",
                       SpyEnv(log2));
   EXPECT_EQ(ok.exit_code, 0) << ok.output;
   auto bytes2 = ReadFile(log2);
@@ -392,8 +392,7 @@ TEST_F(RecoverKeyCliTest, BatchShowsAProgressBarOnATerminalOnly) {
   // script(1) gives the command a pseudo-terminal.
   auto tty = RunCommand("script -qec \"" + cmd + tmp_.File("out") + "\" /dev/null");
   EXPECT_EQ(tty.exit_code, 0) << tty.output;
-  EXPECT_NE(tty.output.find("[###############...............] 1/2  50% bob.rec"),
-            std::string::npos)
+  EXPECT_NE(tty.output.find("[###############...............] 1/2  50% bob.rec"), std::string::npos)
       << tty.output;
   EXPECT_NE(tty.output.find("Recovered 2 of 2"), std::string::npos) << tty.output;
   auto pipe = RunCommand(cmd + tmp_.File("out2") + " 2>&1 | cat");
@@ -408,10 +407,11 @@ TEST_F(RecoverKeyCliTest, BatchWithAWrongPinStopsAfterTheOneAttempt) {
     ASSERT_TRUE(Blob(alice_, {0, 1}, tmp_.File(std::string("blobs/") + name + ".rec")));
   }
   WriteFile(tmp_.File("wrong.pin"), std::string("000000\n"));
-  auto r = Keywarden("recoverkey --batch " + tmp_.File("blobs") + " --out-dir " + tmp_.File("out") +
-                         " --card pkcs11:token=kra-card-1 --pin-source file:" +
-                         tmp_.File("wrong.pin") + " --ca-cert " + tmp_.File("ca.pem") + " -p pw",
-                     "KEYWARDEN_PKCS11_TRACE=1");
+  auto r =
+      Keywarden("recoverkey --batch " + tmp_.File("blobs") + " --out-dir " + tmp_.File("out") +
+                    " --card pkcs11:token=kra-card-1 --pin-source file:" + tmp_.File("wrong.pin") +
+                    " --ca-cert " + tmp_.File("ca.pem") + " -p pw",
+                "KEYWARDEN_PKCS11_TRACE=1");
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_EQ(Count(r.output, "C_Login"), 1u) << r.output;
   EXPECT_NE(r.output.find("2 not attempted: the card login failed and is never retried"),
@@ -443,8 +443,7 @@ TEST_F(ExpiredKraCliTest, AnExpiredKraCertificateStillRecoversAndTheOutputSaysWh
 TEST_F(RecoverKeyCliTest, MergePfxPutsTwoRecoveredKeysInOneFile) {
   auto bob = MakeUser("Bob", "bob");
   ASSERT_TRUE(Blob(bob, {1}, tmp_.File("bob.rec")));
-  ASSERT_EQ(Recover(tmp_.File("alice.rec"), tmp_.File("a.pfx"), SoftHsmFixture::kKraCard2,
-                    "-p apw")
+  ASSERT_EQ(Recover(tmp_.File("alice.rec"), tmp_.File("a.pfx"), SoftHsmFixture::kKraCard2, "-p apw")
                 .exit_code,
             0);
   ASSERT_EQ(Recover(tmp_.File("bob.rec"), tmp_.File("b.pfx"), SoftHsmFixture::kKraCard2,
@@ -466,8 +465,8 @@ TEST_F(RecoverKeyCliTest, MergePfxPutsTwoRecoveredKeysInOneFile) {
   EXPECT_EQ(Count(text, "subject=O = keywarden, CN = Bob"), 1u);
   // Each key is still the key of its certificate, as openssl sees them.
   std::set<std::string> key_moduli;
-  for (size_t at = 0, n = 0; (at = text.find("-----BEGIN PRIVATE KEY-----", at)) != std::string::npos;
-       ++n) {
+  for (size_t at = 0, n = 0;
+       (at = text.find("-----BEGIN PRIVATE KEY-----", at)) != std::string::npos; ++n) {
     const std::string end = "-----END PRIVATE KEY-----";
     const size_t stop = text.find(end, at) + end.size();
     const std::string file = tmp_.File("k" + std::to_string(n) + ".pem");

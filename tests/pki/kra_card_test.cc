@@ -93,8 +93,8 @@ TEST_F(KraCardTest, AesOaepArchivesAndPrivateKeyBlobsRecoverToo) {
   auto aes = BlobFor({2}, hsm::SymmetricAlgorithm::kAes256, hsm::WrapMechanism::kRsaOaepSha1);
   EXPECT_EQ(aes.content_cipher, "aes-256-cbc");
   EXPECT_EQ(aes.recipients[0].key_transport, "rsaesOaep");
-  auto capi_blob = BlobFor({2}, hsm::SymmetricAlgorithm::kDes3, hsm::WrapMechanism::kRsaPkcs1,
-                           &capi);
+  auto capi_blob =
+      BlobFor({2}, hsm::SymmetricAlgorithm::kDes3, hsm::WrapMechanism::kRsaPkcs1, &capi);
   auto card = Card(SoftHsmFixture::kKraCard3);
   ASSERT_TRUE(card->Login(Pin(SoftHsmFixture::kKraCard3)).ok());
   auto a = card->Recover(aes);

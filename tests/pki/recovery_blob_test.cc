@@ -73,8 +73,8 @@ class RecoveryBlobTest : public ::testing::Test {
                                const std::vector<uint8_t>* cert_hash,
                                const std::vector<X509*>& certs) {
     const unsigned int flags = CMS_BINARY | CMS_PARTIAL | CMS_NOSMIMECAP | CMS_NOCERTS;
-    ossl::UniquePtr<CMS_ContentInfo> cms(CMS_sign_ex(nullptr, nullptr, nullptr, nullptr, flags,
-                                                     pki_->crypto()->libctx(), nullptr));
+    ossl::UniquePtr<CMS_ContentInfo> cms(
+        CMS_sign_ex(nullptr, nullptr, nullptr, nullptr, flags, pki_->crypto()->libctx(), nullptr));
     for (X509* c : certs) CMS_add1_cert(cms.get(), c);
     CMS_SignerInfo* si =
         CMS_add1_signer(cms.get(), pki_->ca_cert(), pki_->ca_key(), EVP_sha256(), flags);
@@ -143,10 +143,9 @@ TEST_F(RecoveryBlobTest, OpensslVerifiesTheBlobAndDecryptsTheInnerEnvelopeWithAK
     const std::string n = std::to_string(k);
     WriteFile(tmp_.File("kra" + n + ".pem"), ToPem(pki_->kras()[k].cert.get()));
     WriteFile(tmp_.File("kra" + n + ".key"), PrivateKeyPem(pki_->kras()[k].software_key.get()));
-    auto dec = RunCommand("openssl cms -decrypt -binary -inform DER -in " +
-                          tmp_.File("inner.der") + " -recip " + tmp_.File("kra" + n + ".pem") +
-                          " -inkey " + tmp_.File("kra" + n + ".key") + " -out " +
-                          tmp_.File("key" + n + ".der"));
+    auto dec = RunCommand("openssl cms -decrypt -binary -inform DER -in " + tmp_.File("inner.der") +
+                          " -recip " + tmp_.File("kra" + n + ".pem") + " -inkey " +
+                          tmp_.File("kra" + n + ".key") + " -out " + tmp_.File("key" + n + ".der"));
     ASSERT_EQ(dec.exit_code, 0) << dec.output;
     auto plain = ReadFile(tmp_.File("key" + n + ".der"));
     EXPECT_EQ(plain, std::vector<uint8_t>(expected->data(), expected->data() + expected->size()));
@@ -185,8 +184,8 @@ TEST_F(RecoveryBlobTest, OpensslSeesTheStructureAndTheUserCertificateHashAttribu
   EXPECT_NE(asn1.output.find("[HEX DUMP]:" + upper), std::string::npos) << asn1.output;
   // Certificates: user, two KRAs, CA (the CA certificate once, though it is
   // both the user's issuer and the signer).
-  auto certs = RunCommand("openssl pkcs7 -inform DER -print_certs -noout -in " +
-                          tmp_.File("blob.der"));
+  auto certs =
+      RunCommand("openssl pkcs7 -inform DER -print_certs -noout -in " + tmp_.File("blob.der"));
   size_t subjects = 0;
   for (size_t at = 0; (at = certs.output.find("subject=", at)) != std::string::npos; ++at) {
     ++subjects;
@@ -233,7 +232,8 @@ TEST_F(RecoveryBlobTest, EverySingleByteChangeIsRefusedOrChangesNothingThatMatte
   std::string summary;
   for (auto& [k, n] : kinds) summary += StrCat(k, "=", n, " ");
   std::cout << "[ byte flips ] " << blob_.size() << " positions: " << refused << " refused ("
-            << summary << "), " << harmless << " accepted unchanged (at" << accepted_at << ")" << std::endl;
+            << summary << "), " << harmless << " accepted unchanged (at" << accepted_at << ")"
+            << std::endl;
   EXPECT_EQ(refused + harmless, blob_.size());
   EXPECT_GT(kinds["bad-signature"], 0u);
   EXPECT_GT(kinds["malformed"], 0u);
@@ -314,11 +314,9 @@ TEST_F(RecoveryBlobTest, BuildRefusesKrasThatDoNotMatchTheRecipients) {
   in.enveloped_data = envelope_;
   // One recipient's certificate missing: the daemon's 0x80092004 case.
   in.kra_certificates = {pki_->kras()[0].cert.get()};
-  auto missing =
-      pki::BuildRecoveryBlob(pki_->crypto()->libctx(), hsm::kTokenKeyProperties, in);
+  auto missing = pki::BuildRecoveryBlob(pki_->crypto()->libctx(), hsm::kTokenKeyProperties, in);
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound) << missing.status();
-  EXPECT_NE(missing.status().ToString().find("Cannot find object or property"),
-            std::string::npos);
+  EXPECT_NE(missing.status().ToString().find("Cannot find object or property"), std::string::npos);
   // A KRA certificate that is not a recipient.
   in.kra_certificates = {pki_->kras()[0].cert.get(), pki_->kras()[1].cert.get(),
                          pki_->kras()[2].cert.get()};
@@ -346,8 +344,7 @@ TEST_F(RecoveryBlobTest, PemBlobsAreAcceptedAndOtherPemIsNot) {
   ASSERT_TRUE(der.ok()) << der.status();
   EXPECT_EQ(*der, blob_);
   std::string cert_pem = ToPem(user_.cert.get());
-  EXPECT_FALSE(
-      pki::RecoveryBlobDer(std::vector<uint8_t>(cert_pem.begin(), cert_pem.end())).ok());
+  EXPECT_FALSE(pki::RecoveryBlobDer(std::vector<uint8_t>(cert_pem.begin(), cert_pem.end())).ok());
 }
 
 // ---- PKCS#12 ----------------------------------------------------------------
@@ -374,10 +371,11 @@ TEST_F(Pkcs12Test, AesAndLegacyFilesOpenWithOpensslAndRoundTrip) {
   ASSERT_GT(X509_sign(leaf.get(), ca_key.get(), EVP_sha256()), 0);
 
   const hsm::SecretString pw("correct horse");
-  for (auto protection : {pki::Pkcs12Protection::kAes256Pbkdf2, pki::Pkcs12Protection::kLegacy3Des}) {
+  for (auto protection :
+       {pki::Pkcs12Protection::kAes256Pbkdf2, pki::Pkcs12Protection::kLegacy3Des}) {
     const bool legacy = protection == pki::Pkcs12Protection::kLegacy3Des;
-    auto pfx = pki::BuildPkcs12({{key.get(), leaf.get(), {ca.get()}, "user key"}}, pw,
-                                {protection, 0});
+    auto pfx =
+        pki::BuildPkcs12({{key.get(), leaf.get(), {ca.get()}, "user key"}}, pw, {protection, 0});
     ASSERT_TRUE(pfx.ok()) << pfx.status();
     WriteFile(tmp_.File("out.pfx"), *pfx);
     auto info = RunCommand("openssl pkcs12 -info -nokeys -passin pass:'correct horse' -in " +
@@ -409,8 +407,9 @@ TEST_F(Pkcs12Test, AesAndLegacyFilesOpenWithOpensslAndRoundTrip) {
   auto other = SoftwareRsaKey();
   EXPECT_EQ(pki::BuildPkcs12({{other.get(), leaf.get(), {}, ""}}, pw).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(pki::BuildPkcs12({{key.get(), leaf.get(), {}, ""}}, hsm::SecretString()).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      pki::BuildPkcs12({{key.get(), leaf.get(), {}, ""}}, hsm::SecretString()).status().code(),
+      absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(pki::ReadPkcs12(std::vector<uint8_t>{0x30, 0x00}, pw).status().code(),
             absl::StatusCode::kDataLoss);
 }
