@@ -15,6 +15,8 @@ using Action = std::function<int()>;
 
 void RegisterTokenCommands(CLI::App& app, const Output& out, Action& action);
 void RegisterCeremonyCommands(CLI::App& app, const Output& out, Action& action);
+// recoverkey, mergepfx, verifykeys: the KRA's offline verbs (no daemon).
+void RegisterRecoveryCommands(CLI::App& app, const Output& out, Action& action);
 
 // Verbs that talk to keywardend (cli/client.h) with the connection options
 // of the top-level app.

@@ -39,7 +39,6 @@ const HResult* const kAll[] = {
     &hresult::kAmbiguousName,
     &hresult::kNotFound,
     &hresult::kBadKeyset,
-    &hresult::kBadAlgId,
     &hresult::kBadLen,
 };
 

@@ -118,8 +118,7 @@ inline constexpr HResult kNotFound{0x80092004, "CRYPT_E_NOT_FOUND",
 // Delegated signing.
 inline constexpr HResult kBadKeyset{0x80090016, "NTE_BAD_KEYSET", "Keyset does not exist",
                                     absl::StatusCode::kNotFound};
-inline constexpr HResult kBadAlgId{0x80090008, "NTE_BAD_ALGID", "Invalid algorithm specified.",
-                                   absl::StatusCode::kInvalidArgument};
+// (an algorithm not allowed for the key: kBadAlgorithm, NTE_BAD_ALGID, above)
 inline constexpr HResult kBadLen{0x80090004, "NTE_BAD_LEN", "Bad Length.",
                                  absl::StatusCode::kInvalidArgument};
 }  // namespace hresult

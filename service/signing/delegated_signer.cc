@@ -300,14 +300,14 @@ absl::Status DelegatedSigner::CheckSign(const std::string& principal, std::strin
   if (!algorithm) {
     return Refuse(
         principal, rpc, alias,
-        Error(hresult::kBadAlgId, StrCat("no known signature algorithm given (signing key \"",
+        Error(hresult::kBadAlgorithm, StrCat("no known signature algorithm given (signing key \"",
                                          alias, "\" allows: ", AllowedNames(*k), ")")));
   }
   const AlgorithmInfo& a = Info(*algorithm);
   if (!k->allowed[static_cast<size_t>(*algorithm)]) {
     return Refuse(
         principal, rpc, alias,
-        Error(hresult::kBadAlgId, StrCat("signing key \"", alias, "\" does not allow ", a.name,
+        Error(hresult::kBadAlgorithm, StrCat("signing key \"", alias, "\" does not allow ", a.name,
                                          " (it allows: ", AllowedNames(*k), ")")));
   }
   *salt = static_cast<int>(a.digest_size);

@@ -1,0 +1,919 @@
+// keywarden recoverkey / mergepfx / verifykeys: the Key Recovery Agent's
+// offline verbs (seed: "Command-Line Key Recovery", "Recovery Batch File";
+// certutil -recoverkey, -MergePFX, -verifykeys). None of them talks to
+// keywardend: the KRA needs the blob, the CA certificate to trust, and the
+// KRA smart card.
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/pkcs12.h>
+#include <openssl/rand.h>
+
+#include "cli/commands.h"
+#include "hsm/pin.h"
+#include "hsm/status.h"
+#include "hsm/strings.h"
+#include "hsm/uri.h"
+#include "pki/certificate.h"
+#include "pki/files.h"
+#include "pki/kra_card.h"
+#include "pki/pkcs12.h"
+#include "pki/private_key_blob.h"
+#include "pki/recovery_blob.h"
+
+namespace keywarden::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::string Subject(X509* cert) {
+  return pki::FormatName(X509_get_subject_name(cert));
+}
+
+std::string SerialHex(X509* cert) {
+  const ASN1_INTEGER* s = X509_get0_serialNumber(cert);
+  return HexString({s->data, static_cast<size_t>(s->length)});
+}
+
+std::string TimeText(time_t t) {
+  char buf[32];
+  struct tm tm {};
+  gmtime_r(&t, &tm);
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%SZ", &tm);
+  return buf;
+}
+
+bool Expired(X509* cert) {
+  return X509_cmp_current_time(X509_get0_notAfter(cert)) < 0;
+}
+
+std::string NotAfter(X509* cert) {
+  struct tm tm {};
+  if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) != 1) return "?";
+  return TimeText(timegm(&tm));
+}
+
+absl::Status WithFile(const std::string& path, const absl::Status& st) {
+  return absl::Status(st.code(), StrCat(path, ": ", st.message()));
+}
+
+// ---- passwords ------------------------------------------------------------
+
+// A password nobody has to type twice: 20 characters from an alphabet
+// without look-alikes (no 0/O, 1/l/I), about 115 bits.
+absl::StatusOr<hsm::SecretString> GeneratePassword() {
+  static constexpr char kAlphabet[] =
+      "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789-+=_#%";
+  constexpr size_t kSize = sizeof kAlphabet - 1;
+  std::string pw;
+  while (pw.size() < 20) {
+    unsigned char b;
+    if (RAND_bytes(&b, 1) != 1) return absl::InternalError("password: no random bytes");
+    if (b >= 256 - 256 % kSize) continue;  // no modulo bias
+    pw.push_back(kAlphabet[b % kSize]);
+  }
+  hsm::SecretString out(pw);
+  OPENSSL_cleanse(pw.data(), pw.size());
+  return out;
+}
+
+// Reads a password from a source (file:, env:, prompt). `confirm` asks twice
+// on a prompt.
+absl::StatusOr<hsm::SecretString> ReadPassword(const std::string& spec, const std::string& what,
+                                               bool confirm) {
+  auto source = hsm::PinSource::Parse(spec == "prompt" ? StrCat("prompt:", what, ": ") : spec);
+  if (!source.ok()) {
+    return absl::InvalidArgumentError(
+        StrCat(what, " source \"", spec, "\": expected file:PATH, env:NAME or prompt"));
+  }
+  auto pw = source->Read();
+  if (!pw.ok()) return absl::Status(pw.status().code(), StrCat(what, ": ", pw.status().message()));
+  if (confirm && spec.starts_with("prompt")) {
+    auto again = hsm::PinSource::Prompt(StrCat("Confirm ", what, ": ")).Read();
+    if (!again.ok()) return again.status();
+    if (again->view() != pw->view()) {
+      return absl::InvalidArgumentError(StrCat(what, ": the two entries differ"));
+    }
+  }
+  return pw;
+}
+
+struct OutputPassword {
+  std::string value;   // -p
+  std::string source;  // --password-source
+  bool generate = false;
+};
+
+// The password protecting new PFX files: -p, a source, generated, or (on a
+// terminal) prompted twice.
+absl::StatusOr<hsm::SecretString> PfxPassword(const OutputPassword& o, bool* generated) {
+  *generated = false;
+  const int given = (!o.value.empty()) + (!o.source.empty()) + (o.generate ? 1 : 0);
+  if (given > 1) {
+    return absl::InvalidArgumentError("give one of -p, --password-source and --generate-password");
+  }
+  if (!o.value.empty()) return hsm::SecretString(o.value);
+  if (o.generate) {
+    *generated = true;
+    return GeneratePassword();
+  }
+  if (!o.source.empty()) return ReadPassword(o.source, "PFX password", true);
+  if (!isatty(STDIN_FILENO)) {
+    return absl::InvalidArgumentError(
+        "no PFX password: give -p, --password-source file:PATH|env:NAME, or --generate-password "
+        "(no terminal to prompt on)");
+  }
+  return ReadPassword("prompt", "PFX password", true);
+}
+
+std::string ProtectionName(pki::Pkcs12Protection p) {
+  return p == pki::Pkcs12Protection::kLegacy3Des ? "3DES/SHA-1 (legacy)"
+                                                 : "AES-256-CBC/PBKDF2-SHA256";
+}
+
+// ---- recoverkey -------------------------------------------------------------
+
+struct RecoverOptions {
+  std::vector<std::string> args;  // BLOB [OUT.pfx], or with --batch: blob files / directories
+  bool batch = false;
+  std::string out_dir;
+  std::string card;
+  std::string module;
+  std::string pin_source;
+  std::vector<std::string> trust;
+  OutputPassword password;
+  bool legacy = false;
+};
+
+absl::StatusOr<std::vector<ossl::UniquePtr<X509>>> ReadAnchors(
+    const std::vector<std::string>& files) {
+  if (files.empty()) {
+    return absl::InvalidArgumentError(
+        "give the CA certificate(s) to trust with --ca-cert (or --trust): a recovery blob is only "
+        "used when its signature chains to one");
+  }
+  std::vector<ossl::UniquePtr<X509>> anchors;
+  for (const std::string& f : files) {
+    auto certs = pki::ReadPemCertificates(f);
+    if (!certs.ok()) return certs.status();
+    for (auto& c : *certs) anchors.push_back(std::move(c));
+  }
+  return anchors;
+}
+
+absl::StatusOr<pki::RecoveryBlob> OpenBlob(const std::string& path,
+                                           const std::vector<ossl::UniquePtr<X509>>& anchors) {
+  auto bytes = pki::ReadFileBytes(path);
+  if (!bytes.ok()) return bytes.status();
+  auto der = pki::RecoveryBlobDer(*bytes);
+  if (!der.ok()) return WithFile(path, der.status());
+  auto blob = pki::ParseRecoveryBlob(*der, anchors);
+  if (!blob.ok()) return WithFile(path, blob.status());
+  return blob;
+}
+
+nlohmann::json BlobJson(const pki::RecoveryBlob& b) {
+  nlohmann::json kras = nlohmann::json::array();
+  for (const auto& r : b.recipients) {
+    nlohmann::json k = {{"description", r.Describe()}, {"key_transport", r.key_transport}};
+    if (r.certificate != nullptr) {
+      k["subject"] = Subject(r.certificate);
+      k["sha1"] = pki::Sha1Thumbprint(r.certificate);
+      k["expired"] = Expired(r.certificate);
+    }
+    kras.push_back(k);
+  }
+  X509* u = b.user_certificate.get();
+  return {{"user",
+           {{"subject", Subject(u)},
+            {"serial", SerialHex(u)},
+            {"sha1", pki::Sha1Thumbprint(u)},
+            {"not_after", NotAfter(u)}}},
+          {"signer", Subject(b.signer.get())},
+          {"signing_time", b.signing_time ? TimeText(*b.signing_time) : ""},
+          {"content_cipher", b.content_cipher},
+          {"kras", kras}};
+}
+
+std::string BlobText(const std::string& path, const pki::RecoveryBlob& b) {
+  X509* u = b.user_certificate.get();
+  std::string anchor =
+      b.signer_chain.empty() ? Subject(b.signer.get()) : Subject(b.signer_chain.back().get());
+  std::string text =
+      StrCat("Recovery blob ", path, "\n", "  signed by:    \"", Subject(b.signer.get()),
+             "\" (signature verified, chains to trusted \"", anchor, "\")",
+             b.signing_time ? StrCat(" on ", TimeText(*b.signing_time)) : "", "\n",
+             "  user:         \"", Subject(u), "\"\n", "                serial ", SerialHex(u),
+             ", SHA-1 ", pki::Sha1Thumbprint(u), ", valid until ", NotAfter(u), "\n",
+             "  archived key: ", b.content_cipher.empty() ? "?" : b.content_cipher,
+             ", encrypted to ", b.recipients.size(), " KRA(s):\n");
+  for (const auto& r : b.recipients) {
+    text += StrCat("    ", r.Describe(),
+                   r.certificate != nullptr && Expired(r.certificate)
+                       ? StrCat(" [certificate expired ", NotAfter(r.certificate), "]")
+                       : "",
+                   "\n");
+  }
+  return text;
+}
+
+std::string UriPinSource(const hsm::Pkcs11Uri& uri, const std::string& flag) {
+  if (!flag.empty()) return flag;
+  if (!uri.pin_source().empty()) return uri.pin_source();
+  return "prompt:PIN for the KRA card: ";
+}
+
+struct CardSession {
+  std::unique_ptr<pki::KraCard> card;
+  absl::StatusOr<hsm::PinSource> pin = absl::UnknownError("unset");
+  std::optional<hsm::PinSource> uri_pin_value;
+};
+
+absl::StatusOr<CardSession> OpenCard(const RecoverOptions& o) {
+  if (o.card.empty()) {
+    return absl::InvalidArgumentError(
+        "give the KRA smart card with --card PKCS11-URI (e.g. pkcs11:token=kra-card-1)");
+  }
+  auto uri = hsm::Pkcs11Uri::Parse(o.card);
+  if (!uri.ok()) return uri.status();
+  CardSession s;
+  if (o.pin_source.empty() && uri->pin_source().empty() && uri->has_pin_value()) {
+    s.pin = hsm::PinSource::Value(uri->pin_value());
+  } else {
+    s.pin = hsm::PinSource::Parse(UriPinSource(*uri, o.pin_source));
+  }
+  if (!s.pin.ok()) return s.pin.status();
+  auto card = pki::KraCard::Open(*uri, DefaultModule(o.module));
+  if (!card.ok()) return card.status();
+  s.card = std::move(*card);
+  return s;
+}
+
+struct Recovered {
+  pki::RecoveryTiming timing;
+  double write_seconds = 0;
+  nlohmann::json json;
+  std::string text;
+};
+
+// Recovers one opened blob with the card (logging in on first use) and
+// writes the PFX.
+absl::StatusOr<Recovered> RecoverWithCard(const std::string& blob_path,
+                                          const pki::RecoveryBlob& blob, CardSession& s,
+                                          const hsm::SecretString& password,
+                                          pki::Pkcs12Protection protection,
+                                          const std::string& out_path) {
+  auto match = s.card->Match(blob);
+  if (!match.ok()) return WithFile(blob_path, match.status());
+  if (!s.card->logged_in()) {
+    if (auto st = s.card->Login(*s.pin); !st.ok()) return st;
+  }
+  Recovered r;
+  auto key = s.card->Recover(blob, &r.timing);
+  if (!key.ok()) return WithFile(blob_path, key.status());
+  auto start = Clock::now();
+  pki::Pkcs12Entry entry;
+  entry.key = key->key.get();
+  entry.certificate = blob.user_certificate.get();
+  for (const auto& c : blob.user_chain) entry.chain.push_back(c.get());
+  auto pfx = pki::BuildPkcs12({entry}, password, {protection, 0});
+  if (!pfx.ok()) return pfx.status();
+  if (auto st = pki::WriteFileAtomically(out_path, *pfx, pki::Overwrite::kRefuse, 0600); !st.ok()) {
+    return st;
+  }
+  r.write_seconds = Since(start);
+  X509* kra = key->kra->certificate.get();
+  const size_t bits = static_cast<size_t>(EVP_PKEY_get_bits(key->key.get()));
+  r.json = {{"blob", blob_path},
+            {"output", out_path},
+            {"kra",
+             {{"subject", Subject(kra)},
+              {"sha1", pki::Sha1Thumbprint(kra)},
+              {"expired", Expired(kra)},
+              {"card", s.card->label()}}},
+            {"key_bits", bits},
+            {"archived_format", key->was_private_key_blob ? "PRIVATEKEYBLOB" : "PKCS#8"},
+            {"protection", ProtectionName(protection)},
+            {"chain_certificates", blob.user_chain.size()}};
+  r.text = StrCat("Card \"", s.card->label(), "\": KRA \"", Subject(kra), "\" (SHA-1 ",
+                  pki::Sha1Thumbprint(kra), ")\n",
+                  Expired(kra) ? StrCat("  note: this KRA certificate expired ", NotAfter(kra),
+                                        "; that does not matter for recovery\n")
+                               : "",
+                  "  content key decrypted on the card; RSA-", bits, " key (",
+                  key->was_private_key_blob ? "PRIVATEKEYBLOB" : "PKCS#8",
+                  ") matches the user certificate\n", "  wrote ", out_path, " (PKCS#12, ",
+                  ProtectionName(protection), ": key, certificate and ", blob.user_chain.size(),
+                  " chain certificate(s))\n");
+  return r;
+}
+
+constexpr char kKraStatusNote[] =
+    "KRA certificates are not checked for expiry or revocation: the private key on the card is "
+    "what decrypts.";
+
+int RunRecoverOne(const RecoverOptions& o, const Output& out) {
+  if (o.args.empty() || o.args.size() > 2) {
+    return out.Fail(absl::InvalidArgumentError(
+        "recoverkey BLOB [OUT.pfx] (or --batch BLOB|DIR... --out-dir DIR)"));
+  }
+  auto anchors = ReadAnchors(o.trust);
+  if (!anchors.ok()) return out.Fail(anchors.status());
+  const std::string& path = o.args[0];
+  auto blob = OpenBlob(path, *anchors);
+  if (!blob.ok()) return out.Fail(blob.status());
+  nlohmann::json j = BlobJson(*blob);
+  std::string text = BlobText(path, *blob);
+  if (o.args.size() == 1) {  // show only: no card, nothing written
+    out.Result(j, text);
+    return kExitOk;
+  }
+  const std::string& out_path = o.args[1];
+  if (auto st = pki::CheckWritable(out_path, pki::Overwrite::kRefuse); !st.ok()) {
+    return out.Fail(st);
+  }
+  // The card first (no PIN needed to match it), so that a wrong card is
+  // reported before anyone types a password; then the password; then the PIN.
+  auto card = OpenCard(o);
+  if (!card.ok()) return out.Fail(card.status());
+  if (auto match = card->card->Match(*blob); !match.ok()) {
+    return out.Fail(WithFile(path, match.status()));
+  }
+  bool generated = false;
+  auto password = PfxPassword(o.password, &generated);
+  if (!password.ok()) return out.Fail(password.status());
+  const auto protection =
+      o.legacy ? pki::Pkcs12Protection::kLegacy3Des : pki::Pkcs12Protection::kAes256Pbkdf2;
+  auto r = RecoverWithCard(path, *blob, *card, *password, protection, out_path);
+  if (!r.ok()) return out.Fail(r.status());
+  j["recovered"] = r->json;
+  j["note"] = kKraStatusNote;
+  j["timing_seconds"] = {{"card_decrypt", r->timing.card},
+                         {"key_decrypt", r->timing.decrypt},
+                         {"key_check", r->timing.verify},
+                         {"pfx_write", r->write_seconds}};
+  text += r->text + StrCat("  (", kKraStatusNote, ")\n");
+  if (generated) {
+    j["password"] = std::string(password->view());
+    text += StrCat("PFX password (give it to the user out of band): ", password->view(), "\n");
+  }
+  out.Result(j, text);
+  return kExitOk;
+}
+
+// Every blob file named: files as given, directories expanded to their
+// regular files (not *.pfx / *.p12), sorted.
+absl::StatusOr<std::vector<std::string>> BatchInputs(const std::vector<std::string>& args) {
+  std::vector<std::string> files;
+  for (const std::string& a : args) {
+    struct stat st {};
+    if (stat(a.c_str(), &st) != 0) return absl::NotFoundError(StrCat(a, ": no such file"));
+    if (!S_ISDIR(st.st_mode)) {
+      files.push_back(a);
+      continue;
+    }
+    DIR* d = opendir(a.c_str());
+    if (d == nullptr) return absl::PermissionDeniedError(StrCat(a, ": cannot read directory"));
+    std::vector<std::string> found;
+    while (dirent* e = readdir(d)) {
+      std::string name = e->d_name;
+      if (name.starts_with(".") || name.ends_with(".pfx") || name.ends_with(".p12")) continue;
+      std::string full = StrCat(a, "/", name);
+      struct stat fst {};
+      if (stat(full.c_str(), &fst) == 0 && S_ISREG(fst.st_mode)) found.push_back(full);
+    }
+    closedir(d);
+    std::sort(found.begin(), found.end());
+    files.insert(files.end(), found.begin(), found.end());
+  }
+  if (files.empty()) return absl::NotFoundError("no recovery blob files found");
+  return files;
+}
+
+std::string Stem(const std::string& path) {
+  std::string name = path.substr(path.find_last_of('/') + 1);
+  const size_t dot = name.find_last_of('.');
+  return dot == std::string::npos || dot == 0 ? name : name.substr(0, dot);
+}
+
+class ProgressBar {
+ public:
+  explicit ProgressBar(bool on) : on_(on) {}
+  void Show(size_t done, size_t total, const std::string& what) {
+    if (!on_) return;
+    constexpr size_t kWidth = 30;
+    const size_t filled = total == 0 ? kWidth : done * kWidth / total;
+    std::string bar(filled, '#');
+    bar.resize(kWidth, '.');
+    std::string name = what.substr(what.find_last_of('/') + 1);
+    if (name.size() > 32) name = name.substr(0, 29) + "...";
+    std::fprintf(stderr, "\r[%s] %zu/%zu %3zu%% %s\x1b[K", bar.c_str(), done, total,
+                 total == 0 ? size_t{100} : done * 100 / total, name.c_str());
+    std::fflush(stderr);
+  }
+  void Done() {
+    if (!on_) return;
+    std::fprintf(stderr, "\r\x1b[K");
+    std::fflush(stderr);
+  }
+
+ private:
+  bool on_;
+};
+
+int RunRecoverBatch(const RecoverOptions& o, const Output& out) {
+  if (o.out_dir.empty()) {
+    return out.Fail(absl::InvalidArgumentError("--batch needs --out-dir DIR for the PFX files"));
+  }
+  struct stat dst {};
+  if (stat(o.out_dir.c_str(), &dst) != 0 || !S_ISDIR(dst.st_mode)) {
+    return out.Fail(absl::NotFoundError(StrCat("--out-dir ", o.out_dir, ": not a directory")));
+  }
+  auto anchors = ReadAnchors(o.trust);
+  if (!anchors.ok()) return out.Fail(anchors.status());
+  auto inputs = BatchInputs(o.args);
+  if (!inputs.ok()) return out.Fail(inputs.status());
+
+  // Every output name is decided, and checked free, before the card is used.
+  std::vector<std::string> outputs;
+  std::vector<std::string> clashes;
+  for (const std::string& in : *inputs) {
+    std::string target = StrCat(o.out_dir, "/", Stem(in), ".pfx");
+    if (std::find(outputs.begin(), outputs.end(), target) != outputs.end()) {
+      clashes.push_back(StrCat(target, " (two blobs named ", Stem(in), ")"));
+    } else if (!pki::CheckWritable(target, pki::Overwrite::kRefuse).ok()) {
+      clashes.push_back(StrCat(target, " (exists)"));
+    }
+    outputs.push_back(std::move(target));
+  }
+  if (!clashes.empty()) {
+    return out.Fail(absl::AlreadyExistsError(
+        StrCat("refusing to start: output files would clash:\n  ", StrJoin(clashes, "\n  "))));
+  }
+  auto card = OpenCard(o);
+  if (!card.ok()) return out.Fail(card.status());
+  bool generated = false;
+  auto password = PfxPassword(o.password, &generated);
+  if (!password.ok()) return out.Fail(password.status());
+  const auto protection =
+      o.legacy ? pki::Pkcs12Protection::kLegacy3Des : pki::Pkcs12Protection::kAes256Pbkdf2;
+
+  ProgressBar bar(!out.json && isatty(STDERR_FILENO));
+  const auto start = Clock::now();
+  double card_s = 0, decrypt_s = 0, verify_s = 0, parse_s = 0, write_s = 0;
+  nlohmann::json done = nlohmann::json::array(), failed = nlohmann::json::array();
+  std::vector<std::string> failures;
+  absl::Status fatal;
+  size_t i = 0;
+  for (; i < inputs->size(); ++i) {
+    const std::string& in = (*inputs)[i];
+    bar.Show(i, inputs->size(), in);
+    auto t0 = Clock::now();
+    auto blob = OpenBlob(in, *anchors);
+    parse_s += Since(t0);
+    absl::StatusOr<Recovered> r =
+        blob.ok() ? RecoverWithCard(in, *blob, *card, *password, protection, outputs[i])
+                  : absl::StatusOr<Recovered>(blob.status());
+    if (r.ok()) {
+      card_s += r->timing.card;
+      decrypt_s += r->timing.decrypt;
+      verify_s += r->timing.verify;
+      write_s += r->write_seconds;
+      nlohmann::json item = r->json;
+      item["user"] = BlobJson(*blob)["user"];
+      done.push_back(item);
+      continue;
+    }
+    failed.push_back({{"blob", in}, {"error", std::string(r.status().message())}});
+    failures.push_back(StrCat("  ", r.status().message()));
+    if (!card->card->logged_in() && blob.ok() && card->card->Match(*blob).ok()) {
+      // The login failed: one attempt per run, so stop here.
+      fatal = r.status();
+      ++i;
+      break;
+    }
+  }
+  bar.Show(i, inputs->size(), "");
+  bar.Done();
+  const double total_s = Since(start);
+  const size_t not_attempted = inputs->size() - i;
+  const double rate = total_s > 0 ? static_cast<double>(done.size()) / total_s : 0;
+
+  nlohmann::json j = {{"recovered", done},
+                      {"failed", failed},
+                      {"not_attempted", not_attempted},
+                      {"card", card->card->label()},
+                      {"out_dir", o.out_dir},
+                      {"note", kKraStatusNote},
+                      {"keys_per_second", rate},
+                      {"timing_seconds",
+                       {{"total", total_s},
+                        {"blob_verify", parse_s},
+                        {"card_decrypt", card_s},
+                        {"key_decrypt", decrypt_s},
+                        {"key_check", verify_s},
+                        {"pfx_write", write_s}}}};
+  std::string text =
+      StrCat("Recovered ", done.size(), " of ", inputs->size(), " blob(s) into ", o.out_dir,
+             " with card \"", card->card->label(), "\" (", ProtectionName(protection), ")\n");
+  if (!failures.empty()) {
+    text += StrCat(failed.size(), " failed:\n", StrJoin(failures, "\n"), "\n");
+  }
+  if (not_attempted > 0) {
+    text += StrCat(not_attempted, " not attempted: the card login failed and is never retried\n");
+  }
+  char figures[256];
+  std::snprintf(figures, sizeof figures,
+                "Time: %.2f s total, %.1f keys/s; blob verify %.2f s, card decrypt %.2f s, key "
+                "decrypt+check %.2f s, PFX write %.2f s\n",
+                total_s, rate, parse_s, card_s, decrypt_s + verify_s, write_s);
+  text += figures;
+  text += StrCat("(", kKraStatusNote, ")\n");
+  if (generated && !done.empty()) {
+    j["password"] = std::string(password->view());
+    text += StrCat("PFX password for every file (give it out of band): ", password->view(), "\n");
+  }
+  out.Result(j, text);
+  if (!fatal.ok() && !out.json) std::cerr << "keywarden: " << fatal.message() << std::endl;
+  return failed.empty() ? kExitOk : kExitFailed;
+}
+
+// ---- mergepfx -------------------------------------------------------------
+
+struct MergeOptions {
+  std::string inputs;  // IN1,IN2,...
+  std::string output;
+  std::string passwords;                  // -p "in1,...,out" or "in,out"
+  std::vector<std::string> in_passwords;  // --in-password SRC (one, or one per input)
+  OutputPassword out_password;
+  bool legacy = false;
+};
+
+std::vector<std::string> SplitComma(const std::string& s) {
+  std::vector<std::string> out(1);
+  for (char c : s) {
+    if (c == ',') {
+      out.emplace_back();
+    } else {
+      out.back().push_back(c);
+    }
+  }
+  return out;
+}
+
+int RunMerge(const MergeOptions& o, const Output& out) {
+  std::vector<std::string> files = SplitComma(o.inputs);
+  for (const auto& f : files) {
+    if (f.empty()) return out.Fail(absl::InvalidArgumentError("mergepfx: empty input file name"));
+  }
+  if (auto st = pki::CheckWritable(o.output, pki::Overwrite::kRefuse); !st.ok()) {
+    return out.Fail(st);
+  }
+  // Input passwords: certutil's -p "in,out" / "in1,...,inN,out", or sources.
+  std::vector<hsm::SecretString> in_pw;
+  OutputPassword out_pw = o.out_password;
+  if (!o.passwords.empty()) {
+    if (!o.in_passwords.empty()) {
+      return out.Fail(absl::InvalidArgumentError("give -p or --in-password, not both"));
+    }
+    std::vector<std::string> p = SplitComma(o.passwords);
+    if (p.size() != 2 && p.size() != files.size() + 1) {
+      return out.Fail(absl::InvalidArgumentError(
+          StrCat("-p: give \"INPASSWORD,OUTPASSWORD\" or one password per input then the output "
+                 "password (",
+                 files.size() + 1, " in all)")));
+    }
+    if (!out_pw.value.empty() || !out_pw.source.empty() || out_pw.generate) {
+      return out.Fail(absl::InvalidArgumentError("-p already gives the output password"));
+    }
+    for (size_t i = 0; i + 1 < p.size(); ++i) in_pw.emplace_back(p[i]);
+    out_pw.value = p.back();
+  } else {
+    if (o.in_passwords.size() != 1 && o.in_passwords.size() != files.size()) {
+      return out.Fail(absl::InvalidArgumentError(
+          StrCat("give the input password(s): --in-password SRC once for all inputs or once per "
+                 "input (",
+                 files.size(), "), or -p \"IN,OUT\"")));
+    }
+    for (size_t i = 0; i < o.in_passwords.size(); ++i) {
+      auto pw = ReadPassword(o.in_passwords[i],
+                             o.in_passwords.size() == 1 ? std::string("input PFX password")
+                                                        : StrCat("password of ", files[i]),
+                             false);
+      if (!pw.ok()) return out.Fail(pw.status());
+      in_pw.push_back(std::move(*pw));
+    }
+  }
+  std::vector<pki::Pkcs12Contents> contents;
+  for (size_t i = 0; i < files.size(); ++i) {
+    auto bytes = pki::ReadFileBytes(files[i]);
+    if (!bytes.ok()) return out.Fail(bytes.status());
+    auto c = pki::ReadPkcs12(*bytes, in_pw.size() == 1 ? in_pw[0] : in_pw[i]);
+    if (!c.ok()) return out.Fail(WithFile(files[i], c.status()));
+    for (const auto& k : c->keys) {
+      if (!k.certificate) {
+        return out.Fail(absl::FailedPreconditionError(
+            StrCat(files[i], ": a private key has no matching certificate in the file")));
+      }
+    }
+    if (c->keys.empty()) {
+      return out.Fail(absl::FailedPreconditionError(StrCat(files[i], ": holds no private key")));
+    }
+    contents.push_back(std::move(*c));
+  }
+  bool generated = false;
+  auto password = PfxPassword(out_pw, &generated);
+  if (!password.ok()) return out.Fail(password.status());
+
+  std::vector<X509*> chain;
+  for (auto& c : contents) {
+    for (auto& x : c.other_certificates) chain.push_back(x.get());
+  }
+  std::vector<pki::Pkcs12Entry> entries;
+  nlohmann::json keys = nlohmann::json::array();
+  std::string list;
+  for (auto& c : contents) {
+    for (auto& k : c.keys) {
+      entries.push_back({k.key.get(), k.certificate.get(), chain, k.friendly_name});
+      keys.push_back({{"subject", Subject(k.certificate.get())},
+                      {"sha1", pki::Sha1Thumbprint(k.certificate.get())}});
+      list += StrCat("  \"", Subject(k.certificate.get()), "\" (SHA-1 ",
+                     pki::Sha1Thumbprint(k.certificate.get()), ")\n");
+    }
+  }
+  const auto protection =
+      o.legacy ? pki::Pkcs12Protection::kLegacy3Des : pki::Pkcs12Protection::kAes256Pbkdf2;
+  auto pfx = pki::BuildPkcs12(entries, *password, {protection, 0});
+  if (!pfx.ok()) return out.Fail(pfx.status());
+  if (auto st = pki::WriteFileAtomically(o.output, *pfx, pki::Overwrite::kRefuse, 0600); !st.ok()) {
+    return out.Fail(st);
+  }
+  nlohmann::json j = {{"output", o.output},
+                      {"inputs", files},
+                      {"keys", keys},
+                      {"protection", ProtectionName(protection)}};
+  std::string text =
+      StrCat("Merged ", entries.size(), " key(s) from ", files.size(), " file(s) into ", o.output,
+             " (", ProtectionName(protection), "):\n", list);
+  if (generated) {
+    j["password"] = std::string(password->view());
+    text += StrCat("PFX password: ", password->view(), "\n");
+  }
+  out.Result(j, text);
+  return kExitOk;
+}
+
+// ---- verifykeys -----------------------------------------------------------
+
+struct VerifyOptions {
+  std::string key;
+  std::string cert;
+  std::string password;  // source for an encrypted PEM key or a PFX
+};
+
+absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> LoadPrivateKey(const std::string& path,
+                                                         const std::string& password_source) {
+  auto bytes = pki::ReadFileBytes(path);
+  if (!bytes.ok()) return bytes.status();
+  std::optional<hsm::SecretString> pw;
+  auto password = [&]() -> absl::StatusOr<hsm::SecretString> {
+    if (pw) return *pw;
+    if (password_source.empty()) {
+      return absl::InvalidArgumentError(
+          StrCat(path, " is protected: give its password with --password SRC"));
+    }
+    auto read = ReadPassword(password_source, "key password", false);
+    if (read.ok()) pw = *read;
+    return read;
+  };
+  const std::string_view head(reinterpret_cast<const char*>(bytes->data()),
+                              std::min(bytes->size(), size_t{64}));
+  if (head.find("-----BEGIN") != std::string_view::npos) {
+    const bool encrypted = head.find("ENCRYPTED") != std::string_view::npos;
+    std::optional<hsm::SecretString> secret;
+    if (encrypted) {
+      auto p = password();
+      if (!p.ok()) return p.status();
+      secret = *p;
+    }
+    std::string pass = secret ? std::string(secret->view()) : std::string();
+    ossl::UniquePtr<BIO> bio(BIO_new_mem_buf(bytes->data(), static_cast<int>(bytes->size())));
+    ossl::UniquePtr<EVP_PKEY> key(PEM_read_bio_PrivateKey(
+        bio.get(), nullptr, nullptr, encrypted ? const_cast<char*>(pass.c_str()) : nullptr));
+    OPENSSL_cleanse(pass.data(), pass.size());
+    if (!key) {
+      return hsm::OpenSslError(StrCat(path, ": not a PEM private key (or wrong password)"),
+                               absl::StatusCode::kInvalidArgument);
+    }
+    return key;
+  }
+  if (!bytes->empty() && (*bytes)[0] == 0x07) {  // CAPI PRIVATEKEYBLOB
+    auto key = pki::ParsePrivateKeyPlaintext(*bytes, nullptr, nullptr);
+    if (!key.ok()) return WithFile(path, key.status());
+    return key;
+  }
+  const unsigned char* p = bytes->data();
+  ossl::UniquePtr<EVP_PKEY> key(d2i_AutoPrivateKey(nullptr, &p, static_cast<long>(bytes->size())));
+  if (key && p == bytes->data() + bytes->size()) return key;
+  ERR_clear_error();
+  // A PFX: its (first) key.
+  p = bytes->data();
+  if (PKCS12* p12 = d2i_PKCS12(nullptr, &p, static_cast<long>(bytes->size()))) {
+    PKCS12_free(p12);
+    auto pass = password();
+    if (!pass.ok()) return pass.status();
+    auto c = pki::ReadPkcs12(*bytes, *pass);
+    if (!c.ok()) return WithFile(path, c.status());
+    if (c->keys.empty()) return absl::NotFoundError(StrCat(path, ": the PFX holds no key"));
+    return std::move(c->keys.front().key);
+  }
+  ERR_clear_error();
+  return absl::InvalidArgumentError(
+      StrCat(path, ": not a private key (PEM, DER PKCS#8 or RSA, PRIVATEKEYBLOB or PFX)"));
+}
+
+// The public key of a certificate, or a public key, in PEM or DER.
+absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> LoadPublicKey(const std::string& path,
+                                                        std::string* subject) {
+  auto bytes = pki::ReadFileBytes(path);
+  if (!bytes.ok()) return bytes.status();
+  ossl::UniquePtr<BIO> bio(BIO_new_mem_buf(bytes->data(), static_cast<int>(bytes->size())));
+  ossl::UniquePtr<X509> cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+  if (!cert) {
+    ERR_clear_error();
+    const unsigned char* p = bytes->data();
+    cert.reset(d2i_X509(nullptr, &p, static_cast<long>(bytes->size())));
+  }
+  if (cert) {
+    *subject = Subject(cert.get());
+    EVP_PKEY* key = X509_get_pubkey(cert.get());
+    if (key == nullptr) return hsm::OpenSslError(StrCat(path, ": certificate key"));
+    return ossl::UniquePtr<EVP_PKEY>(key);
+  }
+  ERR_clear_error();
+  bio.reset(BIO_new_mem_buf(bytes->data(), static_cast<int>(bytes->size())));
+  ossl::UniquePtr<EVP_PKEY> key(PEM_read_bio_PUBKEY(bio.get(), nullptr, nullptr, nullptr));
+  if (!key) {
+    ERR_clear_error();
+    const unsigned char* p = bytes->data();
+    key.reset(d2i_PUBKEY(nullptr, &p, static_cast<long>(bytes->size())));
+  }
+  if (!key) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(
+        StrCat(path, ": not a certificate or public key (PEM or DER)"));
+  }
+  return key;
+}
+
+// Non-RSA keys: equal public halves and a signature that verifies.
+absl::Status CheckBySignature(EVP_PKEY* priv, EVP_PKEY* pub) {
+  if (EVP_PKEY_eq(priv, pub) != 1) {
+    ERR_clear_error();
+    return absl::FailedPreconditionError("the private key does not belong to the public key");
+  }
+  unsigned char probe[32];
+  if (RAND_bytes(probe, sizeof probe) != 1) return absl::InternalError("no random bytes");
+  ossl::UniquePtr<EVP_MD_CTX> sctx(EVP_MD_CTX_new()), vctx(EVP_MD_CTX_new());
+  std::vector<unsigned char> sig(static_cast<size_t>(EVP_PKEY_get_size(priv)));
+  size_t sig_len = sig.size();
+  if (!sctx || !vctx || EVP_DigestSignInit(sctx.get(), nullptr, EVP_sha256(), nullptr, priv) != 1 ||
+      EVP_DigestSign(sctx.get(), sig.data(), &sig_len, probe, sizeof probe) != 1 ||
+      EVP_DigestVerifyInit(vctx.get(), nullptr, EVP_sha256(), nullptr, pub) != 1 ||
+      EVP_DigestVerify(vctx.get(), sig.data(), sig_len, probe, sizeof probe) != 1) {
+    ERR_clear_error();
+    return absl::FailedPreconditionError(
+        "a signature made with the private key does not verify with the public key");
+  }
+  return absl::OkStatus();
+}
+
+int RunVerifyKeys(const VerifyOptions& o, const Output& out) {
+  auto priv = LoadPrivateKey(o.key, o.password);
+  if (!priv.ok()) return out.Fail(priv.status());
+  std::string subject;
+  auto pub = LoadPublicKey(o.cert, &subject);
+  if (!pub.ok()) return out.Fail(pub.status());
+  absl::Status st;
+  if (EVP_PKEY_is_a(priv->get(), "RSA") == 1) {
+    st = pki::CheckKeyPairMatches(priv->get(), pub->get());
+  } else {
+    st = CheckBySignature(priv->get(), pub->get());
+  }
+  const std::string what = subject.empty() ? o.cert : StrCat("\"", subject, "\"");
+  if (!st.ok()) {
+    out.Fail(absl::FailedPreconditionError(StrCat(
+        "keys do NOT match: ", o.key, " is not the key of ", what, " (", st.message(), ")")));
+    return kExitFailed;
+  }
+  out.Result(
+      {{"match", true}, {"key", o.key}, {"certificate", o.cert}, {"subject", subject}},
+      StrCat("Keys match: ", o.key, " is the private key of ", what, " (",
+             EVP_PKEY_get0_type_name(priv->get()), "-", EVP_PKEY_get_bits(priv->get()),
+             ", checked by ",
+             EVP_PKEY_is_a(priv->get(), "RSA") == 1 ? "encrypt/decrypt" : "sign/verify", ")\n"));
+  return kExitOk;
+}
+
+void AddOutputPasswordOptions(CLI::App* cmd, OutputPassword& pw, const char* what) {
+  cmd->add_option("-p,--password", pw.value,
+                  StrCat("Password for ", what,
+                         " (visible to other local users in the process list: prefer "
+                         "--password-source)"));
+  cmd->add_option("--password-source", pw.source,
+                  StrCat("Where the password for ", what,
+                         " comes from: file:PATH, env:NAME or prompt (asked twice)"));
+  cmd->add_flag("--generate-password", pw.generate,
+                StrCat("Generate a random password for ", what, " and print it"));
+}
+
+}  // namespace
+
+void RegisterRecoveryCommands(CLI::App& app, const Output& out, Action& action) {
+  // recoverkey
+  auto ro = std::make_shared<RecoverOptions>();
+  CLI::App* recover = app.add_subcommand(
+      "recoverkey",
+      "Decrypt a recovery blob with a KRA smart card and write the user's key as a PKCS#12 "
+      "(offline: no connection to keywardend)");
+  recover
+      ->add_option("args", ro->args,
+                   "BLOB [OUT.pfx]: without OUT.pfx the blob is only verified and shown; with "
+                   "--batch: blob files and/or directories of blobs")
+      ->required();
+  recover->add_flag("--batch", ro->batch,
+                    "Recover many blobs in one run (one card login), PFX files in --out-dir");
+  recover->add_option("--out-dir", ro->out_dir,
+                      "--batch: directory for the PFX files (NAME.pfx for blob NAME.ext)");
+  recover->add_option(
+      "--card", ro->card,
+      "PKCS#11 URI of the KRA smart card, e.g. pkcs11:token=kra-card-1 (object=/id= "
+      "narrow it to one KRA certificate)");
+  recover->add_option("--module", ro->module,
+                      "PKCS#11 module path or p11-kit name (default: the URI's, else "
+                      "$KEYWARDEN_PKCS11_MODULE)");
+  recover->add_option("--pin-source", ro->pin_source,
+                      "Card PIN from file:PATH, env:NAME or prompt (default: the URI's "
+                      "pin-source, else prompt). Tried once, never retried");
+  recover
+      ->add_option("--ca-cert,--trust", ro->trust,
+                   "PEM file of CA certificate(s) the blob's signature must chain to "
+                   "(repeatable; required)")
+      ->allow_extra_args(false);
+  AddOutputPasswordOptions(recover, ro->password, "the PFX file(s)");
+  recover->add_flag("--legacy", ro->legacy,
+                    "Protect the PFX with 3DES and a SHA-1 MAC for old importers (default "
+                    "AES-256-CBC, PBKDF2-SHA256, SHA-256 MAC)");
+  recover->callback([&out, &action, ro] {
+    action = [&out, ro] { return ro->batch ? RunRecoverBatch(*ro, out) : RunRecoverOne(*ro, out); };
+  });
+
+  // mergepfx
+  auto mo = std::make_shared<MergeOptions>();
+  CLI::App* merge = app.add_subcommand(
+      "mergepfx", "Merge several PFX files (e.g. recovered keys of one user) into one");
+  merge->add_option("inputs", mo->inputs, "IN1.pfx,IN2.pfx,... (comma-separated)")->required();
+  merge->add_option("output", mo->output, "OUT.pfx (must not exist)")->required();
+  merge->add_option("-p,--password", mo->passwords,
+                    "certutil style: \"INPASSWORD,OUTPASSWORD\" or \"IN1,...,INn,OUTPASSWORD\"");
+  merge
+      ->add_option("--in-password", mo->in_passwords,
+                   "Input password source(s): file:PATH, env:NAME or prompt; once for all inputs "
+                   "or once per input, in order")
+      ->allow_extra_args(false);
+  merge->add_option("--out-password-source", mo->out_password.source,
+                    "Output password from file:PATH, env:NAME or prompt (asked twice)");
+  merge->add_flag("--generate-password", mo->out_password.generate,
+                  "Generate the output password and print it");
+  merge->add_flag("--legacy", mo->legacy, "Protect the output with 3DES and a SHA-1 MAC");
+  merge->callback([&out, &action, mo] { action = [&out, mo] { return RunMerge(*mo, out); }; });
+
+  // verifykeys
+  auto vo = std::make_shared<VerifyOptions>();
+  CLI::App* verify = app.add_subcommand(
+      "verifykeys", "Check that a private key and a certificate (or public key) are a pair");
+  verify
+      ->add_option("key", vo->key,
+                   "Private key file: PEM, DER PKCS#8/RSA, CAPI PRIVATEKEYBLOB, or PFX")
+      ->required();
+  verify->add_option("cert", vo->cert, "Certificate or public key, PEM or DER")->required();
+  verify->add_option(
+      "--password", vo->password,
+      "Password source for an encrypted key or a PFX: file:PATH, env:NAME or prompt");
+  verify->callback(
+      [&out, &action, vo] { action = [&out, vo] { return RunVerifyKeys(*vo, out); }; });
+}
+
+}  // namespace keywarden::cli

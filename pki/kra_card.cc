@@ -1,0 +1,242 @@
+#include "pki/kra_card.h"
+
+#include <chrono>
+
+#include <openssl/err.h>
+
+#include "hsm/keys.h"
+#include "hsm/module.h"
+#include "hsm/status.h"
+#include "hsm/strings.h"
+#include "pki/certificate.h"
+#include "pki/private_key_blob.h"
+
+namespace keywarden::pki {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::string Subject(X509* cert) {
+  return FormatName(X509_get_subject_name(cert));
+}
+
+// Every certificate object on the token (public: no login needed), with its
+// CKA_ID and CKA_LABEL, optionally narrowed to a label and/or id.
+absl::StatusOr<std::vector<CardCertificate>> ReadCardCertificates(hsm::Token& token,
+                                                                  const std::string& label,
+                                                                  const std::vector<uint8_t>& id) {
+  auto session = token.Acquire();
+  if (!session.ok()) return session.status();
+  CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+  std::vector<CK_ATTRIBUTE> match = {hsm::Attr(CKA_CLASS, cls)};
+  if (!label.empty()) match.push_back(hsm::Attr(CKA_LABEL, label.data(), label.size()));
+  if (!id.empty()) match.push_back(hsm::Attr(CKA_ID, id.data(), id.size()));
+  auto found = hsm::FindObjects(*session, match);
+  if (!found.ok()) return found.status();
+  std::vector<CardCertificate> out;
+  for (CK_OBJECT_HANDLE h : *found) {
+    auto value = hsm::GetAttribute(*session, h, CKA_VALUE);
+    if (!value.ok()) return value.status();
+    const unsigned char* p = value->data();
+    ossl::UniquePtr<X509> cert(d2i_X509(nullptr, &p, static_cast<long>(value->size())));
+    if (!cert) {
+      ERR_clear_error();
+      continue;  // a certificate object that is not X.509: not a KRA certificate
+    }
+    CardCertificate c;
+    c.certificate = std::move(cert);
+    auto cka_id = hsm::GetAttribute(*session, h, CKA_ID);
+    if (cka_id.ok()) c.id = std::move(*cka_id);
+    auto cka_label = hsm::GetAttribute(*session, h, CKA_LABEL);
+    if (cka_label.ok()) c.label.assign(cka_label->begin(), cka_label->end());
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<KraCard>> KraCard::Open(const hsm::Pkcs11Uri& uri,
+                                                       const std::string& default_module) {
+  const std::string spec = !uri.module_path().empty()   ? uri.module_path()
+                           : !uri.module_name().empty() ? uri.module_name()
+                                                        : default_module;
+  if (spec.empty()) {
+    return absl::InvalidArgumentError(
+        StrCat("KRA card URI \"", uri.Redacted(),
+               "\" names no module: give --module or set KEYWARDEN_PKCS11_MODULE"));
+  }
+  auto module = hsm::Module::Load(spec);
+  if (!module.ok()) return module.status();
+  auto token = hsm::Token::Open(*module, uri);
+  if (!token.ok()) return token.status();
+  auto crypto = hsm::CryptoContext::Create();
+  if (!crypto.ok()) return crypto.status();
+  std::unique_ptr<KraCard> card(new KraCard());
+  card->token_ = std::move(*token);
+  card->crypto_ = std::move(*crypto);
+  auto certs = ReadCardCertificates(*card->token_, uri.object_label(), uri.object_id());
+  if (!certs.ok()) return certs.status();
+  card->certs_ = std::move(*certs);
+  return card;
+}
+
+absl::StatusOr<const CardCertificate*> KraCard::Match(const RecoveryBlob& blob) const {
+  for (const RecoveryRecipient& r : blob.recipients) {
+    for (const CardCertificate& c : certs_) {
+      if (r.Matches(c.certificate.get())) return &c;
+    }
+  }
+  std::vector<std::string> would, has;
+  for (const RecoveryRecipient& r : blob.recipients) would.push_back(StrCat("  ", r.Describe()));
+  for (const CardCertificate& c : certs_) {
+    has.push_back(StrCat("  \"", Subject(c.certificate.get()), "\" (SHA-1 ",
+                         Sha1Thumbprint(c.certificate.get()), ")"));
+  }
+  return absl::NotFoundError(StrCat(
+      "no KRA certificate on card \"", label(), "\" can decrypt this blob. It is encrypted to:\n",
+      StrJoin(would, "\n"), "\nCard \"", label(), "\" holds",
+      has.empty() ? std::string(" no certificate") : StrCat(":\n", StrJoin(has, "\n")),
+      "\n(no PIN was asked for: insert the card of one of the KRAs above)"));
+}
+
+absl::Status KraCard::Login(const hsm::PinSource& pin) {
+  if (login_failure_) return *login_failure_;
+  if (token_->logged_in()) return absl::OkStatus();
+  const CK_FLAGS flags = token_->info().info.flags;
+  if (flags & CKF_USER_PIN_LOCKED) {
+    login_failure_ = absl::PermissionDeniedError(
+        StrCat("card \"", label(),
+               "\": the user PIN is locked; no login was attempted (the "
+               "card's security officer must unblock it)"));
+    return *login_failure_;
+  }
+  auto value = pin.Read();
+  if (!value.ok()) return value.status();  // nothing was sent to the card
+  absl::Status st = token_->Login(*value);
+  if (st.ok()) return st;
+  const std::string message(st.message());
+  std::string why;
+  if (message.find("CKR_PIN_INCORRECT") != std::string::npos) {
+    why = "wrong PIN (CKR_PIN_INCORRECT)";
+  } else if (message.find("CKR_PIN_LOCKED") != std::string::npos) {
+    why = "the PIN is locked (CKR_PIN_LOCKED)";
+  } else {
+    why = message;
+  }
+  login_failure_ = absl::Status(
+      st.code() == absl::StatusCode::kUnknown ? absl::StatusCode::kPermissionDenied : st.code(),
+      StrCat("card \"", label(), "\" refused the login: ", why,
+             ". keywarden made exactly one login attempt and does not retry, so the card's "
+             "retry counter dropped by at most one; check the PIN before running again",
+             (flags & CKF_USER_PIN_FINAL_TRY) ? " (the card warned this was the final try)" : ""));
+  return *login_failure_;
+}
+
+absl::StatusOr<EVP_PKEY*> KraCard::KeyFor(const CardCertificate& cert) {
+  for (auto& [c, key] : keys_) {
+    if (c == &cert) return key.get();
+  }
+  absl::StatusOr<std::shared_ptr<hsm::TokenKey>> key =
+      absl::NotFoundError("certificate has no CKA_ID or label");
+  if (!cert.id.empty()) key = hsm::FindPrivateKey(token_, "", cert.id);
+  if (!key.ok() && !cert.label.empty() && !absl::IsFailedPrecondition(key.status())) {
+    key = hsm::FindPrivateKey(token_, cert.label);
+  }
+  if (!key.ok()) {
+    return absl::NotFoundError(StrCat("card \"", label(), "\" holds KRA certificate \"",
+                                      Subject(cert.certificate.get()),
+                                      "\" but not its private key: ", key.status().message()));
+  }
+  if (EVP_PKEY_eq((*key)->public_key.get(), X509_get0_pubkey(cert.certificate.get())) != 1) {
+    ERR_clear_error();
+    return absl::FailedPreconditionError(
+        StrCat("card \"", label(), "\": the private key beside KRA certificate \"",
+               Subject(cert.certificate.get()), "\" is not its key"));
+  }
+  auto pkey = crypto_->Load(*key);
+  if (!pkey.ok()) return pkey.status();
+  keys_.emplace_back(&cert, std::move(*pkey));
+  return keys_.back().second.get();
+}
+
+absl::StatusOr<RecoveredKey> KraCard::Recover(const RecoveryBlob& blob, RecoveryTiming* timing) {
+  auto match = Match(blob);
+  if (!match.ok()) return match.status();
+  if (login_failure_) return *login_failure_;
+  if (!token_->logged_in()) {
+    return absl::FailedPreconditionError(StrCat("card \"", label(), "\": not logged in"));
+  }
+  const CardCertificate& kra = **match;
+  auto key = KeyFor(kra);
+  if (!key.ok()) return key.status();
+
+  RecoveryTiming local;
+  RecoveryTiming& t = timing != nullptr ? *timing : local;
+  ossl::UniquePtr<CMS_ContentInfo> cms(
+      CMS_ContentInfo_new_ex(crypto_->libctx(), hsm::kTokenKeyProperties));
+  CMS_ContentInfo* raw = cms.get();
+  const unsigned char* p = blob.enveloped_data.data();
+  if (!cms ||
+      d2i_CMS_ContentInfo(&raw, &p, static_cast<long>(blob.enveloped_data.size())) == nullptr) {
+    return hsm::OpenSslError("recovery: EnvelopedData", absl::StatusCode::kDataLoss);
+  }
+
+  // Report decryption failures instead of OpenSSL's default of carrying on
+  // with a random key (a defence for online oracles; this is the card
+  // holder's own offline tool, where a clear error matters).
+  CMS_decrypt(cms.get(), nullptr, nullptr, nullptr, nullptr, CMS_DEBUG_DECRYPT);
+
+  // The content-encryption key, decrypted by the card's private key.
+  auto start = Clock::now();
+  if (CMS_decrypt_set1_pkey_and_peer(cms.get(), *key, kra.certificate.get(), nullptr) != 1) {
+    return hsm::OpenSslError(
+        StrCat("recovery: card \"", label(), "\" could not decrypt the ",
+               "content key with the key of \"", Subject(kra.certificate.get()), "\""),
+        absl::StatusCode::kDataLoss);
+  }
+  t.card = Since(start);
+
+  // The archived key, decrypted in software into memory that is wiped.
+  start = Clock::now();
+  ossl::UniquePtr<BIO> out(BIO_new(BIO_s_secmem()));
+  if (!out || CMS_decrypt(cms.get(), nullptr, nullptr, nullptr, out.get(),
+                          CMS_BINARY | CMS_DEBUG_DECRYPT) != 1) {
+    return hsm::OpenSslError("recovery: decrypt the archived key", absl::StatusCode::kDataLoss);
+  }
+  char* data = nullptr;
+  const long len = BIO_get_mem_data(out.get(), &data);
+  hsm::SecretBytes plaintext(
+      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data), static_cast<size_t>(len)));
+  out.reset();
+  RecoveredKey recovered;
+  auto parsed = ParsePrivateKeyPlaintext(plaintext.span(), &recovered.was_private_key_blob,
+                                         &recovered.ai_key_alg);
+  plaintext.Clear();
+  if (!parsed.ok()) {
+    return absl::DataLossError(
+        StrCat("recovery: the decrypted archive is not a usable private key: ",
+               parsed.status().message()));
+  }
+  recovered.key = std::move(*parsed);
+  t.decrypt = Since(start);
+
+  start = Clock::now();
+  if (auto st =
+          CheckKeyPairMatches(recovered.key.get(), X509_get0_pubkey(blob.user_certificate.get()));
+      !st.ok()) {
+    return absl::DataLossError(
+        StrCat("recovery: the decrypted key does not belong to user "
+               "certificate \"",
+               Subject(blob.user_certificate.get()), "\": ", st.message()));
+  }
+  t.verify = Since(start);
+  recovered.kra = &kra;
+  return recovered;
+}
+
+}  // namespace keywarden::pki

@@ -1,0 +1,84 @@
+// A Key Recovery Agent's smart card, offline from the CA (seed: "Command-
+// Line Key Recovery", certutil -recoverkey; ARCHITECTURE.md §5.3).
+//
+// The card is any PKCS#11 token holding a KRA certificate and its private
+// key. Certificates are public objects, so the card is matched against a
+// blob before any PIN is asked for: a wrong card costs no PIN attempt.
+// The PIN is tried exactly once per KraCard; the content-encryption key is
+// decrypted on the card (the private key never leaves it), the archived
+// key in software, and the result is checked against the user certificate.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "hsm/ossl.h"
+#include "hsm/pin.h"
+#include "hsm/provider/provider.h"
+#include "hsm/token.h"
+#include "hsm/uri.h"
+#include "pki/recovery_blob.h"
+
+namespace keywarden::pki {
+
+struct CardCertificate {
+  ossl::UniquePtr<X509> certificate;
+  std::vector<uint8_t> id;  // CKA_ID: the private key beside it has the same
+  std::string label;
+};
+
+// Where the time of one recovery went (seconds).
+struct RecoveryTiming {
+  double card = 0;     // the content-encryption key decrypted on the card
+  double decrypt = 0;  // the archived key decrypted and parsed (software)
+  double verify = 0;   // key pair check against the user certificate
+};
+
+struct RecoveredKey {
+  ossl::UniquePtr<EVP_PKEY> key;         // the user's private key (software)
+  bool was_private_key_blob = false;     // the archive held a CAPI PRIVATEKEYBLOB, not PKCS#8
+  uint32_t ai_key_alg = 0;               // its aiKeyAlg (0 for PKCS#8)
+  const CardCertificate* kra = nullptr;  // the card certificate used; owned by the KraCard
+};
+
+class KraCard {
+ public:
+  // Opens the token the URI names (module from the URI, else
+  // `default_module`) without logging in, and reads its certificates. An
+  // object label or id in the URI narrows them to that KRA.
+  static absl::StatusOr<std::unique_ptr<KraCard>> Open(const hsm::Pkcs11Uri& uri,
+                                                       const std::string& default_module);
+
+  const std::string& label() const { return token_->label(); }
+  const std::vector<CardCertificate>& certificates() const { return certs_; }
+
+  // The card certificate a RecipientInfo of `blob` names. NOT_FOUND when
+  // none does; the message lists the KRAs the blob is encrypted to (those
+  // would work) and the certificates on this card.
+  absl::StatusOr<const CardCertificate*> Match(const RecoveryBlob& blob) const;
+
+  // One C_Login attempt, never repeated: after a failure (wrong PIN,
+  // locked card) every later call returns the same error without touching
+  // the card. Reading the PIN (prompt, file, env) happens here too.
+  absl::Status Login(const hsm::PinSource& pin);
+  bool logged_in() const { return token_->logged_in(); }
+
+  // Recovers the archived key in `blob` with the card (after Login).
+  absl::StatusOr<RecoveredKey> Recover(const RecoveryBlob& blob, RecoveryTiming* timing = nullptr);
+
+ private:
+  KraCard() = default;
+  absl::StatusOr<EVP_PKEY*> KeyFor(const CardCertificate& cert);
+
+  std::shared_ptr<hsm::Token> token_;
+  std::shared_ptr<hsm::CryptoContext> crypto_;
+  std::vector<CardCertificate> certs_;
+  std::vector<std::pair<const CardCertificate*, ossl::UniquePtr<EVP_PKEY>>> keys_;
+  std::optional<absl::Status> login_failure_;
+};
+
+}  // namespace keywarden::pki
