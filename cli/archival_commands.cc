@@ -4,6 +4,9 @@
 //   keywarden importpfx FILE   archive the key of a PKCS#12 (certutil -importPFX;
 //                              -f for another CA's certificate, as certutil -f)
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include <cctype>
 
 #include "cli/client.h"
 #include "cli/commands.h"
@@ -61,6 +64,112 @@ Reply KraReply(const v1::KeyRecoveryAgents& kras, const std::string& title) {
                  "\n");
   reply.text = text;
   return reply;
+}
+
+// A password for the recovery script: letters and digits only, so it needs
+// no quoting in a shell (the seed's batch file generates them the same way).
+std::string GeneratePassword() {
+  static constexpr char kAlphabet[] = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+  std::string out;
+  unsigned char bytes[64];
+  while (out.size() < 20) {
+    if (RAND_bytes(bytes, sizeof bytes) != 1) break;
+    for (unsigned char b : bytes) {
+      if (b < 4 * (sizeof kAlphabet - 1) && out.size() < 20)
+        out += kAlphabet[b % (sizeof kAlphabet - 1)];
+    }
+  }
+  OPENSSL_cleanse(bytes, sizeof bytes);
+  return out;
+}
+
+// "alice-611e23c2....rec": the CN (or "key") made safe for a file name.
+std::string BlobFileName(const v1::ArchivedKeyCandidate& c, const char* extension) {
+  std::string cn;
+  const std::string& subject = c.certificate().subject();
+  if (size_t pos = subject.find("CN="); pos != std::string::npos) {
+    for (size_t i = pos + 3; i < subject.size() && subject[i] != ','; ++i) {
+      const char ch = subject[i];
+      cn += std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' ? ch : '_';
+    }
+  }
+  if (cn.empty()) cn = "key";
+  return StrCat(cn, "-", c.certificate().serial(), extension);
+}
+
+std::string CandidateText(const v1::ArchivedKeyCandidate& c) {
+  const auto& cert = c.certificate();
+  std::vector<std::pair<std::string, std::string>> rows = {
+      {"Serial Number", cert.serial()},
+      {"Subject", cert.subject()},
+  };
+  if (!cert.upn().empty()) rows.push_back({"UPN", cert.upn()});
+  rows.push_back({"NotBefore", FormatTime(cert.not_before())});
+  rows.push_back({"NotAfter", FormatTime(cert.not_after())});
+  rows.push_back({"Template", cert.template_name()});
+  rows.push_back({"Cert Hash(sha1)", cert.sha1()});
+  rows.push_back({"Request", std::to_string(c.request_id())});
+  rows.push_back({"Archive", c.scheme()});
+  std::vector<std::string> kras(c.kra_sha1().begin(), c.kra_sha1().end());
+  rows.push_back({"KRA hashes", StrJoin(kras, ", ")});
+  return KeyValues(rows);
+}
+
+// A complete recovery script, like the seed's `certutil -v -getkey` batch
+// file: getkey per serial, recoverkey per blob with a generated password,
+// mergepfx into one file, clean-up, and the final password printed.
+std::string RecoveryScript(const std::string& search,
+                           const std::vector<v1::ArchivedKeyCandidate>& candidates) {
+  std::string script = StrCat(
+      "#!/bin/sh\n# Key recovery for \"", search, "\" (made by keywarden getkey -v).\n",
+      "# Run it as a Certificate Manager who holds a KRA card (or hand the .rec files to one).\n",
+      "# Needs: the connection variables (KEYWARDEN_SERVER, KEYWARDEN_CLIENT_CERT,\n",
+      "# KEYWARDEN_CLIENT_KEY, KEYWARDEN_SERVER_CA) and KEYWARDEN_KRA_CARD, the PKCS#11 URI\n",
+      "# of the KRA card (e.g. pkcs11:token=kra-card-1).\n#\n");
+  for (const auto& c : candidates) {
+    std::string text = CandidateText(c);
+    size_t pos = 0;
+    while (pos < text.size()) {
+      size_t nl = text.find('\n', pos);
+      script += StrCat("#   ", text.substr(pos, nl - pos), "\n");
+      if (nl == std::string::npos) break;
+      pos = nl + 1;
+    }
+    script += "#\n";
+  }
+  script +=
+      "set -eu\n: \"${KEYWARDEN_KRA_CARD:?set KEYWARDEN_KRA_CARD to the KRA card's PKCS#11 "
+      "URI}\"\nkeywarden ca cert --out recovery-ca.pem\n";
+  std::vector<std::string> passwords, pfx_files;
+  for (const auto& c : candidates) {
+    const std::string rec = BlobFileName(c, ".rec");
+    script += StrCat("keywarden getkey ", c.certificate().serial(), " \"", rec, "\"\n");
+  }
+  for (const auto& c : candidates) {
+    const std::string rec = BlobFileName(c, ".rec"), pfx = BlobFileName(c, ".p12");
+    passwords.push_back(GeneratePassword());
+    pfx_files.push_back(pfx);
+    script +=
+        StrCat("keywarden recoverkey --card \"$KEYWARDEN_KRA_CARD\" --ca-cert recovery-ca.pem -p ",
+               passwords.back(), " \"", rec, "\" \"", pfx, "\"\n");
+  }
+  std::string final_name = BlobFileName(candidates.front(), "");
+  final_name = final_name.substr(0, final_name.rfind('-')) + ".p12";
+  std::string final_password = passwords.front();
+  if (candidates.size() > 1) {
+    final_password = GeneratePassword();
+    script += StrCat("keywarden mergepfx -p \"", StrJoin(passwords, ","), ",", final_password,
+                     "\" \"", StrJoin(pfx_files, ","), "\" \"", final_name, "\"\n");
+  } else {
+    script += StrCat("mv \"", pfx_files.front(), "\" \"", final_name, "\"\n");
+  }
+  for (const auto& c : candidates) {
+    script += StrCat("rm -f \"", BlobFileName(c, ".rec"), "\"\n");
+    if (candidates.size() > 1) script += StrCat("rm -f \"", BlobFileName(c, ".p12"), "\"\n");
+  }
+  script +=
+      StrCat("rm -f recovery-ca.pem\necho \"", final_name, " PASSWORD: ", final_password, "\"\n");
+  return script;
 }
 
 }  // namespace
@@ -165,6 +274,86 @@ void RegisterArchivalCommands(CLI::App& app, const Output& out, const Connection
 });
 }  // namespace keywarden::cli
 );
+struct GetKeyOptions {
+  std::string search;
+  std::string out;
+  bool verbose = false;
+};
+auto gk = std::make_shared<GetKeyOptions>();
+CLI::App* getkey = app.add_subcommand(
+    "getkey",
+    "Find archived keys and retrieve a recovery blob, like certutil -getkey (Certificate "
+    "Manager). The blob is encrypted to KRAs: recover it with `keywarden recoverkey`");
+getkey
+    ->add_option("search", gk->search,
+                 "Serial number (spaces allowed), SHA-1 hash, request id, CN, UPN or "
+                 "DOMAIN\\user")
+    ->required();
+getkey->add_option("out", gk->out,
+                   "Recovery blob file to write (must not exist); without it the matching "
+                   "keys and the KRAs that can decrypt each are listed");
+getkey->add_flag("-v,--verbose", gk->verbose,
+                 "Print a complete recovery script (getkey, recoverkey, mergepfx, clean-up)");
+getkey->callback([&out, &conn, &action, gk] {
+  action = WithClient(out, conn, [gk](Client& c) -> absl::StatusOr<Reply> {
+    if (!gk->out.empty()) {
+      if (auto st = pki::CheckWritable(gk->out, pki::Overwrite::kRefuse); !st.ok()) return st;
+    }
+    v1::GetArchivedKeyRequest request;
+    request.set_search(gk->search);
+    request.set_blob(!gk->out.empty());
+    v1::GetArchivedKeyResponse result;
+    auto ctx = c.Context();
+    if (auto st = c.Check(c.officer().GetArchivedKey(ctx.get(), request, &result)); !st.ok()) {
+      return st;
+    }
+    Reply reply;
+    std::vector<v1::ArchivedKeyCandidate> candidates(result.candidates().begin(),
+                                                     result.candidates().end());
+    nlohmann::json list = nlohmann::json::array();
+    std::string text;
+    for (const auto& k : candidates) {
+      list.push_back(
+          {{"serial", k.certificate().serial()},
+           {"subject", k.certificate().subject()},
+           {"upn", k.certificate().upn()},
+           {"not_before", k.certificate().not_before()},
+           {"not_after", k.certificate().not_after()},
+           {"template", k.certificate().template_name()},
+           {"sha1", k.certificate().sha1()},
+           {"request_id", k.request_id()},
+           {"kra_sha1", std::vector<std::string>(k.kra_sha1().begin(), k.kra_sha1().end())}});
+      text += StrCat(CandidateText(k), "\n");
+    }
+    reply.json = {{"search", gk->search}, {"candidates", list}};
+    if (candidates.empty()) {
+      reply.text = StrCat("No archived key matches \"", gk->search, "\"\n");
+      reply.exit_code = kExitNotFound;
+      return reply;
+    }
+    if (!gk->out.empty()) {
+      const std::string& blob = result.recovery_blob();
+      if (auto st = pki::WriteFileAtomically(
+              gk->out,
+              std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(blob.data()), blob.size()),
+              pki::Overwrite::kRefuse, 0644);
+          !st.ok()) {
+        return st;
+      }
+      reply.json["file"] = gk->out;
+      text += StrCat("Recovery blob written to ", gk->out, " (", blob.size(),
+                     " bytes, encrypted to the KRAs listed)\n");
+    }
+    if (gk->verbose) {
+      const std::string script = RecoveryScript(gk->search, candidates);
+      reply.json["script"] = script;
+      reply.text = gk->out.empty() ? script : text + script;
+    } else {
+      reply.text = text;
+    }
+    return reply;
+  });
+});
 }
 
 }  // namespace keywarden::cli

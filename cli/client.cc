@@ -105,6 +105,10 @@ absl::Status FromGrpc(const grpc::Status& status, const std::string& target) {
           symbol.empty() ? StrCat(" (", hresult, ")") : StrCat(" (", hresult, " ", symbol, ")");
     }
   }
+  if (has_detail) {
+    // An ambiguous search lists what matched, one candidate per line.
+    for (const auto& c : detail.candidates()) message += StrCat("\n  ", c);
+  }
   absl::Status out(code, message);
   if (!hresult.empty()) out.SetPayload(kHResultPayload, absl::Cord(hresult));
   if (!symbol.empty()) out.SetPayload(kSymbolPayload, absl::Cord(symbol));

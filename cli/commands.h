@@ -29,7 +29,7 @@ void RegisterOfficerCommands(CLI::App& app, const Output& out, const ConnectionO
                              Action& action);
 void RegisterAuditCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
                            Action& action);
-// kra (list/reload) and importpfx: key archival administration.
+// kra (list/reload), importpfx and getkey: key archival and recovery on the daemon.
 void RegisterArchivalCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
                               Action& action);
 // request: enrollment with key archival (remote, or offline with --out).

@@ -1,6 +1,7 @@
 #include "pki/der.h"
 
 #include <openssl/asn1.h>
+#include <openssl/evp.h>
 #include <openssl/objects.h>
 
 #include <algorithm>
@@ -92,6 +93,25 @@ bool BmpToUtf8(std::span<const uint8_t> c, std::string* out) {
     }
   }
   return true;
+}
+
+std::string Base64Encode(std::span<const uint8_t> data) {
+  std::string out(4 * ((data.size() + 2) / 3) + 1, '\0');
+  const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), data.data(),
+                                static_cast<int>(data.size()));
+  out.resize(static_cast<size_t>(std::max(n, 0)));
+  return out;
+}
+
+std::vector<uint8_t> Base64Decode(const std::string& text) {
+  std::vector<uint8_t> out(text.size());
+  const int n = EVP_DecodeBlock(out.data(), reinterpret_cast<const unsigned char*>(text.data()),
+                                static_cast<int>(text.size()));
+  if (n < 0) return {};
+  size_t pad = 0;
+  for (auto it = text.rbegin(); it != text.rend() && *it == '='; ++it) ++pad;
+  out.resize(static_cast<size_t>(n) - std::min(pad, static_cast<size_t>(n)));
+  return out;
 }
 
 namespace der {

@@ -43,6 +43,11 @@ Bytes SmallInteger(uint64_t value);
 inline const Bytes kNullValue = {0x05, 0x00};
 }  // namespace der
 
+// Base64 (RFC 4648, no line breaks) for binary values kept as text.
+std::string Base64Encode(std::span<const uint8_t> data);
+// Empty on malformed input.
+std::vector<uint8_t> Base64Decode(const std::string& text);
+
 struct DerElement {
   uint8_t tag = 0;
   std::span<const uint8_t> contents;  // the value octets

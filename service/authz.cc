@@ -23,6 +23,7 @@ const std::vector<MethodPolicy>& MethodTable() {
       {"/keywarden.v1.Officer/Deny", {R::kCertificateManager}, true},
       {"/keywarden.v1.Officer/Revoke", {R::kCertificateManager}, true},
       {"/keywarden.v1.Officer/FindCertificates", {R::kCertificateManager}, true},
+      {"/keywarden.v1.Officer/GetArchivedKey", {R::kCertificateManager}, true},
       // Administration: CA Administrators.
       {"/keywarden.v1.Administration/GetCaStatus", {R::kCaAdministrator}},
       {"/keywarden.v1.Administration/RenewExchangeCertificate", {R::kCaAdministrator}},

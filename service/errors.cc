@@ -9,6 +9,7 @@ namespace keywarden::service {
 namespace {
 
 constexpr char kPayloadUrl[] = "type.keywarden/hresult";
+constexpr char kCandidatesUrl[] = "type.keywarden/candidates";
 
 const HResult* const kAll[] = {
     &hresult::kKeyArchivalNotConfigured,
@@ -66,6 +67,28 @@ std::optional<uint32_t> HResultOf(const absl::Status& status) {
   unsigned value = 0;
   if (std::sscanf(text.c_str(), "0x%x", &value) != 1) return std::nullopt;
   return value;
+}
+
+absl::Status WithCandidates(absl::Status status, const std::vector<std::string>& candidates) {
+  std::string joined;
+  for (const auto& c : candidates) joined += c + "\n";
+  status.SetPayload(kCandidatesUrl, absl::Cord(joined));
+  return status;
+}
+
+std::vector<std::string> CandidatesOf(const absl::Status& status) {
+  std::vector<std::string> out;
+  auto payload = status.GetPayload(kCandidatesUrl);
+  if (!payload) return out;
+  const std::string text(*payload);
+  size_t pos = 0;
+  while (pos < text.size()) {
+    const size_t nl = text.find('\n', pos);
+    out.push_back(text.substr(pos, nl - pos));
+    if (nl == std::string::npos) break;
+    pos = nl + 1;
+  }
+  return out;
 }
 
 const HResult* FindHResult(uint32_t code) {

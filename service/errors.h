@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 
@@ -130,5 +131,9 @@ std::optional<uint32_t> HResultOf(const absl::Status& status);
 const HResult* FindHResult(uint32_t code);
 // "0x8009400b".
 std::string HResultHex(uint32_t code);
+// Candidates of an ambiguous search (0x8002802c), one line each, carried
+// with the status to the client (ErrorDetail.candidates).
+absl::Status WithCandidates(absl::Status status, const std::vector<std::string>& candidates);
+std::vector<std::string> CandidatesOf(const absl::Status& status);
 
 }  // namespace keywarden::service

@@ -1,6 +1,7 @@
 #include "service/archival/kra_registry.h"
 
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
@@ -12,6 +13,7 @@
 
 #include "hsm/strings.h"
 #include "pki/certificate.h"
+#include "pki/der.h"
 #include "pki/files.h"
 #include "service/ca/issuer.h"
 #include "service/errors.h"
@@ -24,6 +26,8 @@ using nlohmann::json;
 std::shared_ptr<X509> Shared(X509* cert) {
   return std::shared_ptr<X509>(cert, X509_free);
 }
+
+constexpr char kKraCertificateSetting[] = "kra.certificate.";
 
 bool IsThumbprint(const std::string& s) {
   return s.size() == 40 && s.find_first_not_of("0123456789abcdefABCDEF") == std::string::npos;
@@ -167,6 +171,7 @@ std::shared_ptr<KraRegistry::Snapshot> KraRegistry::Validate() const {
       }
     }
     ERR_clear_error();
+    snap->loaded.push_back(cert);
     if (cert) {
       st.subject = pki::FormatName(X509_get_subject_name(cert.get()));
       st.issuer = pki::FormatName(X509_get_issuer_name(cert.get()));
@@ -286,6 +291,20 @@ std::shared_ptr<KraRegistry::Snapshot> KraRegistry::Validate() const {
 
 void KraRegistry::Load(const std::string& who) {
   auto snap = Validate();
+  // Remember every KRA certificate that loaded, for recovery (FindCertificate).
+  for (size_t i = 0; i < snap->status.size(); ++i) {
+    const KraStatus& st = snap->status[i];
+    if (st.sha1.empty() || !snap->loaded[i]) continue;
+    const std::string name = StrCat(kKraCertificateSetting, st.sha1);
+    if (store_.GetSetting(name).ok()) continue;
+    const auto der = pki::CertificateDer(snap->loaded[i].get());
+    if (auto put = store_.PutSetting(name, pki::Base64Encode(der)); !put.ok() && audit_) {
+      audit_(
+          "kra.config_problem",
+          json{{"problem", StrCat("cannot record KRA certificate ", st.sha1, ": ", put.message())}}
+              .dump());
+    }
+  }
   json list = json::array();
   size_t valid = 0;
   for (const KraStatus& st : snap->status) {
@@ -343,6 +362,24 @@ absl::Status KraRegistry::Usable() const {
   auto snap = Current();
   if (!snap) return Error(hresult::kKeyArchivalNotConfigured);
   return snap->selector->Usable();
+}
+
+absl::StatusOr<std::shared_ptr<X509>> KraRegistry::FindCertificate(const std::string& sha1) const {
+  const std::string wanted = AsciiLower(sha1);
+  if (auto snap = Current()) {
+    for (size_t i = 0; i < snap->status.size(); ++i) {
+      if (snap->status[i].sha1 == wanted && snap->loaded[i]) return snap->loaded[i];
+    }
+  }
+  auto saved = store_.GetSetting(StrCat(kKraCertificateSetting, wanted));
+  if (saved.ok()) {
+    const std::vector<uint8_t> der = pki::Base64Decode(*saved);
+    const unsigned char* p = der.data();
+    if (X509* cert = d2i_X509(nullptr, &p, static_cast<long>(der.size()))) return Shared(cert);
+    ERR_clear_error();
+  }
+  return Error(hresult::kNotFound,
+               StrCat("KRA certificate with SHA-1 ", wanted, " is not known to this CA"));
 }
 
 absl::StatusOr<KraSelection> KraRegistry::Select() {

@@ -91,10 +91,18 @@ class KraRegistry {
   // a reload first, so an expired certificate is never used.
   absl::StatusOr<KraSelection> Select();
 
+  // A KRA certificate by SHA-1 thumbprint (hex), for recovery: every KRA
+  // certificate ever loaded is kept in the database (setting
+  // "kra.certificate.<sha1>"), so archives stay recoverable after a KRA is
+  // removed from the configuration, expires or is revoked. NOT_FOUND
+  // (0x80092004) when unknown.
+  absl::StatusOr<std::shared_ptr<X509>> FindCertificate(const std::string& sha1) const;
+
  private:
   struct Snapshot {
     std::vector<KraStatus> status;
     std::vector<std::shared_ptr<X509>> certificates;  // by index; null unless valid
+    std::vector<std::shared_ptr<X509>> loaded;        // by index; null if it did not load
     std::unique_ptr<KraSelector> selector;
     int64_t first_expiry = 0;  // earliest notAfter among the valid ones
   };

@@ -5,14 +5,19 @@
 #include <openssl/pkcs12.h>
 #include <openssl/x509v3.h>
 
+#include <cctype>
+#include <set>
+
 #include <nlohmann/json.hpp>
 
 #include "hsm/status.h"
 #include "hsm/strings.h"
 #include "pki/cmc.h"
 #include "pki/cmc_response.h"
+#include "pki/der.h"
 #include "pki/files.h"
 #include "pki/pkcs10.h"
+#include "pki/recovery_blob.h"
 #include "service/errors.h"
 
 namespace keywarden::service {
@@ -24,25 +29,6 @@ constexpr size_t kMaxRequestSize = 256 * 1024;
 constexpr char kCrlSetting[] = "crl.current";
 // Template name of certificates from other CAs imported for key archival.
 constexpr char kForeignTemplate[] = "(foreign)";
-
-std::string Base64(const std::vector<uint8_t>& data) {
-  std::string out(4 * ((data.size() + 2) / 3) + 1, '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), data.data(),
-                          static_cast<int>(data.size()));
-  out.resize(static_cast<size_t>(n));
-  return out;
-}
-
-std::vector<uint8_t> Unbase64(const std::string& text) {
-  std::vector<uint8_t> out(text.size());
-  int n = EVP_DecodeBlock(out.data(), reinterpret_cast<const unsigned char*>(text.data()),
-                          static_cast<int>(text.size()));
-  if (n < 0) return {};
-  size_t pad = 0;
-  for (auto it = text.rbegin(); it != text.rend() && *it == '='; ++it) ++pad;
-  out.resize(static_cast<size_t>(n) - pad);
-  return out;
-}
 
 bool KeyTypeAllowed(const TemplateConfig& t, EVP_PKEY* key, std::string* type) {
   *type = EVP_PKEY_is_a(key, "RSA") ? "rsa" : EVP_PKEY_is_a(key, "EC") ? "ec" : "other";
@@ -136,7 +122,7 @@ absl::StatusOr<std::unique_ptr<CertificateAuthority>> CertificateAuthority::Open
     auto j = json::parse(*saved, nullptr, false);
     if (!j.is_discarded() && j.is_object()) {
       CrlInfo info;
-      info.der = Unbase64(j.value("der", ""));
+      info.der = pki::Base64Decode(j.value("der", ""));
       info.number = j.value("number", int64_t{0});
       info.this_update = j.value("this_update", int64_t{0});
       info.next_update = j.value("next_update", int64_t{0});
@@ -477,6 +463,132 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Retrieve(const std::stri
   return out;
 }
 
+absl::StatusOr<std::vector<CertificateAuthority::RecoveryCandidate>>
+CertificateAuthority::FindArchivedKeys(const std::string& search_in) {
+  std::string search = search_in;
+  while (!search.empty() && std::isspace(static_cast<unsigned char>(search.back()))) {
+    search.pop_back();
+  }
+  while (!search.empty() && std::isspace(static_cast<unsigned char>(search.front()))) {
+    search.erase(search.begin());
+  }
+  if (search.empty()) return Error(hresult::kInvalidArg, "the search token is empty");
+  if (search.size() > 1024) return Error(hresult::kInvalidArg, "the search token is too long");
+
+  std::vector<CertificateQuery> queries;
+  auto query = [&](auto fill) {
+    CertificateQuery q;
+    q.only_with_archived_key = true;
+    q.limit = 1000;
+    fill(q);
+    queries.push_back(q);
+  };
+  const std::string hex = NormalizeSerial(search);
+  if (!hex.empty() && hex.find_first_not_of("0123456789abcdef") == std::string::npos) {
+    query([&](CertificateQuery& q) { q.serial = hex; });
+    if (hex.size() == 40) query([&](CertificateQuery& q) { q.sha1 = hex; });
+  }
+  if (search.find_first_not_of("0123456789") == std::string::npos && search.size() < 16) {
+    query([&](CertificateQuery& q) { q.request_id = std::stoll(search); });
+  }
+  query([&](CertificateQuery& q) { q.common_name = search; });
+  query([&](CertificateQuery& q) { q.upn = search; });
+  if (const size_t slash = search.find('\\'); slash != std::string::npos) {
+    // DOMAIN\user: the user's CN, or a UPN user@...
+    const std::string user = search.substr(slash + 1);
+    if (!user.empty()) {
+      query([&](CertificateQuery& q) { q.common_name = user; });
+      query([&](CertificateQuery& q) { q.subject_contains = StrCat("CN=", user); });
+    }
+  }
+  std::vector<RecoveryCandidate> out;
+  std::set<std::string> seen;
+  for (const CertificateQuery& q : queries) {
+    auto found = store_.FindCertificates(q);
+    if (!found.ok()) return found.status();
+    for (auto& c : *found) {
+      if (!seen.insert(c.serial).second) continue;
+      auto request = store_.GetRequest(c.request_id);
+      if (!request.ok()) return request.status();
+      if (!request->archived_key) continue;
+      out.push_back(RecoveryCandidate{std::move(c), std::move(*request)});
+    }
+  }
+  return out;
+}
+
+std::string CertificateAuthority::DescribeCandidate(const RecoveryCandidate& c) {
+  return StrCat("Serial Number: ", c.certificate.serial, "; Subject: ", c.certificate.subject,
+                c.certificate.upn.empty() ? "" : StrCat("; UPN: ", c.certificate.upn),
+                "; NotBefore: ", c.certificate.not_before, "; NotAfter: ", c.certificate.not_after,
+                "; Template: ", c.certificate.template_name,
+                "; Cert Hash(sha1): ", c.certificate.sha1, "; Request: ", c.request.id);
+}
+
+absl::StatusOr<CertificateAuthority::RecoveryBlobResult> CertificateAuthority::GetRecoveryBlob(
+    const std::string& who, const std::string& search) {
+  auto candidates = FindArchivedKeys(search);
+  if (!candidates.ok()) return candidates.status();
+  if (candidates->empty()) {
+    return Error(hresult::kNotFound, StrCat("no archived key matches \"", search, "\""));
+  }
+  if (candidates->size() > 1) {
+    std::vector<std::string> lines;
+    for (const auto& c : *candidates) lines.push_back(DescribeCandidate(c));
+    return WithCandidates(
+        Error(hresult::kAmbiguousName, StrCat(candidates->size(), " archived keys match \"", search,
+                                              "\"; search by serial number or SHA-1 hash")),
+        lines);
+  }
+  RecoveryBlobResult result{std::move(candidates->front()), {}};
+  const RecoveryCandidate& c = result.candidate;
+  const unsigned char* p = c.certificate.der.data();
+  ossl::UniquePtr<X509> user(d2i_X509(nullptr, &p, static_cast<long>(c.certificate.der.size())));
+  if (!user)
+    return absl::DataLossError(
+        StrCat("certificate ", c.certificate.serial, " in the database does not parse"));
+  std::vector<std::shared_ptr<X509>> kras;
+  std::vector<X509*> kra_ptrs;
+  for (const std::string& sha1 : c.request.archived_key->kra_sha1) {
+    auto cert = kras_->FindCertificate(sha1);
+    if (!cert.ok()) {
+      Audit(who, "archival.key_retrieval_failed",
+            json{{"request_id", c.request.id}, {"reason", std::string(cert.status().message())}}
+                .dump());
+      return cert.status();
+    }
+    kras.push_back(*cert);
+    kra_ptrs.push_back(cert->get());
+  }
+  pki::RecoveryBlobInput in;
+  in.ca_key = issuer_->signing_key();
+  in.ca_certificate = certificate();
+  for (const auto& x : chain_) in.ca_chain.push_back(x.get());
+  in.user_certificate = user.get();
+  if (c.certificate.template_name != kForeignTemplate) {
+    in.user_chain.push_back(certificate());
+    for (const auto& x : chain_) in.user_chain.push_back(x.get());
+  }
+  in.kra_certificates = kra_ptrs;
+  in.enveloped_data = c.request.archived_key->envelope;
+  auto blob = pki::BuildRecoveryBlob(issuer_->libctx(), issuer_->properties(), in);
+  if (!blob.ok()) {
+    if (absl::IsNotFound(blob.status())) {
+      return Error(hresult::kNotFound, std::string(blob.status().message()));
+    }
+    return blob.status();
+  }
+  result.blob = std::move(*blob);
+  // seed event 787: "Certificate Services retrieved an archived key."
+  Audit(who, "archival.key_retrieved",
+        json{{"request_id", c.request.id},
+             {"serial", c.certificate.serial},
+             {"subject", c.certificate.subject},
+             {"kra_sha1", c.request.archived_key->kra_sha1}}
+            .dump());
+  return result;
+}
+
 std::vector<KraStatus> CertificateAuthority::ReloadKras(const std::string& who) {
   Audit(who, "kra.reload_requested", json::object().dump());
   kras_->Load(who);
@@ -686,7 +798,7 @@ absl::StatusOr<CrlInfo> CertificateAuthority::PublishCrl(const std::string& who)
   int len = i2d_X509_CRL(crl->get(), &der);
   info.der.assign(der, der + std::max(len, 0));
   OPENSSL_free(der);
-  if (auto st = store_.PutSetting(kCrlSetting, json{{"der", Base64(info.der)},
+  if (auto st = store_.PutSetting(kCrlSetting, json{{"der", pki::Base64Encode(info.der)},
                                                     {"number", info.number},
                                                     {"this_update", info.this_update},
                                                     {"next_update", info.next_update}}

@@ -108,6 +108,28 @@ class CertificateAuthority {
   absl::StatusOr<ImportResult> ImportKey(const std::string& who, std::span<const uint8_t> pfx,
                                          const hsm::SecretString& password, bool foreign);
 
+  // Key recovery (certutil -getkey), for Certificate Managers. A search
+  // token is a serial number (spaces and colons allowed), a SHA-1
+  // thumbprint, a request id, a CN, a UPN or DOMAIN\user; every reading of
+  // it is tried. Only certificates with an archived key are candidates.
+  struct RecoveryCandidate {
+    CertificateRecord certificate;
+    RequestRecord request;  // with its archived key (envelope, KRA hashes)
+  };
+  absl::StatusOr<std::vector<RecoveryCandidate>> FindArchivedKeys(const std::string& search);
+  // The recovery blob of the one match (0x8002802c with the candidates when
+  // several match, 0x80092004 when none does or a KRA certificate is
+  // missing): a CMS SignedData by the CA key around the stored archive.
+  // Audited with the request id and the principal.
+  struct RecoveryBlobResult {
+    RecoveryCandidate candidate;
+    std::vector<uint8_t> blob;
+  };
+  absl::StatusOr<RecoveryBlobResult> GetRecoveryBlob(const std::string& who,
+                                                     const std::string& search);
+  // One line per candidate, as certutil -getkey lists them.
+  static std::string DescribeCandidate(const RecoveryCandidate& c);
+
   // Appends to the audit log; a failure to audit is logged loudly.
   void Audit(const std::string& principal, const std::string& event,
              const std::string& details_json);

@@ -24,6 +24,7 @@ grpc::Status ToGrpc(const absl::Status& status) {
     detail.set_hresult(*hr);
     if (const HResult* known = FindHResult(*hr)) detail.set_symbol(known->symbol);
   }
+  for (const auto& c : CandidatesOf(status)) detail.add_candidates(c);
   v1::RpcStatus rpc;
   rpc.set_code(static_cast<int32_t>(code));
   rpc.set_message(message);

@@ -177,6 +177,30 @@ class OfficerService final : public v1::Officer::Service {
     return Status::OK;
   }
 
+  Status GetArchivedKey(ServerContext* context, const v1::GetArchivedKeyRequest* in,
+                        v1::GetArchivedKeyResponse* out) override {
+    KW_AUTHORIZE("/keywarden.v1.Officer/GetArchivedKey");
+    auto fill = [out](const CertificateAuthority::RecoveryCandidate& c) {
+      auto* k = out->add_candidates();
+      Fill(c.certificate, k->mutable_certificate());
+      k->set_request_id(c.request.id);
+      k->set_requester(c.request.requester);
+      for (const auto& sha1 : c.request.archived_key->kra_sha1) k->add_kra_sha1(sha1);
+      k->set_scheme(c.request.archived_key->scheme);
+    };
+    if (!in->blob()) {
+      auto found = ca_.FindArchivedKeys(in->search());
+      if (!found.ok()) return ToGrpc(found.status());
+      for (const auto& c : *found) fill(c);
+      return Status::OK;
+    }
+    auto result = ca_.GetRecoveryBlob(caller.principal, in->search());
+    if (!result.ok()) return ToGrpc(result.status());
+    fill(result->candidate);
+    out->set_recovery_blob(std::string(result->blob.begin(), result->blob.end()));
+    return Status::OK;
+  }
+
  private:
   CertificateAuthority& ca_;
 };

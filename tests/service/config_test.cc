@@ -410,6 +410,13 @@ std::vector<ValidationCase> ValidationCases() {
       {"KraCountZero",
        MinimalPlus("[kra]\ncount = 0\n"),
        {"key \"kra.count\"", "0 is out of range (at least 1)"}},
+      {"KraCountAboveTheList",
+       MinimalPlus("[kra]\ncertificates = [\"0123456789abcdef0123456789abcdef01234567\"]\n"
+                   "count = 2\n"),
+       {"key \"kra.count\"", "is 2 but only 1 KRA certificate(s) are listed"}},
+      {"KraEmptyCrlFile",
+       MinimalPlus("[kra]\ncrls = [\"\"]\n"),
+       {"key \"kra.crls\"", "empty file name"}},
       {"KraCountBeyondInt",
        MinimalPlus("[kra]\ncount = 99999999999\n"),
        {"key \"kra.count\"", "99999999999 is out of range (at most 2147483647)"}},

@@ -3,15 +3,10 @@
 // against the CA the daemon serves, the Windows-style CMC request is built
 // and submitted, and the CA's answer reported with its HRESULT.
 //
-// FOR THE LEAD (server-side archival): the harness configures no key
-// recovery agent, so today (and after archival lands) an archival request
-// is refused with 0x8009400a; RefusedWith8009400aWhenTheCaHasNoKra keeps
-// checking that. DISABLED_IssuedWithTheKeyArchived is the end-to-end check
-// of issuance: once the daemon archives keys, fill in ArchivalOptions()
-// with the KRA configuration (certificates and count for the harness) and
-// remove the DISABLED_ prefix. It asserts the certificate, key file and
-// PFX; add the blob checks (RecipientInfos, openssl cms -decrypt with a
-// KRA key) there or in the server's own tests.
+// Without a key recovery agent an archival request is refused with
+// 0x8009400a (RefusedWith8009400aWhenTheCaHasNoKra). IssuedWithTheKeyArchived is the end-to-end
+// check of issuance with a KRA configured (the archive itself is checked in archival_test.cc and
+// recovery_test.cc).
 #include <sys/stat.h>
 
 #include <gtest/gtest.h>
@@ -21,6 +16,7 @@
 #include "pki/cmc.h"
 #include "tests/service/daemon_harness.h"
 #include "tests/service/rpc_test_util.h"
+#include "tests/service/soft_ca.h"
 
 #ifndef KEYWARDEN_CLI
 #error "KEYWARDEN_CLI must be the path of the keywarden binary"
@@ -41,11 +37,6 @@ bool Exists(const std::string& path) {
 // LEAD: the [kra] (or equivalent) configuration that lets the harness's CA
 // archive keys for template ArchivalUser, e.g. KRA certificates issued in
 // the harness directory and the number to use per request.
-DaemonHarness::Options ArchivalOptions() {
-  DaemonHarness::Options options;
-  options.extra_toml = "";
-  return options;
-}
 
 class RequestArchivalTest : public ::testing::Test {
  protected:
@@ -162,9 +153,20 @@ TEST_F(RequestArchivalTest, OutFetchesAndVerifiesTheExchangeCertificateButSendsN
   EXPECT_TRUE(Contains(submit.output, "0x8009400a")) << submit.output;
 }
 
-// LEAD: enable once the daemon archives keys (see the top of this file).
-TEST_F(RequestArchivalTest, DISABLED_IssuedWithTheKeyArchived) {
-  Start(ArchivalOptions());
+// Issuance end to end: the CLI builds the Windows-format request, the
+// daemon archives the key to its KRA, and the archive opens with the KRA key.
+TEST_F(RequestArchivalTest, IssuedWithTheKeyArchived) {
+  SoftCa kra_ca = SoftCa::Make("KRA Issuing CA");
+  auto kra = kra_ca.Issue("kra");
+  WriteFile(tmp_.File("kra-ca.pem"), ToPem(kra_ca.cert.get()));
+  WriteFile(tmp_.File("kra-ca.crl"), kra_ca.Crl());
+  WriteFile(tmp_.File("kra.pem"), ToPem(kra.cert.get()));
+  WriteFile(tmp_.File("kra.key"), PrivateKeyPem(kra.key.get()));
+  DaemonHarness::Options options;
+  options.extra_toml =
+      StrCat("\n[kra]\ncertificates = [\"", tmp_.File("kra.pem"), "\"]\ncount = 1\ntrust = [\"",
+             tmp_.File("kra-ca.pem"), "\"]\ncrls = [\"", tmp_.File("kra-ca.crl"), "\"]\n");
+  Start(options);
   const std::string key = tmp_.File("bob.key");
   const std::string cert = tmp_.File("bob.pem");
   const std::string pfx = tmp_.File("bob.pfx");
@@ -172,6 +174,15 @@ TEST_F(RequestArchivalTest, DISABLED_IssuedWithTheKeyArchived) {
                                   cert, " --pfx ", pfx, " -p 'pfx secret'"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_TRUE(Contains(r.output, "issued")) << r.output;
+  // The archive the daemon stored opens with the KRA key to the same key.
+  auto officer = v1::Officer::NewStub(daemon_->Channel("officer"));
+  grpc::ClientContext ctx;
+  v1::GetArchivedKeyRequest get;
+  get.set_search("bob");
+  v1::GetArchivedKeyResponse found;
+  ASSERT_TRUE(officer->GetArchivedKey(&ctx, get, &found).ok());
+  ASSERT_EQ(found.candidates_size(), 1);
+  EXPECT_EQ(found.candidates(0).kra_sha1(0), pki::Sha1Thumbprint(kra.cert.get()));
   auto verify = RunCommand(StrCat("openssl verify -CAfile ", daemon_->ca_cert_path(), " ", cert));
   EXPECT_EQ(verify.exit_code, 0) << verify.output;
   auto cert_key = RunCommand("openssl x509 -noout -pubkey -in " + cert);
