@@ -31,20 +31,6 @@ struct RootOptions {
   std::string out;
 };
 
-// The token named on the command line, logged in with the PIN source given.
-absl::StatusOr<std::shared_ptr<hsm::Token>> OpenCeremonyToken(const std::string& module,
-                                                              const std::string& token_uri,
-                                                              const std::string& pin_source) {
-  auto uri = hsm::Pkcs11Uri::Parse(token_uri);
-  if (!uri.ok()) return uri.status();
-  auto pin = hsm::PinSource::Parse(pin_source);
-  if (!pin.ok()) return pin.status();
-  hsm::OpenOptions open;
-  open.default_module = DefaultModule(module);
-  open.pin = *pin;
-  return hsm::OpenToken(*uri, open);
-}
-
 // The common first half of a CA-key ceremony: everything that can be
 // checked without the token first (algorithm, subject, output file, PIN
 // source), then the token, the provider context and the new key on it.
@@ -67,7 +53,7 @@ absl::StatusOr<CeremonyKey> GenerateCeremonyKey(const RootOptions& o) {
   c.subject = std::move(*subject);
   if (auto st = pki::CheckWritable(o.out, pki::Overwrite::kRefuse); !st.ok()) return st;
   if (auto pin = hsm::PinSource::Parse(o.pin_source); !pin.ok()) return pin.status();
-  auto token = OpenCeremonyToken(o.module, o.token_uri, o.pin_source);
+  auto token = OpenTokenWithPin(o.module, o.token_uri, o.pin_source);
   if (!token.ok()) return token.status();
   c.token = std::move(*token);
   auto crypto = hsm::CryptoContext::Create();
@@ -159,7 +145,7 @@ absl::StatusOr<nlohmann::json> RunInstall(const InstallOptions& o, std::string& 
   if (!chain.ok()) return chain.status();
   if (auto st = pki::CheckWritable(o.out, pki::Overwrite::kRefuse); !st.ok()) return st;
   if (auto pin = hsm::PinSource::Parse(o.pin_source); !pin.ok()) return pin.status();
-  auto token = OpenCeremonyToken(o.module, o.token_uri, o.pin_source);
+  auto token = OpenTokenWithPin(o.module, o.token_uri, o.pin_source);
   if (!token.ok()) return token.status();
   auto key = hsm::FindPrivateKey(*token, o.key_label);
   if (!key.ok()) return key.status();

@@ -2,11 +2,14 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 
 #include <CLI/CLI.hpp>
 
+#include "absl/status/statusor.h"
 #include "cli/output.h"
+#include "hsm/token.h"
 
 namespace keywarden::cli {
 
@@ -42,5 +45,11 @@ void RegisterBackupCommands(CLI::App& app, const Output& out, const ConnectionOp
 // The PKCS#11 module used when a URI names none: --module, else
 // $KEYWARDEN_PKCS11_MODULE.
 std::string DefaultModule(const std::string& flag);
+
+// The token a URI names (module from --module/the URI/$KEYWARDEN_PKCS11_MODULE),
+// logged in with the PIN from `pin_source` (file:/env:/prompt).
+absl::StatusOr<std::shared_ptr<hsm::Token>> OpenTokenWithPin(const std::string& module,
+                                                             const std::string& token_uri,
+                                                             const std::string& pin_source);
 
 }  // namespace keywarden::cli

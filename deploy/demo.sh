@@ -7,8 +7,12 @@
 # It makes the CA key on the token, signs the root there through
 # keywarden's OpenSSL provider, starts keywardend on loopback (SQLite,
 # mutual TLS), and enrols, approves, revokes and audits through the
-# keywarden CLI, checking every result with openssl. Key archival, blob
-# retrieval and KRA recovery join this same script as they land.
+# keywarden CLI. Then the main job: three Key Recovery Agents make keys on
+# their cards and enrol; alice enrols with key archival (Windows-format CMC
+# request), encrypts a file and loses her key; the Certificate Manager
+# retrieves the recovery blob; a KRA recovers the key with its card,
+# offline, into a PFX that openssl opens and that decrypts the file.
+# Every result is checked with openssl.
 #
 # Output goes to $KEYWARDEN_DEMO_DIR (default: a new directory under /tmp).
 set -euo pipefail
@@ -66,7 +70,7 @@ issue_tls() {  # name subject extensions
 }
 issue_tls server "/CN=localhost" "subjectAltName=DNS:localhost,IP:127.0.0.1
 extendedKeyUsage=serverAuth"
-for who in alice officer auditor admin; do
+for who in alice officer auditor admin kra; do
   issue_tls "$who" "/O=keywarden demo/CN=$who" "extendedKeyUsage=clientAuth"
 done
 echo "TLS CA, server and client certificates in $tls"
@@ -104,6 +108,22 @@ roles = ["auditor"]
 [[role]]
 principal = "CN=admin,O=keywarden demo"
 roles = ["ca-administrator"]
+[[role]]
+principal = "CN=kra,O=keywarden demo"
+roles = ["enrollee"]
+
+[[template]]
+name = "KeyRecoveryAgent"
+key_usage = ["keyEncipherment"]
+extended_key_usage = ["1.3.6.1.4.1.311.21.6"]
+validity = "730d"
+
+[[template]]
+name = "ArchivalUser"
+key_usage = ["keyEncipherment"]
+extended_key_usage = ["emailProtection"]
+archival = "required"
+subject = "principal"
 
 [[template]]
 name = "User"
@@ -116,15 +136,20 @@ name = "PendingUser"
 extended_key_usage = ["clientAuth"]
 pend = true
 TOML
-"$root/build/service/keywardend" --config "$work/keywarden.toml" --port-file "$work/port" \
-  > "$work/keywardend.log" 2>&1 &
-daemon=$!
+daemon=
+start_daemon() {
+  rm -f "$work/port"
+  "$root/build/service/keywardend" --config "$work/keywarden.toml" --port-file "$work/port" \
+    >> "$work/keywardend.log" 2>&1 &
+  daemon=$!
+  for _ in $(seq 1 200); do [ -s "$work/port" ] && break; sleep 0.1; done
+  [ -s "$work/port" ] || { cat "$work/keywardend.log"; echo "demo: keywardend did not start" >&2; exit 1; }
+  export KEYWARDEN_SERVER="127.0.0.1:$(cat "$work/port")"
+}
 trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null' EXIT
-for _ in $(seq 1 200); do [ -s "$work/port" ] && break; sleep 0.1; done
-[ -s "$work/port" ] || { cat "$work/keywardend.log"; echo "demo: keywardend did not start" >&2; exit 1; }
+start_daemon
 cat "$work/keywardend.log"
-export KEYWARDEN_SERVER="127.0.0.1:$(cat "$work/port")" KEYWARDEN_SERVER_CA="$tls/tls-ca.pem" \
-  KEYWARDEN_SERVER_NAME=localhost
+export KEYWARDEN_SERVER_CA="$tls/tls-ca.pem" KEYWARDEN_SERVER_NAME=localhost
 as() { local who=$1; shift; "$kw" --client-cert "$tls/$who.pem" --client-key "$tls/$who.key" "$@"; }
 
 step "Exchange certificate (what clients encrypt archived keys to), checked against the CA"
@@ -156,6 +181,67 @@ if openssl verify -crl_check -CAfile "$work/ca.pem" -CRLfile "$work/ca.crl" "$wo
   exit 1
 fi
 openssl verify -crl_check -CAfile "$work/ca.pem" -CRLfile "$work/ca.crl" "$work/laptop.pem"
+
+step "Key Recovery Agents: each makes a key on its card and enrols for a KRA certificate"
+thumbprints=()
+for n in 1 2 3; do
+  card="pkcs11:token=kra-card-$n"
+  pin="file:$work/hsm/pins/kra-card-$n.pin"
+  "$kw" token keygen --token "$card" --pin-source "$pin" --label kra --decrypt
+  "$kw" token csr --token "$card" --pin-source "$pin" --label kra \
+    --subject "CN=KRA $n,O=keywarden demo" --out "$work/kra$n.csr"
+  as kra submit "$work/kra$n.csr" --template KeyRecoveryAgent --out "$work/kra$n.pem"
+  "$kw" token import-cert --token "$card" --pin-source "$pin" --label kra --cert "$work/kra$n.pem"
+  thumbprints+=("$(openssl x509 -in "$work/kra$n.pem" -noout -fingerprint -sha1 |
+    sed 's/.*=//; s/://g' | tr 'A-F' 'a-f')")
+done
+echo "-- the CA Administrator configures them (2 of 3 per archived key) and restarts the CA"
+kill "$daemon"; wait "$daemon" 2>/dev/null || true
+printf '\n[kra]\ncertificates = ["%s", "%s", "%s"]\ncount = 2\n' "${thumbprints[@]}" \
+  >> "$work/keywarden.toml"
+start_daemon
+as admin kra
+
+step "alice enrols with key archival: her new key goes to the CA encrypted to its exchange key"
+as alice request --template ArchivalUser --cert-out "$work/alice-enc.pem" \
+  --key-out "$work/alice-enc.key"
+openssl verify -CAfile "$work/ca.pem" "$work/alice-enc.pem"
+echo "The quarterly numbers, for alice only." > "$work/secret.txt"
+openssl cms -encrypt -aes256 -in "$work/secret.txt" -out "$work/secret.p7m" "$work/alice-enc.pem"
+echo "-- alice loses her key"
+rm -f "$work/alice-enc.key"
+
+step "The Certificate Manager finds the archived key and retrieves the recovery blob"
+as officer getkey alice
+as officer getkey alice "$work/alice.rec"
+openssl cms -verify -binary -purpose any -inform DER -in "$work/alice.rec" \
+  -CAfile "$work/ca.pem" -out /dev/null
+echo "-- the blob is encrypted to KRAs: the Certificate Manager cannot read it"
+
+step "A Key Recovery Agent recovers the key with its card, offline (no connection to the CA)"
+recovered=
+for n in 1 2 3; do
+  if env -u KEYWARDEN_SERVER "$kw" recoverkey --card "pkcs11:token=kra-card-$n" \
+    --pin-source "file:$work/hsm/pins/kra-card-$n.pin" --ca-cert "$work/ca.pem" \
+    -p "demo pfx password" "$work/alice.rec" "$work/alice-recovered.pfx"; then
+    recovered=$n
+    break
+  fi
+  echo "-- (card $n holds a KRA this key was not encrypted to)"
+done
+[ -n "$recovered" ] || { echo "demo: no KRA card recovered the key" >&2; exit 1; }
+
+step "Checking the PFX with openssl"
+openssl pkcs12 -info -in "$work/alice-recovered.pfx" -passin "pass:demo pfx password" \
+  -noout
+openssl pkcs12 -in "$work/alice-recovered.pfx" -passin "pass:demo pfx password" -nocerts \
+  -nodes -out "$work/alice-recovered.key" 2>/dev/null
+[ "$(openssl x509 -in "$work/alice-enc.pem" -noout -modulus)" = \
+  "$(openssl rsa -in "$work/alice-recovered.key" -noout -modulus)" ] ||
+  { echo "demo: the recovered key does not match the certificate" >&2; exit 1; }
+echo "-- the recovered key matches alice's certificate"
+openssl cms -decrypt -in "$work/secret.p7m" -inkey "$work/alice-recovered.key" \
+  -recip "$work/alice-enc.pem"
 
 step "Separation of duties: alice may not act as an officer"
 if as alice officer list; then echo "demo: an enrollee listed requests" >&2; exit 1; fi

@@ -175,7 +175,8 @@ absl::StatusOr<ossl::UniquePtr<X509>> MakeSelfSignedRoot(OSSL_LIB_CTX* libctx, E
 
 absl::StatusOr<ossl::UniquePtr<X509_REQ>> MakeCaRequest(OSSL_LIB_CTX* libctx, EVP_PKEY* key,
                                                         const X509_NAME* subject,
-                                                        const SignatureOptions& signature) {
+                                                        const SignatureOptions& signature,
+                                                        bool ca) {
   if (key == nullptr || subject == nullptr || X509_NAME_entry_count(subject) == 0) {
     return absl::InvalidArgumentError("CA request: a key and a non-empty subject are required");
   }
@@ -194,7 +195,7 @@ absl::StatusOr<ossl::UniquePtr<X509_REQ>> MakeCaRequest(OSSL_LIB_CTX* libctx, EV
     X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &v3, nid, value);
     if (ext != nullptr) sk_X509_EXTENSION_push(exts, ext);
   }
-  const int ok = X509_REQ_add_extensions(req.get(), exts);
+  const int ok = ca ? X509_REQ_add_extensions(req.get(), exts) : 1;
   sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
   if (!ok) return OpenSslError("CA request: extensions");
   ossl::UniquePtr<EVP_MD_CTX> mctx(EVP_MD_CTX_new());

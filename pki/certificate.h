@@ -48,7 +48,15 @@ absl::StatusOr<ossl::UniquePtr<X509>> MakeSelfSignedRoot(OSSL_LIB_CTX* libctx, E
 // checked in software before returning.
 absl::StatusOr<ossl::UniquePtr<X509_REQ>> MakeCaRequest(OSSL_LIB_CTX* libctx, EVP_PKEY* key,
                                                         const X509_NAME* subject,
-                                                        const SignatureOptions& signature);
+                                                        const SignatureOptions& signature,
+                                                        bool ca = true);
+// The same without the CA extensions: a plain request for an end-entity
+// key on a token (e.g. a KRA card's key); the CA's template decides usage.
+inline absl::StatusOr<ossl::UniquePtr<X509_REQ>> MakeKeyRequest(OSSL_LIB_CTX* libctx, EVP_PKEY* key,
+                                                                const X509_NAME* subject,
+                                                                const SignatureOptions& signature) {
+  return MakeCaRequest(libctx, key, subject, signature, /*ca=*/false);
+}
 
 // Checks that `cert` is a CA certificate for `key` that chains, by
 // signature and validity, to one of `issuers` (the last of which may be a
