@@ -1,5 +1,7 @@
 #include "pki/cmc_builder.h"
 
+#include "pki/der.h"
+
 #include <algorithm>
 #include <initializer_list>
 #include <memory>
@@ -35,26 +37,8 @@ absl::Status Bad(std::string_view what) {
 
 // --- a minimal DER writer (definite, minimal lengths) ---
 
-Bytes Tlv(uint8_t tag, const Bytes& contents) {
-  Bytes out{tag};
-  const size_t n = contents.size();
-  if (n < 0x80) {
-    out.push_back(static_cast<uint8_t>(n));
-  } else {
-    Bytes len;
-    for (size_t v = n; v > 0; v >>= 8) len.insert(len.begin(), static_cast<uint8_t>(v & 0xff));
-    out.push_back(static_cast<uint8_t>(0x80 | len.size()));
-    out.insert(out.end(), len.begin(), len.end());
-  }
-  out.insert(out.end(), contents.begin(), contents.end());
-  return out;
-}
-
-Bytes Concat(std::initializer_list<Bytes> parts) {
-  Bytes out;
-  for (const Bytes& p : parts) out.insert(out.end(), p.begin(), p.end());
-  return out;
-}
+using der::Concat;
+using der::Tlv;
 
 Bytes Seq(std::initializer_list<Bytes> parts) {
   return Tlv(0x30, Concat(parts));

@@ -301,14 +301,14 @@ absl::Status DelegatedSigner::CheckSign(const std::string& principal, std::strin
     return Refuse(
         principal, rpc, alias,
         Error(hresult::kBadAlgorithm, StrCat("no known signature algorithm given (signing key \"",
-                                         alias, "\" allows: ", AllowedNames(*k), ")")));
+                                             alias, "\" allows: ", AllowedNames(*k), ")")));
   }
   const AlgorithmInfo& a = Info(*algorithm);
   if (!k->allowed[static_cast<size_t>(*algorithm)]) {
     return Refuse(
         principal, rpc, alias,
         Error(hresult::kBadAlgorithm, StrCat("signing key \"", alias, "\" does not allow ", a.name,
-                                         " (it allows: ", AllowedNames(*k), ")")));
+                                             " (it allows: ", AllowedNames(*k), ")")));
   }
   *salt = static_cast<int>(a.digest_size);
   if (pss_salt_length.has_value()) {
