@@ -1,5 +1,7 @@
 #include "tests/test_util.h"
 
+#include <sys/stat.h>
+
 #include <unistd.h>
 
 #include <array>
@@ -127,6 +129,11 @@ ossl::UniquePtr<X509> SelfSignedCa(OSSL_LIB_CTX* libctx, EVP_PKEY* key, const st
   }
   if (X509_sign_ctx(x.get(), mctx.get()) <= 0) return nullptr;
   return x;
+}
+
+bool FileExists(const std::string& path) {
+  struct stat st {};
+  return stat(path.c_str(), &st) == 0;
 }
 
 }  // namespace keywarden::testing

@@ -36,6 +36,10 @@ class TempDir {
 void WriteFile(const std::string& path, const std::vector<uint8_t>& data);
 void WriteFile(const std::string& path, const std::string& data);
 std::vector<uint8_t> ReadFile(const std::string& path);
+inline bool Contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+bool FileExists(const std::string& path);
 // A file that must exist and be non-empty (test vectors): throws with its
 // path otherwise, which gtest reports as a failure of the test.
 std::vector<uint8_t> ReadRequiredFile(const std::string& path);

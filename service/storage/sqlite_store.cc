@@ -395,6 +395,15 @@ std::optional<Disposition> DispositionFromInt(int64_t v) {
   }
 }
 
+// The four archived-key columns (envelope, scheme, KRA hashes, key hash)
+// bound to parameters first..first+3, in that order.
+void BindArchivedKey(Statement& s, int first, const ArchivedKey& key) {
+  s.BindBlob(first, key.envelope);
+  s.BindText(first + 1, key.scheme);
+  s.BindText(first + 2, StrJoin(key.kra_sha1, ","));
+  s.BindBlob(first + 3, key.encrypted_key_hash);
+}
+
 absl::Status ValidateArchivedKey(const ArchivedKey& key, std::string_view whose) {
   // The envelope's presence is what marks a request as archived.
   if (key.envelope.empty()) {
@@ -662,10 +671,7 @@ absl::StatusOr<int64_t> SqliteStore::InsertRequest(const RequestRecord& r) {
   s.BindText(11, r.resolved_by);
   s.BindTextOrNull(12, r.serial);
   if (r.archived_key) {
-    s.BindBlob(13, r.archived_key->envelope);
-    s.BindText(14, r.archived_key->scheme);
-    s.BindText(15, StrJoin(r.archived_key->kra_sha1, ","));
-    s.BindBlob(16, r.archived_key->encrypted_key_hash);
+    BindArchivedKey(s, 13, *r.archived_key);
   } else {
     for (int i = 13; i <= 16; ++i) s.BindNull(i);
   }
@@ -774,10 +780,7 @@ absl::Status SqliteStore::AttachArchivedKey(int64_t id, const ArchivedKey& key) 
         !st.ok()) {
       return st;
     }
-    s.BindBlob(1, key.envelope);
-    s.BindText(2, key.scheme);
-    s.BindText(3, StrJoin(key.kra_sha1, ","));
-    s.BindBlob(4, key.encrypted_key_hash);
+    BindArchivedKey(s, 1, key);
     s.BindInt(5, id);
     s.BindInt(6, static_cast<int64_t>(Disposition::kPending));
     s.BindInt(7, static_cast<int64_t>(Disposition::kIssued));
@@ -860,10 +863,7 @@ absl::Status SqliteStore::RecordIssued(int64_t request_id, const CertificateReco
     s.BindText(4, resolved_by);
     s.BindInt(5, request_id);
     if (archived_key) {
-      s.BindBlob(6, archived_key->envelope);
-      s.BindText(7, archived_key->scheme);
-      s.BindText(8, StrJoin(archived_key->kra_sha1, ","));
-      s.BindBlob(9, archived_key->encrypted_key_hash);
+      BindArchivedKey(s, 6, *archived_key);
     }
     if (absl::Status run = s.Run(); !run.ok()) return run;
   }

@@ -19,15 +19,6 @@
 namespace keywarden::testing {
 namespace {
 
-bool Contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
-bool Exists(const std::string& path) {
-  struct stat st {};
-  return stat(path.c_str(), &st) == 0;
-}
-
 class RequestOfflineTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -111,7 +102,7 @@ TEST_F(RequestOfflineTest, OutRefusesToOverwriteUnlessForced) {
   EXPECT_TRUE(Contains(r.output, req)) << r.output;
   auto kept = ReadFile(req);
   EXPECT_EQ(std::string(kept.begin(), kept.end()), "keep me");
-  EXPECT_FALSE(Exists(dir_.File("k1.pem")));  // refused before any key was made
+  EXPECT_FALSE(FileExists(dir_.File("k1.pem")));  // refused before any key was made
 
   r = Request(args + dir_.File("k2.pem") + " --force");
   ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -186,8 +177,8 @@ TEST_F(RequestOfflineTest, BadExchangeCertificatesAreRefusedByName) {
     EXPECT_EQ(r.exit_code, 3) << c.name << ": " << r.output;
     EXPECT_TRUE(Contains(r.output, c.expect)) << c.name << ": " << r.output;
     EXPECT_TRUE(Contains(r.output, "refusing to encrypt the private key")) << r.output;
-    EXPECT_FALSE(Exists(req)) << c.name;
-    EXPECT_FALSE(Exists(key)) << c.name;
+    EXPECT_FALSE(FileExists(req)) << c.name;
+    EXPECT_FALSE(FileExists(key)) << c.name;
   }
   // A good exchange certificate from another CA than the trusted one.
   ArchivalCa other;
@@ -218,8 +209,8 @@ TEST_F(RequestOfflineTest, UsageErrorsExitTwoBeforeAnyWork) {
     EXPECT_EQ(r.exit_code, 2) << c.args << "\n" << r.output;
     EXPECT_TRUE(Contains(r.output, c.expect)) << c.args << "\n" << r.output;
   }
-  EXPECT_FALSE(Exists(dir_.File("r.der")));
-  EXPECT_FALSE(Exists(dir_.File("k.pem")));
+  EXPECT_FALSE(FileExists(dir_.File("r.der")));
+  EXPECT_FALSE(FileExists(dir_.File("k.pem")));
   // --template is required.
   auto r = RunCommand(StrCat(KEYWARDEN_CLI, " request ", base));
   EXPECT_EQ(r.exit_code, 2) << r.output;

@@ -24,10 +24,6 @@ namespace {
 
 namespace v1 = keywarden::v1;
 
-bool Contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
 class RecoveryTest : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -25,19 +25,6 @@
 namespace keywarden::testing {
 namespace {
 
-bool Contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
-bool Exists(const std::string& path) {
-  struct stat st {};
-  return stat(path.c_str(), &st) == 0;
-}
-
-// LEAD: the [kra] (or equivalent) configuration that lets the harness's CA
-// archive keys for template ArchivalUser, e.g. KRA certificates issued in
-// the harness directory and the number to use per request.
-
 class RequestArchivalTest : public ::testing::Test {
  protected:
   void Start(const DaemonHarness::Options& options = {}) {
@@ -94,8 +81,8 @@ TEST_F(RequestArchivalTest, RefusedWith8009400aWhenTheCaHasNoKra) {
   EXPECT_FALSE(Contains(r.output, "exchange certificate")) << r.output;
   // A definite refusal leaves nothing behind: no certificate, and the key
   // written before sending is removed again.
-  EXPECT_FALSE(Exists(cert));
-  EXPECT_FALSE(Exists(key));
+  EXPECT_FALSE(FileExists(cert));
+  EXPECT_FALSE(FileExists(key));
   EXPECT_EQ(RequestCount(), 1);  // recorded as denied by the CA
 
   // --json carries the HRESULT and its symbol.
@@ -109,7 +96,7 @@ TEST_F(RequestArchivalTest, RefusedWith8009400aWhenTheCaHasNoKra) {
                         "print(d[\"hresult\"], d[\"exit_code\"])' ",
                         json));
   EXPECT_EQ(py.output, "0x8009400a 3\n") << py.output;
-  EXPECT_FALSE(Exists(tmp_.File("a.pfx")));
+  EXPECT_FALSE(FileExists(tmp_.File("a.pfx")));
 }
 
 TEST_F(RequestArchivalTest, AnUntrustedCaIsRefusedBeforeAnythingIsSent) {
@@ -120,7 +107,7 @@ TEST_F(RequestArchivalTest, AnUntrustedCaIsRefusedBeforeAnythingIsSent) {
                                  " --ca-cert ", daemon_->tls_ca_path()));
   EXPECT_EQ(r.exit_code, 3) << r.output;
   EXPECT_TRUE(Contains(r.output, "does not chain to a trusted CA")) << r.output;
-  EXPECT_FALSE(Exists(tmp_.File("k.pem")));
+  EXPECT_FALSE(FileExists(tmp_.File("k.pem")));
   EXPECT_EQ(RequestCount(), 0);
 }
 
