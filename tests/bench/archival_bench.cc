@@ -1073,6 +1073,17 @@ int main(int argc, char** argv) {
         "/floor@cores (the whole token sequence on %d threads: %.1f/s); the client's own work "
         "(build ms, client us) runs on the same %d cores.\n",
         floor1, cores, floor_cores_ops, cores);
+    // CPU per archival moves far less than throughput on a shared machine.
+    for (const Cell& c : cells) {
+      if (!c.ok || c.daemon_cpu_us <= 0) continue;
+      std::printf(
+          "conc %d: keywardend CPU %.1f ms/archival = %.2f x the floor's %.1f ms of token time; "
+          "CPU-bound ceiling on %d cores: %.0f/s for the daemon alone, %.0f/s with this "
+          "client's %.1f ms too\n",
+          c.concurrency, c.daemon_cpu_us / 1000, c.daemon_cpu_us / floor_us, floor_us / 1000, cores,
+          cores * 1e6 / c.daemon_cpu_us, cores * 1e6 / (c.daemon_cpu_us + c.client_cpu_us),
+          c.client_cpu_us / 1000);
+    }
   }
   std::fflush(stdout);
   if (!all_ok) {
