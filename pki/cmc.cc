@@ -5,8 +5,8 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
+#include <openssl/x509.h>
 
-#include "hsm/keys.h"
 #include "hsm/strings.h"
 #include "pki/der.h"
 
@@ -235,9 +235,18 @@ absl::StatusOr<CmcRequest> ParseCmcRequest(std::span<const uint8_t> input, bool 
   EVP_PKEY* key = out.pkcs10.public_key();
   if (sid.tag == der::ContextPrimitive(0)) {
     out.signer_by_key_id = true;
-    auto ski = hsm::PublicKeySha1(key);
-    if (!ski.ok() || ski->size() != sid.contents.size() ||
-        std::memcmp(ski->data(), sid.contents.data(), ski->size()) != 0) {
+    // SHA-1 of the subjectPublicKey bits as the PKCS#10 carries them (what
+    // hsm::PublicKeySha1 computes by encoding the key again, which costs
+    // more than the signature check below).
+    const unsigned char* bits = nullptr;
+    int bits_len = 0;
+    X509_PUBKEY* spki = X509_REQ_get_X509_PUBKEY(out.pkcs10.req.get());
+    unsigned char ski[SHA_DIGEST_LENGTH];
+    if (spki == nullptr || X509_PUBKEY_get0_param(nullptr, &bits, &bits_len, nullptr, spki) != 1 ||
+        bits == nullptr || SHA1(bits, static_cast<size_t>(bits_len), ski) == nullptr ||
+        sid.contents.size() != sizeof ski ||
+        std::memcmp(ski, sid.contents.data(), sizeof ski) != 0) {
+      ERR_clear_error();
       return Bad("the signer's key identifier is not the PKCS#10 key's");
     }
   } else if (sid.tag != der::kSequence) {

@@ -57,7 +57,8 @@ absl::StatusOr<hsm::SecretBytes> SerializePrivateKeyBlob(EVP_PKEY* rsa_private,
 // Decrypted archival plaintext: a PRIVATEKEYBLOB or a DER PKCS#8
 // PrivateKeyInfo. `was_blob` and `ai_key_alg` (either may be null) say which
 // it was and, for a blob, its aiKeyAlg (0 for PKCS#8). The key must be RSA
-// and, for PKCS#8, pass OpenSSL's key-pair check.
+// and, for PKCS#8, pass the same consistency checks as a blob's numbers
+// (OpenSSL's full key-pair check for a multi-prime key).
 absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> ParsePrivateKeyPlaintext(std::span<const uint8_t> data,
                                                                    bool* was_blob,
                                                                    uint32_t* ai_key_alg);

@@ -144,8 +144,13 @@ class CertificateAuthority {
   absl::StatusOr<EnrollmentOutcome> Process(RequestRecord request, const std::string& actor,
                                             bool approving, const ParsedRequest* submitted);
   // The CMC response for an issued or pending CMC request (empty otherwise).
+  // `body_part_id` (the PKCS#10's, when the caller has the request parsed)
+  // and `issued_certificate` (issued_record's certificate, when the caller
+  // holds it) spare parsing the stored request and decoding the certificate.
   std::vector<uint8_t> CmcResponseFor(const RequestRecord& request,
-                                      const std::optional<CertificateRecord>& issued_record);
+                                      const std::optional<CertificateRecord>& issued_record,
+                                      std::optional<int64_t> body_part_id = std::nullopt,
+                                      X509* issued_certificate = nullptr);
   absl::Status DenyWith(RequestRecord& request, const absl::Status& why, const std::string& by);
 
   const Config& config_;

@@ -597,5 +597,80 @@ TEST(PrivateKeyBlobTest, KeyVerificationRefusesAForeignKey) {
                         "does not belong"));
 }
 
+// A PKCS#8 RSA key gets the blob's consistency checks, which name the bad
+// number: here a coefficient off by one, and a "prime" that is the product
+// of two primes (n = p*q and e*d = 1 mod lcm(p-1, q-1) still hold, so only
+// the primality test can catch it).
+TEST(PrivateKeyBlobTest, Pkcs8ChecksNameTheBadNumber) {
+  auto from_numbers = [](const std::vector<const BIGNUM*>& v) {
+    const char* names[] = {OSSL_PKEY_PARAM_RSA_N,         OSSL_PKEY_PARAM_RSA_E,
+                           OSSL_PKEY_PARAM_RSA_D,         OSSL_PKEY_PARAM_RSA_FACTOR1,
+                           OSSL_PKEY_PARAM_RSA_FACTOR2,   OSSL_PKEY_PARAM_RSA_EXPONENT1,
+                           OSSL_PKEY_PARAM_RSA_EXPONENT2, OSSL_PKEY_PARAM_RSA_COEFFICIENT1};
+    ossl::UniquePtr<OSSL_PARAM_BLD> bld(OSSL_PARAM_BLD_new());
+    for (size_t i = 0; i < v.size(); ++i) OSSL_PARAM_BLD_push_BN(bld.get(), names[i], v[i]);
+    ossl::UniquePtr<OSSL_PARAM> params(OSSL_PARAM_BLD_to_param(bld.get()));
+    ossl::UniquePtr<EVP_PKEY_CTX> ctx(EVP_PKEY_CTX_new_from_name(nullptr, "RSA", nullptr));
+    EVP_PKEY* raw = nullptr;
+    EVP_PKEY_fromdata_init(ctx.get());
+    EVP_PKEY_fromdata(ctx.get(), &raw, EVP_PKEY_KEYPAIR, params.get());
+    auto p8 = pki::ToPkcs8(raw);
+    EVP_PKEY_free(raw);
+    return p8;
+  };
+
+  auto good = SoftwareRsaKey(1024);
+  std::vector<ossl::UniquePtr<BIGNUM>> k;
+  for (const char* name :
+       {OSSL_PKEY_PARAM_RSA_N, OSSL_PKEY_PARAM_RSA_E, OSSL_PKEY_PARAM_RSA_D,
+        OSSL_PKEY_PARAM_RSA_FACTOR1, OSSL_PKEY_PARAM_RSA_FACTOR2, OSSL_PKEY_PARAM_RSA_EXPONENT1,
+        OSSL_PKEY_PARAM_RSA_EXPONENT2, OSSL_PKEY_PARAM_RSA_COEFFICIENT1}) {
+    k.push_back(KeyNumber(good.get(), name));
+    ASSERT_TRUE(k.back()) << name;
+  }
+  auto ok = from_numbers({k[0].get(), k[1].get(), k[2].get(), k[3].get(), k[4].get(), k[5].get(),
+                          k[6].get(), k[7].get()});
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_TRUE(pki::ParsePrivateKeyPlaintext(ok->span(), nullptr, nullptr).ok());
+  BN_add_word(k[7].get(), 1);
+  auto bad_coefficient = from_numbers({k[0].get(), k[1].get(), k[2].get(), k[3].get(), k[4].get(),
+                                       k[5].get(), k[6].get(), k[7].get()});
+  ASSERT_TRUE(bad_coefficient.ok()) << bad_coefficient.status();
+  EXPECT_TRUE(FailsWith(pki::ParsePrivateKeyPlaintext(bad_coefficient->span(), nullptr, nullptr),
+                        "not consistent: coefficient is not prime2^-1 mod prime1"));
+
+  // p = a*b (a, b prime), q prime; d, the CRT values and the coefficient
+  // computed from them exactly as for a real key.
+  ossl::UniquePtr<BN_CTX> ctx(BN_CTX_new());
+  auto bn = [] { return ossl::UniquePtr<BIGNUM>(BN_new()); };
+  auto a = bn(), b = bn(), p = bn(), q = bn(), n = bn(), e = bn(), d = bn(), dp = bn(), dq = bn(),
+       qinv = bn(), p1 = bn(), q1 = bn(), g = bn(), lambda = bn(), phi = bn();
+  ASSERT_EQ(BN_set_word(e.get(), 65537), 1);
+  bool made = false;
+  for (int attempt = 0; attempt < 20 && !made; ++attempt) {
+    ASSERT_EQ(BN_generate_prime_ex(a.get(), 256, 0, nullptr, nullptr, nullptr), 1);
+    ASSERT_EQ(BN_generate_prime_ex(b.get(), 256, 0, nullptr, nullptr, nullptr), 1);
+    ASSERT_EQ(BN_generate_prime_ex(q.get(), 512, 0, nullptr, nullptr, nullptr), 1);
+    ASSERT_EQ(BN_mul(p.get(), a.get(), b.get(), ctx.get()), 1);
+    if (BN_num_bits(p.get()) != 512 || BN_cmp(p.get(), q.get()) == 0) continue;
+    BN_sub(p1.get(), p.get(), BN_value_one());
+    BN_sub(q1.get(), q.get(), BN_value_one());
+    BN_gcd(g.get(), p1.get(), q1.get(), ctx.get());
+    BN_mul(phi.get(), p1.get(), q1.get(), ctx.get());
+    BN_div(lambda.get(), nullptr, phi.get(), g.get(), ctx.get());
+    made = BN_mod_inverse(d.get(), e.get(), lambda.get(), ctx.get()) != nullptr &&
+           BN_mod_inverse(qinv.get(), q.get(), p.get(), ctx.get()) != nullptr;
+  }
+  ASSERT_TRUE(made);
+  ASSERT_EQ(BN_mul(n.get(), p.get(), q.get(), ctx.get()), 1);
+  BN_mod(dp.get(), d.get(), p1.get(), ctx.get());
+  BN_mod(dq.get(), d.get(), q1.get(), ctx.get());
+  auto composite =
+      from_numbers({n.get(), e.get(), d.get(), p.get(), q.get(), dp.get(), dq.get(), qinv.get()});
+  ASSERT_TRUE(composite.ok()) << composite.status();
+  EXPECT_TRUE(FailsWith(pki::ParsePrivateKeyPlaintext(composite->span(), nullptr, nullptr),
+                        "not consistent: prime1 is not prime"));
+}
+
 }  // namespace
 }  // namespace keywarden::testing
