@@ -74,6 +74,7 @@
 #include "pki/exchange_certificate.h"
 #include "pki/private_key_blob.h"
 #include "service/storage/store.h"
+#include "tests/bench/bench_util.h"
 #include "tests/service/daemon_harness.h"
 
 namespace {
@@ -84,6 +85,8 @@ namespace v1 = keywarden::v1;
 namespace ossl = keywarden::ossl;
 namespace service = keywarden::service;
 using keywarden::StrCat;
+using keywarden::bench::CpuSeconds;
+using keywarden::bench::Percentile;
 using keywarden::testing::DaemonHarness;
 using keywarden::testing::SoftHsmFixture;
 using keywarden::testing::TempDir;
@@ -108,38 +111,6 @@ struct Options {
 };
 
 // ---------------------------------------------------------------- helpers
-
-double CpuSeconds() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
-         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
-}
-
-// utime + stime of `pid` from /proc (the daemon is a child still running).
-double CpuSeconds(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string stat((std::istreambuf_iterator<char>(f)), {});
-  const size_t paren = stat.rfind(')');
-  if (paren == std::string::npos) return 0;
-  std::vector<std::string> fields;
-  for (size_t at = paren + 2; at < stat.size();) {
-    const size_t space = stat.find(' ', at);
-    fields.push_back(stat.substr(at, space == std::string::npos ? std::string::npos : space - at));
-    if (space == std::string::npos) break;
-    at = space + 1;
-  }
-  if (fields.size() < 13) return 0;
-  const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
-  return (std::atof(fields[11].c_str()) + std::atof(fields[12].c_str())) / ticks;
-}
-
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t i = std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())));
-  return v[i];
-}
 
 std::string Slurp(const std::string& path) {
   std::ifstream f(path, std::ios::binary);

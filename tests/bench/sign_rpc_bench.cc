@@ -48,6 +48,7 @@
 #include "hsm/strings.h"
 #include "keywarden/v1/signing.grpc.pb.h"
 #include "service/signing/delegated_signer.h"
+#include "tests/bench/bench_util.h"
 #include "tests/service/daemon_harness.h"
 
 namespace {
@@ -56,6 +57,8 @@ namespace hsm = keywarden::hsm;
 namespace v1 = keywarden::v1;
 namespace ossl = keywarden::ossl;
 using keywarden::StrCat;
+using keywarden::bench::CpuSeconds;
+using keywarden::bench::Percentile;
 using keywarden::service::signing::Algorithm;
 using keywarden::service::signing::DelegatedSigner;
 using keywarden::testing::DaemonHarness;
@@ -97,39 +100,6 @@ struct Cell {
   double cpu_us = 0, client_cpu_us = 0;
   bool ok = false;
 };
-
-// CPU seconds (user + system) used so far by this process, or by `pid`.
-double CpuSeconds() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
-         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
-}
-
-double CpuSeconds(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string stat((std::istreambuf_iterator<char>(f)), {});
-  const size_t paren = stat.rfind(')');
-  if (paren == std::string::npos) return 0;
-  // After "pid (comm) ": utime and stime are the 12th and 13th fields.
-  std::vector<std::string> fields;
-  for (size_t at = paren + 2; at < stat.size();) {
-    const size_t space = stat.find(' ', at);
-    fields.push_back(stat.substr(at, space == std::string::npos ? std::string::npos : space - at));
-    if (space == std::string::npos) break;
-    at = space + 1;
-  }
-  if (fields.size() < 13) return 0;
-  const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
-  return (std::atof(fields[11].c_str()) + std::atof(fields[12].c_str())) / ticks;
-}
-
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t i = std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())));
-  return v[i];
-}
 
 std::string Slurp(const std::string& path) {
   std::ifstream f(path, std::ios::binary);

@@ -10,13 +10,11 @@
 
 #include <gtest/gtest.h>
 
-#include "hsm/keys.h"
-#include "hsm/open.h"
-#include "hsm/provider/provider.h"
 #include "hsm/strings.h"
 #include "keywarden/v1/keywarden.grpc.pb.h"
 #include "pki/certificate.h"
 #include "tests/service/daemon_harness.h"
+#include "tests/service/kra_cards.h"
 #include "tests/service/rpc_test_util.h"
 
 namespace keywarden::testing {
@@ -29,70 +27,20 @@ class RecoveryTest : public ::testing::Test {
   void SetUp() override {
     DaemonHarness::Options options;
     options.role_separation = true;
-    options.extra_toml = R"(
-[[template]]
-name = "KeyRecoveryAgent"
-key_usage = ["keyEncipherment"]
-extended_key_usage = ["1.3.6.1.4.1.311.21.6"]
-)";
+    options.extra_toml = kKraTemplateToml;
     auto d = DaemonHarness::Start(options);
     ASSERT_TRUE(d.ok()) << d.status();
     daemon_ = std::move(*d);
 
     // Each KRA makes its key on its own card and enrols for a KRA certificate.
-    auto crypto = hsm::CryptoContext::Create();
-    ASSERT_TRUE(crypto.ok());
-    std::vector<std::string> thumbprints;
     for (const char* card :
          {SoftHsmFixture::kKraCard1, SoftHsmFixture::kKraCard2, SoftHsmFixture::kKraCard3}) {
-      auto uri = hsm::Pkcs11Uri::Parse(StrCat("pkcs11:token=", card));
-      ASSERT_TRUE(uri.ok());
-      hsm::OpenOptions open;
-      open.default_module = SoftHsmFixture::module_path();
-      open.pin = hsm::PinSource::File(daemon_->tokens().PinFile(card));
-      auto token = hsm::OpenToken(*uri, open);
-      ASSERT_TRUE(token.ok()) << token.status();
-      hsm::KeySpec spec;
-      spec.label = "kra";
-      spec.usage.sign = true;  // signs its own certificate request
-      spec.usage.decrypt = true;
-      auto key = hsm::GenerateKeyPair(*token, spec);
-      ASSERT_TRUE(key.ok()) << key.status();
-      auto pkey = (*crypto)->Load(*key);
-      ASSERT_TRUE(pkey.ok());
-      auto subject = pki::ParseName(StrCat("CN=KRA ", card, ",O=keywarden test"));
-      auto csr = pki::MakeCaRequest((*crypto)->libctx(), pkey->get(), subject->get(), {});
-      ASSERT_TRUE(csr.ok()) << csr.status();
-      unsigned char* der = nullptr;
-      const int len = i2d_X509_REQ(csr->get(), &der);
-      std::string csr_der(reinterpret_cast<char*>(der), static_cast<size_t>(len));
-      OPENSSL_free(der);
-      auto stub = v1::Enrollment::NewStub(daemon_->Channel("enrollee2"));
-      grpc::ClientContext ctx;
-      v1::SubmitRequest in;
-      in.set_request(csr_der);
-      in.set_template_name("KeyRecoveryAgent");
-      v1::EnrollmentResult issued;
-      grpc::Status st = stub->Submit(&ctx, in, &issued);
-      ASSERT_TRUE(st.ok()) << st.error_message();
-      ASSERT_EQ(issued.disposition(), v1::DISPOSITION_ISSUED) << issued.message();
-      const unsigned char* p = reinterpret_cast<const unsigned char*>(issued.certificate().data());
-      ossl::UniquePtr<X509> cert(
-          d2i_X509(nullptr, &p, static_cast<long>(issued.certificate().size())));
-      ASSERT_TRUE(cert);
-      // The certificate goes onto the card beside its key, as a KRA card holds it.
-      ASSERT_TRUE(hsm::ImportCertificate(**token, cert.get(), "kra", (*key)->id).ok());
-      thumbprints.push_back(pki::Sha1Thumbprint(cert.get()));
+      auto cert = EnrollKraCard(*daemon_, card);
+      ASSERT_TRUE(cert.ok()) << cert.status();
+      kra_sha1_.push_back(pki::Sha1Thumbprint(cert->get()));
       cards_.push_back(card);
     }
-    ASSERT_TRUE(daemon_->Stop().ok());
-    {
-      std::ofstream config(daemon_->config_path(), std::ios::app);
-      config << "\n[kra]\ncertificates = [\"" << StrJoin(thumbprints, "\", \"")
-             << "\"]\ncount = 2\n";
-    }
-    ASSERT_TRUE(daemon_->Restart().ok());
-    kra_sha1_ = thumbprints;
+    ASSERT_TRUE(UseKras(*daemon_, kra_sha1_, 2).ok());
   }
 
   std::string Connection(const std::string& who) const {
