@@ -188,15 +188,17 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Submit(const std::string
   r.subject = pki::FormatName(X509_REQ_get_subject_name(parsed->pkcs10.req.get()));
   r.disposition = Disposition::kPending;
   r.submitted_at = clock_();
-  auto id = store_.InsertRequest(r);
+  // The row and its "request.received" record are one transaction.
+  auto id = store_.InsertRequest(r, [&](int64_t new_id) {
+    return std::vector<AuditEntry>{{principal, "request.received",
+                                    json{{"request_id", new_id},
+                                         {"format", format},
+                                         {"subject", r.subject},
+                                         {"template_hint", template_hint}}
+                                        .dump()}};
+  });
   if (!id.ok()) return id.status();
   r.id = *id;
-  Audit(principal, "request.received",
-        json{{"request_id", r.id},
-             {"format", format},
-             {"subject", r.subject},
-             {"template_hint", template_hint}}
-            .dump());
   return Process(std::move(r), principal, /*approving=*/false, &*parsed);
 }
 
@@ -383,32 +385,35 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
     return cert.status();
   }
   CertificateRecord record = CertificateRecordFor(cert->get(), request.id, t->name);
-  if (auto st = store_.RecordIssued(request.id, record, request.archived_key, policy, now);
+  // The issuance, its archive and their audit records are one transaction:
+  // never an issued certificate without its archive or its audit trail.
+  std::vector<AuditEntry> audit;
+  if (archived_now) {
+    audit.push_back({policy, "archival.done",
+                     json{{"request_id", request.id},
+                          {"requester", request.requester},
+                          {"serial", record.serial},
+                          {"kra_sha1", request.archived_key->kra_sha1},
+                          {"scheme", request.archived_key->scheme}}
+                         .dump()});
+  }
+  audit.push_back({policy, "request.issued",
+                   json{{"request_id", request.id},
+                        {"requester", request.requester},
+                        {"template", t->name},
+                        {"serial", record.serial},
+                        {"subject", record.subject},
+                        {"sha1", record.sha1}}
+                       .dump()});
+  if (auto st = store_.RecordIssued(request.id, record, request.archived_key, policy, now, audit);
       !st.ok()) {
     return st;
-  }
-  if (archived_now) {
-    Audit(policy, "archival.done",
-          json{{"request_id", request.id},
-               {"requester", request.requester},
-               {"serial", record.serial},
-               {"kra_sha1", request.archived_key->kra_sha1},
-               {"scheme", request.archived_key->scheme}}
-              .dump());
   }
   request.disposition = Disposition::kIssued;
   request.disposition_message = "Issued";
   request.serial = record.serial;
   request.resolved_at = now;
   request.resolved_by = policy;
-  Audit(policy, "request.issued",
-        json{{"request_id", request.id},
-             {"requester", request.requester},
-             {"template", t->name},
-             {"serial", record.serial},
-             {"subject", record.subject},
-             {"sha1", record.sha1}}
-            .dump());
   EnrollmentOutcome issued{std::move(request), std::move(record), {}};
   issued.cmc_response =
       CmcResponseFor(issued.request, issued.certificate, stored->body_part_id, cert->get());

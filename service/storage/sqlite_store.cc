@@ -601,7 +601,8 @@ class SqliteStore final : public Store {
   // database or a URI.
   SqliteStore(Connection db, std::string file) : db_(std::move(db)), file_(std::move(file)) {}
 
-  absl::StatusOr<int64_t> InsertRequest(const RequestRecord& request) override;
+  absl::StatusOr<int64_t> InsertRequest(const RequestRecord& request,
+                                        const AuditFor& audit) override;
   absl::StatusOr<RequestRecord> GetRequest(int64_t id) override;
   absl::StatusOr<std::vector<RequestRecord>> ListRequests(std::optional<Disposition> disposition,
                                                           size_t limit) override;
@@ -610,7 +611,8 @@ class SqliteStore final : public Store {
                               UnixTime at) override;
   absl::Status RecordIssued(int64_t request_id, const CertificateRecord& certificate,
                             const std::optional<ArchivedKey>& archived_key,
-                            const std::string& resolved_by, UnixTime at) override;
+                            const std::string& resolved_by, UnixTime at,
+                            const std::vector<AuditEntry>& audit) override;
   absl::Status AttachArchivedKey(int64_t id, const ArchivedKey& key) override;
 
   absl::Status InsertCertificate(const CertificateRecord& certificate) override;
@@ -637,18 +639,23 @@ class SqliteStore final : public Store {
   absl::Status CheckPending(int64_t id, std::string_view what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status InsertCertificateLocked(const CertificateRecord& c, int64_t request_id,
                                        std::string_view what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Appends one record to the audit chain inside the caller's transaction.
+  absl::StatusOr<AuditRecord> AppendAuditLocked(const AuditEntry& entry, UnixTime at)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   std::mutex mu_;
   const Connection db_ ABSL_GUARDED_BY(mu_);
   const std::string file_;  // for Backup's own connection
 };
 
-absl::StatusOr<int64_t> SqliteStore::InsertRequest(const RequestRecord& r) {
+absl::StatusOr<int64_t> SqliteStore::InsertRequest(const RequestRecord& r, const AuditFor& audit) {
   const std::string what = StrCat("inserting request from \"", r.requester, "\"");
   if (r.archived_key) {
     if (absl::Status s = ValidateArchivedKey(*r.archived_key, what); !s.ok()) return s;
   }
   std::lock_guard<std::mutex> lock(mu_);
+  Transaction txn(db_.get());
+  if (absl::Status st = txn.Begin(what); !st.ok()) return st;
   Statement s(db_.get(), what);
   if (absl::Status st = s.Prepare(
           "INSERT INTO requests (requester, template_name, format, raw, subject, disposition, "
@@ -676,7 +683,16 @@ absl::StatusOr<int64_t> SqliteStore::InsertRequest(const RequestRecord& r) {
     for (int i = 13; i <= 16; ++i) s.BindNull(i);
   }
   if (absl::Status st = s.Run(); !st.ok()) return st;
-  return sqlite3_last_insert_rowid(db_.get());
+  const int64_t id = sqlite3_last_insert_rowid(db_.get());
+  if (audit) {
+    for (const AuditEntry& entry : audit(id)) {
+      if (auto appended = AppendAuditLocked(entry, r.submitted_at); !appended.ok()) {
+        return appended.status();
+      }
+    }
+  }
+  if (absl::Status st = txn.Commit(what); !st.ok()) return st;
+  return id;
 }
 
 absl::StatusOr<RequestRecord> SqliteStore::GetRequest(int64_t id) {
@@ -827,7 +843,8 @@ absl::Status SqliteStore::InsertCertificateLocked(const CertificateRecord& c, in
 
 absl::Status SqliteStore::RecordIssued(int64_t request_id, const CertificateRecord& certificate,
                                        const std::optional<ArchivedKey>& archived_key,
-                                       const std::string& resolved_by, UnixTime at) {
+                                       const std::string& resolved_by, UnixTime at,
+                                       const std::vector<AuditEntry>& audit) {
   const std::string what =
       StrCat("recording certificate ", certificate.serial, " as issued for request ", request_id);
   if (certificate.request_id != 0 && certificate.request_id != request_id) {
@@ -870,6 +887,9 @@ absl::Status SqliteStore::RecordIssued(int64_t request_id, const CertificateReco
   // After the request update on purpose: a taken serial or thumbprint fails
   // here and the rollback undoes the update, so nothing is half-written.
   if (absl::Status s = InsertCertificateLocked(certificate, request_id, what); !s.ok()) return s;
+  for (const AuditEntry& entry : audit) {
+    if (auto appended = AppendAuditLocked(entry, at); !appended.ok()) return appended.status();
+  }
   return txn.Commit(what);
 }
 
@@ -1077,15 +1097,22 @@ absl::StatusOr<AuditRecord> SqliteStore::AppendAudit(const std::string& principa
                                                      const std::string& event,
                                                      const std::string& details_json, UnixTime at) {
   const std::string what = StrCat("appending audit event \"", event, "\"");
-  AuditRecord record;
-  record.time = at;
-  record.principal = principal;
-  record.event = event;
-  record.details = details_json;
-
   std::lock_guard<std::mutex> lock(mu_);
   Transaction txn(db_.get());
   if (absl::Status s = txn.Begin(what); !s.ok()) return s;
+  auto record = AppendAuditLocked(AuditEntry{principal, event, details_json}, at);
+  if (!record.ok()) return record.status();
+  if (absl::Status s = txn.Commit(what); !s.ok()) return s;
+  return record;
+}
+
+absl::StatusOr<AuditRecord> SqliteStore::AppendAuditLocked(const AuditEntry& entry, UnixTime at) {
+  const std::string what = StrCat("appending audit event \"", entry.event, "\"");
+  AuditRecord record;
+  record.time = at;
+  record.principal = entry.principal;
+  record.event = entry.event;
+  record.details = entry.details_json;
   {
     Statement s(db_.get(), what);
     if (absl::Status st = s.Prepare("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1");
@@ -1121,7 +1148,6 @@ absl::StatusOr<AuditRecord> SqliteStore::AppendAudit(const std::string& principa
   s.BindBlob(6, record.prev_hash);
   s.BindBlob(7, record.hash);
   if (absl::Status st = s.Run(); !st.ok()) return st;
-  if (absl::Status st = txn.Commit(what); !st.ok()) return st;
   return record;
 }
 

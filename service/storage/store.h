@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -95,6 +96,16 @@ struct AuditRecord {
   std::vector<uint8_t> hash;       // SHA-256 over this record's fields and prev_hash
 };
 
+// An audit record written in the same transaction as the state change it
+// records: either both are stored or neither (one commit, one fsync).
+struct AuditEntry {
+  std::string principal;
+  std::string event;
+  std::string details_json;
+};
+// The audit records for a request whose id is only known once inserted.
+using AuditFor = std::function<std::vector<AuditEntry>(int64_t request_id)>;
+
 // SHA-256 of an audit record's canonical encoding (seq, time, principal,
 // event, details, prev_hash; each length-prefixed). Backends must use this.
 std::vector<uint8_t> AuditHash(const AuditRecord& record);
@@ -110,7 +121,10 @@ class Store {
   virtual ~Store() = default;
 
   // -- requests
-  virtual absl::StatusOr<int64_t> InsertRequest(const RequestRecord& request) = 0;
+  // `audit`, when given, makes the records appended atomically with the row
+  // (timed at request.submitted_at).
+  virtual absl::StatusOr<int64_t> InsertRequest(const RequestRecord& request,
+                                                const AuditFor& audit = nullptr) = 0;
   virtual absl::StatusOr<RequestRecord> GetRequest(int64_t id) = 0;
   // Newest first; `disposition` filters when set.
   virtual absl::StatusOr<std::vector<RequestRecord>> ListRequests(
@@ -121,10 +135,12 @@ class Store {
                                       const std::string& resolved_by, UnixTime at) = 0;
   // Pending -> issued, atomically with inserting the certificate and, when
   // given, the archived key. FAILED_PRECONDITION if the request is not
-  // pending; ALREADY_EXISTS if the serial is taken. Nothing is written on error.
+  // pending; ALREADY_EXISTS if the serial is taken. `audit` is appended in
+  // the same transaction (timed `at`). Nothing is written on error.
   virtual absl::Status RecordIssued(int64_t request_id, const CertificateRecord& certificate,
                                     const std::optional<ArchivedKey>& archived_key,
-                                    const std::string& resolved_by, UnixTime at) = 0;
+                                    const std::string& resolved_by, UnixTime at,
+                                    const std::vector<AuditEntry>& audit = {}) = 0;
 
   // Attaches an archived key to a pending request (archival happens at
   // submission, so a request waiting for a Certificate Manager holds its key

@@ -436,6 +436,44 @@ TEST_P(StoreTest, RecordIssuedWithTakenThumbprintWritesNothing) {
   EXPECT_EQ(store().GetCertificate("0c02").status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST_P(StoreTest, AuditRecordsCommitWithTheirStateChangeOrNotAtAll) {
+  // Inserted with its "request.received" record, which names the new id.
+  RequestRecord request = MakeRequest("alice");
+  request.submitted_at = 500;
+  absl::StatusOr<int64_t> id = store().InsertRequest(request, [](int64_t new_id) {
+    return std::vector<AuditEntry>{
+        {"alice", "request.received", StrCat("{\"request_id\":", new_id, "}")}};
+  });
+  ASSERT_TRUE(id.ok()) << id.status();
+  // Issued with two records in the same transaction.
+  const std::vector<AuditEntry> issued = {{"policy", "archival.done", "{}"},
+                                          {"policy", "request.issued", "{}"}};
+  ASSERT_TRUE(store()
+                  .RecordIssued(*id, MakeCertificate("0d01", "CN=alice"), MakeArchivedKey(),
+                                "policy", 600, issued)
+                  .ok());
+  absl::StatusOr<std::vector<AuditRecord>> records = store().ReadAudit(1, 100);
+  ASSERT_TRUE(records.ok()) << records.status();
+  ASSERT_EQ(records->size(), 3u);
+  EXPECT_EQ((*records)[0].event, "request.received");
+  EXPECT_EQ((*records)[0].details, StrCat("{\"request_id\":", *id, "}"));
+  EXPECT_EQ((*records)[0].time, 500);
+  EXPECT_EQ((*records)[1].event, "archival.done");
+  EXPECT_EQ((*records)[2].event, "request.issued");
+  EXPECT_EQ((*records)[2].time, 600);
+  EXPECT_TRUE(VerifyAuditChain(*records).ok()) << VerifyAuditChain(*records);
+
+  // A refused issuance (serial taken) appends none of its records.
+  int64_t second = Submit("bob");
+  absl::Status s = store().RecordIssued(second, MakeCertificate("0d01", "CN=bob"),
+                                        MakeArchivedKey(), "policy", 700, issued);
+  EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists) << s;
+  records = store().ReadAudit(1, 100);
+  ASSERT_TRUE(records.ok()) << records.status();
+  EXPECT_EQ(records->size(), 3u);
+  EXPECT_EQ(store().GetRequest(second)->disposition, Disposition::kPending);
+}
+
 TEST_P(StoreTest, ArchivedKeyRoundTrips) {
   int64_t id = Submit("alice");
   ArchivedKey key = MakeArchivedKey();
