@@ -41,21 +41,6 @@ Bytes Der(T* object, F i2d) {
   return out;
 }
 
-Bytes Tlv(uint8_t tag, const Bytes& body) {
-  Bytes out{tag};
-  const size_t n = body.size();
-  if (n < 0x80) {
-    out.push_back(static_cast<uint8_t>(n));
-  } else {
-    Bytes len;
-    for (size_t v = n; v > 0; v >>= 8) len.insert(len.begin(), static_cast<uint8_t>(v & 0xff));
-    out.push_back(static_cast<uint8_t>(0x80 | len.size()));
-    out.insert(out.end(), len.begin(), len.end());
-  }
-  out.insert(out.end(), body.begin(), body.end());
-  return out;
-}
-
 Bytes Sha1(X509* cert) {
   unsigned char buf[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
@@ -574,9 +559,9 @@ absl::StatusOr<RecoveryBlob> ParseRecoveryBlob(
         tag == der::kInteger) {
       ossl::UniquePtr<ASN1_OBJECT> env_oid(OBJ_txt2obj(kIdEnvelopedData, 1));
       Bytes body = Der(env_oid.get(), i2d_ASN1_OBJECT);
-      const Bytes wrapped = Tlv(der::ContextConstructed(0), content);
+      const Bytes wrapped = der::Tlv(der::ContextConstructed(0), content);
       body.insert(body.end(), wrapped.begin(), wrapped.end());
-      envelope = Tlv(der::kSequence, body);
+      envelope = der::Tlv(der::kSequence, body);
     }
   }
   const unsigned char* e = envelope.data();

@@ -86,6 +86,9 @@ namespace ossl = keywarden::ossl;
 namespace service = keywarden::service;
 using keywarden::StrCat;
 using keywarden::bench::CpuSeconds;
+using keywarden::bench::FlagValue;
+using keywarden::bench::IntList;
+using keywarden::bench::OwnConnection;
 using keywarden::bench::Percentile;
 using keywarden::testing::DaemonHarness;
 using keywarden::testing::SoftHsmFixture;
@@ -111,11 +114,6 @@ struct Options {
 };
 
 // ---------------------------------------------------------------- helpers
-
-std::string Slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
 
 std::string Fixed(double v, int decimals) {
   char buf[32];
@@ -403,25 +401,11 @@ struct Client {
   ossl::UniquePtr<X509> exchange;  // this client's own copy, verified
 };
 
-std::shared_ptr<grpc::Channel> NewChannel(DaemonHarness& daemon, const std::string& who, int n) {
-  const auto& id = daemon.client(who);
-  grpc::SslCredentialsOptions tls;
-  tls.pem_root_certs = Slurp(daemon.tls_ca_path());
-  tls.pem_cert_chain = Slurp(id.cert_path);
-  tls.pem_private_key = Slurp(id.key_path);
-  grpc::ChannelArguments args;
-  args.SetSslTargetNameOverride("localhost");
-  args.SetInt("keywarden.bench.connection", n);  // distinct args: a connection of its own
-  auto channel = grpc::CreateCustomChannel(daemon.target(), grpc::SslCredentials(tls), args);
-  channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  return channel;
-}
-
 // What `keywarden request` does before it builds anything: the exchange
 // certificate and the CA chain from the daemon, the former verified.
 absl::StatusOr<Client> NewClient(DaemonHarness& daemon, int n) {
   Client c;
-  c.stub = v1::Enrollment::NewStub(NewChannel(daemon, "enrollee", n));
+  c.stub = v1::Enrollment::NewStub(OwnConnection(daemon, "enrollee", n));
   v1::CertificateChain xchg, ca;
   {
     grpc::ClientContext ctx;
@@ -685,13 +669,8 @@ Cell RunCell(DaemonHarness& daemon, const KraSetup& kras, const TempDir& dir,
 
 bool ParseArgs(int argc, char** argv, Options& o) {
   for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&](const char* name) -> const char* {
-      if (a == name && i + 1 < argc) return argv[++i];
-      const std::string prefix = std::string(name) + "=";
-      if (a.rfind(prefix, 0) == 0) return argv[i] + prefix.size();
-      return nullptr;
-    };
+    const std::string a = argv[i];
+    auto value = [&](const char* name) { return FlagValue(argc, argv, i, name); };
     if (const char* v = value("--seconds")) {
       o.seconds = std::atof(v);
     } else if (const char* w = value("--warmup")) {
@@ -699,12 +678,7 @@ bool ParseArgs(int argc, char** argv, Options& o) {
     } else if (const char* fs = value("--floor-seconds")) {
       o.floor_seconds = std::atof(fs);
     } else if (const char* c = value("--concurrency")) {
-      o.concurrency.clear();
-      for (std::string list = c; !list.empty();) {
-        const size_t comma = list.find(',');
-        o.concurrency.push_back(std::atoi(list.substr(0, comma).c_str()));
-        list = comma == std::string::npos ? "" : list.substr(comma + 1);
-      }
+      o.concurrency = IntList(c);
     } else if (const char* k = value("--keys")) {
       o.keys = std::atoi(k);
     } else if (const char* s = value("--sample")) {

@@ -1,5 +1,6 @@
-// Small measuring helpers the benchmarks share: CPU seconds of this process
-// and of a child (the daemon), and percentiles of latency samples.
+// Small helpers the benchmarks share: CPU seconds of this process and of a
+// child (the daemon), percentiles of latency samples, argument parsing, and
+// an mTLS connection of its own to a DaemonHarness daemon.
 #pragma once
 
 #include <sys/resource.h>
@@ -7,11 +8,17 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "tests/service/daemon_harness.h"
 
 namespace keywarden::bench {
 
@@ -48,6 +55,49 @@ inline double Percentile(std::vector<double> v, double p) {
   std::sort(v.begin(), v.end());
   const size_t i = std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())));
   return v[i];
+}
+
+// The value of option `name` at argv[i], given as "NAME VALUE" (i advances)
+// or "NAME=VALUE"; null if argv[i] is another option.
+inline const char* FlagValue(int argc, char** argv, int& i, const char* name) {
+  const std::string a = argv[i];
+  if (a == name && i + 1 < argc) return argv[++i];
+  const std::string prefix = std::string(name) + "=";
+  if (a.rfind(prefix, 0) == 0) return argv[i] + prefix.size();
+  return nullptr;
+}
+
+// "1,4,16" -> {1, 4, 16}.
+inline std::vector<int> IntList(const std::string& list) {
+  std::vector<int> out;
+  for (std::string rest = list; !rest.empty();) {
+    const size_t comma = rest.find(',');
+    out.push_back(std::atoi(rest.substr(0, comma).c_str()));
+    rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
+  }
+  return out;
+}
+
+inline std::string Slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// A channel with a TLS connection of its own (distinct channel arguments
+// keep gRPC from sharing one), as client `who` of the harness, connected.
+inline std::shared_ptr<grpc::Channel> OwnConnection(testing::DaemonHarness& daemon,
+                                                    const std::string& who, int n) {
+  const auto& id = daemon.client(who);
+  grpc::SslCredentialsOptions tls;
+  tls.pem_root_certs = Slurp(daemon.tls_ca_path());
+  tls.pem_cert_chain = Slurp(id.cert_path);
+  tls.pem_private_key = Slurp(id.key_path);
+  grpc::ChannelArguments args;
+  args.SetSslTargetNameOverride("localhost");
+  args.SetInt("keywarden.bench.connection", n);
+  auto channel = grpc::CreateCustomChannel(daemon.target(), grpc::SslCredentials(tls), args);
+  channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  return channel;
 }
 
 }  // namespace keywarden::bench

@@ -58,6 +58,9 @@ namespace v1 = keywarden::v1;
 namespace ossl = keywarden::ossl;
 using keywarden::StrCat;
 using keywarden::bench::CpuSeconds;
+using keywarden::bench::FlagValue;
+using keywarden::bench::IntList;
+using keywarden::bench::OwnConnection;
 using keywarden::bench::Percentile;
 using keywarden::service::signing::Algorithm;
 using keywarden::service::signing::DelegatedSigner;
@@ -100,11 +103,6 @@ struct Cell {
   double cpu_us = 0, client_cpu_us = 0;
   bool ok = false;
 };
-
-std::string Slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
 
 // Software check of a digest signature (default provider, public key only).
 bool Verifies(const BenchKey& k, const unsigned char* sig, size_t len) {
@@ -369,43 +367,22 @@ class RpcRun {
 };
 
 std::vector<std::unique_ptr<v1::Signing::Stub>> Stubs(DaemonHarness& daemon, int n) {
-  const auto& id = daemon.client("signer");
-  grpc::SslCredentialsOptions tls;
-  tls.pem_root_certs = Slurp(daemon.tls_ca_path());
-  tls.pem_cert_chain = Slurp(id.cert_path);
-  tls.pem_private_key = Slurp(id.key_path);
   std::vector<std::unique_ptr<v1::Signing::Stub>> out;
-  for (int i = 0; i < n; ++i) {
-    grpc::ChannelArguments args;
-    args.SetSslTargetNameOverride("localhost");
-    args.SetInt("keywarden.bench.connection", i);  // distinct args: a connection of its own
-    auto channel = grpc::CreateCustomChannel(daemon.target(), grpc::SslCredentials(tls), args);
-    channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    out.push_back(v1::Signing::NewStub(channel));
-  }
+  for (int i = 0; i < n; ++i)
+    out.push_back(v1::Signing::NewStub(OwnConnection(daemon, "signer", i)));
   return out;
 }
 
 bool ParseArgs(int argc, char** argv, Options& o) {
   for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&](const char* name) -> const char* {
-      if (a == name && i + 1 < argc) return argv[++i];
-      const std::string prefix = std::string(name) + "=";
-      if (a.rfind(prefix, 0) == 0) return argv[i] + prefix.size();
-      return nullptr;
-    };
+    const std::string a = argv[i];
+    auto value = [&](const char* name) { return FlagValue(argc, argv, i, name); };
     if (const char* v = value("--seconds")) {
       o.seconds = std::atof(v);
     } else if (const char* w = value("--warmup")) {
       o.warmup = std::atof(w);
     } else if (const char* c = value("--concurrency")) {
-      o.concurrency.clear();
-      for (std::string list = c; !list.empty();) {
-        const size_t comma = list.find(',');
-        o.concurrency.push_back(std::atoi(list.substr(0, comma).c_str()));
-        list = comma == std::string::npos ? "" : list.substr(comma + 1);
-      }
+      o.concurrency = IntList(c);
     } else if (const char* n = value("--channels")) {
       o.channels = std::atoi(n);
     } else if (const char* k = value("--keys")) {
