@@ -90,6 +90,7 @@ using keywarden::bench::FlagValue;
 using keywarden::bench::IntList;
 using keywarden::bench::OwnConnection;
 using keywarden::bench::Percentile;
+using keywarden::bench::X509FromDer;
 using keywarden::testing::DaemonHarness;
 using keywarden::testing::SoftHsmFixture;
 using keywarden::testing::TempDir;
@@ -123,11 +124,6 @@ std::string Fixed(double v, int decimals) {
 
 std::string Message(const absl::Status& st) {
   return std::string(st.message());
-}
-
-ossl::UniquePtr<X509> X509FromDer(const std::string& der) {
-  const unsigned char* p = reinterpret_cast<const unsigned char*>(der.data());
-  return ossl::UniquePtr<X509>(d2i_X509(nullptr, &p, static_cast<long>(der.size())));
 }
 
 // The RSA private exponent, to tell "the same key" from "the same public key".

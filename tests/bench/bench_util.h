@@ -17,6 +17,9 @@
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
+#include <openssl/x509.h>
+
+#include "hsm/ossl.h"
 
 #include "tests/service/daemon_harness.h"
 
@@ -76,6 +79,12 @@ inline std::vector<int> IntList(const std::string& list) {
     rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
   }
   return out;
+}
+
+// A certificate from DER as an RPC carries it; null if it does not parse.
+inline ossl::UniquePtr<X509> X509FromDer(const std::string& der) {
+  const auto* p = reinterpret_cast<const unsigned char*>(der.data());
+  return ossl::UniquePtr<X509>(d2i_X509(nullptr, &p, static_cast<long>(der.size())));
 }
 
 inline std::string Slurp(const std::string& path) {

@@ -25,7 +25,6 @@
 // Every recovered key is compared with the key the user enrolled with; the
 // binary exits 1 and prints no figures if one differs or any call fails.
 #include <openssl/bn.h>
-#include <openssl/pem.h>
 
 #include <atomic>
 #include <chrono>
@@ -56,6 +55,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using bench::CpuSeconds;
 using bench::Percentile;
+using bench::X509FromDer;
 
 constexpr char kTemplate[] = "ArchivalUser";
 
@@ -83,11 +83,6 @@ struct User {
   ossl::UniquePtr<EVP_PKEY> key;
   std::string serial;  // hex, of the certificate issued with archival
 };
-
-ossl::UniquePtr<X509> X509FromDer(const std::string& der) {
-  const auto* p = reinterpret_cast<const unsigned char*>(der.data());
-  return ossl::UniquePtr<X509>(d2i_X509(nullptr, &p, static_cast<long>(der.size())));
-}
 
 std::string SerialHex(X509* cert) {
   ossl::UniquePtr<BIGNUM> bn(ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nullptr));
@@ -211,12 +206,8 @@ int Run(const Options& o) {
   }
   const double retrieve_s = Since(t);
   const double daemon_cpu_ms = (CpuSeconds(daemon->pid()) - daemon_before) * 1000;
-  std::vector<ossl::UniquePtr<X509>> anchors;
-  {
-    ossl::UniquePtr<BIO> bio(BIO_new_file(daemon->ca_cert_path().c_str(), "r"));
-    anchors.emplace_back(bio ? PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr) : nullptr);
-    if (!anchors.back()) return Fail("cannot read " + daemon->ca_cert_path());
-  }
+  auto anchors = pki::ReadPemCertificates(daemon->ca_cert_path());
+  if (!anchors.ok()) return Fail(Message(anchors.status()));
   // Recovery is offline: the daemon is gone before the card is opened.
   if (auto st = daemon->Stop(); !st.ok()) return Fail(Message(st));
 
@@ -241,7 +232,7 @@ int Run(const Options& o) {
     if (!bytes.ok()) return Fail(Message(bytes.status()));
     auto der = pki::RecoveryBlobDer(*bytes);
     if (!der.ok()) return Fail(Message(der.status()));
-    auto blob = pki::ParseRecoveryBlob(*der, anchors);
+    auto blob = pki::ParseRecoveryBlob(*der, *anchors);
     if (!blob.ok()) return Fail(Message(blob.status()));
     verify_s += Since(t);
     pki::RecoveryTiming timing;
