@@ -73,7 +73,26 @@ extendedKeyUsage=serverAuth"
 for who in alice officer auditor admin kra; do
   issue_tls "$who" "/O=keywarden demo/CN=$who" "extendedKeyUsage=clientAuth"
 done
-echo "TLS CA, server and client certificates in $tls"
+# The TLS CA's CRL, made with openssl ca: keywardend checks every call
+# against it (and against this CA's own revocations, live).
+cat > "$tls/ca.cnf" <<CNF
+[ca]
+default_ca = tls
+[tls]
+database = $tls/index.txt
+crlnumber = $tls/crlnumber
+default_md = sha256
+default_crl_days = 7
+CNF
+: > "$tls/index.txt"
+echo 01 > "$tls/crlnumber"
+tls_crl() {
+  openssl ca -config "$tls/ca.cnf" -keyfile "$tls/tls-ca.key" -cert "$tls/tls-ca.pem" \
+    -gencrl -out "$tls/tls-ca.crl.new" 2>/dev/null
+  mv "$tls/tls-ca.crl.new" "$tls/tls-ca.crl"
+}
+tls_crl
+echo "TLS CA, its CRL, server and client certificates in $tls"
 
 step "Starting keywardend (SQLite, SoftHSM2, mutual TLS on 127.0.0.1)"
 cat > "$work/keywarden.toml" <<TOML
@@ -95,21 +114,28 @@ listen = "127.0.0.1:0"
 tls_certificate = "tls/server.pem"
 tls_key = "tls/server.key"
 client_ca = ["tls/tls-ca.pem"]
+client_crls = ["tls/tls-ca.crl"]
 
+# Each role: a subject *and* the client CA that must have issued it.
 [[role]]
 principal = "CN=alice,O=keywarden demo"
+issuer = "tls/tls-ca.pem"
 roles = ["enrollee"]
 [[role]]
 principal = "CN=officer,O=keywarden demo"
+issuer = "tls/tls-ca.pem"
 roles = ["certificate-manager"]
 [[role]]
 principal = "CN=auditor,O=keywarden demo"
+issuer = "tls/tls-ca.pem"
 roles = ["auditor"]
 [[role]]
 principal = "CN=admin,O=keywarden demo"
+issuer = "tls/tls-ca.pem"
 roles = ["ca-administrator"]
 [[role]]
 principal = "CN=kra,O=keywarden demo"
+issuer = "tls/tls-ca.pem"
 roles = ["enrollee"]
 
 [[template]]
@@ -117,6 +143,8 @@ name = "KeyRecoveryAgent"
 key_usage = ["keyEncipherment"]
 extended_key_usage = ["1.3.6.1.4.1.311.21.6"]
 validity = "730d"
+# A KRA template has no default enrollees: only the KRAs' principal.
+enrollees = ["CN=kra,O=keywarden demo"]
 
 [[template]]
 name = "ArchivalUser"
@@ -130,11 +158,13 @@ name = "User"
 key_usage = ["digitalSignature", "keyEncipherment"]
 extended_key_usage = ["clientAuth", "emailProtection"]
 validity = "365d"
+enrollees = ["enrollee"]
 
 [[template]]
 name = "PendingUser"
 extended_key_usage = ["clientAuth"]
 pend = true
+enrollees = ["enrollee"]
 TOML
 daemon=
 start_daemon() {
@@ -162,6 +192,19 @@ openssl req -new -newkey rsa:2048 -nodes -subj "/O=keywarden demo/CN=alice" \
   -keyout "$work/alice.key" -out "$work/alice.csr" 2>/dev/null
 as alice submit "$work/alice.csr" --template User --out "$work/alice.pem"
 openssl verify -CAfile "$work/ca.pem" "$work/alice.pem"
+
+step "alice tries to enrol a certificate naming the officer: refused and audited"
+openssl req -new -newkey rsa:2048 -nodes -subj "/O=keywarden demo/CN=officer" \
+  -keyout "$work/forged.key" -out "$work/forged.csr" 2>/dev/null
+if as alice submit "$work/forged.csr" --template User --out "$work/forged.pem"; then
+  echo "demo: an enrollee got a certificate naming the Certificate Manager" >&2
+  exit 1
+fi
+echo "-- and the KRA template is not hers to ask for"
+if as alice submit "$work/forged.csr" --template KeyRecoveryAgent; then
+  echo "demo: an enrollee enrolled for the KRA template" >&2
+  exit 1
+fi
 
 step "A request that waits for a Certificate Manager"
 openssl req -new -newkey rsa:2048 -nodes -subj "/CN=alice laptop" \
@@ -245,6 +288,17 @@ openssl cms -decrypt -in "$work/secret.p7m" -inkey "$work/alice-recovered.key" \
 
 step "Separation of duties: alice may not act as an officer"
 if as alice officer list; then echo "demo: an enrollee listed requests" >&2; exit 1; fi
+
+step "Revocation at the door: the KRAs' TLS certificate goes on the TLS CA's CRL"
+as kra ca cert >/dev/null
+openssl ca -config "$tls/ca.cnf" -keyfile "$tls/tls-ca.key" -cert "$tls/tls-ca.pem" \
+  -revoke "$tls/kra.pem" -crl_reason keyCompromise 2>/dev/null
+tls_crl
+sleep 2  # keywardend notices a changed CRL file within a second; no restart, no signal
+if as kra ca cert >/dev/null; then
+  echo "demo: a revoked client certificate was still served" >&2
+  exit 1
+fi
 
 step "The auditor checks the hash-chained audit log"
 as auditor audit verify

@@ -302,6 +302,27 @@ absl::StatusOr<std::vector<ossl::UniquePtr<X509>>> ReadPemCertificates(const std
   return out;
 }
 
+absl::StatusOr<std::vector<ossl::UniquePtr<X509_CRL>>> ReadCrlFile(const std::string& path) {
+  auto bytes = ReadFileBytes(path);
+  if (!bytes.ok()) return bytes.status();
+  std::vector<ossl::UniquePtr<X509_CRL>> out;
+  ossl::UniquePtr<BIO> bio(BIO_new_mem_buf(bytes->data(), static_cast<int>(bytes->size())));
+  while (X509_CRL* crl = PEM_read_bio_X509_CRL(bio.get(), nullptr, nullptr, nullptr)) {
+    out.emplace_back(crl);
+  }
+  ERR_clear_error();
+  if (out.empty()) {
+    const unsigned char* p = bytes->data();
+    ossl::UniquePtr<X509_CRL> crl(d2i_X509_CRL(nullptr, &p, static_cast<long>(bytes->size())));
+    ERR_clear_error();
+    if (!crl || p != bytes->data() + bytes->size()) {
+      return absl::InvalidArgumentError(StrCat(path, ": not a PEM or DER CRL"));
+    }
+    out.push_back(std::move(crl));
+  }
+  return out;
+}
+
 std::string Sha1Thumbprint(X509* cert) {
   return Thumbprint(cert, EVP_sha1());
 }

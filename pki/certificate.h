@@ -90,6 +90,9 @@ ossl::UniquePtr<X509> SoftwareCopy(X509* cert);
 // Every PEM certificate in a file (a certificate, or a chain leaf-first).
 absl::StatusOr<std::vector<ossl::UniquePtr<X509>>> ReadPemCertificates(const std::string& path);
 
+// Every CRL in a file, PEM (one or more) or DER. The error names the file.
+absl::StatusOr<std::vector<ossl::UniquePtr<X509_CRL>>> ReadCrlFile(const std::string& path);
+
 // Adds an X509v3 extension written in OpenSSL's config syntax
 // ("critical,CA:TRUE"); `issuer` provides the authority key identifier.
 bool AddExtension(X509* cert, X509* issuer, int nid, const std::string& value);

@@ -58,9 +58,10 @@ bool IsAdministrative(const MethodPolicy& policy) {
   return std::any_of(policy.roles.begin(), policy.roles.end(), IsCimcRole);
 }
 
-AuthzDecision Authorize(const Config& config, std::string_view principal, std::string_view method) {
+AuthzDecision Authorize(const Config& config, const std::vector<Role>& roles,
+                        std::string_view principal, std::string_view method) {
   AuthzDecision d;
-  d.roles = config.RolesOf(principal);
+  d.roles = roles;
   const MethodPolicy* policy = FindMethod(method);
   if (policy == nullptr) {
     d.status = Error(hresult::kAccessDenied, StrCat("no access rule for ", method));
@@ -90,6 +91,25 @@ AuthzDecision Authorize(const Config& config, std::string_view principal, std::s
                    StrCat(principal.empty() ? "(no principal)" : principal, " may not call ",
                           method, ": it needs the role ", StrJoin(needed, " or ")));
   return d;
+}
+
+absl::Status CheckSubjectNamesNoPrincipal(const Config& config, std::string_view subject,
+                                          std::string_view requester,
+                                          const std::vector<Role>& requester_roles) {
+  const std::vector<Role> conferred = config.RolesOf(subject);
+  auto held = [&](Role r) {
+    return std::find(requester_roles.begin(), requester_roles.end(), r) != requester_roles.end();
+  };
+  if (conferred.empty() || held(Role::kCaAdministrator)) return absl::OkStatus();
+  if (subject == requester && std::all_of(conferred.begin(), conferred.end(), held)) {
+    return absl::OkStatus();
+  }
+  std::vector<std::string> names;
+  for (Role r : conferred) names.push_back(RoleName(r));
+  return Error(
+      hresult::kAccessDenied,
+      StrCat("the certificate would name \"", subject, "\", a principal configured with the role ",
+             StrJoin(names, ", "), "; only a CA Administrator may request a certificate for it"));
 }
 
 }  // namespace keywarden::service

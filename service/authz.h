@@ -35,6 +35,17 @@ struct AuthzDecision {
   std::vector<Role> roles;  // what the principal holds
 };
 
-AuthzDecision Authorize(const Config& config, std::string_view principal, std::string_view method);
+// `roles`: what the caller's certificate holds (service/trust decides).
+AuthzDecision Authorize(const Config& config, const std::vector<Role>& roles,
+                        std::string_view principal, std::string_view method);
+
+// A certificate whose subject is a configured principal could be presented
+// for that principal's roles (ARCHITECTURE.md §10). OK unless `subject`
+// names one; then only a CA Administrator may ask for it, or the principal
+// itself when it already holds every role bound to that subject (it gains
+// nothing). Otherwise E_ACCESSDENIED naming the subject and its roles.
+absl::Status CheckSubjectNamesNoPrincipal(const Config& config, std::string_view subject,
+                                          std::string_view requester,
+                                          const std::vector<Role>& requester_roles);
 
 }  // namespace keywarden::service

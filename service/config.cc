@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -478,7 +479,8 @@ absl::Status ReadDatabase(const Section& s, Config::Database& d) {
 }
 
 absl::Status ReadServer(const Section& s, Config::Server& v) {
-  KW_RETURN_IF_ERROR(s.CheckKeys({"listen", "tls_certificate", "tls_key", "client_ca", "threads"}));
+  KW_RETURN_IF_ERROR(s.CheckKeys({"listen", "tls_certificate", "tls_key", "client_ca",
+                                  "client_crls", "client_crl_optional", "threads"}));
   KW_RETURN_IF_ERROR(s.ReadString("listen", v.listen));
   if (v.listen.empty()) return s.Invalid("listen", "must not be empty");
   KW_RETURN_IF_ERROR(s.ReadRequiredString("tls_certificate", v.tls_certificate));
@@ -490,6 +492,20 @@ absl::Status ReadServer(const Section& s, Config::Server& v) {
   for (size_t i = 0; i < v.client_ca.size(); ++i) {
     if (v.client_ca[i].empty()) return s.InvalidAt(lines[i], "client_ca", "empty file name");
     v.client_ca[i] = s.ctx().ResolvePath(v.client_ca[i]);
+  }
+  KW_RETURN_IF_ERROR(s.ReadStrings("client_crls", v.client_crls, &lines));
+  for (size_t i = 0; i < v.client_crls.size(); ++i) {
+    if (v.client_crls[i].empty()) return s.InvalidAt(lines[i], "client_crls", "empty file name");
+    v.client_crls[i] = s.ctx().ResolvePath(v.client_crls[i]);
+  }
+  KW_RETURN_IF_ERROR(s.ReadStrings("client_crl_optional", v.client_crl_optional, &lines));
+  for (size_t i = 0; i < v.client_crl_optional.size(); ++i) {
+    std::string& f = v.client_crl_optional[i];
+    f = s.ctx().ResolvePath(f);
+    if (std::find(v.client_ca.begin(), v.client_ca.end(), f) == v.client_ca.end()) {
+      return s.InvalidAt(lines[i], "client_crl_optional",
+                         StrCat("\"", f, "\" is not one of server.client_ca"));
+    }
   }
   KW_RETURN_IF_ERROR(s.ReadInt("threads", 0, kIntMax, v.threads));
   v.tls_certificate = s.ctx().ResolvePath(v.tls_certificate);
@@ -538,34 +554,89 @@ absl::Status ReadFlags(const Section& s, Config::Flags& f) {
   return absl::OkStatus();
 }
 
-absl::Status ReadRole(const Section& s, RoleBinding& r) {
-  KW_RETURN_IF_ERROR(s.CheckKeys({"principal", "roles"}));
-  KW_RETURN_IF_ERROR(s.ReadRequiredString("principal", r.principal));
+// Role names, or (with `principals`) RFC 4514 subjects too: an entry with
+// an '=' is a subject.
+absl::Status ReadRoleList(const Section& s, std::string_view key, std::vector<Role>& roles,
+                          std::vector<std::string>* principals) {
   std::vector<std::string> names;
   std::vector<uint32_t> lines;
-  KW_RETURN_IF_ERROR(s.ReadStrings("roles", names, &lines));
-  if (!s.Has("roles")) return s.Missing("roles");
-  if (names.empty()) return s.Invalid("roles", "needs at least one role");
+  KW_RETURN_IF_ERROR(s.ReadStrings(key, names, &lines));
   for (size_t i = 0; i < names.size(); ++i) {
+    if (principals != nullptr && names[i].find('=') != std::string::npos) {
+      if (std::find(principals->begin(), principals->end(), names[i]) != principals->end()) {
+        return s.InvalidAt(lines[i], key, StrCat("\"", names[i], "\" is listed twice"));
+      }
+      principals->push_back(names[i]);
+      continue;
+    }
     std::optional<Role> role = ParseRole(names[i]);
     if (!role.has_value()) {
-      return s.InvalidAt(lines[i], "roles",
-                         StrCat("unknown role \"", names[i],
-                                "\" (expected one of: ca-administrator, certificate-manager, "
-                                "backup-operator, auditor, enrollee, signer)"));
+      return s.InvalidAt(
+          lines[i], key,
+          StrCat("unknown role \"", names[i],
+                 "\" (expected one of: ca-administrator, certificate-manager, "
+                 "backup-operator, auditor, enrollee, signer",
+                 principals != nullptr ? "; or a principal such as \"CN=x,O=y\")" : ")"));
     }
-    if (std::find(r.roles.begin(), r.roles.end(), *role) != r.roles.end()) {
-      return s.InvalidAt(lines[i], "roles", StrCat("\"", names[i], "\" is listed twice"));
+    if (std::find(roles.begin(), roles.end(), *role) != roles.end()) {
+      return s.InvalidAt(lines[i], key, StrCat("\"", names[i], "\" is listed twice"));
     }
-    r.roles.push_back(*role);
+    roles.push_back(*role);
   }
+  return absl::OkStatus();
+}
+
+absl::Status ReadRole(const Section& s, const Config::Server& server, RoleBinding& r) {
+  KW_RETURN_IF_ERROR(s.CheckKeys({"principal", "issuer", "certificate_sha256", "roles"}));
+  KW_RETURN_IF_ERROR(s.ReadString("principal", r.principal));
+  KW_RETURN_IF_ERROR(s.ReadString("issuer", r.issuer));
+  KW_RETURN_IF_ERROR(s.ReadString("certificate_sha256", r.certificate_sha256));
+  if (s.Has("certificate_sha256")) {
+    std::string hex;
+    for (char c : r.certificate_sha256) {
+      if (c != ':') hex.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
+    }
+    if (hex.size() != 64 || hex.find_first_not_of("0123456789abcdef") != std::string::npos) {
+      return s.Invalid("certificate_sha256",
+                       "expected the SHA-256 of a client certificate: 64 hex digits "
+                       "(`openssl x509 -noout -fingerprint -sha256`)");
+    }
+    r.certificate_sha256 = hex;
+    if (s.Has("issuer")) {
+      return s.Invalid("issuer", "a pinned certificate (certificate_sha256) takes no issuer");
+    }
+    if (s.Has("principal") && r.principal.empty()) return s.Invalid("principal", "is empty");
+  } else {
+    // A subject alone is something anyone can get some CA to print: a role
+    // needs the subject and the CA that must have issued it.
+    if (!s.Has("principal")) {
+      return s.ctx().Error(s.line(), StrCat("[[role]] at ", s.path(),
+                                            " needs principal and issuer, or certificate_sha256"));
+    }
+    if (r.principal.empty()) return s.Invalid("principal", "is empty");
+    if (!s.Has("issuer")) {
+      return s.ctx().Error(
+          s.line(), StrCat("missing required key \"", s.path(),
+                           ".issuer\": the client CA (one of server.client_ca) that must have "
+                           "issued the certificate of \"",
+                           r.principal, "\" (or pin it with certificate_sha256)"));
+    }
+    r.issuer = s.ctx().ResolvePath(r.issuer);
+    if (std::find(server.client_ca.begin(), server.client_ca.end(), r.issuer) ==
+        server.client_ca.end()) {
+      return s.Invalid("issuer", StrCat("\"", r.issuer, "\" is not one of server.client_ca"));
+    }
+  }
+  if (!s.Has("roles")) return s.Missing("roles");
+  KW_RETURN_IF_ERROR(ReadRoleList(s, "roles", r.roles, nullptr));
+  if (r.roles.empty()) return s.Invalid("roles", "needs at least one role");
   return absl::OkStatus();
 }
 
 absl::Status ReadTemplate(const Section& s, TemplateConfig& t) {
   KW_RETURN_IF_ERROR(s.CheckKeys({"name", "oid", "major_version", "minor_version", "key_usage",
                                   "extended_key_usage", "validity", "subject", "min_key_bits",
-                                  "key_types", "pend", "archival"}));
+                                  "key_types", "pend", "archival", "enrollees"}));
   KW_RETURN_IF_ERROR(s.ReadRequiredString("name", t.name));
   KW_RETURN_IF_ERROR(s.ReadString("oid", t.oid));
   if (s.Has("oid") && !IsDottedOid(t.oid)) {
@@ -593,6 +664,15 @@ absl::Status ReadTemplate(const Section& s, TemplateConfig& t) {
   t.archival = archival == "required"  ? ArchivalPolicy::kRequired
                : archival == "allowed" ? ArchivalPolicy::kAllowed
                                        : ArchivalPolicy::kNone;
+  KW_RETURN_IF_ERROR(ReadRoleList(s, "enrollees", t.enrollee_roles, &t.enrollee_principals));
+  if (!s.Has("enrollees")) {
+    if (std::string why = ConfersPower(t); !why.empty()) {
+      return s.ctx().Error(s.line(), StrCat("template \"", t.name, "\" (", s.path(), ") ", why,
+                                            ": it has no default enrollees; list who may enrol "
+                                            "for it in \"enrollees\""));
+    }
+    t.enrollee_roles = {Role::kEnrollee};
+  }
   return absl::OkStatus();
 }
 
@@ -733,14 +813,20 @@ absl::Status ReadRoot(const Context& ctx, const toml::table& root, Config& confi
 
   std::vector<Section> roles;
   KW_RETURN_IF_ERROR(top.Tables("role", roles));
-  std::map<std::string, std::string> principals;  // principal -> "role[i]"
+  std::map<std::string, std::string> bound;  // issuer + principal, or pin -> "role[i]"
   for (const Section& s : roles) {
     RoleBinding binding;
-    KW_RETURN_IF_ERROR(ReadRole(s, binding));
-    auto [it, inserted] = principals.emplace(binding.principal, s.path());
-    if (!inserted) {
-      return s.Invalid("principal", StrCat("\"", binding.principal, "\" is already bound in ",
-                                           it->second, " (list all its roles there)"));
+    KW_RETURN_IF_ERROR(ReadRole(s, config.server, binding));
+    const bool pinned = !binding.certificate_sha256.empty();
+    const std::string key = pinned ? StrCat("sha256:", binding.certificate_sha256)
+                                   : StrCat(binding.issuer, "\n", binding.principal);
+    if (auto [it, inserted] = bound.emplace(key, s.path()); !inserted) {
+      return pinned ? s.Invalid("certificate_sha256",
+                                StrCat("this certificate is already bound in ", it->second,
+                                       " (list all its roles there)"))
+                    : s.Invalid("principal", StrCat("\"", binding.principal, "\" from ",
+                                                    binding.issuer, " is already bound in ",
+                                                    it->second, " (list all its roles there)"));
     }
     config.roles.push_back(std::move(binding));
   }
@@ -837,6 +923,28 @@ const TemplateConfig* Config::FindTemplate(std::string_view name_or_oid) const {
     if (!t.oid.empty() && t.oid == name_or_oid) return &t;
   }
   return nullptr;
+}
+
+std::string ConfersPower(const TemplateConfig& t) {
+  auto has = [](const std::vector<std::string>& v, std::string_view x) {
+    return std::find(v.begin(), v.end(), x) != v.end();
+  };
+  if (has(t.extended_key_usage, "1.3.6.1.4.1.311.21.6")) {
+    return "issues Key Recovery Agent certificates (EKU 1.3.6.1.4.1.311.21.6)";
+  }
+  if (has(t.extended_key_usage, "1.3.6.1.4.1.311.21.5")) {
+    return "issues CA exchange certificates (EKU 1.3.6.1.4.1.311.21.5)";
+  }
+  if (has(t.key_usage, "keyCertSign") || has(t.key_usage, "cRLSign")) {
+    return "issues CA certificates (keyCertSign or cRLSign)";
+  }
+  if (t.subject == SubjectSource::kRequest &&
+      (t.extended_key_usage.empty() || has(t.extended_key_usage, "clientAuth") ||
+       has(t.extended_key_usage, "2.5.29.37.0"))) {
+    return "takes the subject from the request on a certificate a TLS client can present, so it "
+           "could name a configured principal";
+  }
+  return {};
 }
 
 std::vector<Role> Config::RolesOf(std::string_view principal) const {

@@ -49,7 +49,19 @@ struct TemplateConfig {
   std::vector<std::string> key_types = {"rsa"};  // "rsa", "ec"
   bool pend = false;                             // wait for a Certificate Manager
   ArchivalPolicy archival = ArchivalPolicy::kNone;
+  // Who may enrol (`enrollees`): role names and principals (RFC 4514
+  // subjects). A template that confers power (see ConfersPower) has no
+  // default; any other template defaults to the enrollee role.
+  std::vector<Role> enrollee_roles;
+  std::vector<std::string> enrollee_principals;
 };
+
+// Why a template's certificates make their holder powerful, or empty: a
+// Key Recovery Agent or CA exchange EKU, a CA certificate (keyCertSign,
+// cRLSign), or a subject taken from the request on a certificate that a
+// TLS client could present (no EKU, clientAuth or anyExtendedKeyUsage), so
+// it could name a configured principal. Such templates must list enrollees.
+std::string ConfersPower(const TemplateConfig& t);
 
 // [[signing.keys]]: a named key that other CA services (an issuing front
 // end, an OCSP responder, a timestamp service) sign with over gRPC.
@@ -63,8 +75,12 @@ struct SigningKeyConfig {
   std::vector<std::string> templates;   // template names IssueCertificate may use
 };
 
+// A role belongs to a client certificate, never to a subject string alone:
+// either its subject *and* the client CA it chains to, or its SHA-256.
 struct RoleBinding {
-  std::string principal;  // client certificate subject, RFC 4514 ("CN=alice,O=Example")
+  std::string principal;           // client certificate subject, RFC 4514 ("CN=alice,O=Example")
+  std::string issuer;              // one of [server] client_ca (resolved path) the cert chains to
+  std::string certificate_sha256;  // or: the pinned certificate (lower-case hex of its DER's hash)
   std::vector<Role> roles;
 };
 
@@ -102,7 +118,14 @@ struct Config {
     std::string tls_certificate;         // PEM (required)
     std::string tls_key;                 // PEM (required)
     std::vector<std::string> client_ca;  // PEM files of CAs whose client certs are accepted (>= 1)
-    int threads = 0;                     // 0: one per core
+    // Revocation of client certificates from CAs other than this one: CRL
+    // files (PEM or DER), reloaded on SIGHUP and when they change. This CA's
+    // own revocations are applied live from its database.
+    std::vector<std::string> client_crls;
+    // client_ca files whose certificates are accepted when no current CRL of
+    // theirs is loaded (revocation is then not checked for them).
+    std::vector<std::string> client_crl_optional;
+    int threads = 0;  // 0: one per core
   } server;
 
   struct Crl {
@@ -137,6 +160,9 @@ struct Config {
 
   // Lookup helpers.
   const TemplateConfig* FindTemplate(std::string_view name_or_oid) const;
+  // Every role bound to this subject, through any issuer: what some
+  // certificate with this subject could be granted. (Which roles a given
+  // client certificate holds is decided by service/trust/client_trust.h.)
   std::vector<Role> RolesOf(std::string_view principal) const;
 };
 

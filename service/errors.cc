@@ -33,6 +33,8 @@ const HResult* const kAll[] = {
     &hresult::kBadRequestSubject,
     &hresult::kBadRequestStatus,
     &hresult::kRoleConflict,
+    &hresult::kCertRevoked,
+    &hresult::kTemplateDenied,
     &hresult::kAccessDenied,
     &hresult::kBadSignature,
     &hresult::kAsn1BadTag,

@@ -103,6 +103,15 @@ inline constexpr HResult kRoleConflict{
     "The operation is denied. The user has multiple roles assigned and the certification "
     "authority is configured to enforce role separation.",
     absl::StatusCode::kPermissionDenied};
+// At the door (ARCHITECTURE.md §10) and per template.
+inline constexpr HResult kCertRevoked{0x800b010c, "CERT_E_REVOKED",
+                                      "A certificate was explicitly revoked by its issuer.",
+                                      absl::StatusCode::kUnauthenticated};
+inline constexpr HResult kTemplateDenied{
+    0x80094012, "CERTSRV_E_TEMPLATE_DENIED",
+    "The permissions on the certificate template do not allow the current user to enroll for "
+    "this type of certificate.",
+    absl::StatusCode::kPermissionDenied};
 inline constexpr HResult kAccessDenied{0x80070005, "E_ACCESSDENIED", "Access is denied.",
                                        absl::StatusCode::kPermissionDenied};
 inline constexpr HResult kBadSignature{0x80090006, "NTE_BAD_SIGNATURE", "Invalid Signature.",

@@ -50,26 +50,12 @@ std::vector<std::shared_ptr<X509_CRL>> ReadCrls(const std::vector<std::string>& 
                                                 std::vector<std::string>* problems) {
   std::vector<std::shared_ptr<X509_CRL>> out;
   for (const std::string& path : paths) {
-    auto bytes = pki::ReadFileBytes(path);
-    if (!bytes.ok()) {
-      problems->push_back(StrCat(path, ": ", bytes.status().message()));
+    auto crls = pki::ReadCrlFile(path);
+    if (!crls.ok()) {
+      problems->push_back(std::string(crls.status().message()));
       continue;
     }
-    size_t before = out.size();
-    ossl::UniquePtr<BIO> bio(BIO_new_mem_buf(bytes->data(), static_cast<int>(bytes->size())));
-    while (X509_CRL* crl = PEM_read_bio_X509_CRL(bio.get(), nullptr, nullptr, nullptr)) {
-      out.push_back(std::shared_ptr<X509_CRL>(crl, X509_CRL_free));
-    }
-    ERR_clear_error();
-    if (out.size() == before) {
-      const unsigned char* p = bytes->data();
-      if (X509_CRL* crl = d2i_X509_CRL(nullptr, &p, static_cast<long>(bytes->size()))) {
-        out.push_back(std::shared_ptr<X509_CRL>(crl, X509_CRL_free));
-      } else {
-        ERR_clear_error();
-        problems->push_back(StrCat(path, ": not a PEM or DER CRL"));
-      }
-    }
+    for (auto& crl : *crls) out.push_back(std::shared_ptr<X509_CRL>(crl.release(), X509_CRL_free));
   }
   return out;
 }

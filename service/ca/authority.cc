@@ -6,6 +6,7 @@
 #include <openssl/x509v3.h>
 
 #include <cctype>
+#include <map>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -18,6 +19,7 @@
 #include "pki/files.h"
 #include "pki/pkcs10.h"
 #include "pki/recovery_blob.h"
+#include "service/authz.h"
 #include "service/errors.h"
 
 namespace keywarden::service {
@@ -29,6 +31,22 @@ constexpr size_t kMaxRequestSize = 256 * 1024;
 constexpr char kCrlSetting[] = "crl.current";
 // Template name of certificates from other CAs imported for key archival.
 constexpr char kForeignTemplate[] = "(foreign)";
+
+std::map<std::string, ClientTrust::Revocation> RevocationsOf(
+    const std::vector<CertificateRecord>& revoked) {
+  std::map<std::string, ClientTrust::Revocation> out;
+  for (const auto& r : revoked) out[r.serial] = {r.revoked_at, r.revocation_reason};
+  return out;
+}
+
+// A template's `enrollees`: one of its roles, or the principal itself.
+bool MayEnroll(const TemplateConfig& t, const Requester& who) {
+  for (Role r : t.enrollee_roles) {
+    if (who.Has(r)) return true;
+  }
+  return std::find(t.enrollee_principals.begin(), t.enrollee_principals.end(), who.principal) !=
+         t.enrollee_principals.end();
+}
 
 bool KeyTypeAllowed(const TemplateConfig& t, EVP_PKEY* key, std::string* type) {
   *type = EVP_PKEY_is_a(key, "RSA") ? "rsa" : EVP_PKEY_is_a(key, "EC") ? "ec" : "other";
@@ -98,6 +116,13 @@ absl::StatusOr<std::unique_ptr<CertificateAuthority>> CertificateAuthority::Open
   if (!issuer.ok()) return issuer.status();
   ca->issuer_ = std::move(*issuer);
 
+  auto trust = ClientTrust::Load(config, ca->certificate(), ca->clock_);
+  if (!trust.ok()) return trust.status();
+  ca->trust_ = std::move(*trust);
+  auto revoked = store.RevokedCertificates(now);
+  if (!revoked.ok()) return revoked.status();
+  ca->trust_->AddOwnRevocations(RevocationsOf(*revoked));
+
   CertificateAuthority* self = ca.get();
   ca->exchange_ =
       std::make_unique<ExchangeKeys>(config.exchange, ca->token_, *ca->issuer_, store, ca->clock_,
@@ -153,9 +178,10 @@ void CertificateAuthority::Audit(const std::string& principal, const std::string
   }
 }
 
-absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Submit(const std::string& principal,
+absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Submit(const Requester& requester,
                                                                std::span<const uint8_t> request,
                                                                const std::string& template_hint) {
+  const std::string& principal = requester.principal;
   // Input that is not a request at all changes nothing stored.
   if (request.empty()) return Error(hresult::kInvalidArg, "the request is empty");
   if (request.size() > kMaxRequestSize) {
@@ -199,7 +225,7 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Submit(const std::string
   });
   if (!id.ok()) return id.status();
   r.id = *id;
-  return Process(std::move(r), principal, /*approving=*/false, &*parsed);
+  return Process(std::move(r), principal, /*approving=*/false, &*parsed, &requester);
 }
 
 absl::Status CertificateAuthority::DenyWith(RequestRecord& request, const absl::Status& why,
@@ -224,7 +250,8 @@ absl::Status CertificateAuthority::DenyWith(RequestRecord& request, const absl::
 absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord request,
                                                                 const std::string& actor,
                                                                 bool approving,
-                                                                const ParsedRequest* submitted) {
+                                                                const ParsedRequest* submitted,
+                                                                const Requester* requester) {
   const std::string policy = approving ? actor : std::string("policy");
   // A new submission was parsed (every signature and hash checked) from the
   // bytes request.raw was cut from a moment ago: only a stored request, being
@@ -255,6 +282,14 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
         policy);
   }
   request.template_name = t->name;
+  // Who may enrol is decided when the request arrives, with the identity the
+  // door verified; an approval is the Certificate Manager's decision.
+  if (requester != nullptr && !MayEnroll(*t, *requester)) {
+    return DenyWith(request,
+                    Error(hresult::kTemplateDenied,
+                          StrCat(requester->principal, " may not enrol for template ", t->name)),
+                    policy);
+  }
 
   EVP_PKEY* pub = parsed->public_key();
   std::string key_type;
@@ -345,6 +380,20 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
     subject = std::move(*name);
   } else {
     subject.reset(X509_NAME_dup(X509_REQ_get_subject_name(parsed->req.get())));
+  }
+  // A request approved later is checked again against the configuration of
+  // the day, with the roles its requester's subject is bound to.
+  const Requester from_config{request.requester, config_.RolesOf(request.requester)};
+  const Requester& who = requester != nullptr ? *requester : from_config;
+  if (auto st = CheckSubjectNamesNoPrincipal(config_, pki::FormatName(subject.get()), who.principal,
+                                             who.roles);
+      !st.ok()) {
+    Audit(policy, "request.names_principal",
+          json{{"request_id", request.id},
+               {"requester", request.requester},
+               {"subject", pki::FormatName(subject.get())}}
+              .dump());
+    return DenyWith(request, st, policy);
   }
 
   if (t->pend && !approving) {
@@ -784,7 +833,10 @@ absl::StatusOr<CertificateRecord> CertificateAuthority::Revoke(const std::string
                         " was issued by another CA (imported for key archival); only its issuer "
                         "can revoke it"));
   }
-  if (auto st = store_.Revoke(normalized, reason, clock_()); !st.ok()) return st;
+  const int64_t revoked_at = clock_();
+  if (auto st = store_.Revoke(normalized, reason, revoked_at); !st.ok()) return st;
+  // Refused at the door from now on, whether or not the CRL gets made.
+  trust_->AddOwnRevocations({{normalized, {revoked_at, reason}}});
   Audit(officer, "certificate.revoked", json{{"serial", normalized}, {"reason", reason}}.dump());
   if (auto crl = PublishCrl(officer); !crl.ok()) return crl.status();
   return store_.GetCertificate(normalized);
@@ -805,6 +857,7 @@ absl::StatusOr<CrlInfo> CertificateAuthority::PublishCrl(const std::string& who)
   const int64_t now = clock_();
   auto revoked = store_.RevokedCertificates(now);
   if (!revoked.ok()) return revoked.status();
+  trust_->AddOwnRevocations(RevocationsOf(*revoked));
   std::vector<RevokedEntry> entries;
   for (const auto& r : *revoked) entries.push_back({r.serial, r.revoked_at, r.revocation_reason});
   auto number = store_.NextCounter("crl.number");

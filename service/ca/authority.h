@@ -3,6 +3,7 @@
 // result; everything security-relevant is audited here.
 #pragma once
 
+#include <algorithm>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -21,6 +22,7 @@
 #include "service/ca/issuer.h"
 #include "service/config.h"
 #include "service/storage/store.h"
+#include "service/trust/client_trust.h"
 
 namespace keywarden::service {
 
@@ -46,6 +48,13 @@ struct ParsedRequest {
 absl::StatusOr<ParsedRequest> ParseRequest(const std::string& format, std::span<const uint8_t> der,
                                            bool stored = false);
 
+// Who submits a request, as the door identified them (service/trust).
+struct Requester {
+  std::string principal;
+  std::vector<Role> roles;
+  bool Has(Role r) const { return std::find(roles.begin(), roles.end(), r) != roles.end(); }
+};
+
 struct CrlInfo {
   std::vector<uint8_t> der;
   int64_t number = 0;
@@ -66,12 +75,19 @@ class CertificateAuthority {
       std::shared_ptr<hsm::Token> token, Clock clock);
 
   const Config& config() const { return config_; }
+  // Client certificates at the door: identity, roles and revocation. This
+  // CA's own revocations reach it at every revoke and CRL publication.
+  ClientTrust& trust() { return *trust_; }
   Store& store() { return store_; }
   X509* certificate() const { return issuer_->ca_certificate(); }
   // DER of the CA certificate followed by its configured chain.
   std::vector<std::vector<uint8_t>> ChainDer() const;
 
-  absl::StatusOr<EnrollmentOutcome> Submit(const std::string& principal,
+  // Policy first checks who may enrol for the template (`enrollees`,
+  // CERTSRV_E_TEMPLATE_DENIED) and refuses a certificate that would name a
+  // configured principal unless a CA Administrator asks (or the principal
+  // itself, when that gains it no role). Both are audited.
+  absl::StatusOr<EnrollmentOutcome> Submit(const Requester& requester,
                                            std::span<const uint8_t> request,
                                            const std::string& template_hint);
   absl::StatusOr<EnrollmentOutcome> Retrieve(const std::string& principal, int64_t request_id,
@@ -141,8 +157,10 @@ class CertificateAuthority {
   // Policy and issuance for a stored request (new or approved).
   // `submitted`: the request as received (with its encrypted key), when
   // processing a new submission; null when re-processing a stored one.
+  // `requester`: who submitted it, when processing a new submission.
   absl::StatusOr<EnrollmentOutcome> Process(RequestRecord request, const std::string& actor,
-                                            bool approving, const ParsedRequest* submitted);
+                                            bool approving, const ParsedRequest* submitted,
+                                            const Requester* requester = nullptr);
   // The CMC response for an issued or pending CMC request (empty otherwise).
   // `body_part_id` (the PKCS#10's, when the caller has the request parsed)
   // and `issued_certificate` (issued_record's certificate, when the caller
@@ -162,6 +180,7 @@ class CertificateAuthority {
   std::unique_ptr<ExchangeKeys> exchange_;
   std::unique_ptr<KraRegistry> kras_;
   std::unique_ptr<KeyArchiver> archiver_;
+  std::unique_ptr<ClientTrust> trust_;
   std::vector<ossl::UniquePtr<X509>> chain_;
   std::mutex crl_mu_;
   std::optional<CrlInfo> crl_;

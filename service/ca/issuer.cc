@@ -21,7 +21,10 @@ ossl::UniquePtr<ASN1_INTEGER> SerialFromHex(const std::string& hex) {
 }  // namespace
 
 std::string SerialHex(const X509* cert) {
-  const ASN1_INTEGER* s = X509_get0_serialNumber(cert);
+  return SerialHex(X509_get0_serialNumber(cert));
+}
+
+std::string SerialHex(const ASN1_INTEGER* s) {
   ossl::UniquePtr<BIGNUM> bn(ASN1_INTEGER_to_BN(s, nullptr));
   std::vector<uint8_t> bytes(static_cast<size_t>(BN_num_bytes(bn.get())));
   BN_bn2bin(bn.get(), bytes.data());

@@ -69,6 +69,7 @@ class Issuer {
 
 // Serial (hex, as stored) of a certificate.
 std::string SerialHex(const X509* cert);
+std::string SerialHex(const ASN1_INTEGER* serial);
 // Normalizes operator input: "61 1a:0b" -> "611a0b" (lower case, even length).
 std::string NormalizeSerial(std::string_view text);
 int64_t ToUnix(const ASN1_TIME* t);

@@ -2,8 +2,10 @@
 
 #include <openssl/pem.h>
 
-#include <array>
-#include <cstring>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -32,48 +34,71 @@ grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(code, message, rpc.SerializeAsString());
 }
 
-std::string PrincipalOf(const grpc::ServerContextBase& context) {
-  auto auth = context.auth_context();
-  if (!auth) return {};
-  auto pems = auth->FindPropertyValues("x509_pem_cert");
-  if (pems.empty()) return {};
-  const auto& pem = pems.front();
-  // Decoding the certificate costs more than a small RPC (tens of
-  // microseconds): each thread remembers the last few clients it served.
-  struct Seen {
-    std::string pem;
-    std::string principal;
-  };
-  thread_local std::array<Seen, 8> seen;
-  thread_local size_t next = 0;
-  for (const Seen& s : seen) {
-    if (!s.principal.empty() && s.pem.size() == pem.size() &&
-        std::memcmp(s.pem.data(), pem.data(), pem.size()) == 0) {
-      return s.principal;
-    }
+namespace {
+
+// At most one audit record a minute per refused certificate and reason,
+// carrying how many calls were refused since the last one: a revoked client
+// that keeps calling cannot flood the log.
+class RefusalLimiter {
+ public:
+  // 0: not now; otherwise the number of refusals this record stands for.
+  int64_t Take(const std::string& key) {
+    const auto now = std::chrono::steady_clock::now();
+    std::lock_guard<std::mutex> lock(mu_);
+    if (seen_.size() > 10000) seen_.clear();
+    Entry& e = seen_[key];
+    ++e.count;
+    if (e.recorded && now - e.last < std::chrono::minutes(1)) return 0;
+    e.recorded = true;
+    e.last = now;
+    return std::exchange(e.count, 0);
   }
-  ossl::UniquePtr<BIO> bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  ossl::UniquePtr<X509> cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
-  if (!cert) return {};
-  std::string principal = pki::FormatName(X509_get_subject_name(cert.get()));
-  Seen& slot = seen[next++ % seen.size()];
-  slot.pem.assign(pem.data(), pem.size());
-  slot.principal = principal;
-  return principal;
+
+ private:
+  struct Entry {
+    bool recorded = false;
+    std::chrono::steady_clock::time_point last;
+    int64_t count = 0;  // refusals since the last record
+  };
+  std::mutex mu_;
+  std::map<std::string, Entry> seen_;
+};
+
+std::string Property(const grpc::AuthContext& auth, const char* name) {
+  std::string out;
+  for (const auto& v : auth.FindPropertyValues(name)) out.append(v.data(), v.size());
+  return out;
 }
 
-bool Caller::Has(Role r) const {
-  return std::find(roles.begin(), roles.end(), r) != roles.end();
-}
+}  // namespace
 
 absl::StatusOr<Caller> Authorize(CertificateAuthority& ca, const grpc::ServerContextBase& context,
                                  const char* method) {
-  Caller caller;
-  caller.principal = PrincipalOf(context);
-  if (caller.principal.empty()) {
-    return absl::UnauthenticatedError("no verified client certificate");
+  auto auth = context.auth_context();
+  const std::string leaf = auth ? Property(*auth, GRPC_X509_PEM_CERT_PROPERTY_NAME) : "";
+  if (leaf.empty()) return absl::UnauthenticatedError("no verified client certificate");
+  auto peer = ca.trust().Identify(leaf, Property(*auth, GRPC_X509_PEM_CERT_CHAIN_PROPERTY_NAME));
+  if (!peer.ok()) return peer.status();
+  if (auto st = ca.trust().CheckRevocation(**peer); !st.ok()) {
+    static RefusalLimiter limiter;
+    const std::string event = HResultOf(st) == hresult::kCertRevoked.code ? "authz.revoked"
+                              : HResultOf(st) == hresult::kCertExpired.code
+                                  ? "authz.expired"
+                                  : "authz.revocation_offline";
+    if (int64_t refused = limiter.Take(StrCat((*peer)->sha256, event)); refused > 0) {
+      ca.Audit((*peer)->principal, event,
+               nlohmann::json{{"method", method},
+                              {"serial", (*peer)->serial},
+                              {"client_ca", (*peer)->client_ca},
+                              {"refused_calls", refused},
+                              {"reason", std::string(st.message())}}
+                   .dump());
+    }
+    return st;
   }
-  AuthzDecision d = service::Authorize(ca.config(), caller.principal, method);
+  Caller caller;
+  caller.principal = (*peer)->principal;
+  AuthzDecision d = service::Authorize(ca.config(), (*peer)->roles, caller.principal, method);
   caller.roles = d.roles;
   if (!d.status.ok()) {
     ca.Audit(

@@ -17,16 +17,13 @@ namespace keywarden::service {
 
 grpc::Status ToGrpc(const absl::Status& status);
 
-// RFC 4514 subject of the verified client certificate; empty if none.
-// (ServerContextBase: sync and callback handlers alike.)
-std::string PrincipalOf(const grpc::ServerContextBase& context);
-
-// Authorizes `method` for the caller. Refusals are audited.
-struct Caller {
-  std::string principal;
-  std::vector<Role> roles;
-  bool Has(Role r) const;
-};
+// Authorizes `method` for the caller (ServerContextBase: sync and callback
+// handlers alike): identifies the verified client certificate by its client
+// CA and subject or pin (service/trust), refuses it if it or a certificate
+// above it is revoked or its issuer's revocation data is not current, then
+// checks service/authz.cc's table. Refusals are audited (a revoked
+// certificate at most once a minute, with the count of calls refused).
+struct Caller : Requester {};
 absl::StatusOr<Caller> Authorize(CertificateAuthority& ca, const grpc::ServerContextBase& context,
                                  const char* method);
 

@@ -79,9 +79,8 @@ class EnrollmentService final : public v1::Enrollment::Service {
                 v1::EnrollmentResult* out) override {
     KW_AUTHORIZE("/keywarden.v1.Enrollment/Submit");
     const auto& raw = in->request();
-    auto outcome =
-        ca_.Submit(caller.principal, {reinterpret_cast<const uint8_t*>(raw.data()), raw.size()},
-                   in->template_name());
+    auto outcome = ca_.Submit(caller, {reinterpret_cast<const uint8_t*>(raw.data()), raw.size()},
+                              in->template_name());
     if (!outcome.ok()) return ToGrpc(outcome.status());
     Fill(*outcome, ca_.ChainDer(), out);
     return Status::OK;

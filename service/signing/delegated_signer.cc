@@ -13,6 +13,7 @@
 #include "hsm/strings.h"
 #include "pki/certificate.h"
 #include "pki/pkcs10.h"
+#include "service/authz.h"
 #include "service/errors.h"
 
 namespace keywarden::service::signing {
@@ -519,6 +520,13 @@ absl::StatusOr<IssuedCertificate> DelegatedSigner::IssueCertificate(
   if (!name || X509_NAME_entry_count(name.get()) == 0) {
     return refuse(
         Error(hresult::kBadRequestSubject, "the request has no subject and the call gives none"));
+  }
+  // The alias's CA may be a client CA too: it never names a principal for a
+  // signer (roles as configured for the signer's subject).
+  if (auto st = CheckSubjectNamesNoPrincipal(*config_, pki::FormatName(name.get()), principal,
+                                             config_->RolesOf(principal));
+      !st.ok()) {
+    return refuse(st);
   }
 
   const int64_t now = clock_();

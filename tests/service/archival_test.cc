@@ -585,6 +585,7 @@ TEST_F(ArchivalTest, KraIssuedByThisCaIsCheckedAgainstItsDatabase) {
 name = "KeyRecoveryAgent"
 key_usage = ["keyEncipherment"]
 extended_key_usage = ["1.3.6.1.4.1.311.21.6"]
+enrollees = ["CN=alice,O=keywarden test"]
 )";
   ASSERT_NO_FATAL_FAILURE(Start(options));
   ossl::UniquePtr<EVP_PKEY> kra_key;
@@ -647,6 +648,7 @@ subject = "principal"
 name = "ArchivalAllowed"
 key_usage = ["digitalSignature", "keyEncipherment"]
 archival = "allowed"
+enrollees = ["enrollee"]
 )";
   ASSERT_NO_FATAL_FAILURE(Start(options));
   auto exchange = Exchange();

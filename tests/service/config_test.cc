@@ -131,8 +131,14 @@ TEST(ConfigExampleTest, ParsesWithTheDocumentedValues) {
   EXPECT_FALSE(c->flags.enable_foreign);
   EXPECT_EQ(c->flags.archival_scheme, "des3-rsa-pkcs1");
 
-  ASSERT_EQ(c->roles.size(), 6u);
-  EXPECT_EQ(c->RolesOf("CN=Alice Admin,O=Example"), std::vector<Role>{Role::kCaAdministrator});
+  ASSERT_EQ(c->roles.size(), 7u);
+  EXPECT_EQ(c->RolesOf("CN=Alice Admin,O=Example"),
+            (std::vector<Role>{Role::kCaAdministrator, Role::kEnrollee}));
+  EXPECT_EQ(c->roles[0].issuer, "/etc/keywarden/ca.pem");
+  EXPECT_EQ(c->roles[2].certificate_sha256,
+            "5d0f2c417e9ab3c8146ed2903ba75ce108f46b2d93c57a1e4fb0d628e3910c7b");
+  EXPECT_EQ(c->roles[4].issuer, "/etc/keywarden/partner-ca.pem");
+  EXPECT_EQ(c->server.client_crls, std::vector<std::string>{"/etc/keywarden/partner-ca.crl"});
   EXPECT_EQ(c->RolesOf("CN=Bob Officer,O=Example"), std::vector<Role>{Role::kCertificateManager});
   EXPECT_EQ(c->RolesOf("CN=Backup Service,O=Example"), std::vector<Role>{Role::kBackupOperator});
   EXPECT_EQ(c->RolesOf("CN=Carol Auditor,O=Example"), std::vector<Role>{Role::kAuditor});
@@ -174,6 +180,12 @@ TEST(ConfigExampleTest, ParsesWithTheDocumentedValues) {
   EXPECT_EQ(kra.key_usage, std::vector<std::string>{"keyEncipherment"});
   EXPECT_TRUE(kra.pend);
   EXPECT_EQ(kra.archival, ArchivalPolicy::kNone);
+  // Powerful templates name their enrollees; the others default to the role.
+  EXPECT_EQ(kra.enrollee_principals, std::vector<std::string>{"CN=Key Recovery Officer,O=Example"});
+  EXPECT_TRUE(kra.enrollee_roles.empty());
+  EXPECT_EQ(user.enrollee_principals, (std::vector<std::string>{"CN=Enrollment Gateway,O=Example",
+                                                                "CN=Alice Admin,O=Example"}));
+  EXPECT_EQ(web.enrollee_roles, std::vector<Role>{Role::kEnrollee});
 }
 
 TEST(ConfigExampleTest, LoadsFromDiskWithPathsRelativeToItsDirectory) {
@@ -212,8 +224,9 @@ TEST(ConfigTest, MinimalConfigGetsTheDocumentedDefaults) {
   EXPECT_TRUE(c->templates.empty());
 }
 
-TEST(ConfigTest, TemplateWithOnlyANameGetsTheDocumentedDefaults) {
-  absl::StatusOr<Config> c = Parse(MinimalPlus("[[template]]\nname = \"Plain\"\n"));
+TEST(ConfigTest, TemplateWithOnlyANameAndItsEnrolleesGetsTheDocumentedDefaults) {
+  absl::StatusOr<Config> c = Parse(
+      MinimalPlus("[[template]]\nname = \"Plain\"\nenrollees = [\"auditor\", \"CN=x,O=y\"]\n"));
   ASSERT_TRUE(c.ok()) << c.status();
   ASSERT_EQ(c->templates.size(), 1u);
   const TemplateConfig& t = c->templates[0];
@@ -229,6 +242,40 @@ TEST(ConfigTest, TemplateWithOnlyANameGetsTheDocumentedDefaults) {
   EXPECT_EQ(t.key_types, std::vector<std::string>{"rsa"});
   EXPECT_FALSE(t.pend);
   EXPECT_EQ(t.archival, ArchivalPolicy::kNone);
+  EXPECT_EQ(t.enrollee_roles, std::vector<Role>{Role::kAuditor});
+  EXPECT_EQ(t.enrollee_principals, std::vector<std::string>{"CN=x,O=y"});
+}
+
+TEST(ConfigTest, ATemplateThatConfersNoPowerDefaultsToTheEnrolleeRole) {
+  absl::StatusOr<Config> c = Parse(
+      MinimalPlus("[[template]]\nname = \"Mail\"\nextended_key_usage = [\"emailProtection\"]\n"
+                  "[[template]]\nname = \"Self\"\nsubject = \"principal\"\n"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  for (const TemplateConfig& t : c->templates) {
+    EXPECT_EQ(t.enrollee_roles, std::vector<Role>{Role::kEnrollee}) << t.name;
+    EXPECT_TRUE(t.enrollee_principals.empty()) << t.name;
+  }
+}
+
+TEST(ConfigTest, RolesBindToAnIssuerOrAPinnedCertificate) {
+  absl::StatusOr<Config> c = Parse(Minimal(
+      "client_ca = [\"clients.pem\"]\n",
+      "client_ca = [\"clients.pem\", \"/etc/partner.pem\"]\nclient_crls = [\"partner.crl\"]\n"
+      "client_crl_optional = [\"clients.pem\"]\n[[role]]\nprincipal = \"CN=a\"\n"
+      "issuer = \"clients.pem\"\nroles = [\"auditor\"]\n[[role]]\nprincipal = \"CN=a\"\n"
+      "issuer = \"/etc/partner.pem\"\nroles = [\"enrollee\"]\n[[role]]\n"
+      "certificate_sha256 = \"AB:" +
+          std::string(62, 'c') + "\"\nroles = [\"signer\"]\n"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->server.client_crls, std::vector<std::string>{"/etc/kw/partner.crl"});
+  EXPECT_EQ(c->server.client_crl_optional, std::vector<std::string>{"/etc/kw/clients.pem"});
+  ASSERT_EQ(c->roles.size(), 3u);
+  EXPECT_EQ(c->roles[0].issuer, "/etc/kw/clients.pem");
+  EXPECT_EQ(c->roles[1].issuer, "/etc/partner.pem");
+  EXPECT_EQ(c->roles[2].certificate_sha256, "ab" + std::string(62, 'c'));
+  EXPECT_EQ(c->roles[2].principal, "");
+  // The same subject through two issuers: a subject could be granted both.
+  EXPECT_EQ(c->RolesOf("CN=a"), (std::vector<Role>{Role::kAuditor, Role::kEnrollee}));
 }
 
 // --- Strictness --------------------------------------------------------------
@@ -246,12 +293,12 @@ TEST(ConfigStrictTest, UnknownKeyInHsmNamesFileLineAndKeyPath) {
 
 TEST(ConfigStrictTest, UnknownKeyInSecondTemplateNamesTheEntry) {
   std::string text = MinimalPlus(
-      "[[template]]\n"          // 17
-      "name = \"User\"\n"       // 18
-      "\n"                      // 19
-      "[[template]]\n"          // 20
-      "name = \"WebServer\"\n"  // 21
-      "pendd = true\n");        // 22
+      "[[template]]\n"             // 17
+      "name = \"User\"\n"          // 18
+      "subject = \"principal\"\n"  // 19
+      "[[template]]\n"             // 20
+      "name = \"WebServer\"\n"     // 21
+      "pendd = true\n");           // 22
   EXPECT_THAT(ErrorOf(text), StartsWith("keywarden.toml:22: unknown key \"template[2].pendd\" "
                                         "(expected one of: name, oid, major_version,"));
 }
@@ -424,15 +471,72 @@ std::vector<ValidationCase> ValidationCases() {
        Minimal("[server]\n", "[server]\nthreads = -1\n"),
        {"key \"server.threads\"", "-1 is out of range (at least 0)"}},
       {"UnknownRoleName",
-       MinimalPlus("[[role]]\nprincipal = \"CN=a\"\nroles = [\"admin\"]\n"),
-       {"keywarden.toml:19: key \"role[1].roles\"", "unknown role \"admin\""}},
+       MinimalPlus(
+           "[[role]]\nprincipal = \"CN=a\"\nissuer = \"clients.pem\"\nroles = [\"admin\"]\n"),
+       {"keywarden.toml:20: key \"role[1].roles\"", "unknown role \"admin\""}},
       {"EmptyPrincipal",
-       MinimalPlus("[[role]]\nprincipal = \"\"\nroles = [\"auditor\"]\n"),
-       {"key \"role[1].principal\"", "must not be empty"}},
+       MinimalPlus("[[role]]\nprincipal = \"\"\nissuer = \"clients.pem\"\nroles = [\"auditor\"]\n"),
+       {"key \"role[1].principal\"", "is empty"}},
       {"DuplicatePrincipal",
-       MinimalPlus("[[role]]\nprincipal = \"CN=a\"\nroles = [\"auditor\"]\n"
-                   "[[role]]\nprincipal = \"CN=a\"\nroles = [\"signer\"]\n"),
-       {"keywarden.toml:21: key \"role[2].principal\"", "already bound in role[1]"}},
+       MinimalPlus(
+           "[[role]]\nprincipal = \"CN=a\"\nissuer = \"clients.pem\"\nroles = [\"auditor\"]\n"
+           "[[role]]\nprincipal = \"CN=a\"\nissuer = \"clients.pem\"\nroles = [\"signer\"]\n"),
+       {"keywarden.toml:22: key \"role[2].principal\"", "already bound in role[1]"}},
+      {"RoleWithoutIssuer",
+       MinimalPlus("[[role]]\nprincipal = \"CN=a\"\nroles = [\"auditor\"]\n"),
+       {"keywarden.toml:17: missing required key \"role[1].issuer\"",
+        "the client CA (one of server.client_ca)"}},
+      {"RoleIssuerNotAClientCa",
+       MinimalPlus("[[role]]\nprincipal = \"CN=a\"\nissuer = \"ca.pem\"\nroles = [\"auditor\"]\n"),
+       {"keywarden.toml:19: key \"role[1].issuer\"",
+        "\"/etc/kw/ca.pem\" is not one of server.client_ca"}},
+      {"RoleWithNeitherPrincipalNorPin",
+       MinimalPlus("[[role]]\nroles = [\"auditor\"]\n"),
+       {"keywarden.toml:17: [[role]] at role[1] needs principal and issuer, or "
+        "certificate_sha256"}},
+      {"RolePinNotASha256",
+       MinimalPlus("[[role]]\ncertificate_sha256 = \"abcd\"\nroles = [\"auditor\"]\n"),
+       {"key \"role[1].certificate_sha256\"", "64 hex digits"}},
+      {"RolePinWithAnIssuer",
+       MinimalPlus("[[role]]\ncertificate_sha256 = \"" + std::string(64, 'a') +
+                   "\"\nissuer = \"clients.pem\"\nroles = [\"auditor\"]\n"),
+       {"key \"role[1].issuer\"", "a pinned certificate (certificate_sha256) takes no issuer"}},
+      {"DuplicatePin",
+       MinimalPlus("[[role]]\ncertificate_sha256 = \"" + std::string(64, 'a') +
+                   "\"\nroles = [\"auditor\"]\n[[role]]\ncertificate_sha256 = \"" +
+                   std::string(64, 'A') + "\"\nroles = [\"signer\"]\n"),
+       {"key \"role[2].certificate_sha256\"", "already bound in role[1]"}},
+      {"CrlOptionalNotAClientCa",
+       Minimal("client_ca = [\"clients.pem\"]\n",
+               "client_ca = [\"clients.pem\"]\nclient_crl_optional = [\"other.pem\"]\n"),
+       {"keywarden.toml:16: key \"server.client_crl_optional\"",
+        "\"/etc/kw/other.pem\" is not one of server.client_ca"}},
+      {"KraTemplateWithoutEnrollees",
+       MinimalPlus(
+           Template("subject = \"principal\"\nextended_key_usage = [\"1.3.6.1.4.1.311.21.6\"]")),
+       {"keywarden.toml:17: template \"T\" (template[1]) issues Key Recovery Agent certificates",
+        "it has no default enrollees; list who may enrol for it in \"enrollees\""}},
+      {"ExchangeTemplateWithoutEnrollees",
+       MinimalPlus(
+           Template("subject = \"principal\"\nextended_key_usage = [\"1.3.6.1.4.1.311.21.5\"]")),
+       {"template \"T\" (template[1]) issues CA exchange certificates"}},
+      {"CaTemplateWithoutEnrollees",
+       MinimalPlus(Template("subject = \"principal\"\nkey_usage = [\"keyCertSign\"]")),
+       {"template \"T\" (template[1]) issues CA certificates"}},
+      {"ClientAuthTemplateWithRequestSubjectWithoutEnrollees",
+       MinimalPlus(Template("extended_key_usage = [\"clientAuth\"]")),
+       {"template \"T\" (template[1]) takes the subject from the request on a certificate a TLS "
+        "client can present"}},
+      {"TemplateWithoutEkuAndRequestSubjectWithoutEnrollees",
+       MinimalPlus(Template("")),
+       {"template \"T\" (template[1]) takes the subject from the request"}},
+      {"UnknownEnrolleeRole",
+       MinimalPlus(Template("enrollees = [\"officer\"]")),
+       {"keywarden.toml:19: key \"template[1].enrollees\"", "unknown role \"officer\"",
+        "or a principal such as"}},
+      {"RepeatedEnrollee",
+       MinimalPlus(Template("enrollees = [\"CN=a\", \"CN=a\"]")),
+       {"key \"template[1].enrollees\"", "\"CN=a\" is listed twice"}},
       {"MissingTemplateName",
        MinimalPlus("[[template]]\noid = \"1.2.3\"\n"),
        {"keywarden.toml:17: missing required key \"template[1].name\""}},
@@ -440,11 +544,12 @@ std::vector<ValidationCase> ValidationCases() {
        MinimalPlus("[[template]]\nname = \"\"\n"),
        {"key \"template[1].name\"", "must not be empty"}},
       {"DuplicateTemplateNameIgnoringCase",
-       MinimalPlus("[[template]]\nname = \"User\"\n[[template]]\nname = \"USER\"\n"),
-       {"keywarden.toml:20: key \"template[2].name\"", "template[1]"}},
+       MinimalPlus("[[template]]\nname = \"User\"\nsubject = \"principal\"\n"
+                   "[[template]]\nname = \"USER\"\nsubject = \"principal\"\n"),
+       {"keywarden.toml:21: key \"template[2].name\"", "template[1]"}},
       {"DuplicateTemplateOid",
-       MinimalPlus("[[template]]\nname = \"A\"\noid = \"1.2.3\"\n"
-                   "[[template]]\nname = \"B\"\noid = \"1.2.3\"\n"),
+       MinimalPlus("[[template]]\nname = \"A\"\noid = \"1.2.3\"\nenrollees = [\"enrollee\"]\n"
+                   "[[template]]\nname = \"B\"\noid = \"1.2.3\"\nenrollees = [\"enrollee\"]\n"),
        {"key \"template[2].oid\"", "already the OID of template[1]"}},
       {"OidWithOneArc",
        MinimalPlus(Template("oid = \"1\"")),
@@ -617,9 +722,10 @@ TEST(ConfigTest, RelativePinFileIsResolvedAgainstTheConfigDirectory) {
 // --- Lookups -----------------------------------------------------------------
 
 Config WithTemplates() {
-  absl::StatusOr<Config> c =
-      Parse(MinimalPlus("[[template]]\nname = \"User\"\noid = \"1.3.6.1.4.1.311.21.8.1.1\"\n"
-                        "[[template]]\nname = \"WebServer\"\n"));
+  absl::StatusOr<Config> c = Parse(
+      MinimalPlus("[[template]]\nname = \"User\"\noid = \"1.3.6.1.4.1.311.21.8.1.1\"\n"
+                  "enrollees = [\"enrollee\"]\n"
+                  "[[template]]\nname = \"WebServer\"\nextended_key_usage = [\"serverAuth\"]\n"));
   EXPECT_TRUE(c.ok()) << c.status();
   return c.ok() ? *std::move(c) : Config{};
 }
@@ -647,9 +753,9 @@ TEST(FindTemplateTest, UnknownNameIsNull) {
 
 TEST(RolesOfTest, IsTheUnionOfAllBindingsForThePrincipal) {
   Config c;
-  c.roles = {{"CN=alice", {Role::kSigner, Role::kAuditor}},
-             {"CN=bob", {Role::kCaAdministrator}},
-             {"CN=alice", {Role::kEnrollee, Role::kAuditor}}};
+  c.roles = {{"CN=alice", "/a.pem", "", {Role::kSigner, Role::kAuditor}},
+             {"CN=bob", "/a.pem", "", {Role::kCaAdministrator}},
+             {"CN=alice", "/b.pem", "", {Role::kEnrollee, Role::kAuditor}}};
   EXPECT_EQ(c.RolesOf("CN=alice"),
             (std::vector<Role>{Role::kAuditor, Role::kEnrollee, Role::kSigner}));
   EXPECT_EQ(c.RolesOf("CN=bob"), std::vector<Role>{Role::kCaAdministrator});
@@ -657,7 +763,8 @@ TEST(RolesOfTest, IsTheUnionOfAllBindingsForThePrincipal) {
 
 TEST(RolesOfTest, MatchesThePrincipalExactly) {
   absl::StatusOr<Config> c =
-      Parse(MinimalPlus("[[role]]\nprincipal = \"CN=alice,O=Example\"\nroles = [\"auditor\"]\n"));
+      Parse(MinimalPlus("[[role]]\nprincipal = \"CN=alice,O=Example\"\nissuer = "
+                        "\"clients.pem\"\nroles = [\"auditor\"]\n"));
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->RolesOf("CN=alice,O=Example"), std::vector<Role>{Role::kAuditor});
   EXPECT_TRUE(c->RolesOf("cn=alice,o=example").empty());
@@ -723,9 +830,12 @@ TEST(LoadConfigTest, ResolvesAgainstTheFilesDirectoryAndNamesItInErrors) {
 // Two signers, a template, and `keys` after them (starting on line 29).
 std::string WithSigning(std::string_view keys) {
   return MinimalPlus(
-             "[[role]]\nprincipal = \"CN=ocsp,O=Example\"\nroles = [\"signer\"]\n\n"
-             "[[role]]\nprincipal = \"CN=front,O=Example\"\nroles = [\"enrollee\", \"signer\"]\n\n"
-             "[[template]]\nname = \"WebServer\"\noid = \"1.2.3.4\"\n\n") +
+             "[[role]]\nprincipal = \"CN=ocsp,O=Example\"\nissuer = \"clients.pem\"\n"
+             "roles = [\"signer\"]\n"
+             "[[role]]\nprincipal = \"CN=front,O=Example\"\nissuer = \"clients.pem\"\n"
+             "roles = [\"enrollee\", \"signer\"]\n"
+             "[[template]]\nname = \"WebServer\"\noid = \"1.2.3.4\"\nenrollees = "
+             "[\"enrollee\"]\n") +
          std::string(keys);
 }
 
@@ -905,13 +1015,16 @@ std::vector<ValidationCase> SigningValidationCases() {
        {"keywarden.toml:34: key \"signing.keys[1].templates\"",
         "\"User\" is not the name or OID of a [[template]]"}},
       {"PendingTemplate",
-       MinimalPlus("[[role]]\nprincipal = \"CN=ocsp,O=Example\"\nroles = [\"signer\"]\n"
-                   "[[template]]\nname = \"Held\"\npend = true\n" +
+       MinimalPlus("[[role]]\nprincipal = \"CN=ocsp,O=Example\"\nissuer = \"clients.pem\"\n"
+                   "roles = [\"signer\"]\n"
+                   "[[template]]\nname = \"Held\"\npend = true\nenrollees = [\"enrollee\"]\n" +
                    SigningKey(std::string(kValidKeyBody) + "\ntemplates = [\"Held\"]")),
        {"key \"signing.keys[1].templates\"", "template \"Held\" waits for a Certificate Manager"}},
       {"ArchivalTemplate",
-       MinimalPlus("[[role]]\nprincipal = \"CN=ocsp,O=Example\"\nroles = [\"signer\"]\n"
-                   "[[template]]\nname = \"Kept\"\narchival = \"required\"\n" +
+       MinimalPlus("[[role]]\nprincipal = \"CN=ocsp,O=Example\"\nissuer = \"clients.pem\"\n"
+                   "roles = [\"signer\"]\n"
+                   "[[template]]\nname = \"Kept\"\narchival = \"required\"\n"
+                   "enrollees = [\"enrollee\"]\n" +
                    SigningKey(std::string(kValidKeyBody) + "\ntemplates = [\"Kept\"]")),
        {"key \"signing.keys[1].templates\"", "template \"Kept\" requires key archival"}},
       {"RepeatedTemplate",

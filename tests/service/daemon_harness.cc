@@ -97,11 +97,12 @@ absl::StatusOr<std::unique_ptr<DaemonHarness>> DaemonHarness::Start(const Option
   Issued server = Make("CN=localhost", &tls_ca, false, "DNS:localhost,IP:127.0.0.1", "serverAuth");
   Issued rogue_ca = Make("CN=rogue CA", nullptr, true);
   if (auto st = Write(h->tls_ca_path(), ToPem(tls_ca.cert.get())); !st.ok()) return st;
+
   if (auto st = Write(h->dir_.File("tls/server.pem"), ToPem(server.cert.get())); !st.ok())
     return st;
   if (auto st = Write(h->dir_.File("tls/server.key"), KeyPem(server.key.get())); !st.ok())
     return st;
-  const std::map<std::string, std::string> who = {
+  std::map<std::string, std::string> who = {
       {"admin", "CN=admin,O=keywarden test"},     {"officer", "CN=officer,O=keywarden test"},
       {"auditor", "CN=auditor,O=keywarden test"}, {"backup", "CN=backup,O=keywarden test"},
       {"enrollee", "CN=alice,O=keywarden test"},  {"enrollee2", "CN=bob,O=keywarden test"},
@@ -109,6 +110,7 @@ absl::StatusOr<std::unique_ptr<DaemonHarness>> DaemonHarness::Start(const Option
       {"nobody", "CN=nobody,O=keywarden test"},   {"untrusted", "CN=admin,O=keywarden test"},
       {"signer2", "CN=signer2,O=keywarden test"},
   };
+  who.insert(options.extra_clients.begin(), options.extra_clients.end());
   for (const auto& [name, subject] : who) {
     Issued c =
         Make(subject, name == "untrusted" ? &rogue_ca : &tls_ca, false, nullptr, "clientAuth");
@@ -117,6 +119,11 @@ absl::StatusOr<std::unique_ptr<DaemonHarness>> DaemonHarness::Start(const Option
     if (auto st = Write(id.cert_path, ToPem(c.cert.get())); !st.ok()) return st;
     if (auto st = Write(id.key_path, KeyPem(c.key.get())); !st.ok()) return st;
     h->clients_[name] = id;
+  }
+  h->tls_ca_key_ = std::move(tls_ca.key);
+  h->tls_ca_cert_ = std::move(tls_ca.cert);
+  if (options.tls_crl) {
+    if (auto st = h->WriteTlsCrl(-60, 7 * 24 * 3600); !st.ok()) return st;
   }
 
   std::string toml =
@@ -129,7 +136,10 @@ absl::StatusOr<std::unique_ptr<DaemonHarness>> DaemonHarness::Start(const Option
              options.exchange_overlap, "\"\nkey_algorithm = \"rsa2048\"\n\n",
              "[database]\nbackend = \"sqlite\"\npath = \"ca.db\"\n\n",
              "[server]\nlisten = \"127.0.0.1:0\"\ntls_certificate = \"tls/server.pem\"\n",
-             "tls_key = \"tls/server.key\"\nclient_ca = [\"tls/tls-ca.pem\"]\n\n",
+             "tls_key = \"tls/server.key\"\nclient_ca = [\"tls/tls-ca.pem\"",
+             options.trust_own_ca ? ", \"ca.pem\"" : "", "]\n",
+             options.tls_crl ? "client_crls = [\"tls/tls-ca.crl\"]\n" : "",
+             options.tls_crl_optional ? "client_crl_optional = [\"tls/tls-ca.pem\"]\n" : "", "\n",
              "[crl]\nvalidity = \"", options.crl_validity, "\"\n\n",
              "[flags]\nrole_separation = ", options.role_separation ? "true" : "false", "\n",
              options.extra_flags, "\n\n");
@@ -141,7 +151,8 @@ absl::StatusOr<std::unique_ptr<DaemonHarness>> DaemonHarness::Start(const Option
       {"signer2", "signer"},
   };
   for (const auto& [name, role] : roles) {
-    toml += StrCat("[[role]]\nprincipal = \"", who.at(name), "\"\nroles = [\"", role, "\"]\n\n");
+    toml += StrCat("[[role]]\nprincipal = \"", who.at(name),
+                   "\"\nissuer = \"tls/tls-ca.pem\"\nroles = [\"", role, "\"]\n\n");
   }
   toml += R"([[template]]
 name = "User"
@@ -150,6 +161,7 @@ key_usage = ["digitalSignature", "keyEncipherment"]
 extended_key_usage = ["clientAuth", "emailProtection"]
 validity = "365d"
 key_types = ["rsa", "ec"]
+enrollees = ["enrollee"]
 
 [[template]]
 name = "WebServer"
@@ -163,6 +175,7 @@ name = "PendingUser"
 extended_key_usage = ["clientAuth"]
 pend = true
 key_types = ["rsa", "ec"]
+enrollees = ["enrollee"]
 
 [[template]]
 name = "ArchivalUser"
@@ -178,6 +191,58 @@ subject = "principal"
   }
   if (auto st = h->Launch(); !st.ok()) return st;
   return h;
+}
+
+absl::Status DaemonHarness::WriteTlsCrl(long this_update_offset, long next_update_offset) {
+  ossl::UniquePtr<X509_CRL> crl(X509_CRL_new());
+  X509_CRL_set_version(crl.get(), 1);
+  X509_CRL_set_issuer_name(crl.get(), X509_get_subject_name(tls_ca_cert_.get()));
+  ossl::UniquePtr<ASN1_TIME> last(X509_gmtime_adj(nullptr, this_update_offset));
+  ossl::UniquePtr<ASN1_TIME> next(X509_gmtime_adj(nullptr, next_update_offset));
+  X509_CRL_set1_lastUpdate(crl.get(), last.get());
+  X509_CRL_set1_nextUpdate(crl.get(), next.get());
+  for (const auto& [serial, reason] : tls_revoked_) {
+    X509_REVOKED* r = X509_REVOKED_new();
+    ossl::UniquePtr<BIGNUM> bn;
+    BIGNUM* raw = nullptr;
+    BN_hex2bn(&raw, serial.c_str());
+    bn.reset(raw);
+    ASN1_INTEGER* sn = BN_to_ASN1_INTEGER(bn.get(), nullptr);
+    X509_REVOKED_set_serialNumber(r, sn);
+    ASN1_INTEGER_free(sn);
+    ossl::UniquePtr<ASN1_TIME> when(X509_gmtime_adj(nullptr, -30));
+    X509_REVOKED_set_revocationDate(r, when.get());
+    ASN1_ENUMERATED* e = ASN1_ENUMERATED_new();
+    ASN1_ENUMERATED_set(e, reason);
+    X509_REVOKED_add1_ext_i2d(r, NID_crl_reason, e, 0, 0);
+    ASN1_ENUMERATED_free(e);
+    X509_CRL_add0_revoked(crl.get(), r);
+  }
+  X509_CRL_sort(crl.get());
+  if (X509_CRL_sign(crl.get(), tls_ca_key_.get(), EVP_sha256()) <= 0) {
+    return absl::InternalError("cannot sign the TLS CA's CRL");
+  }
+  ossl::UniquePtr<BIO> bio(BIO_new(BIO_s_mem()));
+  PEM_write_bio_X509_CRL(bio.get(), crl.get());
+  char* data = nullptr;
+  const long len = BIO_get_mem_data(bio.get(), &data);
+  const std::string tmp = tls_crl_path() + ".new";
+  if (auto st = Write(tmp, std::string(data, static_cast<size_t>(len))); !st.ok()) return st;
+  if (std::rename(tmp.c_str(), tls_crl_path().c_str()) != 0) {
+    return absl::InternalError("rename " + tmp);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DaemonHarness::RevokeTlsClient(const std::string& who, int reason) {
+  auto certs = pki::ReadPemCertificates(clients_.at(who).cert_path);
+  if (!certs.ok()) return certs.status();
+  const ASN1_INTEGER* sn = X509_get0_serialNumber(certs->front().get());
+  ossl::UniquePtr<BIGNUM> bn(ASN1_INTEGER_to_BN(sn, nullptr));
+  char* hex = BN_bn2hex(bn.get());
+  tls_revoked_.emplace_back(hex, reason);
+  OPENSSL_free(hex);
+  return WriteTlsCrl(-60, 7 * 24 * 3600);
 }
 
 absl::Status DaemonHarness::Launch() {

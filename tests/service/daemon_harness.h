@@ -8,11 +8,14 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 #include <sys/types.h>
 
 #include "absl/status/statusor.h"
+#include "hsm/ossl.h"
 #include "softhsm-fixtures/fixture.h"
 #include "tests/test_util.h"
 
@@ -34,6 +37,16 @@ class DaemonHarness {
     std::string extra_toml;  // appended to the configuration
     std::string ca_subject = "CN=keywarden Test CA,O=keywarden test";
     std::string extra_flags;  // lines added to [flags] (e.g. "enable_foreign = true")
+    // The TLS client CA's CRL ([server] client_crls): current (default), or
+    // none at all; and whether that CA is in client_crl_optional.
+    bool tls_crl = true;
+    bool tls_crl_optional = false;
+    // Also trust client certificates issued by the CA under test (client_ca
+    // gets "ca.pem"; roles for them name issuer = "ca.pem" in extra_toml).
+    bool trust_own_ca = false;
+    // More TLS clients from the trusted TLS CA (name -> subject), with no
+    // role unless extra_toml binds one (issuer = "tls/tls-ca.pem").
+    std::map<std::string, std::string> extra_clients;
     // Runs after the tokens, the CA and the configuration are made and
     // before keywardend starts (e.g. to make more keys on the tokens).
     std::function<absl::Status(DaemonHarness&)> before_launch;
@@ -49,6 +62,15 @@ class DaemonHarness {
   static absl::StatusOr<std::unique_ptr<DaemonHarness>> Start(const Options& options);
   static absl::StatusOr<std::unique_ptr<DaemonHarness>> Start() { return Start(Options()); }
   ~DaemonHarness();
+
+  // Puts `who`'s TLS client certificate on the TLS CA's CRL (written
+  // atomically; the daemon notices the change by itself).
+  absl::Status RevokeTlsClient(const std::string& who, int reason);
+  // Rewrites the TLS CA's CRL with these validity bounds (seconds from now).
+  absl::Status WriteTlsCrl(long this_update_offset, long next_update_offset);
+  std::string tls_crl_path() const { return dir_.File("tls/tls-ca.crl"); }
+  // A client identity made by a test (e.g. a certificate this CA issued).
+  void AddClient(const std::string& who, ClientIdentity id) { clients_[who] = std::move(id); }
 
   absl::Status Stop();     // SIGTERM, wait
   absl::Status Restart();  // Stop + start on a new port with the same state
@@ -73,6 +95,9 @@ class DaemonHarness {
   TempDir dir_;
   std::unique_ptr<SoftHsmFixture> tokens_;
   std::map<std::string, ClientIdentity> clients_;
+  ossl::UniquePtr<EVP_PKEY> tls_ca_key_;
+  ossl::UniquePtr<X509> tls_ca_cert_;
+  std::vector<std::pair<std::string, int>> tls_revoked_;  // serial (hex), reason
   pid_t pid_ = -1;
   int port_ = 0;
 };

@@ -23,11 +23,13 @@
 namespace keywarden::testing {
 
 // The template a KRA enrols with; add it to DaemonHarness::Options::extra_toml.
+// Only "enrollee2" (CN=bob) may enrol for it: a KRA template has no default.
 inline constexpr char kKraTemplateToml[] = R"(
 [[template]]
 name = "KeyRecoveryAgent"
 key_usage = ["keyEncipherment"]
 extended_key_usage = ["1.3.6.1.4.1.311.21.6"]
+enrollees = ["CN=bob,O=keywarden test"]
 )";
 
 // Enrols the KRA on `card` (a token label of the daemon's SoftHSM2 fixture)
