@@ -1,8 +1,12 @@
 #include "service/server/services.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 #include <openssl/evp.h>
 
@@ -378,38 +382,85 @@ class BackupService final : public v1::Backup::Service {
     if (mkdtemp(dir) == nullptr)
       return ToGrpc(absl::InternalError("backup: no temporary directory"));
     const std::string path = StrCat(dir, "/ca.db");
-    auto st = ca_.store().Backup(path);
-    Status result = Status::OK;
-    if (!st.ok()) {
-      result = ToGrpc(st);
-    } else {
-      FILE* f = std::fopen(path.c_str(), "rb");
-      ossl::UniquePtr<EVP_MD_CTX> sha(EVP_MD_CTX_new());
-      EVP_DigestInit_ex(sha.get(), EVP_sha256(), nullptr);
-      std::vector<char> buf(64 * 1024);
-      size_t n;
-      while (f != nullptr && (n = std::fread(buf.data(), 1, buf.size(), f)) > 0) {
-        EVP_DigestUpdate(sha.get(), buf.data(), n);
-        v1::BackupChunk chunk;
-        chunk.set_data(std::string(buf.data(), n));
-        if (!writer->Write(chunk)) break;
-      }
-      if (f != nullptr) std::fclose(f);
-      unsigned char digest[32];
-      unsigned int dlen = 0;
-      EVP_DigestFinal_ex(sha.get(), digest, &dlen);
-      v1::BackupChunk last;
-      last.set_sha256(HexString({digest, dlen}));
-      writer->Write(last);
-      ca_.Audit(caller.principal, "backup.database",
-                StrCat("{\"sha256\":\"", last.sha256(), "\"}"));
-    }
+    absl::Status result = ca_.store().Backup(path);
+    if (result.ok()) result = StreamCopy(path, caller.principal, writer);
     std::remove(path.c_str());
     rmdir(dir);
-    return result;
+    return ToGrpc(result);
   }
 
  private:
+  // Streams the copy just made, then its SHA-256. Fails closed: a copy the
+  // daemon cannot open or read whole (fewer bytes than its size), a client
+  // that stops reading, or an audit record that cannot be written is an
+  // error, never a success with the checksum of something partial.
+  absl::Status StreamCopy(const std::string& path, const std::string& who,
+                          grpc::ServerWriter<v1::BackupChunk>* writer) {
+    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      return absl::InternalError(StrCat("backup: cannot open the copy the daemon just made (", path,
+                                        "): ", std::strerror(errno)));
+    }
+    struct FdCloser {
+      int fd;
+      ~FdCloser() { close(fd); }
+    } closer{fd};
+    struct stat info {};
+    if (fstat(fd, &info) != 0) {
+      return absl::InternalError(
+          StrCat("backup: cannot stat the copy (", path, "): ", std::strerror(errno)));
+    }
+    const auto expected = static_cast<uint64_t>(info.st_size);
+    if (expected == 0) return absl::InternalError("backup: the copy the daemon made is empty");
+    ossl::UniquePtr<EVP_MD_CTX> sha(EVP_MD_CTX_new());
+    if (!sha || EVP_DigestInit_ex(sha.get(), EVP_sha256(), nullptr) != 1) {
+      return absl::InternalError("backup: SHA-256 is not available");
+    }
+    std::vector<char> buf(64 * 1024);
+    uint64_t sent = 0;
+    while (true) {
+      const ssize_t n = read(fd, buf.data(), buf.size());
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return absl::InternalError(StrCat("backup: reading the copy failed after ", sent,
+                                          " bytes: ", std::strerror(errno)));
+      }
+      if (n == 0) break;
+      EVP_DigestUpdate(sha.get(), buf.data(), static_cast<size_t>(n));
+      v1::BackupChunk chunk;
+      chunk.set_data(std::string(buf.data(), static_cast<size_t>(n)));
+      if (!writer->Write(chunk)) {
+        return absl::CancelledError(
+            StrCat("backup: the client stopped reading after ", sent, " bytes"));
+      }
+      sent += static_cast<uint64_t>(n);
+    }
+    if (sent != expected) {
+      return absl::InternalError(StrCat("backup: read ", sent, " bytes of a ", expected,
+                                        "-byte copy; the backup is incomplete"));
+    }
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int dlen = 0;
+    if (EVP_DigestFinal_ex(sha.get(), digest, &dlen) != 1) {
+      return absl::InternalError("backup: SHA-256 failed");
+    }
+    v1::BackupChunk last;
+    last.set_sha256(HexString({digest, dlen}));
+    // Audited before the checksum leaves: without it the client has no
+    // complete backup.
+    if (auto st =
+            ca_.AuditCommitted(who, "backup.database",
+                               StrCat("{\"sha256\":\"", last.sha256(), "\",\"bytes\":", sent, "}"),
+                               "the backup was not completed");
+        !st.ok()) {
+      return st;
+    }
+    if (!writer->Write(last)) {
+      return absl::CancelledError("backup: the client stopped reading before the checksum");
+    }
+    return absl::OkStatus();
+  }
+
   CertificateAuthority& ca_;
 };
 
