@@ -354,6 +354,20 @@ TEST_F(CliClientTest, BackupOfAnUnreadableOrTamperedDatabaseFailsAndLeavesNothin
   for (const char* suffix : {"", "-wal", "-shm"}) {
     EXPECT_NE(stat((out2 + suffix).c_str(), &st), 0) << "left " << out2 << suffix;
   }
+
+  // 3. The daemon cannot write the backup's audit record (a database fault
+  // on that insert): no checksum is sent, the backup is an error.
+  auto fault = RunCommand(StrCat(
+      "sqlite3 -cmd '.timeout 10000' ", db,
+      " \"CREATE TRIGGER test_audit_fault BEFORE INSERT ON audit WHEN NEW.event = "
+      "'backup.database' BEGIN SELECT RAISE(ABORT, 'audit write fault injected by the test'); "
+      "END;\""));
+  ASSERT_EQ(fault.exit_code, 0) << fault.output;
+  const std::string out3 = tmp_.File("unaudited.db");
+  auto unaudited = Kw("backup", StrCat("backup ", out3));
+  EXPECT_EQ(unaudited.exit_code, 1) << unaudited.output;
+  EXPECT_TRUE(Contains(unaudited.output, "audit record")) << unaudited.output;
+  EXPECT_NE(stat(out3.c_str(), &st), 0) << "an unaudited backup was written";
 }
 
 TEST_F(CliClientTest, BackupIsWrittenAndVerifiesOffline) {

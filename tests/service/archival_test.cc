@@ -820,6 +820,7 @@ subject = "principal"
     }
     return n;
   };
+  // Denied by the Certificate Manager; what Officer/GetRequest says after.
   auto deny = [&](int64_t id) {
     auto officer = v1::Officer::NewStub(daemon_->Channel("officer"));
     grpc::ClientContext ctx;
@@ -829,11 +830,20 @@ subject = "principal"
     v1::RequestInfo out;
     grpc::Status st = officer->Deny(&ctx, in, &out);
     EXPECT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(out.disposition(), v1::DISPOSITION_DENIED);
+    grpc::ClientContext get_ctx;
+    v1::GetRequestRequest get;
+    get.set_request_id(id);
+    v1::RequestInfo info;
+    st = officer->GetRequest(&get_ctx, get, &info);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(info.has_archived_key(), out.has_archived_key());
+    return info;
   };
 
   // 1. Denied by a Certificate Manager: the key is gone.
   const int64_t denied = submit_pending("PendingArchival");
-  deny(denied);
+  EXPECT_FALSE(deny(denied).has_archived_key());
   {
     auto row = OpenStore()->GetRequest(denied);
     ASSERT_TRUE(row.ok()) << row.status();
@@ -884,7 +894,7 @@ subject = "principal"
   ASSERT_TRUE(daemon_->Restart().ok());
   const int64_t kept = submit_pending("PendingArchival2");
   std::vector<uint8_t> envelope = OpenStore()->GetRequest(kept)->archived_key->envelope;
-  deny(kept);
+  EXPECT_TRUE(deny(kept).has_archived_key());
   {
     auto row = OpenStore()->GetRequest(kept);
     ASSERT_TRUE(row.ok()) << row.status();
