@@ -1,14 +1,8 @@
 #include "service/server/services.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <cstdio>
-#include <cstring>
-
-#include <openssl/evp.h>
 
 #include "hsm/secret.h"
 #include "hsm/strings.h"
@@ -391,61 +385,21 @@ class BackupService final : public v1::Backup::Service {
 
  private:
   // Streams the copy just made, then its SHA-256. Fails closed: a copy the
-  // daemon cannot open or read whole (fewer bytes than its size), a client
-  // that stops reading, or an audit record that cannot be written is an
-  // error, never a success with the checksum of something partial.
+  // daemon cannot open or read whole, a client that stops reading, or an
+  // audit record that cannot be written is an error, never a success with
+  // the checksum of something partial (StreamBackupFile).
   absl::Status StreamCopy(const std::string& path, const std::string& who,
                           grpc::ServerWriter<v1::BackupChunk>* writer) {
-    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      return absl::InternalError(StrCat("backup: cannot open the copy the daemon just made (", path,
-                                        "): ", std::strerror(errno)));
-    }
-    struct FdCloser {
-      int fd;
-      ~FdCloser() { close(fd); }
-    } closer{fd};
-    struct stat info {};
-    if (fstat(fd, &info) != 0) {
-      return absl::InternalError(
-          StrCat("backup: cannot stat the copy (", path, "): ", std::strerror(errno)));
-    }
-    const auto expected = static_cast<uint64_t>(info.st_size);
-    if (expected == 0) return absl::InternalError("backup: the copy the daemon made is empty");
-    ossl::UniquePtr<EVP_MD_CTX> sha(EVP_MD_CTX_new());
-    if (!sha || EVP_DigestInit_ex(sha.get(), EVP_sha256(), nullptr) != 1) {
-      return absl::InternalError("backup: SHA-256 is not available");
-    }
-    std::vector<char> buf(64 * 1024);
     uint64_t sent = 0;
-    while (true) {
-      const ssize_t n = read(fd, buf.data(), buf.size());
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return absl::InternalError(StrCat("backup: reading the copy failed after ", sent,
-                                          " bytes: ", std::strerror(errno)));
-      }
-      if (n == 0) break;
-      EVP_DigestUpdate(sha.get(), buf.data(), static_cast<size_t>(n));
+    auto sha256 = StreamBackupFile(path, 64 * 1024, [&](std::string_view data) {
       v1::BackupChunk chunk;
-      chunk.set_data(std::string(buf.data(), static_cast<size_t>(n)));
-      if (!writer->Write(chunk)) {
-        return absl::CancelledError(
-            StrCat("backup: the client stopped reading after ", sent, " bytes"));
-      }
-      sent += static_cast<uint64_t>(n);
-    }
-    if (sent != expected) {
-      return absl::InternalError(StrCat("backup: read ", sent, " bytes of a ", expected,
-                                        "-byte copy; the backup is incomplete"));
-    }
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int dlen = 0;
-    if (EVP_DigestFinal_ex(sha.get(), digest, &dlen) != 1) {
-      return absl::InternalError("backup: SHA-256 failed");
-    }
+      chunk.set_data(std::string(data));
+      sent += data.size();
+      return writer->Write(chunk);
+    });
+    if (!sha256.ok()) return sha256.status();
     v1::BackupChunk last;
-    last.set_sha256(HexString({digest, dlen}));
+    last.set_sha256(*sha256);
     // Audited before the checksum leaves: without it the client has no
     // complete backup.
     if (auto st =

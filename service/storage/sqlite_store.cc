@@ -7,16 +7,19 @@
 // Values only ever reach SQL as bound parameters; the SQL text itself is
 // built from constant fragments.
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -1379,6 +1382,60 @@ absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path) 
     file = ec ? path : absolute.string();
   }
   return std::unique_ptr<Store>(new SqliteStore(std::move(db), std::move(file)));
+}
+
+absl::StatusOr<std::string> StreamBackupFile(const std::string& path, size_t chunk_size,
+                                             const std::function<bool(std::string_view)>& sink) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return absl::InternalError(StrCat("backup: cannot open the copy the daemon just made (", path,
+                                      "): ", std::strerror(errno)));
+  }
+  struct FdCloser {
+    int fd;
+    ~FdCloser() { close(fd); }
+  } closer{fd};
+  struct stat info {};
+  if (fstat(fd, &info) != 0) {
+    return absl::InternalError(
+        StrCat("backup: cannot stat the copy (", path, "): ", std::strerror(errno)));
+  }
+  const auto expected = static_cast<uint64_t>(info.st_size);
+  if (expected == 0) return absl::InternalError(StrCat("backup: the copy ", path, " is empty"));
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> sha(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  if (!sha || EVP_DigestInit_ex(sha.get(), EVP_sha256(), nullptr) != 1) {
+    return absl::InternalError("backup: SHA-256 is not available");
+  }
+  std::string buf(std::max<size_t>(chunk_size, 1), '\0');
+  uint64_t sent = 0;
+  while (true) {
+    const ssize_t n = read(fd, buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return absl::InternalError(StrCat("backup: reading the copy (", path, ") failed after ", sent,
+                                        " bytes: ", std::strerror(errno)));
+    }
+    if (n == 0) break;
+    const std::string_view chunk(buf.data(), static_cast<size_t>(n));
+    if (EVP_DigestUpdate(sha.get(), chunk.data(), chunk.size()) != 1) {
+      return absl::InternalError("backup: SHA-256 failed");
+    }
+    if (!sink(chunk)) {
+      return absl::CancelledError(
+          StrCat("backup: the client stopped reading after ", sent, " bytes"));
+    }
+    sent += static_cast<uint64_t>(n);
+  }
+  if (sent != expected) {
+    return absl::InternalError(StrCat("backup: read ", sent, " bytes of a ", expected,
+                                      "-byte copy; the backup is incomplete"));
+  }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_DigestFinal_ex(sha.get(), digest, &len) != 1) {
+    return absl::InternalError("backup: SHA-256 failed");
+  }
+  return HexString({digest, len});
 }
 
 absl::StatusOr<int64_t> VerifySqliteCopy(const std::string& path) {

@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -192,6 +193,14 @@ class Store {
 // schema migrated to the current version inside a transaction. A database
 // with a newer schema version than this build knows is refused.
 absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path);
+
+// Reads the file a backup was written to (Store::Backup) for streaming: at
+// most `chunk_size` bytes at a time go to `sink`. Fails closed: INTERNAL
+// when the file cannot be opened or read, is empty, or yields another
+// number of bytes than its size; CANCELLED when `sink` returns false.
+// Returns the SHA-256 (lower-case hex) of everything passed to `sink`.
+absl::StatusOr<std::string> StreamBackupFile(const std::string& path, size_t chunk_size,
+                                             const std::function<bool(std::string_view)>& sink);
 
 // Checks a copy of a CA database (a backup) without creating or migrating
 // anything: an existing regular file, an SQLite database with keywarden's

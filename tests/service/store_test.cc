@@ -1138,6 +1138,56 @@ TEST(SqliteStoreTest, DiscardedArchivedKeyLeavesNoBytesAndFailsClosedWithoutItsA
   EXPECT_FALSE(file_has_needle()) << "the discarded envelope is still in the database file";
 }
 
+// How the daemon reads the copy it streams: whole or an error.
+TEST(SqliteStoreTest, StreamBackupFileFailsClosed) {
+  testing::TempDir dir;
+  const std::string path = dir.File("copy.db");
+  const std::vector<uint8_t> bytes = RandomBytes(150000, 9);
+  testing::WriteFile(path, bytes);
+  std::string streamed;
+  size_t calls = 0;
+  absl::StatusOr<std::string> sha = StreamBackupFile(path, 64 * 1024, [&](std::string_view d) {
+    ++calls;
+    streamed.append(d);
+    return true;
+  });
+  ASSERT_TRUE(sha.ok()) << sha.status();
+  EXPECT_EQ(streamed, std::string(bytes.begin(), bytes.end()));
+  EXPECT_EQ(calls, 3u);  // 64 KiB + 64 KiB + the rest
+  // The checksum, computed here by the sha256sum command.
+  auto sum = testing::RunCommand(StrCat("sha256sum ", path));
+  ASSERT_EQ(sum.exit_code, 0) << sum.output;
+  EXPECT_EQ(sum.output.substr(0, 64), *sha);
+
+  // A copy that cannot be read (a directory where the file should be: the
+  // open succeeds, every read fails, even for root).
+  const std::string unreadable = dir.File("unreadable.db");
+  ASSERT_EQ(mkdir(unreadable.c_str(), 0700), 0);
+  calls = 0;
+  auto count = [&](std::string_view) {
+    ++calls;
+    return true;
+  };
+  absl::StatusOr<std::string> bad = StreamBackupFile(unreadable, 4096, count);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInternal) << bad.status();
+  EXPECT_TRUE(MessageHas(bad.status(), "reading the copy")) << bad.status();
+  EXPECT_EQ(calls, 0u);
+  // Missing, empty.
+  absl::StatusOr<std::string> missing = StreamBackupFile(dir.File("gone.db"), 4096, count);
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kInternal) << missing.status();
+  EXPECT_TRUE(MessageHas(missing.status(), "cannot open")) << missing.status();
+  const std::string empty = dir.File("empty.db");
+  testing::WriteFile(empty, std::vector<uint8_t>{});
+  EXPECT_EQ(StreamBackupFile(empty, 4096, count).status().code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(calls, 0u);
+  // A reader that stops: CANCELLED after the first chunk, no checksum.
+  calls = 0;
+  absl::StatusOr<std::string> stopped =
+      StreamBackupFile(path, 64 * 1024, [&](std::string_view) { return ++calls < 1; });
+  EXPECT_EQ(stopped.status().code(), absl::StatusCode::kCancelled) << stopped.status();
+  EXPECT_EQ(calls, 1u);
+}
+
 // What `keywarden backup` checks before it keeps a copy.
 TEST(SqliteStoreTest, VerifySqliteCopyAcceptsOnlyAnIntactKeywardenDatabase) {
   testing::TempDir dir;
