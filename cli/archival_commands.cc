@@ -190,7 +190,12 @@ void RegisterArchivalCommands(CLI::App& app, const Output& out, const Connection
       return KraReply(result, "Key Recovery Agents");
     });
   };
-  kra->callback(list_action);
+  // CLI11 runs this callback after the subcommand's: list only when no
+  // subcommand was given, else `kra reload` would be overwritten by a list.
+  kra->require_subcommand(0, 1);
+  kra->callback([kra, list_action] {
+    if (kra->get_subcommands().empty()) list_action();
+  });
   kra->add_subcommand("list",
                       "The configured KRAs and the state of each (CA Administrator, "
                       "Auditor)")

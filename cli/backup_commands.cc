@@ -1,6 +1,7 @@
 // keywarden backup: a consistent copy of the CA database streamed from the
-// daemon (Backup Operator), checked against the daemon's SHA-256 and
-// written whole or not at all. keywarden schema: the database schema, like
+// daemon (Backup Operator), checked against the daemon's SHA-256, written
+// whole, and kept only if it opens as a keywarden database whose audit chain
+// verifies. keywarden schema: the database schema, like
 // certutil -schema.
 #include <openssl/evp.h>
 #include <stdlib.h>
@@ -57,17 +58,28 @@ absl::StatusOr<Reply> RunBackup(Client& client, const std::string& out_path) {
   }
   // The database holds archived keys (encrypted) and the audit log: owner only.
   if (auto st = WriteNewFile(out_path, data, 0600); !st.ok()) return st;
+  // Only a copy that opens as a keywarden database and whose audit chain
+  // verifies is a backup; anything else is removed again.
+  auto records = service::VerifySqliteCopy(out_path);
+  if (!records.ok()) {
+    for (const char* suffix : {"", "-wal", "-shm", "-journal"}) {
+      unlink(StrCat(out_path, suffix).c_str());
+    }
+    return absl::DataLossError(StrCat("backup: the copy received from the daemon is not usable (",
+                                      records.status().message(), "); ", out_path,
+                                      " was not kept"));
+  }
   Reply reply;
   reply.json = {{"file", out_path},
                 {"bytes", static_cast<int64_t>(data.size())},
                 {"sha256", actual},
-                {"chunks", chunks}};
-  reply.text =
-      StrCat("Backup written\n",
-             KeyValues({{"File", out_path},
-                        {"Size", StrCat(data.size(), " bytes")},
-                        {"SHA-256", StrCat(actual, " (matches the daemon's)")},
-                        {"Check", StrCat("keywarden audit verify --database ", out_path)}}));
+                {"chunks", chunks},
+                {"audit_records", *records}};
+  reply.text = StrCat("Backup written and verified\n",
+                      KeyValues({{"File", out_path},
+                                 {"Size", StrCat(data.size(), " bytes")},
+                                 {"SHA-256", StrCat(actual, " (matches the daemon's)")},
+                                 {"Audit chain", StrCat(*records, " records verified")}}));
   return reply;
 }
 
@@ -129,9 +141,9 @@ void RegisterBackupCommands(CLI::App& app, const Output& out, const ConnectionOp
   backup->add_option("OUT", *out_path, "Where to write the copy (SQLite; must not exist)")
       ->required();
   backup->footer(
-      "The copy is checked against the SHA-256 the daemon sends and written atomically with\n"
-      "mode 0600; nothing is written on any error. Check it offline with\n"
-      "`keywarden audit verify --database OUT`.");
+      "The copy is checked against the SHA-256 the daemon sends, written atomically with\n"
+      "mode 0600, then opened as a keywarden database whose audit chain must verify;\n"
+      "on any error nothing is left at OUT and the exit code is non-zero.");
   backup->callback([&out, &conn, &action, out_path] {
     action = WithClient(out, conn, [out_path](Client& c) { return RunBackup(c, *out_path); });
   });

@@ -5,6 +5,8 @@
 #include <openssl/evp.h>
 
 #include "hsm/status.h"
+#include "hsm/strings.h"
+#include "pki/certificate.h"
 #include "pki/cmc.h"
 #include "pki/der.h"
 
@@ -97,7 +99,66 @@ absl::StatusOr<std::vector<uint8_t>> BuildCmcResponse(OSSL_LIB_CTX* libctx, cons
   if (len <= 0) return hsm::OpenSslError("encode the CMC response");
   std::vector<uint8_t> der(out, out + len);
   OPENSSL_free(out);
+  // Verify what was made, in software, before it leaves (as for
+  // certificates, CRLs and recovery blobs).
+  if (absl::Status check = VerifyCmcResponse(der, ca_certificate); !check.ok()) {
+    return absl::InternalError(
+        StrCat("CMC response: the response just signed does not verify: ", check.message()));
+  }
   return der;
+}
+
+absl::Status VerifyCmcResponse(std::span<const uint8_t> der, X509* ca_certificate) {
+  if (ca_certificate == nullptr) {
+    return absl::InvalidArgumentError("CMC response: no CA certificate to verify it with");
+  }
+  if (der.empty()) return absl::DataLossError("CMC response: empty");
+  const unsigned char* p = der.data();
+  ossl::UniquePtr<CMS_ContentInfo> cms(
+      d2i_CMS_ContentInfo(nullptr, &p, static_cast<long>(der.size())));
+  if (!cms) {
+    ERR_clear_error();
+    return absl::DataLossError("CMC response: not a DER CMS ContentInfo");
+  }
+  if (p != der.data() + der.size()) {
+    return absl::DataLossError(
+        StrCat("CMC response: ", der.data() + der.size() - p, " bytes after the ContentInfo"));
+  }
+  if (OBJ_obj2nid(CMS_get0_type(cms.get())) != NID_pkcs7_signed) {
+    return absl::DataLossError("CMC response: not a CMS SignedData");
+  }
+  ossl::UniquePtr<ASN1_OBJECT> pki_response(OBJ_txt2obj(kOidPkiResponse, 1));
+  if (OBJ_cmp(CMS_get0_eContentType(cms.get()), pki_response.get()) != 0) {
+    return absl::DataLossError(StrCat(
+        "CMC response: the signed content is not id-cct-PKIResponse (", kOidPkiResponse, ")"));
+  }
+  STACK_OF(CMS_SignerInfo)* signers = CMS_get0_SignerInfos(cms.get());
+  if (signers == nullptr || sk_CMS_SignerInfo_num(signers) != 1) {
+    return absl::DataLossError(StrCat("CMC response: expected one signer, found ",
+                                      signers == nullptr ? 0 : sk_CMS_SignerInfo_num(signers)));
+  }
+  // Only the CA certificate given here may be the signer (CMS_NOINTERN: the
+  // certificates inside the message are not searched for it), and its public
+  // key is decoded afresh, so a token key object plays no part.
+  ossl::UniquePtr<X509> ca = SoftwareCopy(ca_certificate);
+  ossl::UniquePtr<STACK_OF(X509)> certs(sk_X509_new_null());
+  if (!ca || !certs || sk_X509_push(certs.get(), ca.get()) <= 0) {
+    return hsm::OpenSslError("CMC response: prepare the CA certificate");
+  }
+  const unsigned flags = CMS_BINARY | CMS_NOINTERN | CMS_NO_SIGNER_CERT_VERIFY;
+  const int ok = CMS_verify(cms.get(), certs.get(), nullptr, nullptr, nullptr, flags);
+  sk_X509_pop(certs.get());  // `ca` owns the certificate
+  if (ok != 1) {
+    const unsigned long err = ERR_peek_last_error();
+    char text[256] = {0};
+    if (err != 0) ERR_error_string_n(err, text, sizeof text);
+    ERR_clear_error();
+    return absl::DataLossError(
+        StrCat("CMC response: the signature does not verify with the CA certificate ",
+               FormatName(X509_get_subject_name(ca_certificate)), " (",
+               err != 0 ? text : "no detail", ")"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace keywarden::pki

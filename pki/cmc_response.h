@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -42,9 +43,18 @@ struct CmcResponseSpec {
 };
 
 // The DER ContentInfo, signed with `ca_key` (a token key through the
-// provider: pass its libctx and property query) for `ca_certificate`.
+// provider: pass its libctx and property query) for `ca_certificate`. The
+// response is verified with VerifyCmcResponse before it is returned; one
+// that does not verify is an INTERNAL error (a CA-side fault), never output.
 absl::StatusOr<std::vector<uint8_t>> BuildCmcResponse(OSSL_LIB_CTX* libctx, const char* propq,
                                                       EVP_PKEY* ca_key, X509* ca_certificate,
                                                       const CmcResponseSpec& spec);
+
+// Checks a CMC Full PKI Response in software, as a client would: a DER CMS
+// SignedData of id-cct-PKIResponse with exactly one signer, whose signature
+// (over the signed attributes, and the content's messageDigest) verifies
+// with the public key of `ca_certificate`, the only signer accepted. The
+// error says what is wrong (DATA_LOSS for a signature that does not verify).
+absl::Status VerifyCmcResponse(std::span<const uint8_t> der, X509* ca_certificate);
 
 }  // namespace keywarden::pki

@@ -546,9 +546,11 @@ absl::Status ReadKra(const Section& s, Config::Kra& k) {
 }
 
 absl::Status ReadFlags(const Section& s, Config::Flags& f) {
-  KW_RETURN_IF_ERROR(s.CheckKeys({"role_separation", "enable_foreign", "archival_scheme"}));
+  KW_RETURN_IF_ERROR(s.CheckKeys(
+      {"role_separation", "enable_foreign", "save_bad_request_key", "archival_scheme"}));
   KW_RETURN_IF_ERROR(s.ReadBool("role_separation", f.role_separation));
   KW_RETURN_IF_ERROR(s.ReadBool("enable_foreign", f.enable_foreign));
+  KW_RETURN_IF_ERROR(s.ReadBool("save_bad_request_key", f.save_bad_request_key));
   KW_RETURN_IF_ERROR(
       s.ReadChoice("archival_scheme", {"des3-rsa-pkcs1", "aes256-rsa-oaep"}, f.archival_scheme));
   return absl::OkStatus();

@@ -146,6 +146,7 @@ struct Config {
   struct Flags {
     bool role_separation = false;                    // RoleSeparationEnabled
     bool enable_foreign = false;                     // KRAF_ENABLEFOREIGN
+    bool save_bad_request_key = false;               // KRAF_SAVEBADREQUESTKEY
     std::string archival_scheme = "des3-rsa-pkcs1";  // or "aes256-rsa-oaep"
   } flags;
 

@@ -335,6 +335,14 @@ std::shared_ptr<KraRegistry::Snapshot> KraRegistry::Current() const {
   return snapshot_;
 }
 
+bool KraRegistry::IsConfiguredKraOfThisCa(const std::string& serial) const {
+  auto snap = Current();
+  if (!snap || serial.empty()) return false;
+  return std::any_of(snap->status.begin(), snap->status.end(), [&](const KraStatus& st) {
+    return st.issued_by_this_ca && NormalizeSerial(st.serial) == serial;
+  });
+}
+
 std::vector<KraStatus> KraRegistry::Status() const {
   auto snap = Current();
   return snap ? snap->status : std::vector<KraStatus>{};

@@ -80,6 +80,10 @@ class KraRegistry {
   // error here: archival requests are refused instead.
   void Load(const std::string& who);
 
+  // Whether `serial` (hex, as NormalizeSerial gives it) is a configured KRA
+  // certificate issued by this CA: revoking it must re-validate at once.
+  bool IsConfiguredKraOfThisCa(const std::string& serial) const;
+
   // The status of every configured KRA, in configuration order.
   std::vector<KraStatus> Status() const;
   // Number of KRAs used per archival (N).

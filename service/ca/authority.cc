@@ -178,6 +178,18 @@ void CertificateAuthority::Audit(const std::string& principal, const std::string
   }
 }
 
+absl::Status CertificateAuthority::AuditCommitted(const std::string& principal,
+                                                  const std::string& event,
+                                                  const std::string& details_json,
+                                                  const std::string& what) {
+  auto st = store_.AppendAudit(principal, event, details_json, clock_());
+  if (st.ok()) return absl::OkStatus();
+  std::fprintf(stderr, "keywardend: AUDIT FAILURE for %s: %s\n", event.c_str(),
+               std::string(st.status().message()).c_str());
+  return absl::UnavailableError(
+      StrCat(what, ": the CA could not write its audit record (", st.status().message(), ")"));
+}
+
 absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Submit(const Requester& requester,
                                                                std::span<const uint8_t> request,
                                                                const std::string& template_hint) {
@@ -228,18 +240,47 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Submit(const Requester& 
   return Process(std::move(r), principal, /*approving=*/false, &*parsed, &requester);
 }
 
+absl::Status CertificateAuthority::ResolveUnissued(RequestRecord& request, Disposition disposition,
+                                                   const std::string& message, uint32_t code,
+                                                   const std::string& by,
+                                                   std::vector<AuditEntry> audit) {
+  // What the database holds decides (a key archived at this submission and
+  // refused before it was stored was never kept).
+  auto row = store_.GetRequest(request.id);
+  if (!row.ok()) return row.status();
+  const bool holds_key = row->archived_key.has_value();
+  const bool discard = holds_key && !config_.flags.save_bad_request_key;
+  if (holds_key) {
+    audit.push_back({by, discard ? "archival.key_discarded" : "archival.key_kept",
+                     json{{"request_id", request.id},
+                          {"requester", request.requester},
+                          {"disposition", DispositionName(disposition)},
+                          {"kra_sha1", row->archived_key->kra_sha1},
+                          {"save_bad_request_key", config_.flags.save_bad_request_key}}
+                         .dump()});
+  }
+  if (auto st = store_.ResolveRequest(request.id, disposition, message, code, by, clock_(), discard,
+                                      audit);
+      !st.ok()) {
+    return st;
+  }
+  request.disposition = disposition;
+  request.disposition_message = message;
+  request.status_code = code;
+  if (discard) request.archived_key.reset();
+  return absl::OkStatus();
+}
+
 absl::Status CertificateAuthority::DenyWith(RequestRecord& request, const absl::Status& why,
                                             const std::string& by) {
   const uint32_t code = HResultOf(why).value_or(0);
   const std::string message(why.message());
-  auto st = store_.ResolveRequest(request.id, Disposition::kDenied, message, code, by, clock_());
-  if (!st.ok()) return st;
-  request.disposition = Disposition::kDenied;
-  request.disposition_message = message;
-  request.status_code = code;
-  Audit(by, "request.denied",
+  auto st = ResolveUnissued(
+      request, Disposition::kDenied, message, code, by,
+      {{by, "request.denied",
         json{{"request_id", request.id}, {"requester", request.requester}, {"reason", message}}
-            .dump());
+            .dump()}});
+  if (!st.ok()) return st;
   // The caller sees the refusal, with the request id to look it up later.
   absl::Status out(why.code(), StrCat("request ", request.id, " denied: ", message));
   if (auto p = why.GetPayload("type.keywarden/hresult"))
@@ -414,7 +455,9 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
               .dump());
     request.disposition_message = "Taken Under Submission";
     EnrollmentOutcome pending{std::move(request), std::nullopt, {}};
-    pending.cmc_response = CmcResponseFor(pending.request, std::nullopt, stored->body_part_id);
+    auto response = CmcResponseFor(pending.request, std::nullopt, stored->body_part_id);
+    if (!response.ok()) return response.status();
+    pending.cmc_response = std::move(*response);
     return pending;
   }
 
@@ -429,8 +472,9 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
   auto cert = issuer_->IssueCertificate(spec);
   if (!cert.ok()) {
     const std::string message(cert.status().message());
-    (void)store_.ResolveRequest(request.id, Disposition::kFailed, message, 0, "system", now);
-    Audit("system", "request.failed", json{{"request_id", request.id}, {"reason", message}}.dump());
+    (void)ResolveUnissued(request, Disposition::kFailed, message, 0, "system",
+                          {{"system", "request.failed",
+                            json{{"request_id", request.id}, {"reason", message}}.dump()}});
     return cert.status();
   }
   CertificateRecord record = CertificateRecordFor(cert->get(), request.id, t->name);
@@ -464,15 +508,17 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
   request.resolved_at = now;
   request.resolved_by = policy;
   EnrollmentOutcome issued{std::move(request), std::move(record), {}};
-  issued.cmc_response =
+  auto response =
       CmcResponseFor(issued.request, issued.certificate, stored->body_part_id, cert->get());
+  if (!response.ok()) return response.status();
+  issued.cmc_response = std::move(*response);
   return issued;
 }
 
-std::vector<uint8_t> CertificateAuthority::CmcResponseFor(
+absl::StatusOr<std::vector<uint8_t>> CertificateAuthority::CmcResponseFor(
     const RequestRecord& request, const std::optional<CertificateRecord>& issued_record,
     std::optional<int64_t> body_part_id, X509* issued_certificate) {
-  if (request.format != "cmc") return {};
+  if (request.format != "cmc") return std::vector<uint8_t>();
   pki::CmcResponseSpec spec;
   if (body_part_id) {
     spec.request_body_part = *body_part_id;
@@ -495,8 +541,12 @@ std::vector<uint8_t> CertificateAuthority::CmcResponseFor(
   } else if (request.disposition == Disposition::kPending) {
     spec.status = pki::CmcStatus::kPending;
     spec.status_string = "Taken Under Submission";
+  } else if (request.disposition == Disposition::kIssued) {
+    return absl::InternalError(StrCat("request ", request.id, " is issued but certificate ",
+                                      request.serial,
+                                      " does not decode: no CMC response can be made"));
   } else {
-    return {};
+    return std::vector<uint8_t>();
   }
   if (request.archived_key) spec.encrypted_key_hash = request.archived_key->encrypted_key_hash;
   spec.certificates.push_back(certificate());
@@ -504,9 +554,9 @@ std::vector<uint8_t> CertificateAuthority::CmcResponseFor(
   auto der = pki::BuildCmcResponse(issuer_->libctx(), issuer_->properties(), issuer_->signing_key(),
                                    certificate(), spec);
   if (!der.ok()) {
-    std::fprintf(stderr, "keywardend: cannot build the CMC response for request %lld: %s\n",
-                 static_cast<long long>(request.id), std::string(der.status().message()).c_str());
-    return {};
+    // A CA-side fault (token, signature check), never the client's.
+    return absl::InternalError(StrCat("the CA could not make the CMC response for request ",
+                                      request.id, ": ", der.status().message()));
   }
   return std::move(*der);
 }
@@ -529,7 +579,9 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Retrieve(const std::stri
     if (!cert.ok()) return cert.status();
     out.certificate = std::move(*cert);
   }
-  out.cmc_response = CmcResponseFor(out.request, out.certificate);
+  auto response = CmcResponseFor(out.request, out.certificate);
+  if (!response.ok()) return response.status();
+  out.cmc_response = std::move(*response);
   return out;
 }
 
@@ -648,18 +700,26 @@ absl::StatusOr<CertificateAuthority::RecoveryBlobResult> CertificateAuthority::G
     }
     return blob.status();
   }
+  // seed event 787: "Certificate Services retrieved an archived key." The
+  // blob leaves only once this record is committed (fail closed): a
+  // retrieval nobody can see later must not happen.
+  if (auto audited =
+          AuditCommitted(who, "archival.key_retrieved",
+                         json{{"request_id", c.request.id},
+                              {"serial", c.certificate.serial},
+                              {"subject", c.certificate.subject},
+                              {"kra_sha1", c.request.archived_key->kra_sha1}}
+                             .dump(),
+                         StrCat("the archived key of request ", c.request.id, " was not released"));
+      !audited.ok()) {
+    return audited;
+  }
   result.blob = std::move(*blob);
-  // seed event 787: "Certificate Services retrieved an archived key."
-  Audit(who, "archival.key_retrieved",
-        json{{"request_id", c.request.id},
-             {"serial", c.certificate.serial},
-             {"subject", c.certificate.subject},
-             {"kra_sha1", c.request.archived_key->kra_sha1}}
-            .dump());
   return result;
 }
 
 std::vector<KraStatus> CertificateAuthority::ReloadKras(const std::string& who) {
+  // Audited under the caller's name; the outcome follows as kra.loaded {"by": who}.
   Audit(who, "kra.reload_requested", json::object().dump());
   kras_->Load(who);
   return kras_->Status();
@@ -805,12 +865,14 @@ absl::StatusOr<RequestRecord> CertificateAuthority::Deny(const std::string& offi
   const std::string message = reason.empty()
                                   ? "Denied by the Certificate Manager"
                                   : StrCat("Denied by the Certificate Manager: ", reason);
-  if (auto st =
-          store_.ResolveRequest(request_id, Disposition::kDenied, message, 0, officer, clock_());
+  // The denial, its audit record and (unless kept) the removal of the
+  // archived key are one transaction.
+  if (auto st = ResolveUnissued(*request, Disposition::kDenied, message, 0, officer,
+                                {{officer, "request.denied",
+                                  json{{"request_id", request_id}, {"reason", message}}.dump()}});
       !st.ok()) {
     return st;
   }
-  Audit(officer, "request.denied", json{{"request_id", request_id}, {"reason", message}}.dump());
   return store_.GetRequest(request_id);
 }
 
@@ -838,6 +900,12 @@ absl::StatusOr<CertificateRecord> CertificateAuthority::Revoke(const std::string
   // Refused at the door from now on, whether or not the CRL gets made.
   trust_->AddOwnRevocations({{normalized, {revoked_at, reason}}});
   Audit(officer, "certificate.revoked", json{{"serial", normalized}, {"reason", reason}}.dump());
+  // A configured KRA of this CA: re-validate the registry now, so the next
+  // archival never goes to it (no reload or restart needed).
+  if (kras_->IsConfiguredKraOfThisCa(normalized)) {
+    Audit(officer, "kra.revoked", json{{"serial", normalized}, {"reason", reason}}.dump());
+    kras_->Load(StrCat(officer, " (revoked KRA certificate ", normalized, ")"));
+  }
   if (auto crl = PublishCrl(officer); !crl.ok()) return crl.status();
   return store_.GetCertificate(normalized);
 }

@@ -149,6 +149,11 @@ class CertificateAuthority {
   // Appends to the audit log; a failure to audit is logged loudly.
   void Audit(const std::string& principal, const std::string& event,
              const std::string& details_json);
+  // Appends to the audit log for an operation that must not happen
+  // unaudited (fail closed): the error (UNAVAILABLE, a CA-side fault) says
+  // `what` was not done, and the failure is logged loudly too.
+  absl::Status AuditCommitted(const std::string& principal, const std::string& event,
+                              const std::string& details_json, const std::string& what);
 
  private:
   CertificateAuthority(const Config& config, Store& store, Clock clock)
@@ -165,11 +170,19 @@ class CertificateAuthority {
   // `body_part_id` (the PKCS#10's, when the caller has the request parsed)
   // and `issued_certificate` (issued_record's certificate, when the caller
   // holds it) spare parsing the stored request and decoding the certificate.
-  std::vector<uint8_t> CmcResponseFor(const RequestRecord& request,
-                                      const std::optional<CertificateRecord>& issued_record,
-                                      std::optional<int64_t> body_part_id = std::nullopt,
-                                      X509* issued_certificate = nullptr);
+  // A response that cannot be made or does not verify after signing is an
+  // INTERNAL error: nothing unverified leaves, and no empty response either.
+  absl::StatusOr<std::vector<uint8_t>> CmcResponseFor(
+      const RequestRecord& request, const std::optional<CertificateRecord>& issued_record,
+      std::optional<int64_t> body_part_id = std::nullopt, X509* issued_certificate = nullptr);
   absl::Status DenyWith(RequestRecord& request, const absl::Status& why, const std::string& by);
+  // Pending -> denied or failed, with `audit` in the same transaction. An
+  // archived key the request holds in the database is removed with it
+  // (archival.key_discarded) unless [flags] save_bad_request_key keeps it
+  // (archival.key_kept; KRAF_SAVEBADREQUESTKEY).
+  absl::Status ResolveUnissued(RequestRecord& request, Disposition disposition,
+                               const std::string& message, uint32_t code, const std::string& by,
+                               std::vector<AuditEntry> audit);
 
   const Config& config_;
   Store& store_;

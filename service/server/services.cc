@@ -4,8 +4,6 @@
 
 #include <cstdio>
 
-#include <openssl/evp.h>
-
 #include "hsm/secret.h"
 #include "hsm/strings.h"
 #include "service/errors.h"
@@ -377,38 +375,45 @@ class BackupService final : public v1::Backup::Service {
     if (mkdtemp(dir) == nullptr)
       return ToGrpc(absl::InternalError("backup: no temporary directory"));
     const std::string path = StrCat(dir, "/ca.db");
-    auto st = ca_.store().Backup(path);
-    Status result = Status::OK;
-    if (!st.ok()) {
-      result = ToGrpc(st);
-    } else {
-      FILE* f = std::fopen(path.c_str(), "rb");
-      ossl::UniquePtr<EVP_MD_CTX> sha(EVP_MD_CTX_new());
-      EVP_DigestInit_ex(sha.get(), EVP_sha256(), nullptr);
-      std::vector<char> buf(64 * 1024);
-      size_t n;
-      while (f != nullptr && (n = std::fread(buf.data(), 1, buf.size(), f)) > 0) {
-        EVP_DigestUpdate(sha.get(), buf.data(), n);
-        v1::BackupChunk chunk;
-        chunk.set_data(std::string(buf.data(), n));
-        if (!writer->Write(chunk)) break;
-      }
-      if (f != nullptr) std::fclose(f);
-      unsigned char digest[32];
-      unsigned int dlen = 0;
-      EVP_DigestFinal_ex(sha.get(), digest, &dlen);
-      v1::BackupChunk last;
-      last.set_sha256(HexString({digest, dlen}));
-      writer->Write(last);
-      ca_.Audit(caller.principal, "backup.database",
-                StrCat("{\"sha256\":\"", last.sha256(), "\"}"));
-    }
+    absl::Status result = ca_.store().Backup(path);
+    if (result.ok()) result = StreamCopy(path, caller.principal, writer);
     std::remove(path.c_str());
     rmdir(dir);
-    return result;
+    return ToGrpc(result);
   }
 
  private:
+  // Streams the copy just made, then its SHA-256. Fails closed: a copy the
+  // daemon cannot open or read whole, a client that stops reading, or an
+  // audit record that cannot be written is an error, never a success with
+  // the checksum of something partial (StreamBackupFile).
+  absl::Status StreamCopy(const std::string& path, const std::string& who,
+                          grpc::ServerWriter<v1::BackupChunk>* writer) {
+    uint64_t sent = 0;
+    auto sha256 = StreamBackupFile(path, 64 * 1024, [&](std::string_view data) {
+      v1::BackupChunk chunk;
+      chunk.set_data(std::string(data));
+      sent += data.size();
+      return writer->Write(chunk);
+    });
+    if (!sha256.ok()) return sha256.status();
+    v1::BackupChunk last;
+    last.set_sha256(*sha256);
+    // Audited before the checksum leaves: without it the client has no
+    // complete backup.
+    if (auto st =
+            ca_.AuditCommitted(who, "backup.database",
+                               StrCat("{\"sha256\":\"", last.sha256(), "\",\"bytes\":", sent, "}"),
+                               "the backup was not completed");
+        !st.ok()) {
+      return st;
+    }
+    if (!writer->Write(last)) {
+      return absl::CancelledError("backup: the client stopped reading before the checksum");
+    }
+    return absl::OkStatus();
+  }
+
   CertificateAuthority& ca_;
 };
 

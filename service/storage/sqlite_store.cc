@@ -7,14 +7,19 @@
 // Values only ever reach SQL as bound parameters; the SQL text itself is
 // built from constant fragments.
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -607,8 +612,9 @@ class SqliteStore final : public Store {
   absl::StatusOr<std::vector<RequestRecord>> ListRequests(std::optional<Disposition> disposition,
                                                           size_t limit) override;
   absl::Status ResolveRequest(int64_t id, Disposition disposition, const std::string& message,
-                              uint32_t status_code, const std::string& resolved_by,
-                              UnixTime at) override;
+                              uint32_t status_code, const std::string& resolved_by, UnixTime at,
+                              bool discard_archived_key,
+                              const std::vector<AuditEntry>& audit) override;
   absl::Status RecordIssued(int64_t request_id, const CertificateRecord& certificate,
                             const std::optional<ArchivedKey>& archived_key,
                             const std::string& resolved_by, UnixTime at,
@@ -753,7 +759,9 @@ absl::Status SqliteStore::CheckPending(int64_t id, std::string_view what) {
 
 absl::Status SqliteStore::ResolveRequest(int64_t id, Disposition disposition,
                                          const std::string& message, uint32_t status_code,
-                                         const std::string& resolved_by, UnixTime at) {
+                                         const std::string& resolved_by, UnixTime at,
+                                         bool discard_archived_key,
+                                         const std::vector<AuditEntry>& audit) {
   const std::string what = StrCat("resolving request ", id);
   if (disposition != Disposition::kDenied && disposition != Disposition::kFailed) {
     return absl::InvalidArgumentError(
@@ -764,20 +772,31 @@ absl::Status SqliteStore::ResolveRequest(int64_t id, Disposition disposition,
   Transaction txn(db_.get());
   if (absl::Status s = txn.Begin(what); !s.ok()) return s;
   if (absl::Status s = CheckPending(id, what); !s.ok()) return s;
-  Statement s(db_.get(), what);
-  if (absl::Status st = s.Prepare(
-          "UPDATE requests SET disposition = ?1, disposition_message = ?2, status_code = ?3, "
-          "resolved_at = ?4, resolved_by = ?5 WHERE id = ?6");
-      !st.ok()) {
-    return st;
+  {
+    Statement s(db_.get(), what);
+    if (absl::Status st =
+            discard_archived_key
+                ? s.Prepare(
+                      "UPDATE requests SET disposition = ?1, disposition_message = ?2, "
+                      "status_code = ?3, resolved_at = ?4, resolved_by = ?5, archived_key = NULL, "
+                      "archival_scheme = NULL, kra_sha1 = NULL, encrypted_key_hash = NULL "
+                      "WHERE id = ?6")
+                : s.Prepare("UPDATE requests SET disposition = ?1, disposition_message = ?2, "
+                            "status_code = ?3, resolved_at = ?4, resolved_by = ?5 WHERE id = ?6");
+        !st.ok()) {
+      return st;
+    }
+    s.BindInt(1, static_cast<int64_t>(disposition));
+    s.BindText(2, message);
+    s.BindInt(3, status_code);
+    s.BindInt(4, at);
+    s.BindText(5, resolved_by);
+    s.BindInt(6, id);
+    if (absl::Status st = s.Run(); !st.ok()) return st;
   }
-  s.BindInt(1, static_cast<int64_t>(disposition));
-  s.BindText(2, message);
-  s.BindInt(3, status_code);
-  s.BindInt(4, at);
-  s.BindText(5, resolved_by);
-  s.BindInt(6, id);
-  if (absl::Status st = s.Run(); !st.ok()) return st;
+  for (const AuditEntry& entry : audit) {
+    if (auto appended = AppendAuditLocked(entry, at); !appended.ok()) return appended.status();
+  }
   return txn.Commit(what);
 }
 
@@ -1345,7 +1364,12 @@ absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path) 
   // foreign_keys is per connection and a no-op inside a transaction, so it is
   // set here. synchronous=FULL: an issued certificate or an audit record must
   // survive a power cut, which WAL's default NORMAL does not promise.
-  if (absl::Status s = Exec(db.get(), "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;", what);
+  // secure_delete: a discarded archived key (denied request) is overwritten
+  // with zeros in the database file rather than left in a free page.
+  if (absl::Status s = Exec(db.get(),
+                            "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; "
+                            "PRAGMA secure_delete = ON;",
+                            what);
       !s.ok()) {
     return s;
   }
@@ -1358,6 +1382,133 @@ absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path) 
     file = ec ? path : absolute.string();
   }
   return std::unique_ptr<Store>(new SqliteStore(std::move(db), std::move(file)));
+}
+
+absl::StatusOr<std::string> StreamBackupFile(const std::string& path, size_t chunk_size,
+                                             const std::function<bool(std::string_view)>& sink) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return absl::InternalError(StrCat("backup: cannot open the copy the daemon just made (", path,
+                                      "): ", std::strerror(errno)));
+  }
+  struct FdCloser {
+    int fd;
+    ~FdCloser() { close(fd); }
+  } closer{fd};
+  struct stat info {};
+  if (fstat(fd, &info) != 0) {
+    return absl::InternalError(
+        StrCat("backup: cannot stat the copy (", path, "): ", std::strerror(errno)));
+  }
+  const auto expected = static_cast<uint64_t>(info.st_size);
+  if (expected == 0) return absl::InternalError(StrCat("backup: the copy ", path, " is empty"));
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> sha(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  if (!sha || EVP_DigestInit_ex(sha.get(), EVP_sha256(), nullptr) != 1) {
+    return absl::InternalError("backup: SHA-256 is not available");
+  }
+  std::string buf(std::max<size_t>(chunk_size, 1), '\0');
+  uint64_t sent = 0;
+  while (true) {
+    const ssize_t n = read(fd, buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return absl::InternalError(StrCat("backup: reading the copy (", path, ") failed after ", sent,
+                                        " bytes: ", std::strerror(errno)));
+    }
+    if (n == 0) break;
+    const std::string_view chunk(buf.data(), static_cast<size_t>(n));
+    if (EVP_DigestUpdate(sha.get(), chunk.data(), chunk.size()) != 1) {
+      return absl::InternalError("backup: SHA-256 failed");
+    }
+    if (!sink(chunk)) {
+      return absl::CancelledError(
+          StrCat("backup: the client stopped reading after ", sent, " bytes"));
+    }
+    sent += static_cast<uint64_t>(n);
+  }
+  if (sent != expected) {
+    return absl::InternalError(StrCat("backup: read ", sent, " bytes of a ", expected,
+                                      "-byte copy; the backup is incomplete"));
+  }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_DigestFinal_ex(sha.get(), digest, &len) != 1) {
+    return absl::InternalError("backup: SHA-256 failed");
+  }
+  return HexString({digest, len});
+}
+
+absl::StatusOr<int64_t> VerifySqliteCopy(const std::string& path) {
+  const std::string what = StrCat("checking database copy \"", path, "\"");
+  struct stat info {};
+  if (path.empty() || stat(path.c_str(), &info) != 0) {
+    return absl::NotFoundError(StrCat(what, ": no such file"));
+  }
+  if (!S_ISREG(info.st_mode)) return absl::FailedPreconditionError(StrCat(what, ": not a file"));
+  // The header first (SQLite would otherwise happily open an empty file as
+  // an empty database): the magic string and keywarden's application id.
+  {
+    unsigned char header[100] = {0};
+    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return ErrnoError(errno, what);
+    const ssize_t n = read(fd, header, sizeof header);
+    close(fd);
+    static constexpr char kMagic[] = "SQLite format 3";  // and its NUL
+    if (n != static_cast<ssize_t>(sizeof header) ||
+        std::memcmp(header, kMagic, sizeof kMagic) != 0) {
+      return absl::FailedPreconditionError(
+          StrCat(what, ": not an SQLite database (", info.st_size, " bytes)"));
+    }
+    const uint32_t application_id = (uint32_t{header[68]} << 24) | (uint32_t{header[69]} << 16) |
+                                    (uint32_t{header[70]} << 8) | uint32_t{header[71]};
+    if (application_id != static_cast<uint32_t>(kApplicationId)) {
+      return absl::FailedPreconditionError(
+          StrCat(what, ": an SQLite database of something else (application_id ", application_id,
+                 "), not a keywarden CA database"));
+    }
+  }
+  sqlite3* raw = nullptr;
+  // Read-write without CREATE (read-only WAL connections need an -shm file);
+  // nothing is written: no migration, no journal mode change.
+  const int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE, nullptr);
+  Connection db(raw);
+  if (rc != SQLITE_OK) return SqliteError(db.get(), rc, what);
+  sqlite3_extended_result_codes(db.get(), 1);
+  if (absl::Status st = CheckDatabase(db.get(), path); !st.ok()) return st;
+  absl::StatusOr<int64_t> version = QueryInt(db.get(), "PRAGMA user_version", what);
+  if (!version.ok()) return version.status();
+  if (*version != kSchemaVersion) {
+    return absl::FailedPreconditionError(
+        StrCat(what, ": schema version ", *version, ", this build writes ", kSchemaVersion));
+  }
+  {
+    Statement s(db.get(), StrCat(what, ": PRAGMA quick_check"));
+    if (absl::Status st = s.Prepare("PRAGMA quick_check"); !st.ok()) {
+      return absl::DataLossError(st.message());
+    }
+    absl::StatusOr<bool> row = s.Step();
+    if (!row.ok()) return absl::DataLossError(row.status().message());
+    if (!*row || s.Text(0) != "ok") {
+      return absl::DataLossError(
+          StrCat(what, ": the database is damaged (quick_check: ", *row ? s.Text(0) : "", ")"));
+    }
+  }
+  SqliteStore store(std::move(db), "");
+  std::vector<AuditRecord> all;
+  for (int64_t from = 1;;) {
+    auto page = store.ReadAudit(from, 5000);
+    if (!page.ok()) return absl::DataLossError(page.status().message());
+    if (page->empty()) break;
+    from = page->back().seq + 1;
+    all.insert(all.end(), std::make_move_iterator(page->begin()),
+               std::make_move_iterator(page->end()));
+  }
+  if (all.empty()) return absl::DataLossError(StrCat(what, ": the audit log is empty"));
+  if (absl::Status chain = VerifyAuditChain(all); !chain.ok()) {
+    return absl::DataLossError(
+        StrCat(what, ": the audit chain does not verify: ", chain.message()));
+  }
+  return static_cast<int64_t>(all.size());
 }
 
 }  // namespace keywarden::service

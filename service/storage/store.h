@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -129,10 +130,16 @@ class Store {
   // Newest first; `disposition` filters when set.
   virtual absl::StatusOr<std::vector<RequestRecord>> ListRequests(
       std::optional<Disposition> disposition, size_t limit) = 0;
-  // Pending -> denied or failed. FAILED_PRECONDITION if the request is not pending.
+  // Pending -> denied or failed. FAILED_PRECONDITION if the request is not
+  // pending. `discard_archived_key` removes the archived key the request
+  // holds (a pended archival request denied or failed: seed, "Denied ...
+  // requests will also not archive private keys"), and `audit` is appended
+  // (timed `at`), both in the same transaction. Nothing is written on error.
   virtual absl::Status ResolveRequest(int64_t id, Disposition disposition,
                                       const std::string& message, uint32_t status_code,
-                                      const std::string& resolved_by, UnixTime at) = 0;
+                                      const std::string& resolved_by, UnixTime at,
+                                      bool discard_archived_key = false,
+                                      const std::vector<AuditEntry>& audit = {}) = 0;
   // Pending -> issued, atomically with inserting the certificate and, when
   // given, the archived key. FAILED_PRECONDITION if the request is not
   // pending; ALREADY_EXISTS if the serial is taken. `audit` is appended in
@@ -186,5 +193,22 @@ class Store {
 // schema migrated to the current version inside a transaction. A database
 // with a newer schema version than this build knows is refused.
 absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path);
+
+// Reads the file a backup was written to (Store::Backup) for streaming: at
+// most `chunk_size` bytes at a time go to `sink`. Fails closed: INTERNAL
+// when the file cannot be opened or read, is empty, or yields another
+// number of bytes than its size; CANCELLED when `sink` returns false.
+// Returns the SHA-256 (lower-case hex) of everything passed to `sink`.
+absl::StatusOr<std::string> StreamBackupFile(const std::string& path, size_t chunk_size,
+                                             const std::function<bool(std::string_view)>& sink);
+
+// Checks a copy of a CA database (a backup) without creating or migrating
+// anything: an existing regular file, an SQLite database with keywarden's
+// application id and this build's schema version, intact (PRAGMA
+// quick_check), with at least one audit record and an audit chain that
+// verifies. Returns the number of audit records; the error names what is
+// wrong (FAILED_PRECONDITION for a file that is not a keywarden database,
+// DATA_LOSS for a damaged one or a broken chain).
+absl::StatusOr<int64_t> VerifySqliteCopy(const std::string& path);
 
 }  // namespace keywarden::service

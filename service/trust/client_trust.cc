@@ -80,15 +80,14 @@ std::string CrlReasonName(int reason) {
 }
 
 ClientTrust::ClientTrust(const Config& config, Clock clock)
-    : config_(config), clock_(std::move(clock)), generation_(next_generation++) {}
+    : config_(config), clock_(std::move(clock)) {}
 
 ClientTrust::~ClientTrust() = default;
 
-absl::StatusOr<std::unique_ptr<ClientTrust>> ClientTrust::Load(const Config& config,
-                                                               X509* ca_certificate, Clock clock) {
-  std::unique_ptr<ClientTrust> trust(new ClientTrust(config, std::move(clock)));
-  trust->this_ca_.reset(X509_dup(ca_certificate));
-  for (const std::string& path : config.server.client_ca) {
+absl::StatusOr<std::shared_ptr<const ClientTrust::Anchors>> ClientTrust::ReadAnchors() const {
+  auto anchors = std::make_shared<Anchors>();
+  anchors->generation = next_generation++;
+  for (const std::string& path : config_.server.client_ca) {
     auto certs = pki::ReadPemCertificates(path);
     if (!certs.ok()) {
       return absl::FailedPreconditionError(StrCat("client CA: ", certs.status().message()));
@@ -101,17 +100,55 @@ absl::StatusOr<std::unique_ptr<ClientTrust>> ClientTrust::Load(const Config& con
     // the file its holders' certificates must chain to.
     X509_STORE_set_flags(ca->store.get(), X509_V_FLAG_PARTIAL_CHAIN);
     for (const auto& c : ca->certs) X509_STORE_add_cert(ca->store.get(), c.get());
-    ca->revocation_optional = std::find(config.server.client_crl_optional.begin(),
-                                        config.server.client_crl_optional.end(),
-                                        path) != config.server.client_crl_optional.end();
-    trust->cas_.push_back(std::move(ca));
+    ca->revocation_optional = std::find(config_.server.client_crl_optional.begin(),
+                                        config_.server.client_crl_optional.end(),
+                                        path) != config_.server.client_crl_optional.end();
+    anchors->cas.push_back(std::move(ca));
   }
+  return std::shared_ptr<const Anchors>(std::move(anchors));
+}
+
+std::shared_ptr<const ClientTrust::Anchors> ClientTrust::CurrentAnchors() {
+  std::shared_lock lock(mu_);
+  return anchors_;
+}
+
+absl::StatusOr<std::unique_ptr<ClientTrust>> ClientTrust::Load(const Config& config,
+                                                               X509* ca_certificate, Clock clock) {
+  std::unique_ptr<ClientTrust> trust(new ClientTrust(config, std::move(clock)));
+  trust->this_ca_.reset(X509_dup(ca_certificate));
+  auto anchors = trust->ReadAnchors();
+  if (!anchors.ok()) return anchors.status();
+  trust->anchors_ = std::move(*anchors);
   trust->ReloadCrls();
   return trust;
 }
 
+std::vector<std::string> ClientTrust::Reload() {
+  std::vector<std::string> report;
+  auto anchors = ReadAnchors();
+  if (!anchors.ok()) {
+    report.push_back(StrCat("client CAs: not reloaded, the previous ones stay in use: ",
+                            anchors.status().message()));
+  } else {
+    size_t certs = 0;
+    for (const auto& ca : (*anchors)->cas) certs += ca->certs.size();
+    {
+      // A new generation: every cached identity is verified again, so a
+      // client of a CA that was removed is refused on its next call.
+      std::unique_lock lock(mu_);
+      anchors_ = std::move(*anchors);
+    }
+    report.push_back(StrCat("client CAs for roles and revocation: ", certs,
+                            " certificate(s) from ", config_.server.client_ca.size(), " file(s)"));
+  }
+  for (std::string& line : ReloadCrls()) report.push_back(std::move(line));
+  return report;
+}
+
 std::vector<std::string> ClientTrust::ReloadCrls() {
   std::vector<std::string> report;
+  const std::shared_ptr<const Anchors> anchors = CurrentAnchors();
   std::map<std::string, std::vector<std::shared_ptr<const LoadedCrl>>> loaded;
   std::map<std::string, std::pair<int64_t, int64_t>> stamps;
   for (const std::string& path : config_.server.client_crls) {
@@ -124,7 +161,7 @@ std::vector<std::string> ClientTrust::ReloadCrls() {
     for (auto& crl : *crls) {
       // The issuer must be a certificate of a client_ca file, and sign it.
       X509* issuer = nullptr;
-      for (const auto& ca : cas_) {
+      for (const auto& ca : anchors->cas) {
         for (const auto& c : ca->certs) {
           if (X509_NAME_cmp(X509_get_subject_name(c.get()), X509_CRL_get_issuer(crl.get())) == 0 &&
               X509_CRL_verify(crl.get(), X509_get0_pubkey(c.get())) == 1) {
@@ -202,8 +239,9 @@ absl::StatusOr<std::shared_ptr<const PeerIdentity>> ClientTrust::Identify(
   };
   thread_local std::array<Seen, 8> seen;
   thread_local size_t next = 0;
+  const std::shared_ptr<const Anchors> anchors = CurrentAnchors();
   for (const Seen& s : seen) {
-    if (s.generation == generation_ && s.pem == leaf_pem) return s.peer;
+    if (s.generation == anchors->generation && s.pem == leaf_pem) return s.peer;
   }
 
   auto leaf_certs = ParsePemCertificates(leaf_pem);
@@ -220,7 +258,7 @@ absl::StatusOr<std::shared_ptr<const PeerIdentity>> ClientTrust::Identify(
   peer->not_after = ToUnix(X509_get0_notAfter(leaf));
   std::vector<std::string> anchors;  // client_ca files it chains to
   bool all_optional = true;
-  for (const auto& ca : cas_) {
+  for (const auto& ca : anchors->cas) {
     ossl::UniquePtr<X509_STORE_CTX> ctx(X509_STORE_CTX_new());
     if (!ctx || X509_STORE_CTX_init(ctx.get(), ca->store.get(), leaf, untrusted.get()) != 1) {
       ERR_clear_error();
@@ -274,7 +312,7 @@ absl::StatusOr<std::shared_ptr<const PeerIdentity>> ClientTrust::Identify(
   }
 
   Seen& slot = seen[next++ % seen.size()];
-  slot.generation = generation_;
+  slot.generation = anchors->generation;
   slot.pem.assign(leaf_pem.data(), leaf_pem.size());
   slot.peer = peer;
   return std::shared_ptr<const PeerIdentity>(std::move(peer));

@@ -83,23 +83,31 @@ class ClientTrust {
   void AddOwnRevocations(const std::map<std::string, Revocation>& revoked);
 
   // Reads the CRL files again; one line per file saying what was loaded or
-  // why not. Called on SIGHUP; also by CheckRevocation, at most once a
-  // second, when a file's size or modification time changed.
+  // why not. Also called by CheckRevocation, at most once a second, when a
+  // file's size or modification time changed.
   std::vector<std::string> ReloadCrls();
+  // SIGHUP: the client_ca files (kept as they were if one does not read) and
+  // the CRLs; identities are verified again on their next call.
+  std::vector<std::string> Reload();
 
  private:
   struct ClientCa;
   struct LoadedCrl;
+  struct Anchors {
+    uint64_t generation = 0;  // tells cached identities of other anchors apart
+    std::vector<std::unique_ptr<ClientCa>> cas;
+  };
+  absl::StatusOr<std::shared_ptr<const Anchors>> ReadAnchors() const;
+  std::shared_ptr<const Anchors> CurrentAnchors();
   ClientTrust(const Config& config, Clock clock);
   void ReloadIfChanged();
 
   const Config& config_;
   Clock clock_;
-  std::vector<std::unique_ptr<ClientCa>> cas_;
   ossl::UniquePtr<X509> this_ca_;
-  const uint64_t generation_;  // tells the per-thread caches of two instances apart
 
-  std::shared_mutex mu_;  // guards own_, crls_, crl_stamps_
+  std::shared_mutex mu_;  // guards anchors_, own_, crls_, crl_stamps_
+  std::shared_ptr<const Anchors> anchors_;
   std::map<std::string, Revocation> own_;
   std::map<std::string, std::vector<std::shared_ptr<const LoadedCrl>>> crls_;  // by issuer sha256
   std::map<std::string, std::pair<int64_t, int64_t>> crl_stamps_;  // path -> (size, mtime ns)

@@ -3,6 +3,8 @@
 // writes is checked with the openssl command line; --json output with python3.
 #include <sys/stat.h>
 
+#include <cstdio>
+
 #include <gtest/gtest.h>
 
 #include "hsm/strings.h"
@@ -312,6 +314,60 @@ TEST_F(CliClientTest, AuditorReadsAndVerifiesTheAuditLog) {
   // Only Auditors.
   auto officer = Kw("officer", "audit verify");
   EXPECT_EQ(officer.exit_code, 3) << officer.output;
+}
+
+// A backup the daemon cannot make is an error, and a copy that does not
+// open as a keywarden database with a verifying audit chain is not kept:
+// the CLI exits non-zero and leaves no file.
+TEST_F(CliClientTest, BackupOfAnUnreadableOrTamperedDatabaseFailsAndLeavesNothing) {
+  const std::string csr = MakeCsr("backed-up", "/CN=backed up/O=keywarden test");
+  ASSERT_EQ(Kw("enrollee", StrCat("submit ", csr, " --template User")).exit_code, 0);
+  struct stat st;
+
+  // 1. The database file cannot be read at its path any more (a directory
+  // stands where it was; the daemon's open connection keeps working).
+  const std::string db = daemon_->db_path();
+  ASSERT_EQ(std::rename(db.c_str(), (db + ".moved").c_str()), 0);
+  ASSERT_EQ(mkdir(db.c_str(), 0700), 0);
+  const std::string out1 = tmp_.File("unreadable.db");
+  auto unreadable = Kw("backup", StrCat("backup ", out1));
+  EXPECT_NE(unreadable.exit_code, 0) << unreadable.output;
+  EXPECT_TRUE(Contains(unreadable.output, "backing up the CA database")) << unreadable.output;
+  EXPECT_NE(stat(out1.c_str(), &st), 0) << "a failed backup left " << out1;
+  ASSERT_EQ(rmdir(db.c_str()), 0);
+  ASSERT_EQ(std::rename((db + ".moved").c_str(), db.c_str()), 0);
+
+  // 2. The audit log was edited behind the daemon's back: the daemon's copy
+  // is faithful (its checksum matches) but its audit chain does not verify.
+  auto edit = RunCommand(
+      StrCat("python3 -c 'import sqlite3,sys; c=sqlite3.connect(sys.argv[1], timeout=10); "
+             "c.execute(\"DROP TRIGGER IF EXISTS audit_no_update\"); "
+             "c.execute(\"UPDATE audit SET principal=? WHERE seq=2\", (\"mallory\",)); "
+             "c.commit()' ",
+             db));
+  ASSERT_EQ(edit.exit_code, 0) << edit.output;
+  const std::string out2 = tmp_.File("tampered.db");
+  auto tampered = Kw("backup", StrCat("backup ", out2));
+  EXPECT_EQ(tampered.exit_code, 1) << tampered.output;
+  EXPECT_TRUE(Contains(tampered.output, "audit chain does not verify")) << tampered.output;
+  EXPECT_TRUE(Contains(tampered.output, "was not kept")) << tampered.output;
+  for (const char* suffix : {"", "-wal", "-shm"}) {
+    EXPECT_NE(stat((out2 + suffix).c_str(), &st), 0) << "left " << out2 << suffix;
+  }
+
+  // 3. The daemon cannot write the backup's audit record (a database fault
+  // on that insert): no checksum is sent, the backup is an error.
+  auto fault = RunCommand(StrCat(
+      "sqlite3 -cmd '.timeout 10000' ", db,
+      " \"CREATE TRIGGER test_audit_fault BEFORE INSERT ON audit WHEN NEW.event = "
+      "'backup.database' BEGIN SELECT RAISE(ABORT, 'audit write fault injected by the test'); "
+      "END;\""));
+  ASSERT_EQ(fault.exit_code, 0) << fault.output;
+  const std::string out3 = tmp_.File("unaudited.db");
+  auto unaudited = Kw("backup", StrCat("backup ", out3));
+  EXPECT_EQ(unaudited.exit_code, 1) << unaudited.output;
+  EXPECT_TRUE(Contains(unaudited.output, "audit record")) << unaudited.output;
+  EXPECT_NE(stat(out3.c_str(), &st), 0) << "an unaudited backup was written";
 }
 
 TEST_F(CliClientTest, BackupIsWrittenAndVerifiesOffline) {

@@ -773,5 +773,143 @@ enrollees = ["enrollee"]
   EXPECT_GE(AuditEvents("archival.import_refused").size(), 3u);
 }
 
+// A pended archival request holds its archived key (encrypted to KRAs);
+// denied by a Certificate Manager, or denied by policy when approved, it
+// loses it in the same transaction, unless [flags] save_bad_request_key
+// (KRAF_SAVEBADREQUESTKEY) keeps it. Either way is audited.
+TEST_F(ArchivalTest, DeniedPendingArchivalLosesItsKeyUnlessSaveBadRequestKey) {
+  MakeKras(3);
+  DaemonHarness::Options options;
+  options.extra_toml = KraToml(1, kra_paths_) + R"(
+[[template]]
+name = "PendingArchival"
+key_usage = ["keyEncipherment"]
+archival = "required"
+pend = true
+subject = "principal"
+)";
+  ASSERT_NO_FATAL_FAILURE(Start(options));
+  auto exchange = Exchange();
+  ASSERT_TRUE(exchange);
+  auto submit_pending = [&](const std::string& tmpl) -> int64_t {
+    Requester r = NewRequester("");
+    v1::EnrollmentResult pending;
+    grpc::Status st =
+        Submit(ArchivalRequest(r, BlobOf(r.key.get()), exchange.get()), tmpl, &pending);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(pending.disposition(), v1::DISPOSITION_PENDING);
+    auto row = OpenStore()->GetRequest(pending.request_id());
+    EXPECT_TRUE(row.ok() && row->archived_key) << "a pending archival request holds its key";
+    return pending.request_id();
+  };
+  // The row's archived-key columns, read with the sqlite3 command line.
+  auto key_columns = [&](int64_t id) {
+    auto r = RunCommand(StrCat("sqlite3 -cmd '.timeout 10000' ", daemon_->db_path(),
+                               " \"SELECT archived_key IS NULL, archival_scheme IS NULL, "
+                               "kra_sha1 IS NULL, encrypted_key_hash IS NULL FROM requests WHERE "
+                               "id = ",
+                               id, "\""));
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return r.output;
+  };
+  auto audited = [&](const std::string& event, int64_t id) {
+    size_t n = 0;
+    for (const auto& a : AuditEvents(event)) {
+      if (a.details.find(StrCat("\"request_id\":", id, ",")) != std::string::npos ||
+          a.details.find(StrCat("\"request_id\":", id, "}")) != std::string::npos) {
+        ++n;
+      }
+    }
+    return n;
+  };
+  // Denied by the Certificate Manager; what Officer/GetRequest says after.
+  auto deny = [&](int64_t id) {
+    auto officer = v1::Officer::NewStub(daemon_->Channel("officer"));
+    grpc::ClientContext ctx;
+    v1::DenyRequest in;
+    in.set_request_id(id);
+    in.set_reason("not this one");
+    v1::RequestInfo out;
+    grpc::Status st = officer->Deny(&ctx, in, &out);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(out.disposition(), v1::DISPOSITION_DENIED);
+    grpc::ClientContext get_ctx;
+    v1::GetRequestRequest get;
+    get.set_request_id(id);
+    v1::RequestInfo info;
+    st = officer->GetRequest(&get_ctx, get, &info);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(info.has_archived_key(), out.has_archived_key());
+    return info;
+  };
+
+  // 1. Denied by a Certificate Manager: the key is gone.
+  const int64_t denied = submit_pending("PendingArchival");
+  EXPECT_FALSE(deny(denied).has_archived_key());
+  {
+    auto row = OpenStore()->GetRequest(denied);
+    ASSERT_TRUE(row.ok()) << row.status();
+    EXPECT_EQ(row->disposition, service::Disposition::kDenied);
+    EXPECT_FALSE(row->archived_key.has_value());
+  }
+  EXPECT_EQ(key_columns(denied), "1|1|1|1\n");
+  EXPECT_EQ(audited("archival.key_discarded", denied), 1u);
+  EXPECT_EQ(audited("archival.key_kept", denied), 0u);
+  EXPECT_EQ(audited("request.denied", denied), 1u);
+
+  // 2. Denied by policy on approval (its template is gone from the
+  // configuration when the Certificate Manager approves it): gone too.
+  const int64_t orphan = submit_pending("PendingArchival");
+  ASSERT_TRUE(daemon_->Stop().ok());
+  {
+    auto text = ReadFile(daemon_->config_path());
+    std::string config(text.begin(), text.end());
+    const std::string from = "name = \"PendingArchival\"";
+    ASSERT_NE(config.find(from), std::string::npos);
+    config.replace(config.find(from), from.size(), "name = \"PendingArchival2\"");
+    WriteFile(daemon_->config_path(), config);
+  }
+  ASSERT_TRUE(daemon_->Restart().ok());
+  {
+    auto officer = v1::Officer::NewStub(daemon_->Channel("officer"));
+    grpc::ClientContext ctx;
+    v1::ApproveRequest approve;
+    approve.set_request_id(orphan);
+    v1::EnrollmentResult out;
+    grpc::Status st = officer->Approve(&ctx, approve, &out);
+    EXPECT_FALSE(st.ok());
+    EXPECT_EQ(DetailOf(st).hresult(), 0x80094800u) << st.error_message();
+  }
+  EXPECT_EQ(OpenStore()->GetRequest(orphan)->disposition, service::Disposition::kDenied);
+  EXPECT_EQ(key_columns(orphan), "1|1|1|1\n");
+  EXPECT_EQ(audited("archival.key_discarded", orphan), 1u);
+
+  // 3. With save_bad_request_key = true the denied request keeps its key.
+  ASSERT_TRUE(daemon_->Stop().ok());
+  {
+    auto text = ReadFile(daemon_->config_path());
+    std::string config(text.begin(), text.end());
+    ASSERT_NE(config.find("[flags]\n"), std::string::npos);
+    config.replace(config.find("[flags]\n"), 8, "[flags]\nsave_bad_request_key = true\n");
+    WriteFile(daemon_->config_path(), config);
+  }
+  ASSERT_TRUE(daemon_->Restart().ok());
+  const int64_t kept = submit_pending("PendingArchival2");
+  std::vector<uint8_t> envelope = OpenStore()->GetRequest(kept)->archived_key->envelope;
+  EXPECT_TRUE(deny(kept).has_archived_key());
+  {
+    auto row = OpenStore()->GetRequest(kept);
+    ASSERT_TRUE(row.ok()) << row.status();
+    EXPECT_EQ(row->disposition, service::Disposition::kDenied);
+    ASSERT_TRUE(row->archived_key.has_value());
+    EXPECT_EQ(row->archived_key->envelope, envelope);
+  }
+  EXPECT_EQ(key_columns(kept), "0|0|0|0\n");
+  EXPECT_EQ(audited("archival.key_kept", kept), 1u);
+  EXPECT_EQ(audited("archival.key_discarded", kept), 0u);
+  // The earlier ones stay discarded.
+  EXPECT_EQ(key_columns(denied), "1|1|1|1\n");
+}
+
 }  // namespace
 }  // namespace keywarden::testing

@@ -129,6 +129,7 @@ TEST(ConfigExampleTest, ParsesWithTheDocumentedValues) {
 
   EXPECT_TRUE(c->flags.role_separation);
   EXPECT_FALSE(c->flags.enable_foreign);
+  EXPECT_FALSE(c->flags.save_bad_request_key);
   EXPECT_EQ(c->flags.archival_scheme, "des3-rsa-pkcs1");
 
   ASSERT_EQ(c->roles.size(), 7u);
@@ -219,6 +220,7 @@ TEST(ConfigTest, MinimalConfigGetsTheDocumentedDefaults) {
   EXPECT_EQ(c->kra.count, 1);
   EXPECT_FALSE(c->flags.role_separation);
   EXPECT_FALSE(c->flags.enable_foreign);
+  EXPECT_FALSE(c->flags.save_bad_request_key);
   EXPECT_EQ(c->flags.archival_scheme, "des3-rsa-pkcs1");
   EXPECT_TRUE(c->roles.empty());
   EXPECT_TRUE(c->templates.empty());
@@ -334,6 +336,17 @@ TEST(ConfigStrictTest, SingleStringWhereAnArrayIsNeededIsWrongType) {
 TEST(ConfigStrictTest, BooleanGivenAsStringIsWrongType) {
   EXPECT_THAT(ErrorOf(MinimalPlus("[flags]\nrole_separation = \"yes\"\n")),
               HasSubstr("key \"flags.role_separation\": expected a boolean"));
+}
+
+TEST(ConfigTest, SaveBadRequestKeyIsReadFromFlags) {
+  absl::StatusOr<Config> c = Parse(MinimalPlus("[flags]\nsave_bad_request_key = true\n"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->flags.save_bad_request_key);
+  EXPECT_FALSE(c->flags.enable_foreign);
+  EXPECT_THAT(ErrorOf(MinimalPlus("[flags]\nsave_bad_request_key = \"yes\"\n")),
+              HasSubstr("key \"flags.save_bad_request_key\": expected a boolean"));
+  EXPECT_THAT(ErrorOf(MinimalPlus("[flags]\nsave_bad_request_keys = true\n")),
+              HasSubstr("unknown key \"flags.save_bad_request_keys\""));
 }
 
 TEST(ConfigStrictTest, DurationGivenAsIntegerIsWrongType) {

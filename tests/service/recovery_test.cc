@@ -6,6 +6,10 @@
 // no plaintext by any RPC); each chosen KRA recovers it offline with
 // `keywarden recoverkey` and its card; openssl opens the PFX and decrypts
 // the data from before the loss.
+#include <openssl/bn.h>
+#include <openssl/x509.h>
+
+#include <cctype>
 #include <fstream>
 
 #include <gtest/gtest.h>
@@ -38,6 +42,7 @@ class RecoveryTest : public ::testing::Test {
       auto cert = EnrollKraCard(*daemon_, card);
       ASSERT_TRUE(cert.ok()) << cert.status();
       kra_sha1_.push_back(pki::Sha1Thumbprint(cert->get()));
+      kra_serial_.push_back(SerialOf(cert->get()));
       cards_.push_back(card);
     }
     ASSERT_TRUE(UseKras(*daemon_, kra_sha1_, 2).ok());
@@ -60,11 +65,169 @@ class RecoveryTest : public ::testing::Test {
                              daemon_->ca_cert_path(), " ", args));
   }
 
+  // Lower-case hex of the certificate's serial number.
+  static std::string SerialOf(X509* cert) {
+    ossl::UniquePtr<BIGNUM> bn(ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nullptr));
+    char* hex = BN_bn2hex(bn.get());
+    std::string out = hex != nullptr ? hex : "";
+    OPENSSL_free(hex);
+    for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (out.size() % 2 != 0) out = "0" + out;
+    return out;
+  }
+
+  // The sqlite3 command line on the daemon's live database (WAL: a reader
+  // or a short writer beside the daemon), its output trimmed.
+  std::string Sql(const std::string& sql) const {
+    auto r =
+        RunCommand(StrCat("sqlite3 -cmd '.timeout 10000' ", daemon_->db_path(), " \"", sql, "\""));
+    EXPECT_EQ(r.exit_code, 0) << sql << "\n" << r.output;
+    std::string out = r.output;
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+    return out;
+  }
+  int AuditCount(const std::string& event, const std::string& principal = "") const {
+    const std::string where = principal.empty() ? "" : StrCat(" AND principal = '", principal, "'");
+    return std::stoi(Sql(StrCat("SELECT count(*) FROM audit WHERE event = '", event, "'", where)));
+  }
+
   TempDir tmp_;
   std::unique_ptr<DaemonHarness> daemon_;
   std::vector<std::string> cards_;
   std::vector<std::string> kra_sha1_;
+  std::vector<std::string> kra_serial_;
 };
+
+// Revoking a configured KRA's certificate (issued by this CA) takes it out of
+// use at once: no reload, no restart. 3 KRAs, 2 per archival.
+TEST_F(RecoveryTest, RevokedKraReceivesNoFurtherArchivesWithoutAReload) {
+  auto first =
+      Kw("enrollee", StrCat("request --template ArchivalUser --key-out ", tmp_.File("k0.pem")));
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  const int reloads_before = AuditCount("kra.reload_requested");
+
+  auto revoke = Kw("officer", StrCat("officer revoke ", kra_serial_[0], " --reason keyCompromise"));
+  ASSERT_EQ(revoke.exit_code, 0) << revoke.output;
+
+  // `kra list` shows it revoked and the other two valid.
+  auto list = Kw("admin", "kra list");
+  ASSERT_EQ(list.exit_code, 0) << list.output;
+  EXPECT_TRUE(Contains(list.output, "2 of 3 valid")) << list.output;
+  EXPECT_TRUE(Contains(list.output, "archival requests are accepted")) << list.output;
+  auto json = Kw("admin", "--json kra list");
+  ASSERT_EQ(json.exit_code, 0) << json.output;
+  EXPECT_TRUE(Contains(json.output, "\"revoked\"")) << json.output;
+  EXPECT_EQ(Sql("SELECT json_extract(details, '$.serial') FROM audit WHERE event = 'kra.revoked'"),
+            kra_serial_[0]);
+  EXPECT_EQ(AuditCount("kra.revoked", daemon_->client("officer").principal), 1);
+  // The re-validation, audited with who caused it, found it revoked.
+  EXPECT_EQ(Sql("SELECT json_extract(details, '$.kras[0].state') FROM audit WHERE event = "
+                "'kra.loaded' ORDER BY seq DESC LIMIT 1"),
+            "revoked");
+  EXPECT_TRUE(Contains(Sql("SELECT json_extract(details, '$.by') FROM audit WHERE event = "
+                           "'kra.loaded' ORDER BY seq DESC LIMIT 1"),
+                       daemon_->client("officer").principal));
+  EXPECT_EQ(Sql("SELECT json_extract(details, '$.sha1') FROM audit WHERE event = 'kra.unusable' "
+                "ORDER BY seq DESC LIMIT 1"),
+            kra_sha1_[0]);
+
+  // The next archivals go to the two KRAs left, never to the revoked one.
+  for (const char* n : {"1", "2", "3"}) {
+    auto enrol = Kw("enrollee", StrCat("request --template ArchivalUser --key-out ",
+                                       tmp_.File(StrCat("k", n, ".pem"))));
+    ASSERT_EQ(enrol.exit_code, 0) << enrol.output;
+    const std::string used = Sql(
+        "SELECT kra_sha1 FROM requests WHERE archived_key IS NOT NULL ORDER BY id DESC LIMIT 1");
+    EXPECT_FALSE(Contains(used, kra_sha1_[0])) << n << ": archived to the revoked KRA: " << used;
+    EXPECT_TRUE(Contains(used, kra_sha1_[1])) << used;
+    EXPECT_TRUE(Contains(used, kra_sha1_[2])) << used;
+  }
+
+  // A second revocation leaves one valid KRA for two per archival: refused.
+  revoke = Kw("officer", StrCat("officer revoke ", kra_serial_[1], " --reason keyCompromise"));
+  ASSERT_EQ(revoke.exit_code, 0) << revoke.output;
+  const std::string archived_before =
+      Sql("SELECT count(*) FROM requests WHERE archived_key IS NOT NULL");
+  auto refused =
+      Kw("enrollee", StrCat("request --template ArchivalUser --key-out ", tmp_.File("k4.pem")));
+  EXPECT_NE(refused.exit_code, 0) << refused.output;
+  EXPECT_TRUE(Contains(refused.output, "0x8009400b")) << refused.output;
+  EXPECT_EQ(Sql("SELECT count(*) FROM requests WHERE archived_key IS NOT NULL"), archived_before);
+  list = Kw("admin", "kra list");
+  EXPECT_TRUE(Contains(list.output, "1 of 3 valid")) << list.output;
+  EXPECT_TRUE(Contains(list.output, "archival requests are refused")) << list.output;
+  // All of it without a reload.
+  EXPECT_EQ(AuditCount("kra.reload_requested"), reloads_before);
+}
+
+// `keywarden kra reload` calls the reload RPC (audited under the caller's
+// name); `kra` and `kra list` only list.
+TEST_F(RecoveryTest, KraReloadFromTheCliReloadsAndIsAudited) {
+  const std::string admin = daemon_->client("admin").principal;
+  const int loaded_before = AuditCount("kra.loaded");
+  for (const char* args : {"kra", "kra list"}) {
+    auto r = Kw("admin", args);
+    ASSERT_EQ(r.exit_code, 0) << args << ": " << r.output;
+    EXPECT_FALSE(Contains(r.output, "validated again")) << args << ": " << r.output;
+  }
+  EXPECT_EQ(AuditCount("kra.reload_requested"), 0);
+  EXPECT_EQ(AuditCount("kra.loaded"), loaded_before);
+
+  auto reload = Kw("admin", "kra reload");
+  ASSERT_EQ(reload.exit_code, 0) << reload.output;
+  EXPECT_TRUE(Contains(reload.output, "validated again")) << reload.output;
+  EXPECT_TRUE(Contains(reload.output, "3 of 3 valid")) << reload.output;
+  EXPECT_EQ(AuditCount("kra.reload_requested", admin), 1);
+  EXPECT_EQ(AuditCount("kra.loaded"), loaded_before + 1);
+  EXPECT_EQ(Sql("SELECT json_extract(details, '$.by') FROM audit WHERE event = 'kra.loaded' "
+                "ORDER BY seq DESC LIMIT 1"),
+            admin);
+
+  // Only a CA Administrator may reload.
+  auto officer = Kw("officer", "kra reload");
+  EXPECT_EQ(officer.exit_code, 3) << officer.output;
+  EXPECT_EQ(AuditCount("kra.reload_requested"), 1);
+}
+
+// A recovery blob leaves only once its audit record is committed: with the
+// audit insert failing in the database, the Certificate Manager gets an
+// error naming the CA's fault and no blob.
+TEST_F(RecoveryTest, RetrievalWhoseAuditRecordCannotBeWrittenReleasesNoBlob) {
+  auto enrol =
+      Kw("enrollee", StrCat("request --template ArchivalUser --key-out ", tmp_.File("alice.key")));
+  ASSERT_EQ(enrol.exit_code, 0) << enrol.output;
+  // A real database fault, added behind the daemon's back: this record
+  // cannot be inserted (as with a full disk or a failing device).
+  Sql("CREATE TRIGGER test_audit_fault BEFORE INSERT ON audit "
+      "WHEN NEW.event = 'archival.key_retrieved' "
+      "BEGIN SELECT RAISE(ABORT, 'audit write fault injected by the test'); END;");
+  const std::string blob = tmp_.File("alice.rec");
+  auto get = Kw("officer", StrCat("getkey alice ", blob));
+  EXPECT_EQ(get.exit_code, 1) << get.output;  // a CA-side fault, not usage (2) or refusal (3)
+  EXPECT_TRUE(Contains(get.output, "was not released")) << get.output;
+  EXPECT_TRUE(Contains(get.output, "audit record")) << get.output;
+  EXPECT_FALSE(std::ifstream(blob).good()) << "a blob was written without its audit record";
+  EXPECT_EQ(AuditCount("archival.key_retrieved"), 0);
+
+  // Directly over gRPC too: an error status and an empty blob.
+  {
+    auto stub = v1::Officer::NewStub(daemon_->Channel("officer"));
+    grpc::ClientContext ctx;
+    v1::GetArchivedKeyRequest in;
+    in.set_search("alice");
+    in.set_blob(true);
+    v1::GetArchivedKeyResponse out;
+    grpc::Status st = stub->GetArchivedKey(&ctx, in, &out);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+    EXPECT_TRUE(out.recovery_blob().empty());
+  }
+
+  Sql("DROP TRIGGER test_audit_fault");
+  auto ok = Kw("officer", StrCat("getkey alice ", blob));
+  ASSERT_EQ(ok.exit_code, 0) << ok.output;
+  EXPECT_TRUE(std::ifstream(blob).good());
+  EXPECT_EQ(AuditCount("archival.key_retrieved", daemon_->client("officer").principal), 1);
+}
 
 TEST_F(RecoveryTest, ArchiveLoseRetrieveAndRecoverWithEachChosenCard) {
   // The user enrols with archival and encrypts something to the certificate.

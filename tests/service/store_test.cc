@@ -823,6 +823,54 @@ TEST_P(StoreTest, DataSurvivesReopening) {
   EXPECT_TRUE(VerifyStoredChain().ok());
 }
 
+// A pended archival request denied (or failed) loses its archived key in
+// the same transaction as the denial and its audit records; a caller may
+// keep it (KRAF_SAVEBADREQUESTKEY).
+TEST_P(StoreTest, ResolveRequestDiscardsTheArchivedKeyWithItsAuditInOneTransaction) {
+  const int64_t denied = Submit("alice");
+  ASSERT_TRUE(store().AttachArchivedKey(denied, MakeArchivedKey()).ok());
+  absl::Status st = store().ResolveRequest(
+      denied, Disposition::kDenied, "Denied by the Certificate Manager", 0, "officer", 500,
+      /*discard_archived_key=*/true,
+      {{"officer", "request.denied", StrCat("{\"request_id\":", denied, "}")},
+       {"officer", "archival.key_discarded", StrCat("{\"request_id\":", denied, "}")}});
+  ASSERT_TRUE(st.ok()) << st;
+  absl::StatusOr<RequestRecord> r = store().GetRequest(denied);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->disposition, Disposition::kDenied);
+  EXPECT_EQ(r->resolved_by, "officer");
+  EXPECT_FALSE(r->archived_key.has_value());
+  absl::StatusOr<std::vector<AuditRecord>> audit = store().ReadAudit(1, 100);
+  ASSERT_TRUE(audit.ok()) << audit.status();
+  ASSERT_EQ(audit->size(), 2u);
+  EXPECT_EQ((*audit)[0].event, "request.denied");
+  EXPECT_EQ((*audit)[1].event, "archival.key_discarded");
+  EXPECT_EQ((*audit)[1].time, 500);
+  EXPECT_TRUE(VerifyStoredChain().ok());
+
+  // Kept: the key stays with the failed request.
+  const int64_t kept = Submit("bob");
+  ASSERT_TRUE(store().AttachArchivedKey(kept, MakeArchivedKey()).ok());
+  ASSERT_TRUE(store()
+                  .ResolveRequest(kept, Disposition::kFailed, "token error", 0, "system", 501,
+                                  /*discard_archived_key=*/false,
+                                  {{"system", "archival.key_kept", "{}"}})
+                  .ok());
+  r = store().GetRequest(kept);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->disposition, Disposition::kFailed);
+  ExpectSameArchivedKey(r->archived_key, MakeArchivedKey());
+
+  // Not pending: nothing changes, no audit record is added.
+  absl::Status again = store().ResolveRequest(kept, Disposition::kDenied, "x", 0, "officer", 502,
+                                              true, {{"officer", "archival.key_discarded", "{}"}});
+  EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition) << again;
+  r = store().GetRequest(kept);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ExpectSameArchivedKey(r->archived_key, MakeArchivedKey());
+  EXPECT_EQ(store().ReadAudit(1, 100)->size(), 3u);
+}
+
 TEST_P(StoreTest, BackupIsAStoreWithTheSameData) {
   int64_t id = Submit("alice");
   ASSERT_TRUE(
@@ -1024,6 +1072,184 @@ TEST(SqliteStoreTest, FileIsWalOwnerOnlyAndAuditIsAppendOnly) {
   ASSERT_TRUE((*store)->Backup(backup).ok());
   ASSERT_EQ(stat(backup.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
+}
+
+// The discarded key is gone from the file itself (secure_delete), and an
+// audit record that cannot be written leaves request and key as they were.
+TEST(SqliteStoreTest, DiscardedArchivedKeyLeavesNoBytesAndFailsClosedWithoutItsAudit) {
+  testing::TempDir dir;
+  const std::string path = dir.File("ca.db");
+  // A recognisable envelope of several pages (an overflow chain).
+  ArchivedKey key = MakeArchivedKey();
+  key.envelope = RandomBytes(12000, 7);
+  key.envelope[0] = 0x30;
+  const std::vector<uint8_t> needle(key.envelope.begin() + 100, key.envelope.begin() + 164);
+  auto file_has_needle = [&] {
+    std::vector<uint8_t> bytes = testing::ReadFile(path);
+    std::vector<uint8_t> wal = testing::ReadFile(path + "-wal");
+    bytes.insert(bytes.end(), wal.begin(), wal.end());
+    return std::search(bytes.begin(), bytes.end(), needle.begin(), needle.end()) != bytes.end();
+  };
+  int64_t id = 0, second = 0;
+  {
+    absl::StatusOr<std::unique_ptr<Store>> store = OpenSqliteStore(path);
+    ASSERT_TRUE(store.ok()) << store.status();
+    id = (*store)->InsertRequest(MakeRequest("alice")).value_or(0);
+    second = (*store)->InsertRequest(MakeRequest("bob")).value_or(0);
+    ASSERT_TRUE((*store)->AttachArchivedKey(id, key).ok());
+  }
+  ASSERT_TRUE(file_has_needle()) << "the test's needle must be in the file before";
+
+  // A database fault on the audit insert (as a full disk would be).
+  ASSERT_TRUE(RawSqlite(path,
+                        "CREATE TRIGGER test_audit_fault BEFORE INSERT ON audit BEGIN "
+                        "SELECT RAISE(ABORT, 'audit insert refused by test'); END;")
+                  .ok());
+  {
+    absl::StatusOr<std::unique_ptr<Store>> store = OpenSqliteStore(path);
+    ASSERT_TRUE(store.ok()) << store.status();
+    absl::Status st = (*store)->ResolveRequest(id, Disposition::kDenied, "no", 0, "officer", 9,
+                                               true, {{"officer", "request.denied", "{}"}});
+    EXPECT_FALSE(st.ok());
+    EXPECT_TRUE(MessageHas(st, "audit insert refused by test")) << st;
+    absl::StatusOr<RequestRecord> r = (*store)->GetRequest(id);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->disposition, Disposition::kPending);
+    ASSERT_TRUE(r->archived_key.has_value());
+    EXPECT_EQ(r->archived_key->envelope, key.envelope);
+  }
+  ASSERT_TRUE(RawSqlite(path, "DROP TRIGGER test_audit_fault").ok());
+  {
+    absl::StatusOr<std::unique_ptr<Store>> store = OpenSqliteStore(path);
+    ASSERT_TRUE(store.ok()) << store.status();
+    ASSERT_TRUE((*store)
+                    ->ResolveRequest(id, Disposition::kDenied, "no", 0, "officer", 10, true,
+                                     {{"officer", "request.denied", "{}"}})
+                    .ok());
+    ASSERT_TRUE(
+        (*store)->ResolveRequest(second, Disposition::kDenied, "no", 0, "officer", 11).ok());
+  }  // closed: the WAL is checkpointed into the file
+  EXPECT_EQ(
+      RawSqliteText(path, StrCat("SELECT archived_key IS NULL, archival_scheme IS NULL, kra_sha1 "
+                                 "IS NULL, encrypted_key_hash IS NULL FROM requests WHERE id = ",
+                                 id))
+          .value_or("?"),
+      "1\n1\n1\n1");
+  EXPECT_FALSE(file_has_needle()) << "the discarded envelope is still in the database file";
+}
+
+// How the daemon reads the copy it streams: whole or an error.
+TEST(SqliteStoreTest, StreamBackupFileFailsClosed) {
+  testing::TempDir dir;
+  const std::string path = dir.File("copy.db");
+  const std::vector<uint8_t> bytes = RandomBytes(150000, 9);
+  testing::WriteFile(path, bytes);
+  std::string streamed;
+  size_t calls = 0;
+  absl::StatusOr<std::string> sha = StreamBackupFile(path, 64 * 1024, [&](std::string_view d) {
+    ++calls;
+    streamed.append(d);
+    return true;
+  });
+  ASSERT_TRUE(sha.ok()) << sha.status();
+  EXPECT_EQ(streamed, std::string(bytes.begin(), bytes.end()));
+  EXPECT_EQ(calls, 3u);  // 64 KiB + 64 KiB + the rest
+  // The checksum, computed here by the sha256sum command.
+  auto sum = testing::RunCommand(StrCat("sha256sum ", path));
+  ASSERT_EQ(sum.exit_code, 0) << sum.output;
+  EXPECT_EQ(sum.output.substr(0, 64), *sha);
+
+  // A copy that cannot be read (a directory where the file should be: the
+  // open succeeds, every read fails, even for root).
+  const std::string unreadable = dir.File("unreadable.db");
+  ASSERT_EQ(mkdir(unreadable.c_str(), 0700), 0);
+  calls = 0;
+  auto count = [&](std::string_view) {
+    ++calls;
+    return true;
+  };
+  absl::StatusOr<std::string> bad = StreamBackupFile(unreadable, 4096, count);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInternal) << bad.status();
+  EXPECT_TRUE(MessageHas(bad.status(), "reading the copy")) << bad.status();
+  EXPECT_EQ(calls, 0u);
+  // Missing, empty.
+  absl::StatusOr<std::string> missing = StreamBackupFile(dir.File("gone.db"), 4096, count);
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kInternal) << missing.status();
+  EXPECT_TRUE(MessageHas(missing.status(), "cannot open")) << missing.status();
+  const std::string empty = dir.File("empty.db");
+  testing::WriteFile(empty, std::vector<uint8_t>{});
+  EXPECT_EQ(StreamBackupFile(empty, 4096, count).status().code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(calls, 0u);
+  // A reader that stops: CANCELLED after the first chunk, no checksum.
+  calls = 0;
+  absl::StatusOr<std::string> stopped =
+      StreamBackupFile(path, 64 * 1024, [&](std::string_view) { return ++calls < 1; });
+  EXPECT_EQ(stopped.status().code(), absl::StatusCode::kCancelled) << stopped.status();
+  EXPECT_EQ(calls, 1u);
+}
+
+// What `keywarden backup` checks before it keeps a copy.
+TEST(SqliteStoreTest, VerifySqliteCopyAcceptsOnlyAnIntactKeywardenDatabase) {
+  testing::TempDir dir;
+  const std::string path = dir.File("ca.db");
+  const std::string copy = dir.File("copy.db");
+  {
+    absl::StatusOr<std::unique_ptr<Store>> store = OpenSqliteStore(path);
+    ASSERT_TRUE(store.ok()) << store.status();
+    // No audit record yet: not a CA database anyone ran.
+    ASSERT_TRUE((*store)->Backup(dir.File("empty-log.db")).ok());
+    for (int i = 1; i <= 3; ++i) {
+      ASSERT_TRUE((*store)->AppendAudit("system", "test", StrCat("{\"n\":", i, "}"), i).ok());
+    }
+    ASSERT_TRUE((*store)->Backup(copy).ok());
+  }
+  absl::StatusOr<int64_t> good = VerifySqliteCopy(copy);
+  ASSERT_TRUE(good.ok()) << good.status();
+  EXPECT_EQ(*good, 3);
+
+  absl::StatusOr<int64_t> no_log = VerifySqliteCopy(dir.File("empty-log.db"));
+  EXPECT_EQ(no_log.status().code(), absl::StatusCode::kDataLoss) << no_log.status();
+  EXPECT_TRUE(MessageHas(no_log.status(), "audit log is empty"));
+
+  // An edited record (triggers dropped, as someone with the file would).
+  const std::string edited = dir.File("edited.db");
+  testing::WriteFile(edited, testing::ReadFile(copy));
+  ASSERT_TRUE(RawSqlite(edited,
+                        "DROP TRIGGER audit_no_update; UPDATE audit SET principal = 'mallory' "
+                        "WHERE seq = 2")
+                  .ok());
+  absl::StatusOr<int64_t> bad = VerifySqliteCopy(edited);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss) << bad.status();
+  EXPECT_TRUE(MessageHas(bad.status(), "audit chain does not verify"));
+
+  // Empty and truncated files, garbage, someone else's database: refused and
+  // left as they were (nothing is created or migrated).
+  const std::string empty = dir.File("empty.db");
+  testing::WriteFile(empty, std::vector<uint8_t>{});
+  absl::StatusOr<int64_t> e = VerifySqliteCopy(empty);
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kFailedPrecondition) << e.status();
+  EXPECT_TRUE(MessageHas(e.status(), "not an SQLite database"));
+  EXPECT_TRUE(testing::ReadFile(empty).empty());
+  const std::string half = dir.File("half.db");
+  std::vector<uint8_t> bytes = testing::ReadFile(copy);
+  bytes.resize(bytes.size() / 2);
+  testing::WriteFile(half, bytes);
+  EXPECT_FALSE(VerifySqliteCopy(half).ok());
+  const std::string garbage = dir.File("garbage.db");
+  testing::WriteFile(garbage, RandomBytes(8192, 3));
+  EXPECT_EQ(VerifySqliteCopy(garbage).status().code(), absl::StatusCode::kFailedPrecondition);
+  const std::string other = dir.File("other.db");
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(other.c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, "CREATE TABLE songs (title TEXT)", nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_close(db);
+  }
+  absl::StatusOr<int64_t> o = VerifySqliteCopy(other);
+  EXPECT_EQ(o.status().code(), absl::StatusCode::kFailedPrecondition) << o.status();
+  EXPECT_TRUE(MessageHas(o.status(), "not a keywarden CA database"));
+  EXPECT_EQ(VerifySqliteCopy(dir.File("missing.db")).status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST(SqliteStoreTest, BadInputIsRefusedWithTheInputNamed) {
