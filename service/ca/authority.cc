@@ -616,6 +616,16 @@ std::vector<KraStatus> CertificateAuthority::ReloadKras(const std::string& who) 
   return kras_->Status();
 }
 
+CertificateAuthority::RuntimeReload CertificateAuthority::ReloadRuntime(const std::string& who) {
+  RuntimeReload out;
+  const std::vector<KraStatus> kras = ReloadKras(who);
+  size_t valid = 0;
+  for (const auto& k : kras) valid += k.state == KraState::kValid ? 1 : 0;
+  out.reloaded.push_back(
+      StrCat("KRA certificates and CRLs (", valid, " of ", kras.size(), " valid)"));
+  return out;
+}
+
 absl::StatusOr<CertificateAuthority::ImportResult> CertificateAuthority::ImportKey(
     const std::string& who, std::span<const uint8_t> pfx, const hsm::SecretString& password,
     bool foreign) {

@@ -4,6 +4,8 @@
 // certificate per principal. Tests talk to it exactly as clients would.
 #pragma once
 
+#include <chrono>
+#include <csignal>
 #include <functional>
 #include <map>
 #include <memory>
@@ -50,14 +52,28 @@ class DaemonHarness {
   static absl::StatusOr<std::unique_ptr<DaemonHarness>> Start() { return Start(Options()); }
   ~DaemonHarness();
 
-  absl::Status Stop();     // SIGTERM, wait
+  // Sends `sig` (SIGTERM or SIGINT) and waits; OK only for exit status 0.
+  absl::Status Stop(int sig = SIGTERM);
   absl::Status Restart();  // Stop + start on a new port with the same state
+  // Sends `sig` to the running keywardend (e.g. SIGHUP).
+  absl::Status Signal(int sig) const;
+  // Waits until the daemon's log (stdout and stderr) holds `text` at least
+  // `count` times; the error shows the log.
+  absl::Status WaitForLog(const std::string& text, int count,
+                          std::chrono::seconds timeout = std::chrono::seconds(30)) const;
+  // A new TLS server certificate (SANs localhost and 127.0.0.1, serverAuth)
+  // and key from the trusted TLS CA, written as PEM to the given paths.
+  absl::Status IssueServerCertificate(const std::string& subject, const std::string& cert_path,
+                                      const std::string& key_path) const;
 
   std::string target() const { return "127.0.0.1:" + std::to_string(port_); }
   const ClientIdentity& client(const std::string& who) const { return clients_.at(who); }
   std::shared_ptr<grpc::Channel> Channel(const std::string& who) const;
   // Paths: the client TLS trust anchor (for the server cert) and the CA cert.
   std::string tls_ca_path() const { return dir_.File("tls/tls-ca.pem"); }
+  // The server's TLS certificate and key as configured ([server]).
+  std::string server_cert_path() const { return dir_.File("tls/server.pem"); }
+  std::string server_key_path() const { return dir_.File("tls/server.key"); }
   std::string ca_cert_path() const { return dir_.File("ca.pem"); }
   std::string config_path() const { return dir_.File("keywarden.toml"); }
   std::string db_path() const { return dir_.File("ca.db"); }
