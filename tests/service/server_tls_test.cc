@@ -144,6 +144,38 @@ TEST(ServerTlsTest, HandlersSeeTheClientCertificateAndTheChainItSent) {
   }
   EXPECT_EQ(listed, "intermediate ") << seen.chain(0);
 
+  // A client configured with its certificate alone: OpenSSL on the client
+  // side completes the chain it sends from its own trust store (the root),
+  // and that is what x509_pem_cert_chain holds. Whatever the client sends
+  // is there, verified or not: it is not the chain the server verified.
+  {
+    grpc::SslCredentialsOptions leaf_only = creds;
+    Issued direct_client = Make("CN=direct,O=keywarden test", &root, false, "clientAuth");
+    leaf_only.pem_cert_chain = ToPem(direct_client.cert.get());
+    leaf_only.pem_private_key = PrivateKeyPem(direct_client.key.get());
+    grpc::ChannelArguments own;
+    own.SetSslTargetNameOverride("localhost");
+    own.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    auto direct = v1::Enrollment::NewStub(grpc::CreateCustomChannel(
+        "127.0.0.1:" + std::to_string(port), grpc::SslCredentials(leaf_only), own));
+    grpc::ClientContext dctx;
+    dctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::CertificateChain direct_seen;
+    auto dst = direct->GetCaCertificate(&dctx, v1::GetCaCertificateRequest(), &direct_seen);
+    ASSERT_TRUE(dst.ok()) << dst.error_message();
+    EXPECT_EQ(DerOfPem(direct_seen.certificate()), Der(direct_client.cert.get()));
+    ASSERT_EQ(direct_seen.chain_size(), 1);
+    std::string direct_listed;
+    for (const auto& c : AllDerOfPem(direct_seen.chain(0))) {
+      direct_listed += c == Der(direct_client.cert.get())  ? "client "
+                       : c == Der(client.cert.get())       ? "first-client "
+                       : c == Der(intermediate.cert.get()) ? "intermediate "
+                       : c == Der(root.cert.get())         ? "root "
+                                                           : "other ";
+    }
+    EXPECT_EQ(direct_listed, "root ") << direct_seen.chain(0);
+  }
+
   // A client whose chain does not reach the configured root is refused.
   Issued stranger_ca = Make("CN=stranger", nullptr, true, nullptr);
   Issued stranger = Make("CN=client,O=keywarden test", &stranger_ca, false, "clientAuth");
