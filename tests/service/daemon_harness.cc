@@ -99,6 +99,7 @@ absl::StatusOr<std::unique_ptr<DaemonHarness>> DaemonHarness::Start(const Option
   if (auto st = Write(h->tls_ca_path(), ToPem(tls_ca.cert.get())); !st.ok()) return st;
   if (auto st = Write(h->dir_.File("tls/tls-ca.key"), KeyPem(tls_ca.key.get())); !st.ok())
     return st;
+  if (auto st = Write(h->untrusted_ca_path(), ToPem(rogue_ca.cert.get())); !st.ok()) return st;
   if (auto st = Write(h->server_cert_path(), ToPem(server.cert.get())); !st.ok()) return st;
   if (auto st = Write(h->server_key_path(), KeyPem(server.key.get())); !st.ok()) return st;
   const std::map<std::string, std::string> who = {

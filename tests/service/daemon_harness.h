@@ -71,6 +71,8 @@ class DaemonHarness {
   std::shared_ptr<grpc::Channel> Channel(const std::string& who) const;
   // Paths: the client TLS trust anchor (for the server cert) and the CA cert.
   std::string tls_ca_path() const { return dir_.File("tls/tls-ca.pem"); }
+  // The CA of the "untrusted" client (not configured as a client CA).
+  std::string untrusted_ca_path() const { return dir_.File("tls/rogue-ca.pem"); }
   // The server's TLS certificate and key as configured ([server]).
   std::string server_cert_path() const { return dir_.File("tls/server.pem"); }
   std::string server_key_path() const { return dir_.File("tls/server.key"); }

@@ -274,6 +274,40 @@ TEST_F(SignalsTest, ABrokenReplacementKeepsTheOldCertificateAndSaysSo) {
   EXPECT_EQ(DerOf(ServerCertificateSeenOn(NewChannel("enrollee"))), DerOf(other_pem));
 }
 
+TEST_F(SignalsTest, SighupReloadsTheClientCas) {
+  // The call a client makes once its certificate passed the handshake;
+  // UNAVAILABLE when the handshake refused it.
+  auto handshake = [&](const std::string& who) {
+    auto stub = v1::Enrollment::NewStub(NewChannel(who));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::CertificateChain out;
+    return stub->GetCaCertificate(&ctx, v1::GetCaCertificateRequest(), &out).error_code();
+  };
+  ASSERT_EQ(handshake("untrusted"), grpc::StatusCode::UNAVAILABLE);
+  const std::string client_ca = Slurp(daemon_->tls_ca_path());  // the configured client_ca file
+
+  // The operator adds the other CA to the client CA file.
+  WriteFile(daemon_->tls_ca_path() + ".new", client_ca + Slurp(daemon_->untrusted_ca_path()));
+  ASSERT_EQ(std::rename((daemon_->tls_ca_path() + ".new").c_str(), daemon_->tls_ca_path().c_str()),
+            0);
+  ASSERT_TRUE(daemon_->Signal(SIGHUP).ok());
+  ASSERT_TRUE(daemon_->WaitForLog("keywardend: SIGHUP: reloaded", 1).ok());
+  EXPECT_NE(Slurp(daemon_->log_path()).find("client CAs (2 certificates from 1 file)"),
+            std::string::npos)
+      << Slurp(daemon_->log_path());
+  EXPECT_EQ(handshake("untrusted"), grpc::StatusCode::OK);
+
+  // And removes it again: new connections from its clients are refused.
+  WriteFile(daemon_->tls_ca_path() + ".new", client_ca);
+  ASSERT_EQ(std::rename((daemon_->tls_ca_path() + ".new").c_str(), daemon_->tls_ca_path().c_str()),
+            0);
+  ASSERT_TRUE(daemon_->Signal(SIGHUP).ok());
+  ASSERT_TRUE(daemon_->WaitForLog("keywardend: SIGHUP: reloaded", 2).ok());
+  EXPECT_EQ(handshake("untrusted"), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(handshake("enrollee"), grpc::StatusCode::OK);
+}
+
 TEST_F(SignalsTest, SigtermAndSigintStopCleanlyWithServiceStopped) {
   // The last audit record after each stop, read from the database file.
   auto last_record = [&] {
