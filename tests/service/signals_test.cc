@@ -14,8 +14,10 @@
 #include <openssl/pem.h>
 #include <nlohmann/json.hpp>
 
+#include "hsm/strings.h"
 #include "keywarden/v1/keywarden.grpc.pb.h"
 #include "tests/service/daemon_harness.h"
+#include "tests/service/soft_ca.h"
 
 namespace keywarden::testing {
 namespace {
@@ -54,8 +56,11 @@ std::string SerialOf(const std::string& pem) {
 
 class SignalsTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    auto d = DaemonHarness::Start();
+  void SetUp() override { StartDaemon(DaemonHarness::Options()); }
+
+  void StartDaemon(const DaemonHarness::Options& options) {
+    daemon_.reset();
+    auto d = DaemonHarness::Start(options);
     ASSERT_TRUE(d.ok()) << d.status();
     daemon_ = std::move(*d);
   }
@@ -272,6 +277,40 @@ TEST_F(SignalsTest, ABrokenReplacementKeepsTheOldCertificateAndSaysSo) {
   ASSERT_TRUE(daemon_->Signal(SIGHUP).ok());
   ASSERT_TRUE(daemon_->WaitForLog("keywardend: SIGHUP: reloaded", failures + 1).ok());
   EXPECT_EQ(DerOf(ServerCertificateSeenOn(NewChannel("enrollee"))), DerOf(other_pem));
+}
+
+TEST_F(SignalsTest, SighupReloadsTheKraCrls) {
+  // Two KRAs from another CA, trusted with its CRL file ([kra] crls).
+  SoftCa kra_ca = SoftCa::Make("KRA Issuing CA");
+  WriteFile(tmp_.File("kra-ca.pem"), ToPem(kra_ca.cert.get()));
+  std::vector<SoftCa::Issued> kras;
+  for (int i = 0; i < 2; ++i) {
+    kras.push_back(kra_ca.Issue(StrCat("kra", i)));
+    WriteFile(tmp_.File(StrCat("kra", i, ".pem")), ToPem(kras.back().cert.get()));
+  }
+  WriteFile(tmp_.File("kra-ca.crl"), kra_ca.Crl());
+  DaemonHarness::Options options;
+  options.extra_toml =
+      StrCat("\n[kra]\ncertificates = [\"", tmp_.File("kra0.pem"), "\", \"", tmp_.File("kra1.pem"),
+             "\"]\ncount = 1\ntrust = [\"", tmp_.File("kra-ca.pem"), "\"]\ncrls = [\"",
+             tmp_.File("kra-ca.crl"), "\"]\n");
+  StartDaemon(options);
+
+  ASSERT_TRUE(daemon_->Signal(SIGHUP).ok());
+  ASSERT_TRUE(daemon_->WaitForLog("keywardend: SIGHUP: reloaded", 1).ok());
+  // The KRA CA revokes kra0 and publishes a new CRL file.
+  kra_ca.revoked.push_back(kras[0].cert.get());
+  WriteFile(tmp_.File("kra-ca.crl.new"), kra_ca.Crl());
+  ASSERT_EQ(std::rename(tmp_.File("kra-ca.crl.new").c_str(), tmp_.File("kra-ca.crl").c_str()), 0);
+  ASSERT_TRUE(daemon_->Signal(SIGHUP).ok());
+  ASSERT_TRUE(daemon_->WaitForLog("keywardend: SIGHUP: reloaded", 2).ok());
+
+  const auto records = AuditRecords("service.reloaded");
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(json::parse(records[0].details()).at("reloaded")[0],
+            "KRA certificates and CRLs (2 of 2 valid)");
+  EXPECT_EQ(json::parse(records[1].details()).at("reloaded")[0],
+            "KRA certificates and CRLs (1 of 2 valid)");
 }
 
 TEST_F(SignalsTest, SighupReloadsTheClientCas) {
