@@ -177,12 +177,13 @@ subject = "principal"
   if (options.before_launch) {
     if (auto st = options.before_launch(*h); !st.ok()) return st;
   }
+  h->while_starting_ = options.while_starting;
   if (auto st = h->Launch(); !st.ok()) return st;
   return h;
 }
 
 absl::Status DaemonHarness::Launch() {
-  const std::string port_file = dir_.File("port");
+  const std::string port_file = port_file_path();
   unlink(port_file.c_str());
   pid_ = fork();
   if (pid_ < 0) return absl::InternalError("fork failed");
@@ -193,6 +194,7 @@ absl::Status DaemonHarness::Launch() {
           port_file.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
+  if (while_starting_) while_starting_(*this);
   // Wait for the port file (the daemon writes it once it serves).
   for (int i = 0; i < 600; ++i) {
     std::string text = Slurp(port_file);

@@ -39,6 +39,9 @@ class DaemonHarness {
     // Runs after the tokens, the CA and the configuration are made and
     // before keywardend starts (e.g. to make more keys on the tokens).
     std::function<absl::Status(DaemonHarness&)> before_launch;
+    // Runs in the test process right after keywardend was started (at every
+    // launch), before the harness waits for it to serve (pid() is set).
+    std::function<void(const DaemonHarness&)> while_starting;
   };
 
   // Principals with a client certificate from the trusted TLS CA:
@@ -80,6 +83,8 @@ class DaemonHarness {
   std::string config_path() const { return dir_.File("keywarden.toml"); }
   std::string db_path() const { return dir_.File("ca.db"); }
   std::string log_path() const { return dir_.File("daemon.log"); }
+  // Written by keywardend (--port-file) once it serves.
+  std::string port_file_path() const { return dir_.File("port"); }
   const TempDir& dir() const { return dir_; }
   SoftHsmFixture& tokens() { return *tokens_; }
   pid_t pid() const { return pid_; }
@@ -91,6 +96,7 @@ class DaemonHarness {
   TempDir dir_;
   std::unique_ptr<SoftHsmFixture> tokens_;
   std::map<std::string, ClientIdentity> clients_;
+  std::function<void(const DaemonHarness&)> while_starting_;
   pid_t pid_ = -1;
   int port_ = 0;
 };

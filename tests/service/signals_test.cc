@@ -347,6 +347,38 @@ TEST_F(SignalsTest, SighupReloadsTheClientCas) {
   EXPECT_EQ(handshake("enrollee"), grpc::StatusCode::OK);
 }
 
+// True once the main thread of `pid` blocks `sig` (/proc/PID/status SigBlk).
+bool Blocks(pid_t pid, int sig) {
+  const std::string status = Slurp("/proc/" + std::to_string(pid) + "/status");
+  const size_t at = status.find("\nSigBlk:\t");
+  if (at == std::string::npos) return false;
+  const unsigned long long mask = std::stoull(status.substr(at + 9, 16), nullptr, 16);
+  return (mask >> (sig - 1)) & 1;
+}
+
+TEST_F(SignalsTest, ASighupDuringStartUpIsHandledOnceTheDaemonServes) {
+  bool sent = false, was_serving = true;
+  DaemonHarness::Options options;
+  options.while_starting = [&](const DaemonHarness& starting) {
+    // As soon as keywardend's main has blocked SIGHUP (before that, the
+    // default action would end any program), while it still opens the token
+    // and the CA.
+    for (int i = 0; i < 50000 && !Blocks(starting.pid(), SIGHUP); ++i) {
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+    if (!Blocks(starting.pid(), SIGHUP)) return;
+    was_serving = !Slurp(starting.port_file_path()).empty();
+    sent = kill(starting.pid(), SIGHUP) == 0;
+  };
+  StartDaemon(options);
+  ASSERT_TRUE(sent);
+  EXPECT_FALSE(was_serving);
+  ASSERT_TRUE(daemon_->WaitForLog("keywardend: SIGHUP: reloaded", 1).ok());
+  EXPECT_TRUE(DaemonRunning());
+  EXPECT_EQ(AuditRecords("service.reloaded").size(), 1u);
+  EXPECT_FALSE(ServerCertificateSeenOn(NewChannel("enrollee")).empty());
+}
+
 TEST_F(SignalsTest, SigtermAndSigintStopCleanlyWithServiceStopped) {
   // The last audit record after each stop, read from the database file.
   auto last_record = [&] {
