@@ -725,6 +725,21 @@ std::vector<KraStatus> CertificateAuthority::ReloadKras(const std::string& who) 
   return kras_->Status();
 }
 
+CertificateAuthority::RuntimeReload CertificateAuthority::ReloadRuntime(const std::string& who) {
+  RuntimeReload out;
+  const std::vector<KraStatus> kras = ReloadKras(who);
+  size_t valid = 0;
+  for (const auto& k : kras) valid += k.state == KraState::kValid ? 1 : 0;
+  out.reloaded.push_back(
+      StrCat("KRA certificates and CRLs (", valid, " of ", kras.size(), " valid)"));
+  // Client CAs for roles and revocation, and the client CRLs.
+  for (std::string& line : trust_->Reload()) {
+    const bool failed = line.find(": not ") != std::string::npos;
+    (failed ? out.failed : out.reloaded).push_back(std::move(line));
+  }
+  return out;
+}
+
 absl::StatusOr<CertificateAuthority::ImportResult> CertificateAuthority::ImportKey(
     const std::string& who, std::span<const uint8_t> pfx, const hsm::SecretString& password,
     bool foreign) {

@@ -112,6 +112,14 @@ class CertificateAuthority {
   absl::Status KraUsable() const { return kras_->Usable(); }
   std::vector<KraStatus> ReloadKras(const std::string& who);
 
+  // What the CA reloads at run time (SIGHUP): the KRA certificates and their
+  // CRLs. One line per item, in `reloaded` or, with the reason, in `failed`.
+  struct RuntimeReload {
+    std::vector<std::string> reloaded;
+    std::vector<std::string> failed;
+  };
+  RuntimeReload ReloadRuntime(const std::string& who);
+
   // Manual archival (certutil -importPFX): archives the key of a PKCS#12 for
   // a certificate this CA issued, or, with KRAF_ENABLEFOREIGN and `foreign`,
   // for another CA's certificate (recorded as a new, issued row).

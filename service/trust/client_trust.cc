@@ -139,8 +139,8 @@ std::vector<std::string> ClientTrust::Reload() {
       std::unique_lock lock(mu_);
       anchors_ = std::move(*anchors);
     }
-    report.push_back(StrCat("client CAs for roles and revocation: ", certs,
-                            " certificate(s) from ", config_.server.client_ca.size(), " file(s)"));
+    report.push_back(StrCat("client CAs for roles and revocation: ", certs, " certificate(s) from ",
+                            config_.server.client_ca.size(), " file(s)"));
   }
   for (std::string& line : ReloadCrls()) report.push_back(std::move(line));
   return report;
@@ -256,7 +256,7 @@ absl::StatusOr<std::shared_ptr<const PeerIdentity>> ClientTrust::Identify(
   peer->sha256 = pki::Sha256Thumbprint(leaf);
   peer->serial = SerialHex(leaf);
   peer->not_after = ToUnix(X509_get0_notAfter(leaf));
-  std::vector<std::string> anchors;  // client_ca files it chains to
+  std::vector<std::string> chained_to;  // client_ca files it chains to
   bool all_optional = true;
   for (const auto& ca : anchors->cas) {
     ossl::UniquePtr<X509_STORE_CTX> ctx(X509_STORE_CTX_new());
@@ -269,9 +269,9 @@ absl::StatusOr<std::shared_ptr<const PeerIdentity>> ClientTrust::Identify(
       ERR_clear_error();
       continue;
     }
-    anchors.push_back(ca->path);
+    chained_to.push_back(ca->path);
     all_optional = all_optional && ca->revocation_optional;
-    if (anchors.size() > 1) continue;
+    if (chained_to.size() > 1) continue;
     peer->client_ca = ca->path;
     STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(ctx.get());
     for (int i = 0; i + 1 < sk_X509_num(chain); ++i) {
@@ -286,7 +286,7 @@ absl::StatusOr<std::shared_ptr<const PeerIdentity>> ClientTrust::Identify(
       peer->links.push_back(std::move(link));
     }
   }
-  if (anchors.empty()) {
+  if (chained_to.empty()) {
     return absl::UnauthenticatedError(
         StrCat("client certificate ", peer->principal, " does not chain to a client CA"));
   }
@@ -301,7 +301,7 @@ absl::StatusOr<std::shared_ptr<const PeerIdentity>> ClientTrust::Identify(
               (b.principal.empty() || b.principal == peer->principal);
     } else {
       match = b.principal == peer->principal &&
-              std::find(anchors.begin(), anchors.end(), b.issuer) != anchors.end();
+              std::find(chained_to.begin(), chained_to.end(), b.issuer) != chained_to.end();
     }
     if (!match) continue;
     for (Role r : b.roles) held[static_cast<size_t>(r)] = true;

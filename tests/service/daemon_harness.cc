@@ -97,11 +97,11 @@ absl::StatusOr<std::unique_ptr<DaemonHarness>> DaemonHarness::Start(const Option
   Issued server = Make("CN=localhost", &tls_ca, false, "DNS:localhost,IP:127.0.0.1", "serverAuth");
   Issued rogue_ca = Make("CN=rogue CA", nullptr, true);
   if (auto st = Write(h->tls_ca_path(), ToPem(tls_ca.cert.get())); !st.ok()) return st;
-
-  if (auto st = Write(h->dir_.File("tls/server.pem"), ToPem(server.cert.get())); !st.ok())
+  if (auto st = Write(h->dir_.File("tls/tls-ca.key"), KeyPem(tls_ca.key.get())); !st.ok())
     return st;
-  if (auto st = Write(h->dir_.File("tls/server.key"), KeyPem(server.key.get())); !st.ok())
-    return st;
+  if (auto st = Write(h->untrusted_ca_path(), ToPem(rogue_ca.cert.get())); !st.ok()) return st;
+  if (auto st = Write(h->server_cert_path(), ToPem(server.cert.get())); !st.ok()) return st;
+  if (auto st = Write(h->server_key_path(), KeyPem(server.key.get())); !st.ok()) return st;
   std::map<std::string, std::string> who = {
       {"admin", "CN=admin,O=keywarden test"},     {"officer", "CN=officer,O=keywarden test"},
       {"auditor", "CN=auditor,O=keywarden test"}, {"backup", "CN=backup,O=keywarden test"},
@@ -189,6 +189,7 @@ subject = "principal"
   if (options.before_launch) {
     if (auto st = options.before_launch(*h); !st.ok()) return st;
   }
+  h->while_starting_ = options.while_starting;
   if (auto st = h->Launch(); !st.ok()) return st;
   return h;
 }
@@ -246,7 +247,7 @@ absl::Status DaemonHarness::RevokeTlsClient(const std::string& who, int reason) 
 }
 
 absl::Status DaemonHarness::Launch() {
-  const std::string port_file = dir_.File("port");
+  const std::string port_file = port_file_path();
   unlink(port_file.c_str());
   pid_ = fork();
   if (pid_ < 0) return absl::InternalError("fork failed");
@@ -257,6 +258,7 @@ absl::Status DaemonHarness::Launch() {
           port_file.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
+  if (while_starting_) while_starting_(*this);
   // Wait for the port file (the daemon writes it once it serves).
   for (int i = 0; i < 600; ++i) {
     std::string text = Slurp(port_file);
@@ -274,9 +276,51 @@ absl::Status DaemonHarness::Launch() {
   return absl::DeadlineExceededError("keywardend did not start in 30 s:\n" + Slurp(log_path()));
 }
 
-absl::Status DaemonHarness::Stop() {
+absl::Status DaemonHarness::Signal(int sig) const {
+  if (pid_ <= 0) return absl::FailedPreconditionError("keywardend is not running");
+  if (kill(pid_, sig) != 0) return absl::InternalError("kill failed");
+  return absl::OkStatus();
+}
+
+absl::Status DaemonHarness::WaitForLog(const std::string& text, int count,
+                                       std::chrono::seconds timeout) const {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    const std::string log = Slurp(log_path());
+    int seen = 0;
+    for (size_t at = log.find(text); at != std::string::npos; at = log.find(text, at + 1)) ++seen;
+    if (seen >= count) return absl::OkStatus();
+    if (std::chrono::steady_clock::now() > deadline) {
+      return absl::DeadlineExceededError(
+          StrCat("\"", text, "\" seen ", seen, " of ", count, " times in the log:\n", log));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+absl::Status DaemonHarness::IssueServerCertificate(const std::string& subject,
+                                                   const std::string& cert_path,
+                                                   const std::string& key_path) const {
+  Issued ca;
+  {
+    const std::string pem = Slurp(tls_ca_path());
+    ossl::UniquePtr<BIO> bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+    ca.cert.reset(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+  }
+  {
+    const std::string pem = Slurp(dir_.File("tls/tls-ca.key"));
+    ossl::UniquePtr<BIO> bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+    ca.key.reset(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
+  }
+  if (!ca.cert || !ca.key) return absl::InternalError("cannot read the test TLS CA");
+  Issued server = Make(subject, &ca, false, "DNS:localhost,IP:127.0.0.1", "serverAuth");
+  if (auto st = Write(cert_path, ToPem(server.cert.get())); !st.ok()) return st;
+  return Write(key_path, KeyPem(server.key.get()));
+}
+
+absl::Status DaemonHarness::Stop(int sig) {
   if (pid_ <= 0) return absl::OkStatus();
-  kill(pid_, SIGTERM);
+  kill(pid_, sig);
   int status = 0;
   for (int i = 0; i < 200; ++i) {
     if (waitpid(pid_, &status, WNOHANG) == pid_) {
@@ -290,7 +334,7 @@ absl::Status DaemonHarness::Stop() {
   kill(pid_, SIGKILL);
   waitpid(pid_, &status, 0);
   pid_ = -1;
-  return absl::DeadlineExceededError("keywardend ignored SIGTERM for 10 s");
+  return absl::DeadlineExceededError(StrCat("keywardend ignored signal ", sig, " for 10 s"));
 }
 
 absl::Status DaemonHarness::Restart() {

@@ -4,6 +4,8 @@
 // certificate per principal. Tests talk to it exactly as clients would.
 #pragma once
 
+#include <chrono>
+#include <csignal>
 #include <functional>
 #include <map>
 #include <memory>
@@ -50,6 +52,9 @@ class DaemonHarness {
     // Runs after the tokens, the CA and the configuration are made and
     // before keywardend starts (e.g. to make more keys on the tokens).
     std::function<absl::Status(DaemonHarness&)> before_launch;
+    // Runs in the test process right after keywardend was started (at every
+    // launch), before the harness waits for it to serve (pid() is set).
+    std::function<void(const DaemonHarness&)> while_starting;
   };
 
   // Principals with a client certificate from the trusted TLS CA:
@@ -72,18 +77,36 @@ class DaemonHarness {
   // A client identity made by a test (e.g. a certificate this CA issued).
   void AddClient(const std::string& who, ClientIdentity id) { clients_[who] = std::move(id); }
 
-  absl::Status Stop();     // SIGTERM, wait
+  // Sends `sig` (SIGTERM or SIGINT) and waits; OK only for exit status 0.
+  absl::Status Stop(int sig = SIGTERM);
   absl::Status Restart();  // Stop + start on a new port with the same state
+  // Sends `sig` to the running keywardend (e.g. SIGHUP).
+  absl::Status Signal(int sig) const;
+  // Waits until the daemon's log (stdout and stderr) holds `text` at least
+  // `count` times; the error shows the log.
+  absl::Status WaitForLog(const std::string& text, int count,
+                          std::chrono::seconds timeout = std::chrono::seconds(30)) const;
+  // A new TLS server certificate (SANs localhost and 127.0.0.1, serverAuth)
+  // and key from the trusted TLS CA, written as PEM to the given paths.
+  absl::Status IssueServerCertificate(const std::string& subject, const std::string& cert_path,
+                                      const std::string& key_path) const;
 
   std::string target() const { return "127.0.0.1:" + std::to_string(port_); }
   const ClientIdentity& client(const std::string& who) const { return clients_.at(who); }
   std::shared_ptr<grpc::Channel> Channel(const std::string& who) const;
   // Paths: the client TLS trust anchor (for the server cert) and the CA cert.
   std::string tls_ca_path() const { return dir_.File("tls/tls-ca.pem"); }
+  // The CA of the "untrusted" client (not configured as a client CA).
+  std::string untrusted_ca_path() const { return dir_.File("tls/rogue-ca.pem"); }
+  // The server's TLS certificate and key as configured ([server]).
+  std::string server_cert_path() const { return dir_.File("tls/server.pem"); }
+  std::string server_key_path() const { return dir_.File("tls/server.key"); }
   std::string ca_cert_path() const { return dir_.File("ca.pem"); }
   std::string config_path() const { return dir_.File("keywarden.toml"); }
   std::string db_path() const { return dir_.File("ca.db"); }
   std::string log_path() const { return dir_.File("daemon.log"); }
+  // Written by keywardend (--port-file) once it serves.
+  std::string port_file_path() const { return dir_.File("port"); }
   const TempDir& dir() const { return dir_; }
   SoftHsmFixture& tokens() { return *tokens_; }
   pid_t pid() const { return pid_; }
@@ -98,6 +121,7 @@ class DaemonHarness {
   ossl::UniquePtr<EVP_PKEY> tls_ca_key_;
   ossl::UniquePtr<X509> tls_ca_cert_;
   std::vector<std::pair<std::string, int>> tls_revoked_;  // serial (hex), reason
+  std::function<void(const DaemonHarness&)> while_starting_;
   pid_t pid_ = -1;
   int port_ = 0;
 };

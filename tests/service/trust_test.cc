@@ -3,7 +3,10 @@
 // certificate with an officer's subject from another issuer, a revoked
 // officer, a client revoked on its CA's CRL, a client CA without a current
 // CRL, pinned certificates, and who may enrol for which template.
+#include <signal.h>
+
 #include <chrono>
+#include <cstdio>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -340,6 +343,24 @@ TEST_F(TrustTest, APinnedCertificateHoldsItsRolesWhateverItsSubject) {
   grpc::ClientContext ctx2;
   EXPECT_EQ(other->VerifyAudit(&ctx2, v1::VerifyAuditRequest(), &out).error_code(),
             grpc::StatusCode::PERMISSION_DENIED);
+}
+
+TEST_F(TrustTest, AClientCaRemovedOnSighupCutsOffItsOpenConnections) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  auto open = daemon_->Channel("officer");
+  ASSERT_TRUE(ListRequests(open).ok());
+  // The operator replaces the TLS client CA file (here: with another CA).
+  WriteFile(daemon_->tls_ca_path() + ".new", ReadFile(daemon_->untrusted_ca_path()));
+  ASSERT_EQ(std::rename((daemon_->tls_ca_path() + ".new").c_str(), daemon_->tls_ca_path().c_str()),
+            0);
+  ASSERT_TRUE(daemon_->Signal(SIGHUP).ok());
+  ASSERT_TRUE(daemon_->WaitForLog("keywardend: SIGHUP: reloaded", 1).ok());
+  // The connection made before is refused at its next call, at the door.
+  grpc::Status st = ListRequests(open);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAUTHENTICATED) << st.error_message();
+  EXPECT_TRUE(Contains(st.error_message(), "does not chain to a client CA")) << st.error_message();
+  // New connections of its clients fail at the handshake.
+  EXPECT_EQ(GetCaCertificate("enrollee").error_code(), grpc::StatusCode::UNAVAILABLE);
 }
 
 TEST_F(TrustTest, EachTemplateSaysWhoMayEnrolForIt) {
