@@ -2,6 +2,7 @@
 
 #include <openssl/pem.h>
 
+#include <google/protobuf/descriptor.h>
 #include <grpcpp/support/server_interceptor.h>
 
 #include <chrono>
@@ -40,25 +41,43 @@ grpc::Status ToGrpc(const absl::Status& status) {
 
 namespace {
 
-// Fills in the statuses gRPC makes itself when a request message cannot be
-// parsed (INTERNAL with an empty message: bytes that are not protobuf, or a
-// string field that is not UTF-8). They are the client's fault, and every
-// error has a message: INVALID_ARGUMENT (E_INVALIDARG) naming the method.
+// Fills in the statuses gRPC makes itself, with no message, when a request
+// message cannot be parsed (bytes that are not protobuf, or a string field
+// that is not UTF-8): INTERNAL from the sync API, UNIMPLEMENTED from the
+// callback API (Signing). That is the client's fault, and every error has a
+// message: INVALID_ARGUMENT (E_INVALIDARG) naming the method. An unknown
+// method keeps UNIMPLEMENTED and gets a message too. keywarden's own
+// errors always have a message, so none of them is touched.
 class ParseFailureInterceptor final : public grpc::experimental::Interceptor {
  public:
   explicit ParseFailureInterceptor(grpc::experimental::ServerRpcInfo* info)
-      : method_(info->method() != nullptr ? info->method() : "") {}
+      : method_(info->method() != nullptr ? info->method() : "") {
+    // "/keywarden.v1.Signing/SignDigest": one of keywarden's own methods?
+    const size_t slash = method_.rfind('/');
+    if (method_.rfind("/keywarden.v1.", 0) == 0 && slash > 1) {
+      const auto* service = google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(
+          method_.substr(1, slash - 1));
+      known_ =
+          service != nullptr && service->FindMethodByName(method_.substr(slash + 1)) != nullptr;
+    }
+  }
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     using grpc::experimental::InterceptionHookPoints;
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
       const grpc::Status st = methods->GetSendStatus();
-      if (st.error_code() == grpc::StatusCode::INTERNAL && st.error_message().empty()) {
+      const bool parse_failure = st.error_message().empty() &&
+                                 (st.error_code() == grpc::StatusCode::INTERNAL ||
+                                  (st.error_code() == grpc::StatusCode::UNIMPLEMENTED && known_));
+      if (parse_failure) {
         methods->ModifySendStatus(ToGrpc(Error(
             hresult::kInvalidArg,
             StrCat("the request message for ", method_,
                    " could not be parsed: it is not valid protobuf for this method, or a string "
                    "field holds bytes that are not UTF-8"))));
+      } else if (st.error_code() == grpc::StatusCode::UNIMPLEMENTED && st.error_message().empty()) {
+        methods->ModifySendStatus(grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                                               StrCat("keywardend has no method ", Echo(method_))));
       }
     }
     methods->Proceed();
@@ -66,6 +85,7 @@ class ParseFailureInterceptor final : public grpc::experimental::Interceptor {
 
  private:
   std::string method_;
+  bool known_ = false;
 };
 
 class ParseFailureInterceptorFactory final
