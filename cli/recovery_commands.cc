@@ -100,6 +100,11 @@ absl::StatusOr<hsm::SecretString> ReadPassword(const std::string& spec, const st
   }
   auto pw = source->Read();
   if (!pw.ok()) return absl::Status(pw.status().code(), StrCat(what, ": ", pw.status().message()));
+  // PKCS#12 passwords are C strings to OpenSSL: one with a NUL would be cut there.
+  if (pw->view().find('\0') != std::string_view::npos) {
+    return absl::InvalidArgumentError(
+        StrCat(what, " holds a NUL byte; a password is taken whole, never cut at a NUL"));
+  }
   if (confirm && spec.starts_with("prompt")) {
     auto again = hsm::PinSource::Prompt(StrCat("Confirm ", what, ": ")).Read();
     if (!again.ok()) return again.status();

@@ -240,7 +240,7 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Submit(const Requester& 
     return std::vector<AuditEntry>{{principal, "request.received",
                                     json{{"request_id", new_id},
                                          {"format", format},
-                                         {"subject", r.subject},
+                                         {"subject", Echo(r.subject, 1024)},
                                          {"template_hint", template_hint}}
                                         .dump()}};
   });

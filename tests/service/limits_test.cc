@@ -11,6 +11,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <thread>
 
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/message.h>
@@ -21,6 +22,7 @@
 #include "hsm/strings.h"
 #include "keywarden/v1/keywarden.grpc.pb.h"
 #include "keywarden/v1/signing.grpc.pb.h"
+#include "service/bounded.h"
 #include "service/server/limits.h"
 #include "tests/service/daemon_harness.h"
 #include "tests/service/rpc_test_util.h"
@@ -99,6 +101,38 @@ TEST(LimitsTableTest, EveryStringAndBytesFieldOfEveryRequestHasALimit) {
   }
   for (const auto& l : limited) EXPECT_EQ(seen.count(l), 1u) << "not a request field: " << l;
   EXPECT_EQ(seen.size(), 21u);
+}
+
+TEST(BoundedTest, EchoCutsAtACharacterAndEscapesWhatIsNotUtf8) {
+  EXPECT_EQ(service::Echo("short"), "short");
+  EXPECT_EQ(service::Echo(std::string(200, 'a'), 10), "aaaaaaaaaa...(200 bytes)");
+  // "é" is two bytes: never cut in half.
+  EXPECT_EQ(service::Echo("aaaaaaaaa\xc3\xa9", 10), "aaaaaaaaa...(11 bytes)");
+  EXPECT_EQ(service::Echo("a\xff\xc3\x28\n\xed\xa0\x80"), "a\\xff\\xc3(\\x0a\\xed\\xa0\\x80");
+  // The result is always valid JSON text.
+  EXPECT_NO_THROW(nlohmann::json(service::Echo(std::string("\xff\xfe", 2))).dump());
+}
+
+TEST(BoundedTest, AuditDetailsAreCappedAndStayJson) {
+  const std::string small = nlohmann::json{{"a", "b"}}.dump();
+  EXPECT_EQ(service::BoundAuditDetails(small), small);
+  const std::string big = nlohmann::json{{"subject", std::string(100000, 'S')}}.dump();
+  const std::string bounded = service::BoundAuditDetails(big);
+  EXPECT_LE(bounded.size(), service::kMaxAuditDetailsBytes);
+  const auto j = nlohmann::json::parse(bounded);
+  EXPECT_EQ(j["truncated"], true);
+  EXPECT_EQ(j["bytes"], big.size());
+}
+
+TEST(BoundedTest, RefusalLimiterRecordsOncePerPeriodWithTheCount) {
+  service::RefusalLimiter limiter(std::chrono::milliseconds(300));
+  EXPECT_EQ(limiter.Take("a"), 1);
+  EXPECT_EQ(limiter.Take("a"), 0);
+  EXPECT_EQ(limiter.Take("a"), 0);
+  EXPECT_EQ(limiter.Take("b"), 1);  // another key: its own record
+  std::this_thread::sleep_for(std::chrono::milliseconds(350));
+  EXPECT_EQ(limiter.Take("a"), 3);  // the two held back and this one
+  EXPECT_EQ(limiter.Take("a"), 0);
 }
 
 class LimitsTest : public ::testing::Test {
