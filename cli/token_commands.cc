@@ -52,14 +52,20 @@ struct TokenCopy {
 // Opens the token directory `copy_root` (one token) with its own
 // SOFTHSM2_CONF in a child process (a module reads its configuration once,
 // at C_Initialize) and lists it: "label\nserial\nobjects\n".
+// ROOT/softhsm2.conf naming ROOT/tokens: the copy opens with SOFTHSM2_CONF=ROOT/softhsm2.conf.
+absl::Status WriteConf(const std::string& root) {
+  const std::string conf = root + "/softhsm2.conf";
+  std::ofstream f(conf, std::ios::trunc);
+  f << "directories.tokendir = " << root << "/tokens\nobjectstore.backend = file\n"
+    << "log.level = ERROR\n";
+  f.close();
+  if (!f) return absl::InternalError(StrCat("cannot write ", conf));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<TokenCopy> OpenCopy(const std::string& module, const std::string& copy_root) {
   const std::string conf = copy_root + "/softhsm2.conf";
-  {
-    std::ofstream f(conf);
-    f << "directories.tokendir = " << copy_root << "/tokens\nobjectstore.backend = file\n"
-      << "log.level = ERROR\n";
-    if (!f) return absl::InternalError(StrCat("cannot write ", conf));
-  }
+  if (auto st = WriteConf(copy_root); !st.ok()) return st;
   int fds[2];
   if (pipe(fds) != 0) return absl::InternalError("pipe failed");
   pid_t pid = fork();
@@ -234,6 +240,9 @@ int Backup(const Output& out, const std::string& module_flag, const std::string&
       }
     }
     fs::rename(staging, dest, ec);
+    if (!ec) {
+      if (auto st = WriteConf(dest); !st.ok()) return out.Fail(st);
+    }
     if (ec)
       return out.Fail(absl::InternalError(StrCat("cannot rename to ", dest, ": ", ec.message())));
     out.Result({{"source", c.string()},
