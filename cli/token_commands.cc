@@ -4,6 +4,16 @@
 //   token keygen                a key pair made on the token (never extractable)
 //   token csr                   a PKCS#10 for a token key, signed on the token
 //   token import-cert           the issued certificate onto the token beside its key
+//   token backup SOURCE OUT     a verified copy of a file-backed SoftHSM2 token
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
 #include "cli/commands.h"
 #include "hsm/keys.h"
 #include "hsm/module.h"
@@ -28,6 +38,230 @@ absl::StatusOr<std::shared_ptr<hsm::Token>> OpenTokenWithPin(const std::string& 
   open.pin = *pin;
   return hsm::OpenToken(*uri, open);
 }
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// What a copy of a SoftHSM2 token holds, as the module itself reads it.
+struct TokenCopy {
+  std::string label, serial;
+  size_t objects = 0;  // objects visible without logging in
+};
+
+// Opens the token directory `copy_root` (one token) with its own
+// SOFTHSM2_CONF in a child process (a module reads its configuration once,
+// at C_Initialize) and lists it: "label\nserial\nobjects\n".
+// ROOT/softhsm2.conf naming ROOT/tokens: the copy opens with SOFTHSM2_CONF=ROOT/softhsm2.conf.
+absl::Status WriteConf(const std::string& root) {
+  const std::string conf = root + "/softhsm2.conf";
+  std::ofstream f(conf, std::ios::trunc);
+  f << "directories.tokendir = " << root << "/tokens\nobjectstore.backend = file\n"
+    << "log.level = ERROR\n";
+  f.close();
+  if (!f) return absl::InternalError(StrCat("cannot write ", conf));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TokenCopy> OpenCopy(const std::string& module, const std::string& copy_root) {
+  const std::string conf = copy_root + "/softhsm2.conf";
+  if (auto st = WriteConf(copy_root); !st.ok()) return st;
+  int fds[2];
+  if (pipe(fds) != 0) return absl::InternalError("pipe failed");
+  pid_t pid = fork();
+  if (pid < 0) return absl::InternalError("fork failed");
+  if (pid == 0) {
+    close(fds[0]);
+    setenv("SOFTHSM2_CONF", conf.c_str(), 1);
+    std::string text;
+    auto m = hsm::Module::Load(module);
+    if (m.ok()) {
+      auto tokens = (*m)->Tokens();
+      if (tokens.ok()) {
+        for (const auto& t : *tokens) {
+          if (!t.initialized) continue;
+          CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
+          size_t n = 0;
+          if ((*m)->functions()->C_OpenSession(t.slot, CKF_SERIAL_SESSION, nullptr, nullptr, &h) ==
+              CKR_OK) {
+            if ((*m)->functions()->C_FindObjectsInit(h, nullptr, 0) == CKR_OK) {
+              CK_OBJECT_HANDLE batch[64];
+              CK_ULONG got = 0;
+              while ((*m)->functions()->C_FindObjects(h, batch, 64, &got) == CKR_OK && got > 0)
+                n += got;
+              (*m)->functions()->C_FindObjectsFinal(h);
+            }
+            (*m)->functions()->C_CloseSession(h);
+          }
+          text += StrCat(t.label, "\n", t.serial, "\n", n, "\n");
+        }
+      }
+    }
+    (void)!write(fds[1], text.data(), text.size());
+    close(fds[1]);
+    _exit(0);
+  }
+  close(fds[1]);
+  std::string text;
+  char buf[512];
+  ssize_t got;
+  while ((got = read(fds[0], buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(got));
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  std::vector<std::string> lines;
+  for (size_t at = 0; at < text.size();) {
+    size_t nl = text.find('\n', at);
+    if (nl == std::string::npos) break;
+    lines.push_back(text.substr(at, nl - at));
+    at = nl + 1;
+  }
+  if (lines.size() != 3) {
+    return absl::DataLossError(StrCat("the copy in ", copy_root,
+                                      " does not open as exactly one initialised token (",
+                                      lines.size() / 3, " found)"));
+  }
+  return TokenCopy{lines[0], lines[1],
+                   static_cast<size_t>(std::strtoull(lines[2].c_str(), nullptr, 10))};
+}
+
+// The directories.tokendir of a SoftHSM2 configuration file.
+absl::StatusOr<std::string> TokenDirOf(const std::string& conf) {
+  std::ifstream f(conf);
+  if (!f) return absl::NotFoundError(StrCat("cannot read SoftHSM2 configuration ", conf));
+  std::string line;
+  while (std::getline(f, line)) {
+    const size_t eq = line.find('=');
+    if (eq == std::string::npos) continue;
+    std::string key = line.substr(0, eq), value = line.substr(eq + 1);
+    auto trim = [](std::string& v) {
+      v.erase(0, v.find_first_not_of(" \t"));
+      v.erase(v.find_last_not_of(" \t\r") + 1);
+    };
+    trim(key);
+    trim(value);
+    if (key == "directories.tokendir") return value;
+  }
+  return absl::NotFoundError(StrCat(conf, " has no directories.tokendir"));
+}
+
+// Size and modification time of every file, to see a token written during the copy.
+std::string Fingerprint(const fs::path& dir) {
+  std::string out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    struct stat st;
+    if (stat(e.path().c_str(), &st) != 0) continue;
+    out += StrCat(e.path().filename().string(), ":", st.st_size, ":", st.st_mtim.tv_sec, ".",
+                  st.st_mtim.tv_nsec, ";");
+  }
+  return out;
+}
+
+// Copies the token directory `source` to `staging`/tokens/<name> and opens the copy.
+absl::StatusOr<TokenCopy> CopyAndVerify(const std::string& module, const fs::path& source,
+                                        const fs::path& staging) {
+  std::error_code ec;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    fs::remove_all(staging, ec);
+    const fs::path target = staging / "tokens" / source.filename();
+    fs::create_directories(target, ec);
+    if (ec)
+      return absl::InternalError(StrCat("cannot create ", target.string(), ": ", ec.message()));
+    const std::string before = Fingerprint(source);
+    for (const auto& e : fs::directory_iterator(source, ec)) {
+      if (!e.is_regular_file()) continue;
+      fs::copy_file(e.path(), target / e.path().filename(), ec);
+      if (ec) {
+        return absl::InternalError(StrCat("cannot copy ", e.path().string(), ": ", ec.message()));
+      }
+    }
+    if (Fingerprint(source) != before) continue;  // written meanwhile: again
+    return OpenCopy(module, staging.string());
+  }
+  return absl::UnavailableError(
+      StrCat("the token in ", source.string(),
+             " changed during three copies; stop what uses it and retry"));
+}
+
+int Backup(const Output& out, const std::string& module_flag, const std::string& conf_flag,
+           const std::string& source, const std::string& dest) {
+  const std::string module = DefaultModule(module_flag);
+  std::error_code ec;
+  if (fs::exists(dest, ec)) {
+    return out.Fail(absl::AlreadyExistsError(StrCat(dest, " exists; give a new directory")));
+  }
+  std::vector<fs::path> candidates;
+  std::optional<hsm::Pkcs11Uri> uri;
+  if (source.rfind("pkcs11:", 0) == 0) {
+    auto parsed = hsm::Pkcs11Uri::Parse(source);
+    if (!parsed.ok()) return out.Fail(parsed.status());
+    uri = *parsed;
+    const char* env = std::getenv("SOFTHSM2_CONF");
+    const std::string conf = !conf_flag.empty() ? conf_flag
+                             : env != nullptr   ? std::string(env)
+                                                : std::string("/etc/softhsm/softhsm2.conf");
+    auto dir = TokenDirOf(conf);
+    if (!dir.ok()) return out.Fail(dir.status());
+    for (const auto& e : fs::directory_iterator(*dir, ec)) {
+      if (e.is_directory() && fs::exists(e.path() / "token.object")) candidates.push_back(e.path());
+    }
+    if (ec) return out.Fail(absl::NotFoundError(StrCat("cannot list ", *dir, ": ", ec.message())));
+  } else {
+    if (!fs::exists(fs::path(source) / "token.object")) {
+      return out.Fail(absl::NotFoundError(
+          StrCat(source,
+                 " is not a SoftHSM2 token directory (no token.object); give the "
+                 "token's directory or its PKCS#11 URI")));
+    }
+    candidates.push_back(fs::path(source));
+  }
+  const fs::path staging = fs::path(dest).string() + ".partial";
+  std::vector<std::string> seen;
+  for (const fs::path& c : candidates) {
+    auto copy = CopyAndVerify(module, c, staging);
+    if (!copy.ok()) {
+      fs::remove_all(staging, ec);
+      if (uri) {  // a damaged token among several: say so, keep looking
+        seen.push_back(StrCat(c.string(), " (", copy.status().message(), ")"));
+        continue;
+      }
+      return out.Fail(copy.status());
+    }
+    if (uri) {
+      hsm::SlotToken t{};
+      t.label = copy->label;
+      t.serial = copy->serial;
+      t.initialized = true;
+      if (!uri->MatchesToken(t)) {
+        seen.push_back(StrCat("\"", copy->label, "\" in ", c.string()));
+        fs::remove_all(staging, ec);
+        continue;
+      }
+    }
+    fs::rename(staging, dest, ec);
+    if (!ec) {
+      if (auto st = WriteConf(dest); !st.ok()) return out.Fail(st);
+    }
+    if (ec)
+      return out.Fail(absl::InternalError(StrCat("cannot rename to ", dest, ": ", ec.message())));
+    out.Result({{"source", c.string()},
+                {"backup", dest},
+                {"label", copy->label},
+                {"serial", copy->serial},
+                {"public_objects", copy->objects}},
+               StrCat("Token \"", copy->label, "\" (serial ", copy->serial, ") copied from ",
+                      c.string(), " to ", dest, "; the copy opens and lists ", copy->objects,
+                      " public object(s). To restore: stop keywardend, replace the token's "
+                      "directory with ",
+                      dest, "/tokens/", c.filename().string(), "\n"));
+    return static_cast<int>(kExitOk);
+  }
+  return out.Fail(absl::NotFoundError(StrCat(
+      "no token matching ", source, " among: ", seen.empty() ? "none" : StrJoin(seen, "; "))));
+}
+
+}  // namespace
 
 void RegisterTokenCommands(CLI::App& app, const Output& out, Action& action) {
   CLI::App* token = app.add_subcommand("token", "PKCS#11 tokens (HSMs, smart cards)");
@@ -138,6 +372,28 @@ void RegisterTokenCommands(CLI::App& app, const Output& out, Action& action) {
                  StrCat("Request for ", (*key)->Describe(), " written to ", o->out, "\n"));
       return static_cast<int>(kExitOk);
     };
+  });
+
+  struct BackupOptions {
+    std::string module, conf, source, out;
+  };
+  auto b = std::make_shared<BackupOptions>();
+  CLI::App* backup = token->add_subcommand(
+      "backup",
+      "Copy a file-backed SoftHSM2 token directory (by URI or path) and verify the copy opens");
+  backup
+      ->add_option("source", b->source,
+                   "PKCS#11 URI of the token (found under the tokendir of SOFTHSM2_CONF) or "
+                   "the token's directory")
+      ->required();
+  backup->add_option("out", b->out, "Directory to create for the copy (must not exist)")
+      ->required();
+  backup->add_option("--softhsm-conf", b->conf,
+                     "SoftHSM2 configuration naming the tokendir (default $SOFTHSM2_CONF)");
+  backup->add_option("--module", b->module,
+                     "SoftHSM2 module path (default $KEYWARDEN_PKCS11_MODULE)");
+  backup->callback([&out, &action, b] {
+    action = [&out, b] { return Backup(out, b->module, b->conf, b->source, b->out); };
   });
 
   CLI::App* import = token->add_subcommand(

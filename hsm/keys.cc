@@ -138,6 +138,12 @@ absl::StatusOr<std::shared_ptr<TokenKey>> LoadTokenKey(std::shared_ptr<Token> to
   key->public_key = std::move(*pub);
   key->bits = static_cast<size_t>(EVP_PKEY_get_bits(key->public_key.get()));
   key->private_handle = priv;
+  bool always_authenticate = false;
+  if (auto a = GetAttribute(s, priv, CKA_ALWAYS_AUTHENTICATE); a.ok() && a->size() == 1) {
+    always_authenticate = (*a)[0] != CK_FALSE;
+  }
+  key->handle =
+      std::make_shared<KeyHandle>(priv, s.generation(), key->label, key->id, always_authenticate);
   key->token = std::move(token);
   return key;
 }
@@ -251,7 +257,7 @@ absl::StatusOr<std::shared_ptr<TokenKey>> GenerateKeyPair(std::shared_ptr<Token>
   if (!rsa && spec.usage.decrypt) {
     return absl::InvalidArgumentError("generate key: EC keys cannot be used for decryption");
   }
-  auto session = token->Acquire();
+  auto session = token->Acquire(Access::kReadWrite);
   if (!session.ok()) return session.status();
   Session& s = *session;
   if (LabelInUse(s, spec.label)) {
@@ -406,7 +412,7 @@ absl::StatusOr<CK_OBJECT_HANDLE> ImportCertificate(Token& token, X509* cert, std
     cleanup();
     return OpenSslError("import certificate: encode");
   }
-  auto session = token.Acquire();
+  auto session = token.Acquire(Access::kReadWrite);
   if (!session.ok()) {
     cleanup();
     return session.status();
@@ -512,7 +518,7 @@ absl::StatusOr<CK_OBJECT_HANDLE> CreatePublicKeyObject(Session& s, EVP_PKEY* key
 absl::StatusOr<CK_OBJECT_HANDLE> ImportPublicKey(Token& token, EVP_PKEY* key,
                                                  std::string_view label,
                                                  std::span<const uint8_t> id) {
-  auto session = token.Acquire();
+  auto session = token.Acquire(Access::kReadWrite);
   if (!session.ok()) return session.status();
   if (!label.empty() && LabelInUse(*session, label, CKO_PUBLIC_KEY)) {
     return absl::AlreadyExistsError(StrCat("import public key: label \"", label,
@@ -544,7 +550,7 @@ absl::StatusOr<std::shared_ptr<TokenKey>> ImportRsaPrivateKey(std::shared_ptr<To
     parts.emplace_back(std::span<const uint8_t>(*v));
     OPENSSL_cleanse(v->data(), v->size());
   }
-  auto session = token->Acquire();
+  auto session = token->Acquire(Access::kReadWrite);
   if (!session.ok()) return session.status();
   if (label.empty() || LabelInUse(*session, label)) {
     return absl::AlreadyExistsError(StrCat("import key: label \"", label,

@@ -42,7 +42,9 @@ struct KeySpec {
 // A private key on a token, with its public part read from the token.
 struct TokenKey {
   std::shared_ptr<Token> token;
-  CK_OBJECT_HANDLE private_handle = CK_INVALID_HANDLE;
+  CK_OBJECT_HANDLE private_handle = CK_INVALID_HANDLE;  // as found; may be void after recovery
+  // What operations use: found again after a module re-initialisation.
+  std::shared_ptr<KeyHandle> handle;
   KeyType type = KeyType::kRsa;
   std::string label;
   std::vector<uint8_t> id;

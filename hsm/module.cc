@@ -123,6 +123,27 @@ Module::~Module() {
   if (auto it = loaded.find(path_); it != loaded.end() && it->second.expired()) loaded.erase(it);
 }
 
+absl::Status Module::Reinitialize() {
+  std::unique_lock<std::shared_mutex> calls(calls_mu_);
+  CK_RV rv = fn_->C_Finalize(nullptr);
+  if (trace_) TraceLine("C_Finalize", rv, std::chrono::nanoseconds(0));
+  // A module that was not initialised any more is what is being repaired.
+  if (rv != CKR_OK && rv != CKR_CRYPTOKI_NOT_INITIALIZED) {
+    generation_.fetch_add(1);
+    return Pkcs11Error("C_Finalize", rv, StrCat("PKCS#11 module ", path_));
+  }
+  CK_C_INITIALIZE_ARGS args{};
+  args.flags = CKF_OS_LOCKING_OK;
+  rv = fn_->C_Initialize(&args);
+  ERR_clear_error();  // SoftHSM2's GOST engine probe, as in Load
+  if (trace_) TraceLine("C_Initialize", rv, std::chrono::nanoseconds(0));
+  generation_.fetch_add(1);
+  if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+    return Pkcs11Error("C_Initialize", rv, StrCat("PKCS#11 module ", path_));
+  }
+  return absl::OkStatus();
+}
+
 void Module::SetTrace(bool on, FILE* out) {
   trace_ = on;
   trace_out_ = out;

@@ -3,9 +3,13 @@
 // module can be C_Initialize'd only once.
 #pragma once
 
+#include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <memory>
+#include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -50,16 +54,28 @@ class Module {
   void SetTrace(bool on, FILE* out = stderr);
   bool trace() const { return trace_; }
 
-  // Calls one PKCS#11 function, tracing it when enabled.
+  // Calls one PKCS#11 function, tracing it when enabled. Calls run
+  // concurrently, never during Reinitialize().
   //   CK_RV rv = module.Call("C_Sign", fn->C_Sign, session, ...);
   template <typename F, typename... Args>
   CK_RV Call(const char* name, F f, Args... args) const {
+    std::shared_lock<std::shared_mutex> calls(calls_mu_);
     if (!trace_) return f(args...);
     auto start = std::chrono::steady_clock::now();
     CK_RV rv = f(args...);
     TraceLine(name, rv, std::chrono::steady_clock::now() - start);
     return rv;
   }
+
+  // C_Finalize + C_Initialize: after a token fault, the only way SoftHSM2
+  // (and many HSM libraries) forget a token's broken state. Every session,
+  // login and object handle of every token of this module is gone
+  // afterwards: generation() changes, and tokens re-find their slot, log in
+  // again and re-resolve key handles when they see it. Waits for calls in
+  // progress; no call starts while it runs.
+  absl::Status Reinitialize();
+  // Changes at every Reinitialize (handles from an older generation are void).
+  uint64_t generation() const { return generation_.load(); }
 
  private:
   Module(std::string path, void* handle, CK_FUNCTION_LIST* fn);
@@ -70,6 +86,8 @@ class Module {
   CK_FUNCTION_LIST* fn_;
   bool trace_ = false;
   FILE* trace_out_ = stderr;
+  mutable std::shared_mutex calls_mu_;
+  std::atomic<uint64_t> generation_{1};
 };
 
 // Removes the trailing blanks PKCS#11 pads fixed-size fields with.

@@ -25,9 +25,14 @@ absl::StatusOr<std::shared_ptr<Token>> OpenToken(const Pkcs11Uri& uri, const Ope
   if (!source && uri.has_pin_value()) source = PinSource::Value(uri.pin_value());
   if (!source) return token;
 
+  // Kept to log in again after a token fault and for context-specific
+  // logins; the PIN is read from it each time and never kept.
+  (*token)->SetPinSource(*source);
   auto pin = source->Read();
   if (!pin.ok()) return pin.status();
-  if (auto st = (*token)->Login(*pin); !st.ok()) return st;
+  absl::Status st = (*token)->Login(*pin);
+  pin->Clear();
+  if (!st.ok()) return st;
   return token;
 }
 

@@ -6,6 +6,8 @@
 
 #include <openssl/err.h>
 
+#include "absl/strings/cord.h"
+
 namespace keywarden::hsm {
 
 namespace {
@@ -169,7 +171,42 @@ std::string RvName(CK_RV rv) {
 absl::Status Pkcs11Error(std::string_view function, CK_RV rv, std::string_view what) {
   std::string msg = what.empty() ? StrCat(function, " returned ", RvName(rv))
                                  : StrCat(what, ": ", function, " returned ", RvName(rv));
+  if (IsTokenFault(rv)) return HsmUnavailable(msg);
   return absl::Status(CodeFor(rv), msg);
+}
+
+bool IsTokenFault(CK_RV rv) {
+  switch (rv) {
+    case CKR_DEVICE_ERROR:
+    case CKR_DEVICE_REMOVED:
+    case CKR_DEVICE_MEMORY:
+    case CKR_TOKEN_NOT_PRESENT:
+    case CKR_TOKEN_NOT_RECOGNIZED:
+    case CKR_SESSION_HANDLE_INVALID:
+    case CKR_SESSION_CLOSED:
+    case CKR_USER_NOT_LOGGED_IN:
+    case CKR_CRYPTOKI_NOT_INITIALIZED:
+    case CKR_GENERAL_ERROR:
+    case CKR_FUNCTION_FAILED:
+    case CKR_OBJECT_HANDLE_INVALID:
+    case CKR_KEY_HANDLE_INVALID:
+      return true;
+    default:
+      return false;
+  }
+}
+
+absl::Status HsmUnavailable(std::string_view what) {
+  constexpr std::string_view kPrefix = "HSM unavailable: ";
+  absl::Status st(absl::StatusCode::kUnavailable, what.substr(0, kPrefix.size()) == kPrefix
+                                                      ? std::string(what)
+                                                      : StrCat(kPrefix, what));
+  st.SetPayload(kTokenFaultPayload, absl::Cord("1"));
+  return st;
+}
+
+bool IsHsmFault(const absl::Status& status) {
+  return !status.ok() && status.GetPayload(kTokenFaultPayload).has_value();
 }
 
 absl::Status OpenSslError(std::string_view what, absl::StatusCode code) {

@@ -24,4 +24,22 @@ absl::Status Pkcs11Error(std::string_view function, CK_RV rv, std::string_view w
 absl::Status OpenSslError(std::string_view what,
                           absl::StatusCode code = absl::StatusCode::kInternal);
 
+// Token faults: return codes that say the token (or the module, or the
+// CA's own session or key handle) failed, never the data given to it:
+// CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED, CKR_DEVICE_MEMORY, CKR_TOKEN_NOT_PRESENT,
+// CKR_TOKEN_NOT_RECOGNIZED, CKR_SESSION_HANDLE_INVALID, CKR_SESSION_CLOSED,
+// CKR_USER_NOT_LOGGED_IN, CKR_CRYPTOKI_NOT_INITIALIZED, CKR_GENERAL_ERROR,
+// CKR_FUNCTION_FAILED, and CKR_OBJECT_HANDLE_INVALID / CKR_KEY_HANDLE_INVALID
+// (keywarden only ever passes handles the token gave it: SoftHSM2 reports a
+// key whose token file went away this way).
+bool IsTokenFault(CK_RV rv);
+
+// Payload key marking a status as a token fault (UNAVAILABLE, the CA's side).
+inline constexpr char kTokenFaultPayload[] = "type.keywarden/hsm-fault";
+
+// UNAVAILABLE "HSM unavailable: <what>", marked as a token fault.
+absl::Status HsmUnavailable(std::string_view what);
+// True for a status made by HsmUnavailable (or Pkcs11Error for a token fault).
+bool IsHsmFault(const absl::Status& status);
+
 }  // namespace keywarden::hsm

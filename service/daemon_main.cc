@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -25,6 +26,7 @@
 #include "service/config.h"
 #include "service/server/server.h"
 #include "service/server/signing_service.h"
+#include "service/server/token_watch.h"
 #include "service/signing/delegated_signer.h"
 #include "service/storage/store.h"
 
@@ -98,13 +100,30 @@ int Run(const std::string& config_path, const std::string& port_file) {
   open.pin = *pin;
   open.token.max_sessions = static_cast<size_t>(config->hsm.max_sessions);
   auto token = hsm::OpenToken(*uri, open);
-  if (!token.ok()) return Fail(token.status());
+  if (!token.ok()) {
+    // Missing or damaged (e.g. a SoftHSM2 token file emptied by a kill
+    // while C_Login rewrote it): say what to restore, never make a new one.
+    return Fail(absl::Status(
+        token.status().code(),
+        StrCat("the CA token cannot be opened: ", token.status().message(),
+               ". If its files are missing or damaged, stop and restore the newest copy of the "
+               "token directory made by `keywarden token backup` (for SoftHSM2, into the "
+               "directories.tokendir of SOFTHSM2_CONF); do not initialise a new token: the CA "
+               "keys are only on it")));
+  }
   auto crypto = hsm::CryptoContext::Create();
   if (!crypto.ok()) return Fail(crypto.status());
 
   auto ca = service::CertificateAuthority::Open(
       *config, **store, *crypto, *token, [] { return static_cast<int64_t>(std::time(nullptr)); });
   if (!ca.ok()) return Fail(ca.status());
+  // Requests a crash left in process are failed "interrupted" (audited).
+  auto interrupted = (*ca)->ResolveInterrupted();
+  if (!interrupted.ok()) return Fail(interrupted.status());
+  if (*interrupted > 0) {
+    std::fprintf(stderr, "keywardend: %d request(s) interrupted by a previous stop failed\n",
+                 *interrupted);
+  }
   // Delegated signing ([[signing.keys]]): keys on the CA token or others.
   service::CertificateAuthority* ca_ptr = ca->get();
   auto signer = service::signing::DelegatedSigner::Open(
@@ -120,6 +139,14 @@ int Run(const std::string& config_path, const std::string& port_file) {
 
   auto server = service::StartServer(*config, **ca, std::move(extra));
   if (!server.ok()) return Fail(server.status());
+
+  // Token faults: health NOT_SERVING while down, recovery in the background,
+  // hsm.unavailable / hsm.recovered audited.
+  auto token_watch = std::make_unique<service::TokenWatch>(
+      *token, server->server->GetHealthCheckService(),
+      [ca_ptr](const std::string& event, const std::string& details) {
+        ca_ptr->Audit("system", event, details);
+      });
 
   const std::string host = config->server.listen.substr(0, config->server.listen.rfind(':'));
   std::printf("keywardend: listening on %s:%d\n", host.c_str(), server->port);
@@ -174,6 +201,7 @@ int Run(const std::string& config_path, const std::string& port_file) {
   }
   maintenance_cv.notify_all();
   maintenance.join();
+  token_watch.reset();
   server->server->Shutdown();
   (*signer)->Stop();  // the last signature counts go to the audit log
   (*ca)->Audit("system", "service.stopped", nlohmann::json{{"signal", SignalName(sig)}}.dump());

@@ -77,7 +77,7 @@ int Decrypt(void* ctx, unsigned char* out, size_t* outlen, size_t outsize, const
     RaiseError("keywarden provider: unsupported RSA padding for decryption");
     return 0;
   }
-  auto plain = c->key->token->Decrypt(c->key->private_handle, mech, {in, inlen}, max);
+  auto plain = c->key->token->Decrypt(*c->key->handle, mech, {in, inlen}, max);
   if (!plain.ok()) {
     RaiseError(plain.status());
     return 0;

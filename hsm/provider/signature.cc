@@ -132,7 +132,7 @@ absl::StatusOr<std::vector<uint8_t>> SignDigest(SigCtx* c, const unsigned char* 
   }
   if (c->type == KeyType::kEc) {
     CK_MECHANISM mech{CKM_ECDSA, nullptr, 0};
-    auto rs = key.token->Sign(key.private_handle, mech, in, max);
+    auto rs = key.token->Sign(*key.handle, mech, in, max);
     if (!rs.ok()) return rs.status();
     if (rs->empty() || rs->size() % 2 != 0)
       return absl::InternalError("ECDSA: odd signature from token");
@@ -164,18 +164,18 @@ absl::StatusOr<std::vector<uint8_t>> SignDigest(SigCtx* c, const unsigned char* 
     if (salt < 0) return absl::InvalidArgumentError("RSA-PSS: salt length too long for the key");
     pss.sLen = static_cast<CK_ULONG>(salt);
     CK_MECHANISM mech{CKM_RSA_PKCS_PSS, &pss, sizeof pss};
-    return key.token->Sign(key.private_handle, mech, in, max);
+    return key.token->Sign(*key.handle, mech, in, max);
   }
   if (c->pad != RSA_PKCS1_PADDING) {
     return absl::InvalidArgumentError("RSA sign: only PKCS#1 v1.5 and PSS padding are supported");
   }
   CK_MECHANISM mech{CKM_RSA_PKCS, nullptr, 0};
-  if (c->md == nullptr) return key.token->Sign(key.private_handle, mech, in, max);
+  if (c->md == nullptr) return key.token->Sign(*key.handle, mech, in, max);
   const std::vector<uint8_t>* prefix = PrefixFor(c->md);
   if (prefix == nullptr) return absl::InvalidArgumentError("RSA sign: digest has no DigestInfo");
   std::vector<uint8_t> info(*prefix);
   info.insert(info.end(), tbs, tbs + tbslen);
-  return key.token->Sign(key.private_handle, mech, info, max);
+  return key.token->Sign(*key.handle, mech, info, max);
 }
 
 int Sign(void* ctx, unsigned char* sig, size_t* siglen, size_t sigsize, const unsigned char* tbs,

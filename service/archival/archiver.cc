@@ -7,6 +7,7 @@
 #include "hsm/status.h"
 #include "hsm/strings.h"
 #include "hsm/symmetric.h"
+#include "hsm/token.h"
 #include "pki/certificate.h"
 #include "pki/envelope.h"
 #include "pki/private_key_blob.h"
@@ -101,8 +102,17 @@ absl::StatusOr<hsm::SecretBytes> KeyArchiver::Decrypt(std::span<const uint8_t> e
   // The RSA key transport runs on the token; the plaintext goes to secure
   // memory that is wiped when the BIO is freed.
   ossl::UniquePtr<BIO> out(BIO_new(BIO_s_secmem()));
+  hsm::Token& token = *match->key->token;
+  const uint64_t faults_before = token.faults();
   if (CMS_decrypt(cms.get(), pkey->get(), match->certificate.get(), nullptr, out.get(),
                   CMS_BINARY) != 1) {
+    // OpenSSL does not say why the key transport failed: a token that
+    // failed meanwhile is the CA's fault, never the client's data.
+    if (token.faults() != faults_before || !token.available()) {
+      const std::string reason = OpenSslReason();
+      return hsm::HsmUnavailable(StrCat("the exchange key on token \"", token.label(),
+                                        "\" could not decrypt the archived key (", reason, ")"));
+    }
     return Error(hresult::kBadData,
                  StrCat("the encrypted private key does not decrypt with exchange certificate ",
                         match->serial, ": ", OpenSslReason()));

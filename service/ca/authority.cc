@@ -6,13 +6,17 @@
 #include <openssl/x509v3.h>
 
 #include <cctype>
+#include <limits>
 #include <map>
 #include <set>
 
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/cord.h"
+
 #include "hsm/status.h"
 #include "hsm/strings.h"
+#include "hsm/token.h"
 #include "pki/cmc.h"
 #include "pki/cmc_response.h"
 #include "pki/der.h"
@@ -234,6 +238,9 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Submit(const Requester& 
   r.raw = parsed->encrypted_key ? parsed->without_encrypted_key : der;
   r.subject = pki::FormatName(X509_REQ_get_subject_name(parsed->pkcs10.req.get()));
   r.disposition = Disposition::kPending;
+  // Marks the row as being processed until it is resolved or left for a
+  // Certificate Manager: one still marked at start was interrupted.
+  r.disposition_message = kRequestInProcess;
   r.submitted_at = clock_();
   // The row and its "request.received" record are one transaction.
   auto id = store_.InsertRequest(r, [&](int64_t new_id) {
@@ -282,6 +289,12 @@ absl::Status CertificateAuthority::ResolveUnissued(RequestRecord& request, Dispo
 
 absl::Status CertificateAuthority::DenyWith(RequestRecord& request, const absl::Status& why,
                                             const std::string& by) {
+  if (hsm::IsHsmFault(why) ||
+      (why.code() == absl::StatusCode::kUnavailable && !HResultOf(why).has_value())) {
+    // The token (or another part of the CA) failed: not a verdict on the
+    // request. It is failed with the CA's reason, never denied.
+    return FailCaSide(request, why);
+  }
   const uint32_t code = HResultOf(why).value_or(0);
   const std::string message(why.message());
   auto st = ResolveUnissued(
@@ -295,6 +308,46 @@ absl::Status CertificateAuthority::DenyWith(RequestRecord& request, const absl::
   if (auto p = why.GetPayload("type.keywarden/hresult"))
     out.SetPayload("type.keywarden/hresult", *p);
   return out;
+}
+
+absl::Status CertificateAuthority::FailCaSide(RequestRecord& request, const absl::Status& why) {
+  const std::string message(why.message());
+  (void)ResolveUnissued(
+      request, Disposition::kFailed, message, 0, "system",
+      {{"system", "request.failed", json{{"request_id", request.id}, {"reason", message}}.dump()}});
+  absl::Status out(
+      why.code() == absl::StatusCode::kUnavailable ? why.code() : absl::StatusCode::kUnavailable,
+      StrCat("request ", request.id, " failed on the CA's side: ", message));
+  if (hsm::IsHsmFault(why)) out.SetPayload(hsm::kTokenFaultPayload, absl::Cord("1"));
+  return out;
+}
+
+absl::StatusOr<int> CertificateAuthority::ResolveInterrupted() {
+  auto pending = store_.ListRequests(Disposition::kPending, std::numeric_limits<int32_t>::max());
+  if (!pending.ok()) return pending.status();
+  int resolved = 0;
+  for (RequestRecord& r : *pending) {
+    // Marked in process at insertion and never left for a Certificate
+    // Manager; or (rows from before the marker) for a template that does not
+    // pend. A request taken under submission stays pending.
+    bool interrupted = r.disposition_message == kRequestInProcess;
+    if (!interrupted && r.disposition_message.empty() && !r.template_name.empty()) {
+      const TemplateConfig* t = config_.FindTemplate(r.template_name);
+      interrupted = t != nullptr && !t->pend;
+    }
+    if (!interrupted) continue;
+    const std::string message =
+        "interrupted: the CA stopped while processing the request; submit it again";
+    if (auto st = ResolveUnissued(
+            r, Disposition::kFailed, message, 0, "system",
+            {{"system", "request.interrupted",
+              json{{"request_id", r.id}, {"requester", r.requester}, {"reason", message}}.dump()}});
+        !st.ok()) {
+      return st;
+    }
+    ++resolved;
+  }
+  return resolved;
 }
 
 absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord request,
@@ -311,8 +364,11 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
   if (stored == nullptr) {
     reparsed = ParseRequest(request.format, request.raw, /*stored=*/true);
     if (!reparsed.ok()) {
-      return DenyWith(
-          request, Error(hresult::kAsn1BadTag, std::string(reparsed.status().message())), policy);
+      // It parsed when it arrived: what fails now is the CA's stored copy
+      // (or the CA), not the requester's format.
+      return FailCaSide(request, absl::UnavailableError(
+                                     StrCat("the stored copy of the request no longer parses: ",
+                                            reparsed.status().message())));
     }
     stored = &*reparsed;
   }
@@ -385,8 +441,12 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
   if (carries_key && !request.archived_key) {
     absl::StatusOr<ArchivedKey> archived;
     if (submitted == nullptr || !submitted->encrypted_key) {
-      archived = Error(hresult::kBadRequestKeyArchival,
-                       "the request's encrypted private key is no longer available");
+      // The key was never archived (the CA stopped between storing the
+      // request and archiving its key): the CA's side, not the request's.
+      return FailCaSide(request,
+                        absl::UnavailableError(
+                            "interrupted: the request's encrypted private key was not archived "
+                            "before the CA stopped and is no longer available; resubmit"));
     } else if (std::find(t->key_usage.begin(), t->key_usage.end(), "keyEncipherment") ==
                t->key_usage.end()) {
       archived = Error(hresult::kBadKeyType,
@@ -459,10 +519,18 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
                  {"pending", true}}
                 .dump());
     }
-    Audit("policy", "request.pending",
-          json{{"request_id", request.id}, {"template", t->name}, {"requester", request.requester}}
-              .dump());
     request.disposition_message = "Taken Under Submission";
+    if (!approving) {
+      if (auto st = store_.SetPendingMessage(request.id, request.disposition_message, clock_(),
+                                             {{"policy", "request.pending",
+                                               json{{"request_id", request.id},
+                                                    {"template", t->name},
+                                                    {"requester", request.requester}}
+                                                   .dump()}});
+          !st.ok()) {
+        return st;
+      }
+    }
     EnrollmentOutcome pending{std::move(request), std::nullopt, {}};
     auto response = CmcResponseFor(pending.request, std::nullopt, stored->body_part_id);
     if (!response.ok()) return response.status();
@@ -478,7 +546,14 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
   spec.not_after = now + t->validity.count();
   spec.key_usage = t->key_usage;
   spec.extended_key_usage = t->extended_key_usage;
+  const uint64_t faults_before = token_->faults();
   auto cert = issuer_->IssueCertificate(spec);
+  if (!cert.ok() && !hsm::IsHsmFault(cert.status()) &&
+      (token_->faults() != faults_before || !token_->available())) {
+    // OpenSSL hides why the token's signature failed: the token failed meanwhile.
+    cert = hsm::HsmUnavailable(
+        StrCat("issuing on token \"", token_->label(), "\": ", cert.status().message()));
+  }
   if (!cert.ok()) {
     const std::string message(cert.status().message());
     (void)ResolveUnissued(request, Disposition::kFailed, message, 0, "system",

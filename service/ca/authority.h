@@ -84,6 +84,12 @@ class CertificateAuthority {
   // DER of the CA certificate followed by its configured chain.
   std::vector<std::vector<uint8_t>> ChainDer() const;
 
+  // At start: requests left between states by a crash (still marked in
+  // process) are failed with reason "interrupted" (the client may submit
+  // again) and audited (request.interrupted). Requests taken under
+  // submission stay pending. Returns how many were resolved.
+  absl::StatusOr<int> ResolveInterrupted();
+
   // Policy first checks who may enrol for the template (`enrollees`,
   // CERTSRV_E_TEMPLATE_DENIED) and refuses a certificate that would name a
   // configured principal unless a CA Administrator asks (or the principal
@@ -185,6 +191,9 @@ class CertificateAuthority {
       const RequestRecord& request, const std::optional<CertificateRecord>& issued_record,
       std::optional<int64_t> body_part_id = std::nullopt, X509* issued_certificate = nullptr);
   absl::Status DenyWith(RequestRecord& request, const absl::Status& why, const std::string& by);
+  // Resolves the request failed for a CA-side reason (token, store): never
+  // a denial. Answers UNAVAILABLE.
+  absl::Status FailCaSide(RequestRecord& request, const absl::Status& why);
   // Pending -> denied or failed, with `audit` in the same transaction. An
   // archived key the request holds in the database is removed with it
   // (archival.key_discarded) unless [flags] save_bad_request_key keeps it

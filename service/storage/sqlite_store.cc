@@ -620,6 +620,8 @@ class SqliteStore final : public Store {
                             const std::string& resolved_by, UnixTime at,
                             const std::vector<AuditEntry>& audit) override;
   absl::Status AttachArchivedKey(int64_t id, const ArchivedKey& key) override;
+  absl::Status SetPendingMessage(int64_t id, const std::string& message, UnixTime at,
+                                 const std::vector<AuditEntry>& audit) override;
 
   absl::Status InsertCertificate(const CertificateRecord& certificate) override;
   absl::StatusOr<CertificateRecord> GetCertificate(const std::string& serial) override;
@@ -824,6 +826,29 @@ absl::Status SqliteStore::AttachArchivedKey(int64_t id, const ArchivedKey& key) 
   if (sqlite3_changes(db_.get()) != 1) {
     return absl::FailedPreconditionError(
         StrCat(what, ": no such pending or issued request without an archived key"));
+  }
+  return txn.Commit(what);
+}
+
+absl::Status SqliteStore::SetPendingMessage(int64_t id, const std::string& message, UnixTime at,
+                                            const std::vector<AuditEntry>& audit) {
+  const std::string what = StrCat("updating pending request ", id);
+  std::lock_guard<std::mutex> lock(mu_);
+  Transaction txn(db_.get());
+  if (absl::Status s = txn.Begin(what); !s.ok()) return s;
+  if (absl::Status s = CheckPending(id, what); !s.ok()) return s;
+  {
+    Statement s(db_.get(), what);
+    if (absl::Status st = s.Prepare("UPDATE requests SET disposition_message = ?1 WHERE id = ?2");
+        !st.ok()) {
+      return st;
+    }
+    s.BindText(1, message);
+    s.BindInt(2, id);
+    if (absl::Status st = s.Run(); !st.ok()) return st;
+  }
+  for (const AuditEntry& entry : audit) {
+    if (auto appended = AppendAuditLocked(entry, at); !appended.ok()) return appended.status();
   }
   return txn.Commit(what);
 }

@@ -117,6 +117,9 @@ std::vector<uint8_t> AuditHash(const AuditRecord& record);
 // (edited, deleted/missing, reordered).
 absl::Status VerifyAuditChain(const std::vector<AuditRecord>& records);
 
+// disposition_message of a request being processed (see SetPendingMessage).
+inline constexpr char kRequestInProcess[] = "In process";
+
 class Store {
  public:
   virtual ~Store() = default;
@@ -154,6 +157,14 @@ class Store {
   // encrypted to KRAs, never to the CA) or to an issued one (manual
   // archival). FAILED_PRECONDITION unless pending/issued without one.
   virtual absl::Status AttachArchivedKey(int64_t request_id, const ArchivedKey& key) = 0;
+  // Sets the message of a pending request (it stays pending), with `audit`
+  // appended in the same transaction (timed `at`). Processing marks a new
+  // request kRequestInProcess at insertion and "Taken Under Submission"
+  // when it is left for a Certificate Manager: a request still marked in
+  // process at start was interrupted by a crash. FAILED_PRECONDITION if the
+  // request is not pending.
+  virtual absl::Status SetPendingMessage(int64_t request_id, const std::string& message,
+                                         UnixTime at, const std::vector<AuditEntry>& audit) = 0;
 
   // -- certificates
   // A certificate not tied to a request (the CA's own, exchange certificates).
