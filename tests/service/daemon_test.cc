@@ -567,6 +567,22 @@ TEST_F(DaemonTest, ACleanStopLeavesACheckpointOfTheHeadThatOpensslVerifies) {
   EXPECT_NE(other.exit_code, 0) << other.output;
 }
 
+TEST_F(DaemonTest, DroppedAuditTriggersStopTheDaemonAndAreNotQuietlyRestored) {
+  ASSERT_TRUE(daemon_->Stop().ok());
+  const std::string db = daemon_->db_path();
+  Sqlite(db, "DROP TRIGGER audit_no_update;");
+  absl::Status refused = daemon_->Restart();
+  ASSERT_FALSE(refused.ok());
+  EXPECT_TRUE(Contains(std::string(refused.message()), "refusing to start")) << refused;
+  EXPECT_TRUE(Contains(std::string(refused.message()), "audit_no_update (missing)")) << refused;
+  // Started with the flag, the daemon says so and leaves the schema as it
+  // found it: the operator sees the same at every start.
+  daemon_->set_daemon_args({"--accept-broken-audit"});
+  ASSERT_TRUE(daemon_->Restart().ok());
+  EXPECT_EQ(Sqlite(db, "SELECT count(*) FROM sqlite_master WHERE name = 'audit_no_update'"), "0");
+  EXPECT_EQ(Sqlite(db, "SELECT count(*) FROM audit WHERE event = 'audit.broken_accepted'"), "1");
+}
+
 TEST_F(DaemonTest, PeriodicCheckpointsSignTheHeadWhileRunning) {
   DaemonHarness::Options options;
   options.extra_toml = "\n[audit]\ncheckpoint_interval = \"1s\"\n";
