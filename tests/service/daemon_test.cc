@@ -625,6 +625,17 @@ TEST_F(DaemonTest, TruncatedAuditLogStopsTheDaemonAndTheAuditorsCheckpointCatche
   const std::string held = tmp_.File("held.der");
   auto exported = RunCommand(StrCat(KEYWARDEN_CLI, conn, "audit checkpoint --out ", held));
   ASSERT_EQ(exported.exit_code, 0) << exported.output;
+  // What the auditor holds opens with openssl and the CA certificate, as
+  // DER (--out) and as the PEM printed without it.
+  auto der_ok = RunCommand(StrCat("openssl cms -verify -binary -inform DER -purpose any -in ", held,
+                                  " -CAfile ", daemon_->ca_cert_path()));
+  EXPECT_EQ(der_ok.exit_code, 0) << der_ok.output;
+  EXPECT_TRUE(Contains(der_ok.output, "\"type\":\"keywarden-audit-checkpoint\"")) << der_ok.output;
+  const std::string pem = tmp_.File("held.pem");
+  ASSERT_EQ(RunCommand(StrCat(KEYWARDEN_CLI, conn, "audit checkpoint > ", pem)).exit_code, 0);
+  auto pem_ok = RunCommand(StrCat("openssl cms -verify -binary -inform PEM -purpose any -in ", pem,
+                                  " -CAfile ", daemon_->ca_cert_path()));
+  EXPECT_EQ(pem_ok.exit_code, 0) << pem_ok.output;
   auto online = RunCommand(StrCat(KEYWARDEN_CLI, conn, "audit verify --checkpoint ", held,
                                   " --ca-cert ", daemon_->ca_cert_path()));
   EXPECT_EQ(online.exit_code, 0) << online.output;
