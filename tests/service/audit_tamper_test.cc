@@ -452,3 +452,62 @@ TEST(AuditCheckpointTest, OpensWithOpensslAndRejectsAnotherCa) {
 
 }  // namespace
 }  // namespace keywarden::service
+
+namespace keywarden::service {
+namespace {
+
+// Interop both ways, and the body's canonical form: a body signed by
+// `openssl cms -sign` with the CA key is accepted when it is exactly the
+// canonical text, and refused otherwise (a checkpoint means one thing).
+TEST(AuditCheckpointTest, BodySignedByOpensslIsAcceptedOnlyInCanonicalForm) {
+  Fixture f;
+  const std::string ca = f.dir.path() + "/ca.pem", key = f.dir.path() + "/ca.key";
+  testing::WriteFile(ca, testing::ToPem(f.ca.get()));
+  testing::WriteFile(key, testing::PrivateKeyPem(f.key.get()));
+  const std::string hash(64, 'a');
+  auto sign = [&](const std::string& name, const std::string& body) -> Bytes {
+    const std::string in = f.dir.path() + "/" + name + ".json",
+                      out = f.dir.path() + "/" + name + ".der";
+    testing::WriteFile(in, body);
+    auto r = testing::RunCommand(
+        StrCat("openssl cms -sign -binary -nodetach -md sha256 -outform DER -signer ", ca,
+               " -inkey ", key, " -in ", in, " -out ", out));
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return testing::ReadFile(out);
+  };
+  const std::string canonical =
+      StrCat("{\"type\":\"keywarden-audit-checkpoint\",\"version\":1,\"number\":1,\"seq\":7,",
+             "\"hash\":\"", hash, "\",\"time\":1700000000,\"previous\":\"\"}");
+  auto good = pki::ParseAuditCheckpoint(sign("good", canonical), f.ca.get());
+  ASSERT_TRUE(good.ok()) << good.status();
+  EXPECT_EQ(good->number, 1);
+  EXPECT_EQ(good->seq, 7);
+  EXPECT_EQ(Hex(good->hash), hash);
+  EXPECT_EQ(good->time, 1700000000);
+  EXPECT_TRUE(good->previous.empty());
+
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"space", StrCat("{\"type\": \"keywarden-audit-checkpoint\",\"version\":1,\"number\":1,",
+                       "\"seq\":7,\"hash\":\"", hash, "\",\"time\":1,\"previous\":\"\"}")},
+      {"upper",
+       StrCat("{\"type\":\"keywarden-audit-checkpoint\",\"version\":1,\"number\":1,",
+              "\"seq\":7,\"hash\":\"", std::string(64, 'A'), "\",\"time\":1,\"previous\":\"\"}")},
+      {"version2", StrCat("{\"type\":\"keywarden-audit-checkpoint\",\"version\":2,\"number\":1,",
+                          "\"seq\":7,\"hash\":\"", hash, "\",\"time\":1,\"previous\":\"\"}")},
+      {"trailing", canonical + "\n"},
+      {"leadingzero",
+       StrCat("{\"type\":\"keywarden-audit-checkpoint\",\"version\":1,",
+              "\"number\":01,\"seq\":7,\"hash\":\"", hash, "\",\"time\":1,\"previous\":\"\"}")},
+      {"noprevious", StrCat("{\"type\":\"keywarden-audit-checkpoint\",\"version\":1,\"number\":2,",
+                            "\"seq\":7,\"hash\":\"", hash, "\",\"time\":1,\"previous\":\"\"}")},
+      {"shorthash", StrCat("{\"type\":\"keywarden-audit-checkpoint\",\"version\":1,\"number\":1,",
+                           "\"seq\":7,\"hash\":\"abcd\",\"time\":1,\"previous\":\"\"}")},
+  };
+  for (const auto& [name, body] : bad) {
+    auto parsed = pki::ParseAuditCheckpoint(sign(name, body), f.ca.get());
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kDataLoss) << name << ": " << body;
+  }
+}
+
+}  // namespace
+}  // namespace keywarden::service
