@@ -51,16 +51,16 @@ absl::StatusOr<StoredCheckpoint> CertificateAuthority::CheckpointAudit() {
   std::lock_guard<std::mutex> lock(checkpoint_mu);
   auto head = store_.LastAudit();
   if (!head.ok()) return head.status();
-  auto stored = store_.ReadAuditCheckpoints();
-  if (!stored.ok()) return stored.status();
-  if (!stored->empty() && stored->back().seq == head->seq) return stored->back();
+  auto last = store_.LastAuditCheckpoint();
+  if (!last.ok() && !absl::IsNotFound(last.status())) return last.status();
+  if (last.ok() && last->seq == head->seq) return last;
 
   pki::AuditCheckpointBody body;
-  body.number = stored->empty() ? 1 : stored->back().number + 1;
+  body.number = last.ok() ? last->number + 1 : 1;
   body.seq = head->seq;
   body.hash = head->hash;
   body.time = clock_();
-  if (!stored->empty()) body.previous = pki::AuditCheckpointDigest(stored->back().der);
+  if (last.ok()) body.previous = pki::AuditCheckpointDigest(last->der);
   // Signed with the CA key on the token; BuildAuditCheckpoint verifies the
   // signature with the CA certificate before anything is stored.
   auto der = pki::BuildAuditCheckpoint(issuer_->libctx(), issuer_->properties(),

@@ -672,6 +672,7 @@ class SqliteStore final : public Store {
   absl::StatusOr<AuditRecord> LastAudit() override;
   absl::Status AppendAuditCheckpoint(const StoredCheckpoint& checkpoint) override;
   absl::StatusOr<std::vector<StoredCheckpoint>> ReadAuditCheckpoints() override;
+  absl::StatusOr<StoredCheckpoint> LastAuditCheckpoint() override;
   absl::Status CheckAuditTriggers() override;
 
   std::string Schema() override;
@@ -1288,6 +1289,20 @@ absl::StatusOr<std::vector<StoredCheckpoint>> SqliteStore::ReadAuditCheckpoints(
     out.push_back(StoredCheckpoint{s.Int(0), s.Int(1), s.Blob(2)});
   }
   return out;
+}
+
+absl::StatusOr<StoredCheckpoint> SqliteStore::LastAuditCheckpoint() {
+  std::lock_guard<std::mutex> lock(mu_);
+  Statement s(db_.get(), "reading the newest audit checkpoint");
+  if (absl::Status st =
+          s.Prepare("SELECT number, seq, der FROM audit_checkpoints ORDER BY number DESC LIMIT 1");
+      !st.ok()) {
+    return st;
+  }
+  absl::StatusOr<bool> row = s.Step();
+  if (!row.ok()) return row.status();
+  if (!*row) return absl::NotFoundError("no audit checkpoint is stored");
+  return StoredCheckpoint{s.Int(0), s.Int(1), s.Blob(2)};
 }
 
 absl::Status SqliteStore::CheckAuditTriggers() {

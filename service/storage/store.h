@@ -195,6 +195,8 @@ class Store {
   virtual absl::Status AppendAuditCheckpoint(const StoredCheckpoint& checkpoint) = 0;
   // Every stored checkpoint, by number.
   virtual absl::StatusOr<std::vector<StoredCheckpoint>> ReadAuditCheckpoints() = 0;
+  // The one with the highest number; NOT_FOUND when there is none.
+  virtual absl::StatusOr<StoredCheckpoint> LastAuditCheckpoint() = 0;
   // OK when the triggers that keep the audit log and its checkpoints
   // append-only are present and unchanged; DATA_LOSS naming the ones that
   // are missing or altered otherwise (they are not restored: someone with

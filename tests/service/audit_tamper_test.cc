@@ -396,6 +396,11 @@ TEST(AuditCheckpointStoreTest, TriggersArePresentOnAFreshStoreAndCheckpointsAreA
   // Through SQL with the triggers in place, checkpoints cannot be changed.
   EXPECT_FALSE(Sql(f.path, "DELETE FROM audit_checkpoints WHERE number = 1;").ok());
   EXPECT_FALSE(Sql(f.path, "UPDATE audit_checkpoints SET seq = 1 WHERE number = 4;").ok());
+  auto last = (*store)->LastAuditCheckpoint();
+  ASSERT_TRUE(last.ok()) << last.status();
+  EXPECT_EQ(last->number, 4);
+  EXPECT_EQ(last->seq, 20);
+  EXPECT_EQ(last->der, f.held);
   // The store refuses a number that is taken.
   absl::Status again = (*store)->AppendAuditCheckpoint(f.checkpoints[0]);
   EXPECT_EQ(again.code(), absl::StatusCode::kAlreadyExists) << again;
