@@ -219,7 +219,9 @@ void RegisterOfficerCommands(CLI::App& app, const Output& out, const ConnectionO
 
   auto f = std::make_shared<FindOptions>();
   CLI::App* find = officer->add_subcommand(
-      "find", "Find issued certificates; several criteria must all match, none lists all");
+      "find",
+      "Find issued certificates; at least one criterion, several must all match (--subject "
+      "CN= lists broadly)");
   find->add_option("--serial", f->serial, "Serial number (hex)");
   find->add_option("--sha1", f->sha1, "SHA-1 thumbprint (hex)");
   find->add_option("--cn", f->cn, "Exact common name");

@@ -100,6 +100,11 @@ absl::StatusOr<hsm::SecretString> ReadPassword(const std::string& spec, const st
   }
   auto pw = source->Read();
   if (!pw.ok()) return absl::Status(pw.status().code(), StrCat(what, ": ", pw.status().message()));
+  // PKCS#12 passwords are C strings to OpenSSL: one with a NUL would be cut there.
+  if (pw->view().find('\0') != std::string_view::npos) {
+    return absl::InvalidArgumentError(
+        StrCat(what, " holds a NUL byte; a password is taken whole, never cut at a NUL"));
+  }
   if (confirm && spec.starts_with("prompt")) {
     auto again = hsm::PinSource::Prompt(StrCat("Confirm ", what, ": ")).Read();
     if (!again.ok()) return again.status();
@@ -780,6 +785,15 @@ absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> LoadPublicKey(const std::string& path,
 
 // Non-RSA keys: equal public halves and a signature that verifies.
 absl::Status CheckBySignature(EVP_PKEY* priv, EVP_PKEY* pub) {
+  // The private part must give the public one (OpenSSL's key-pair check;
+  // -2: not supported for this key type, the signature below still runs).
+  ossl::UniquePtr<EVP_PKEY_CTX> check(EVP_PKEY_CTX_new_from_pkey(nullptr, priv, nullptr));
+  if (check && EVP_PKEY_pairwise_check(check.get()) == 0) {
+    ERR_clear_error();
+    return absl::FailedPreconditionError(
+        "the private key is damaged: its private value does not give its own public key");
+  }
+  ERR_clear_error();
   if (EVP_PKEY_eq(priv, pub) != 1) {
     ERR_clear_error();
     return absl::FailedPreconditionError("the private key does not belong to the public key");
@@ -808,6 +822,15 @@ int RunVerifyKeys(const VerifyOptions& o, const Output& out) {
   if (!pub.ok()) return out.Fail(pub.status());
   absl::Status st;
   if (EVP_PKEY_is_a(priv->get(), "RSA") == 1) {
+    // The private half itself first: a damaged d or prime still decrypts
+    // (OpenSSL falls back from CRT to d, or from d to CRT), so a probe alone
+    // would call it a match.
+    if (absl::Status consistent =
+            pki::CheckRsaKeyConsistent(priv->get(), StrCat(o.key, ": the private key is damaged"));
+        !consistent.ok()) {
+      out.Fail(absl::FailedPreconditionError(StrCat("keys do NOT match: ", consistent.message())));
+      return kExitFailed;
+    }
     st = pki::CheckKeyPairMatches(priv->get(), pub->get());
   } else {
     st = CheckBySignature(priv->get(), pub->get());
@@ -818,12 +841,14 @@ int RunVerifyKeys(const VerifyOptions& o, const Output& out) {
         "keys do NOT match: ", o.key, " is not the key of ", what, " (", st.message(), ")")));
     return kExitFailed;
   }
-  out.Result(
-      {{"match", true}, {"key", o.key}, {"certificate", o.cert}, {"subject", subject}},
-      StrCat("Keys match: ", o.key, " is the private key of ", what, " (",
-             EVP_PKEY_get0_type_name(priv->get()), "-", EVP_PKEY_get_bits(priv->get()),
-             ", checked by ",
-             EVP_PKEY_is_a(priv->get(), "RSA") == 1 ? "encrypt/decrypt" : "sign/verify", ")\n"));
+  out.Result({{"match", true}, {"key", o.key}, {"certificate", o.cert}, {"subject", subject}},
+             StrCat("Keys match: ", o.key, " is the private key of ", what, " (",
+                    EVP_PKEY_get0_type_name(priv->get()), "-", EVP_PKEY_get_bits(priv->get()),
+                    ", checked by ",
+                    EVP_PKEY_is_a(priv->get(), "RSA") == 1
+                        ? "the private key's numbers and encrypt/decrypt"
+                        : "sign/verify",
+                    ")\n"));
   return kExitOk;
 }
 

@@ -6,6 +6,8 @@
 #include <openssl/rsa.h>
 #include <openssl/sha.h>
 
+#include <climits>
+
 #include "hsm/status.h"
 #include "hsm/strings.h"
 #include "pki/files.h"
@@ -15,13 +17,14 @@ namespace {
 
 using hsm::OpenSslError;
 
-// Splits on unescaped `sep`, removing the escapes.
-absl::StatusOr<std::vector<std::string>> SplitEscaped(std::string_view text, char sep) {
+// Splits `text` at every `sep` that is not escaped; escapes are kept.
+absl::StatusOr<std::vector<std::string>> SplitUnescaped(std::string_view text, char sep) {
   std::vector<std::string> out(1);
   for (size_t i = 0; i < text.size(); ++i) {
-    char c = text[i];
+    const char c = text[i];
     if (c == '\\') {
       if (i + 1 == text.size()) return absl::InvalidArgumentError("name ends with a backslash");
+      out.back().push_back(c);
       out.back().push_back(text[++i]);
     } else if (c == sep) {
       out.emplace_back();
@@ -29,6 +32,47 @@ absl::StatusOr<std::vector<std::string>> SplitEscaped(std::string_view text, cha
       out.back().push_back(c);
     }
   }
+  return out;
+}
+
+int HexDigit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// The first '=' that is not escaped, or npos.
+size_t UnescapedEquals(std::string_view s) {
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\') {
+      ++i;
+    } else if (s[i] == '=') {
+      return i;
+    }
+  }
+  return std::string_view::npos;
+}
+
+// An attribute value as RFC 4514 writes it: "\XX" is the byte XX, "\c" is
+// c, and spaces at either end are dropped unless escaped.
+std::string UnescapeValue(std::string_view raw) {
+  std::vector<std::pair<char, bool>> chars;  // (byte, escaped)
+  for (size_t i = 0; i < raw.size(); ++i) {
+    if (raw[i] != '\\' || i + 1 == raw.size()) {
+      chars.emplace_back(raw[i], false);
+    } else if (i + 2 < raw.size() && HexDigit(raw[i + 1]) >= 0 && HexDigit(raw[i + 2]) >= 0) {
+      chars.emplace_back(static_cast<char>(HexDigit(raw[i + 1]) * 16 + HexDigit(raw[i + 2])), true);
+      i += 2;
+    } else {
+      chars.emplace_back(raw[++i], true);
+    }
+  }
+  size_t b = 0, e = chars.size();
+  while (b < e && chars[b].first == ' ' && !chars[b].second) ++b;
+  while (e > b && chars[e - 1].first == ' ' && !chars[e - 1].second) --e;
+  std::string out;
+  for (size_t i = b; i < e; ++i) out.push_back(chars[i].first);
   return out;
 }
 
@@ -50,36 +94,47 @@ std::string Thumbprint(X509* cert, const EVP_MD* md) {
 absl::StatusOr<ossl::UniquePtr<X509_NAME>> ParseName(std::string_view text) {
   ossl::UniquePtr<X509_NAME> name(X509_NAME_new());
   if (!name) return OpenSslError("parse name");
-  std::vector<std::string> rdns;
-  bool slash_form = !text.empty() && text.front() == '/';
-  auto split = SplitEscaped(slash_form ? text.substr(1) : text, slash_form ? '/' : ',');
+  const bool slash_form = !text.empty() && text.front() == '/';
+  auto split = SplitUnescaped(slash_form ? text.substr(1) : text, slash_form ? '/' : ',');
   if (!split.ok())
     return absl::InvalidArgumentError(StrCat("name \"", text, "\": ", split.status().message()));
-  rdns = std::move(*split);
-  if (!slash_form) std::reverse(rdns.begin(), rdns.end());  // RFC 4514 lists the last RDN first
+  std::vector<std::string> rdns = std::move(*split);
+  // RFC 4514 lists the last RDN first, and within a multi-valued RDN
+  // ("OU=x+CN=y") the values in the reverse of the order they are kept.
+  if (!slash_form) std::reverse(rdns.begin(), rdns.end());
   for (const std::string& raw : rdns) {
-    std::string rdn = Trim(raw);
-    if (rdn.empty()) {
+    // Not trimmed here: a value may end in an escaped space.
+    const std::string& rdn = raw;
+    if (Trim(rdn).empty()) {
       if (rdns.size() == 1) break;  // the empty name
       return absl::InvalidArgumentError(StrCat("name \"", text, "\": empty component"));
     }
-    size_t eq = rdn.find('=');
-    if (eq == std::string::npos || eq == 0) {
-      return absl::InvalidArgumentError(
-          StrCat("name \"", text, "\": component \"", rdn, "\" is not TYPE=value"));
+    auto values = SplitUnescaped(rdn, '+');
+    if (!values.ok()) {
+      return absl::InvalidArgumentError(StrCat("name \"", text, "\": ", values.status().message()));
     }
-    std::string type = Trim(rdn.substr(0, eq));
-    std::string value = Trim(rdn.substr(eq + 1));
-    if (OBJ_txt2nid(type.c_str()) == NID_undef) {
-      return absl::InvalidArgumentError(
-          StrCat("name \"", text, "\": unknown attribute type \"", type, "\""));
-    }
-    if (!X509_NAME_add_entry_by_txt(name.get(), type.c_str(), MBSTRING_UTF8,
-                                    reinterpret_cast<const unsigned char*>(value.data()),
-                                    static_cast<int>(value.size()), -1, 0)) {
-      ERR_clear_error();
-      return absl::InvalidArgumentError(
-          StrCat("name \"", text, "\": value of ", type, " is not acceptable (\"", value, "\")"));
+    if (!slash_form) std::reverse(values->begin(), values->end());
+    for (size_t v = 0; v < values->size(); ++v) {
+      const std::string& ava = (*values)[v];
+      const size_t eq = UnescapedEquals(ava);
+      const std::string type = Trim(ava.substr(0, std::min(eq, ava.size())));
+      if (eq == std::string::npos || type.empty()) {
+        return absl::InvalidArgumentError(
+            StrCat("name \"", text, "\": component \"", Trim(ava), "\" is not TYPE=value"));
+      }
+      const std::string value = UnescapeValue(std::string_view(ava).substr(eq + 1));
+      if (OBJ_txt2nid(type.c_str()) == NID_undef) {
+        return absl::InvalidArgumentError(
+            StrCat("name \"", text, "\": unknown attribute type \"", type, "\""));
+      }
+      // The second and later values of an RDN join the one before.
+      if (!X509_NAME_add_entry_by_txt(name.get(), type.c_str(), MBSTRING_UTF8,
+                                      reinterpret_cast<const unsigned char*>(value.data()),
+                                      static_cast<int>(value.size()), -1, v == 0 ? 0 : -1)) {
+        ERR_clear_error();
+        return absl::InvalidArgumentError(
+            StrCat("name \"", text, "\": value of ", type, " is not acceptable (\"", value, "\")"));
+      }
     }
   }
   return name;
@@ -294,29 +349,43 @@ bool AddExtension(X509* cert, X509* issuer, int nid, const std::string& value) {
 absl::StatusOr<std::vector<ossl::UniquePtr<X509>>> ReadPemCertificates(const std::string& path) {
   auto bytes = ReadFileBytes(path, 4 << 20);
   if (!bytes.ok()) return bytes.status();
-  ossl::UniquePtr<BIO> bio(BIO_new_mem_buf(bytes->data(), static_cast<int>(bytes->size())));
+  std::vector<ossl::UniquePtr<X509>> out = ParsePemCertificates(*bytes);
+  if (out.empty()) return absl::InvalidArgumentError(StrCat(path, ": no PEM certificate in it"));
+  return out;
+}
+
+std::vector<ossl::UniquePtr<X509>> ParsePemCertificates(std::span<const uint8_t> pem) {
   std::vector<ossl::UniquePtr<X509>> out;
+  if (pem.empty() || pem.size() > static_cast<size_t>(INT_MAX)) return out;
+  ossl::UniquePtr<BIO> bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
   while (X509* x = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) out.emplace_back(x);
   ERR_clear_error();
-  if (out.empty()) return absl::InvalidArgumentError(StrCat(path, ": no PEM certificate in it"));
   return out;
 }
 
 absl::StatusOr<std::vector<ossl::UniquePtr<X509_CRL>>> ReadCrlFile(const std::string& path) {
   auto bytes = ReadFileBytes(path);
   if (!bytes.ok()) return bytes.status();
+  return ParseCrls(*bytes, path);
+}
+
+absl::StatusOr<std::vector<ossl::UniquePtr<X509_CRL>>> ParseCrls(std::span<const uint8_t> bytes,
+                                                                 std::string_view source) {
+  if (bytes.empty() || bytes.size() > static_cast<size_t>(INT_MAX)) {
+    return absl::InvalidArgumentError(StrCat(source, ": not a PEM or DER CRL"));
+  }
   std::vector<ossl::UniquePtr<X509_CRL>> out;
-  ossl::UniquePtr<BIO> bio(BIO_new_mem_buf(bytes->data(), static_cast<int>(bytes->size())));
+  ossl::UniquePtr<BIO> bio(BIO_new_mem_buf(bytes.data(), static_cast<int>(bytes.size())));
   while (X509_CRL* crl = PEM_read_bio_X509_CRL(bio.get(), nullptr, nullptr, nullptr)) {
     out.emplace_back(crl);
   }
   ERR_clear_error();
   if (out.empty()) {
-    const unsigned char* p = bytes->data();
-    ossl::UniquePtr<X509_CRL> crl(d2i_X509_CRL(nullptr, &p, static_cast<long>(bytes->size())));
+    const unsigned char* p = bytes.data();
+    ossl::UniquePtr<X509_CRL> crl(d2i_X509_CRL(nullptr, &p, static_cast<long>(bytes.size())));
     ERR_clear_error();
-    if (!crl || p != bytes->data() + bytes->size()) {
-      return absl::InvalidArgumentError(StrCat(path, ": not a PEM or DER CRL"));
+    if (!crl || p != bytes.data() + bytes.size()) {
+      return absl::InvalidArgumentError(StrCat(source, ": not a PEM or DER CRL"));
     }
     out.push_back(std::move(crl));
   }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -89,9 +90,14 @@ ossl::UniquePtr<X509> SoftwareCopy(X509* cert);
 
 // Every PEM certificate in a file (a certificate, or a chain leaf-first).
 absl::StatusOr<std::vector<ossl::UniquePtr<X509>>> ReadPemCertificates(const std::string& path);
+// Every PEM certificate in `pem` (none: an empty vector; text around them is ignored).
+std::vector<ossl::UniquePtr<X509>> ParsePemCertificates(std::span<const uint8_t> pem);
 
 // Every CRL in a file, PEM (one or more) or DER. The error names the file.
 absl::StatusOr<std::vector<ossl::UniquePtr<X509_CRL>>> ReadCrlFile(const std::string& path);
+// The same from bytes; `source` names them in the error.
+absl::StatusOr<std::vector<ossl::UniquePtr<X509_CRL>>> ParseCrls(std::span<const uint8_t> bytes,
+                                                                 std::string_view source);
 
 // Adds an X509v3 extension written in OpenSSL's config syntax
 // ("critical,CA:TRUE"); `issuer` provides the authority key identifier.

@@ -373,44 +373,10 @@ absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> ParsePrivateKeyPlaintext(std::span<con
     return bad(StrCat("the key is ", type != nullptr ? type : "of an unknown type",
                       "; only RSA keys can be archived"));
   }
-  // The same consistency checks as a blob's numbers get (n = p*q, e*d = 1
-  // mod lcm(p-1, q-1), the CRT values, a Fermat test of each prime), not
-  // OpenSSL's EVP_PKEY_pairwise_check: that one runs a full Miller-Rabin
-  // test of both primes (about 50 ms for RSA-2048 against 1.5 ms for these
-  // checks, tests/bench/archival_bench), and the archival key check (a real
-  // encrypt/decrypt, CheckKeyPairMatches) stands behind this as for blobs.
-  // Multi-prime keys, which a blob cannot hold, still get OpenSSL's check.
-  if (GetBn(key.get(), OSSL_PKEY_PARAM_RSA_FACTOR3)) {
-    ossl::UniquePtr<EVP_PKEY_CTX> check(EVP_PKEY_CTX_new_from_pkey(nullptr, key.get(), nullptr));
-    if (!check || EVP_PKEY_pairwise_check(check.get()) != 1) {
-      ERR_clear_error();
-      return bad("the RSA key's numbers are not consistent");
-    }
-  } else {
-    BlobNumbers k;
-    k.n = GetBn(key.get(), OSSL_PKEY_PARAM_RSA_N);
-    k.e = GetBn(key.get(), OSSL_PKEY_PARAM_RSA_E);
-    k.d = GetBn(key.get(), OSSL_PKEY_PARAM_RSA_D);
-    k.p = GetBn(key.get(), OSSL_PKEY_PARAM_RSA_FACTOR1);
-    k.q = GetBn(key.get(), OSSL_PKEY_PARAM_RSA_FACTOR2);
-    k.dp = GetBn(key.get(), OSSL_PKEY_PARAM_RSA_EXPONENT1);
-    k.dq = GetBn(key.get(), OSSL_PKEY_PARAM_RSA_EXPONENT2);
-    k.qinv = GetBn(key.get(), OSSL_PKEY_PARAM_RSA_COEFFICIENT1);
-    if (!k.n || !k.e || !k.d || !k.p || !k.q || !k.dp || !k.dq || !k.qinv) {
-      ERR_clear_error();
-      return bad(
-          "the RSA key's numbers are not consistent: its private numbers (d, primes, CRT "
-          "values) are not all present");
-    }
-    for (BIGNUM* secret : {k.d.get(), k.p.get(), k.q.get(), k.dp.get(), k.dq.get(), k.qinv.get()}) {
-      BN_set_flags(secret, BN_FLG_CONSTTIME);
-    }
-    if (absl::Status st = CheckConsistent(k, static_cast<uint32_t>(BN_num_bits(k.n.get())),
-                                          "PKCS#8 private key: the RSA key's numbers are not "
-                                          "consistent");
-        !st.ok()) {
-      return st;
-    }
+  if (absl::Status st = CheckRsaKeyConsistent(
+          key.get(), "PKCS#8 private key: the RSA key's numbers are not consistent");
+      !st.ok()) {
+    return st;
   }
   if (was_blob != nullptr) *was_blob = false;
   if (ai_key_alg != nullptr) *ai_key_alg = 0;
@@ -435,6 +401,45 @@ absl::StatusOr<hsm::SecretBytes> ToPkcs8(EVP_PKEY* key) {
   if (len <= 0 || der == nullptr) return absl::InternalError("PKCS#8: empty encoding");
   return hsm::SecretBytes(
       std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(der), static_cast<size_t>(len)));
+}
+
+absl::Status CheckRsaKeyConsistent(EVP_PKEY* key, std::string_view what) {
+  auto bad = [what](std::string_view why) {
+    return absl::InvalidArgumentError(StrCat(what, ": ", why));
+  };
+  if (key == nullptr || EVP_PKEY_is_a(key, "RSA") != 1) return bad("not an RSA key");
+  // The same consistency checks as a blob's numbers get (n = p*q, e*d = 1
+  // mod lcm(p-1, q-1), the CRT values, a Fermat test of each prime), not
+  // OpenSSL's EVP_PKEY_pairwise_check: that one runs a full Miller-Rabin
+  // test of both primes (about 50 ms for RSA-2048 against 1.5 ms for these
+  // checks, tests/bench/archival_bench), and the archival key check (a real
+  // encrypt/decrypt, CheckKeyPairMatches) stands behind this as for blobs.
+  // Multi-prime keys, which a blob cannot hold, still get OpenSSL's check.
+  if (GetBn(key, OSSL_PKEY_PARAM_RSA_FACTOR3)) {
+    ossl::UniquePtr<EVP_PKEY_CTX> check(EVP_PKEY_CTX_new_from_pkey(nullptr, key, nullptr));
+    if (!check || EVP_PKEY_pairwise_check(check.get()) != 1) {
+      ERR_clear_error();
+      return bad("OpenSSL's key-pair check of the multi-prime key fails");
+    }
+    return absl::OkStatus();
+  }
+  BlobNumbers k;
+  k.n = GetBn(key, OSSL_PKEY_PARAM_RSA_N);
+  k.e = GetBn(key, OSSL_PKEY_PARAM_RSA_E);
+  k.d = GetBn(key, OSSL_PKEY_PARAM_RSA_D);
+  k.p = GetBn(key, OSSL_PKEY_PARAM_RSA_FACTOR1);
+  k.q = GetBn(key, OSSL_PKEY_PARAM_RSA_FACTOR2);
+  k.dp = GetBn(key, OSSL_PKEY_PARAM_RSA_EXPONENT1);
+  k.dq = GetBn(key, OSSL_PKEY_PARAM_RSA_EXPONENT2);
+  k.qinv = GetBn(key, OSSL_PKEY_PARAM_RSA_COEFFICIENT1);
+  if (!k.n || !k.e || !k.d || !k.p || !k.q || !k.dp || !k.dq || !k.qinv) {
+    ERR_clear_error();
+    return bad("its private numbers (d, primes, CRT values) are not all present");
+  }
+  for (BIGNUM* secret : {k.d.get(), k.p.get(), k.q.get(), k.dp.get(), k.dq.get(), k.qinv.get()}) {
+    BN_set_flags(secret, BN_FLG_CONSTTIME);
+  }
+  return CheckConsistent(k, static_cast<uint32_t>(BN_num_bits(k.n.get())), what);
 }
 
 absl::Status CheckKeyPairMatches(EVP_PKEY* private_key, EVP_PKEY* public_key) {

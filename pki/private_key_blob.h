@@ -66,6 +66,12 @@ absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> ParsePrivateKeyPlaintext(std::span<con
 // DER PKCS#8 PrivateKeyInfo of a software key.
 absl::StatusOr<hsm::SecretBytes> ToPkcs8(EVP_PKEY* key);
 
+// Checks that an RSA private key's numbers are one consistent key, as for
+// a PRIVATEKEYBLOB above (n = p*q, e*d = 1 mod lcm(p-1, q-1), the CRT
+// values, a Fermat test of each prime; OpenSSL's key-pair check for a
+// multi-prime key). The error, prefixed with `what`, names the wrong part.
+absl::Status CheckRsaKeyConsistent(EVP_PKEY* key, std::string_view what);
+
 // Key archival's key verification: `public_key` (from the request) must be
 // the public half of the RSA `private_key`, and the private key must really
 // decrypt what the public key encrypts (32 random bytes).

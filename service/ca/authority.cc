@@ -20,6 +20,7 @@
 #include "pki/pkcs10.h"
 #include "pki/recovery_blob.h"
 #include "service/authz.h"
+#include "service/bounded.h"
 #include "service/errors.h"
 
 namespace keywarden::service {
@@ -172,7 +173,7 @@ std::vector<std::vector<uint8_t>> CertificateAuthority::ChainDer() const {
 
 void CertificateAuthority::Audit(const std::string& principal, const std::string& event,
                                  const std::string& details_json) {
-  auto st = store_.AppendAudit(principal, event, details_json, clock_());
+  auto st = store_.AppendAudit(principal, event, BoundAuditDetails(details_json), clock_());
   if (!st.ok()) {
     std::fprintf(stderr, "keywardend: AUDIT FAILURE for %s: %s\n", event.c_str(),
                  std::string(st.status().message()).c_str());
@@ -183,7 +184,7 @@ absl::Status CertificateAuthority::AuditCommitted(const std::string& principal,
                                                   const std::string& event,
                                                   const std::string& details_json,
                                                   const std::string& what) {
-  auto st = store_.AppendAudit(principal, event, details_json, clock_());
+  auto st = store_.AppendAudit(principal, event, BoundAuditDetails(details_json), clock_());
   if (st.ok()) return absl::OkStatus();
   std::fprintf(stderr, "keywardend: AUDIT FAILURE for %s: %s\n", event.c_str(),
                std::string(st.status().message()).c_str());
@@ -211,8 +212,16 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Submit(const Requester& 
   if (!parsed.ok()) {
     const bool bad_signature =
         parsed.status().message().find("signature") != absl::string_view::npos;
-    Audit(principal, "request.rejected",
-          json{{"format", format}, {"reason", std::string(parsed.status().message())}}.dump());
+    // At most once a minute per principal and format, with the count of the
+    // rejections it stands for: requests that merely look like one cannot
+    // flood the log.
+    if (const int64_t rejected = rejections_.Take(StrCat(principal, "\n", format)); rejected > 0) {
+      Audit(principal, "request.rejected",
+            json{{"format", format},
+                 {"reason", Echo(std::string(parsed.status().message()), 512)},
+                 {"rejected_requests", rejected}}
+                .dump());
+    }
     return Error(bad_signature ? hresult::kBadSignature : hresult::kAsn1BadTag,
                  std::string(parsed.status().message()));
   }
@@ -232,7 +241,7 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Submit(const Requester& 
     return std::vector<AuditEntry>{{principal, "request.received",
                                     json{{"request_id", new_id},
                                          {"format", format},
-                                         {"subject", r.subject},
+                                         {"subject", Echo(r.subject, 1024)},
                                          {"template_hint", template_hint}}
                                         .dump()}};
   });
@@ -317,11 +326,11 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
   if (wanted.empty()) return DenyWith(request, Error(hresult::kNoCertType), policy);
   const TemplateConfig* t = config_.FindTemplate(wanted);
   if (t == nullptr) {
-    return DenyWith(
-        request,
-        Error(hresult::kUnsupportedCertType, StrCat("the request was for certificate template (",
-                                                    wanted, ") that is not supported by this CA")),
-        policy);
+    return DenyWith(request,
+                    Error(hresult::kUnsupportedCertType,
+                          StrCat("the request was for certificate template (", Echo(wanted),
+                                 ") that is not supported by this CA")),
+                    policy);
   }
   request.template_name = t->name;
   // Who may enrol is decided when the request arrives, with the identity the
@@ -611,8 +620,14 @@ CertificateAuthority::FindArchivedKeys(const std::string& search_in) {
     query([&](CertificateQuery& q) { q.serial = hex; });
     if (hex.size() == 40) query([&](CertificateQuery& q) { q.sha1 = hex; });
   }
+  // A request id is 1 or more: 0 would be the store's "no filter", every key.
   if (search.find_first_not_of("0123456789") == std::string::npos && search.size() < 16) {
-    query([&](CertificateQuery& q) { q.request_id = std::stoll(search); });
+    const int64_t id = std::stoll(search);
+    if (id < 1) {
+      return Error(hresult::kInvalidArg, StrCat("the search token \"", search,
+                                                "\" is not a request id (request ids start at 1)"));
+    }
+    query([&](CertificateQuery& q) { q.request_id = id; });
   }
   query([&](CertificateQuery& q) { q.common_name = search; });
   query([&](CertificateQuery& q) { q.upn = search; });
@@ -653,7 +668,7 @@ absl::StatusOr<CertificateAuthority::RecoveryBlobResult> CertificateAuthority::G
   auto candidates = FindArchivedKeys(search);
   if (!candidates.ok()) return candidates.status();
   if (candidates->empty()) {
-    return Error(hresult::kNotFound, StrCat("no archived key matches \"", search, "\""));
+    return Error(hresult::kNotFound, StrCat("no archived key matches \"", Echo(search), "\""));
   }
   if (candidates->size() > 1) {
     std::vector<std::string> lines;
@@ -749,6 +764,11 @@ absl::StatusOr<CertificateAuthority::ImportResult> CertificateAuthority::ImportK
   if (pfx.size() > kMaxPfx) {
     return Error(hresult::kInvalidArg,
                  StrCat("the PKCS#12 file is ", pfx.size(), " bytes; the limit is ", kMaxPfx));
+  }
+  // PKCS12_parse takes a C string: a password with a NUL would be cut there.
+  if (password.view().find('\0') != std::string_view::npos) {
+    return Error(hresult::kInvalidArg,
+                 "the password holds a NUL byte; a password is taken whole, never cut at a NUL");
   }
   auto refuse = [&](const absl::Status& why) {
     Audit(who, "archival.import_refused", json{{"reason", std::string(why.message())}}.dump());

@@ -18,6 +18,7 @@
 #include "pki/pkcs10.h"
 #include "service/archival/archiver.h"
 #include "service/archival/kra_registry.h"
+#include "service/bounded.h"
 #include "service/ca/exchange.h"
 #include "service/ca/issuer.h"
 #include "service/config.h"
@@ -218,6 +219,8 @@ class CertificateAuthority {
   std::unique_ptr<ClientTrust> trust_;
   std::vector<ossl::UniquePtr<X509>> chain_;
   std::mutex crl_mu_;
+  // request.rejected: at most once a minute per principal and format.
+  RefusalLimiter rejections_;
   std::optional<CrlInfo> crl_;
 };
 

@@ -2,6 +2,9 @@
 
 #include <openssl/pem.h>
 
+#include <google/protobuf/descriptor.h>
+#include <grpcpp/support/server_interceptor.h>
+
 #include <chrono>
 #include <map>
 #include <mutex>
@@ -12,7 +15,9 @@
 #include "hsm/strings.h"
 #include "pki/certificate.h"
 #include "service/authz.h"
+#include "service/bounded.h"
 #include "service/errors.h"
+#include "service/server/limits.h"
 
 namespace keywarden::service {
 
@@ -36,32 +41,60 @@ grpc::Status ToGrpc(const absl::Status& status) {
 
 namespace {
 
-// At most one audit record a minute per refused certificate and reason,
-// carrying how many calls were refused since the last one: a revoked client
-// that keeps calling cannot flood the log.
-class RefusalLimiter {
+// Fills in the statuses gRPC makes itself, with no message, when a request
+// message cannot be parsed (bytes that are not protobuf, or a string field
+// that is not UTF-8): INTERNAL from the sync API, UNIMPLEMENTED from the
+// callback API (Signing). That is the client's fault, and every error has a
+// message: INVALID_ARGUMENT (E_INVALIDARG) naming the method. An unknown
+// method keeps UNIMPLEMENTED and gets a message too. keywarden's own
+// errors always have a message, so none of them is touched.
+class ParseFailureInterceptor final : public grpc::experimental::Interceptor {
  public:
-  // 0: not now; otherwise the number of refusals this record stands for.
-  int64_t Take(const std::string& key) {
-    const auto now = std::chrono::steady_clock::now();
-    std::lock_guard<std::mutex> lock(mu_);
-    if (seen_.size() > 10000) seen_.clear();
-    Entry& e = seen_[key];
-    ++e.count;
-    if (e.recorded && now - e.last < std::chrono::minutes(1)) return 0;
-    e.recorded = true;
-    e.last = now;
-    return std::exchange(e.count, 0);
+  explicit ParseFailureInterceptor(grpc::experimental::ServerRpcInfo* info)
+      : method_(info->method() != nullptr ? info->method() : "") {
+    // "/keywarden.v1.Signing/SignDigest": one of keywarden's own methods?
+    const size_t slash = method_.rfind('/');
+    if (method_.rfind("/keywarden.v1.", 0) == 0 && slash > 1) {
+      const auto* service = google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(
+          method_.substr(1, slash - 1));
+      known_ =
+          service != nullptr && service->FindMethodByName(method_.substr(slash + 1)) != nullptr;
+    }
+  }
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    using grpc::experimental::InterceptionHookPoints;
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
+      const grpc::Status st = methods->GetSendStatus();
+      const bool parse_failure = st.error_message().empty() &&
+                                 (st.error_code() == grpc::StatusCode::INTERNAL ||
+                                  (st.error_code() == grpc::StatusCode::UNIMPLEMENTED && known_));
+      if (parse_failure) {
+        methods->ModifySendStatus(ToGrpc(Error(
+            hresult::kInvalidArg,
+            StrCat("the request message for ", method_,
+                   " could not be parsed: it is not valid protobuf for this method, or a string "
+                   "field holds bytes that are not UTF-8"))));
+      } else if (st.error_code() == grpc::StatusCode::UNIMPLEMENTED && st.error_message().empty()) {
+        methods->ModifySendStatus(grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                                               StrCat("keywardend has no method ", Echo(method_))));
+      }
+    }
+    methods->Proceed();
   }
 
  private:
-  struct Entry {
-    bool recorded = false;
-    std::chrono::steady_clock::time_point last;
-    int64_t count = 0;  // refusals since the last record
-  };
-  std::mutex mu_;
-  std::map<std::string, Entry> seen_;
+  std::string method_;
+  bool known_ = false;
+};
+
+class ParseFailureInterceptorFactory final
+    : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    return new ParseFailureInterceptor(info);
+  }
 };
 
 std::string Property(const grpc::AuthContext& auth, const char* name) {
@@ -72,6 +105,13 @@ std::string Property(const grpc::AuthContext& auth, const char* name) {
 
 }  // namespace
 
+std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+MakeInterceptors() {
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> out;
+  out.push_back(std::make_unique<ParseFailureInterceptorFactory>());
+  return out;
+}
+
 absl::StatusOr<Caller> Authorize(CertificateAuthority& ca, const grpc::ServerContextBase& context,
                                  const char* method) {
   auto auth = context.auth_context();
@@ -80,7 +120,7 @@ absl::StatusOr<Caller> Authorize(CertificateAuthority& ca, const grpc::ServerCon
   auto peer = ca.trust().Identify(leaf, Property(*auth, GRPC_X509_PEM_CERT_CHAIN_PROPERTY_NAME));
   if (!peer.ok()) return peer.status();
   if (auto st = ca.trust().CheckRevocation(**peer); !st.ok()) {
-    static RefusalLimiter limiter;
+    static RefusalLimiter limiter;  // per certificate and event
     const std::string event = HResultOf(st) == hresult::kCertRevoked.code ? "authz.revoked"
                               : HResultOf(st) == hresult::kCertExpired.code
                                   ? "authz.expired"
@@ -101,11 +141,29 @@ absl::StatusOr<Caller> Authorize(CertificateAuthority& ca, const grpc::ServerCon
   AuthzDecision d = service::Authorize(ca.config(), (*peer)->roles, caller.principal, method);
   caller.roles = d.roles;
   if (!d.status.ok()) {
-    ca.Audit(
-        caller.principal, d.role_separation_refusal ? "authz.role_separation" : "authz.denied",
-        nlohmann::json{{"method", method}, {"reason", std::string(d.status.message())}}.dump());
+    // At most once a minute per principal, event and method (a bounded set),
+    // with the count of the calls refused since the last record.
+    static RefusalLimiter limiter;
+    const char* event = d.role_separation_refusal ? "authz.role_separation" : "authz.denied";
+    if (int64_t refused = limiter.Take(StrCat(caller.principal, "\n", event, "\n", method));
+        refused > 0) {
+      ca.Audit(caller.principal, event,
+               nlohmann::json{{"method", method},
+                              {"reason", std::string(d.status.message())},
+                              {"refused_calls", refused}}
+                   .dump());
+    }
     return d.status;
   }
+  return caller;
+}
+
+absl::StatusOr<Caller> Authorize(CertificateAuthority& ca, const grpc::ServerContextBase& context,
+                                 const char* method, const google::protobuf::Message& request) {
+  auto caller = Authorize(ca, context, method);
+  if (!caller.ok()) return caller;
+  // Before the handler stores or audits anything of the request.
+  if (absl::Status st = CheckRequestLimits(request); !st.ok()) return st;
   return caller;
 }
 

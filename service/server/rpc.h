@@ -3,9 +3,12 @@
 // client certificate, and authorization against service/authz.cc's table.
 #pragma once
 
+#include <memory>
 #include <string>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/support/server_interceptor.h>
 
 #include "absl/status/status.h"
 #include "keywarden/v1/keywarden.pb.h"
@@ -17,6 +20,12 @@ namespace keywarden::service {
 
 grpc::Status ToGrpc(const absl::Status& status);
 
+// The server's interceptors: a request gRPC cannot parse (not protobuf, a
+// string that is not UTF-8) gets INVALID_ARGUMENT with a message, not
+// gRPC's INTERNAL with none.
+std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+MakeInterceptors();
+
 // Authorizes `method` for the caller (ServerContextBase: sync and callback
 // handlers alike): identifies the verified client certificate by its client
 // CA and subject or pin (service/trust), refuses it if it or a certificate
@@ -26,6 +35,11 @@ grpc::Status ToGrpc(const absl::Status& status);
 struct Caller : Requester {};
 absl::StatusOr<Caller> Authorize(CertificateAuthority& ca, const grpc::ServerContextBase& context,
                                  const char* method);
+// The same, then the request's fields against their length limits
+// (server/limits.h): INVALID_ARGUMENT naming the field, before the handler
+// stores or audits any of it.
+absl::StatusOr<Caller> Authorize(CertificateAuthority& ca, const grpc::ServerContextBase& context,
+                                 const char* method, const google::protobuf::Message& request);
 
 // Domain -> proto.
 v1::Disposition ToProto(Disposition d);

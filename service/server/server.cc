@@ -18,6 +18,8 @@
 #include "hsm/strings.h"
 #include "pki/certificate.h"
 #include "pki/files.h"
+#include "service/server/limits.h"
+#include "service/server/rpc.h"
 #include "service/server/services.h"
 
 namespace keywarden::service {
@@ -255,9 +257,11 @@ absl::StatusOr<RunningServer> StartServer(const Config& config, CertificateAutho
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(config.server.listen, running.tls->Credentials(), &running.port);
-  // Above the CA's own request limit, so an oversized request gets the CA's clear
-  // INVALID_ARGUMENT rather than a transport error.
-  builder.SetMaxReceiveMessageSize(16 << 20);
+  // What the largest legitimate request needs (server/limits.h): a field over
+  // its limit gets the CA's INVALID_ARGUMENT naming it; a message larger than
+  // this, gRPC's RESOURCE_EXHAUSTED ("Received message larger than max").
+  builder.SetMaxReceiveMessageSize(static_cast<int>(kMaxRequestMessageBytes));
+  builder.experimental().SetInterceptorCreators(MakeInterceptors());
   const int threads = config.server.threads > 0
                           ? config.server.threads
                           : static_cast<int>(std::max(2u, std::thread::hardware_concurrency()));

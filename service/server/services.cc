@@ -1,5 +1,6 @@
 #include "service/server/services.h"
 
+#include <openssl/crypto.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -19,6 +20,13 @@ using grpc::Status;
   auto caller_or = Authorize(ca_, *context, method);      \
   if (!caller_or.ok()) return ToGrpc(caller_or.status()); \
   const Caller& caller = *caller_or;                      \
+  (void)caller
+
+// The same, and the request's fields checked against their length limits.
+#define KW_AUTHORIZE_IN(method, in)                         \
+  auto caller_or = Authorize(ca_, *context, method, *(in)); \
+  if (!caller_or.ok()) return ToGrpc(caller_or.status());   \
+  const Caller& caller = *caller_or;                        \
   (void)caller
 
 std::string Bytes(const std::vector<uint8_t>& v) {
@@ -75,7 +83,7 @@ class EnrollmentService final : public v1::Enrollment::Service {
 
   Status Submit(ServerContext* context, const v1::SubmitRequest* in,
                 v1::EnrollmentResult* out) override {
-    KW_AUTHORIZE("/keywarden.v1.Enrollment/Submit");
+    KW_AUTHORIZE_IN("/keywarden.v1.Enrollment/Submit", in);
     const auto& raw = in->request();
     auto outcome = ca_.Submit(caller, {reinterpret_cast<const uint8_t*>(raw.data()), raw.size()},
                               in->template_name());
@@ -141,7 +149,7 @@ class OfficerService final : public v1::Officer::Service {
   }
 
   Status Deny(ServerContext* context, const v1::DenyRequest* in, v1::RequestInfo* out) override {
-    KW_AUTHORIZE("/keywarden.v1.Officer/Deny");
+    KW_AUTHORIZE_IN("/keywarden.v1.Officer/Deny", in);
     auto r = ca_.Deny(caller.principal, in->request_id(), in->reason());
     if (!r.ok()) return ToGrpc(r.status());
     Fill(*r, out);
@@ -150,7 +158,7 @@ class OfficerService final : public v1::Officer::Service {
 
   Status Revoke(ServerContext* context, const v1::RevokeRequest* in,
                 v1::CertificateInfo* out) override {
-    KW_AUTHORIZE("/keywarden.v1.Officer/Revoke");
+    KW_AUTHORIZE_IN("/keywarden.v1.Officer/Revoke", in);
     auto c = ca_.Revoke(caller.principal, in->serial(), in->reason());
     if (!c.ok()) return ToGrpc(c.status());
     Fill(*c, out);
@@ -159,7 +167,13 @@ class OfficerService final : public v1::Officer::Service {
 
   Status FindCertificates(ServerContext* context, const v1::FindCertificatesRequest* in,
                           v1::FindCertificatesResponse* out) override {
-    KW_AUTHORIZE("/keywarden.v1.Officer/FindCertificates");
+    KW_AUTHORIZE_IN("/keywarden.v1.Officer/FindCertificates", in);
+    // An empty query is never "every certificate", nor is request id 0.
+    if (in->request_id() < 0) {
+      return ToGrpc(
+          Error(hresult::kInvalidArg, StrCat("FindCertificatesRequest.request_id is ",
+                                             in->request_id(), "; request ids start at 1")));
+    }
     CertificateQuery q;
     q.serial = in->serial().empty() ? "" : NormalizeSerial(in->serial());
     q.sha1 = AsciiLower(in->sha1());
@@ -167,7 +181,15 @@ class OfficerService final : public v1::Officer::Service {
     q.upn = in->upn();
     q.subject_contains = in->subject_contains();
     q.request_id = in->request_id();
-    q.limit = in->limit() > 0 ? static_cast<size_t>(in->limit()) : 1000;
+    // (after normalizing: a serial of only spaces and colons is no criterion)
+    if (q.serial.empty() && q.sha1.empty() && q.common_name.empty() && q.upn.empty() &&
+        q.subject_contains.empty() && q.request_id == 0) {
+      return ToGrpc(Error(hresult::kInvalidArg,
+                          "FindCertificatesRequest names no criterion: give at least one of "
+                          "serial, sha1, common_name, upn, subject_contains, request_id (1 or "
+                          "more)"));
+    }
+    q.limit = in->limit() > 0 ? std::min<size_t>(static_cast<size_t>(in->limit()), 10000) : 1000;
     auto found = ca_.store().FindCertificates(q);
     if (!found.ok()) return ToGrpc(found.status());
     for (const auto& c : *found) Fill(c, out->add_certificates());
@@ -176,7 +198,7 @@ class OfficerService final : public v1::Officer::Service {
 
   Status GetArchivedKey(ServerContext* context, const v1::GetArchivedKeyRequest* in,
                         v1::GetArchivedKeyResponse* out) override {
-    KW_AUTHORIZE("/keywarden.v1.Officer/GetArchivedKey");
+    KW_AUTHORIZE_IN("/keywarden.v1.Officer/GetArchivedKey", in);
     auto fill = [out](const CertificateAuthority::RecoveryCandidate& c) {
       auto* k = out->add_candidates();
       Fill(c.certificate, k->mutable_certificate());
@@ -273,7 +295,16 @@ class AdministrationService final : public v1::Administration::Service {
 
   Status ImportArchivedKey(ServerContext* context, const v1::ImportArchivedKeyRequest* in,
                            v1::ImportArchivedKeyResponse* out) override {
-    KW_AUTHORIZE("/keywarden.v1.Administration/ImportArchivedKey");
+    // The password is wiped from the request message (the server's own
+    // copy, parsed for this call) however the call ends.
+    struct WipeOnReturn {
+      std::string* s;
+      ~WipeOnReturn() {
+        OPENSSL_cleanse(s->data(), s->size());
+        s->clear();
+      }
+    } wipe{const_cast<v1::ImportArchivedKeyRequest*>(in)->mutable_password()};
+    KW_AUTHORIZE_IN("/keywarden.v1.Administration/ImportArchivedKey", in);
     const hsm::SecretString password(in->password());
     auto result =
         ca_.ImportKey(caller.principal,

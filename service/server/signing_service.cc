@@ -102,7 +102,7 @@ class Handlers {
 
   Status SignDigest(const ServerContextBase& context, const v1::SignDigestRequest& in,
                     v1::SignResponse* out) {
-    auto caller = Authorize(ca_, context, kSignDigest);
+    auto caller = Authorize(ca_, context, kSignDigest, in);
     if (!caller.ok()) return ToGrpc(caller.status());
     std::optional<int> salt;
     if (in.has_pss_salt_length()) salt = in.pss_salt_length();
@@ -112,7 +112,7 @@ class Handlers {
 
   Status SignData(const ServerContextBase& context, const v1::SignDataRequest& in,
                   v1::SignResponse* out) {
-    auto caller = Authorize(ca_, context, kSignData);
+    auto caller = Authorize(ca_, context, kSignData, in);
     if (!caller.ok()) return ToGrpc(caller.status());
     std::optional<int> salt;
     if (in.has_pss_salt_length()) salt = in.pss_salt_length();
@@ -122,7 +122,7 @@ class Handlers {
 
   Status GetSigningKey(const ServerContextBase& context, const v1::GetSigningKeyRequest& in,
                        v1::SigningKeyInfo* out) {
-    auto caller = Authorize(ca_, context, kGetSigningKey);
+    auto caller = Authorize(ca_, context, kGetSigningKey, in);
     if (!caller.ok()) return ToGrpc(caller.status());
     auto key = signer_.KeyFor(caller->principal, in.alias(), "GetSigningKey");
     if (!key.ok()) return ToGrpc(key.status());
@@ -142,7 +142,7 @@ class Handlers {
 
   Status IssueCertificate(const ServerContextBase& context, const v1::IssueCertificateRequest& in,
                           v1::IssuedCertificate* out) {
-    auto caller = Authorize(ca_, context, kIssueCertificate);
+    auto caller = Authorize(ca_, context, kIssueCertificate, in);
     if (!caller.ok()) return ToGrpc(caller.status());
     auto issued = signer_.IssueCertificate(caller->principal, in.alias(), in.template_name(),
                                            Bytes(in.csr()), in.subject());

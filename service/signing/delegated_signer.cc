@@ -265,12 +265,23 @@ const SigningKey* DelegatedSigner::Find(std::string_view alias) const {
 }
 
 absl::Status DelegatedSigner::Refuse(const std::string& principal, std::string_view rpc,
-                                     std::string_view alias, absl::Status refusal) {
+                                     std::string_view alias, absl::Status refusal,
+                                     std::optional<Algorithm> algorithm) {
+  if (!audit_) return refusal;
+  // The key is a bounded set: an unknown alias (the client's free input)
+  // counts as one.
+  const auto hr = HResultOf(refusal);
+  const std::string key =
+      StrCat(principal, "\n", rpc, "\n", Find(alias) != nullptr ? alias : std::string_view("?"),
+             "\n", hr.value_or(0), "\n", algorithm ? static_cast<int>(*algorithm) : -1);
+  const int64_t refused = refusals_.Take(key);
+  if (refused == 0) return refusal;
   json details{{"rpc", std::string(rpc)},
-               {"alias", std::string(alias)},
-               {"reason", std::string(refusal.message())}};
-  if (auto hr = HResultOf(refusal)) details["hresult"] = *hr;
-  if (audit_) audit_(principal, "signing.refused", details.dump());
+               {"alias", Echo(alias)},
+               {"reason", Echo(std::string(refusal.message()), 512)},
+               {"refused_calls", refused}};
+  if (hr) details["hresult"] = *hr;
+  audit_(principal, "signing.refused", details.dump());
   return refusal;
 }
 
@@ -281,7 +292,7 @@ absl::StatusOr<const SigningKey*> DelegatedSigner::KeyFor(const std::string& pri
   if (key == nullptr) {
     return Refuse(
         principal, rpc, alias,
-        Error(hresult::kBadKeyset, StrCat("no signing key has the alias \"", alias, "\"")));
+        Error(hresult::kBadKeyset, StrCat("no signing key has the alias \"", Echo(alias), "\"")));
   }
   if (key->PrincipalIndex(principal) < 0) {
     return Refuse(principal, rpc, alias,
@@ -309,14 +320,16 @@ absl::Status DelegatedSigner::CheckSign(const std::string& principal, std::strin
     return Refuse(
         principal, rpc, alias,
         Error(hresult::kBadAlgorithm, StrCat("signing key \"", alias, "\" does not allow ", a.name,
-                                             " (it allows: ", AllowedNames(*k), ")")));
+                                             " (it allows: ", AllowedNames(*k), ")")),
+        *algorithm);
   }
   *salt = static_cast<int>(a.digest_size);
   if (pss_salt_length.has_value()) {
     if (a.scheme != Scheme::kRsaPss) {
       return Refuse(principal, rpc, alias,
                     Error(hresult::kInvalidArg, StrCat("a PSS salt length was given for ", a.name,
-                                                       ", which is not RSA-PSS")));
+                                                       ", which is not RSA-PSS")),
+                    *algorithm);
     }
     // RFC 8017 9.1.1: emLen >= hLen + sLen + 2, emLen = ceil((modBits - 1) / 8).
     const int max_salt =
@@ -325,7 +338,8 @@ absl::Status DelegatedSigner::CheckSign(const std::string& principal, std::strin
       return Refuse(principal, rpc, alias,
                     Error(hresult::kInvalidArg,
                           StrCat("PSS salt length ", *pss_salt_length, " is out of range for ",
-                                 a.name, " with RSA-", k->bits(), " (0..", max_salt, ")")));
+                                 a.name, " with RSA-", k->bits(), " (0..", max_salt, ")")),
+                    *algorithm);
     }
     *salt = *pss_salt_length;
   }
@@ -434,7 +448,8 @@ absl::Status DelegatedSigner::SignDigest(const std::string& principal, std::stri
   if (digest.size() != a.digest_size) {
     return Refuse(principal, "SignDigest", alias,
                   Error(hresult::kBadLen, StrCat("a ", a.name, " digest is ", a.digest_size,
-                                                 " bytes; got ", digest.size())));
+                                                 " bytes; got ", digest.size())),
+                  *algorithm);
   }
   if (auto st = SignPrepared(*key, a, digest, salt, signature); !st.ok()) return st;
   key->usage[static_cast<size_t>(who) * kAlgorithmCount + static_cast<size_t>(a.id)].fetch_add(

@@ -33,6 +33,7 @@
 #include "hsm/ossl.h"
 #include "hsm/provider/provider.h"
 #include "hsm/token.h"
+#include "service/bounded.h"
 #include "service/ca/issuer.h"
 #include "service/config.h"
 #include "service/signing/algorithm.h"
@@ -147,8 +148,10 @@ class DelegatedSigner {
       : crypto_(std::move(crypto)), audit_(std::move(audit)), clock_(std::move(clock)) {}
 
   // Audits and returns `refusal`.
+  // At most once a minute per principal, RPC, configured alias (or none),
+  // HRESULT and algorithm, with the count of the refusals it stands for.
   absl::Status Refuse(const std::string& principal, std::string_view rpc, std::string_view alias,
-                      absl::Status refusal);
+                      absl::Status refusal, std::optional<Algorithm> algorithm = std::nullopt);
   // Policy checks shared by SignDigest and SignData; on success *key and
   // *principal_index are set and *salt is the salt length to use.
   absl::Status CheckSign(const std::string& principal, std::string_view rpc, std::string_view alias,
@@ -163,6 +166,7 @@ class DelegatedSigner {
 
   std::shared_ptr<hsm::CryptoContext> crypto_;
   AuditSink audit_;
+  RefusalLimiter refusals_;
   Clock clock_;
   std::vector<std::shared_ptr<hsm::Token>> tokens_;
   std::array<ossl::UniquePtr<EVP_MD>, kAlgorithmCount> digests_;  // for SignData

@@ -36,13 +36,8 @@ namespace {
 
 std::atomic<uint64_t> next_generation{1};
 
-std::vector<ossl::UniquePtr<X509>> ParsePemCertificates(std::string_view pem) {
-  std::vector<ossl::UniquePtr<X509>> out;
-  if (pem.empty()) return out;
-  ossl::UniquePtr<BIO> bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  while (X509* x = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) out.emplace_back(x);
-  ERR_clear_error();
-  return out;
+std::span<const uint8_t> AsBytes(std::string_view s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
 }
 
 std::string Utc(int64_t t) {
@@ -244,10 +239,10 @@ absl::StatusOr<std::shared_ptr<const PeerIdentity>> ClientTrust::Identify(
     if (s.generation == anchors->generation && s.pem == leaf_pem) return s.peer;
   }
 
-  auto leaf_certs = ParsePemCertificates(leaf_pem);
+  auto leaf_certs = pki::ParsePemCertificates(AsBytes(leaf_pem));
   if (leaf_certs.empty()) return absl::UnauthenticatedError("no verified client certificate");
   X509* leaf = leaf_certs.front().get();
-  auto sent = ParsePemCertificates(chain_pem);
+  auto sent = pki::ParsePemCertificates(AsBytes(chain_pem));
   ossl::UniquePtr<STACK_OF(X509)> untrusted(sk_X509_new_null());
   for (const auto& c : sent) sk_X509_push(untrusted.get(), c.get());
 

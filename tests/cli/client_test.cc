@@ -459,9 +459,15 @@ TEST_F(CliClientTest, JsonOutputParsesForEveryListingVerb) {
   ASSERT_EQ(KwJson("enrollee", StrCat("submit ", csr, " --template User"), "j-submit").exit_code,
             0);
   const std::vector<std::pair<std::string, std::string>> runs = {
-      {"enrollee", "ca cert"},     {"enrollee", "ca xchg"},     {"enrollee", "ca crl"},
-      {"officer", "officer list"}, {"officer", "officer find"}, {"officer", "officer show 1"},
-      {"auditor", "audit read"},   {"auditor", "audit verify"}, {"enrollee", "retrieve 1"},
+      {"enrollee", "ca cert"},
+      {"enrollee", "ca xchg"},
+      {"enrollee", "ca crl"},
+      {"officer", "officer list"},
+      {"officer", "officer find --subject json"},
+      {"officer", "officer show 1"},
+      {"auditor", "audit read"},
+      {"auditor", "audit verify"},
+      {"enrollee", "retrieve 1"},
   };
   int i = 0;
   for (const auto& [who, args] : runs) {

@@ -41,6 +41,61 @@ TEST(ParseNameTest, BadNamesSayWhatIsWrong) {
   EXPECT_FALSE(too_long.ok());
 }
 
+// The value of the only attribute of a one-entry name, as bytes.
+std::string OnlyValue(const X509_NAME* name) {
+  const ASN1_STRING* v = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, 0));
+  return std::string(reinterpret_cast<const char*>(ASN1_STRING_get0_data(v)),
+                     static_cast<size_t>(ASN1_STRING_length(v)));
+}
+
+TEST(ParseNameTest, HexPairsAndEscapedSpacesAreRfc4514) {
+  auto hex = pki::ParseName("CN=officer\\00evil");
+  ASSERT_TRUE(hex.ok()) << hex.status();
+  EXPECT_EQ(OnlyValue(hex->get()), std::string("officer\0evil", 12));
+  auto spaces = pki::ParseName("CN=\\ lead and trail\\ ");
+  ASSERT_TRUE(spaces.ok()) << spaces.status();
+  EXPECT_EQ(OnlyValue(spaces->get()), " lead and trail ");
+  auto plain = pki::ParseName("CN=  trimmed  ");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(OnlyValue(plain->get()), "trimmed");
+}
+
+TEST(ParseNameTest, AMultiValuedRdnIsOneRdn) {
+  auto name = pki::ParseName("OU=Unit+CN=Someone,O=Example");
+  ASSERT_TRUE(name.ok()) << name.status();
+  ASSERT_EQ(X509_NAME_entry_count(name->get()), 3);
+  // O, then one RDN of two values.
+  EXPECT_EQ(X509_NAME_ENTRY_set(X509_NAME_get_entry(name->get(), 1)),
+            X509_NAME_ENTRY_set(X509_NAME_get_entry(name->get(), 2)));
+  EXPECT_NE(X509_NAME_ENTRY_set(X509_NAME_get_entry(name->get(), 0)),
+            X509_NAME_ENTRY_set(X509_NAME_get_entry(name->get(), 1)));
+  EXPECT_EQ(pki::FormatName(name->get()), "OU=Unit+CN=Someone,O=Example");
+}
+
+// Principals are compared as formatted strings: a name formats to a string
+// that parses back to the same name, control bytes included (a NUL cannot
+// shorten a name: "officer\0evil" is not "officer"). Found by name_fuzzer.
+TEST(ParseNameTest, FormattingRoundTrips) {
+  for (const std::string& text :
+       {std::string("CN=\x01\x00`p\x00\x00\x0c"
+                    "2 lead",
+                    16),
+        std::string("CN=officer\0evil,O=x", 19), std::string("CN=a\\\\b"),
+        std::string("/O=z/OU=x+CN=y"), std::string("CN=a\\,b+OU=x,O=y"),
+        std::string("CN=\\#23,O=\\ lead"), std::string("CN=caf\xc3\xa9,O=x")}) {
+    auto name = pki::ParseName(text);
+    ASSERT_TRUE(name.ok()) << name.status();
+    const std::string once = pki::FormatName(name->get());
+    auto again = pki::ParseName(once);
+    ASSERT_TRUE(again.ok()) << once << ": " << again.status();
+    EXPECT_EQ(pki::FormatName(again->get()), once);
+    EXPECT_EQ(X509_NAME_cmp(name->get(), again->get()), 0) << once;
+  }
+  auto nul = pki::ParseName(std::string("CN=officer\0evil,O=x", 19));
+  ASSERT_TRUE(nul.ok());
+  EXPECT_EQ(pki::FormatName(nul->get()), "CN=officer\\00evil,O=x");
+}
+
 TEST(RandomSerialTest, SerialsArePositiveFullLengthAndDistinct) {
   auto a = pki::RandomSerial(), b = pki::RandomSerial();
   ASSERT_TRUE(a.ok() && b.ok());

@@ -14,6 +14,7 @@
 
 #include "hsm/strings.h"
 #include "pki/certificate.h"
+#include "tests/service/tls_pki.h"
 
 #ifndef KEYWARDEN_DAEMON
 #error "KEYWARDEN_DAEMON must be the path of keywardend"
@@ -25,41 +26,10 @@
 namespace keywarden::testing {
 namespace {
 
-struct Issued {
-  ossl::UniquePtr<EVP_PKEY> key;
-  ossl::UniquePtr<X509> cert;
-};
+using Issued = TlsIssued;
 
 std::string KeyPem(EVP_PKEY* key) {
   return PrivateKeyPem(key);
-}
-
-// A software certificate for the TLS PKI (not the CA under test).
-Issued Make(const std::string& subject, const Issued* issuer, bool ca, const char* san = nullptr,
-            const char* eku = nullptr) {
-  Issued out;
-  out.key.reset(EVP_EC_gen("P-256"));
-  out.cert.reset(X509_new());
-  X509* x = out.cert.get();
-  X509_set_version(x, X509_VERSION_3);
-  auto serial = pki::RandomSerial();
-  X509_set_serialNumber(x, serial->get());
-  auto name = pki::ParseName(subject);
-  X509_set_subject_name(x, name->get());
-  X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer->cert.get()) : name->get());
-  X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-  X509_gmtime_adj(X509_getm_notAfter(x), 3600L * 24 * 30);
-  X509_set_pubkey(x, out.key.get());
-  X509* signer_cert = issuer ? issuer->cert.get() : x;
-  pki::AddExtension(x, signer_cert, NID_basic_constraints,
-                    ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
-  pki::AddExtension(x, signer_cert, NID_key_usage,
-                    ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature,keyAgreement");
-  pki::AddExtension(x, signer_cert, NID_subject_key_identifier, "hash");
-  if (san != nullptr) pki::AddExtension(x, signer_cert, NID_subject_alt_name, san);
-  if (eku != nullptr) pki::AddExtension(x, signer_cert, NID_ext_key_usage, eku);
-  X509_sign(x, issuer ? issuer->key.get() : out.key.get(), EVP_sha256());
-  return out;
 }
 
 absl::Status Write(const std::string& path, const std::string& data) {
@@ -93,9 +63,10 @@ absl::StatusOr<std::unique_ptr<DaemonHarness>> DaemonHarness::Start(const Option
 
   // TLS PKI: one CA for the server and trusted clients, another nobody trusts.
   mkdir(h->dir_.File("tls").c_str(), 0700);
-  Issued tls_ca = Make("CN=keywarden test TLS CA", nullptr, true);
-  Issued server = Make("CN=localhost", &tls_ca, false, "DNS:localhost,IP:127.0.0.1", "serverAuth");
-  Issued rogue_ca = Make("CN=rogue CA", nullptr, true);
+  Issued tls_ca = MakeTlsCertificate("CN=keywarden test TLS CA", nullptr, true);
+  Issued server = MakeTlsCertificate("CN=localhost", &tls_ca, false, "DNS:localhost,IP:127.0.0.1",
+                                     "serverAuth");
+  Issued rogue_ca = MakeTlsCertificate("CN=rogue CA", nullptr, true);
   if (auto st = Write(h->tls_ca_path(), ToPem(tls_ca.cert.get())); !st.ok()) return st;
   if (auto st = Write(h->dir_.File("tls/tls-ca.key"), KeyPem(tls_ca.key.get())); !st.ok())
     return st;
@@ -112,8 +83,8 @@ absl::StatusOr<std::unique_ptr<DaemonHarness>> DaemonHarness::Start(const Option
   };
   who.insert(options.extra_clients.begin(), options.extra_clients.end());
   for (const auto& [name, subject] : who) {
-    Issued c =
-        Make(subject, name == "untrusted" ? &rogue_ca : &tls_ca, false, nullptr, "clientAuth");
+    Issued c = MakeTlsCertificate(subject, name == "untrusted" ? &rogue_ca : &tls_ca, false,
+                                  nullptr, "clientAuth");
     ClientIdentity id{subject, h->dir_.File("tls/" + name + ".pem"),
                       h->dir_.File("tls/" + name + ".key")};
     if (auto st = Write(id.cert_path, ToPem(c.cert.get())); !st.ok()) return st;
@@ -318,7 +289,8 @@ absl::Status DaemonHarness::IssueServerCertificate(const std::string& subject,
     ca.key.reset(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
   }
   if (!ca.cert || !ca.key) return absl::InternalError("cannot read the test TLS CA");
-  Issued server = Make(subject, &ca, false, "DNS:localhost,IP:127.0.0.1", "serverAuth");
+  Issued server =
+      MakeTlsCertificate(subject, &ca, false, "DNS:localhost,IP:127.0.0.1", "serverAuth");
   if (auto st = Write(cert_path, ToPem(server.cert.get())); !st.ok()) return st;
   return Write(key_path, KeyPem(server.key.get()));
 }

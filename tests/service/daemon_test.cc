@@ -691,7 +691,7 @@ TEST_F(DaemonTest, BadBytesOnEveryRpcThatTakesThemAreInvalidArgumentAndChangeNot
       {"truncated", good.substr(0, good.size() / 2)},
       {"random", random},
       {"trailing garbage", good + "xyz"},
-      {"huge", std::string(8 << 20, '\x30')},
+      {"over the field's limit", std::string(512 << 10, '\x30')},
       {"pem garbage",
        "-----BEGIN CERTIFICATE REQUEST-----\n!!!!\n-----END CERTIFICATE REQUEST-----\n"},
       {"a certificate, not a request", std::string(ca_pem.begin(), ca_pem.end())},
@@ -702,6 +702,13 @@ TEST_F(DaemonTest, BadBytesOnEveryRpcThatTakesThemAreInvalidArgumentAndChangeNot
     EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
         << name << ": " << st.error_message();
     EXPECT_FALSE(st.error_message().empty()) << name;
+  }
+  // Over the largest legitimate message: gRPC's own refusal, with a message.
+  {
+    v1::EnrollmentResult out;
+    auto st = Submit("enrollee", std::string(8 << 20, '\x30'), "User", &out);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+    EXPECT_NE(st.error_message().find("larger than max"), std::string::npos) << st.error_message();
   }
   // The daemon still serves, and no request was recorded for any of them.
   v1::EnrollmentResult ok;

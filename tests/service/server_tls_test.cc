@@ -9,6 +9,7 @@
 #include "pki/certificate.h"
 #include "service/config.h"
 #include "service/server/server.h"
+#include "tests/service/tls_pki.h"
 #include "tests/test_util.h"
 
 namespace keywarden::testing {
@@ -16,35 +17,12 @@ namespace {
 
 namespace v1 = keywarden::v1;
 
-struct Issued {
-  ossl::UniquePtr<EVP_PKEY> key;
-  ossl::UniquePtr<X509> cert;
-};
+using Issued = TlsIssued;
 
+// The server and client certificates name localhost (the client's SAN is
+// harmless).
 Issued Make(const std::string& subject, const Issued* issuer, bool ca, const char* eku) {
-  Issued out;
-  out.key.reset(EVP_EC_gen("P-256"));
-  out.cert.reset(X509_new());
-  X509* x = out.cert.get();
-  X509_set_version(x, X509_VERSION_3);
-  auto serial = pki::RandomSerial();
-  X509_set_serialNumber(x, serial->get());
-  auto name = pki::ParseName(subject);
-  X509_set_subject_name(x, name->get());
-  X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer->cert.get()) : name->get());
-  X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-  X509_gmtime_adj(X509_getm_notAfter(x), 3600L * 24);
-  X509_set_pubkey(x, out.key.get());
-  X509* signer = issuer ? issuer->cert.get() : x;
-  pki::AddExtension(x, signer, NID_basic_constraints,
-                    ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
-  pki::AddExtension(x, signer, NID_key_usage,
-                    ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature");
-  pki::AddExtension(x, signer, NID_subject_key_identifier, "hash");
-  if (!ca) pki::AddExtension(x, signer, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1");
-  if (eku != nullptr) pki::AddExtension(x, signer, NID_ext_key_usage, eku);
-  X509_sign(x, issuer ? issuer->key.get() : out.key.get(), EVP_sha256());
-  return out;
+  return MakeTlsCertificate(subject, issuer, ca, ca ? nullptr : "DNS:localhost,IP:127.0.0.1", eku);
 }
 
 std::string DerOfPem(std::string_view pem) {
