@@ -374,7 +374,7 @@ class AuditService final : public v1::Audit::Service {
 
   Status VerifyAudit(ServerContext* context, const v1::VerifyAuditRequest* in,
                      v1::VerifyAuditResponse* out) override {
-    KW_AUTHORIZE("/keywarden.v1.Audit/VerifyAudit");
+    KW_AUTHORIZE_IN("/keywarden.v1.Audit/VerifyAudit", in);
     std::optional<std::vector<uint8_t>> held;
     if (!in->checkpoint().empty()) held.emplace(in->checkpoint().begin(), in->checkpoint().end());
     auto verdict = ca_.VerifyAudit(held);
