@@ -34,6 +34,7 @@ const std::vector<MethodPolicy>& MethodTable() {
       // Audit: Auditors.
       {"/keywarden.v1.Audit/ReadAudit", {R::kAuditor}},
       {"/keywarden.v1.Audit/VerifyAudit", {R::kAuditor}},
+      {"/keywarden.v1.Audit/GetAuditCheckpoint", {R::kAuditor}},
       // Backup: Backup Operators.
       {"/keywarden.v1.Backup/BackupDatabase", {R::kBackupOperator}},
       // Signing: Signers; each alias also lists the principals that may use it

@@ -518,6 +518,11 @@ absl::Status ReadCrl(const Section& s, Config::Crl& c) {
   return s.ReadDuration("validity", c.validity);
 }
 
+absl::Status ReadAudit(const Section& s, Config::Audit& a) {
+  KW_RETURN_IF_ERROR(s.CheckKeys({"checkpoint_interval"}));
+  return s.ReadDuration("checkpoint_interval", a.checkpoint_interval);
+}
+
 absl::Status ReadKra(const Section& s, Config::Kra& k) {
   KW_RETURN_IF_ERROR(s.CheckKeys({"certificates", "count", "crls", "trust"}));
   std::vector<uint32_t> lines;
@@ -790,7 +795,7 @@ absl::Status ReadSigning(const Section& s, Config& config) {
 absl::Status ReadRoot(const Context& ctx, const toml::table& root, Config& config) {
   Section top(ctx, &root, "");
   KW_RETURN_IF_ERROR(top.CheckKeys({"ca", "hsm", "exchange", "database", "server", "crl", "kra",
-                                    "flags", "role", "template", "signing"}));
+                                    "flags", "role", "template", "signing", "audit"}));
 
   // Sections in the order of the example file, so the first error reported
   // is usually the first one in the file.
@@ -806,6 +811,7 @@ absl::Status ReadRoot(const Context& ctx, const toml::table& root, Config& confi
       {"crl", [](const Section& s, Config& c) { return ReadCrl(s, c.crl); }},
       {"kra", [](const Section& s, Config& c) { return ReadKra(s, c.kra); }},
       {"flags", [](const Section& s, Config& c) { return ReadFlags(s, c.flags); }},
+      {"audit", [](const Section& s, Config& c) { return ReadAudit(s, c.audit); }},
   };
   for (const auto& section : kSections) {
     absl::StatusOr<Section> s = top.Table(section.name);

@@ -159,6 +159,15 @@ struct Config {
     std::vector<SigningKeyConfig> keys;
   } signing;
 
+  struct Audit {
+    // How often the head of the audit chain is signed (a checkpoint) when
+    // records were appended since the last one; also at every clean stop.
+    std::chrono::seconds checkpoint_interval{std::chrono::minutes(5)};
+    // Not read from the file: keywardend --accept-broken-audit (start on an
+    // audit log that does not verify, recording that it was told to).
+    bool accept_broken = false;
+  } audit;
+
   // Lookup helpers.
   const TemplateConfig* FindTemplate(std::string_view name_or_oid) const;
   // Every role bound to this subject, through any issuer: what some

@@ -1,5 +1,6 @@
 // keywardend: the keywarden CA daemon.
 //   keywardend --config /etc/keywarden/keywarden.toml [--port-file FILE]
+//              [--accept-broken-audit]
 // Prints "keywardend: listening on HOST:PORT" once it serves; stops cleanly
 // on SIGTERM or SIGINT; SIGHUP reloads the files that may change at run time
 // (KRA certificates and CRLs, the TLS server certificate, key and client CAs).
@@ -81,9 +82,21 @@ void ReloadOnSighup(service::CertificateAuthority& ca, service::ServerTls& tls) 
   std::fprintf(stderr, "%s\n", line.c_str());
 }
 
-int Run(const std::string& config_path, const std::string& port_file) {
+// Signs the head of the audit chain (when it moved); a failure is said
+// loudly and does not stop the daemon (the records stay chained; the next
+// checkpoint covers them).
+void Checkpoint(service::CertificateAuthority& ca, const char* when) {
+  auto checkpoint = ca.CheckpointAudit();
+  if (!checkpoint.ok() && !absl::IsNotFound(checkpoint.status())) {
+    std::fprintf(stderr, "keywardend: AUDIT CHECKPOINT FAILURE (%s): %s\n", when,
+                 std::string(checkpoint.status().message()).c_str());
+  }
+}
+
+int Run(const std::string& config_path, const std::string& port_file, bool accept_broken_audit) {
   auto config = service::LoadConfig(config_path);
   if (!config.ok()) return Fail(config.status());
+  config->audit.accept_broken = accept_broken_audit;
   if (config->database.backend != "sqlite") {
     return Fail(absl::UnimplementedError("database backend \"" + config->database.backend +
                                          "\" is not available in this build (use sqlite)"));
@@ -164,10 +177,18 @@ int Run(const std::string& config_path, const std::string& port_file) {
   bool stopping = false;
   const auto period = std::chrono::seconds(std::clamp<int64_t>(
       std::min(config->exchange.overlap.count(), config->crl.validity.count()) / 4, 1, 60));
+  // Signed audit checkpoints every [audit] checkpoint_interval.
+  const auto checkpoint_period = config->audit.checkpoint_interval;
+  const auto tick = std::min<std::chrono::seconds>(period, checkpoint_period);
+  auto next_checkpoint = std::chrono::steady_clock::now() + checkpoint_period;
   std::thread maintenance([&] {
     std::unique_lock<std::mutex> lock(maintenance_mu);
-    while (!maintenance_cv.wait_for(lock, period, [&] { return stopping; })) {
+    while (!maintenance_cv.wait_for(lock, tick, [&] { return stopping; })) {
       lock.unlock();
+      if (std::chrono::steady_clock::now() >= next_checkpoint) {
+        Checkpoint(**ca, "periodic");
+        next_checkpoint = std::chrono::steady_clock::now() + checkpoint_period;
+      }
       if (auto x = (*ca)->CurrentExchange(); !x.ok()) {
         std::fprintf(stderr, "keywardend: exchange certificate renewal failed: %s\n",
                      std::string(x.status().message()).c_str());
@@ -205,6 +226,8 @@ int Run(const std::string& config_path, const std::string& port_file) {
   server->server->Shutdown();
   (*signer)->Stop();  // the last signature counts go to the audit log
   (*ca)->Audit("system", "service.stopped", nlohmann::json{{"signal", SignalName(sig)}}.dump());
+  // The last word: the head, service.stopped included, signed by the CA.
+  Checkpoint(**ca, "at stop");
   return 0;
 }
 
@@ -224,14 +247,20 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &handled, nullptr);
 
   std::string config, port_file;
+  bool accept_broken_audit = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if ((a == "--config" || a == "-c") && i + 1 < argc) {
       config = argv[++i];
     } else if (a == "--port-file" && i + 1 < argc) {
       port_file = argv[++i];
+    } else if (a == "--accept-broken-audit") {
+      accept_broken_audit = true;
     } else if (a == "--help" || a == "-h") {
-      std::printf("usage: keywardend --config FILE [--port-file FILE]\n");
+      std::printf(
+          "usage: keywardend --config FILE [--port-file FILE] [--accept-broken-audit]\n"
+          "  --accept-broken-audit  start even if the audit log does not verify (recorded\n"
+          "                         in the audit log as audit.broken_accepted)\n");
       return 0;
     } else {
       std::fprintf(stderr, "keywardend: unknown argument \"%s\" (see --help)\n", a.c_str());
@@ -242,5 +271,5 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "keywardend: --config FILE is required\n");
     return 2;
   }
-  return Run(config, port_file);
+  return Run(config, port_file, accept_broken_audit);
 }

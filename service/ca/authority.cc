@@ -120,6 +120,7 @@ absl::StatusOr<std::unique_ptr<CertificateAuthority>> CertificateAuthority::Open
                                std::move(*pkey), pki::SignatureOptions{});
   if (!issuer.ok()) return issuer.status();
   ca->issuer_ = std::move(*issuer);
+  if (auto st = ca->CheckAuditAtStart(); !st.ok()) return st;
 
   auto trust = ClientTrust::Load(config, ca->certificate(), ca->clock_);
   if (!trust.ok()) return trust.status();

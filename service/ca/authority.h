@@ -22,6 +22,7 @@
 #include "service/ca/exchange.h"
 #include "service/ca/issuer.h"
 #include "service/config.h"
+#include "service/storage/audit_checkpoints.h"
 #include "service/storage/store.h"
 #include "service/trust/client_trust.h"
 
@@ -161,6 +162,14 @@ class CertificateAuthority {
   // One line per candidate, as certutil -getkey lists them.
   static std::string DescribeCandidate(const RecoveryCandidate& c);
 
+  // Signed audit checkpoints (service/ca/audit_checkpoint.cc). Signs the
+  // head of the audit chain with the CA key when records were appended
+  // since the newest checkpoint (verified before it is stored) and returns
+  // the newest checkpoint; NOT_FOUND while the log is empty.
+  absl::StatusOr<StoredCheckpoint> CheckpointAudit();
+  // The audit log against its checkpoints and this CA's certificate.
+  absl::StatusOr<AuditVerdict> VerifyAudit(const std::optional<std::vector<uint8_t>>& held);
+
   // Appends to the audit log; a failure to audit is logged loudly.
   void Audit(const std::string& principal, const std::string& event,
              const std::string& details_json);
@@ -171,6 +180,11 @@ class CertificateAuthority {
                               const std::string& details_json, const std::string& what);
 
  private:
+  // At Open, before anything is appended: the audit log must verify (chain,
+  // checkpoints, triggers) unless config.audit.accept_broken, which is
+  // recorded as audit.broken_accepted.
+  absl::Status CheckAuditAtStart();
+
   CertificateAuthority(const Config& config, Store& store, Clock clock)
       : config_(config), store_(store), clock_(std::move(clock)) {}
 

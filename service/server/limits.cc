@@ -103,6 +103,8 @@ const std::vector<FieldLimit>& RequestFieldLimits() {
       {"keywarden.v1.IssueCertificateRequest.template_name", 256},
       {"keywarden.v1.IssueCertificateRequest.csr", 256 * KiB},
       {"keywarden.v1.IssueCertificateRequest.subject", 1 * KiB},
+      // An exported audit checkpoint (CMS SignedData with the CA certificate).
+      {"keywarden.v1.VerifyAuditRequest.checkpoint", 64 * KiB},
   };
   return limits;
 }

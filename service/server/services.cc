@@ -372,22 +372,31 @@ class AuditService final : public v1::Audit::Service {
     return Status::OK;
   }
 
-  Status VerifyAudit(ServerContext* context, const v1::VerifyAuditRequest*,
+  Status VerifyAudit(ServerContext* context, const v1::VerifyAuditRequest* in,
                      v1::VerifyAuditResponse* out) override {
-    KW_AUTHORIZE("/keywarden.v1.Audit/VerifyAudit");
-    std::vector<AuditRecord> all;
-    for (int64_t from = 1;;) {
-      auto page = ca_.store().ReadAudit(from, 5000);
-      if (!page.ok()) return ToGrpc(page.status());
-      if (page->empty()) break;
-      from = page->back().seq + 1;
-      all.insert(all.end(), std::make_move_iterator(page->begin()),
-                 std::make_move_iterator(page->end()));
-    }
-    auto st = VerifyAuditChain(all);
-    out->set_ok(st.ok());
-    out->set_records(static_cast<int64_t>(all.size()));
-    if (!st.ok()) out->set_problem(std::string(st.message()));
+    KW_AUTHORIZE_IN("/keywarden.v1.Audit/VerifyAudit", in);
+    std::optional<std::vector<uint8_t>> held;
+    if (!in->checkpoint().empty()) held.emplace(in->checkpoint().begin(), in->checkpoint().end());
+    auto verdict = ca_.VerifyAudit(held);
+    if (!verdict.ok()) return ToGrpc(verdict.status());
+    out->set_ok(verdict->ok);
+    out->set_records(verdict->records);
+    if (!verdict->ok) out->set_problem(verdict->problem);
+    out->set_checkpoints(verdict->checkpoints);
+    out->set_signed_seq(verdict->signed_seq);
+    out->set_unconfirmed(verdict->unconfirmed);
+    out->set_head_seq(verdict->head_seq);
+    return Status::OK;
+  }
+
+  Status GetAuditCheckpoint(ServerContext* context, const v1::GetAuditCheckpointRequest*,
+                            v1::GetAuditCheckpointResponse* out) override {
+    KW_AUTHORIZE("/keywarden.v1.Audit/GetAuditCheckpoint");
+    auto checkpoint = ca_.CheckpointAudit();
+    if (!checkpoint.ok()) return ToGrpc(checkpoint.status());
+    out->set_checkpoint(std::string(checkpoint->der.begin(), checkpoint->der.end()));
+    out->set_number(checkpoint->number);
+    out->set_seq(checkpoint->seq);
     return Status::OK;
   }
 

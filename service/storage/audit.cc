@@ -98,6 +98,19 @@ const char* DispositionName(Disposition d) {
   return "unknown";
 }
 
+absl::StatusOr<std::vector<AuditRecord>> ReadAllAudit(Store& store) {
+  std::vector<AuditRecord> all;
+  for (int64_t from = 1;;) {
+    auto page = store.ReadAudit(from, 5000);
+    if (!page.ok()) return page.status();
+    if (page->empty()) break;
+    from = page->back().seq + 1;
+    all.insert(all.end(), std::make_move_iterator(page->begin()),
+               std::make_move_iterator(page->end()));
+  }
+  return all;
+}
+
 std::vector<uint8_t> AuditHash(const AuditRecord& record) {
   return AuditHashAs(record, record.seq);
 }

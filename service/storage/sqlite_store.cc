@@ -120,9 +120,43 @@ BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 )sql"},
+    {2, R"sql(
+-- Signed audit checkpoints (pki/audit_checkpoint.h): the head of the chain
+-- signed by the CA key, numbered 1, 2, 3, ...
+CREATE TABLE audit_checkpoints (
+  number INTEGER PRIMARY KEY,
+  seq INTEGER NOT NULL,
+  der BLOB NOT NULL
+);
+CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+)sql"},
 };
 
-constexpr int kSchemaVersion = 1;
+constexpr int kSchemaVersion = 2;
+
+// The triggers that keep the audit log append-only, as created above.
+struct AuditTrigger {
+  const char* name;
+  const char* table;
+  const char* sql;
+};
+constexpr AuditTrigger kAuditTriggers[] = {
+    {"audit_no_update", "audit",
+     "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit\n"
+     "BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END"},
+    {"audit_no_delete", "audit",
+     "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit\n"
+     "BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END"},
+    {"audit_checkpoints_no_update", "audit_checkpoints",
+     "CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints\n"
+     "BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END"},
+    {"audit_checkpoints_no_delete", "audit_checkpoints",
+     "CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints\n"
+     "BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END"},
+};
 
 constexpr bool MigrationsAreConsecutive() {
   int expected = 1;
@@ -637,6 +671,11 @@ class SqliteStore final : public Store {
   absl::StatusOr<AuditRecord> AppendAudit(const std::string& principal, const std::string& event,
                                           const std::string& details_json, UnixTime at) override;
   absl::StatusOr<std::vector<AuditRecord>> ReadAudit(int64_t from_seq, size_t limit) override;
+  absl::StatusOr<AuditRecord> LastAudit() override;
+  absl::Status AppendAuditCheckpoint(const StoredCheckpoint& checkpoint) override;
+  absl::StatusOr<std::vector<StoredCheckpoint>> ReadAuditCheckpoints() override;
+  absl::StatusOr<StoredCheckpoint> LastAuditCheckpoint() override;
+  absl::Status CheckAuditTriggers() override;
 
   std::string Schema() override;
   int SchemaVersion() override;
@@ -1173,6 +1212,15 @@ absl::StatusOr<AuditRecord> SqliteStore::AppendAuditLocked(const AuditEntry& ent
       record.prev_hash.assign(32, 0);
     }
   }
+  {
+    // A sequence number is never reused: after records were removed (and
+    // the daemon told to start anyway) numbering continues after the
+    // highest seq a checkpoint vouched for, leaving the gap visible.
+    absl::StatusOr<int64_t> signed_seq =
+        QueryInt(db_.get(), "SELECT coalesce(max(seq), 0) FROM audit_checkpoints", what);
+    if (!signed_seq.ok()) return signed_seq.status();
+    if (*signed_seq >= record.seq) record.seq = *signed_seq + 1;
+  }
   record.hash = AuditHash(record);
   if (record.hash.size() != 32) {
     return absl::InternalError(StrCat(what, ": computing the SHA-256 chain hash failed"));
@@ -1213,6 +1261,101 @@ absl::StatusOr<std::vector<AuditRecord>> SqliteStore::ReadAudit(int64_t from_seq
     out.push_back(ReadAuditRecord(s));
   }
   return out;
+}
+
+absl::StatusOr<AuditRecord> SqliteStore::LastAudit() {
+  std::lock_guard<std::mutex> lock(mu_);
+  Statement s(db_.get(), "reading the newest audit record");
+  if (absl::Status st =
+          s.Prepare(StrCat("SELECT ", kAuditColumns, " FROM audit ORDER BY seq DESC LIMIT 1"));
+      !st.ok()) {
+    return st;
+  }
+  absl::StatusOr<bool> row = s.Step();
+  if (!row.ok()) return row.status();
+  if (!*row) return absl::NotFoundError("the audit log is empty");
+  return ReadAuditRecord(s);
+}
+
+absl::Status SqliteStore::AppendAuditCheckpoint(const StoredCheckpoint& c) {
+  const std::string what = StrCat("storing audit checkpoint ", c.number, " (seq ", c.seq, ")");
+  if (c.number < 1 || c.seq < 1 || c.der.empty()) {
+    return absl::InvalidArgumentError(StrCat(what, ": no number, seq or signed checkpoint"));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  Statement s(db_.get(), what);
+  if (absl::Status st =
+          s.Prepare("INSERT INTO audit_checkpoints (number, seq, der) VALUES (?1, ?2, ?3)");
+      !st.ok()) {
+    return st;
+  }
+  s.BindInt(1, c.number);
+  s.BindInt(2, c.seq);
+  s.BindBlob(3, c.der);
+  absl::Status st = s.Run();
+  if (absl::IsAborted(st) || absl::IsFailedPrecondition(st) || absl::IsAlreadyExists(st)) {
+    return absl::AlreadyExistsError(StrCat(what, ": ", st.message()));
+  }
+  return st;
+}
+
+absl::StatusOr<std::vector<StoredCheckpoint>> SqliteStore::ReadAuditCheckpoints() {
+  std::lock_guard<std::mutex> lock(mu_);
+  Statement s(db_.get(), "reading audit checkpoints");
+  if (absl::Status st = s.Prepare("SELECT number, seq, der FROM audit_checkpoints ORDER BY number");
+      !st.ok()) {
+    return st;
+  }
+  std::vector<StoredCheckpoint> out;
+  while (true) {
+    absl::StatusOr<bool> row = s.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) break;
+    out.push_back(StoredCheckpoint{s.Int(0), s.Int(1), s.Blob(2)});
+  }
+  return out;
+}
+
+absl::StatusOr<StoredCheckpoint> SqliteStore::LastAuditCheckpoint() {
+  std::lock_guard<std::mutex> lock(mu_);
+  Statement s(db_.get(), "reading the newest audit checkpoint");
+  if (absl::Status st =
+          s.Prepare("SELECT number, seq, der FROM audit_checkpoints ORDER BY number DESC LIMIT 1");
+      !st.ok()) {
+    return st;
+  }
+  absl::StatusOr<bool> row = s.Step();
+  if (!row.ok()) return row.status();
+  if (!*row) return absl::NotFoundError("no audit checkpoint is stored");
+  return StoredCheckpoint{s.Int(0), s.Int(1), s.Blob(2)};
+}
+
+absl::Status SqliteStore::CheckAuditTriggers() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::string> wrong;
+  for (const AuditTrigger& t : kAuditTriggers) {
+    Statement s(db_.get(), StrCat("reading trigger ", t.name));
+    if (absl::Status st = s.Prepare(
+            "SELECT tbl_name, sql FROM sqlite_master WHERE type = 'trigger' AND name = ?1");
+        !st.ok()) {
+      return st;
+    }
+    s.BindText(1, t.name);
+    absl::StatusOr<bool> row = s.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) {
+      wrong.push_back(StrCat(t.name, " (missing)"));
+    } else if (s.Text(0) != t.table || s.Text(1) != t.sql) {
+      wrong.push_back(StrCat(t.name, " (altered)"));
+    }
+  }
+  if (wrong.empty()) return absl::OkStatus();
+  std::string list;
+  for (const auto& w : wrong) list += (list.empty() ? "" : ", ") + w;
+  return absl::DataLossError(
+      StrCat("the triggers that keep the audit log append-only were "
+             "removed or changed: ",
+             list, " (someone with write access to the database file)"));
 }
 
 std::string SqliteStore::Schema() {

@@ -97,6 +97,15 @@ struct AuditRecord {
   std::vector<uint8_t> hash;       // SHA-256 over this record's fields and prev_hash
 };
 
+// A signed audit checkpoint as stored (the CMS SignedData is made and
+// checked by pki/audit_checkpoint.h; the store keeps it as given, with its
+// number and the seq it vouches for so that seqs are never reused).
+struct StoredCheckpoint {
+  int64_t number = 0;  // 1, 2, 3, ...
+  int64_t seq = 0;     // the audit record it signs
+  std::vector<uint8_t> der;
+};
+
 // An audit record written in the same transaction as the state change it
 // records: either both are stored or neither (one commit, one fsync).
 struct AuditEntry {
@@ -190,6 +199,20 @@ class Store {
                                                   const std::string& details_json, UnixTime at) = 0;
   // Records with seq >= from_seq, in seq order, at most `limit`.
   virtual absl::StatusOr<std::vector<AuditRecord>> ReadAudit(int64_t from_seq, size_t limit) = 0;
+  // The newest audit record (highest seq); NOT_FOUND when there is none.
+  virtual absl::StatusOr<AuditRecord> LastAudit() = 0;
+  // Stores a signed checkpoint (append-only). ALREADY_EXISTS for a number
+  // that is taken.
+  virtual absl::Status AppendAuditCheckpoint(const StoredCheckpoint& checkpoint) = 0;
+  // Every stored checkpoint, by number.
+  virtual absl::StatusOr<std::vector<StoredCheckpoint>> ReadAuditCheckpoints() = 0;
+  // The one with the highest number; NOT_FOUND when there is none.
+  virtual absl::StatusOr<StoredCheckpoint> LastAuditCheckpoint() = 0;
+  // OK when the triggers that keep the audit log and its checkpoints
+  // append-only are present and unchanged; DATA_LOSS naming the ones that
+  // are missing or altered otherwise (they are not restored: someone with
+  // write access to the file removed them, which the operator must see).
+  virtual absl::Status CheckAuditTriggers() = 0;
 
   // -- administration
   // The schema as SQL (what `keywarden schema` prints, like certutil -schema).
@@ -199,6 +222,9 @@ class Store {
   // running; refuses to overwrite an existing file.
   virtual absl::Status Backup(const std::string& path) = 0;
 };
+
+// Every audit record, in seq order.
+absl::StatusOr<std::vector<AuditRecord>> ReadAllAudit(Store& store);
 
 // Opens (creating if needed) an SQLite database: WAL mode, foreign keys on,
 // schema migrated to the current version inside a transaction. A database

@@ -225,8 +225,13 @@ absl::Status DaemonHarness::Launch() {
   if (pid_ == 0) {
     FILE* log = std::freopen(log_path().c_str(), "a", stdout);
     if (log == nullptr || dup2(fileno(stdout), STDERR_FILENO) < 0) _exit(127);
-    execl(KEYWARDEN_DAEMON, KEYWARDEN_DAEMON, "--config", config_path().c_str(), "--port-file",
-          port_file.c_str(), static_cast<char*>(nullptr));
+    const std::string config = config_path();
+    std::vector<char*> argv{const_cast<char*>(KEYWARDEN_DAEMON), const_cast<char*>("--config"),
+                            const_cast<char*>(config.c_str()), const_cast<char*>("--port-file"),
+                            const_cast<char*>(port_file.c_str())};
+    for (const std::string& a : daemon_args_) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(KEYWARDEN_DAEMON, argv.data());
     _exit(127);
   }
   if (while_starting_) while_starting_(*this);

@@ -80,6 +80,9 @@ class DaemonHarness {
   // Sends `sig` (SIGTERM or SIGINT) and waits; OK only for exit status 0.
   absl::Status Stop(int sig = SIGTERM);
   absl::Status Restart();  // Stop + start on a new port with the same state
+  // Arguments added to keywardend's command line from the next launch on
+  // (e.g. {"--accept-broken-audit"}).
+  void set_daemon_args(std::vector<std::string> args) { daemon_args_ = std::move(args); }
   // Sends `sig` to the running keywardend (e.g. SIGHUP).
   absl::Status Signal(int sig) const;
   // Waits until the daemon's log (stdout and stderr) holds `text` at least
@@ -122,6 +125,7 @@ class DaemonHarness {
   ossl::UniquePtr<X509> tls_ca_cert_;
   std::vector<std::pair<std::string, int>> tls_revoked_;  // serial (hex), reason
   std::function<void(const DaemonHarness&)> while_starting_;
+  std::vector<std::string> daemon_args_;
   pid_t pid_ = -1;
   int port_ = 0;
 };

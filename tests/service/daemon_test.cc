@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <openssl/pem.h>
 
+#include "hsm/strings.h"
 #include "keywarden/v1/keywarden.grpc.pb.h"
 #include "tests/service/daemon_harness.h"
 #include "tests/service/rpc_test_util.h"
@@ -486,6 +487,21 @@ TEST_F(DaemonTest, AnEditedAuditRecordIsDetected) {
                  daemon_->db_path() + " \"DROP TRIGGER $t\"; done; sqlite3 " + daemon_->db_path() +
                  " \"UPDATE audit SET principal='CN=someone else' WHERE event='request.issued'\"");
   ASSERT_EQ(edit.exit_code, 0) << edit.output;
+  const std::string seq = RunCommand("sqlite3 " + daemon_->db_path() +
+                                     " \"SELECT seq FROM audit WHERE event='request.issued'\"")
+                              .output;
+  ASSERT_FALSE(seq.empty());
+  // The daemon refuses to start on it, naming the record.
+  absl::Status refused = daemon_->Restart();
+  ASSERT_FALSE(refused.ok());
+  EXPECT_TRUE(Contains(std::string(refused.message()),
+                       "refusing to start: the audit log does not verify: audit chain broken at "
+                       "seq " +
+                           seq.substr(0, seq.find('\n')) + ": record edited"))
+      << refused;
+  // Told to, it starts, and says so in the audit log; the log still does
+  // not verify.
+  daemon_->set_daemon_args({"--accept-broken-audit"});
   ASSERT_TRUE(daemon_->Restart().ok());
   auto audit = v1::Audit::NewStub(daemon_->Channel("auditor"));
   grpc::ClientContext ctx;
@@ -493,6 +509,176 @@ TEST_F(DaemonTest, AnEditedAuditRecordIsDetected) {
   ASSERT_TRUE(audit->VerifyAudit(&ctx, v1::VerifyAuditRequest(), &verdict).ok());
   EXPECT_FALSE(verdict.ok());
   EXPECT_NE(verdict.problem().find("edited"), std::string::npos) << verdict.problem();
+  grpc::ClientContext rctx;
+  v1::ReadAuditResponse records;
+  ASSERT_TRUE(audit->ReadAudit(&rctx, v1::ReadAuditRequest(), &records).ok());
+  bool accepted = false;
+  for (const auto& r : records.records()) {
+    if (r.event() == "audit.broken_accepted") {
+      accepted = true;
+      EXPECT_NE(r.details().find("record edited"), std::string::npos) << r.details();
+      EXPECT_NE(r.details().find("--accept-broken-audit"), std::string::npos) << r.details();
+    }
+  }
+  EXPECT_TRUE(accepted) << "no audit.broken_accepted record";
+}
+
+std::vector<uint8_t> FromHex(const std::string& hex) {
+  std::vector<uint8_t> out;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+    out.push_back(static_cast<uint8_t>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  }
+  return out;
+}
+
+std::string Sqlite(const std::string& db, const std::string& sql) {
+  auto r = RunCommand("sqlite3 " + db + " \"" + sql + "\"");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  std::string out = r.output;
+  while (!out.empty() && out.back() == '\n') out.pop_back();
+  return out;
+}
+
+TEST_F(DaemonTest, ACleanStopLeavesACheckpointOfTheHeadThatOpensslVerifies) {
+  v1::EnrollmentResult issued;
+  ASSERT_TRUE(Submit("enrollee", MakeCsr("/CN=checkpointed"), "User", &issued).ok());
+  ASSERT_TRUE(daemon_->Stop().ok());
+  const std::string db = daemon_->db_path();
+  const std::string head = Sqlite(db, "SELECT max(seq) FROM audit");
+  EXPECT_EQ(Sqlite(db, "SELECT event FROM audit WHERE seq = " + head), "service.stopped");
+  EXPECT_EQ(Sqlite(db, "SELECT seq FROM audit_checkpoints ORDER BY number DESC LIMIT 1"), head);
+  const std::string file = tmp_.File("checkpoint.der");
+  WriteFile(file, FromHex(Sqlite(db,
+                                 "SELECT hex(der) FROM audit_checkpoints ORDER BY number DESC "
+                                 "LIMIT 1")));
+  // Signed by the CA key on the token, verified with the CA certificate by
+  // openssl alone; the body names the head's seq and hash.
+  auto v = RunCommand("openssl cms -verify -binary -inform DER -purpose any -in " + file +
+                      " -CAfile " + daemon_->ca_cert_path());
+  ASSERT_EQ(v.exit_code, 0) << v.output;
+  EXPECT_TRUE(Contains(v.output, "Verification successful")) << v.output;
+  EXPECT_TRUE(Contains(
+      v.output, "\"seq\":" + head + ",\"hash\":\"" +
+                    Sqlite(db, "SELECT lower(hex(hash)) FROM audit WHERE seq = " + head) + "\""))
+      << v.output;
+  // Another CA's certificate does not verify it.
+  auto other = RunCommand("openssl cms -verify -binary -inform DER -purpose any -in " + file +
+                          " -CAfile " + daemon_->tls_ca_path());
+  EXPECT_NE(other.exit_code, 0) << other.output;
+}
+
+TEST_F(DaemonTest, DroppedAuditTriggersStopTheDaemonAndAreNotQuietlyRestored) {
+  ASSERT_TRUE(daemon_->Stop().ok());
+  const std::string db = daemon_->db_path();
+  Sqlite(db, "DROP TRIGGER audit_no_update;");
+  absl::Status refused = daemon_->Restart();
+  ASSERT_FALSE(refused.ok());
+  EXPECT_TRUE(Contains(std::string(refused.message()), "refusing to start")) << refused;
+  EXPECT_TRUE(Contains(std::string(refused.message()), "audit_no_update (missing)")) << refused;
+  // Started with the flag, the daemon says so and leaves the schema as it
+  // found it: the operator sees the same at every start.
+  daemon_->set_daemon_args({"--accept-broken-audit"});
+  ASSERT_TRUE(daemon_->Restart().ok());
+  EXPECT_EQ(Sqlite(db, "SELECT count(*) FROM sqlite_master WHERE name = 'audit_no_update'"), "0");
+  EXPECT_EQ(Sqlite(db, "SELECT count(*) FROM audit WHERE event = 'audit.broken_accepted'"), "1");
+}
+
+TEST_F(DaemonTest, PeriodicCheckpointsSignTheHeadWhileRunning) {
+  DaemonHarness::Options options;
+  options.extra_toml = "\n[audit]\ncheckpoint_interval = \"1s\"\n";
+  StartDaemon(options);
+  v1::EnrollmentResult issued;
+  ASSERT_TRUE(Submit("enrollee", MakeCsr("/CN=periodic"), "User", &issued).ok());
+  const std::string db = daemon_->db_path();
+  const std::string issued_seq =
+      Sqlite(db, "SELECT max(seq) FROM audit WHERE event = 'request.issued'");
+  ASSERT_FALSE(issued_seq.empty());
+  // Within a few seconds, with the daemon still running, a checkpoint
+  // vouches for the issuance.
+  std::string signed_seq;
+  for (int i = 0; i < 100; ++i) {
+    signed_seq = Sqlite(db, "SELECT coalesce(max(seq), 0) FROM audit_checkpoints");
+    if (std::stoll(signed_seq) >= std::stoll(issued_seq)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_GE(std::stoll(signed_seq), std::stoll(issued_seq));
+  // No checkpoint is made while nothing is appended (one per head).
+  EXPECT_EQ(Sqlite(db, "SELECT count(*) FROM audit_checkpoints"),
+            Sqlite(db, "SELECT count(DISTINCT seq) FROM audit_checkpoints"));
+  auto audit = v1::Audit::NewStub(daemon_->Channel("auditor"));
+  grpc::ClientContext ctx;
+  v1::VerifyAuditResponse verdict;
+  ASSERT_TRUE(audit->VerifyAudit(&ctx, v1::VerifyAuditRequest(), &verdict).ok());
+  EXPECT_TRUE(verdict.ok()) << verdict.problem();
+  EXPECT_GE(verdict.checkpoints(), 1);
+  EXPECT_GE(verdict.signed_seq(), std::stoll(issued_seq));
+}
+
+TEST_F(DaemonTest, TruncatedAuditLogStopsTheDaemonAndTheAuditorsCheckpointCatchesIt) {
+  v1::EnrollmentResult issued;
+  ASSERT_TRUE(Submit("enrollee", MakeCsr("/CN=truncated"), "User", &issued).ok());
+  // The auditor exports the newest checkpoint (the daemon signs its head).
+  const std::string conn =
+      StrCat(" --server ", daemon_->target(), " --server-ca ", daemon_->tls_ca_path(),
+             " --client-cert ", daemon_->client("auditor").cert_path, " --client-key ",
+             daemon_->client("auditor").key_path, " ");
+  const std::string held = tmp_.File("held.der");
+  auto exported = RunCommand(StrCat(KEYWARDEN_CLI, conn, "audit checkpoint --out ", held));
+  ASSERT_EQ(exported.exit_code, 0) << exported.output;
+  // What the auditor holds opens with openssl and the CA certificate, as
+  // DER (--out) and as the PEM printed without it.
+  auto der_ok = RunCommand(StrCat("openssl cms -verify -binary -inform DER -purpose any -in ", held,
+                                  " -CAfile ", daemon_->ca_cert_path()));
+  EXPECT_EQ(der_ok.exit_code, 0) << der_ok.output;
+  EXPECT_TRUE(Contains(der_ok.output, "\"type\":\"keywarden-audit-checkpoint\"")) << der_ok.output;
+  const std::string pem = tmp_.File("held.pem");
+  ASSERT_EQ(RunCommand(StrCat(KEYWARDEN_CLI, conn, "audit checkpoint > ", pem)).exit_code, 0);
+  auto pem_ok = RunCommand(StrCat("openssl cms -verify -binary -inform PEM -purpose any -in ", pem,
+                                  " -CAfile ", daemon_->ca_cert_path()));
+  EXPECT_EQ(pem_ok.exit_code, 0) << pem_ok.output;
+  auto online = RunCommand(StrCat(KEYWARDEN_CLI, conn, "audit verify --checkpoint ", held,
+                                  " --ca-cert ", daemon_->ca_cert_path()));
+  EXPECT_EQ(online.exit_code, 0) << online.output;
+  // Only Auditors export checkpoints.
+  const std::string officer =
+      StrCat(" --server ", daemon_->target(), " --server-ca ", daemon_->tls_ca_path(),
+             " --client-cert ", daemon_->client("officer").cert_path, " --client-key ",
+             daemon_->client("officer").key_path, " ");
+  EXPECT_EQ(RunCommand(StrCat(KEYWARDEN_CLI, officer, "audit checkpoint")).exit_code, 3);
+  ASSERT_TRUE(daemon_->Stop().ok());
+
+  // The insider removes the newest record (service.stopped) and puts the
+  // trigger back.
+  const std::string db = daemon_->db_path();
+  const std::string head = Sqlite(db, "SELECT max(seq) FROM audit");
+  const std::string trigger =
+      Sqlite(db, "SELECT sql FROM sqlite_master WHERE name = 'audit_no_delete'");
+  Sqlite(db, "DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq = " + head + "; " +
+                 trigger + ";");
+  absl::Status refused = daemon_->Restart();
+  ASSERT_FALSE(refused.ok());
+  EXPECT_TRUE(Contains(std::string(refused.message()),
+                       StrCat("refusing to start: the audit log does not verify: the newest record "
+                              "is seq ",
+                              std::stoll(head) - 1)))
+      << refused;
+  EXPECT_TRUE(Contains(std::string(refused.message()), "--accept-broken-audit")) << refused;
+
+  // Offline, the auditor's checkpoint (older than the stop) still verifies
+  // against what is left... and the stored one shows the truncation.
+  auto offline = RunCommand(StrCat(KEYWARDEN_CLI, " audit verify --database ", db, " --checkpoint ",
+                                   held, " --ca-cert ", daemon_->ca_cert_path()));
+  EXPECT_EQ(offline.exit_code, 1) << offline.output;
+  EXPECT_TRUE(Contains(offline.output, "the log was truncated")) << offline.output;
+
+  // Told to start anyway: it does, says so in the log, and numbering goes
+  // on after the removed record.
+  daemon_->set_daemon_args({"--accept-broken-audit"});
+  ASSERT_TRUE(daemon_->Restart().ok());
+  EXPECT_EQ(Sqlite(db, "SELECT min(seq) FROM audit WHERE event = 'audit.broken_accepted'"),
+            std::to_string(std::stoll(head) + 1));
+  EXPECT_TRUE(
+      daemon_->WaitForLog("WARNING: starting on an audit log that does not verify", 1).ok());
 }
 
 TEST_F(DaemonTest, BadBytesOnEveryRpcThatTakesThemAreInvalidArgumentAndChangeNothing) {
