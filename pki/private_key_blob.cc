@@ -203,6 +203,20 @@ ossl::UniquePtr<BIGNUM> GetBn(EVP_PKEY* key, const char* name) {
   return ossl::UniquePtr<BIGNUM>(bn);
 }
 
+// The numbers of an RSA key (null where the key has none).
+BlobNumbers RsaNumbersOf(EVP_PKEY* key) {
+  BlobNumbers k;
+  k.n = GetBn(key, OSSL_PKEY_PARAM_RSA_N);
+  k.e = GetBn(key, OSSL_PKEY_PARAM_RSA_E);
+  k.d = GetBn(key, OSSL_PKEY_PARAM_RSA_D);
+  k.p = GetBn(key, OSSL_PKEY_PARAM_RSA_FACTOR1);
+  k.q = GetBn(key, OSSL_PKEY_PARAM_RSA_FACTOR2);
+  k.dp = GetBn(key, OSSL_PKEY_PARAM_RSA_EXPONENT1);
+  k.dq = GetBn(key, OSSL_PKEY_PARAM_RSA_EXPONENT2);
+  k.qinv = GetBn(key, OSSL_PKEY_PARAM_RSA_COEFFICIENT1);
+  return k;
+}
+
 }  // namespace
 
 absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> ParsePrivateKeyBlob(std::span<const uint8_t> blob,
@@ -283,15 +297,7 @@ absl::StatusOr<hsm::SecretBytes> SerializePrivateKeyBlob(EVP_PKEY* rsa_private,
   // A third prime would have nowhere to go in the blob.
   if (GetBn(rsa_private, OSSL_PKEY_PARAM_RSA_FACTOR3)) return bad("multi-prime RSA key");
 
-  BlobNumbers k;
-  k.n = GetBn(rsa_private, OSSL_PKEY_PARAM_RSA_N);
-  k.e = GetBn(rsa_private, OSSL_PKEY_PARAM_RSA_E);
-  k.d = GetBn(rsa_private, OSSL_PKEY_PARAM_RSA_D);
-  k.p = GetBn(rsa_private, OSSL_PKEY_PARAM_RSA_FACTOR1);
-  k.q = GetBn(rsa_private, OSSL_PKEY_PARAM_RSA_FACTOR2);
-  k.dp = GetBn(rsa_private, OSSL_PKEY_PARAM_RSA_EXPONENT1);
-  k.dq = GetBn(rsa_private, OSSL_PKEY_PARAM_RSA_EXPONENT2);
-  k.qinv = GetBn(rsa_private, OSSL_PKEY_PARAM_RSA_COEFFICIENT1);
+  BlobNumbers k = RsaNumbersOf(rsa_private);
   if (!k.n || !k.e) return bad("the key's modulus or public exponent is not readable");
   if (!k.d || !k.p || !k.q || !k.dp || !k.dq || !k.qinv) {
     return bad("the key's private numbers (d, primes, CRT values) are not readable");
@@ -423,15 +429,7 @@ absl::Status CheckRsaKeyConsistent(EVP_PKEY* key, std::string_view what) {
     }
     return absl::OkStatus();
   }
-  BlobNumbers k;
-  k.n = GetBn(key, OSSL_PKEY_PARAM_RSA_N);
-  k.e = GetBn(key, OSSL_PKEY_PARAM_RSA_E);
-  k.d = GetBn(key, OSSL_PKEY_PARAM_RSA_D);
-  k.p = GetBn(key, OSSL_PKEY_PARAM_RSA_FACTOR1);
-  k.q = GetBn(key, OSSL_PKEY_PARAM_RSA_FACTOR2);
-  k.dp = GetBn(key, OSSL_PKEY_PARAM_RSA_EXPONENT1);
-  k.dq = GetBn(key, OSSL_PKEY_PARAM_RSA_EXPONENT2);
-  k.qinv = GetBn(key, OSSL_PKEY_PARAM_RSA_COEFFICIENT1);
+  BlobNumbers k = RsaNumbersOf(key);
   if (!k.n || !k.e || !k.d || !k.p || !k.q || !k.dp || !k.dq || !k.qinv) {
     ERR_clear_error();
     return bad("its private numbers (d, primes, CRT values) are not all present");

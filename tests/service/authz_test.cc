@@ -47,25 +47,7 @@ grpc::Status CallEmpty(const std::shared_ptr<grpc::Channel>& channel, const std:
     }
     return reader->Finish();
   }
-  grpc::GenericStub stub(channel);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
-  grpc::ByteBuffer request, response;
-  grpc::Slice empty("");
-  request = grpc::ByteBuffer(&empty, 1);
-  grpc::Status result;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  stub.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &response, [&](grpc::Status st) {
-    std::lock_guard<std::mutex> lock(mu);
-    result = st;
-    done = true;
-    cv.notify_one();
-  });
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return done; });
-  return result;
+  return CallRaw(channel, method, "");
 }
 
 // The access table of docs/API.md, read from the document itself: the

@@ -48,30 +48,6 @@ std::string PrincipalFor(const std::string& service) {
   return "auditor";
 }
 
-// A unary call with raw bytes (GenericStub), as a client that does not use
-// the generated code would make it.
-grpc::Status CallRaw(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
-                     const std::string& bytes) {
-  grpc::GenericStub stub(channel);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-  grpc::Slice slice(bytes);
-  grpc::ByteBuffer request(&slice, 1), response;
-  grpc::Status result;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  stub.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &response, [&](grpc::Status st) {
-    std::lock_guard<std::mutex> lock(mu);
-    result = st;
-    done = true;
-    cv.notify_one();
-  });
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return done; });
-  return result;
-}
-
 // The table is complete: every string and bytes field of every request
 // message of every service has its own limit.
 TEST(LimitsTableTest, EveryStringAndBytesFieldOfEveryRequestHasALimit) {

@@ -3,9 +3,13 @@
 #pragma once
 
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
 #include <string>
 
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <openssl/cms.h>
 #include <openssl/evp.h>
@@ -145,6 +149,30 @@ inline std::string Sha1Of(const std::string& data) {
   unsigned int n = 0;
   EVP_Digest(data.data(), data.size(), md, &n, EVP_sha1(), nullptr);
   return std::string(reinterpret_cast<char*>(md), n);
+}
+
+// A unary call with raw bytes (GenericStub), as a client that does not use
+// the generated code would make it.
+inline grpc::Status CallRaw(const std::shared_ptr<grpc::Channel>& channel,
+                            const std::string& method, const std::string& bytes) {
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::Slice slice(bytes);
+  grpc::ByteBuffer request(&slice, 1), response;
+  grpc::Status result;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  stub.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &response, [&](grpc::Status st) {
+    std::lock_guard<std::mutex> lock(mu);
+    result = st;
+    done = true;
+    cv.notify_one();
+  });
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return done; });
+  return result;
 }
 
 }  // namespace keywarden::testing
