@@ -1,19 +1,11 @@
 #include "service/server/rpc.h"
 
-#include <openssl/pem.h>
-
 #include <google/protobuf/descriptor.h>
 #include <grpcpp/support/server_interceptor.h>
-
-#include <chrono>
-#include <map>
-#include <mutex>
-#include <utility>
 
 #include <nlohmann/json.hpp>
 
 #include "hsm/strings.h"
-#include "pki/certificate.h"
 #include "service/authz.h"
 #include "service/bounded.h"
 #include "service/errors.h"

@@ -1,7 +1,6 @@
 #include "service/trust/client_trust.h"
 
 #include <openssl/err.h>
-#include <openssl/pem.h>
 #include <openssl/x509_vfy.h>
 #include <sys/stat.h>
 
