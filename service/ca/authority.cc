@@ -290,7 +290,7 @@ absl::Status CertificateAuthority::ResolveUnissued(RequestRecord& request, Dispo
 
 absl::Status CertificateAuthority::DenyWith(RequestRecord& request, const absl::Status& why,
                                             const std::string& by) {
-  if (hsm::IsHsmFault(why) ||
+  if (hsm::IsHsmFault(why) || IsDatabaseFault(why) ||
       (why.code() == absl::StatusCode::kUnavailable && !HResultOf(why).has_value())) {
     // The token (or another part of the CA) failed: not a verdict on the
     // request. It is failed with the CA's reason, never denied.
@@ -320,6 +320,7 @@ absl::Status CertificateAuthority::FailCaSide(RequestRecord& request, const absl
       why.code() == absl::StatusCode::kUnavailable ? why.code() : absl::StatusCode::kUnavailable,
       StrCat("request ", request.id, " failed on the CA's side: ", message));
   if (hsm::IsHsmFault(why)) out.SetPayload(hsm::kTokenFaultPayload, absl::Cord("1"));
+  if (IsDatabaseFault(why)) out = MarkDatabaseFault(std::move(out));
   return out;
 }
 
