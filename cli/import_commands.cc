@@ -175,16 +175,19 @@ Reply Report(const std::vector<FileOutcome>& outcomes) {
     files.push_back(std::move(f));
   }
   const size_t not_archived = n.keys - n.archived;
-  text += StrCat("\n",
-                 KeyValues({{"Files", std::to_string(outcomes.size())},
-                            {"Files not read", std::to_string(n.files_unread)},
-                            {"Users", std::to_string(n.users.size())},
-                            {"Ignored signature certificates", std::to_string(n.ignored_signature)},
-                            {"Certificates with keys", std::to_string(n.with_keys)},
-                            {"Foreign certificates imported", std::to_string(n.foreign)},
-                            {"Keys", std::to_string(n.keys)},
-                            {"Keys archived", std::to_string(n.archived)},
-                            {"Keys not archived", std::to_string(not_archived)}}));
+  // certutil -importKMS's summary lines, as the seed shows them ("Users: 6").
+  const std::pair<const char*, size_t> lines[] = {
+      {"Files", outcomes.size()},
+      {"Files not read", n.files_unread},
+      {"Users", n.users.size()},
+      {"Ignored signature certificates", n.ignored_signature},
+      {"Certificates with keys", n.with_keys},
+      {"Foreign certificates imported", n.foreign},
+      {"Keys", n.keys},
+      {"Keys archived", n.archived},
+      {"Keys not archived", not_archived}};
+  text += "\n";
+  for (const auto& [label, count] : lines) text += StrCat(label, ": ", count, "\n");
   text += n.files_failed == 0 ? "keywarden: importpfx completed successfully.\n"
                               : StrCat("keywarden: importpfx FAILED for ", n.files_failed, " of ",
                                        outcomes.size(), " file(s)\n");
