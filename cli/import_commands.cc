@@ -49,8 +49,8 @@ absl::StatusOr<std::vector<std::string>> ExpandInputs(const std::vector<std::str
   std::vector<std::string> files;
   for (const std::string& in : inputs) {
     struct stat st {};
-    if (stat(in.c_str(), &st) != 0) return absl::NotFoundError(StrCat(in, ": no such file"));
-    if (!S_ISDIR(st.st_mode)) {
+    if (stat(in.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      // A file that cannot be read fails on its own, reported with the others.
       files.push_back(in);
       continue;
     }
@@ -65,11 +65,12 @@ absl::StatusOr<std::vector<std::string>> ExpandInputs(const std::vector<std::str
       if (stat(path.c_str(), &fst) == 0 && S_ISREG(fst.st_mode)) found.push_back(path);
     }
     closedir(dir);
-    if (found.empty()) {
-      return absl::NotFoundError(StrCat(in, ": no .pfx or .p12 file in this directory"));
-    }
     std::sort(found.begin(), found.end());
     files.insert(files.end(), found.begin(), found.end());
+  }
+  if (files.empty()) {
+    return absl::NotFoundError(
+        StrCat(StrJoin(inputs, ", "), ": no .pfx or .p12 file in the directory"));
   }
   return files;
 }

@@ -162,18 +162,22 @@ TEST_F(ImportPfxTest, ADirectoryWithOneBadFileEndsWithTheSummary) {
     EXPECT_EQ(ArchivedModulus(user), Modulus(user)) << user;
   }
 
-  // Again, as JSON: every key is already archived now.
-  auto again =
-      Kw(StrCat("--json importpfx -f -p 'old pass' ", dir + "/alice.pfx ", dir + "/bob.PFX"));
+  // Again, as JSON, with a file that does not exist: every key is already
+  // archived now, and the missing file is reported with the others.
+  auto again = Kw(StrCat("--json importpfx -f -p 'old pass' ", dir + "/alice.pfx ",
+                         tmp_.File("nosuch.pfx "), dir + "/bob.PFX"));
   EXPECT_EQ(again.exit_code, 1) << again.output;
   auto j = nlohmann::json::parse(again.output, nullptr, false);
   ASSERT_FALSE(j.is_discarded()) << again.output;
-  EXPECT_EQ(j["summary"]["files"], 2);
-  EXPECT_EQ(j["summary"]["files_failed"], 2);
+  EXPECT_EQ(j["summary"]["files"], 3);
+  EXPECT_EQ(j["summary"]["files_failed"], 3);
+  EXPECT_EQ(j["summary"]["files_not_read"], 1);
   EXPECT_EQ(j["summary"]["keys_archived"], 0);
   EXPECT_EQ(j["summary"]["keys_not_archived"], 2);
-  ASSERT_EQ(j["files"].size(), 2u);
+  ASSERT_EQ(j["files"].size(), 3u);
   EXPECT_NE(j["files"][0]["error"].get<std::string>().find("already archived"), std::string::npos)
+      << again.output;
+  EXPECT_NE(j["files"][1]["error"].get<std::string>().find("nosuch.pfx"), std::string::npos)
       << again.output;
 }
 
