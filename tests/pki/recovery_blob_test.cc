@@ -515,6 +515,54 @@ TEST_F(LegacyPkcs12Test, AnAlgorithmNobodyHasIsUnsupportedNotAWrongPassword) {
       << back.status();
 }
 
+TEST_F(LegacyPkcs12Test, WithoutAMacAWrongPasswordIsNamedAsSuch) {
+  auto pfx = Export("nomac.pfx", "-legacy -nomac");
+  ASSERT_TRUE(pki::ReadPkcs12(pfx, hsm::SecretString("old pass")).ok());
+  auto back = pki::ReadPkcs12(pfx, hsm::SecretString("not the pass"));
+  EXPECT_EQ(back.status().code(), absl::StatusCode::kPermissionDenied) << back.status();
+  EXPECT_NE(back.status().message().find("wrong password"), std::string::npos) << back.status();
+  EXPECT_NE(back.status().message().find("no MAC"), std::string::npos) << back.status();
+}
+
+TEST_F(LegacyPkcs12Test, ASafeDamagedUnderAValidMacIsDamageNotAWrongPassword) {
+  // The RC2 safe's ciphertext changed, then the MAC made again over the
+  // damaged contents with the right password: only decryption can tell.
+  auto pfx = Export("rc2.pfx", "-legacy");
+  const unsigned char* p = pfx.data();
+  ossl::UniquePtr<PKCS12> p12(d2i_PKCS12(nullptr, &p, static_cast<long>(pfx.size())));
+  ASSERT_TRUE(p12);
+  STACK_OF(PKCS7)* safes = PKCS12_unpack_authsafes(p12.get());
+  ASSERT_NE(safes, nullptr);
+  bool damaged = false;
+  for (int i = 0; i < sk_PKCS7_num(safes); ++i) {
+    PKCS7* safe = sk_PKCS7_value(safes, i);
+    if (OBJ_obj2nid(safe->type) != NID_pkcs7_encrypted) continue;
+    ASN1_OCTET_STRING* ct = safe->d.encrypted->enc_data->enc_data;
+    ct->data[ct->length - 1] ^= 0x5a;  // the last block: the padding breaks
+    damaged = true;
+  }
+  ASSERT_TRUE(damaged);
+  ASSERT_EQ(PKCS12_pack_authsafes(p12.get(), safes), 1);
+  sk_PKCS7_pop_free(safes, PKCS7_free);
+  ASSERT_EQ(PKCS12_set_mac(p12.get(), "old pass", -1, nullptr, 0, 2048, EVP_sha1()), 1);
+  unsigned char* out = nullptr;
+  const int len = i2d_PKCS12(p12.get(), &out);
+  ASSERT_GT(len, 0);
+  std::vector<uint8_t> bad(out, out + len);
+  OPENSSL_free(out);
+  // openssl agrees: the MAC verifies, the contents do not decrypt.
+  WriteFile(tmp_.File("bad.pfx"), bad);
+  auto info = RunCommand(StrCat("openssl pkcs12 -legacy -info -noout -passin pass:'old pass' -in ",
+                                tmp_.File("bad.pfx"), " 2>&1"));
+  EXPECT_NE(info.exit_code, 0) << info.output;
+  EXPECT_EQ(info.output.find("Mac verify error"), std::string::npos) << info.output;
+  auto back = pki::ReadPkcs12(bad, hsm::SecretString("old pass"));
+  EXPECT_EQ(back.status().code(), absl::StatusCode::kDataLoss) << back.status();
+  EXPECT_NE(back.status().message().find("damaged"), std::string::npos) << back.status();
+  EXPECT_NE(back.status().message().find("pbeWithSHA1And40BitRC2-CBC"), std::string::npos)
+      << back.status();
+}
+
 TEST_F(LegacyPkcs12Test, ADamagedRc2FileIsRefusedNotCalledUnsupported) {
   auto pfx = Export("rc2.pfx", "-legacy");
   auto back = pki::ReadPkcs12(pfx, hsm::SecretString("old pass"));
