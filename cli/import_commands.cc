@@ -158,7 +158,7 @@ Reply Report(const std::vector<FileOutcome>& outcomes) {
     nlohmann::json keys = nlohmann::json::array();
     for (const auto& k : o.result.keys()) {
       ++n.keys;
-      ++n.with_keys;
+      if (!k.subject().empty()) ++n.with_keys;  // a key without its certificate has none
       keys.push_back(KeyJson(k));
       if (k.archived()) {
         ++n.archived;
@@ -168,8 +168,9 @@ Reply Report(const std::vector<FileOutcome>& outcomes) {
                        ", request ", k.request_id(), k.foreign() ? ", foreign" : "", ")\n");
       } else {
         if (k.signature_only()) ++n.ignored_signature;
-        text += StrCat(o.file, ": not archived: ", k.subject(), " (serial ", k.serial(),
-                       "): ", k.message(), "\n");
+        text += k.subject().empty() ? StrCat(o.file, ": not archived: ", k.message(), "\n")
+                                    : StrCat(o.file, ": not archived: ", k.subject(), " (serial ",
+                                             k.serial(), "): ", k.message(), "\n");
       }
     }
     f["keys"] = std::move(keys);

@@ -5,6 +5,7 @@
 #include <openssl/pkcs12.h>
 #include <openssl/x509v3.h>
 
+#include <algorithm>
 #include <cctype>
 #include <limits>
 #include <map>
@@ -865,11 +866,8 @@ absl::StatusOr<CertificateAuthority::ImportResult> CertificateAuthority::ImportK
         return refuse(Error(hresult::kAsn1BadTag, detail));
     }
   }
-  std::vector<size_t> paired;
-  for (size_t i = 0; i < contents->keys.size(); ++i) {
-    if (contents->keys[i].certificate) paired.push_back(i);
-  }
-  if (paired.empty()) {
+  if (std::none_of(contents->keys.begin(), contents->keys.end(),
+                   [](const auto& k) { return k.certificate != nullptr; })) {
     return refuse(Error(hresult::kInvalidArg,
                         contents->keys.empty()
                             ? std::string("the PKCS#12 must hold a private key and its certificate")
@@ -879,9 +877,16 @@ absl::StatusOr<CertificateAuthority::ImportResult> CertificateAuthority::ImportK
   // seed (certutil -importKMS): every key of the file, each reported.
   ImportResult result;
   absl::Status first_failure;
-  for (size_t i : paired) {
+  for (size_t i = 0; i < contents->keys.size(); ++i) {
     auto& entry = contents->keys[i];
     ImportedKey k;
+    if (!entry.certificate) {
+      // Reported, never archived: without its certificate a key has no owner.
+      k.status = Error(hresult::kInvalidArg,
+                       StrCat("key ", i + 1, " of the PKCS#12 has no certificate in the file"));
+      result.keys.push_back(std::move(k));
+      continue;
+    }
     k.subject = pki::FormatName(X509_get_subject_name(entry.certificate.get()));
     auto one = ImportOneKey(who, std::move(entry.key), entry.certificate.get(), foreign);
     if (one.ok()) {

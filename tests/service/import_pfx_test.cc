@@ -203,5 +203,16 @@ TEST_F(ImportPfxTest, EveryKeyOfATwoKeyPfxIsArchived) {
   EXPECT_EQ(ArchivedModulus("erin"), Modulus("erin"));
 }
 
+TEST_F(ImportPfxTest, AKeyWithoutItsCertificateIsNeverArchived) {
+  ExportUser("frank", "", tmp_.File("frank.pfx"));
+  auto r = RunCommand(StrCat("openssl pkcs12 -export -nocerts -inkey ", tmp_.File("frank.key"),
+                             " -passout pass:'old pass' -out ", tmp_.File("keyonly.pfx")));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = Kw(StrCat("importpfx -f -p 'old pass' ", tmp_.File("keyonly.pfx")));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("no certificate"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("Keys archived: 0"), std::string::npos) << r.output;
+}
+
 }  // namespace
 }  // namespace keywarden::testing
