@@ -25,6 +25,7 @@
 #include "hsm/uri.h"
 #include "pki/certificate.h"
 #include "pki/files.h"
+#include "pki/key_file.h"
 #include "pki/kra_card.h"
 #include "pki/pkcs12.h"
 #include "pki/private_key_blob.h"
@@ -691,84 +692,20 @@ struct VerifyOptions {
 
 // A private key to check, and for a key of a PFX the certificate the file
 // pairs it with (by public key) and how to name it.
-struct LoadedKey {
-  ossl::UniquePtr<EVP_PKEY> key;
-  ossl::UniquePtr<X509> certificate;  // PFX only; null when the file has none for it
-  std::string label;                  // PFX only: "key 2 (friendly name)"
-};
+using LoadedKey = pki::KeyFileKey;
 
 // The key of a key file, or every key of a PFX.
 absl::StatusOr<std::vector<LoadedKey>> LoadPrivateKeys(const std::string& path,
                                                        const std::string& password_source) {
-  auto one = [](ossl::UniquePtr<EVP_PKEY> key) {
-    std::vector<LoadedKey> v;
-    v.push_back({std::move(key), nullptr, ""});
-    return v;
-  };
   auto bytes = pki::ReadFileBytes(path);
   if (!bytes.ok()) return bytes.status();
-  std::optional<hsm::SecretString> pw;
-  auto password = [&]() -> absl::StatusOr<hsm::SecretString> {
-    if (pw) return *pw;
+  return pki::ParsePrivateKeyFile(*bytes, path, [&]() -> absl::StatusOr<hsm::SecretString> {
     if (password_source.empty()) {
       return absl::InvalidArgumentError(
           StrCat(path, " is protected: give its password with --password SRC"));
     }
-    auto read = ReadPassword(password_source, "key password", false);
-    if (read.ok()) pw = *read;
-    return read;
-  };
-  const std::string_view head(reinterpret_cast<const char*>(bytes->data()),
-                              std::min(bytes->size(), size_t{64}));
-  if (head.find("-----BEGIN") != std::string_view::npos) {
-    const bool encrypted = head.find("ENCRYPTED") != std::string_view::npos;
-    std::optional<hsm::SecretString> secret;
-    if (encrypted) {
-      auto p = password();
-      if (!p.ok()) return p.status();
-      secret = *p;
-    }
-    std::string pass = secret ? std::string(secret->view()) : std::string();
-    ossl::UniquePtr<BIO> bio(BIO_new_mem_buf(bytes->data(), static_cast<int>(bytes->size())));
-    ossl::UniquePtr<EVP_PKEY> key(PEM_read_bio_PrivateKey(
-        bio.get(), nullptr, nullptr, encrypted ? const_cast<char*>(pass.c_str()) : nullptr));
-    OPENSSL_cleanse(pass.data(), pass.size());
-    if (!key) {
-      return hsm::OpenSslError(StrCat(path, ": not a PEM private key (or wrong password)"),
-                               absl::StatusCode::kInvalidArgument);
-    }
-    return one(std::move(key));
-  }
-  if (!bytes->empty() && (*bytes)[0] == 0x07) {  // CAPI PRIVATEKEYBLOB
-    auto key = pki::ParsePrivateKeyPlaintext(*bytes, nullptr, nullptr);
-    if (!key.ok()) return WithFile(path, key.status());
-    return one(std::move(*key));
-  }
-  const unsigned char* p = bytes->data();
-  ossl::UniquePtr<EVP_PKEY> key(d2i_AutoPrivateKey(nullptr, &p, static_cast<long>(bytes->size())));
-  if (key && p == bytes->data() + bytes->size()) return one(std::move(key));
-  ERR_clear_error();
-  // A PFX: every key, each with the certificate of its public key.
-  p = bytes->data();
-  if (PKCS12* p12 = d2i_PKCS12(nullptr, &p, static_cast<long>(bytes->size()))) {
-    PKCS12_free(p12);
-    auto pass = password();
-    if (!pass.ok()) return pass.status();
-    auto c = pki::ReadPkcs12(*bytes, *pass);
-    if (!c.ok()) return WithFile(path, c.status());
-    if (c->keys.empty()) return absl::NotFoundError(StrCat(path, ": the PFX holds no key"));
-    std::vector<LoadedKey> keys;
-    for (size_t i = 0; i < c->keys.size(); ++i) {
-      auto& k = c->keys[i];
-      std::string label = StrCat("key ", i + 1, " of ", c->keys.size());
-      if (!k.friendly_name.empty()) label += StrCat(" (\"", k.friendly_name, "\")");
-      keys.push_back({std::move(k.key), std::move(k.certificate), std::move(label)});
-    }
-    return keys;
-  }
-  ERR_clear_error();
-  return absl::InvalidArgumentError(
-      StrCat(path, ": not a private key (PEM, DER PKCS#8 or RSA, PRIVATEKEYBLOB or PFX)"));
+    return ReadPassword(password_source, "key password", false);
+  });
 }
 
 // The public key of a certificate, or a public key, in PEM or DER.
@@ -776,33 +713,10 @@ absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> LoadPublicKey(const std::string& path,
                                                         std::string* subject) {
   auto bytes = pki::ReadFileBytes(path);
   if (!bytes.ok()) return bytes.status();
-  ossl::UniquePtr<BIO> bio(BIO_new_mem_buf(bytes->data(), static_cast<int>(bytes->size())));
-  ossl::UniquePtr<X509> cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
-  if (!cert) {
-    ERR_clear_error();
-    const unsigned char* p = bytes->data();
-    cert.reset(d2i_X509(nullptr, &p, static_cast<long>(bytes->size())));
-  }
-  if (cert) {
-    *subject = Subject(cert.get());
-    EVP_PKEY* key = X509_get_pubkey(cert.get());
-    if (key == nullptr) return hsm::OpenSslError(StrCat(path, ": certificate key"));
-    return ossl::UniquePtr<EVP_PKEY>(key);
-  }
-  ERR_clear_error();
-  bio.reset(BIO_new_mem_buf(bytes->data(), static_cast<int>(bytes->size())));
-  ossl::UniquePtr<EVP_PKEY> key(PEM_read_bio_PUBKEY(bio.get(), nullptr, nullptr, nullptr));
-  if (!key) {
-    ERR_clear_error();
-    const unsigned char* p = bytes->data();
-    key.reset(d2i_PUBKEY(nullptr, &p, static_cast<long>(bytes->size())));
-  }
-  if (!key) {
-    ERR_clear_error();
-    return absl::InvalidArgumentError(
-        StrCat(path, ": not a certificate or public key (PEM or DER)"));
-  }
-  return key;
+  auto file = pki::ParsePublicKeyFile(*bytes, path);
+  if (!file.ok()) return file.status();
+  if (file->certificate) *subject = Subject(file->certificate.get());
+  return std::move(file->key);
 }
 
 // Non-RSA keys: equal public halves and a signature that verifies.

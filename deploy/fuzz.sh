@@ -28,7 +28,7 @@ command -v "$cxx" >/dev/null || { echo "fuzz: $cxx not found (deploy/install-dep
 build="$root/build-fuzz"
 targets=(cmc_fuzzer private_key_blob_fuzzer request_fuzzer name_fuzzer pkcs12_fuzzer
   recovery_blob_fuzzer trust_files_fuzzer exchange_certificate_fuzzer config_fuzzer
-  encrypted_key_fuzzer)
+  encrypted_key_fuzzer key_file_fuzzer)
 start=$(date +%s)
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" -DKEYWARDEN_WERROR=ON \
@@ -128,6 +128,19 @@ for name in "CN=alice,O=Example" "/C=DE/O=keywarden/CN=Demo Root CA" \
   printf '%b' "$name" >"$seeds/name_fuzzer/$((n += 1))"
 done
 cp "$root/deploy/keywarden.example.toml" "$seeds/config_fuzzer/"
+# Key files as verifykeys reads them (protected ones with the password "fuzz").
+k=$seeds/key_file_fuzzer
+cp "$mk/u.key" "$k/pkcs8.pem"
+openssl pkey -in "$mk/u.key" -outform DER -out "$k/pkcs8.der"
+openssl rsa -in "$mk/u.key" -traditional -out "$k/rsa.pem" 2>/dev/null
+openssl rsa -in "$mk/u.key" -traditional -des3 -passout pass:fuzz -out "$k/rsa-des3.pem" 2>/dev/null
+openssl pkcs8 -topk8 -in "$mk/u.key" -v2 aes-256-cbc -passout pass:fuzz -out "$k/pkcs8-enc.pem"
+openssl rsa -in "$mk/u.key" -outform MSBLOB -out "$k/key.blob" 2>/dev/null
+cp "$mk/e.key" "$k/ec.pem"
+cp "$seeds/pkcs12_fuzzer/aes.pfx" "$seeds/pkcs12_fuzzer/3des.pfx" "$k/"
+cp "$mk/x.pem" "$k/cert.pem"
+openssl x509 -in "$mk/x.pem" -outform DER -out "$k/cert.der"
+openssl pkey -in "$mk/u.key" -pubout -out "$k/pub.pem"
 
 run() {  # target: runs it, prints its figures; 1 if it failed
   local t=$1
