@@ -300,7 +300,13 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Submit(const Requester& 
                                              ? ParseRequest(format, der, /*stored=*/false, &seen)
                                              : ParseRequest(format, der);
   if (!parsed.ok()) {
-    return RecordRefused(requester, format, template_hint, request_sha256, seen, parsed.status());
+    // A request refused by an integrity check (or malformed once its
+    // PKCS#10 was read) is a failed row; bytes that only look like a
+    // request (a certificate, a truncated file) change nothing stored.
+    const bool row =
+        pki::RequestCheckOf(parsed.status()) != pki::RequestCheck::kStructure || seen.pkcs10_parsed;
+    return RecordRefused(requester, format, template_hint, request_sha256, seen, parsed.status(),
+                         row);
   }
   RequestRecord r;
   r.requester = principal;
@@ -334,9 +340,12 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Submit(const Requester& 
   return Process(std::move(r), principal, /*approving=*/false, &*parsed, &requester);
 }
 
-absl::Status CertificateAuthority::RecordRefused(
-    const Requester& requester, const std::string& format, const std::string& template_hint,
-    const std::string& request_sha256, const pki::CmcSeen& seen, const absl::Status& why) {
+absl::Status CertificateAuthority::RecordRefused(const Requester& requester,
+                                                 const std::string& format,
+                                                 const std::string& template_hint,
+                                                 const std::string& request_sha256,
+                                                 const pki::CmcSeen& seen, const absl::Status& why,
+                                                 bool make_row) {
   const absl::Status refusal = RequestCheckError(why);
   const std::string reason = Echo(std::string(why.message()), 512);
   // The row: no body (it may hold the private key encrypted to the CA),
@@ -357,7 +366,8 @@ absl::Status CertificateAuthority::RecordRefused(
   r.submitted_at = clock_();
   r.resolved_at = r.submitted_at;
   r.resolved_by = "policy";
-  auto id = store_.InsertRequest(r);
+  absl::StatusOr<int64_t> id = int64_t{0};
+  if (make_row) id = store_.InsertRequest(r);
   // At most once a minute per principal and format, with the count of the
   // rejections it stands for: requests that merely look like one cannot
   // flood the log (the rows are few bytes each).
@@ -373,7 +383,8 @@ absl::Status CertificateAuthority::RecordRefused(
                {"rejected_requests", rejected}}
               .dump());
   }
-  if (!id.ok()) return refusal;  // the refusal stands; the store's fault is logged by it
+  // No row (or the store failed, which it reports): the refusal stands.
+  if (!id.ok() || *id == 0) return refusal;
   absl::Status out(refusal.code(), StrCat("request ", *id, " failed: ", refusal.message()));
   if (auto p = refusal.GetPayload("type.keywarden/hresult")) {
     out.SetPayload("type.keywarden/hresult", *p);

@@ -225,15 +225,15 @@ class CertificateAuthority {
       const RequestRecord& request, const std::optional<CertificateRecord>& issued_record,
       std::optional<int64_t> body_part_id = std::nullopt, X509* issued_certificate = nullptr);
   absl::Status DenyWith(RequestRecord& request, const absl::Status& why, const std::string& by);
-  // A submission refused by an integrity check (pki::RequestCheck): stored
-  // as a failed row with its reason and code and no key material -- no
+  // A submission refused by an integrity check (pki::RequestCheck): with
+  // `make_row`, stored as a failed row with its reason and code and no key material -- no
   // request body, only the request's SHA-256 and what `seen` read safely,
   // each bounded -- and audited as request.rejected at most once a minute
   // per principal and format. Returns the refusal (its HRESULT names the
   // check, service/errors.h RequestCheckError).
   absl::Status RecordRefused(const Requester& requester, const std::string& format,
                              const std::string& template_hint, const std::string& request_sha256,
-                             const pki::CmcSeen& seen, const absl::Status& why);
+                             const pki::CmcSeen& seen, const absl::Status& why, bool make_row);
   // Resolves the request failed for a CA-side reason (token, store): never
   // a denial. Answers UNAVAILABLE.
   absl::Status FailCaSide(RequestRecord& request, const absl::Status& why);

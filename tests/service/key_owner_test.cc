@@ -392,13 +392,17 @@ TEST_F(KeyOwnerTest, IntegrityFailuresAreFailedRowsWithTheirCodeAndNoKeyMaterial
     cases.push_back({"EC key", MakeCmcDer(ec_csr, ec.get(), &part), 0x80090008u, "EC key"});
   }
   {
-    // Structure: the eContentType is not id-cct-PKIData (1.3.6.1.5.5.7.12.2 -> .3).
+    // Structure, once the PKCS#10 was read: the signed contentType
+    // attribute is not id-cct-PKIData (its second occurrence; the first is
+    // the eContentType). 1.3.6.1.5.5.7.12.2 -> .3
     std::string mutated = good;
     const std::string oid("\x06\x08\x2b\x06\x01\x05\x05\x07\x0c\x02", 10);
-    const size_t at = mutated.find(oid);
+    const size_t first = mutated.find(oid);
+    ASSERT_NE(first, std::string::npos);
+    const size_t at = mutated.find(oid, first + 1);
     ASSERT_NE(at, std::string::npos);
     mutated[at + oid.size() - 1] = 0x03;
-    cases.push_back({"eContentType", mutated, 0x8009310bu, "id-cct-PKIData"});
+    cases.push_back({"contentType", mutated, 0x8009310bu, "contentType attribute"});
   }
 
   for (const Case& c : cases) {
@@ -429,13 +433,20 @@ TEST_F(KeyOwnerTest, IntegrityFailuresAreFailedRowsWithTheirCodeAndNoKeyMaterial
     WriteFile(tmp_.File("sent.der"), c.request);
     EXPECT_EQ(r["request_sha256"], OpensslSha256(tmp_.File("sent.der"))) << c.name;
   }
-  // Bytes that are not a request at all make no row.
+  // Bytes that are not a request at all make no row: a truncated file,
+  // and a CMC whose eContentType is not id-cct-PKIData (refused before its
+  // PKCS#10 is read).
   {
-    v1::EnrollmentResult result;
-    grpc::Status st = Submit("enrollee", good.substr(0, good.size() - 40), "ArchivalUser", &result);
-    ASSERT_FALSE(st.ok());
-    EXPECT_EQ(DetailOf(st).hresult(), 0x8009310bu) << st.error_message();
-    auto again = Kw("officer", "--json officer list --failed");
+    std::string not_pki_data = good;
+    const std::string oid("\x06\x08\x2b\x06\x01\x05\x05\x07\x0c\x02", 10);
+    not_pki_data[not_pki_data.find(oid) + oid.size() - 1] = 0x03;
+    for (const std::string& bytes : {good.substr(0, good.size() - 40), not_pki_data}) {
+      v1::EnrollmentResult result;
+      grpc::Status st = Submit("enrollee", bytes, "ArchivalUser", &result);
+      ASSERT_FALSE(st.ok());
+      EXPECT_EQ(DetailOf(st).hresult(), 0x8009310bu) << st.error_message();
+    }
+    auto again = Kw("officer", "--json officer list");
     EXPECT_EQ(nlohmann::json::parse(again.output)["requests"].size(), cases.size());
   }
   // Rows past the PKCS#10 know its key (the key hash case); `officer show`.
