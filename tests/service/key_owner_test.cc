@@ -61,6 +61,7 @@ class KeyOwnerTest : public ::testing::Test {
     WriteFile(tmp_.File("kra0.pem"), ToPem(kra_.cert.get()));
     WriteFile(tmp_.File("kra-ca.crl"), kra_ca_.Crl());
     DaemonHarness::Options options;
+    options.extra_flags = "enable_foreign = true";
     options.extra_toml =
         StrCat("\n[kra]\ncertificates = [\"", tmp_.File("kra0.pem"), "\"]\ncount = 1\ntrust = [\"",
                tmp_.File("kra-ca.pem"), "\"]\ncrls = [\"", tmp_.File("kra-ca.crl"), "\"]\n", R"(
@@ -522,6 +523,47 @@ TEST_F(KeyOwnerTest, OaepSha256RequestIsTheTokensFailureNotTheClients) {
   EXPECT_TRUE(AuditEvents("request.denied").empty());
   EXPECT_TRUE(AuditEvents("archival.refused").empty());
   EXPECT_EQ(AuditEvents("request.failed").size(), 1u);
+}
+
+// importpfx (manual archival, KRAF_ENABLEFOREIGN with -f): another CA's
+// certificate naming mallory on the key this CA certified to alice is
+// refused; nothing is imported.
+TEST_F(KeyOwnerTest, ImportPfxOfAliceKeyUnderAnotherSubjectIsRefused) {
+  ossl::UniquePtr<EVP_PKEY> key;
+  v1::EnrollmentResult alice;
+  grpc::Status st = Submit("enrollee", MakeRequestDer("alice pfx", 2048, &key), "User", &alice);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  const std::string serial = SerialOf(alice.certificate());
+
+  SoftCa other = SoftCa::Make("Other CA");
+  ossl::UniquePtr<X509> x(X509_new());
+  X509_set_version(x.get(), X509_VERSION_3);
+  ASN1_INTEGER_set(X509_get_serialNumber(x.get()), 4242);
+  auto name = pki::ParseName("CN=mallory,O=elsewhere");
+  ASSERT_TRUE(name.ok());
+  X509_set_subject_name(x.get(), name->get());
+  X509_set_issuer_name(x.get(), X509_get_subject_name(other.cert.get()));
+  X509_gmtime_adj(X509_getm_notBefore(x.get()), -60);
+  X509_gmtime_adj(X509_getm_notAfter(x.get()), 3600);
+  X509_set_pubkey(x.get(), key.get());
+  pki::AddExtension(x.get(), other.cert.get(), NID_key_usage, "keyEncipherment");
+  ASSERT_GT(X509_sign(x.get(), other.key.get(), EVP_sha256()), 0);
+  WriteFile(tmp_.File("m.pem"), ToPem(x.get()));
+  WriteFile(tmp_.File("m.key"), PrivateKeyPem(key.get()));
+  auto exp = RunCommand(StrCat("openssl pkcs12 -export -in ", tmp_.File("m.pem"), " -inkey ",
+                               tmp_.File("m.key"), " -passout pass:pw -out ", tmp_.File("m.pfx")));
+  ASSERT_EQ(exp.exit_code, 0) << exp.output;
+
+  auto imported = Kw("admin", StrCat("importpfx ", tmp_.File("m.pfx"), " -p pw -f"));
+  EXPECT_NE(imported.exit_code, 0) << imported.output;
+  EXPECT_NE(imported.output.find("0x80092005"), std::string::npos) << imported.output;
+  EXPECT_NE(imported.output.find(serial), std::string::npos) << imported.output;
+  auto store = OpenStore();
+  service::CertificateQuery q;
+  q.sha1 = pki::Sha1Thumbprint(x.get());
+  EXPECT_TRUE(store->FindCertificates(q)->empty()) << "mallory's certificate was imported";
+  EXPECT_EQ(Archives(*store), 0u);
+  EXPECT_EQ(AuditEvents("archival.import_refused").size(), 1u);
 }
 
 // Schema 3 on a database made before it: a schema-2 database (the v3
