@@ -213,7 +213,9 @@ nlohmann::json ToJson(const v1::RequestInfo& r) {
           {"resolved_at", r.resolved_at()},
           {"resolved_by", r.resolved_by()},
           {"serial", r.serial()},
-          {"has_archived_key", r.has_archived_key()}};
+          {"has_archived_key", r.has_archived_key()},
+          {"public_key_sha256", r.public_key_sha256()},
+          {"request_sha256", r.request_sha256()}};
 }
 
 std::string Describe(const v1::RequestInfo& r) {
@@ -234,6 +236,8 @@ std::string Describe(const v1::RequestInfo& r) {
   }
   if (!r.serial().empty()) rows.push_back({"Serial", r.serial()});
   rows.push_back({"Archived key", r.has_archived_key() ? "yes" : "no"});
+  if (!r.public_key_sha256().empty()) rows.push_back({"Public key SHA-256", r.public_key_sha256()});
+  if (!r.request_sha256().empty()) rows.push_back({"Request SHA-256", r.request_sha256()});
   return KeyValues(rows);
 }
 

@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <string>
 
+#include <utility>
+
 #include <openssl/err.h>
 
 #include "absl/strings/cord.h"
@@ -214,6 +216,112 @@ absl::Status HsmUnavailable(std::string_view what) {
 
 bool IsHsmFault(const absl::Status& status) {
   return !status.ok() && status.GetPayload(kTokenFaultPayload).has_value();
+}
+
+bool IsMechanismRefusal(CK_RV rv) {
+  switch (rv) {
+    case CKR_MECHANISM_INVALID:
+    case CKR_MECHANISM_PARAM_INVALID:
+    case CKR_ARGUMENTS_BAD:
+    case CKR_KEY_TYPE_INCONSISTENT:
+    case CKR_KEY_FUNCTION_NOT_PERMITTED:
+      return true;
+    default:
+      return false;
+  }
+}
+
+absl::Status MechanismRefused(std::string_view token_label, std::string_view mechanism,
+                              std::string_view function, CK_RV rv) {
+  absl::Status st(absl::StatusCode::kFailedPrecondition,
+                  StrCat("token \"", token_label, "\" cannot do ", mechanism, ": ", function,
+                         " returned ", RvName(rv)));
+  st.SetPayload(kMechanismRefusedPayload, absl::Cord("1"));
+  return st;
+}
+
+bool IsMechanismRefused(const absl::Status& status) {
+  return !status.ok() && status.GetPayload(kMechanismRefusedPayload).has_value();
+}
+
+namespace {
+
+std::string Pkcs11HashName(CK_MECHANISM_TYPE t) {
+  switch (t) {
+    case CKM_SHA_1:
+      return "CKM_SHA_1";
+    case CKM_SHA224:
+      return "CKM_SHA224";
+    case CKM_SHA256:
+      return "CKM_SHA256";
+    case CKM_SHA384:
+      return "CKM_SHA384";
+    case CKM_SHA512:
+      return "CKM_SHA512";
+    default: {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "CKM_0x%08lX", static_cast<unsigned long>(t));
+      return buf;
+    }
+  }
+}
+
+std::string MgfName(CK_RSA_PKCS_MGF_TYPE m) {
+  switch (m) {
+    case CKG_MGF1_SHA1:
+      return "CKG_MGF1_SHA1";
+    case CKG_MGF1_SHA224:
+      return "CKG_MGF1_SHA224";
+    case CKG_MGF1_SHA256:
+      return "CKG_MGF1_SHA256";
+    case CKG_MGF1_SHA384:
+      return "CKG_MGF1_SHA384";
+    case CKG_MGF1_SHA512:
+      return "CKG_MGF1_SHA512";
+    default: {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "CKG_0x%08lX", static_cast<unsigned long>(m));
+      return buf;
+    }
+  }
+}
+
+thread_local std::optional<absl::Status> last_mechanism_refusal;
+
+}  // namespace
+
+std::string MechanismName(const CK_MECHANISM& m) {
+  switch (m.mechanism) {
+    case CKM_RSA_PKCS:
+      return "CKM_RSA_PKCS";
+    case CKM_RSA_X_509:
+      return "CKM_RSA_X_509";
+    case CKM_RSA_PKCS_OAEP: {
+      std::string out = "CKM_RSA_PKCS_OAEP";
+      if (m.pParameter != nullptr && m.ulParameterLen == sizeof(CK_RSA_PKCS_OAEP_PARAMS)) {
+        const auto* p = static_cast<const CK_RSA_PKCS_OAEP_PARAMS*>(m.pParameter);
+        out += StrCat(" (hashAlg ", Pkcs11HashName(p->hashAlg), ", mgf ", MgfName(p->mgf), ")");
+      }
+      return out;
+    }
+    case CKM_RSA_PKCS_PSS:
+      return "CKM_RSA_PKCS_PSS";
+    case CKM_ECDSA:
+      return "CKM_ECDSA";
+    default: {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "CKM_0x%08lX", static_cast<unsigned long>(m.mechanism));
+      return buf;
+    }
+  }
+}
+
+void NoteMechanismRefusal(const absl::Status& status) {
+  last_mechanism_refusal = status;
+}
+
+std::optional<absl::Status> TakeMechanismRefusal() {
+  return std::exchange(last_mechanism_refusal, std::nullopt);
 }
 
 absl::Status OpenSslError(std::string_view what, absl::StatusCode code) {

@@ -45,4 +45,27 @@ absl::Status HsmUnavailable(std::string_view what);
 // True for a status made by HsmUnavailable (or Pkcs11Error for a token fault).
 bool IsHsmFault(const absl::Status& status);
 
+// Mechanism refusals: an operation's Init call (C_DecryptInit, ...)
+// refused the mechanism or its parameters -- CKR_MECHANISM_INVALID,
+// CKR_MECHANISM_PARAM_INVALID, CKR_ARGUMENTS_BAD, CKR_KEY_TYPE_INCONSISTENT,
+// CKR_KEY_FUNCTION_NOT_PERMITTED. What the token cannot do is the CA's
+// limit, not bad data from a client (e.g. OAEP with SHA-256, which SoftHSM2
+// refuses at C_DecryptInit with CKR_ARGUMENTS_BAD). The token is not down.
+bool IsMechanismRefusal(CK_RV rv);
+// Payload key marking a status as a mechanism refusal.
+inline constexpr char kMechanismRefusedPayload[] = "type.keywarden/hsm-mechanism";
+// FAILED_PRECONDITION "token \"<label>\" cannot do <mechanism>: <function>
+// returned <CKR_...>", marked as a mechanism refusal.
+absl::Status MechanismRefused(std::string_view token_label, std::string_view mechanism,
+                              std::string_view function, CK_RV rv);
+bool IsMechanismRefused(const absl::Status& status);
+// "CKM_RSA_PKCS_OAEP (hashAlg CKM_SHA256, mgf CKG_MGF1_SHA256)", "CKM_RSA_PKCS", ...
+std::string MechanismName(const CK_MECHANISM& mechanism);
+
+// The last mechanism refusal seen on this thread, for a caller whose
+// OpenSSL call (CMS_decrypt through the provider) hides the token's
+// status: the token notes it, the caller takes it (which clears it).
+void NoteMechanismRefusal(const absl::Status& status);
+std::optional<absl::Status> TakeMechanismRefusal();
+
 }  // namespace keywarden::hsm

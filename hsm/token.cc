@@ -478,7 +478,16 @@ absl::StatusOr<SecretBytes> Token::Decrypt(KeyHandle& key, CK_MECHANISM mechanis
   const std::string what = StrCat("decrypt on token \"", label(), "\"");
   CK_RV rv =
       session->Call("C_DecryptInit", fn()->C_DecryptInit, session->handle(), &mechanism, *handle);
-  if (rv != CKR_OK) return Pkcs11Error("C_DecryptInit", rv, what);
+  if (rv != CKR_OK) {
+    if (IsMechanismRefusal(rv)) {
+      // What the token cannot do (the caller may only see OpenSSL's error).
+      absl::Status refused =
+          MechanismRefused(label(), MechanismName(mechanism), "C_DecryptInit", rv);
+      NoteMechanismRefusal(refused);
+      return refused;
+    }
+    return Pkcs11Error("C_DecryptInit", rv, what);
+  }
   if (key.always_authenticate()) {
     if (auto st = ContextLogin(*session); !st.ok()) {
       session->MarkBroken();

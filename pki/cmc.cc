@@ -8,6 +8,7 @@
 #include <openssl/x509.h>
 
 #include "hsm/strings.h"
+#include "pki/certificate.h"
 #include "pki/der.h"
 
 namespace keywarden::pki {
@@ -19,6 +20,10 @@ constexpr char kOidMessageDigest[] = "1.2.840.113549.1.9.4";
 
 absl::Status Bad(const std::string& what) {
   return absl::InvalidArgumentError("CMC request: " + what);
+}
+
+absl::Status Failed(RequestCheck check, const std::string& what) {
+  return RequestCheckError(check, "CMC request: " + what);
 }
 
 // Digest name for a digest or signature algorithm OID.
@@ -138,14 +143,17 @@ absl::Status ReadPkiData(std::span<const uint8_t> content, CmcRequest* out) {
     return Bad("the TaggedCertificationRequest is malformed");
   }
   auto pkcs10 = ParsePkcs10(csr.whole);
-  if (!pkcs10.ok()) return Bad(std::string(pkcs10.status().message()));
+  if (!pkcs10.ok()) {
+    return Failed(RequestCheckOf(pkcs10.status()), std::string(pkcs10.status().message()));
+  }
   out->pkcs10 = std::move(*pkcs10);
   return absl::OkStatus();
 }
 
 }  // namespace
 
-absl::StatusOr<CmcRequest> ParseCmcRequest(std::span<const uint8_t> input, bool allow_removed_key) {
+absl::StatusOr<CmcRequest> ParseCmcRequest(std::span<const uint8_t> input, bool allow_removed_key,
+                                           CmcSeen* seen) {
   CmcRequest out;
   out.der.assign(input.begin(), input.end());
   std::span<const uint8_t> data(out.der);
@@ -187,6 +195,14 @@ absl::StatusOr<CmcRequest> ParseCmcRequest(std::span<const uint8_t> input, bool 
   if (!ec.Expect(der::kOctetString, &econtent) || !ec.empty())
     return Bad("the PKIData is not in an OCTET STRING");
   if (auto st = ReadPkiData(econtent.contents, &out); !st.ok()) return st;
+  if (seen != nullptr) {
+    seen->pkcs10_parsed = true;
+    seen->subject = FormatName(X509_REQ_get_subject_name(out.pkcs10.req.get()));
+    seen->spki_sha256 = SpkiSha256(out.pkcs10.public_key());
+    seen->template_name = out.pkcs10.template_name;
+    seen->template_oid = out.pkcs10.template_oid;
+    seen->carries_encrypted_key = out.encrypted_key_hash.has_value();
+  }
 
   // Exactly one SignerInfo.
   DerReader sis(signer_infos.contents);
@@ -207,7 +223,10 @@ absl::StatusOr<CmcRequest> ParseCmcRequest(std::span<const uint8_t> input, bool 
   if (!sr.empty()) return Bad("trailing data in the SignerInfo");
 
   const char* digest = DigestFor(AlgorithmOid(digest_alg));
-  if (digest == nullptr) return Bad("unsupported digest algorithm " + AlgorithmOid(digest_alg));
+  if (digest == nullptr) {
+    return Failed(RequestCheck::kAlgorithm,
+                  "unsupported digest algorithm " + AlgorithmOid(digest_alg));
+  }
   out.digest = digest;
   // Unauthenticated but still checked: versions, and digestAlgorithms must
   // be well formed and list the signer's digest.
@@ -226,13 +245,21 @@ absl::StatusOr<CmcRequest> ParseCmcRequest(std::span<const uint8_t> input, bool 
     listed |= DigestFor(oid) != nullptr && std::string(DigestFor(oid)) == digest;
   }
   if (!listed) return Bad("the signer's digest algorithm is not in digestAlgorithms");
+  // The request's own key signs: an RSA key (key archival and CMC are RSA).
+  EVP_PKEY* key = out.pkcs10.public_key();
+  if (!EVP_PKEY_is_a(key, "RSA")) {
+    return Failed(RequestCheck::kAlgorithm,
+                  std::string("the request's key is ") +
+                      (EVP_PKEY_is_a(key, "EC") ? "an EC key" : "not an RSA key") +
+                      "; CMC requests are signed with RSA keys only");
+  }
   const std::string sig_oid = AlgorithmOid(sig_alg);
   if (sig_oid != "1.2.840.113549.1.1.1" && DigestFor(sig_oid) == nullptr) {
-    return Bad("unsupported signature algorithm " + sig_oid + " (RSA only)");
+    return Failed(RequestCheck::kAlgorithm,
+                  "unsupported signature algorithm " + sig_oid + " (RSA only)");
   }
 
   // The signer must be the request's own key.
-  EVP_PKEY* key = out.pkcs10.public_key();
   if (sid.tag == der::ContextPrimitive(0)) {
     out.signer_by_key_id = true;
     // SHA-1 of the subjectPublicKey bits as the PKCS#10 carries them (what
@@ -247,7 +274,7 @@ absl::StatusOr<CmcRequest> ParseCmcRequest(std::span<const uint8_t> input, bool 
         sid.contents.size() != sizeof ski ||
         std::memcmp(ski, sid.contents.data(), sizeof ski) != 0) {
       ERR_clear_error();
-      return Bad("the signer's key identifier is not the PKCS#10 key's");
+      return Failed(RequestCheck::kSigner, "the signer's key identifier is not the PKCS#10 key's");
     }
   } else if (sid.tag != der::kSequence) {
     return Bad("the SignerInfo identifies its signer in an unknown way");
@@ -270,19 +297,21 @@ absl::StatusOr<CmcRequest> ParseCmcRequest(std::span<const uint8_t> input, bool 
       }
     }
     if (!content_type_ok) return Bad("the signed contentType attribute is not id-cct-PKIData");
-    if (!digest_ok) return Bad("the messageDigest does not match the PKIData");
+    if (!digest_ok) {
+      return Failed(RequestCheck::kMessageDigest, "the messageDigest does not match the PKIData");
+    }
     signed_bytes.assign(signed_attrs.whole.begin(), signed_attrs.whole.end());
     signed_bytes[0] = der::kSet;
   } else {
     signed_bytes.assign(econtent.contents.begin(), econtent.contents.end());
   }
   ossl::UniquePtr<EVP_MD_CTX> vctx(EVP_MD_CTX_new());
-  if (!EVP_PKEY_is_a(key, "RSA") ||
-      EVP_DigestVerifyInit_ex(vctx.get(), nullptr, digest, nullptr, nullptr, key, nullptr) != 1 ||
+  if (EVP_DigestVerifyInit_ex(vctx.get(), nullptr, digest, nullptr, nullptr, key, nullptr) != 1 ||
       EVP_DigestVerify(vctx.get(), signature.contents.data(), signature.contents.size(),
                        signed_bytes.data(), signed_bytes.size()) != 1) {
     ERR_clear_error();
-    return Bad("the CMS signature does not verify with the PKCS#10 public key");
+    return Failed(RequestCheck::kSignature,
+                  "the CMS signature does not verify with the PKCS#10 public key");
   }
 
   // The encrypted private key, and its hash from the signed control.
@@ -347,9 +376,9 @@ absl::StatusOr<CmcRequest> ParseCmcRequest(std::span<const uint8_t> input, bool 
                        : n == 64 ? "SHA512"
                                  : nullptr;
     if (hash == nullptr || Digest(hash, *out.encrypted_key) != *out.encrypted_key_hash) {
-      return Bad(
-          "the encrypted-key hash (1.3.6.1.4.1.311.21.21) does not match the encrypted "
-          "private key (1.3.6.1.4.1.311.21.13)");
+      return Failed(RequestCheck::kKeyHash,
+                    "the encrypted-key hash (1.3.6.1.4.1.311.21.21) does not match the encrypted "
+                    "private key (1.3.6.1.4.1.311.21.13)");
     }
   }
   return out;

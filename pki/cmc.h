@@ -50,14 +50,29 @@ struct CmcRequest {
   bool encrypted_key_removed = false;
 };
 
+// What could be read from a request before it was refused: set once the
+// PKCS#10 inside has parsed and its self-signature verified (nothing here
+// is key material; the subject is as the request names it, unbounded).
+struct CmcSeen {
+  bool pkcs10_parsed = false;
+  std::string subject;      // RFC 4514
+  std::string spki_sha256;  // pki::SpkiSha256 of the PKCS#10 key
+  std::string template_name;
+  std::string template_oid;
+  bool carries_encrypted_key = false;
+};
+
 // Parses and verifies: structure (strict DER), the PKCS#10 inside, the CMS
 // signature with the PKCS#10 public key (and the signer's key id when given
 // that way), the messageDigest, the content type, and that the encrypted
 // key's hash in the signed control matches the unsigned attribute. A
 // request with an encrypted key but no hash is refused; so is one with a
 // hash but no key, unless `allow_removed_key` (the CA re-reading a request
-// it stored without the key).
+// it stored without the key). A refusal carries the check it failed
+// (RequestCheckOf, pki/pkcs10.h): key-hash, message-digest, signature,
+// signer, algorithm (a key or algorithm other than RSA / SHA-1..SHA-512),
+// or structure. `seen`, when given, receives what was read safely.
 absl::StatusOr<CmcRequest> ParseCmcRequest(std::span<const uint8_t> der,
-                                           bool allow_removed_key = false);
+                                           bool allow_removed_key = false, CmcSeen* seen = nullptr);
 
 }  // namespace keywarden::pki

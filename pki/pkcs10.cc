@@ -1,7 +1,11 @@
 #include "pki/pkcs10.h"
 
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "absl/strings/cord.h"
 
 #include "hsm/status.h"
 #include "hsm/strings.h"
@@ -119,6 +123,67 @@ std::string SniffRequestFormat(std::span<const uint8_t> data) {
   return {};
 }
 
+absl::Status RequestCheckError(RequestCheck check, const std::string& message) {
+  absl::Status st = absl::InvalidArgumentError(message);
+  st.SetPayload(kRequestCheckPayload, absl::Cord(RequestCheckName(check)));
+  return st;
+}
+
+RequestCheck RequestCheckOf(const absl::Status& status) {
+  const auto payload = status.GetPayload(kRequestCheckPayload);
+  if (!payload) return RequestCheck::kStructure;
+  for (RequestCheck c :
+       {RequestCheck::kKeyHash, RequestCheck::kMessageDigest, RequestCheck::kSignature,
+        RequestCheck::kSigner, RequestCheck::kAlgorithm}) {
+    if (*payload == RequestCheckName(c)) return c;
+  }
+  return RequestCheck::kStructure;
+}
+
+const char* RequestCheckName(RequestCheck check) {
+  switch (check) {
+    case RequestCheck::kKeyHash:
+      return "key-hash";
+    case RequestCheck::kMessageDigest:
+      return "message-digest";
+    case RequestCheck::kSignature:
+      return "signature";
+    case RequestCheck::kSigner:
+      return "signer";
+    case RequestCheck::kAlgorithm:
+      return "algorithm";
+    case RequestCheck::kStructure:
+      break;
+  }
+  return "structure";
+}
+
+std::string Sha256Hex(std::span<const uint8_t> data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  std::string out;
+  if (EVP_Digest(data.data(), data.size(), md, &n, EVP_sha256(), nullptr) == 1) {
+    static const char kDigits[] = "0123456789abcdef";
+    for (unsigned int i = 0; i < n; ++i) {
+      out.push_back(kDigits[md[i] >> 4]);
+      out.push_back(kDigits[md[i] & 0xf]);
+    }
+  }
+  ERR_clear_error();
+  return out;
+}
+
+std::string SpkiSha256(EVP_PKEY* key) {
+  if (key == nullptr) return {};
+  unsigned char* der = nullptr;
+  const int len = i2d_PUBKEY(key, &der);
+  std::string out;
+  if (len > 0) out = Sha256Hex({der, static_cast<size_t>(len)});
+  OPENSSL_free(der);
+  ERR_clear_error();
+  return out;
+}
+
 absl::StatusOr<Pkcs10Request> ParsePkcs10(std::span<const uint8_t> data) {
   Pkcs10Request r;
   r.der = PemToDer(data);
@@ -136,7 +201,8 @@ absl::StatusOr<Pkcs10Request> ParsePkcs10(std::span<const uint8_t> data) {
     return hsm::OpenSslError("PKCS#10: unreadable public key", absl::StatusCode::kInvalidArgument);
   if (X509_REQ_verify(r.req.get(), pub) != 1) {
     ERR_clear_error();
-    return absl::InvalidArgumentError(
+    return RequestCheckError(
+        RequestCheck::kSignature,
         "PKCS#10: the request's signature does not verify with its public key");
   }
   r.empty_subject = X509_NAME_entry_count(X509_REQ_get_subject_name(r.req.get())) == 0;

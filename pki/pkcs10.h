@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -26,6 +27,30 @@ struct Pkcs10Request {
 
   EVP_PKEY* public_key() const { return X509_REQ_get0_pubkey(req.get()); }
 };
+
+// Which check a refused request failed, carried as a payload on the status
+// (the service maps each to its HRESULT in service/errors.h):
+//   kStructure      not well-formed (DER, layout, missing parts)
+//   kKeyHash        the encrypted-key hash (1.3.6.1.4.1.311.21.21) does not
+//                   match the encrypted private key
+//   kMessageDigest  the CMS messageDigest does not match the PKIData
+//   kSignature      a signature (CMS or the PKCS#10's own) does not verify
+//   kSigner         the CMS signer is not the PKCS#10's key
+//   kAlgorithm      an algorithm or key type keywarden does not accept
+enum class RequestCheck { kStructure, kKeyHash, kMessageDigest, kSignature, kSigner, kAlgorithm };
+inline constexpr char kRequestCheckPayload[] = "type.keywarden/request-check";
+// INVALID_ARGUMENT `message` marked with `check`.
+absl::Status RequestCheckError(RequestCheck check, const std::string& message);
+// The check a status from ParsePkcs10 / ParseCmcRequest failed
+// (kStructure when it carries none).
+RequestCheck RequestCheckOf(const absl::Status& status);
+const char* RequestCheckName(RequestCheck check);  // "structure", "key-hash", ...
+
+// SHA-256 (lower-case hex) of a key's DER SubjectPublicKeyInfo; empty when
+// it does not encode.
+std::string SpkiSha256(EVP_PKEY* key);
+// SHA-256 (lower-case hex) of `data`.
+std::string Sha256Hex(std::span<const uint8_t> data);
 
 // Accepts DER or PEM ("CERTIFICATE REQUEST" / "NEW CERTIFICATE REQUEST").
 // The request's self-signature must verify.

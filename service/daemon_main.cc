@@ -146,6 +146,12 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
       },
       [] { return static_cast<int64_t>(std::time(nullptr)); });
   if (!signer.ok()) return Fail(signer.status());
+  // One key, one owner across both ways of issuing: a key this CA certified
+  // (or holds archived) for someone is not certified for anyone else.
+  (*signer)->SetKeyOwnerCheck(
+      [ca_ptr](const std::string& spki, const std::string& subject, const std::string& principal) {
+        return ca_ptr->CheckKeyOwner(spki, subject, principal, /*archiving=*/false);
+      });
   std::vector<std::unique_ptr<grpc::Service>> extra;
   extra.push_back(service::MakeSigningService(**ca, **signer));
   (*signer)->StartPeriodicFlush(config->signing.audit_interval);

@@ -4,6 +4,7 @@
 
 #include "absl/strings/cord.h"
 #include "hsm/strings.h"
+#include "pki/pkcs10.h"
 
 namespace keywarden::service {
 namespace {
@@ -37,6 +38,10 @@ const HResult* const kAll[] = {
     &hresult::kTemplateDenied,
     &hresult::kAccessDenied,
     &hresult::kBadSignature,
+    &hresult::kBadHash,
+    &hresult::kHashValue,
+    &hresult::kSignerNotFound,
+    &hresult::kKeyExists,
     &hresult::kAsn1BadTag,
     &hresult::kInvalidArg,
     &hresult::kAmbiguousName,
@@ -61,6 +66,30 @@ absl::Status Error(const HResult& hr, const std::string& detail) {
   absl::Status status(hr.status, message);
   status.SetPayload(kPayloadUrl, absl::Cord(code));
   return status;
+}
+
+absl::Status RequestCheckError(const absl::Status& parse_failure) {
+  const HResult* hr = &hresult::kAsn1BadTag;
+  switch (pki::RequestCheckOf(parse_failure)) {
+    case pki::RequestCheck::kKeyHash:
+      hr = &hresult::kBadHash;
+      break;
+    case pki::RequestCheck::kMessageDigest:
+      hr = &hresult::kHashValue;
+      break;
+    case pki::RequestCheck::kSignature:
+      hr = &hresult::kBadSignature;
+      break;
+    case pki::RequestCheck::kSigner:
+      hr = &hresult::kSignerNotFound;
+      break;
+    case pki::RequestCheck::kAlgorithm:
+      hr = &hresult::kBadAlgorithm;
+      break;
+    case pki::RequestCheck::kStructure:
+      break;
+  }
+  return Error(*hr, std::string(parse_failure.message()));
 }
 
 std::optional<uint32_t> HResultOf(const absl::Status& status) {

@@ -116,6 +116,23 @@ inline constexpr HResult kAccessDenied{0x80070005, "E_ACCESSDENIED", "Access is 
                                        absl::StatusCode::kPermissionDenied};
 inline constexpr HResult kBadSignature{0x80090006, "NTE_BAD_SIGNATURE", "Invalid Signature.",
                                        absl::StatusCode::kInvalidArgument};
+// Request integrity (a CMC or PKCS#10 refused by a check; RequestCheckError
+// below maps pki's RequestCheck to these). From Windows' winerror.h: the
+// codes CryptoAPI itself returns for the same failures.
+inline constexpr HResult kBadHash{0x80090002, "NTE_BAD_HASH", "Bad Hash.",
+                                  absl::StatusCode::kInvalidArgument};
+inline constexpr HResult kHashValue{0x80091007, "CRYPT_E_HASH_VALUE",
+                                    "The hash value is not correct.",
+                                    absl::StatusCode::kInvalidArgument};
+inline constexpr HResult kSignerNotFound{0x8009100e, "CRYPT_E_SIGNER_NOT_FOUND",
+                                         "Cannot find the original signer.",
+                                         absl::StatusCode::kInvalidArgument};
+// One key, one owner: the request's public key is already certified (or
+// held by a pending archival request) for another subject or principal,
+// or the same principal sends the same archival request again.
+inline constexpr HResult kKeyExists{0x80092005, "CRYPT_E_EXISTS",
+                                    "The object or property already exists.",
+                                    absl::StatusCode::kAlreadyExists};
 inline constexpr HResult kAsn1BadTag{0x8009310b, "CRYPT_E_ASN1_BADTAG", "ASN1 bad tag value met.",
                                      absl::StatusCode::kInvalidArgument};
 inline constexpr HResult kInvalidArg{0x80070057, "E_INVALIDARG", "The parameter is incorrect.",
@@ -136,6 +153,13 @@ inline constexpr HResult kInvalidPassword{0x80070056, "ERROR_INVALID_PASSWORD",
                                           "The specified network password is not correct.",
                                           absl::StatusCode::kInvalidArgument};
 }  // namespace hresult
+
+// A request refused by an integrity check (pki::RequestCheck carried by the
+// status from pki::ParsePkcs10 / pki::ParseCmcRequest): key-hash ->
+// NTE_BAD_HASH, message-digest -> CRYPT_E_HASH_VALUE, signature ->
+// NTE_BAD_SIGNATURE, signer -> CRYPT_E_SIGNER_NOT_FOUND, algorithm ->
+// NTE_BAD_ALGID, structure -> CRYPT_E_ASN1_BADTAG; with the check's message.
+absl::Status RequestCheckError(const absl::Status& parse_failure);
 
 // "<hresult text> <detail>" with the HRESULT attached.
 absl::Status Error(const HResult& hr, const std::string& detail = {});

@@ -3,6 +3,8 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 
+#include "absl/strings/cord.h"
+
 #include "hsm/status.h"
 #include "hsm/strings.h"
 #include "hsm/symmetric.h"
@@ -64,10 +66,21 @@ absl::StatusOr<hsm::SecretBytes> KeyArchiver::Decrypt(std::span<const uint8_t> e
   // The RSA key transport runs on the token.
   hsm::Token& token = *match.key->token;
   const uint64_t faults_before = token.faults();
+  (void)hsm::TakeMechanismRefusal();  // only this call's refusal counts
   auto plaintext = envelope->Decrypt(pkey->get(), match.certificate.get());
   if (!plaintext.ok()) {
     // OpenSSL does not say why the key transport failed: a token that
-    // failed meanwhile is the CA's fault, never the client's data.
+    // refused the mechanism the client chose (OAEP with SHA-256 on a token
+    // that does SHA-1 only) or failed meanwhile is the CA's side, never the
+    // client's data.
+    if (auto refused = hsm::TakeMechanismRefusal(); refused.has_value()) {
+      ERR_clear_error();
+      absl::Status why(refused->code(),
+                       StrCat("the exchange key's token could not decrypt the archived key: ",
+                              refused->message(), " (a limit of the CA's token, not bad data)"));
+      why.SetPayload(hsm::kMechanismRefusedPayload, absl::Cord("1"));
+      return why;
+    }
     if (token.faults() != faults_before || !token.available()) {
       return hsm::HsmUnavailable(StrCat("the exchange key on token \"", token.label(),
                                         "\" could not decrypt the archived key (",

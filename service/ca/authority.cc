@@ -60,13 +60,23 @@ bool KeyTypeAllowed(const TemplateConfig& t, EVP_PKEY* key, std::string* type) {
   return std::find(t.key_types.begin(), t.key_types.end(), *type) != t.key_types.end();
 }
 
+// The template a request is for, as stored on its row: the configured
+// template's name when the hint (else the request's v2 OID, else its v1
+// name) is one; else what was asked for, bounded.
+std::string ResolveTemplateName(const Config& config, const std::string& hint,
+                                const std::string& oid, const std::string& name) {
+  const std::string& wanted = !hint.empty() ? hint : !oid.empty() ? oid : name;
+  if (const TemplateConfig* t = config.FindTemplate(wanted)) return t->name;
+  return Echo(wanted, 256);
+}
+
 }  // namespace
 
 absl::StatusOr<ParsedRequest> ParseRequest(const std::string& format, std::span<const uint8_t> der,
-                                           bool stored) {
+                                           bool stored, pki::CmcSeen* seen) {
   ParsedRequest out;
   if (format == "cmc") {
-    auto cmc = pki::ParseCmcRequest(der, /*allow_removed_key=*/stored);
+    auto cmc = pki::ParseCmcRequest(der, /*allow_removed_key=*/stored, seen);
     if (!cmc.ok()) return cmc.status();
     out.pkcs10 = std::move(cmc->pkcs10);
     out.body_part_id = cmc->pkcs10_body_part_id;
@@ -198,6 +208,78 @@ absl::Status CertificateAuthority::AuditCommitted(const std::string& principal,
       StrCat(what, ": the CA could not write its audit record (", st.status().message(), ")"));
 }
 
+absl::Status CertificateAuthority::CheckKeyOwner(const std::string& spki_sha256,
+                                                 const std::string& subject,
+                                                 const std::string& requester, bool archiving,
+                                                 int64_t exclude_request,
+                                                 const std::string& exclude_serial,
+                                                 std::string* same_key_as) {
+  if (spki_sha256.empty()) {
+    return absl::InternalError("the request's public key could not be encoded to be looked up");
+  }
+  CertificateQuery q;
+  q.spki_sha256 = spki_sha256;
+  q.limit = 100;
+  auto certificates = store_.FindCertificates(q);
+  if (!certificates.ok()) return certificates.status();
+  for (const CertificateRecord& c : *certificates) {
+    if (c.serial == exclude_serial) continue;
+    if (c.request_id == 0) {
+      return Error(hresult::kKeyExists,
+                   StrCat("the request's public key is the key of this CA's own certificate ",
+                          c.serial, "; it is never certified to anyone else"));
+    }
+    const bool foreign = c.template_name == kForeignTemplate;
+    std::string owner_requester;
+    std::optional<ArchivedKey> archived;
+    if (c.request_id != exclude_request) {
+      auto owner = store_.GetRequest(c.request_id);
+      if (!owner.ok()) return owner.status();
+      owner_requester = owner->requester;
+      archived = std::move(owner->archived_key);
+    }
+    const bool same_owner =
+        c.subject == subject && (requester.empty() || foreign || owner_requester == requester);
+    if (!same_owner) {
+      return Error(hresult::kKeyExists,
+                   StrCat("the request's public key is already certified to another owner "
+                          "(certificate ",
+                          c.serial, ", request ", c.request_id,
+                          "); a key is certified to one subject and one requester only, and is "
+                          "never archived for anyone else"));
+    }
+    if (archiving && archived.has_value()) {
+      return Error(hresult::kKeyExists,
+                   StrCat("replay: ", requester.empty() ? std::string("this key") : requester,
+                          " already had this key certified and archived (certificate ", c.serial,
+                          ", request ", c.request_id,
+                          "); a key is archived once -- to renew with the same key, send the "
+                          "request without the private key"));
+    }
+    if (same_key_as != nullptr && same_key_as->empty()) *same_key_as = c.serial;
+  }
+  // A pending request holding the key archived (left for a Certificate
+  // Manager): nobody else may send it, and its owner only once.
+  auto requests = store_.FindRequestsByKey(spki_sha256, 100);
+  if (!requests.ok()) return requests.status();
+  for (const RequestRecord& r : *requests) {
+    if (r.id == exclude_request || r.disposition != Disposition::kPending || !r.archived_key) {
+      continue;
+    }
+    if (!requester.empty() && r.requester != requester) {
+      return Error(hresult::kKeyExists,
+                   StrCat("the request's public key is held by pending request ", r.id,
+                          " of another requester; a key is never archived for anyone else"));
+    }
+    if (archiving) {
+      return Error(hresult::kKeyExists,
+                   StrCat("replay: pending request ", r.id, " of ", r.requester,
+                          " already holds this key archived; a key is archived once"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Submit(const Requester& requester,
                                                                std::span<const uint8_t> request,
                                                                const std::string& template_hint) {
@@ -214,27 +296,28 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Submit(const Requester& 
     return Error(hresult::kAsn1BadTag,
                  "the request is neither a PKCS#10 request nor a CMS message");
   }
-  auto parsed = ParseRequest(format, der);
+  const std::string request_sha256 = pki::Sha256Hex(der);
+  pki::CmcSeen seen;
+  absl::StatusOr<ParsedRequest> parsed = format == "cmc"
+                                             ? ParseRequest(format, der, /*stored=*/false, &seen)
+                                             : ParseRequest(format, der);
   if (!parsed.ok()) {
-    const bool bad_signature =
-        parsed.status().message().find("signature") != absl::string_view::npos;
-    // At most once a minute per principal and format, with the count of the
-    // rejections it stands for: requests that merely look like one cannot
-    // flood the log.
-    if (const int64_t rejected = rejections_.Take(StrCat(principal, "\n", format)); rejected > 0) {
-      Audit(principal, "request.rejected",
-            json{{"format", format},
-                 {"reason", Echo(std::string(parsed.status().message()), 512)},
-                 {"rejected_requests", rejected}}
-                .dump());
-    }
-    return Error(bad_signature ? hresult::kBadSignature : hresult::kAsn1BadTag,
-                 std::string(parsed.status().message()));
+    // A request refused by an integrity check (or malformed once its
+    // PKCS#10 was read) is a failed row; bytes that only look like a
+    // request (a certificate, a truncated file) change nothing stored.
+    const bool row =
+        pki::RequestCheckOf(parsed.status()) != pki::RequestCheck::kStructure || seen.pkcs10_parsed;
+    return RecordRefused(requester, format, template_hint, request_sha256, seen, parsed.status(),
+                         row);
   }
-
   RequestRecord r;
   r.requester = principal;
-  r.template_name = template_hint;
+  // The template as resolved (what the request names when no hint is
+  // given), so that the row tells a Certificate Manager what was asked for.
+  r.template_name = ResolveTemplateName(config_, template_hint, parsed->pkcs10.template_oid,
+                                        parsed->pkcs10.template_name);
+  r.spki_sha256 = pki::SpkiSha256(parsed->pkcs10.public_key());
+  r.request_sha256 = request_sha256;
   r.format = format;
   // The encrypted key is never stored: the CA's own exchange key opens it.
   // What is kept is the key archived to KRAs (or nothing, if refused).
@@ -257,6 +340,58 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Submit(const Requester& 
   if (!id.ok()) return id.status();
   r.id = *id;
   return Process(std::move(r), principal, /*approving=*/false, &*parsed, &requester);
+}
+
+absl::Status CertificateAuthority::RecordRefused(const Requester& requester,
+                                                 const std::string& format,
+                                                 const std::string& template_hint,
+                                                 const std::string& request_sha256,
+                                                 const pki::CmcSeen& seen, const absl::Status& why,
+                                                 bool make_row) {
+  const absl::Status refusal = RequestCheckError(why);
+  const std::string reason = Echo(std::string(why.message()), 512);
+  // The row: no body (it may hold the private key encrypted to the CA),
+  // only what was read safely, each field bounded.
+  RequestRecord r;
+  r.requester = requester.principal;
+  r.format = format;
+  r.template_name = seen.pkcs10_parsed ? ResolveTemplateName(config_, template_hint,
+                                                             seen.template_oid, seen.template_name)
+                                       : Echo(template_hint, 256);
+  r.subject = seen.pkcs10_parsed ? Echo(seen.subject, 1024) : std::string();
+  r.spki_sha256 = seen.spki_sha256;
+  r.request_sha256 = request_sha256;
+  r.disposition = Disposition::kFailed;
+  r.disposition_message = StrCat("refused by an integrity check (",
+                                 pki::RequestCheckName(pki::RequestCheckOf(why)), "): ", reason);
+  r.status_code = HResultOf(refusal).value_or(0);
+  r.submitted_at = clock_();
+  r.resolved_at = r.submitted_at;
+  r.resolved_by = "policy";
+  absl::StatusOr<int64_t> id = int64_t{0};
+  if (make_row) id = store_.InsertRequest(r);
+  // At most once a minute per principal and format, with the count of the
+  // rejections it stands for: requests that merely look like one cannot
+  // flood the log (the rows are few bytes each).
+  if (const int64_t rejected = rejections_.Take(StrCat(requester.principal, "\n", format));
+      rejected > 0) {
+    Audit(requester.principal, "request.rejected",
+          json{{"format", format},
+               {"request_id", id.ok() ? *id : 0},
+               {"check", pki::RequestCheckName(pki::RequestCheckOf(why))},
+               {"hresult", HResultHex(r.status_code)},
+               {"reason", reason},
+               {"request_sha256", request_sha256},
+               {"rejected_requests", rejected}}
+              .dump());
+  }
+  // No row (or the store failed, which it reports): the refusal stands.
+  if (!id.ok() || *id == 0) return refusal;
+  absl::Status out(refusal.code(), StrCat("request ", *id, " failed: ", refusal.message()));
+  if (auto p = refusal.GetPayload("type.keywarden/hresult")) {
+    out.SetPayload("type.keywarden/hresult", *p);
+  }
+  return out;
 }
 
 absl::Status CertificateAuthority::ResolveUnissued(RequestRecord& request, Disposition disposition,
@@ -292,7 +427,7 @@ absl::Status CertificateAuthority::ResolveUnissued(RequestRecord& request, Dispo
 
 absl::Status CertificateAuthority::DenyWith(RequestRecord& request, const absl::Status& why,
                                             const std::string& by) {
-  if (hsm::IsHsmFault(why) || IsDatabaseFault(why) ||
+  if (hsm::IsHsmFault(why) || IsDatabaseFault(why) || hsm::IsMechanismRefused(why) ||
       (why.code() == absl::StatusCode::kUnavailable && !HResultOf(why).has_value())) {
     // The token (or another part of the CA) failed: not a verdict on the
     // request. It is failed with the CA's reason, never denied.
@@ -318,10 +453,14 @@ absl::Status CertificateAuthority::FailCaSide(RequestRecord& request, const absl
   (void)ResolveUnissued(
       request, Disposition::kFailed, message, 0, "system",
       {{"system", "request.failed", json{{"request_id", request.id}, {"reason", message}}.dump()}});
+  // A mechanism the token cannot do stays FAILED_PRECONDITION (sending it
+  // again does not help); anything else on the CA's side is UNAVAILABLE.
+  const bool mechanism = hsm::IsMechanismRefused(why);
   absl::Status out(
-      why.code() == absl::StatusCode::kUnavailable ? why.code() : absl::StatusCode::kUnavailable,
+      mechanism ? absl::StatusCode::kFailedPrecondition : absl::StatusCode::kUnavailable,
       StrCat("request ", request.id, " failed on the CA's side: ", message));
   if (hsm::IsHsmFault(why)) out.SetPayload(hsm::kTokenFaultPayload, absl::Cord("1"));
+  if (mechanism) out.SetPayload(hsm::kMechanismRefusedPayload, absl::Cord("1"));
   if (IsDatabaseFault(why)) out = MarkDatabaseFault(std::move(out));
   return out;
 }
@@ -416,8 +555,41 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
                                           " needs at least ", t->min_key_bits)),
         policy);
   }
+  // Subject: from the request, or from the authenticated principal when the
+  // template says so or the request has none (Windows autoenrollment).
+  ossl::UniquePtr<X509_NAME> subject;
+  if (t->subject == SubjectSource::kPrincipal || parsed->empty_subject) {
+    auto name = pki::ParseName(request.requester);
+    if (!name.ok() || X509_NAME_entry_count(name->get()) == 0) {
+      return DenyWith(request,
+                      Error(hresult::kBadRequestSubject,
+                            StrCat("no subject: the request has none and the principal \"",
+                                   request.requester, "\" is not a usable name")),
+                      policy);
+    }
+    subject = std::move(*name);
+  } else {
+    subject.reset(X509_NAME_dup(X509_REQ_get_subject_name(parsed->req.get())));
+  }
   // Key archival (seed: "Understanding the Archival Process").
   const bool carries_key = stored->encrypted_key_hash.has_value();
+  // One key, one owner: checked before anything is archived, at submission
+  // and again at approval (another certificate may have been issued since).
+  std::string same_key_as;
+  if (auto st =
+          CheckKeyOwner(pki::SpkiSha256(pub), pki::FormatName(subject.get()), request.requester,
+                        carries_key && !request.archived_key, request.id, {}, &same_key_as);
+      !st.ok()) {
+    if (!HResultOf(st)) return FailCaSide(request, st);  // the store, not the request
+    Audit(policy, "request.key_in_use",
+          json{{"request_id", request.id},
+               {"requester", request.requester},
+               {"subject", pki::FormatName(subject.get())},
+               {"replay", st.message().find("replay:") != absl::string_view::npos},
+               {"reason", std::string(st.message())}}
+              .dump());
+    return DenyWith(request, st, policy);
+  }
   if (carries_key && t->archival == ArchivalPolicy::kNone) {
     // A CA without any KRA says so first (seed: 0x8009400a for every
     // request that carries a key), else the template is the problem.
@@ -462,38 +634,22 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
                                              *submitted->encrypted_key_hash, pub);
     }
     if (!archived.ok()) {
-      Audit(policy, "archival.refused",
-            json{{"request_id", request.id},
-                 {"requester", request.requester},
-                 {"reason", std::string(archived.status().message())}}
-                .dump());
+      if (HResultOf(archived.status())) {
+        Audit(policy, "archival.refused",
+              json{{"request_id", request.id},
+                   {"requester", request.requester},
+                   {"reason", std::string(archived.status().message())}}
+                  .dump());
+      }
       if (!HResultOf(archived.status())) {
-        // Not a verdict on the request: the token or the store failed.
-        const std::string message(archived.status().message());
-        (void)store_.ResolveRequest(request.id, Disposition::kFailed, message, 0, "system",
-                                    clock_());
-        return archived.status();
+        // Not a verdict on the request: the token (down, or unable to do
+        // the mechanism the client chose) or the store failed.
+        return FailCaSide(request, archived.status());
       }
       return DenyWith(request, archived.status(), policy);
     }
     request.archived_key = std::move(*archived);
     archived_now = true;
-  }
-  // Subject: from the request, or from the authenticated principal when the
-  // template says so or the request has none (Windows autoenrollment).
-  ossl::UniquePtr<X509_NAME> subject;
-  if (t->subject == SubjectSource::kPrincipal || parsed->empty_subject) {
-    auto name = pki::ParseName(request.requester);
-    if (!name.ok() || X509_NAME_entry_count(name->get()) == 0) {
-      return DenyWith(request,
-                      Error(hresult::kBadRequestSubject,
-                            StrCat("no subject: the request has none and the principal \"",
-                                   request.requester, "\" is not a usable name")),
-                      policy);
-    }
-    subject = std::move(*name);
-  } else {
-    subject.reset(X509_NAME_dup(X509_REQ_get_subject_name(parsed->req.get())));
   }
   // A request approved later is checked again against the configuration of
   // the day, with the roles its requester's subject is bound to.
@@ -578,14 +734,12 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
                           {"scheme", request.archived_key->scheme}}
                          .dump()});
   }
-  audit.push_back({policy, "request.issued",
-                   json{{"request_id", request.id},
-                        {"requester", request.requester},
-                        {"template", t->name},
-                        {"serial", record.serial},
-                        {"subject", record.subject},
-                        {"sha1", record.sha1}}
-                       .dump()});
+  json issued_details{{"request_id", request.id},  {"requester", request.requester},
+                      {"template", t->name},       {"serial", record.serial},
+                      {"subject", record.subject}, {"sha1", record.sha1}};
+  // A renewal with the same key by the same owner (policy-allowed).
+  if (!same_key_as.empty()) issued_details["same_key_as"] = same_key_as;
+  audit.push_back({policy, "request.issued", issued_details.dump()});
   if (auto st = store_.RecordIssued(request.id, record, request.archived_key, policy, now, audit);
       !st.ok()) {
     return st;
@@ -957,6 +1111,16 @@ absl::StatusOr<CertificateAuthority::ImportResult> CertificateAuthority::ImportO
                           StrCat("the key of certificate ", found->front().serial,
                                  " is already archived (request ", request->id, ")")));
     }
+  }
+
+  // One key, one owner: the certificate's subject owns its key.
+  if (auto st = CheckKeyOwner(pki::SpkiSha256(X509_get0_pubkey(cert.get())),
+                              pki::FormatName(X509_get_subject_name(cert.get())), /*requester=*/"",
+                              /*archiving=*/true, ours ? found->front().request_id : 0,
+                              ours ? found->front().serial : std::string());
+      !st.ok()) {
+    if (!HResultOf(st)) return st;
+    return refuse(st);
   }
 
   auto archived = archiver_->ArchiveKey(key.get(), X509_get0_pubkey(cert.get()));

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "hsm/provider/provider.h"
 #include "hsm/token.h"
+#include "pki/cmc.h"
 #include "pki/pkcs10.h"
 #include "service/archival/archiver.h"
 #include "service/archival/kra_registry.h"
@@ -47,8 +48,9 @@ struct ParsedRequest {
 };
 // `format` is "pkcs10" or "cmc"; signatures and hashes are verified.
 // `stored`: the CA's own stored copy, whose encrypted key was removed.
+// `seen` (CMC only) receives what was read safely when parsing fails.
 absl::StatusOr<ParsedRequest> ParseRequest(const std::string& format, std::span<const uint8_t> der,
-                                           bool stored = false);
+                                           bool stored = false, pki::CmcSeen* seen = nullptr);
 
 // Who submits a request, as the door identified them (service/trust).
 struct Requester {
@@ -184,6 +186,24 @@ class CertificateAuthority {
   // The audit log against its checkpoints and this CA's certificate.
   absl::StatusOr<AuditVerdict> VerifyAudit(const std::optional<std::vector<uint8_t>>& held);
 
+  // One key, one owner (CRYPT_E_EXISTS, ALREADY_EXISTS): a public key
+  // (`spki_sha256`, pki::SpkiSha256) is certified by this CA to one owner
+  // only -- one subject and, for requests, one requester. Refused when the
+  // key is one of the CA's own, is certified to another subject or for
+  // another requester, or is held by a pending archival request of another
+  // requester; the message names the existing certificate's serial (or the
+  // request). `requester` empty compares subjects only (importpfx: the
+  // certificate's subject is its owner). `archiving`: the request carries
+  // the private key; the same owner sending a key that is already archived
+  // is refused as a replay (its own message). The same owner without
+  // archival is a renewal with the same key: allowed, and the earlier
+  // certificate's serial goes to `same_key_as`. `exclude_request` and
+  // `exclude_serial` are the rows under processing.
+  absl::Status CheckKeyOwner(const std::string& spki_sha256, const std::string& subject,
+                             const std::string& requester, bool archiving,
+                             int64_t exclude_request = 0, const std::string& exclude_serial = {},
+                             std::string* same_key_as = nullptr);
+
   // Appends to the audit log; a failure to audit is logged loudly.
   void Audit(const std::string& principal, const std::string& event,
              const std::string& details_json);
@@ -222,6 +242,15 @@ class CertificateAuthority {
   // One key of an imported PKCS#12 with its certificate (ImportKey).
   absl::StatusOr<ImportResult> ImportOneKey(const std::string& who, ossl::UniquePtr<EVP_PKEY> key,
                                             X509* cert, bool foreign);
+  // A submission refused by an integrity check (pki::RequestCheck): with
+  // `make_row`, stored as a failed row with its reason and code and no key material -- no
+  // request body, only the request's SHA-256 and what `seen` read safely,
+  // each bounded -- and audited as request.rejected at most once a minute
+  // per principal and format. Returns the refusal (its HRESULT names the
+  // check, service/errors.h RequestCheckError).
+  absl::Status RecordRefused(const Requester& requester, const std::string& format,
+                             const std::string& template_hint, const std::string& request_sha256,
+                             const pki::CmcSeen& seen, const absl::Status& why, bool make_row);
   // Resolves the request failed for a CA-side reason (token, store): never
   // a denial. Answers UNAVAILABLE.
   absl::Status FailCaSide(RequestRecord& request, const absl::Status& why);

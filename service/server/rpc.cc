@@ -197,6 +197,8 @@ void Fill(const RequestRecord& r, v1::RequestInfo* out) {
   out->set_resolved_by(r.resolved_by);
   out->set_serial(r.serial);
   out->set_has_archived_key(r.archived_key.has_value());
+  out->set_public_key_sha256(r.spki_sha256);
+  out->set_request_sha256(r.request_sha256);
 }
 
 void Fill(const CertificateRecord& c, v1::CertificateInfo* out) {

@@ -505,12 +505,7 @@ absl::StatusOr<IssuedCertificate> DelegatedSigner::IssueCertificate(
                                                      " bytes; the limit is ", kMaxRequestSize)));
   }
   auto parsed = pki::ParsePkcs10(request);
-  if (!parsed.ok()) {
-    const bool bad_signature =
-        parsed.status().message().find("signature") != absl::string_view::npos;
-    return refuse(Error(bad_signature ? hresult::kBadSignature : hresult::kAsn1BadTag,
-                        std::string(parsed.status().message())));
-  }
+  if (!parsed.ok()) return refuse(RequestCheckError(parsed.status()));
   EVP_PKEY* pub = parsed->public_key();
   std::string key_type;
   if (!KeyTypeAllowed(*t, pub, &key_type)) {
@@ -542,6 +537,13 @@ absl::StatusOr<IssuedCertificate> DelegatedSigner::IssueCertificate(
                                              config_->RolesOf(principal));
       !st.ok()) {
     return refuse(st);
+  }
+  if (key_owner_check_) {
+    if (auto st = key_owner_check_(pki::SpkiSha256(pub), pki::FormatName(name.get()), principal);
+        !st.ok()) {
+      if (!HResultOf(st)) return st;  // the CA database, not the request
+      return refuse(st);
+    }
   }
 
   const int64_t now = clock_();

@@ -135,6 +135,13 @@ class DelegatedSigner {
                                                      std::span<const uint8_t> request,
                                                      const std::string& subject);
 
+  // One key, one owner for IssueCertificate: (SPKI SHA-256, subject,
+  // principal) -> OK or the refusal (the daemon checks the CA database,
+  // CertificateAuthority::CheckKeyOwner). Set once, before serving.
+  using KeyOwnerCheck =
+      std::function<absl::Status(const std::string&, const std::string&, const std::string&)>;
+  void SetKeyOwnerCheck(KeyOwnerCheck check) { key_owner_check_ = std::move(check); }
+
   // Writes one "signing.usage" audit record per (principal, alias) that
   // signed since the last flush, and resets the counters.
   void FlushUsage();
@@ -166,6 +173,7 @@ class DelegatedSigner {
 
   std::shared_ptr<hsm::CryptoContext> crypto_;
   AuditSink audit_;
+  KeyOwnerCheck key_owner_check_;
   RefusalLimiter refusals_;
   Clock clock_;
   std::vector<std::shared_ptr<hsm::Token>> tokens_;

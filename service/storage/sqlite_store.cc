@@ -7,7 +7,9 @@
 // Values only ever reach SQL as bound parameters; the SQL text itself is
 // built from constant fragments.
 #include <fcntl.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/x509.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -52,7 +54,12 @@ constexpr int kBusyTimeoutMs = 10000;
 struct Migration {
   int version;
   const char* sql;
+  absl::Status (*after)(sqlite3*) = nullptr;
 };
+
+// Work a migration needs beyond SQL (run after its SQL, in the same
+// transaction).
+absl::Status BackfillKeyHashes(sqlite3* db);
 
 constexpr Migration kMigrations[] = {
     {1, R"sql(
@@ -133,9 +140,20 @@ BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
 CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
 BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
 )sql"},
+    {3, R"sql(
+-- One key, one owner: certificates and requests by the SHA-256 of their
+-- SubjectPublicKeyInfo (DER, lower-case hex); requests also keep the
+-- SHA-256 of the request as received (a failed request keeps no body).
+ALTER TABLE certificates ADD COLUMN spki_sha256 TEXT NOT NULL DEFAULT '';
+CREATE INDEX certificates_by_key ON certificates (spki_sha256);
+ALTER TABLE requests ADD COLUMN spki_sha256 TEXT NOT NULL DEFAULT '';
+ALTER TABLE requests ADD COLUMN request_sha256 TEXT NOT NULL DEFAULT '';
+CREATE INDEX requests_by_key ON requests (spki_sha256);
+)sql",
+     BackfillKeyHashes},
 };
 
-constexpr int kSchemaVersion = 2;
+constexpr int kSchemaVersion = 3;
 
 // The triggers that keep the audit log append-only, as created above.
 struct AuditTrigger {
@@ -170,11 +188,11 @@ static_assert(MigrationsAreConsecutive(), "kMigrations must be versions 1..kSche
 constexpr char kRequestColumns[] =
     "id, requester, template_name, format, raw, subject, disposition, disposition_message, "
     "status_code, submitted_at, resolved_at, resolved_by, serial, archived_key, archival_scheme, "
-    "kra_sha1, encrypted_key_hash";
+    "kra_sha1, encrypted_key_hash, spki_sha256, request_sha256";
 
 constexpr char kCertificateColumns[] =
     "c.serial, c.request_id, c.der, c.subject, c.upn, c.template_name, c.sha1, c.sha256, "
-    "c.not_before, c.not_after, c.revoked, c.revocation_reason, c.revoked_at";
+    "c.not_before, c.not_after, c.revoked, c.revocation_reason, c.revoked_at, c.spki_sha256";
 
 constexpr char kAuditColumns[] = "seq, time, principal, event, details, prev_hash, hash";
 
@@ -476,6 +494,38 @@ absl::Status ValidateArchivedKey(const ArchivedKey& key, std::string_view whose)
   return absl::OkStatus();
 }
 
+std::string Hex(const unsigned char* p, size_t n) {
+  static const char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(n * 2);
+  for (size_t i = 0; i < n; ++i) {
+    out.push_back(kDigits[p[i] >> 4]);
+    out.push_back(kDigits[p[i] & 0xf]);
+  }
+  return out;
+}
+
+// SHA-256 (lower-case hex) of the DER SubjectPublicKeyInfo of a DER
+// certificate; empty when it does not decode.
+std::string SpkiSha256OfCertificate(const std::vector<uint8_t>& der) {
+  const unsigned char* p = der.data();
+  X509* cert = d2i_X509(nullptr, &p, static_cast<long>(der.size()));
+  std::string out;
+  if (cert != nullptr) {
+    unsigned char* spki = nullptr;
+    const int len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &spki);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (len > 0 && EVP_Digest(spki, static_cast<size_t>(len), md, &n, EVP_sha256(), nullptr) == 1) {
+      out = Hex(md, n);
+    }
+    OPENSSL_free(spki);
+    X509_free(cert);
+  }
+  ERR_clear_error();
+  return out;
+}
+
 absl::Status ValidateCertificate(const CertificateRecord& c) {
   if (c.serial.empty() || !IsHex(c.serial)) {
     return absl::InvalidArgumentError(
@@ -586,6 +636,8 @@ absl::StatusOr<RequestRecord> ReadRequest(const Statement& s) {
     key.encrypted_key_hash = s.Blob(16);
     r.archived_key = std::move(key);
   }
+  r.spki_sha256 = s.Text(17);
+  r.request_sha256 = s.Text(18);
   return r;
 }
 
@@ -605,6 +657,7 @@ CertificateRecord ReadCertificate(const Statement& s) {
   c.revoked = s.Int(10) != 0;
   c.revocation_reason = static_cast<int>(s.Int(11));
   c.revoked_at = s.Int(12);
+  c.spki_sha256 = s.Text(13);
   return c;
 }
 
@@ -662,6 +715,8 @@ class SqliteStore final : public Store {
   absl::StatusOr<RequestRecord> GetRequest(int64_t id) override;
   absl::StatusOr<std::vector<RequestRecord>> ListRequests(std::optional<Disposition> disposition,
                                                           size_t limit) override;
+  absl::StatusOr<std::vector<RequestRecord>> FindRequestsByKey(const std::string& spki_sha256,
+                                                               size_t limit) override;
   absl::Status ResolveRequest(int64_t id, Disposition disposition, const std::string& message,
                               uint32_t status_code, const std::string& resolved_by, UnixTime at,
                               bool discard_archived_key,
@@ -724,8 +779,10 @@ absl::StatusOr<int64_t> SqliteStore::InsertRequest(const RequestRecord& r, const
   if (absl::Status st = s.Prepare(
           "INSERT INTO requests (requester, template_name, format, raw, subject, disposition, "
           "disposition_message, status_code, submitted_at, resolved_at, resolved_by, serial, "
-          "archived_key, archival_scheme, kra_sha1, encrypted_key_hash) "
-          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)");
+          "archived_key, archival_scheme, kra_sha1, encrypted_key_hash, spki_sha256, "
+          "request_sha256) "
+          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, "
+          "?18)");
       !st.ok()) {
     return st;
   }
@@ -746,6 +803,8 @@ absl::StatusOr<int64_t> SqliteStore::InsertRequest(const RequestRecord& r, const
   } else {
     for (int i = 13; i <= 16; ++i) s.BindNull(i);
   }
+  s.BindText(17, r.spki_sha256);
+  s.BindText(18, r.request_sha256);
   if (absl::Status st = s.Run(); !st.ok()) return st;
   const int64_t id = sqlite3_last_insert_rowid(db_.get());
   if (audit) {
@@ -787,6 +846,31 @@ absl::StatusOr<std::vector<RequestRecord>> SqliteStore::ListRequests(
   s.BindInt(1, LimitParameter(limit));
   if (disposition) s.BindInt(2, static_cast<int64_t>(*disposition));
   std::vector<RequestRecord> out;
+  while (true) {
+    absl::StatusOr<bool> row = s.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) break;
+    absl::StatusOr<RequestRecord> r = ReadRequest(s);
+    if (!r.ok()) return r.status();
+    out.push_back(*std::move(r));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<RequestRecord>> SqliteStore::FindRequestsByKey(
+    const std::string& spki_sha256, size_t limit) {
+  std::vector<RequestRecord> out;
+  if (spki_sha256.empty()) return out;  // "no key hash" is never a match
+  std::lock_guard<std::mutex> lock(mu_);
+  Statement s(db_.get(), "searching requests by public key");
+  if (absl::Status st = s.Prepare(StrCat("SELECT ", kRequestColumns,
+                                         " FROM requests WHERE spki_sha256 = ?1 "
+                                         "ORDER BY id LIMIT ?2"));
+      !st.ok()) {
+    return st;
+  }
+  s.BindText(1, spki_sha256);
+  s.BindInt(2, LimitParameter(limit));
   while (true) {
     absl::StatusOr<bool> row = s.Step();
     if (!row.ok()) return row.status();
@@ -914,8 +998,9 @@ absl::Status SqliteStore::InsertCertificateLocked(const CertificateRecord& c, in
   Statement s(db_.get(), std::string(what));
   if (absl::Status st = s.Prepare(
           "INSERT INTO certificates (serial, request_id, der, subject, cn, upn, template_name, "
-          "sha1, sha256, not_before, not_after, revoked, revocation_reason, revoked_at) "
-          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)");
+          "sha1, sha256, not_before, not_after, revoked, revocation_reason, revoked_at, "
+          "spki_sha256) "
+          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)");
       !st.ok()) {
     return st;
   }
@@ -938,6 +1023,11 @@ absl::Status SqliteStore::InsertCertificateLocked(const CertificateRecord& c, in
   s.BindInt(12, c.revoked ? 1 : 0);
   s.BindInt(13, c.revocation_reason);
   s.BindInt(14, c.revoked_at);
+  // Computed here from the DER, whatever the caller filled in: the key index
+  // is never wrong for a stored certificate.
+  // (A DER that does not decode, which only the store's own tests insert,
+  // is stored unindexed.)
+  s.BindText(15, SpkiSha256OfCertificate(c.der));
   return s.Run();
 }
 
@@ -1042,6 +1132,7 @@ absl::StatusOr<std::vector<CertificateRecord>> SqliteStore::FindCertificates(
   if (!query.common_name.empty()) add("c.cn = ?", query.common_name);
   if (!query.upn.empty()) add("c.upn = ?", query.upn);
   if (query.request_id != 0) add("c.request_id = ?", query.request_id);
+  if (!query.spki_sha256.empty()) add("c.spki_sha256 = ?", query.spki_sha256);
   if (!conditions.empty()) sql += StrCat(" WHERE ", StrJoin(conditions, " AND "));
   sql += StrCat(" ORDER BY c.rowid LIMIT ?", params.size() + 1);
 
@@ -1480,6 +1571,38 @@ absl::Status CheckDatabase(sqlite3* db, const std::string& path) {
   return absl::OkStatus();
 }
 
+// Schema 3: the key hash of every certificate already stored, and of the
+// requests they were issued for (a request refused before schema 3 keeps
+// none: only issued certificates and new requests are indexed).
+absl::Status BackfillKeyHashes(sqlite3* db) {
+  std::vector<std::pair<std::string, std::string>> hashes;  // serial, spki hash
+  {
+    Statement s(db, "reading certificates to index their keys");
+    if (absl::Status st = s.Prepare("SELECT serial, der FROM certificates"); !st.ok()) return st;
+    while (true) {
+      absl::StatusOr<bool> row = s.Step();
+      if (!row.ok()) return row.status();
+      if (!*row) break;
+      hashes.emplace_back(s.Text(0), SpkiSha256OfCertificate(s.Blob(1)));
+    }
+  }
+  for (const auto& [serial, spki] : hashes) {
+    Statement u(db, StrCat("indexing the key of certificate ", serial));
+    if (absl::Status st = u.Prepare("UPDATE certificates SET spki_sha256 = ?1 WHERE serial = ?2");
+        !st.ok()) {
+      return st;
+    }
+    u.BindText(1, spki);
+    u.BindText(2, serial);
+    if (absl::Status st = u.Run(); !st.ok()) return st;
+  }
+  return Exec(db,
+              "UPDATE requests SET spki_sha256 = (SELECT c.spki_sha256 FROM certificates c "
+              "WHERE c.request_id = requests.id) WHERE EXISTS (SELECT 1 FROM certificates c "
+              "WHERE c.request_id = requests.id);",
+              "indexing the keys of issued requests");
+}
+
 absl::Status Migrate(sqlite3* db, const std::string& path) {
   const std::string what = StrCat("migrating CA database \"", path, "\"");
   Transaction txn(db);
@@ -1497,6 +1620,12 @@ absl::Status Migrate(sqlite3* db, const std::string& path) {
     if (m.version <= *version) continue;
     if (absl::Status s = Exec(db, m.sql, StrCat(what, " to schema version ", m.version)); !s.ok()) {
       return s;
+    }
+    if (m.after != nullptr) {
+      if (absl::Status s = m.after(db); !s.ok()) {
+        return absl::Status(s.code(),
+                            StrCat(what, " to schema version ", m.version, ": ", s.message()));
+      }
     }
   }
   // PRAGMA takes no parameters; the numbers are this build's constants.

@@ -57,6 +57,13 @@ struct RequestRecord {
   std::string resolved_by;   // principal (officer) or "policy"
   std::string serial;        // serial (hex) of the issued certificate, when issued
   std::optional<ArchivedKey> archived_key;
+  // SHA-256 (lower-case hex) of the request's SubjectPublicKeyInfo DER,
+  // when it was parsed that far; empty otherwise.
+  std::string spki_sha256;
+  // SHA-256 (lower-case hex) of the request as received (with the
+  // encrypted key, which `raw` never keeps); empty for rows from before
+  // schema 3 and for rows not made from a submission.
+  std::string request_sha256;
 };
 
 struct CertificateRecord {
@@ -73,6 +80,9 @@ struct CertificateRecord {
   bool revoked = false;
   int revocation_reason = 0;  // RFC 5280 CRLReason
   UnixTime revoked_at = 0;
+  // SHA-256 (lower-case hex) of the SubjectPublicKeyInfo DER: computed by
+  // the store from `der` (what a caller sets is ignored).
+  std::string spki_sha256;
 };
 
 // Search for certificates (getkey's tokens, the CLI's view). Empty fields
@@ -84,6 +94,7 @@ struct CertificateQuery {
   std::string common_name;       // exact CN
   std::string upn;               // exact UPN
   int64_t request_id = 0;
+  std::string spki_sha256;  // exact key hash (CertificateRecord::spki_sha256)
   bool only_with_archived_key = false;
   size_t limit = 1000;
 };
@@ -158,6 +169,10 @@ class Store {
   // Newest first; `disposition` filters when set.
   virtual absl::StatusOr<std::vector<RequestRecord>> ListRequests(
       std::optional<Disposition> disposition, size_t limit) = 0;
+  // Requests whose spki_sha256 is this one (any disposition), oldest first;
+  // none for an empty hash.
+  virtual absl::StatusOr<std::vector<RequestRecord>> FindRequestsByKey(
+      const std::string& spki_sha256, size_t limit) = 0;
   // Pending -> denied or failed. FAILED_PRECONDITION if the request is not
   // pending. `discard_archived_key` removes the archived key the request
   // holds (a pended archival request denied or failed: seed, "Denied ...

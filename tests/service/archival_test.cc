@@ -441,7 +441,9 @@ subject = "principal"
   ExpectRefused(ArchivalRequest(r, BlobOf(r.key.get()), exchange.get()), "NoSuchTemplate",
                 0x80094800, "NoSuchTemplate");
 
-  // Refused before anything is stored: tampered hash, wrong signer, EC key.
+  // Refused by an integrity check: tampered hash, wrong signer, EC key. Each
+  // is a failed row with its code, and nothing of the key is stored
+  // (tests/service/key_owner_test.cc checks the database bytes).
   auto store = OpenStore();
   const size_t rows_before = store->ListRequests(std::nullopt, 100000)->size();
   {
@@ -451,6 +453,7 @@ subject = "principal"
         Submit(ArchivalRequest(r, BlobOf(r.key.get()), exchange.get(), nullptr, &wrong_hash),
                "ArchivalUser", &result);
     ASSERT_FALSE(st.ok());
+    EXPECT_EQ(DetailOf(st).hresult(), 0x80090002u) << st.error_message();
     EXPECT_NE(st.error_message().find("does not match the encrypted private key"),
               std::string::npos)
         << st.error_message();
@@ -461,6 +464,7 @@ subject = "principal"
         Submit(ArchivalRequest(r, BlobOf(r.key.get()), exchange.get(), other.key.get()),
                "ArchivalUser", &result);
     ASSERT_FALSE(st.ok());
+    EXPECT_EQ(DetailOf(st).hresult(), 0x8009100eu) << st.error_message();
     EXPECT_NE(st.error_message().find("signer"), std::string::npos) << st.error_message();
   }
   {
@@ -479,9 +483,17 @@ subject = "principal"
     v1::EnrollmentResult result;
     grpc::Status st = Submit(MakeCmcDer(ecr.csr, ec.get(), &part), "AnyKey", &result);
     ASSERT_FALSE(st.ok());
+    EXPECT_EQ(DetailOf(st).hresult(), 0x80090008u) << st.error_message();
     EXPECT_NE(st.error_message().find("RSA"), std::string::npos) << st.error_message();
   }
-  EXPECT_EQ(store->ListRequests(std::nullopt, 100000)->size(), rows_before);
+  auto after = store->ListRequests(std::nullopt, 100000);
+  ASSERT_TRUE(after.ok());
+  ASSERT_EQ(after->size(), rows_before + 3);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ((*after)[i].disposition, service::Disposition::kFailed);
+    EXPECT_TRUE((*after)[i].raw.empty());
+    EXPECT_FALSE((*after)[i].archived_key.has_value());
+  }
 
   // A PKCS#8 plaintext (not a Windows blob) is accepted.
   auto pkcs8 = pki::ToPkcs8(r.key.get());
@@ -640,8 +652,10 @@ enrollees = ["CN=alice,O=keywarden test"]
   status = Kras(/*reload=*/true);
   EXPECT_EQ(status.agents(0).state(), "revoked");
   EXPECT_FALSE(status.archival_enabled());
-  ExpectRefused(ArchivalRequest(r, BlobOf(r.key.get()), exchange.get()), "ArchivalUser", 0x8009400b,
-                "0 of 1");
+  // A new key: sending r's again would be a replay (one key, one owner).
+  Requester r2 = NewRequester("");
+  ExpectRefused(ArchivalRequest(r2, BlobOf(r2.key.get()), exchange.get()), "ArchivalUser",
+                0x8009400b, "0 of 1");
 }
 
 // Pending archival, the modern scheme, and manual archival with the CLI.

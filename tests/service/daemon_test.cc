@@ -297,7 +297,8 @@ TEST_F(DaemonTest, WindowsArchivalRequestWithoutKrasIsRefusedWith8009400a) {
   EXPECT_NE(st.error_message().find("not configured for key archival"), std::string::npos);
 }
 
-TEST_F(DaemonTest, CmcWithATamperedEncryptedKeyIsRefusedAndNothingStored) {
+// Stored as a failed row (issue 13): its reason and code, never its body.
+TEST_F(DaemonTest, CmcWithATamperedEncryptedKeyIsRefusedAndOnlyAFailedRowIsStored) {
   auto bytes = ReadFile(std::string(KEYWARDEN_VECTORS) + "/user-enroll-3.der");
   ASSERT_FALSE(bytes.empty()) << "missing test vector in " << KEYWARDEN_VECTORS;
   bytes[bytes.size() - 40] ^= 0x01;  // inside the encrypted key
@@ -310,7 +311,12 @@ TEST_F(DaemonTest, CmcWithATamperedEncryptedKeyIsRefusedAndNothingStored) {
   grpc::ClientContext ctx;
   v1::ListRequestsResponse list;
   ASSERT_TRUE(officer->ListRequests(&ctx, v1::ListRequestsRequest(), &list).ok());
-  EXPECT_EQ(list.requests_size(), 0);
+  ASSERT_EQ(list.requests_size(), 1);
+  EXPECT_EQ(list.requests(0).disposition(), v1::DISPOSITION_FAILED);
+  EXPECT_EQ(list.requests(0).status_code(), 0x80090002u);
+  EXPECT_FALSE(list.requests(0).has_archived_key());
+  EXPECT_NE(list.requests(0).message().find("1.3.6.1.4.1.311.21.21"), std::string::npos);
+  EXPECT_EQ(DetailOf(st).hresult(), 0x80090002u) << st.error_message();
 }
 
 TEST_F(DaemonTest, RequestWithABrokenSignatureIsRefused) {

@@ -589,6 +589,49 @@ TEST_F(SigningTest, CertificatesIssuedFromACsrPassOpensslVerify) {
   EXPECT_EQ(refused, 4);
 }
 
+// One key, one owner (issue 13): a key this CA certified to someone is not
+// certified for anyone else through a signing alias either.
+TEST_F(SigningTest, IssueCertificateRefusesAKeyTheCaCertifiedToSomeoneElse) {
+  const std::string key = tmp_.File("alice.key"), csr = tmp_.File("alice.der");
+  auto r =
+      RunCommand(StrCat("openssl req -new -newkey rsa:2048 -nodes -subj "
+                        "'/CN=alice/O=keywarden test' -keyout ",
+                        key, " -outform DER -out ", csr));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string csr_der = Slurp(csr);
+  v1::EnrollmentResult enrolled;
+  {
+    auto enrollment = v1::Enrollment::NewStub(daemon_->Channel("enrollee"));
+    grpc::ClientContext ctx;
+    v1::SubmitRequest in;
+    in.set_request(csr_der);
+    in.set_template_name("User");
+    grpc::Status st = enrollment->Submit(&ctx, in, &enrolled);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  // The serial as openssl prints it, lower-cased.
+  WriteFile(tmp_.File("alice-cert.der"), enrolled.certificate());
+  auto printed = RunCommand(
+      StrCat("openssl x509 -inform DER -noout -serial -in ", tmp_.File("alice-cert.der")));
+  ASSERT_EQ(printed.exit_code, 0) << printed.output;
+  ASSERT_EQ(printed.output.rfind("serial=", 0), 0u) << printed.output;
+  std::string serial = AsciiLower(printed.output.substr(7));
+  while (!serial.empty() && serial.back() == '\n') serial.pop_back();
+  grpc::ClientContext ctx;
+  v1::IssueCertificateRequest in;
+  in.set_alias("rsa");
+  in.set_template_name("User");
+  in.set_csr(csr_der);
+  in.set_subject("CN=mallory,O=keywarden test");
+  v1::IssuedCertificate out;
+  grpc::Status st = Stub("signer")->IssueCertificate(&ctx, in, &out);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(DetailOf(st).hresult(), 0x80092005u) << st.error_message();
+  EXPECT_NE(st.error_message().find(StrCat("certificate ", serial)), std::string::npos)
+      << st.error_message();
+  EXPECT_TRUE(out.certificate().empty());
+}
+
 // --- Load, counters ------------------------------------------------------------
 
 // 16 clients, each on its own connection, 1000 signatures each: every one
