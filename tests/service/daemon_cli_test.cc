@@ -152,6 +152,32 @@ TEST(DaemonCliTest, CheckConfigNamesWhatFailed) {
   EXPECT_TRUE(Contains(r.output, "FAIL  configuration: ")) << r.output;
 }
 
+// deploy/keywardend.service sets MemoryDenyWriteExecute=yes. The kernel's
+// PR_SET_MDWE (Linux 6.3+) refuses the same mappings (writable and
+// executable, or made executable later): the token login, the signing key
+// through the PKCS#11 provider, TLS and the database all work under it.
+TEST(DaemonCliTest, CheckConfigWorksWithMemoryDenyWriteExecute) {
+  auto daemon = StartDaemon();
+  ASSERT_NE(daemon, nullptr);
+  ASSERT_TRUE(daemon->Stop().ok());
+  const std::string mdwe =
+      "python3 -c 'import ctypes,os,sys; libc=ctypes.CDLL(None, use_errno=True); "
+      "sys.exit(3) if libc.prctl(65, 1, 0, 0, 0) != 0 else os.execv(sys.argv[1], sys.argv[1:])' ";
+  const auto probe = RunCommand(mdwe + "/bin/true");
+  if (probe.exit_code == 3) GTEST_SKIP() << "PR_SET_MDWE not supported by this kernel";
+  ASSERT_EQ(probe.exit_code, 0) << probe.output;
+  // The refusal is real: a W+X mapping fails under it.
+  const auto refused = RunCommand(
+      "python3 -c 'import ctypes,mmap,sys; libc=ctypes.CDLL(None, use_errno=True); "
+      "libc.prctl(65, 1, 0, 0, 0); "
+      "mmap.mmap(-1, 4096, prot=mmap.PROT_READ|mmap.PROT_WRITE|mmap.PROT_EXEC)' 2>&1");
+  EXPECT_NE(refused.exit_code, 0) << refused.output;
+  const auto r = RunCommand(mdwe + Q(KEYWARDEN_DAEMON) + " --config " + Q(daemon->config_path()) +
+                            " --check-config 2>&1");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(Contains(r.output, "matches the CA certificate")) << r.output;
+}
+
 TEST(DaemonCliTest, StateDirectoryIsCreatedOwnerOnly) {
   auto daemon = StartDaemon();
   ASSERT_NE(daemon, nullptr);
