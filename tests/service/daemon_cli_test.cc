@@ -17,7 +17,9 @@
 
 #include <gtest/gtest.h>
 
+#include "hsm/strings.h"
 #include "tests/service/daemon_harness.h"
+#include "tests/service/soft_ca.h"
 
 namespace keywarden::testing {
 namespace {
@@ -150,6 +152,55 @@ TEST(DaemonCliTest, CheckConfigNamesWhatFailed) {
   r = CheckConfig(config);
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_TRUE(Contains(r.output, "FAIL  configuration: ")) << r.output;
+}
+
+TEST(DaemonCliTest, CheckConfigValidatesEveryKra) {
+  TempDir tmp;
+  SoftCa kra_ca = SoftCa::Make("KRA Issuing CA");
+  WriteFile(tmp.File("kra-ca.pem"), ToPem(kra_ca.cert.get()));
+  std::vector<SoftCa::Issued> kras;
+  for (int i = 0; i < 2; ++i) {
+    kras.push_back(kra_ca.Issue(StrCat("kra", i)));
+    WriteFile(tmp.File(StrCat("kra", i, ".pem")), ToPem(kras.back().cert.get()));
+  }
+  WriteFile(tmp.File("kra-ca.crl"), kra_ca.Crl());
+  DaemonHarness::Options options;
+  options.extra_toml =
+      StrCat("\n[kra]\ncertificates = [\"", tmp.File("kra0.pem"), "\", \"", tmp.File("kra1.pem"),
+             "\"]\ncount = 1\ntrust = [\"", tmp.File("kra-ca.pem"), "\"]\ncrls = [\"",
+             tmp.File("kra-ca.crl"), "\"]\n");
+  auto daemon = StartDaemon(options);
+  ASSERT_NE(daemon, nullptr);
+  ASSERT_TRUE(daemon->Stop().ok());
+  // The thumbprints as openssl computes them.
+  std::vector<std::string> sha1;
+  for (int i = 0; i < 2; ++i) {
+    std::string fp =
+        RunCommand("openssl x509 -noout -fingerprint -sha1 -in " +
+                   Q(tmp.File(StrCat("kra", i, ".pem"))) + " | sed 's/.*=//; s/://g' | tr A-F a-f")
+            .output;
+    ASSERT_EQ(fp.size(), 41u) << fp;
+    sha1.push_back(fp.substr(0, 40));
+  }
+
+  auto r = CheckConfig(daemon->config_path());
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_TRUE(Contains(r.output, StrCat("ok    KRA ", i + 1, " ",
+                                          tmp.File(StrCat("kra", i, ".pem")), ": valid (")))
+        << r.output;
+    EXPECT_TRUE(Contains(r.output, "sha1 " + sha1[i])) << r.output;
+  }
+
+  // The KRA CA revokes kra0: that KRA is named, the other still valid.
+  kra_ca.revoked.push_back(kras[0].cert.get());
+  WriteFile(tmp.File("kra-ca.crl"), kra_ca.Crl());
+  r = CheckConfig(daemon->config_path());
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_TRUE(Contains(r.output, StrCat("FAIL  KRA 1 ", tmp.File("kra0.pem"), ": revoked")))
+      << r.output;
+  EXPECT_TRUE(Contains(r.output, StrCat("ok    KRA 2 ", tmp.File("kra1.pem")))) << r.output;
+  EXPECT_TRUE(Contains(r.output, "has 1 problem(s)")) << r.output;
 }
 
 // deploy/keywardend.service sets MemoryDenyWriteExecute=yes. The kernel's
