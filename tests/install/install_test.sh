@@ -55,6 +55,15 @@ done
 for verb in $(sed -n '/^Subcommands:/,/^$/p' <<<"$help" | awk '/^  [a-z]/ {print $1}'); do
   grep -qE "^ +$verb( |$)" <<<"$d1" || fail "keywarden(1) does not document the verb $verb"
 done
+for verb in token ceremony officer ca audit kra; do
+  subs=$("$tmp/root/usr/bin/keywarden" "$verb" --help | sed -n '/^Subcommands:/,/^$/p' |
+    awk '/^  [a-z]/ {print $1}')
+  [ -n "$subs" ] || fail "keywarden $verb --help lists no subcommands"
+  for sub in $subs; do
+    grep -qE "^ +$verb .*\\b$sub\\b" <<<"$d1" ||
+      fail "keywarden(1) does not document keywarden $verb $sub"
+  done
+done
 d5=$(render "$tmp/root/usr/share/man/man5/keywarden.toml.5")
 for table in $(grep -oE '^\[\[?[a-z.]+\]\]?' "$src/deploy/keywarden.example.toml" | sort -u); do
   grep -qF -- "$table" <<<"$d5" || fail "keywarden.toml(5) does not document $table"
