@@ -58,7 +58,10 @@ std::string OidToText(std::span<const uint8_t> c) {
       out = std::to_string(a) + "." + std::to_string(value - a * 40);
       first = false;
     } else {
-      out += "." + std::to_string(value);
+      // Two appends, not `"." + std::to_string(...)`: GCC 12 at -O3 reports
+      // a false -Wrestrict in the inlined insert of the latter (bug 105329).
+      out += '.';
+      out += std::to_string(value);
     }
     value = 0;
     digits = 0;

@@ -1,6 +1,8 @@
 // keywardend: the keywarden CA daemon.
 //   keywardend --config /etc/keywarden/keywarden.toml [--port-file FILE]
 //              [--accept-broken-audit]
+//   keywardend --config FILE --check-config
+//   keywardend --version
 // Prints "keywardend: listening on HOST:PORT" once it serves; stops cleanly
 // on SIGTERM or SIGINT; SIGHUP reloads the files that may change at run time
 // (KRA certificates and CRLs, the TLS server certificate, key and client CAs).
@@ -25,6 +27,9 @@
 #include "pki/files.h"
 #include "service/ca/authority.h"
 #include "service/config.h"
+#include "service/daemon/check_config.h"
+#include "service/daemon/state_dir.h"
+#include "service/daemon/systemd_notify.h"
 #include "service/server/server.h"
 #include "service/server/signing_service.h"
 #include "service/server/token_watch.h"
@@ -101,6 +106,7 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
     return Fail(absl::UnimplementedError("database backend \"" + config->database.backend +
                                          "\" is not available in this build (use sqlite)"));
   }
+  if (auto st = service::EnsureStateDirectory(config->database.path); !st.ok()) return Fail(st);
   auto store = service::OpenSqliteStore(config->database.path);
   if (!store.ok()) return Fail(store.status());
 
@@ -175,6 +181,9 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
                                        pki::Overwrite::kReplace);
     if (!st.ok()) return Fail(st);
   }
+  // Type=notify: systemd counts the service started from here on.
+  service::SystemdNotifier systemd;
+  systemd.Ready(StrCat("serving on ", host, ":", server->port));
 
   // Keep the exchange certificate and the CRL current even when no client
   // asks: renewal happens inside the overlap, republication at half-life.
@@ -222,6 +231,7 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
     ReloadOnSighup(**ca, *server->tls);
   }
   std::fprintf(stderr, "keywardend: %s received, stopping\n", SignalName(sig).c_str());
+  systemd.Stopping(SignalName(sig) + " received, stopping");
   {
     std::lock_guard<std::mutex> lock(maintenance_mu);
     stopping = true;
@@ -253,7 +263,7 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &handled, nullptr);
 
   std::string config, port_file;
-  bool accept_broken_audit = false;
+  bool accept_broken_audit = false, check_config = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if ((a == "--config" || a == "-c") && i + 1 < argc) {
@@ -262,11 +272,24 @@ int main(int argc, char** argv) {
       port_file = argv[++i];
     } else if (a == "--accept-broken-audit") {
       accept_broken_audit = true;
+    } else if (a == "--check-config") {
+      check_config = true;
+    } else if (a == "--version" || a == "-V") {
+      std::printf("keywardend %s\n", KEYWARDEN_VERSION);
+      return 0;
     } else if (a == "--help" || a == "-h") {
       std::printf(
           "usage: keywardend --config FILE [--port-file FILE] [--accept-broken-audit]\n"
+          "       keywardend --config FILE --check-config\n"
+          "       keywardend --version\n"
+          "  -c, --config FILE      the configuration (keywarden.toml(5))\n"
+          "  --port-file FILE       write the port served to FILE once serving\n"
           "  --accept-broken-audit  start even if the audit log does not verify (recorded\n"
-          "                         in the audit log as audit.broken_accepted)\n");
+          "                         in the audit log as audit.broken_accepted)\n"
+          "  --check-config         check the configuration, its files, the token login,\n"
+          "                         the database and the KRAs, then exit (0: usable);\n"
+          "                         writes nothing to the token or the database\n"
+          "  -V, --version          print the version and exit\n");
       return 0;
     } else {
       std::fprintf(stderr, "keywardend: unknown argument \"%s\" (see --help)\n", a.c_str());
@@ -277,5 +300,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "keywardend: --config FILE is required\n");
     return 2;
   }
+  if (check_config) return service::CheckConfig(config, stdout);
   return Run(config, port_file, accept_broken_audit);
 }

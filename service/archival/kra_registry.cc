@@ -348,6 +348,10 @@ std::vector<KraStatus> KraRegistry::Status() const {
   return snap ? snap->status : std::vector<KraStatus>{};
 }
 
+std::vector<KraStatus> KraRegistry::Check() const {
+  return Validate()->status;
+}
+
 size_t KraRegistry::per_archival() const {
   return static_cast<size_t>(config_.count);
 }

@@ -86,6 +86,9 @@ class KraRegistry {
 
   // The status of every configured KRA, in configuration order.
   std::vector<KraStatus> Status() const;
+  // Validates every configured KRA as Load does, without remembering,
+  // auditing or keeping anything (keywardend --check-config).
+  std::vector<KraStatus> Check() const;
   // Number of KRAs used per archival (N).
   size_t per_archival() const;
   // Whether archival can proceed now (0x8009400a / 0x8009400b otherwise).

@@ -100,7 +100,7 @@ TEST(ConfigExampleTest, ParsesWithTheDocumentedValues) {
 
   EXPECT_EQ(c->hsm.module, "/usr/lib/softhsm/libsofthsm2.so");
   EXPECT_EQ(c->hsm.token, "pkcs11:token=keywarden-ca");
-  EXPECT_EQ(c->hsm.pin_source, "file:/run/credentials/keywarden.service/ca-pin");
+  EXPECT_EQ(c->hsm.pin_source, "file:/run/credentials/keywardend.service/ca-pin");
   EXPECT_EQ(c->hsm.signing_key, "pkcs11:token=keywarden-ca;object=ca-key;type=private");
   EXPECT_EQ(c->hsm.max_sessions, 16);
 
@@ -879,7 +879,7 @@ TEST(ConfigExampleTest, SigningKeysHaveTheDocumentedValues) {
   const service::SigningKeyConfig& front = c->signing.keys[1];
   EXPECT_EQ(front.alias, "issuing-front-end");
   EXPECT_EQ(front.key, "pkcs11:token=signing-hsm;object=issuing-ec;type=private");
-  EXPECT_EQ(front.pin_source, "file:/run/credentials/keywarden.service/signing-hsm-pin");
+  EXPECT_EQ(front.pin_source, "file:/run/credentials/keywardend.service/signing-hsm-pin");
   EXPECT_EQ(front.certificate, dir + "/signing/issuing-ec.pem");
   EXPECT_EQ(front.algorithms, (std::vector<std::string>{"ecdsa-sha256", "ecdsa-sha384"}));
   EXPECT_EQ(front.templates, std::vector<std::string>{"WebServer"});
