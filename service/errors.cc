@@ -35,6 +35,8 @@ const HResult* const kAll[] = {
     &hresult::kRoleConflict,
     &hresult::kCertRevoked,
     &hresult::kTemplateDenied,
+    &hresult::kSubjectUpnRequired,
+    &hresult::kSubjectEmailRequired,
     &hresult::kAccessDenied,
     &hresult::kBadSignature,
     &hresult::kAsn1BadTag,

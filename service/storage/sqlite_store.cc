@@ -34,6 +34,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "hsm/strings.h"
+#include "pki/alt_names.h"
 #include "service/storage/store.h"
 
 namespace keywarden::service {
@@ -52,7 +53,12 @@ constexpr int kBusyTimeoutMs = 10000;
 struct Migration {
   int version;
   const char* sql;
+  // Run after `sql`, in the same transaction: fills new columns from what
+  // the rows already hold.
+  absl::Status (*backfill)(sqlite3* db, std::string_view what) = nullptr;
 };
+
+absl::Status BackfillAltNames(sqlite3* db, std::string_view what);
 
 constexpr Migration kMigrations[] = {
     {1, R"sql(
@@ -133,9 +139,17 @@ BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
 CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
 BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
 )sql"},
+    {3, R"sql(
+-- The e-mail name (rfc822Name) from the subjectAltName, as upn holds the
+-- UPN: exact recovery search (getkey user@domain). Both are filled for the
+-- rows already there from their certificate DER (BackfillAltNames).
+ALTER TABLE certificates ADD COLUMN email TEXT NOT NULL DEFAULT '';
+CREATE INDEX certificates_by_email ON certificates (email);
+)sql",
+     BackfillAltNames},
 };
 
-constexpr int kSchemaVersion = 2;
+constexpr int kSchemaVersion = 3;
 
 // The triggers that keep the audit log append-only, as created above.
 struct AuditTrigger {
@@ -174,7 +188,7 @@ constexpr char kRequestColumns[] =
 
 constexpr char kCertificateColumns[] =
     "c.serial, c.request_id, c.der, c.subject, c.upn, c.template_name, c.sha1, c.sha256, "
-    "c.not_before, c.not_after, c.revoked, c.revocation_reason, c.revoked_at";
+    "c.not_before, c.not_after, c.revoked, c.revocation_reason, c.revoked_at, c.email";
 
 constexpr char kAuditColumns[] = "seq, time, principal, event, details, prev_hash, hash";
 
@@ -588,6 +602,7 @@ CertificateRecord ReadCertificate(const Statement& s) {
   c.revoked = s.Int(10) != 0;
   c.revocation_reason = static_cast<int>(s.Int(11));
   c.revoked_at = s.Int(12);
+  c.email = s.Text(13);
   return c;
 }
 
@@ -897,8 +912,8 @@ absl::Status SqliteStore::InsertCertificateLocked(const CertificateRecord& c, in
   Statement s(db_.get(), std::string(what));
   if (absl::Status st = s.Prepare(
           "INSERT INTO certificates (serial, request_id, der, subject, cn, upn, template_name, "
-          "sha1, sha256, not_before, not_after, revoked, revocation_reason, revoked_at) "
-          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)");
+          "sha1, sha256, not_before, not_after, revoked, revocation_reason, revoked_at, email) "
+          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)");
       !st.ok()) {
     return st;
   }
@@ -921,6 +936,7 @@ absl::Status SqliteStore::InsertCertificateLocked(const CertificateRecord& c, in
   s.BindInt(12, c.revoked ? 1 : 0);
   s.BindInt(13, c.revocation_reason);
   s.BindInt(14, c.revoked_at);
+  s.BindText(15, c.email);
   return s.Run();
 }
 
@@ -1022,8 +1038,10 @@ absl::StatusOr<std::vector<CertificateRecord>> SqliteStore::FindCertificates(
   if (!query.subject_contains.empty()) {
     add("instr(lower(c.subject), lower(?", query.subject_contains, ")) > 0");
   }
+  if (!query.subject.empty()) add("c.subject = ?", query.subject);
   if (!query.common_name.empty()) add("c.cn = ?", query.common_name);
   if (!query.upn.empty()) add("c.upn = ?", query.upn);
+  if (!query.email.empty()) add("c.email = ?", query.email);
   if (query.request_id != 0) add("c.request_id = ?", query.request_id);
   if (!conditions.empty()) sql += StrCat(" WHERE ", StrJoin(conditions, " AND "));
   sql += StrCat(" ORDER BY c.rowid LIMIT ?", params.size() + 1);
@@ -1463,6 +1481,38 @@ absl::Status CheckDatabase(sqlite3* db, const std::string& path) {
   return absl::OkStatus();
 }
 
+// Schema version 3: upn and email of the certificates already stored, from
+// the subjectAltName in their DER (the first UPN and the first e-mail name;
+// before version 3 upn was never filled). A certificate whose
+// subjectAltName does not decode keeps both empty: the migration does not
+// fail over one bad row, which then only a serial or hash search finds.
+absl::Status BackfillAltNames(sqlite3* db, std::string_view what) {
+  Statement read(db, std::string(what));
+  if (absl::Status st = read.Prepare("SELECT serial, der FROM certificates ORDER BY rowid");
+      !st.ok()) {
+    return st;
+  }
+  while (true) {
+    absl::StatusOr<bool> row = read.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) break;
+    const std::vector<uint8_t> der = read.Blob(1);
+    absl::StatusOr<pki::AltNames> names = pki::CertificateAltNames(der);
+    if (!names.ok() || (names->upns.empty() && names->emails.empty())) continue;
+    Statement write(db, std::string(what));
+    if (absl::Status st =
+            write.Prepare("UPDATE certificates SET upn = ?1, email = ?2 WHERE serial = ?3");
+        !st.ok()) {
+      return st;
+    }
+    write.BindText(1, names->upns.empty() ? std::string() : names->upns.front());
+    write.BindText(2, names->emails.empty() ? std::string() : names->emails.front());
+    write.BindText(3, read.Text(0));
+    if (absl::Status st = write.Run(); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Migrate(sqlite3* db, const std::string& path) {
   const std::string what = StrCat("migrating CA database \"", path, "\"");
   Transaction txn(db);
@@ -1480,6 +1530,12 @@ absl::Status Migrate(sqlite3* db, const std::string& path) {
     if (m.version <= *version) continue;
     if (absl::Status s = Exec(db, m.sql, StrCat(what, " to schema version ", m.version)); !s.ok()) {
       return s;
+    }
+    if (m.backfill != nullptr) {
+      if (absl::Status s = m.backfill(db, StrCat(what, " to schema version ", m.version));
+          !s.ok()) {
+        return s;
+      }
     }
   }
   // PRAGMA takes no parameters; the numbers are this build's constants.
