@@ -677,19 +677,23 @@ std::vector<ValidationCase> ValidationCases() {
        MinimalPlus(Template("extended_key_usage = [\"emailProtection\"]\nsan = \"ldap\"")),
        {"key \"template[1].san\"", "none, directory, request"}},
       {"UnknownSanName",
-       MinimalPlus(Template("extended_key_usage = [\"emailProtection\"]\nsan = \"request\"\nsan_names = [\"uri\"]")),
+       MinimalPlus(Template(
+           "extended_key_usage = [\"emailProtection\"]\nsan = \"request\"\nsan_names = [\"uri\"]")),
        {"key \"template[1].san_names\"", "upn, email, dns"}},
       {"SanNamesWithoutSan",
        MinimalPlus(Template("extended_key_usage = [\"emailProtection\"]\nsan_names = [\"upn\"]")),
        {"key \"template[1].san_names\"", "needs san"}},
       {"EmptySanNames",
-       MinimalPlus(Template("extended_key_usage = [\"emailProtection\"]\nsan = \"directory\"\nsan_names = []")),
+       MinimalPlus(Template(
+           "extended_key_usage = [\"emailProtection\"]\nsan = \"directory\"\nsan_names = []")),
        {"key \"template[1].san_names\"", "at least one"}},
       {"DnsFromTheDirectory",
-       MinimalPlus(Template("extended_key_usage = [\"emailProtection\"]\nsan = \"directory\"\nsan_names = [\"dns\"]")),
+       MinimalPlus(Template("extended_key_usage = [\"emailProtection\"]\nsan = "
+                            "\"directory\"\nsan_names = [\"dns\"]")),
        {"key \"template[1].san_names\"", "no DNS name"}},
       {"SmimeCapabilitiesNotABoolean",
-       MinimalPlus(Template("extended_key_usage = [\"emailProtection\"]\nsmime_capabilities = \"yes\"")),
+       MinimalPlus(
+           Template("extended_key_usage = [\"emailProtection\"]\nsmime_capabilities = \"yes\"")),
        {"key \"template[1].smime_capabilities\"", "boolean"}},
       {"UnknownAccountKey",
        MinimalPlus("[[account]]\nprincipal = \"CN=a\"\nupn = \"a@b\"\nsam = \"a\"\n"),

@@ -1259,12 +1259,12 @@ TEST(SqliteStoreTest, VerifySqliteCopyAcceptsOnlyAnIntactKeywardenDatabase) {
 TEST(SqliteStoreTest, MigrationToVersion3BackfillsUpnAndEmailFromTheStoredCertificates) {
   testing::TempDir dir;
   const std::string key = dir.File("k.pem"), pem = dir.File("c.pem"), der = dir.File("c.der");
-  auto made = testing::RunCommand(StrCat(
-      "openssl req -x509 -newkey rsa:2048 -nodes -keyout ", key, " -out ", pem,
-      " -subj /CN=Frank -days 30 -addext "
-      "'subjectAltName=otherName:1.3.6.1.4.1.311.20.2.3;UTF8:frank@corp.example,"
-      "email:frank@example.com,email:second@example.com' 2>&1 && openssl x509 -in ",
-      pem, " -outform DER -out ", der));
+  auto made = testing::RunCommand(
+      StrCat("openssl req -x509 -newkey rsa:2048 -nodes -keyout ", key, " -out ", pem,
+             " -subj /CN=Frank -days 30 -addext "
+             "'subjectAltName=otherName:1.3.6.1.4.1.311.20.2.3;UTF8:frank@corp.example,"
+             "email:frank@example.com,email:second@example.com' 2>&1 && openssl x509 -in ",
+             pem, " -outform DER -out ", der));
   ASSERT_EQ(made.exit_code, 0) << made.output;
   const std::string db = SqliteFile(dir.path());
   {
