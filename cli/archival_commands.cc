@@ -1,8 +1,7 @@
 // Key archival administration (CA Administrator):
 //   keywarden kra [list]       the configured KRAs and the state of each
 //   keywarden kra reload       validate them again (files, CRLs, database)
-//   keywarden importpfx FILE   archive the key of a PKCS#12 (certutil -importPFX;
-//                              -f for another CA's certificate, as certutil -f)
+//   (importpfx, certutil -importKMS, is in import_commands.cc)
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
@@ -236,68 +235,6 @@ void RegisterArchivalCommands(CLI::App& app, const Output& out, const Connection
         });
       });
 
-  struct ImportOptions {
-    std::string file;
-    std::string password;
-    std::string password_source;
-    bool foreign = false;
-  };
-  auto opts = std::make_shared<ImportOptions>();
-  CLI::App* import = app.add_subcommand(
-      "importpfx",
-      "Archive the private key of a PKCS#12 (PFX) for a certificate this CA issued, like "
-      "certutil -importPFX (CA Administrator)");
-  import->add_option("file", opts->file, "PKCS#12 file (DER)")->required();
-  import->add_option("-p,--password", opts->password,
-                     "The PFX password (visible to other users in the process list: prefer "
-                     "--password-source)");
-  import->add_option("--password-source", opts->password_source,
-                     "Where the PFX password comes from: file:PATH, env:NAME or prompt (default)");
-  import->add_flag("-f,--foreign", opts->foreign,
-                   "Also accept a certificate issued by another CA (needs KRAF_ENABLEFOREIGN on "
-                   "the CA: [flags] enable_foreign = true)");
-  import->callback([&out, &conn, &action, opts] {
-    action = WithClient(out, conn, [opts](Client& c) -> absl::StatusOr<Reply> {
-      auto pfx = pki::ReadFileBytes(opts->file);
-  if (!pfx.ok()) return pfx.status();
-  hsm::SecretString password(opts->password);
-  if (opts->password.empty()) {
-    auto source = hsm::PinSource::Parse(opts->password_source.empty() ? "prompt:PFX password: "
-                                                                      : opts->password_source);
-    if (!source.ok()) return source.status();
-    auto read = source->Read();
-    if (!read.ok()) return read.status();
-    password = std::move(*read);
-  }
-  v1::ImportArchivedKeyRequest request;
-  request.set_pfx(std::string(pfx->begin(), pfx->end()));
-  request.set_password(std::string(password.view()));
-  request.set_foreign(opts->foreign);
-  v1::ImportArchivedKeyResponse result;
-  auto ctx = c.Context();
-  grpc::Status status = c.administration().ImportArchivedKey(ctx.get(), request, &result);
-  // The request held the password: wipe it before anything else.
-  OPENSSL_cleanse(request.mutable_password()->data(), request.password().size());
-  if (auto st = c.Check(status); !st.ok()) return st;
-  Reply reply;
-  nlohmann::json kras = nlohmann::json::array();
-  for (const auto& k : result.kra_sha1()) kras.push_back(k);
-  reply.json = {{"request_id", result.request_id()},
-                {"serial", result.serial()},
-                {"kra_sha1", kras},
-                {"foreign", result.foreign()}};
-  reply.text =
-      StrCat("Archived the key of ", opts->file, "\n",
-             KeyValues({{"Request", std::to_string(result.request_id())},
-                        {"Serial", result.serial()},
-                        {"Foreign", result.foreign() ? "yes" : "no"},
-                        {"KRAs", StrJoin(std::vector<std::string>(result.kra_sha1().begin(),
-                                                                  result.kra_sha1().end()),
-                                         ", ")}}));
-  return reply;
-});
-}  // namespace keywarden::cli
-);
 struct GetKeyOptions {
   std::string search;
   std::string out;

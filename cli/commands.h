@@ -32,9 +32,12 @@ void RegisterOfficerCommands(CLI::App& app, const Output& out, const ConnectionO
                              Action& action);
 void RegisterAuditCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
                            Action& action);
-// kra (list/reload), importpfx and getkey: key archival and recovery on the daemon.
+// kra (list/reload) and getkey: key archival and recovery on the daemon.
 void RegisterArchivalCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
                               Action& action);
+// importpfx: archive the keys of PKCS#12 files (certutil -importKMS), in bulk.
+void RegisterImportCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
+                            Action& action);
 // request: enrollment with key archival (remote, or offline with --out).
 void RegisterRequestCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
                              Action& action);

@@ -44,6 +44,7 @@ int main(int argc, char** argv) {
   RegisterAuditCommands(app, out, conn, action);
   RegisterBackupCommands(app, out, conn, action);
   RegisterArchivalCommands(app, out, conn, action);
+  RegisterImportCommands(app, out, conn, action);
   RegisterRecoveryCommands(app, out, action);
   try {
     app.parse(argc, argv);

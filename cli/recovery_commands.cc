@@ -17,6 +17,7 @@
 #include <openssl/pkcs12.h>
 #include <openssl/rand.h>
 
+#include "absl/strings/match.h"
 #include "cli/commands.h"
 #include "hsm/pin.h"
 #include "hsm/status.h"
@@ -688,8 +689,22 @@ struct VerifyOptions {
   std::string password;  // source for an encrypted PEM key or a PFX
 };
 
-absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> LoadPrivateKey(const std::string& path,
-                                                         const std::string& password_source) {
+// A private key to check, and for a key of a PFX the certificate the file
+// pairs it with (by public key) and how to name it.
+struct LoadedKey {
+  ossl::UniquePtr<EVP_PKEY> key;
+  ossl::UniquePtr<X509> certificate;  // PFX only; null when the file has none for it
+  std::string label;                  // PFX only: "key 2 (friendly name)"
+};
+
+// The key of a key file, or every key of a PFX.
+absl::StatusOr<std::vector<LoadedKey>> LoadPrivateKeys(const std::string& path,
+                                                       const std::string& password_source) {
+  auto one = [](ossl::UniquePtr<EVP_PKEY> key) {
+    std::vector<LoadedKey> v;
+    v.push_back({std::move(key), nullptr, ""});
+    return v;
+  };
   auto bytes = pki::ReadFileBytes(path);
   if (!bytes.ok()) return bytes.status();
   std::optional<hsm::SecretString> pw;
@@ -722,18 +737,18 @@ absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> LoadPrivateKey(const std::string& path
       return hsm::OpenSslError(StrCat(path, ": not a PEM private key (or wrong password)"),
                                absl::StatusCode::kInvalidArgument);
     }
-    return key;
+    return one(std::move(key));
   }
   if (!bytes->empty() && (*bytes)[0] == 0x07) {  // CAPI PRIVATEKEYBLOB
     auto key = pki::ParsePrivateKeyPlaintext(*bytes, nullptr, nullptr);
     if (!key.ok()) return WithFile(path, key.status());
-    return key;
+    return one(std::move(*key));
   }
   const unsigned char* p = bytes->data();
   ossl::UniquePtr<EVP_PKEY> key(d2i_AutoPrivateKey(nullptr, &p, static_cast<long>(bytes->size())));
-  if (key && p == bytes->data() + bytes->size()) return key;
+  if (key && p == bytes->data() + bytes->size()) return one(std::move(key));
   ERR_clear_error();
-  // A PFX: its (first) key.
+  // A PFX: every key, each with the certificate of its public key.
   p = bytes->data();
   if (PKCS12* p12 = d2i_PKCS12(nullptr, &p, static_cast<long>(bytes->size()))) {
     PKCS12_free(p12);
@@ -742,7 +757,14 @@ absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> LoadPrivateKey(const std::string& path
     auto c = pki::ReadPkcs12(*bytes, *pass);
     if (!c.ok()) return WithFile(path, c.status());
     if (c->keys.empty()) return absl::NotFoundError(StrCat(path, ": the PFX holds no key"));
-    return std::move(c->keys.front().key);
+    std::vector<LoadedKey> keys;
+    for (size_t i = 0; i < c->keys.size(); ++i) {
+      auto& k = c->keys[i];
+      std::string label = StrCat("key ", i + 1, " of ", c->keys.size());
+      if (!k.friendly_name.empty()) label += StrCat(" (\"", k.friendly_name, "\")");
+      keys.push_back({std::move(k.key), std::move(k.certificate), std::move(label)});
+    }
+    return keys;
   }
   ERR_clear_error();
   return absl::InvalidArgumentError(
@@ -814,41 +836,122 @@ absl::Status CheckBySignature(EVP_PKEY* priv, EVP_PKEY* pub) {
   return absl::OkStatus();
 }
 
+// Whether `priv` is the private key of `pub`: the private numbers first
+// (a damaged d or prime still decrypts: OpenSSL falls back from CRT to d, or
+// from d to CRT, so a probe alone would call it a match), then a probe.
+absl::Status CheckPair(EVP_PKEY* priv, EVP_PKEY* pub) {
+  if (EVP_PKEY_is_a(priv, "RSA") == 1) {
+    if (absl::Status consistent = pki::CheckRsaKeyConsistent(priv, "the private key is damaged");
+        !consistent.ok()) {
+      return consistent;
+    }
+    return pki::CheckKeyPairMatches(priv, pub);
+  }
+  return CheckBySignature(priv, pub);
+}
+
+std::string CheckedBy(EVP_PKEY* priv) {
+  return StrCat(EVP_PKEY_get0_type_name(priv), "-", EVP_PKEY_get_bits(priv), ", checked by ",
+                EVP_PKEY_is_a(priv, "RSA") == 1 ? "the private key's numbers and encrypt/decrypt"
+                                                : "sign/verify");
+}
+
+// A PFX: every key against the certificate the file pairs it with (and
+// CERT, when given, must be the certificate of one of them). Each is reported.
+int RunVerifyPfxKeys(const VerifyOptions& o, std::vector<LoadedKey>& keys, const Output& out) {
+  ossl::UniquePtr<EVP_PKEY> given;
+  std::string given_subject;
+  if (!o.cert.empty()) {
+    auto pub = LoadPublicKey(o.cert, &given_subject);
+    if (!pub.ok()) return out.Fail(pub.status());
+    given = std::move(*pub);
+  }
+  bool all_ok = true, given_found = false;
+  nlohmann::json list = nlohmann::json::array();
+  std::string text;
+  for (LoadedKey& k : keys) {
+    std::string subject;
+    EVP_PKEY* pub = nullptr;
+    if (given && EVP_PKEY_eq(k.key.get(), given.get()) == 1) {
+      pub = given.get();
+      subject = given_subject;
+      given_found = true;
+    } else if (k.certificate) {
+      pub = X509_get0_pubkey(k.certificate.get());
+      subject = Subject(k.certificate.get());
+    }
+    ERR_clear_error();
+    absl::Status st = pub == nullptr
+                          ? absl::NotFoundError("the file holds no certificate for this key")
+                          : CheckPair(k.key.get(), pub);
+    const std::string what =
+        subject.empty() ? std::string("its certificate") : StrCat("\"", subject, "\"");
+    nlohmann::json j = {{"key", k.label}, {"subject", subject}, {"match", st.ok()}};
+    if (st.ok()) {
+      text += StrCat("Keys match: ", o.key, " ", k.label, " is the private key of ", what, " (",
+                     CheckedBy(k.key.get()), ")\n");
+    } else {
+      all_ok = false;
+      j["error"] = std::string(st.message());
+      text += StrCat("keys do NOT match: ", o.key, " ", k.label,
+                     pub == nullptr ? StrCat(": ", st.message())
+                                    : StrCat(" is not the key of ", what, " (", st.message(), ")"),
+                     "\n");
+    }
+    list.push_back(std::move(j));
+  }
+  if (given && !given_found) {
+    all_ok = false;
+    text += StrCat("keys do NOT match: no key of ", o.key, " belongs to ",
+                   given_subject.empty() ? o.cert : StrCat("\"", given_subject, "\""), "\n");
+  }
+  const size_t good = static_cast<size_t>(std::count_if(
+      list.begin(), list.end(), [](const nlohmann::json& j) { return j["match"].get<bool>(); }));
+  text += StrCat(good, " of ", keys.size(), " key(s) of ", o.key, " verified\n");
+  nlohmann::json result = {
+      {"match", all_ok}, {"key", o.key}, {"certificate", o.cert}, {"keys", list}};
+  if (given) result["certificate_matched"] = given_found;
+  if (all_ok) {
+    out.Result(result, text);
+    return kExitOk;
+  }
+  if (out.json) {
+    out.Result(result, text);
+  } else {
+    std::cerr << text;
+  }
+  return kExitFailed;
+}
+
 int RunVerifyKeys(const VerifyOptions& o, const Output& out) {
-  auto priv = LoadPrivateKey(o.key, o.password);
-  if (!priv.ok()) return out.Fail(priv.status());
+  auto keys = LoadPrivateKeys(o.key, o.password);
+  if (!keys.ok()) return out.Fail(keys.status());
+  const bool pfx = !keys->front().label.empty();
+  if (pfx) return RunVerifyPfxKeys(o, *keys, out);
+  if (o.cert.empty()) {
+    return out.Fail(
+        absl::InvalidArgumentError(StrCat("give the certificate or public key to check ", o.key,
+                                          " against (only a PFX carries its own certificates)")));
+  }
+  EVP_PKEY* priv = keys->front().key.get();
   std::string subject;
   auto pub = LoadPublicKey(o.cert, &subject);
   if (!pub.ok()) return out.Fail(pub.status());
-  absl::Status st;
-  if (EVP_PKEY_is_a(priv->get(), "RSA") == 1) {
-    // The private half itself first: a damaged d or prime still decrypts
-    // (OpenSSL falls back from CRT to d, or from d to CRT), so a probe alone
-    // would call it a match.
-    if (absl::Status consistent =
-            pki::CheckRsaKeyConsistent(priv->get(), StrCat(o.key, ": the private key is damaged"));
-        !consistent.ok()) {
-      out.Fail(absl::FailedPreconditionError(StrCat("keys do NOT match: ", consistent.message())));
-      return kExitFailed;
-    }
-    st = pki::CheckKeyPairMatches(priv->get(), pub->get());
-  } else {
-    st = CheckBySignature(priv->get(), pub->get());
-  }
+  absl::Status st = CheckPair(priv, pub->get());
   const std::string what = subject.empty() ? o.cert : StrCat("\"", subject, "\"");
   if (!st.ok()) {
-    out.Fail(absl::FailedPreconditionError(StrCat(
-        "keys do NOT match: ", o.key, " is not the key of ", what, " (", st.message(), ")")));
+    if (absl::StartsWith(st.message(), "the private key is damaged")) {
+      out.Fail(
+          absl::FailedPreconditionError(StrCat("keys do NOT match: ", o.key, ": ", st.message())));
+    } else {
+      out.Fail(absl::FailedPreconditionError(StrCat(
+          "keys do NOT match: ", o.key, " is not the key of ", what, " (", st.message(), ")")));
+    }
     return kExitFailed;
   }
-  out.Result({{"match", true}, {"key", o.key}, {"certificate", o.cert}, {"subject", subject}},
-             StrCat("Keys match: ", o.key, " is the private key of ", what, " (",
-                    EVP_PKEY_get0_type_name(priv->get()), "-", EVP_PKEY_get_bits(priv->get()),
-                    ", checked by ",
-                    EVP_PKEY_is_a(priv->get(), "RSA") == 1
-                        ? "the private key's numbers and encrypt/decrypt"
-                        : "sign/verify",
-                    ")\n"));
+  out.Result(
+      {{"match", true}, {"key", o.key}, {"certificate", o.cert}, {"subject", subject}},
+      StrCat("Keys match: ", o.key, " is the private key of ", what, " (", CheckedBy(priv), ")\n"));
   return kExitOk;
 }
 
@@ -928,12 +1031,17 @@ void RegisterRecoveryCommands(CLI::App& app, const Output& out, Action& action) 
   // verifykeys
   auto vo = std::make_shared<VerifyOptions>();
   CLI::App* verify = app.add_subcommand(
-      "verifykeys", "Check that a private key and a certificate (or public key) are a pair");
+      "verifykeys",
+      "Check that a private key and a certificate (or public key) are a pair; for a PFX, "
+      "every key of it against its certificate");
   verify
       ->add_option("key", vo->key,
                    "Private key file: PEM, DER PKCS#8/RSA, CAPI PRIVATEKEYBLOB, or PFX")
       ->required();
-  verify->add_option("cert", vo->cert, "Certificate or public key, PEM or DER")->required();
+  verify->add_option("cert", vo->cert,
+                     "Certificate or public key, PEM or DER (optional for a PFX: each key is "
+                     "checked against the certificate the file holds for it; when given, it "
+                     "must belong to one of the keys)");
   verify->add_option(
       "--password", vo->password,
       "Password source for an encrypted key or a PFX: file:PATH, env:NAME or prompt");

@@ -24,6 +24,7 @@
 #include "hsm/strings.h"
 #include "pki/certificate.h"
 #include "pki/cmc_builder.h"
+#include "pki/cmc_response.h"
 #include "pki/exchange_certificate.h"
 #include "pki/files.h"
 #include "pki/pkcs10.h"
@@ -43,6 +44,7 @@ struct RequestOptions {
   std::string out;
   bool force = false;
   std::string cert_out;
+  std::string response_out;
   std::string key_out;
   std::string pfx;
   std::string password;
@@ -208,10 +210,10 @@ absl::Status CheckUsage(const RequestOptions& o) {
     return absl::InvalidArgumentError(
         StrCat("--key-bits ", o.key_bits, ": must be a multiple of 16 (PRIVATEKEYBLOB)"));
   }
-  if (!o.out.empty() && (!o.cert_out.empty() || !o.pfx.empty())) {
+  if (!o.out.empty() && (!o.cert_out.empty() || !o.pfx.empty() || !o.response_out.empty())) {
     return absl::InvalidArgumentError(
-        "--out writes the request without sending it: --cert-out and --pfx need the "
-        "certificate (submit the file later with `keywarden submit`)");
+        "--out writes the request without sending it: --cert-out, --pfx and --response need "
+        "the CA's answer (submit the file later with `keywarden submit`)");
   }
   if (o.force && o.out.empty()) {
     return absl::InvalidArgumentError("--force only applies to --out");
@@ -228,6 +230,7 @@ absl::Status CheckUsage(const RequestOptions& o) {
   const std::vector<std::pair<std::string, pki::Overwrite>> outputs = {
       {o.out, o.force ? pki::Overwrite::kReplace : pki::Overwrite::kRefuse},
       {o.cert_out, pki::Overwrite::kRefuse},
+      {o.response_out, pki::Overwrite::kRefuse},
       {o.key_out, pki::Overwrite::kRefuse},
       {o.pfx, pki::Overwrite::kRefuse}};
   for (const auto& [path, mode] : outputs) {
@@ -415,7 +418,35 @@ absl::StatusOr<Reply> RunRequest(Client* client, const RequestOptions& o,
     reply.json.erase("key_file");
   }
 
-  // 6. The PFX with the certificate, then the report (which writes --cert-out).
+  // 6. The CMC Full PKI Response (certreq -accept): signed by the CA whose
+  // certificate the daemon serves and, when issued, carrying the
+  // certificate; checked before it is saved.
+  if (!o.response_out.empty() && (result.disposition() == v1::DISPOSITION_ISSUED ||
+                                  result.disposition() == v1::DISPOSITION_PENDING)) {
+    const std::string& response = result.cmc_response();
+    const std::span<const uint8_t> der(reinterpret_cast<const uint8_t*>(response.data()),
+                                       response.size());
+    const std::string& issued = result.certificate();
+    absl::Status check = response.empty() ? absl::DataLossError("the CA sent no CMC response")
+                         : result.disposition() == v1::DISPOSITION_ISSUED
+                             ? pki::VerifyCmcResponseCarries(
+                                   der, ca_chain.front().get(),
+                                   {reinterpret_cast<const uint8_t*>(issued.data()), issued.size()})
+                             : pki::VerifyCmcResponse(der, ca_chain.front().get());
+    if (check.ok()) {
+      check = pki::WriteFileAtomically(o.response_out, der, pki::Overwrite::kRefuse, 0644);
+    }
+    if (!check.ok()) {
+      return absl::Status(
+          check.code(),
+          StrCat("request ", result.request_id(), ": ", check.message(), "; nothing written to ",
+                 o.response_out, " (the certificate can be fetched with `keywarden retrieve ",
+                 result.request_id(), "`)"));
+    }
+    reply.json["response_file"] = o.response_out;
+  }
+
+  // 7. The PFX with the certificate, then the report (which writes --cert-out).
   if (!o.pfx.empty() && result.disposition() == v1::DISPOSITION_ISSUED) {
     auto cert = CertificateFromDer(result.certificate(), "the issued certificate");
     if (!cert.ok()) return cert.status();
@@ -449,6 +480,13 @@ absl::StatusOr<Reply> RunRequest(Client* client, const RequestOptions& o,
                                ? StrCat(o.pfx, " (key, certificate and chain)")
                                : StrCat(o.pfx, " (key only until the certificate is issued)")});
   }
+  if (json.contains("response_file")) {
+    rows.push_back({"CMC response",
+                    StrCat(o.response_out, " (DER, CA signature verified with the CA certificate",
+                           result.disposition() == v1::DISPOSITION_ISSUED
+                               ? ", carries the certificate)"
+                               : "; pending: no certificate yet)")});
+  }
   rows.push_back({"Exchange cert", StrCat("SHA-1 ", exchange_sha1, " (verified)")});
   reply.json = std::move(json);
   reply.text = enrollment->text + KeyValues(rows);
@@ -471,7 +509,10 @@ void RegisterRequestCommands(CLI::App& app, const Output& out, const ConnectionO
       "EKU 1.3.6.1.4.1.311.21.5 and keyEncipherment, and be RSA; otherwise nothing is sent.\n"
       "The private key is written (--key-out, --pfx) before the request is sent and removed\n"
       "again if the CA refuses it. --out writes the request (DER) without sending it; with\n"
-      "--exchange-cert and --ca-cert that needs no daemon at all.\n"
+      "--exchange-cert and --ca-cert that needs no daemon at all. --response saves the CA's\n"
+      "CMC Full PKI Response (certreq -accept) once its CA signature verifies with the CA\n"
+      "certificate and it carries the issued certificate (check it: openssl cms -verify\n"
+      "-inform DER -noverify -in FILE).\n"
       "The PFX password comes from -p, $KEYWARDEN_PFX_PASSWORD, or a prompt (asked twice).\n"
       "Exit codes as for submit: 0 issued or pending, 3 refused (e.g. 0x8009400a: the CA has\n"
       "no key recovery agent), 2 bad usage, 1 failed.");
@@ -491,6 +532,10 @@ void RegisterRequestCommands(CLI::App& app, const Output& out, const ConnectionO
   cmd->add_option("--out", o->out, "Write the request (DER) here and do not send it");
   cmd->add_flag("--force", o->force, "Let --out replace an existing file");
   cmd->add_option("--cert-out", o->cert_out, "Write the issued certificate here (PEM)");
+  cmd->add_option("--response", o->response_out,
+                  "Write the CA's CMC Full PKI Response here (DER, certreq -accept's input), after "
+                  "checking its signature against the CA certificate and that it carries the "
+                  "issued certificate");
   cmd->add_option("--key-out", o->key_out, "Write the private key here (PEM, mode 0600)");
   cmd->add_option("--pfx", o->pfx, "Write key, certificate and chain here as PKCS#12 (mode 0600)");
   cmd->add_option("-p,--password", o->password,

@@ -20,6 +20,8 @@
 #include "hsm/open.h"
 #include "hsm/pin.h"
 #include "hsm/provider/provider.h"
+#include "hsm/selftest.h"
+#include "hsm/status.h"
 #include "hsm/strings.h"
 #include "pki/certificate.h"
 #include "pki/files.h"
@@ -294,6 +296,82 @@ void RegisterTokenCommands(CLI::App& app, const Output& out, Action& action) {
       }
       out.Result({{"module", (*m)->path()}, {"tokens", j}}, text.empty() ? "no tokens\n" : text);
       return static_cast<int>(kExitOk);
+    };
+  });
+
+  // seed: events 86/88 -- find out before go-live whether a token can do
+  // what each role needs, not at the first archival.
+  struct SelfTestCliOptions {
+    std::string module, token, pin_source = "prompt", scheme = "des3-rsa-pkcs1";
+    size_t max_sessions = 0;
+    bool mechanisms_only = false, archival_only = false;
+  };
+  auto self = std::make_shared<SelfTestCliOptions>();
+  CLI::App* selftest = token->add_subcommand(
+      "selftest",
+      "Check that a token can do what keywarden needs: mechanisms, then live operations on "
+      "session objects only (nothing is written to the token)");
+  selftest->add_option("--token", self->token, "PKCS#11 URI of the token")->required();
+  selftest->add_option("--pin-source", self->pin_source, "file:PATH, env:NAME or prompt (default)");
+  selftest->add_option("--module", self->module,
+                       "PKCS#11 module path or p11-kit name (default $KEYWARDEN_PKCS11_MODULE)");
+  selftest
+      ->add_option("--archival-scheme", self->scheme,
+                   "des3-rsa-pkcs1 (Windows, default) or aes256-rsa-oaep: the other scheme's "
+                   "checks are optional")
+      ->check(CLI::IsMember({"des3-rsa-pkcs1", "aes256-rsa-oaep"}));
+  selftest->add_option("--max-sessions", self->max_sessions,
+                       "Sessions the daemon will open ([hsm] max_sessions), checked against the "
+                       "token's limit");
+  selftest->add_flag("--mechanisms-only", self->mechanisms_only,
+                     "Only the mechanism list (no login, no live operation)");
+  selftest->add_flag("--archival-only", self->archival_only,
+                     "Only what key archival needs (what keywardend checks at start)");
+  selftest->callback([&out, &action, self] {
+    action = [&out, self]() -> int {
+      absl::StatusOr<std::shared_ptr<hsm::Token>> opened;
+      if (self->mechanisms_only) {
+        auto uri = hsm::Pkcs11Uri::Parse(self->token);
+        if (!uri.ok()) return out.Fail(uri.status());
+        hsm::OpenOptions open;
+        open.default_module = DefaultModule(self->module);
+        opened = hsm::OpenToken(*uri, open);
+      } else {
+        opened = OpenTokenWithPin(self->module, self->token, self->pin_source);
+      }
+      if (!opened.ok()) return out.Fail(opened.status());
+      hsm::SelfTestOptions options;
+      options.live = !self->mechanisms_only;
+      options.archival_only = self->archival_only;
+      options.archival_scheme = self->scheme;
+      options.sessions_needed = self->max_sessions;
+      const std::vector<hsm::SelfTestCheck> checks = hsm::RunSelfTest(*opened, options);
+      const bool passed = hsm::SelfTestPassed(checks);
+      nlohmann::json rows = nlohmann::json::array();
+      std::string text =
+          StrCat("Token \"", (*opened)->label(), "\" (serial ", (*opened)->serial(), ")\n");
+      for (const hsm::SelfTestCheck& c : checks) {
+        const std::string rv = c.rv == CKR_OK ? std::string() : hsm::RvName(c.rv);
+        rows.push_back({{"role", c.role},
+                        {"check", c.name},
+                        {"result", hsm::CheckResultName(c.result)},
+                        {"required", c.required},
+                        {"rv", rv.empty() ? nlohmann::json(nullptr) : nlohmann::json(rv)},
+                        {"detail", c.detail}});
+        std::string result = hsm::CheckResultName(c.result);
+        if (c.result == hsm::CheckResult::kFail && !c.required) result += " (optional)";
+        text += StrCat("  ", result, std::string(result.size() < 16 ? 16 - result.size() : 1, ' '),
+                       c.role, ": ", c.name, rv.empty() ? "" : StrCat(" -> ", rv),
+                       c.detail.empty() ? "" : StrCat(" (", c.detail, ")"), "\n");
+      }
+      text += passed ? "Every required check passed.\n"
+                     : "A required check failed: keywarden cannot use this token for that role.\n";
+      out.Result({{"token", (*opened)->label()},
+                  {"serial", (*opened)->serial()},
+                  {"passed", passed},
+                  {"checks", rows}},
+                 text);
+      return passed ? static_cast<int>(kExitOk) : static_cast<int>(kExitFailed);
     };
   });
 

@@ -27,7 +27,8 @@ command -v "$cxx" >/dev/null || { echo "fuzz: $cxx not found (deploy/install-dep
 
 build="$root/build-fuzz"
 targets=(cmc_fuzzer private_key_blob_fuzzer request_fuzzer name_fuzzer pkcs12_fuzzer
-  recovery_blob_fuzzer trust_files_fuzzer exchange_certificate_fuzzer config_fuzzer)
+  recovery_blob_fuzzer trust_files_fuzzer exchange_certificate_fuzzer config_fuzzer
+  encrypted_key_fuzzer)
 start=$(date +%s)
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" -DKEYWARDEN_WERROR=ON \
@@ -52,7 +53,7 @@ for v in user-enroll-1 user-enroll-2 user-enroll-3; do
     -out "$build/seeds/$v.env.der" >/dev/null
   openssl cms -decrypt -binary -inform DER -in "$build/seeds/$v.env.der" \
     -inkey "$vectors/ca-exchange-key.pem" -out "$seeds/private_key_blob_fuzzer/$v.blob"
-  rm -f "$build/seeds/$v.env.der"
+  mv "$build/seeds/$v.env.der" "$seeds/encrypted_key_fuzzer/"
 done
 # ... a small one written by OpenSSL itself, and a PKCS#8 key.
 openssl genrsa 512 2>/dev/null | openssl rsa -outform MSBLOB \

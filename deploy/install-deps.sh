@@ -12,7 +12,8 @@ packages=(
   # gRPC / protobuf
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libabsl-dev
   # crypto and PKCS#11
-  libssl-dev openssl libp11-kit-dev p11-kit libp11-dev libengine-pkcs11-openssl
+  # libssl3 ships ossl-modules/legacy.so: RC2 PFX files (Windows XP/2003) are read with it
+  libssl-dev libssl3 openssl libp11-kit-dev p11-kit libp11-dev libengine-pkcs11-openssl
   softhsm2 opensc gnutls-bin
   # storage
   libsqlite3-dev sqlite3 libpq-dev

@@ -589,6 +589,30 @@ absl::StatusOr<std::shared_ptr<TokenKey>> ImportRsaPrivateKey(std::shared_ptr<To
   return LoadTokenKey(std::move(token), *session, handle);
 }
 
+absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> PublicKeyFromObject(Session& session,
+                                                              CK_OBJECT_HANDLE public_object) {
+  auto type = GetAttribute(session, public_object, CKA_KEY_TYPE);
+  if (!type.ok()) return type.status();
+  CK_KEY_TYPE kt = 0;
+  if (type->size() != sizeof kt) return absl::DataLossError("CKA_KEY_TYPE has a wrong size");
+  std::memcpy(&kt, type->data(), sizeof kt);
+  if (kt == CKK_RSA) {
+    auto n = GetAttribute(session, public_object, CKA_MODULUS);
+    if (!n.ok()) return n.status();
+    auto e = GetAttribute(session, public_object, CKA_PUBLIC_EXPONENT);
+    if (!e.ok()) return e.status();
+    return RsaPublicFromParts(*n, *e);
+  }
+  if (kt == CKK_EC) {
+    auto params = GetAttribute(session, public_object, CKA_EC_PARAMS);
+    if (!params.ok()) return params.status();
+    auto point = GetAttribute(session, public_object, CKA_EC_POINT);
+    if (!point.ok()) return point.status();
+    return EcPublicFromParts(*params, *point);
+  }
+  return absl::UnimplementedError(StrCat("public key object of key type ", kt));
+}
+
 absl::StatusOr<CK_OBJECT_HANDLE> CreateRsaWrappingKey(Session& session, EVP_PKEY* key) {
   if (key == nullptr || !EVP_PKEY_is_a(key, "RSA")) {
     return absl::InvalidArgumentError("wrap: the recipient key must be an RSA public key");

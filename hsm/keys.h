@@ -103,6 +103,10 @@ absl::StatusOr<std::vector<uint8_t>> GetAttribute(Session& session, CK_OBJECT_HA
 bool LabelInUse(Session& session, std::string_view label,
                 std::optional<CK_OBJECT_CLASS> object_class = std::nullopt);
 
+// The software public key of a public-key object (RSA or EC) on the token.
+absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> PublicKeyFromObject(Session& session,
+                                                              CK_OBJECT_HANDLE public_object);
+
 // Session object (CKA_TOKEN=FALSE) for an RSA public key, usable to wrap.
 absl::StatusOr<CK_OBJECT_HANDLE> CreateRsaWrappingKey(Session& session, EVP_PKEY* key);
 

@@ -171,8 +171,15 @@ std::string RvName(CK_RV rv) {
 absl::Status Pkcs11Error(std::string_view function, CK_RV rv, std::string_view what) {
   std::string msg = what.empty() ? StrCat(function, " returned ", RvName(rv))
                                  : StrCat(what, ": ", function, " returned ", RvName(rv));
-  if (IsTokenFault(rv)) return HsmUnavailable(msg);
-  return absl::Status(CodeFor(rv), msg);
+  absl::Status st = IsTokenFault(rv) ? HsmUnavailable(msg) : absl::Status(CodeFor(rv), msg);
+  st.SetPayload("type.keywarden/ckr", absl::Cord(std::to_string(rv)));
+  return st;
+}
+
+std::optional<CK_RV> Pkcs11RvOf(const absl::Status& status) {
+  auto p = status.GetPayload("type.keywarden/ckr");
+  if (!p.has_value()) return std::nullopt;
+  return static_cast<CK_RV>(std::stoul(std::string(*p)));
 }
 
 bool IsTokenFault(CK_RV rv) {

@@ -2,6 +2,7 @@
 // absl::StatusOr<T>. PKCS#11 failures name the call and the return code.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -19,6 +20,8 @@ std::string RvName(CK_RV rv);
 // The gRPC-style code follows the meaning of rv (bad PIN -> PERMISSION_DENIED,
 // bad argument -> INVALID_ARGUMENT, device errors -> UNAVAILABLE, ...).
 absl::Status Pkcs11Error(std::string_view function, CK_RV rv, std::string_view what = {});
+// The CK_RV a Pkcs11Error carries (payload "type.keywarden/ckr"), if any.
+std::optional<CK_RV> Pkcs11RvOf(const absl::Status& status);
 
 // Drains OpenSSL's error queue into a status message: "<what>: <openssl reason>".
 absl::Status OpenSslError(std::string_view what,

@@ -1,5 +1,7 @@
 #include "pki/cmc_response.h"
 
+#include <algorithm>
+
 #include <openssl/cms.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -157,6 +159,26 @@ absl::Status VerifyCmcResponse(std::span<const uint8_t> der, X509* ca_certificat
         StrCat("CMC response: the signature does not verify with the CA certificate ",
                FormatName(X509_get_subject_name(ca_certificate)), " (",
                err != 0 ? text : "no detail", ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status VerifyCmcResponseCarries(std::span<const uint8_t> der, X509* ca_certificate,
+                                      std::span<const uint8_t> issued) {
+  if (absl::Status st = VerifyCmcResponse(der, ca_certificate); !st.ok()) return st;
+  const unsigned char* p = der.data();
+  ossl::UniquePtr<CMS_ContentInfo> cms(
+      d2i_CMS_ContentInfo(nullptr, &p, static_cast<long>(der.size())));
+  if (!cms) return hsm::OpenSslError("CMC response: decode", absl::StatusCode::kDataLoss);
+  STACK_OF(X509)* certs = CMS_get1_certs(cms.get());
+  bool found = false;
+  for (int i = 0; certs != nullptr && i < sk_X509_num(certs) && !found; ++i) {
+    const std::vector<uint8_t> c = CertificateDer(sk_X509_value(certs, i));
+    found = c.size() == issued.size() && std::equal(c.begin(), c.end(), issued.begin());
+  }
+  sk_X509_pop_free(certs, X509_free);
+  if (!found) {
+    return absl::DataLossError("CMC response: the issued certificate is not in it");
   }
   return absl::OkStatus();
 }

@@ -57,4 +57,9 @@ absl::StatusOr<std::vector<uint8_t>> BuildCmcResponse(OSSL_LIB_CTX* libctx, cons
 // error says what is wrong (DATA_LOSS for a signature that does not verify).
 absl::Status VerifyCmcResponse(std::span<const uint8_t> der, X509* ca_certificate);
 
+// certreq -accept's check: VerifyCmcResponse, and the response carries
+// `issued` (DER) among its certificates. The error names what is missing.
+absl::Status VerifyCmcResponseCarries(std::span<const uint8_t> der, X509* ca_certificate,
+                                      std::span<const uint8_t> issued);
+
 }  // namespace keywarden::pki

@@ -1,9 +1,13 @@
 #include "pki/envelope.h"
 
+#include <openssl/err.h>
+
 #include <algorithm>
+#include <climits>
 
 #include "hsm/status.h"
 #include "hsm/strings.h"
+#include "pki/certificate.h"
 #include "pki/der.h"
 
 namespace keywarden::pki {
@@ -68,6 +72,92 @@ absl::StatusOr<std::vector<uint8_t>> BuildEnvelopedData(
   const Bytes enveloped =
       Tlv(0x30, Concat({kVersion0, Tlv(0x31, recipient_set), encrypted_content_info}));
   return Tlv(0x30, Concat({Oid("1.2.840.113549.1.7.3"), Tlv(0xa0, enveloped)}));
+}
+
+ossl::UniquePtr<CMS_ContentInfo> ReadContentInfo(std::span<const uint8_t> der, OSSL_LIB_CTX* libctx,
+                                                 const char* propq, size_t* consumed) {
+  if (consumed != nullptr) *consumed = 0;
+  if (der.empty() || der.size() > static_cast<size_t>(LONG_MAX)) return nullptr;
+  CMS_ContentInfo* raw = CMS_ContentInfo_new_ex(libctx, propq);
+  if (raw == nullptr) return nullptr;
+  const unsigned char* p = der.data();
+  // On failure d2i has freed `raw` and set it to NULL.
+  const bool ok = d2i_CMS_ContentInfo(&raw, &p, static_cast<long>(der.size())) != nullptr;
+  ossl::UniquePtr<CMS_ContentInfo> cms(raw);
+  if (!ok) {
+    ERR_clear_error();
+    return nullptr;
+  }
+  if (consumed != nullptr) *consumed = static_cast<size_t>(p - der.data());
+  return cms;
+}
+
+absl::StatusOr<ClientEnvelope> ClientEnvelope::Parse(std::span<const uint8_t> der,
+                                                     OSSL_LIB_CTX* libctx) {
+  ClientEnvelope out;
+  size_t consumed = 0;
+  out.cms_ = ReadContentInfo(der, libctx, nullptr, &consumed);
+  if (!out.cms_ || consumed != der.size()) {
+    return absl::InvalidArgumentError(
+        "the encrypted private key (1.3.6.1.4.1.311.21.13) is not a DER CMS ContentInfo");
+  }
+  if (OBJ_obj2nid(CMS_get0_type(out.cms_.get())) != NID_pkcs7_enveloped) {
+    return absl::InvalidArgumentError(
+        "the encrypted private key (1.3.6.1.4.1.311.21.13) is not CMS EnvelopedData");
+  }
+  STACK_OF(CMS_RecipientInfo)* infos = CMS_get0_RecipientInfos(out.cms_.get());
+  for (int i = 0; i < sk_CMS_RecipientInfo_num(infos); ++i) {
+    CMS_RecipientInfo* ri = sk_CMS_RecipientInfo_value(infos, i);
+    if (CMS_RecipientInfo_type(ri) != CMS_RECIPINFO_TRANS) continue;
+    ASN1_OCTET_STRING* keyid = nullptr;
+    X509_NAME* issuer = nullptr;
+    ASN1_INTEGER* serial = nullptr;
+    if (CMS_RecipientInfo_ktri_get0_signer_id(ri, &keyid, &issuer, &serial) == 1 &&
+        issuer != nullptr && serial != nullptr) {
+      ossl::UniquePtr<BIGNUM> bn(ASN1_INTEGER_to_BN(serial, nullptr));
+      char* hex = bn ? BN_bn2hex(bn.get()) : nullptr;
+      out.recipients_.push_back(
+          StrCat(FormatName(issuer), " serial ", hex != nullptr ? AsciiLower(hex) : "?"));
+      OPENSSL_free(hex);
+    }
+  }
+  ERR_clear_error();
+  return out;
+}
+
+std::optional<size_t> ClientEnvelope::Match(std::span<X509* const> certificates) const {
+  STACK_OF(CMS_RecipientInfo)* infos = CMS_get0_RecipientInfos(cms_.get());
+  for (int i = 0; i < sk_CMS_RecipientInfo_num(infos); ++i) {
+    CMS_RecipientInfo* ri = sk_CMS_RecipientInfo_value(infos, i);
+    if (CMS_RecipientInfo_type(ri) != CMS_RECIPINFO_TRANS) continue;
+    for (size_t c = 0; c < certificates.size(); ++c) {
+      if (CMS_RecipientInfo_ktri_cert_cmp(ri, certificates[c]) == 0) {
+        ERR_clear_error();
+        return c;
+      }
+    }
+  }
+  ERR_clear_error();
+  return std::nullopt;
+}
+
+absl::StatusOr<hsm::SecretBytes> ClientEnvelope::Decrypt(EVP_PKEY* key, X509* certificate) const {
+  // Secure memory, wiped when the BIO is freed.
+  ossl::UniquePtr<BIO> out(BIO_new(BIO_s_secmem()));
+  if (!out || CMS_decrypt(cms_.get(), key, certificate, nullptr, out.get(), CMS_BINARY) != 1) {
+    const unsigned long e = ERR_peek_last_error();
+    char reason[256] = "no detail";
+    if (e != 0) ERR_error_string_n(e, reason, sizeof reason);
+    ERR_clear_error();
+    return absl::InvalidArgumentError(reason);
+  }
+  char* data = nullptr;
+  const long len = BIO_get_mem_data(out.get(), &data);
+  if (len <= 0 || data == nullptr) {
+    return absl::InvalidArgumentError("the encrypted private key decrypts to nothing");
+  }
+  return hsm::SecretBytes(
+      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data), static_cast<size_t>(len)));
 }
 
 }  // namespace keywarden::pki

@@ -9,6 +9,7 @@
 #include "hsm/status.h"
 #include "hsm/strings.h"
 #include "pki/certificate.h"
+#include "pki/envelope.h"
 #include "pki/private_key_blob.h"
 
 namespace keywarden::pki {
@@ -177,13 +178,10 @@ absl::StatusOr<RecoveredKey> KraCard::Recover(const RecoveryBlob& blob, Recovery
 
   RecoveryTiming local;
   RecoveryTiming& t = timing != nullptr ? *timing : local;
-  ossl::UniquePtr<CMS_ContentInfo> cms(
-      CMS_ContentInfo_new_ex(crypto_->libctx(), hsm::kTokenKeyProperties));
-  CMS_ContentInfo* raw = cms.get();
-  const unsigned char* p = blob.enveloped_data.data();
-  if (!cms ||
-      d2i_CMS_ContentInfo(&raw, &p, static_cast<long>(blob.enveloped_data.size())) == nullptr) {
-    return hsm::OpenSslError("recovery: EnvelopedData", absl::StatusCode::kDataLoss);
+  ossl::UniquePtr<CMS_ContentInfo> cms =
+      ReadContentInfo(blob.enveloped_data, crypto_->libctx(), hsm::kTokenKeyProperties);
+  if (!cms) {
+    return absl::DataLossError("recovery: the blob's EnvelopedData is not a DER CMS ContentInfo");
   }
 
   // Report decryption failures instead of OpenSSL's default of carrying on

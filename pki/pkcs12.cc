@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <functional>
 
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/pkcs12.h>
+#include <openssl/provider.h>
 
 #include "hsm/status.h"
 #include "hsm/strings.h"
@@ -148,6 +150,99 @@ absl::StatusOr<std::vector<uint8_t>> BuildPkcs12(const std::vector<Pkcs12Entry>&
   return out;
 }
 
+OSSL_LIB_CTX* LegacyReadContext(std::string* load_error) {
+  // Built once: OpenSSL's default and legacy providers in a context of their
+  // own, no configuration file read. It only decrypts PFX contents; keys are
+  // decoded in the default context, and nothing is written or generated here.
+  struct Context {
+    ossl::UniquePtr<OSSL_LIB_CTX> ctx;
+    std::string error;
+  };
+  static const Context* context = [] {
+    auto* c = new Context;
+    c->ctx.reset(OSSL_LIB_CTX_new());
+    if (!c->ctx) {
+      c->error = "OSSL_LIB_CTX_new failed";
+      ERR_clear_error();
+      return c;
+    }
+    if (OSSL_PROVIDER_load(c->ctx.get(), "default") == nullptr) {
+      c->error = std::string(OpenSslError("loading OpenSSL's default provider").message());
+      c->ctx.reset();
+      return c;
+    }
+    if (OSSL_PROVIDER_load(c->ctx.get(), "legacy") == nullptr) {
+      // Without it, RC2 and RC4 stay unreadable; everything else still reads.
+      c->error = StrCat(std::string(OpenSslError("loading OpenSSL's legacy provider").message()),
+                        " (Debian: legacy.so of libssl3, in ",
+                        OPENSSL_info(OPENSSL_INFO_MODULES_DIR), ")");
+    }
+    return c;
+  }();
+  if (load_error != nullptr) *load_error = context->error;
+  return context->ctx.get();
+}
+
+namespace {
+
+// The encryption of a safe or a key bag: its name, and whether the reading
+// context has the cipher it needs.
+struct PbeAlgorithm {
+  std::string name;
+  bool available = true;
+};
+
+PbeAlgorithm DescribePbe(const X509_ALGOR* algorithm, OSSL_LIB_CTX* ctx) {
+  PbeAlgorithm out;
+  const ASN1_OBJECT* oid = nullptr;
+  X509_ALGOR_get0(&oid, nullptr, nullptr, algorithm);
+  const int nid = OBJ_obj2nid(oid);
+  char text[128] = {0};
+  OBJ_obj2txt(text, sizeof text, oid, 0);
+  out.name = text;
+  if (nid == NID_pbes2) return out;  // PBES2: its cipher is checked when it runs
+  int cipher_nid = NID_undef;
+  int md_nid = NID_undef;
+  if (nid == NID_undef ||
+      EVP_PBE_find(EVP_PBE_TYPE_OUTER, nid, &cipher_nid, &md_nid, nullptr) != 1) {
+    out.available = false;
+    return out;
+  }
+  if (cipher_nid != NID_undef) {
+    ossl::UniquePtr<EVP_CIPHER> cipher(EVP_CIPHER_fetch(ctx, OBJ_nid2sn(cipher_nid), nullptr));
+    out.available = cipher != nullptr;
+  }
+  ERR_clear_error();
+  return out;
+}
+
+// Why an encrypted part did not decrypt: an algorithm this OpenSSL lacks, a
+// wrong password (no MAC to tell), or damage (the MAC verified the password).
+absl::Status DecryptFailure(const std::string& what, const X509_ALGOR* algorithm, OSSL_LIB_CTX* ctx,
+                            bool mac_verified) {
+  ERR_clear_error();
+  const PbeAlgorithm pbe = DescribePbe(algorithm, ctx);
+  if (!pbe.available) {
+    std::string load_error;
+    LegacyReadContext(&load_error);
+    return absl::UnimplementedError(
+        StrCat("PKCS#12: unsupported algorithm: the ", what, " is encrypted with ", pbe.name,
+               ", which this OpenSSL cannot decrypt",
+               load_error.empty() ? std::string() : StrCat(" (", load_error, ")")));
+  }
+  if (!mac_verified) {
+    return absl::PermissionDeniedError(
+        StrCat("wrong password for the PFX: its ", what, " (", pbe.name,
+               ") does not decrypt with it (the file has no MAC to tell a wrong password from "
+               "damage)"));
+  }
+  return absl::DataLossError(StrCat("PKCS#12: the ", what, " (", pbe.name,
+                                    ") does not decrypt with the password its MAC verified: the "
+                                    "file is damaged"));
+}
+
+}  // namespace
+
 absl::StatusOr<Pkcs12Contents> ReadPkcs12(std::span<const uint8_t> der,
                                           const hsm::SecretString& password) {
   const unsigned char* p = der.data();
@@ -156,8 +251,14 @@ absl::StatusOr<Pkcs12Contents> ReadPkcs12(std::span<const uint8_t> der,
     ERR_clear_error();
     return absl::DataLossError("not a DER PKCS#12 (PFX) file");
   }
+  std::string load_error;
+  OSSL_LIB_CTX* ctx = LegacyReadContext(&load_error);
+  if (ctx == nullptr) {
+    return absl::InternalError(StrCat("PKCS#12: no library context to read it: ", load_error));
+  }
   CPassword pass(password);
-  if (PKCS12_mac_present(p12.get()) && PKCS12_verify_mac(p12.get(), pass.c_str(), -1) != 1) {
+  const bool mac_present = PKCS12_mac_present(p12.get()) == 1;
+  if (mac_present && PKCS12_verify_mac(p12.get(), pass.c_str(), -1) != 1) {
     ERR_clear_error();
     return absl::PermissionDeniedError(
         "wrong password for the PFX (its MAC does not verify with it), or the file is damaged");
@@ -184,12 +285,20 @@ absl::StatusOr<Pkcs12Contents> ReadPkcs12(std::span<const uint8_t> der,
           if (PKCS12_SAFEBAG_get_nid(bag) == NID_keyBag) {
             p8 = PKCS12_SAFEBAG_get0_p8inf(bag);
           } else {
-            owned.reset(PKCS12_decrypt_skey(bag, pass.c_str(), -1));
+            // Decrypted in the reading context (RC2, 3DES...); decoded below
+            // in the default one, so the key belongs to no legacy provider.
+            owned.reset(PKCS12_decrypt_skey_ex(bag, pass.c_str(), -1, ctx, nullptr));
+            if (!owned) {
+              const X509_ALGOR* alg = nullptr;
+              X509_SIG_get0(PKCS12_SAFEBAG_get0_pkcs8(bag), &alg, nullptr);
+              failure = DecryptFailure(StrCat("key ", out.keys.size() + 1), alg, ctx, mac_present);
+              return;
+            }
             p8 = owned.get();
           }
           ossl::UniquePtr<EVP_PKEY> key(p8 != nullptr ? EVP_PKCS82PKEY(p8) : nullptr);
           if (!key) {
-            failure = OpenSslError("PKCS#12: a key does not decrypt or decode",
+            failure = OpenSslError(StrCat("PKCS#12: key ", out.keys.size() + 1, " does not decode"),
                                    absl::StatusCode::kDataLoss);
             return;
           }
@@ -221,16 +330,25 @@ absl::StatusOr<Pkcs12Contents> ReadPkcs12(std::span<const uint8_t> der,
     const int nid = OBJ_obj2nid(safe->type);
     if (nid == NID_pkcs7_data) {
       bags.reset(PKCS12_unpack_p7data(safe));
+      if (!bags)
+        return OpenSslError("PKCS#12: a safe does not decode", absl::StatusCode::kDataLoss);
     } else if (nid == NID_pkcs7_encrypted) {
-      bags.reset(PKCS12_unpack_p7encdata(safe, pass.c_str(), -1));
+      // PKCS12_unpack_p7encdata would decrypt in the default context, which
+      // has no RC2 (the Windows XP/2003 export default): decrypt here.
+      const PKCS7_ENC_CONTENT* enc =
+          safe->d.encrypted != nullptr ? safe->d.encrypted->enc_data : nullptr;
+      if (enc == nullptr || enc->algorithm == nullptr || enc->enc_data == nullptr) {
+        return absl::DataLossError("PKCS#12: an encrypted safe has no content");
+      }
+      bags.reset(static_cast<STACK_OF(PKCS12_SAFEBAG)*>(
+          PKCS12_item_decrypt_d2i_ex(enc->algorithm, ASN1_ITEM_rptr(PKCS12_SAFEBAGS), pass.c_str(),
+                                     -1, enc->enc_data, 1, ctx, nullptr)));
+      if (!bags) {
+        return DecryptFailure(StrCat("safe ", i + 1, " (certificates)"), enc->algorithm, ctx,
+                              mac_present);
+      }
     } else {
       continue;
-    }
-    if (!bags) {
-      return OpenSslError(
-          "PKCS#12: a safe does not decrypt (a cipher OpenSSL's default provider lacks, such as "
-          "RC2?)",
-          absl::StatusCode::kDataLoss);
     }
     walk(bags.get());
   }

@@ -52,8 +52,19 @@ struct Pkcs12Contents {
 
 // Opens a PFX: the MAC must verify with `password` (a wrong password is
 // PERMISSION_DENIED, a damaged file DATA_LOSS); every key is paired with
-// the certificate whose public key it matches.
+// the certificate whose public key it matches. Encrypted parts are
+// decrypted in LegacyReadContext, so RC2-40/128 and 3DES files (the Windows
+// XP/2003 and old OpenSSL export defaults) read as well as PBES2 ones; a
+// cipher not even the legacy provider has is UNIMPLEMENTED ("unsupported
+// algorithm"), never called a wrong password.
 absl::StatusOr<Pkcs12Contents> ReadPkcs12(std::span<const uint8_t> der,
                                           const hsm::SecretString& password);
+
+// The library context PFX files are read in: OpenSSL's default and legacy
+// providers, loaded into a private OSSL_LIB_CTX (never the default context,
+// and used for nothing else: no writing, no key generation). `load_error`
+// (optional) receives why the legacy provider did not load, empty when it
+// did; the result is null only when no context could be made at all.
+OSSL_LIB_CTX* LegacyReadContext(std::string* load_error = nullptr);
 
 }  // namespace keywarden::pki

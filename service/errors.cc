@@ -45,6 +45,7 @@ const HResult* const kAll[] = {
     &hresult::kNotFound,
     &hresult::kBadKeyset,
     &hresult::kBadLen,
+    &hresult::kInvalidPassword,
 };
 
 }  // namespace

@@ -140,6 +140,10 @@ inline constexpr HResult kBadKeyset{0x80090016, "NTE_BAD_KEYSET", "Keyset does n
 // (an algorithm not allowed for the key: kBadAlgorithm, NTE_BAD_ALGID, above)
 inline constexpr HResult kBadLen{0x80090004, "NTE_BAD_LEN", "Bad Length.",
                                  absl::StatusCode::kInvalidArgument};
+// Key import (certutil -importKMS): the PFX password, as Windows answers it.
+inline constexpr HResult kInvalidPassword{0x80070056, "ERROR_INVALID_PASSWORD",
+                                          "The specified network password is not correct.",
+                                          absl::StatusCode::kInvalidArgument};
 }  // namespace hresult
 
 // "<hresult text> <detail>" with the HRESULT attached.

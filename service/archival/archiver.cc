@@ -1,6 +1,5 @@
 #include "service/archival/archiver.h"
 
-#include <openssl/cms.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 
@@ -16,14 +15,6 @@
 
 namespace keywarden::service {
 namespace {
-
-std::string OpenSslReason() {
-  const unsigned long e = ERR_peek_last_error();
-  char buf[256] = {0};
-  if (e != 0) ERR_error_string_n(e, buf, sizeof buf);
-  ERR_clear_error();
-  return e != 0 ? std::string(buf) : std::string("no detail");
-}
 
 std::vector<uint8_t> Sha1(std::span<const uint8_t> data) {
   unsigned char md[EVP_MAX_MD_SIZE];
@@ -46,84 +37,47 @@ absl::StatusOr<std::shared_ptr<EVP_PKEY>> KeyArchiver::ExchangeKey(const Exchang
 }
 
 absl::StatusOr<hsm::SecretBytes> KeyArchiver::Decrypt(std::span<const uint8_t> encrypted_key) {
-  ossl::UniquePtr<CMS_ContentInfo> cms(CMS_ContentInfo_new_ex(crypto_->libctx(), nullptr));
-  CMS_ContentInfo* raw = cms.get();
-  const unsigned char* p = encrypted_key.data();
-  if (d2i_CMS_ContentInfo(&raw, &p, static_cast<long>(encrypted_key.size())) == nullptr ||
-      p != encrypted_key.data() + encrypted_key.size()) {
-    ERR_clear_error();
-    return Error(hresult::kBadRequestKeyArchival,
-                 "the encrypted private key (1.3.6.1.4.1.311.21.13) is not a DER CMS ContentInfo");
-  }
-  if (OBJ_obj2nid(CMS_get0_type(cms.get())) != NID_pkcs7_enveloped) {
-    return Error(hresult::kBadRequestKeyArchival,
-                 "the encrypted private key (1.3.6.1.4.1.311.21.13) is not CMS EnvelopedData");
+  auto envelope = pki::ClientEnvelope::Parse(encrypted_key, crypto_->libctx());
+  if (!envelope.ok()) {
+    return Error(hresult::kBadRequestKeyArchival, std::string(envelope.status().message()));
   }
 
   // Which exchange certificate was it encrypted to?
   const std::vector<ExchangeCertificate> exchange = exchange_.Unexpired();
-  STACK_OF(CMS_RecipientInfo)* infos = CMS_get0_RecipientInfos(cms.get());
-  const ExchangeCertificate* match = nullptr;
-  std::vector<std::string> named;
-  for (int i = 0; i < sk_CMS_RecipientInfo_num(infos) && match == nullptr; ++i) {
-    CMS_RecipientInfo* ri = sk_CMS_RecipientInfo_value(infos, i);
-    if (CMS_RecipientInfo_type(ri) != CMS_RECIPINFO_TRANS) continue;
-    ASN1_OCTET_STRING* keyid = nullptr;
-    X509_NAME* issuer = nullptr;
-    ASN1_INTEGER* serial = nullptr;
-    if (CMS_RecipientInfo_ktri_get0_signer_id(ri, &keyid, &issuer, &serial) == 1 &&
-        issuer != nullptr && serial != nullptr) {
-      ossl::UniquePtr<BIGNUM> bn(ASN1_INTEGER_to_BN(serial, nullptr));
-      char* hex = bn ? BN_bn2hex(bn.get()) : nullptr;
-      named.push_back(
-          StrCat(pki::FormatName(issuer), " serial ", hex != nullptr ? AsciiLower(hex) : "?"));
-      OPENSSL_free(hex);
-    }
-    for (const ExchangeCertificate& x : exchange) {
-      if (CMS_RecipientInfo_ktri_cert_cmp(ri, x.certificate.get()) == 0) {
-        match = &x;
-        break;
-      }
-    }
-  }
-  ERR_clear_error();
-  if (match == nullptr) {
+  std::vector<X509*> certificates;
+  for (const ExchangeCertificate& x : exchange) certificates.push_back(x.certificate.get());
+  const std::optional<size_t> matched = envelope->Match(certificates);
+  if (!matched) {
     std::vector<std::string> ours;
     for (const auto& x : exchange) ours.push_back(x.serial);
+    const std::vector<std::string>& named = envelope->recipients();
     return Error(hresult::kNoDecryptCert,
                  StrCat("the private key is encrypted to ",
                         named.empty() ? std::string("no usable recipient") : StrJoin(named, "; "),
                         ", not to one of this CA's unexpired exchange certificates (serials ",
                         StrJoin(ours, ", "), ")"));
   }
-  auto pkey = ExchangeKey(*match);
+  const ExchangeCertificate& match = exchange[*matched];
+  auto pkey = ExchangeKey(match);
   if (!pkey.ok()) return pkey.status();
 
-  // The RSA key transport runs on the token; the plaintext goes to secure
-  // memory that is wiped when the BIO is freed.
-  ossl::UniquePtr<BIO> out(BIO_new(BIO_s_secmem()));
-  hsm::Token& token = *match->key->token;
+  // The RSA key transport runs on the token.
+  hsm::Token& token = *match.key->token;
   const uint64_t faults_before = token.faults();
-  if (CMS_decrypt(cms.get(), pkey->get(), match->certificate.get(), nullptr, out.get(),
-                  CMS_BINARY) != 1) {
+  auto plaintext = envelope->Decrypt(pkey->get(), match.certificate.get());
+  if (!plaintext.ok()) {
     // OpenSSL does not say why the key transport failed: a token that
     // failed meanwhile is the CA's fault, never the client's data.
     if (token.faults() != faults_before || !token.available()) {
-      const std::string reason = OpenSslReason();
       return hsm::HsmUnavailable(StrCat("the exchange key on token \"", token.label(),
-                                        "\" could not decrypt the archived key (", reason, ")"));
+                                        "\" could not decrypt the archived key (",
+                                        plaintext.status().message(), ")"));
     }
     return Error(hresult::kBadData,
                  StrCat("the encrypted private key does not decrypt with exchange certificate ",
-                        match->serial, ": ", OpenSslReason()));
+                        match.serial, ": ", plaintext.status().message()));
   }
-  char* data = nullptr;
-  const long len = BIO_get_mem_data(out.get(), &data);
-  if (len <= 0 || data == nullptr) {
-    return Error(hresult::kBadData, "the encrypted private key decrypts to nothing");
-  }
-  return hsm::SecretBytes(
-      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data), static_cast<size_t>(len)));
+  return plaintext;
 }
 
 absl::StatusOr<ArchivedKey> KeyArchiver::ArchiveSubmitted(

@@ -5,6 +5,7 @@
 #include <openssl/pkcs12.h>
 #include <openssl/x509v3.h>
 
+#include <algorithm>
 #include <cctype>
 #include <limits>
 #include <map>
@@ -22,6 +23,7 @@
 #include "pki/der.h"
 #include "pki/files.h"
 #include "pki/pkcs10.h"
+#include "pki/pkcs12.h"
 #include "pki/recovery_blob.h"
 #include "service/authz.h"
 #include "service/bounded.h"
@@ -290,7 +292,7 @@ absl::Status CertificateAuthority::ResolveUnissued(RequestRecord& request, Dispo
 
 absl::Status CertificateAuthority::DenyWith(RequestRecord& request, const absl::Status& why,
                                             const std::string& by) {
-  if (hsm::IsHsmFault(why) ||
+  if (hsm::IsHsmFault(why) || IsDatabaseFault(why) ||
       (why.code() == absl::StatusCode::kUnavailable && !HResultOf(why).has_value())) {
     // The token (or another part of the CA) failed: not a verdict on the
     // request. It is failed with the CA's reason, never denied.
@@ -320,6 +322,7 @@ absl::Status CertificateAuthority::FailCaSide(RequestRecord& request, const absl
       why.code() == absl::StatusCode::kUnavailable ? why.code() : absl::StatusCode::kUnavailable,
       StrCat("request ", request.id, " failed on the CA's side: ", message));
   if (hsm::IsHsmFault(why)) out.SetPayload(hsm::kTokenFaultPayload, absl::Cord("1"));
+  if (IsDatabaseFault(why)) out = MarkDatabaseFault(std::move(out));
   return out;
 }
 
@@ -922,32 +925,78 @@ absl::StatusOr<CertificateAuthority::ImportResult> CertificateAuthority::ImportK
     Audit(who, "archival.import_refused", json{{"reason", std::string(why.message())}}.dump());
     return why;
   };
-  const unsigned char* p = pfx.data();
-  ossl::UniquePtr<PKCS12> p12(d2i_PKCS12(nullptr, &p, static_cast<long>(pfx.size())));
-  if (!p12 || p != pfx.data() + pfx.size()) {
-    ERR_clear_error();
-    return refuse(Error(hresult::kAsn1BadTag, "the file is not a DER PKCS#12 (PFX)"));
+  auto contents = pki::ReadPkcs12(pfx, password);
+  if (!contents.ok()) {
+    const absl::Status& why = contents.status();
+    const std::string detail(why.message());
+    switch (why.code()) {
+      case absl::StatusCode::kPermissionDenied:  // the MAC: a wrong password
+        return refuse(Error(hresult::kInvalidPassword, detail));
+      case absl::StatusCode::kUnimplemented:  // a cipher not even the legacy provider has
+        return refuse(Error(hresult::kBadAlgorithm, detail));
+      case absl::StatusCode::kInternal:  // this side's OpenSSL, not the file
+        return why;
+      default:
+        return refuse(Error(hresult::kAsn1BadTag, detail));
+    }
   }
-  EVP_PKEY* raw_key = nullptr;
-  X509* raw_cert = nullptr;
-  STACK_OF(X509)* raw_extra = nullptr;
-  const std::string_view pw = password.view();
-  const int parsed = PKCS12_parse(p12.get(), pw.data(), &raw_key, &raw_cert, &raw_extra);
-  ossl::UniquePtr<EVP_PKEY> key(raw_key);
-  ossl::UniquePtr<X509> cert(raw_cert);
-  sk_X509_pop_free(raw_extra, X509_free);
-  if (parsed != 1) {
-    ERR_clear_error();
+  if (std::none_of(contents->keys.begin(), contents->keys.end(),
+                   [](const auto& k) { return k.certificate != nullptr; })) {
     return refuse(Error(hresult::kInvalidArg,
-                        "the PKCS#12 does not open: wrong password, or a damaged file"));
+                        contents->keys.empty()
+                            ? std::string("the PKCS#12 must hold a private key and its certificate")
+                            : StrCat("the PKCS#12 holds ", contents->keys.size(),
+                                     " private key(s) but no certificate for any of them")));
   }
-  if (!key || !cert) {
-    return refuse(
-        Error(hresult::kInvalidArg, "the PKCS#12 must hold a private key and its certificate"));
+  // seed (certutil -importKMS): every key of the file, each reported.
+  ImportResult result;
+  absl::Status first_failure;
+  for (size_t i = 0; i < contents->keys.size(); ++i) {
+    auto& entry = contents->keys[i];
+    ImportedKey k;
+    if (!entry.certificate) {
+      // Reported, never archived: without its certificate a key has no owner.
+      k.status = Error(hresult::kInvalidArg,
+                       StrCat("key ", i + 1, " of the PKCS#12 has no certificate in the file"));
+      result.keys.push_back(std::move(k));
+      continue;
+    }
+    k.subject = pki::FormatName(X509_get_subject_name(entry.certificate.get()));
+    auto one = ImportOneKey(who, std::move(entry.key), entry.certificate.get(), foreign);
+    if (one.ok()) {
+      k.serial = one->serial;
+      k.request_id = one->request_id;
+      k.kra_sha1 = one->kra_sha1;
+      k.foreign = one->foreign;
+      if (result.request_id == 0) {
+        result.request_id = one->request_id;
+        result.serial = one->serial;
+        result.kra_sha1 = one->kra_sha1;
+        result.foreign = one->foreign;
+      }
+    } else {
+      k.status = one.status();
+      k.serial = SerialHex(entry.certificate.get());
+      k.signature_only = HResultOf(one.status()) == hresult::kBadKeyType.code;
+      if (first_failure.ok()) first_failure = one.status();
+    }
+    result.keys.push_back(std::move(k));
   }
+  if (result.request_id == 0) return first_failure;
+  return result;
+}
+
+absl::StatusOr<CertificateAuthority::ImportResult> CertificateAuthority::ImportOneKey(
+    const std::string& who, ossl::UniquePtr<EVP_PKEY> key, X509* cert_in, bool foreign) {
+  auto refuse = [&](const absl::Status& why) {
+    Audit(who, "archival.import_refused", json{{"reason", std::string(why.message())}}.dump());
+    return why;
+  };
+  ossl::UniquePtr<X509> cert(X509_dup(cert_in));
+  if (!cert) return hsm::OpenSslError("copy the imported certificate");
   const uint32_t ku = X509_get_key_usage(cert.get());
   if (ku != UINT32_MAX && (ku & KU_KEY_ENCIPHERMENT) == 0) {
-    // seed (certutil -importPFX): "Ignored signature certificates".
+    // seed (certutil -importKMS): "Ignored signature certificates".
     return refuse(Error(hresult::kBadKeyType,
                         StrCat("certificate ", pki::FormatName(X509_get_subject_name(cert.get())),
                                " is a signature certificate (no keyEncipherment); signature keys "

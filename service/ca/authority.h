@@ -128,14 +128,28 @@ class CertificateAuthority {
   };
   RuntimeReload ReloadRuntime(const std::string& who);
 
-  // Manual archival (certutil -importPFX): archives the key of a PKCS#12 for
-  // a certificate this CA issued, or, with KRAF_ENABLEFOREIGN and `foreign`,
-  // for another CA's certificate (recorded as a new, issued row).
+  // Manual archival (certutil -importKMS): archives the keys of a PKCS#12
+  // for certificates this CA issued, or, with KRAF_ENABLEFOREIGN and
+  // `foreign`, for another CA's certificates (recorded as new, issued rows).
+  // RC2/3DES files (Windows XP/2003 exports) are read too (pki::ReadPkcs12).
+  // Every key with its certificate is tried; the first archived one fills
+  // the top fields and `keys` reports each. When none is archived the
+  // result is the first key's error, so a one-key file answers as before.
+  struct ImportedKey {
+    std::string subject;
+    std::string serial;
+    int64_t request_id = 0;
+    std::vector<std::string> kra_sha1;
+    bool foreign = false;
+    bool signature_only = false;  // ignored: a signature certificate
+    absl::Status status;          // not OK: this key was not archived
+  };
   struct ImportResult {
     int64_t request_id = 0;
     std::string serial;
     std::vector<std::string> kra_sha1;
     bool foreign = false;
+    std::vector<ImportedKey> keys;
   };
   absl::StatusOr<ImportResult> ImportKey(const std::string& who, std::span<const uint8_t> pfx,
                                          const hsm::SecretString& password, bool foreign);
@@ -211,6 +225,9 @@ class CertificateAuthority {
       const RequestRecord& request, const std::optional<CertificateRecord>& issued_record,
       std::optional<int64_t> body_part_id = std::nullopt, X509* issued_certificate = nullptr);
   absl::Status DenyWith(RequestRecord& request, const absl::Status& why, const std::string& by);
+  // One key of an imported PKCS#12 with its certificate (ImportKey).
+  absl::StatusOr<ImportResult> ImportOneKey(const std::string& who, ossl::UniquePtr<EVP_PKEY> key,
+                                            X509* cert, bool foreign);
   // Resolves the request failed for a CA-side reason (token, store): never
   // a denial. Answers UNAVAILABLE.
   absl::Status FailCaSide(RequestRecord& request, const absl::Status& why);

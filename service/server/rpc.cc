@@ -10,13 +10,23 @@
 #include "service/bounded.h"
 #include "service/errors.h"
 #include "service/server/limits.h"
+#include "service/storage/store.h"
 
 namespace keywarden::service {
 
 grpc::Status ToGrpc(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  const auto code = static_cast<grpc::StatusCode>(static_cast<int>(status.code()));
-  const std::string message(status.message());
+  auto code = static_cast<grpc::StatusCode>(static_cast<int>(status.code()));
+  std::string message(status.message());
+  if (IsDatabaseFault(status)) {
+    // The CA's database failed: never a code that blames the client
+    // (RESOURCE_EXHAUSTED for a full disk, PERMISSION_DENIED for a
+    // read-only file). A corrupt one stays DATA_LOSS.
+    if (code != grpc::StatusCode::DATA_LOSS) code = grpc::StatusCode::UNAVAILABLE;
+    if (message.find("database unavailable") == std::string::npos) {
+      message = StrCat("database unavailable: ", message);
+    }
+  }
   v1::ErrorDetail detail;
   detail.set_message(message);
   if (auto hr = HResultOf(status)) {

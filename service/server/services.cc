@@ -322,6 +322,20 @@ class AdministrationService final : public v1::Administration::Service {
     out->set_serial(result->serial);
     for (const auto& sha1 : result->kra_sha1) out->add_kra_sha1(sha1);
     out->set_foreign(result->foreign);
+    for (const auto& k : result->keys) {
+      auto* key = out->add_keys();
+      key->set_subject(k.subject);
+      key->set_serial(k.serial);
+      key->set_archived(k.status.ok());
+      key->set_request_id(k.request_id);
+      for (const auto& sha1 : k.kra_sha1) key->add_kra_sha1(sha1);
+      key->set_foreign(k.foreign);
+      key->set_signature_only(k.signature_only);
+      if (!k.status.ok()) {
+        key->set_status_code(HResultOf(k.status).value_or(0));
+        key->set_message(std::string(k.status.message()));
+      }
+    }
     return Status::OK;
   }
 

@@ -238,7 +238,24 @@ absl::Status SqliteError(sqlite3* db, int rc, std::string_view what) {
   std::string detail = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
   std::string name = sqlite3_errstr(rc);
   if (name != detail) detail = StrCat(detail, " (", name, ")");
-  return absl::Status(CodeForSqlite(rc), StrCat(what, ": ", detail));
+  absl::Status st(CodeForSqlite(rc), StrCat(what, ": ", detail));
+  switch (rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+    case SQLITE_CANTOPEN:
+    case SQLITE_IOERR:
+    case SQLITE_PROTOCOL:
+    case SQLITE_FULL:
+    case SQLITE_NOMEM:
+    case SQLITE_PERM:
+    case SQLITE_READONLY:
+    case SQLITE_AUTH:
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+      return MarkDatabaseFault(std::move(st));
+    default:
+      return st;
+  }
 }
 
 absl::Status ErrnoError(int err, std::string_view what) {

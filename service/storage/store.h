@@ -17,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/cord.h"
 
 namespace keywarden::service {
 
@@ -128,6 +129,21 @@ std::vector<uint8_t> AuditHash(const AuditRecord& record);
 // 1..n without gaps. The error names the first bad record and what is wrong
 // (edited, deleted/missing, reordered).
 absl::Status VerifyAuditChain(const std::vector<AuditRecord>& records);
+
+// A failure of the database itself (disk full, I/O error, locked, read-only,
+// corrupt, cannot open), as opposed to a refusal the data earns (a unique
+// key taken). Backends mark these statuses with this payload; the RPC layer
+// answers them UNAVAILABLE "database unavailable: ..." and the CA never
+// records a request as denied for one: it is the CA's fault, not the
+// client's.
+inline constexpr char kDatabaseFaultPayload[] = "type.keywarden/database-fault";
+inline absl::Status MarkDatabaseFault(absl::Status status) {
+  if (!status.ok()) status.SetPayload(kDatabaseFaultPayload, absl::Cord("1"));
+  return status;
+}
+inline bool IsDatabaseFault(const absl::Status& status) {
+  return !status.ok() && status.GetPayload(kDatabaseFaultPayload).has_value();
+}
 
 // disposition_message of a request being processed (see SetPendingMessage).
 inline constexpr char kRequestInProcess[] = "In process";

@@ -10,7 +10,9 @@
 
 #include <gtest/gtest.h>
 
+#include "hsm/secret.h"
 #include "hsm/strings.h"
+#include "pki/pkcs12.h"
 #include "pki/private_key_blob.h"
 #include "tests/test_util.h"
 
@@ -103,6 +105,81 @@ TEST_F(VerifyKeysTest, WrongCrtValueIsNamed) {
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("exponent2 is not privateExponent mod (prime2 - 1)"), std::string::npos)
       << r.output;
+}
+
+// A PFX with two keys (a merged recovery, certutil -MergePFX): every key is
+// checked against the certificate the file holds for it, each reported.
+class VerifyPfxKeysTest : public VerifyKeysTest {
+ protected:
+  void SetUp() override {
+    VerifyKeysTest::SetUp();
+    second_ = SoftwareRsaKey(2048);
+    ASSERT_TRUE(second_);
+    first_cert_ = SelfSignedCa(nullptr, good_.get(), "first user");
+    second_cert_ = SelfSignedCa(nullptr, second_.get(), "second user");
+    ASSERT_TRUE(first_cert_ && second_cert_);
+  }
+  // A PFX of (good_, first user) and (`second`, second user).
+  CommandResult VerifyPfx(EVP_PKEY* second, const std::string& extra = "") {
+    auto pfx = pki::BuildPkcs12(
+        {{good_.get(), first_cert_.get(), {}, "first"}, {second, second_cert_.get(), {}, "second"}},
+        hsm::SecretString("two keys"));
+    EXPECT_TRUE(pfx.ok()) << pfx.status();
+    if (!pfx.ok()) return {};
+    WriteFile(dir_.File("two.pfx"), *pfx);
+    WriteFile(dir_.File("pw"), "two keys");
+    // Independently: openssl sees two keys in the file.
+    auto keys = RunCommand(StrCat("openssl pkcs12 -nocerts -nodes -passin pass:'two keys' -in ",
+                                  dir_.File("two.pfx")));
+    size_t count = 0;
+    for (size_t at = keys.output.find("BEGIN PRIVATE KEY"); at != std::string::npos;
+         at = keys.output.find("BEGIN PRIVATE KEY", at + 1)) {
+      ++count;
+    }
+    EXPECT_EQ(count, 2u) << keys.output;
+    return RunCommand(StrCat(KEYWARDEN_CLI, " verifykeys ", dir_.File("two.pfx"), " ", extra,
+                             " --password file:", dir_.File("pw")));
+  }
+  ossl::UniquePtr<EVP_PKEY> second_;
+  ossl::UniquePtr<X509> first_cert_, second_cert_;
+};
+
+TEST_F(VerifyPfxKeysTest, BothKeysOfATwoKeyPfxAreCheckedAndReported) {
+  auto r = VerifyPfx(second_.get());
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("key 1 of 2 (\"first\") is the private key of \"CN=first user\""),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("key 2 of 2 (\"second\") is the private key of \"CN=second user\""),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("2 of 2 key(s)"), std::string::npos) << r.output;
+}
+
+TEST_F(VerifyPfxKeysTest, ADamagedSecondKeyIsCaught) {
+  auto bad = Damaged(second_.get(), OSSL_PKEY_PARAM_RSA_D, [](BIGNUM* d) { BN_add_word(d, 2); });
+  ASSERT_TRUE(bad);
+  ASSERT_EQ(EVP_PKEY_eq(bad.get(), second_.get()), 1);  // same public half
+  auto r = VerifyPfx(bad.get());
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("Keys match: " + dir_.File("two.pfx") + " key 1 of 2"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("keys do NOT match: " + dir_.File("two.pfx") + " key 2 of 2"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("the private key is damaged"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("1 of 2 key(s)"), std::string::npos) << r.output;
+}
+
+TEST_F(VerifyPfxKeysTest, AGivenCertificateMustBelongToOneOfTheKeys) {
+  WriteFile(dir_.File("second.pem"), ToPem(second_cert_.get()));
+  auto r = VerifyPfx(second_.get(), dir_.File("second.pem"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  auto stranger = SoftwareRsaKey(2048);
+  WriteFile(dir_.File("stranger.pem"), PublicKeyPem(stranger.get()));
+  r = VerifyPfx(second_.get(), dir_.File("stranger.pem"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("no key of"), std::string::npos) << r.output;
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include "pki/certificate.h"
 #include "tests/test_util.h"
 
 namespace keywarden::pki {
@@ -93,6 +94,30 @@ TEST(CmcResponseTest, NotASignedPkiResponseIsRefused) {
   longer.push_back(0);
   EXPECT_EQ(VerifyCmcResponse(longer, s.cert.get()).code(), absl::StatusCode::kDataLoss);
   EXPECT_FALSE(VerifyCmcResponse(s.der, nullptr).ok());
+}
+
+// certreq -accept: the response must carry the issued certificate.
+TEST(CmcResponseTest, CarriesTheIssuedCertificateAndNoOther) {
+  auto ca_key = SoftwareRsaKey(2048);
+  auto ca = SelfSignedCa(nullptr, ca_key.get(), "CMC Issuing CA");
+  auto user_key = SoftwareRsaKey(2048);
+  auto issued = SelfSignedCa(nullptr, user_key.get(), "issued user");
+  auto other = SelfSignedCa(nullptr, user_key.get(), "someone else");
+  CmcResponseSpec spec;
+  spec.status_string = "Issued";
+  spec.issued = issued.get();
+  spec.certificates = {issued.get(), ca.get()};
+  auto der = BuildCmcResponse(nullptr, nullptr, ca_key.get(), ca.get(), spec);
+  ASSERT_TRUE(der.ok()) << der.status();
+  const std::vector<uint8_t> issued_der = CertificateDer(issued.get());
+  const std::vector<uint8_t> other_der = CertificateDer(other.get());
+  EXPECT_TRUE(VerifyCmcResponseCarries(*der, ca.get(), issued_der).ok());
+  absl::Status st = VerifyCmcResponseCarries(*der, ca.get(), other_der);
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  EXPECT_NE(st.message().find("issued certificate is not in it"), std::string::npos) << st;
+  // Signed by someone else: refused before the certificates are looked at.
+  EXPECT_EQ(VerifyCmcResponseCarries(*der, issued.get(), issued_der).code(),
+            absl::StatusCode::kDataLoss);
 }
 
 }  // namespace

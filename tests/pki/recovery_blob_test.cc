@@ -1,12 +1,14 @@
 // The recovery blob (pki/recovery_blob.h): built with the CA key on a
 // SoftHSM2 token, checked by `openssl cms` (an independent
 // implementation), and refused whole when anything in it is wrong.
+#include <algorithm>
 #include <cmath>
 #include <iostream>
 #include <map>
 
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/provider.h>
 #include <openssl/rand.h>
 
 #include <gtest/gtest.h>
@@ -412,6 +414,177 @@ TEST_F(Pkcs12Test, AesAndLegacyFilesOpenWithOpensslAndRoundTrip) {
       absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(pki::ReadPkcs12(std::vector<uint8_t>{0x30, 0x00}, pw).status().code(),
             absl::StatusCode::kDataLoss);
+}
+
+// Windows XP/2003 exported PFX files with RC2-40 (certificates) and 3DES
+// (keys); old OpenSSL the same. Files made by the openssl CLI read, and the
+// key read back has the modulus openssl prints for the original.
+class LegacyPkcs12Test : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto r =
+        RunCommand(StrCat("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "
+                          "'/CN=legacy user' -keyout ",
+                          tmp_.File("user.key"), " -out ", tmp_.File("user.pem"), " 2>&1"));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    auto m = RunCommand(StrCat("openssl rsa -noout -modulus -in ", tmp_.File("user.key")));
+    ASSERT_EQ(m.exit_code, 0) << m.output;
+    modulus_ = m.output;
+  }
+  // openssl pkcs12 -export with `options`, into NAME.
+  std::vector<uint8_t> Export(const std::string& name, const std::string& options) {
+    auto r = RunCommand(StrCat("openssl pkcs12 -export ", options, " -in ", tmp_.File("user.pem"),
+                               " -inkey ", tmp_.File("user.key"), " -passout pass:'old pass' -out ",
+                               tmp_.File(name)));
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return ReadFile(tmp_.File(name));
+  }
+  // openssl's description of a PFX's algorithms.
+  std::string Info(const std::string& name) {
+    return RunCommand(StrCat("openssl pkcs12 -legacy -info -nokeys -noout -passin pass:'old pass' "
+                             "-in ",
+                             tmp_.File(name), " 2>&1"))
+        .output;
+  }
+  // The modulus of `key` as `openssl rsa -modulus` prints it.
+  std::string Modulus(EVP_PKEY* key) {
+    WriteFile(tmp_.File("back.key"), PrivateKeyPem(key));
+    return RunCommand(StrCat("openssl rsa -noout -modulus -in ", tmp_.File("back.key"))).output;
+  }
+  TempDir tmp_;
+  std::string modulus_;
+};
+
+TEST_F(LegacyPkcs12Test, Rc240FileReadsAndTheKeyMatches) {
+  auto pfx = Export("rc2.pfx", "-legacy -certpbe PBE-SHA1-RC2-40 -keypbe PBE-SHA1-RC2-40");
+  const std::string info = Info("rc2.pfx");
+  ASSERT_NE(info.find("pbeWithSHA1And40BitRC2-CBC"), std::string::npos) << info;
+  auto back = pki::ReadPkcs12(pfx, hsm::SecretString("old pass"));
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->keys.size(), 1u);
+  ASSERT_NE(back->keys[0].certificate, nullptr);
+  EXPECT_EQ(pki::FormatName(X509_get_subject_name(back->keys[0].certificate.get())),
+            "CN=legacy user");
+  EXPECT_EQ(Modulus(back->keys[0].key.get()), modulus_);
+}
+
+TEST_F(LegacyPkcs12Test, WindowsDefaultRc2CertificatesAnd3DesKeyReads) {
+  auto pfx = Export("win.pfx", "-legacy -certpbe PBE-SHA1-RC2-40 -keypbe PBE-SHA1-3DES");
+  const std::string info = Info("win.pfx");
+  ASSERT_NE(info.find("pbeWithSHA1And40BitRC2-CBC"), std::string::npos) << info;
+  ASSERT_NE(info.find("pbeWithSHA1And3-KeyTripleDES-CBC"), std::string::npos) << info;
+  auto back = pki::ReadPkcs12(pfx, hsm::SecretString("old pass"));
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->keys.size(), 1u);
+  EXPECT_EQ(Modulus(back->keys[0].key.get()), modulus_);
+}
+
+TEST_F(LegacyPkcs12Test, TripleDesFileReadsAndTheKeyMatches) {
+  auto pfx = Export("3des.pfx", "-certpbe PBE-SHA1-3DES -keypbe PBE-SHA1-3DES -macalg sha1");
+  const std::string info = Info("3des.pfx");
+  ASSERT_NE(info.find("pbeWithSHA1And3-KeyTripleDES-CBC"), std::string::npos) << info;
+  ASSERT_EQ(info.find("RC2"), std::string::npos) << info;
+  auto back = pki::ReadPkcs12(pfx, hsm::SecretString("old pass"));
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->keys.size(), 1u);
+  EXPECT_EQ(Modulus(back->keys[0].key.get()), modulus_);
+}
+
+TEST_F(LegacyPkcs12Test, WrongPasswordOnAnRc2FileIsStillAWrongPassword) {
+  auto pfx = Export("rc2.pfx", "-legacy");
+  auto back = pki::ReadPkcs12(pfx, hsm::SecretString("not the pass"));
+  EXPECT_EQ(back.status().code(), absl::StatusCode::kPermissionDenied) << back.status();
+  EXPECT_NE(back.status().message().find("wrong password"), std::string::npos) << back.status();
+  EXPECT_EQ(back.status().message().find("unsupported"), std::string::npos) << back.status();
+}
+
+TEST_F(LegacyPkcs12Test, AnAlgorithmNobodyHasIsUnsupportedNotAWrongPassword) {
+  // No MAC (so the change below is not caught as damage) and the RC2-40 PBE
+  // OID 1.2.840.113549.1.12.1.6 turned into the unassigned ...12.1.9.
+  auto pfx = Export("nomac.pfx", "-legacy -nomac -certpbe PBE-SHA1-RC2-40");
+  const std::vector<uint8_t> oid = {0x06, 0x0a, 0x2a, 0x86, 0x48, 0x86,
+                                    0xf7, 0x0d, 0x01, 0x0c, 0x01, 0x06};
+  auto at = std::search(pfx.begin(), pfx.end(), oid.begin(), oid.end());
+  ASSERT_NE(at, pfx.end());
+  at[oid.size() - 1] = 0x09;
+  auto back = pki::ReadPkcs12(pfx, hsm::SecretString("old pass"));
+  EXPECT_EQ(back.status().code(), absl::StatusCode::kUnimplemented) << back.status();
+  EXPECT_NE(back.status().message().find("unsupported algorithm"), std::string::npos)
+      << back.status();
+  EXPECT_NE(back.status().message().find("1.2.840.113549.1.12.1.9"), std::string::npos)
+      << back.status();
+}
+
+TEST_F(LegacyPkcs12Test, WithoutAMacAWrongPasswordIsNamedAsSuch) {
+  auto pfx = Export("nomac.pfx", "-legacy -nomac");
+  ASSERT_TRUE(pki::ReadPkcs12(pfx, hsm::SecretString("old pass")).ok());
+  auto back = pki::ReadPkcs12(pfx, hsm::SecretString("not the pass"));
+  EXPECT_EQ(back.status().code(), absl::StatusCode::kPermissionDenied) << back.status();
+  EXPECT_NE(back.status().message().find("wrong password"), std::string::npos) << back.status();
+  EXPECT_NE(back.status().message().find("no MAC"), std::string::npos) << back.status();
+}
+
+TEST_F(LegacyPkcs12Test, ASafeDamagedUnderAValidMacIsDamageNotAWrongPassword) {
+  // The RC2 safe's ciphertext changed, then the MAC made again over the
+  // damaged contents with the right password: only decryption can tell.
+  auto pfx = Export("rc2.pfx", "-legacy");
+  const unsigned char* p = pfx.data();
+  ossl::UniquePtr<PKCS12> p12(d2i_PKCS12(nullptr, &p, static_cast<long>(pfx.size())));
+  ASSERT_TRUE(p12);
+  STACK_OF(PKCS7)* safes = PKCS12_unpack_authsafes(p12.get());
+  ASSERT_NE(safes, nullptr);
+  bool damaged = false;
+  for (int i = 0; i < sk_PKCS7_num(safes); ++i) {
+    PKCS7* safe = sk_PKCS7_value(safes, i);
+    if (OBJ_obj2nid(safe->type) != NID_pkcs7_encrypted) continue;
+    ASN1_OCTET_STRING* ct = safe->d.encrypted->enc_data->enc_data;
+    ct->data[ct->length - 1] ^= 0x5a;  // the last block: the padding breaks
+    damaged = true;
+  }
+  ASSERT_TRUE(damaged);
+  ASSERT_EQ(PKCS12_pack_authsafes(p12.get(), safes), 1);
+  sk_PKCS7_pop_free(safes, PKCS7_free);
+  ASSERT_EQ(PKCS12_set_mac(p12.get(), "old pass", -1, nullptr, 0, 2048, EVP_sha1()), 1);
+  unsigned char* out = nullptr;
+  const int len = i2d_PKCS12(p12.get(), &out);
+  ASSERT_GT(len, 0);
+  std::vector<uint8_t> bad(out, out + len);
+  OPENSSL_free(out);
+  // openssl agrees: the MAC verifies, the contents do not decrypt.
+  WriteFile(tmp_.File("bad.pfx"), bad);
+  auto info = RunCommand(StrCat("openssl pkcs12 -legacy -info -noout -passin pass:'old pass' -in ",
+                                tmp_.File("bad.pfx"), " 2>&1"));
+  EXPECT_NE(info.exit_code, 0) << info.output;
+  EXPECT_EQ(info.output.find("Mac verify error"), std::string::npos) << info.output;
+  auto back = pki::ReadPkcs12(bad, hsm::SecretString("old pass"));
+  EXPECT_EQ(back.status().code(), absl::StatusCode::kDataLoss) << back.status();
+  EXPECT_NE(back.status().message().find("damaged"), std::string::npos) << back.status();
+  EXPECT_NE(back.status().message().find("pbeWithSHA1And40BitRC2-CBC"), std::string::npos)
+      << back.status();
+}
+
+TEST_F(LegacyPkcs12Test, ADamagedRc2FileIsRefusedNotCalledUnsupported) {
+  auto pfx = Export("rc2.pfx", "-legacy");
+  auto back = pki::ReadPkcs12(pfx, hsm::SecretString("old pass"));
+  ASSERT_TRUE(back.ok()) << back.status();
+  auto damaged = pfx;
+  damaged[damaged.size() / 2] ^= 0x01;
+  auto bad = pki::ReadPkcs12(damaged, hsm::SecretString("old pass"));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().code(), absl::StatusCode::kUnimplemented) << bad.status();
+}
+
+TEST_F(LegacyPkcs12Test, TheLegacyProviderStaysOutOfTheDefaultContext) {
+  auto pfx = Export("rc2.pfx", "-legacy");
+  ASSERT_TRUE(pki::ReadPkcs12(pfx, hsm::SecretString("old pass")).ok());
+  // RC2 is there for reading, in the private context only.
+  ossl::UniquePtr<EVP_CIPHER> in_reader(
+      EVP_CIPHER_fetch(pki::LegacyReadContext(), "RC2-40-CBC", nullptr));
+  EXPECT_NE(in_reader, nullptr);
+  ossl::UniquePtr<EVP_CIPHER> in_default(EVP_CIPHER_fetch(nullptr, "RC2-40-CBC", nullptr));
+  EXPECT_EQ(in_default, nullptr);
+  EXPECT_EQ(OSSL_PROVIDER_available(nullptr, "legacy"), 0);
+  ERR_clear_error();
 }
 
 }  // namespace

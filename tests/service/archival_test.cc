@@ -415,6 +415,19 @@ subject = "principal"
   // Not a key at all.
   ExpectRefused(ArchivalRequest(r, std::string(300, 'x'), exchange.get()), "ArchivalUser",
                 0x80090005, "not usable");
+  // A damaged envelope (EnvelopedData's version an OCTET STRING, hashed as
+  // sent): once freed twice by the daemon. Refused, and the daemon answers
+  // the next request.
+  {
+    ArchivalPart part;
+    part.encrypted_key = EncryptToExchange(BlobOf(r.key.get()), exchange.get());
+    // ContentInfo SEQUENCE (4) + OID (11) + [0] (4) + SEQUENCE (4): version.
+    ASSERT_EQ(part.encrypted_key.substr(23, 3), std::string("\x02\x01\x00", 3));
+    part.encrypted_key[23] = 0x04;
+    part.hash = Sha1Of(part.encrypted_key);
+    ExpectRefused(MakeCmcDer(r.csr, r.key.get(), &part), "ArchivalUser", 0x8009400c,
+                  "is not a DER CMS ContentInfo");
+  }
   // Encrypted to an exchange certificate this CA never made.
   {
     SoftCa rogue = SoftCa::Make("Rogue CA");

@@ -9,6 +9,8 @@
 // recovery_test.cc).
 #include <sys/stat.h>
 
+#include <algorithm>
+
 #include <gtest/gtest.h>
 
 #include "hsm/strings.h"
@@ -182,6 +184,69 @@ TEST_F(RequestArchivalTest, IssuedWithTheKeyArchived) {
   EXPECT_EQ(p12_key.output, file_key.output);
   auto p12_cert = RunCommand("openssl x509 -noout -pubkey -in " + tmp_.File("p12.pem"));
   EXPECT_EQ(p12_cert.output, cert_key.output);
+}
+
+// certreq -accept: --response saves the CA's CMC Full PKI Response, which
+// openssl verifies (signature, with the CA certificate as the only signer
+// allowed) and shows as an id-cct-PKIResponse carrying the certificate.
+TEST_F(RequestArchivalTest, TheCmcFullPkiResponseIsSavedAndVerifiesWithOpenssl) {
+  SoftCa kra_ca = SoftCa::Make("KRA Issuing CA");
+  auto kra = kra_ca.Issue("kra");
+  WriteFile(tmp_.File("kra-ca.pem"), ToPem(kra_ca.cert.get()));
+  WriteFile(tmp_.File("kra-ca.crl"), kra_ca.Crl());
+  WriteFile(tmp_.File("kra.pem"), ToPem(kra.cert.get()));
+  DaemonHarness::Options options;
+  options.extra_toml =
+      StrCat("\n[kra]\ncertificates = [\"", tmp_.File("kra.pem"), "\"]\ncount = 1\ntrust = [\"",
+             tmp_.File("kra-ca.pem"), "\"]\ncrls = [\"", tmp_.File("kra-ca.crl"), "\"]\n");
+  Start(options);
+  const std::string cert = tmp_.File("carol.pem"), response = tmp_.File("carol.rsp");
+  auto r =
+      Kw("enrollee2", StrCat("request --template ArchivalUser --key-out ", tmp_.File("carol.key"),
+                             " --cert-out ", cert, " --response ", response));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(Contains(r.output, "carries the certificate")) << r.output;
+
+  // The signature, by openssl, with the signer taken only from the CA certificate.
+  auto verify =
+      RunCommand(StrCat("openssl cms -verify -inform DER -noverify -nointern -certfile ",
+                        daemon_->ca_cert_path(), " -in ", response, " -out ",
+                        tmp_.File("content.der"), " -certsout ", tmp_.File("certs.pem"), " 2>&1"));
+  ASSERT_EQ(verify.exit_code, 0) << verify.output;
+  EXPECT_TRUE(Contains(verify.output, "Verification successful")) << verify.output;
+  // The issued certificate is among the response's certificates.
+  auto issued = RunCommand("openssl x509 -noout -fingerprint -sha256 -in " + cert);
+  auto all =
+      RunCommand(StrCat("awk '/BEGIN CERT/{n++} {print > \"", tmp_.File("c"), "\" n \".pem\"}' ",
+                        tmp_.File("certs.pem"), " && for f in ", tmp_.File("c"),
+                        "*.pem; do openssl x509 -noout -fingerprint "
+                        "-sha256 -in $f; done"));
+  ASSERT_EQ(all.exit_code, 0) << all.output;
+  EXPECT_TRUE(Contains(all.output, issued.output)) << issued.output << all.output;
+  // The content type and the status, by openssl's printer.
+  auto print = RunCommand("openssl cms -cmsout -print -inform DER -in " + response);
+  ASSERT_EQ(print.exit_code, 0) << print.output;
+  EXPECT_TRUE(Contains(print.output, "eContentType: id-cct-PKIResponse")) << print.output;
+  // A tampered response is refused by openssl too (the check is not vacuous).
+  auto bytes = ReadFile(response);
+  auto content = ReadFile(tmp_.File("content.der"));
+  auto at = std::search(bytes.begin(), bytes.end(), content.begin(), content.end());
+  ASSERT_NE(at, bytes.end());
+  at[content.size() - 1] ^= 0x01;
+  WriteFile(tmp_.File("tampered.rsp"), bytes);
+  auto bad = RunCommand(StrCat("openssl cms -verify -inform DER -noverify -in ",
+                               tmp_.File("tampered.rsp"), " -out /dev/null 2>&1"));
+  EXPECT_NE(bad.exit_code, 0) << bad.output;
+}
+
+TEST_F(RequestArchivalTest, ResponseNeedsTheCaAnswer) {
+  Start();
+  auto r =
+      Kw("enrollee", StrCat("request --template ArchivalUser --out ", tmp_.File("r.der"),
+                            " --key-out ", tmp_.File("k.pem"), " --response ", tmp_.File("r.rsp")));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_TRUE(Contains(r.output, "--response")) << r.output;
+  EXPECT_FALSE(FileExists(tmp_.File("r.rsp")));
 }
 
 }  // namespace
