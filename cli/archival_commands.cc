@@ -103,6 +103,7 @@ std::string CandidateText(const v1::ArchivedKeyCandidate& c) {
       {"Subject", cert.subject()},
   };
   if (!cert.upn().empty()) rows.push_back({"UPN", cert.upn()});
+  if (!cert.email().empty()) rows.push_back({"E-mail", cert.email()});
   rows.push_back({"NotBefore", FormatTime(cert.not_before())});
   rows.push_back({"NotAfter", FormatTime(cert.not_after())});
   rows.push_back({"Template", cert.template_name()});
@@ -112,6 +113,24 @@ std::string CandidateText(const v1::ArchivedKeyCandidate& c) {
   std::vector<std::string> kras(c.kra_sha1().begin(), c.kra_sha1().end());
   rows.push_back({"KRA hashes", StrJoin(kras, ", ")});
   return KeyValues(rows);
+}
+
+// One candidate for --json: what an operator needs to choose, dates in
+// ISO 8601 UTC.
+nlohmann::json CandidateJson(const v1::ArchivedKeyCandidate& k) {
+  const auto& cert = k.certificate();
+  return {{"serial", cert.serial()},
+          {"subject", cert.subject()},
+          {"upn", cert.upn()},
+          {"email", cert.email()},
+          {"request_id", k.request_id()},
+          {"requester", k.requester()},
+          {"template", cert.template_name()},
+          {"not_before", FormatIsoTime(cert.not_before())},
+          {"not_after", FormatIsoTime(cert.not_after())},
+          {"sha1", cert.sha1()},
+          {"scheme", k.scheme()},
+          {"kra_sha1", std::vector<std::string>(k.kra_sha1().begin(), k.kra_sha1().end())}};
 }
 
 // A complete recovery script, like the seed's `certutil -v -getkey` batch
@@ -228,8 +247,9 @@ CLI::App* getkey = app.add_subcommand(
     "Manager). The blob is encrypted to KRAs: recover it with `keywarden recoverkey`");
 getkey
     ->add_option("search", gk->search,
-                 "Serial number (spaces allowed), SHA-1 hash, request id, CN, UPN or "
-                 "DOMAIN\\user")
+                 "Serial number (spaces allowed), SHA-1 hash, request id, CN, subject, UPN or "
+                 "e-mail, or DOMAIN\\user; each matched exactly (user@domain and DOMAIN\\user "
+                 "through the [[account]] directory)")
     ->required();
 getkey->add_option("out", gk->out,
                    "Recovery blob file to write (must not exist); without it the matching "
@@ -237,7 +257,7 @@ getkey->add_option("out", gk->out,
 getkey->add_flag("-v,--verbose", gk->verbose,
                  "Print a complete recovery script (getkey, recoverkey, mergepfx, clean-up)");
 getkey->callback([&out, &conn, &action, gk] {
-  action = WithClient(out, conn, [gk](Client& c) -> absl::StatusOr<Reply> {
+  action = WithClient(out, conn, [&out, gk](Client& c) -> absl::StatusOr<Reply> {
     if (!gk->out.empty()) {
       if (auto st = pki::CheckWritable(gk->out, pki::Overwrite::kRefuse); !st.ok()) return st;
     }
@@ -247,6 +267,29 @@ getkey->callback([&out, &conn, &action, gk] {
     v1::GetArchivedKeyResponse result;
     auto ctx = c.Context();
     if (auto st = c.Check(c.officer().GetArchivedKey(ctx.get(), request, &result)); !st.ok()) {
+      // Ambiguous, with --json: the candidates as objects rather than the
+      // error's text lines (listed again: a listing releases no blob).
+      if (out.json && PayloadOf(st, kHResultPayload) == "0x8002802c") {
+        v1::GetArchivedKeyRequest again;
+        again.set_search(gk->search);
+        v1::GetArchivedKeyResponse listed;
+        auto list_ctx = c.Context();
+        if (c.Check(c.officer().GetArchivedKey(list_ctx.get(), again, &listed)).ok() &&
+            listed.candidates_size() > 1) {
+          nlohmann::json list = nlohmann::json::array();
+          for (const auto& k : listed.candidates()) list.push_back(CandidateJson(k));
+          const std::string message(st.message());
+          Reply reply;
+          reply.json = {{"search", gk->search},
+                        {"error", message.substr(0, message.find('\n'))},
+                        {"code", absl::StatusCodeToString(st.code())},
+                        {"hresult", "0x8002802c"},
+                        {"symbol", PayloadOf(st, kSymbolPayload).value_or("")},
+                        {"candidates", list}};
+          reply.exit_code = Output::ExitCodeFor(st);
+          return reply;
+        }
+      }
       return st;
     }
     Reply reply;
@@ -255,21 +298,15 @@ getkey->callback([&out, &conn, &action, gk] {
     nlohmann::json list = nlohmann::json::array();
     std::string text;
     for (const auto& k : candidates) {
-      list.push_back(
-          {{"serial", k.certificate().serial()},
-           {"subject", k.certificate().subject()},
-           {"upn", k.certificate().upn()},
-           {"not_before", k.certificate().not_before()},
-           {"not_after", k.certificate().not_after()},
-           {"template", k.certificate().template_name()},
-           {"sha1", k.certificate().sha1()},
-           {"request_id", k.request_id()},
-           {"kra_sha1", std::vector<std::string>(k.kra_sha1().begin(), k.kra_sha1().end())}});
+      list.push_back(CandidateJson(k));
       text += StrCat(CandidateText(k), "\n");
     }
     reply.json = {{"search", gk->search}, {"candidates", list}};
     if (candidates.empty()) {
+      std::vector<std::string> searched(result.searched().begin(), result.searched().end());
+      reply.json["searched"] = searched;
       reply.text = StrCat("No archived key matches \"", gk->search, "\"\n");
+      for (const auto& line : searched) reply.text += StrCat("  ", line, "\n");
       reply.exit_code = kExitNotFound;
       return reply;
     }

@@ -88,6 +88,16 @@ std::string FormatTime(int64_t unix_seconds) {
   return buf;
 }
 
+std::string FormatIsoTime(int64_t unix_seconds) {
+  if (unix_seconds == 0) return "";
+  const time_t t = static_cast<time_t>(unix_seconds);
+  struct tm tm = {};
+  if (gmtime_r(&t, &tm) == nullptr) return std::to_string(unix_seconds);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
 std::string DispositionName(v1::Disposition d) {
   switch (d) {
     case v1::DISPOSITION_PENDING:
@@ -242,11 +252,17 @@ std::string Describe(const v1::RequestInfo& r) {
 }
 
 nlohmann::json ToJson(const v1::CertificateInfo& c) {
-  nlohmann::json j = {{"serial", c.serial()},          {"request_id", c.request_id()},
-                      {"subject", c.subject()},        {"upn", c.upn()},
-                      {"template", c.template_name()}, {"sha1", c.sha1()},
-                      {"sha256", c.sha256()},          {"not_before", c.not_before()},
-                      {"not_after", c.not_after()},    {"revoked", c.revoked()}};
+  nlohmann::json j = {{"serial", c.serial()},
+                      {"request_id", c.request_id()},
+                      {"subject", c.subject()},
+                      {"upn", c.upn()},
+                      {"email", c.email()},
+                      {"template", c.template_name()},
+                      {"sha1", c.sha1()},
+                      {"sha256", c.sha256()},
+                      {"not_before", c.not_before()},
+                      {"not_after", c.not_after()},
+                      {"revoked", c.revoked()}};
   if (c.revoked()) {
     j["revocation_reason"] = c.revocation_reason();
     j["revocation_reason_name"] = RevocationReasonName(c.revocation_reason());
@@ -262,6 +278,7 @@ std::string Describe(const v1::CertificateInfo& c) {
       {"Subject", c.subject()},
   };
   if (!c.upn().empty()) rows.push_back({"UPN", c.upn()});
+  if (!c.email().empty()) rows.push_back({"E-mail", c.email()});
   rows.push_back({"Template", c.template_name().empty() ? "-" : c.template_name()});
   rows.push_back({"Request ID", c.request_id() != 0 ? std::to_string(c.request_id()) : "-"});
   rows.push_back({"SHA-1", c.sha1()});

@@ -32,6 +32,8 @@ nlohmann::json ToJson(const CertificateSummary& s);
 
 // "2024-05-01 12:00:00Z"; "-" for 0.
 std::string FormatTime(int64_t unix_seconds);
+// ISO 8601 UTC, "2026-12-03T12:36:30Z" (for JSON); "" for 0.
+std::string FormatIsoTime(int64_t unix_seconds);
 
 // "pending", "issued", "denied", "failed", "unspecified".
 std::string DispositionName(v1::Disposition d);

@@ -22,6 +22,7 @@ struct FindOptions {
   std::string sha1;
   std::string cn;
   std::string upn;
+  std::string email;
   std::string subject;
   int64_t request_id = 0;
   int limit = 0;
@@ -116,6 +117,7 @@ absl::StatusOr<Reply> RunFind(Client& client, const FindOptions& o) {
   in.set_sha1(o.sha1);
   in.set_common_name(o.cn);
   in.set_upn(o.upn);
+  in.set_email(o.email);
   in.set_subject_contains(o.subject);
   in.set_request_id(o.request_id);
   in.set_limit(o.limit);
@@ -225,7 +227,8 @@ void RegisterOfficerCommands(CLI::App& app, const Output& out, const ConnectionO
   find->add_option("--serial", f->serial, "Serial number (hex)");
   find->add_option("--sha1", f->sha1, "SHA-1 thumbprint (hex)");
   find->add_option("--cn", f->cn, "Exact common name");
-  find->add_option("--upn", f->upn, "Exact user principal name");
+  find->add_option("--upn", f->upn, "Exact user principal name (UPN in the subjectAltName)");
+  find->add_option("--email", f->email, "Exact e-mail name (rfc822Name in the subjectAltName)");
   find->add_option("--subject", f->subject, "Case-insensitive part of the subject");
   find->add_option("--request-id", f->request_id, "The request it was issued for")
       ->check(CLI::PositiveNumber);

@@ -113,4 +113,40 @@ absl::Status CheckSubjectNamesNoPrincipal(const Config& config, std::string_view
              StrJoin(names, ", "), "; only a CA Administrator may request a certificate for it"));
 }
 
+absl::Status CheckAltNamesNoPrincipal(const Config& config, const std::vector<std::string>& upns,
+                                      const std::vector<std::string>& emails,
+                                      std::string_view requester,
+                                      const std::vector<Role>& requester_roles) {
+  if (std::find(requester_roles.begin(), requester_roles.end(), Role::kCaAdministrator) !=
+      requester_roles.end()) {
+    return absl::OkStatus();
+  }
+  auto check = [&](const std::string& name, const char* kind) -> absl::Status {
+    if (auto st = CheckSubjectNamesNoPrincipal(config, name, requester, requester_roles);
+        !st.ok()) {
+      return st;
+    }
+    const std::string lower = AsciiLower(name);
+    for (const AccountConfig& a : config.accounts) {
+      const char* whose = !a.upn.empty() && AsciiLower(a.upn) == lower       ? "UPN"
+                          : !a.email.empty() && AsciiLower(a.email) == lower ? "e-mail name"
+                                                                             : nullptr;
+      if (whose == nullptr || a.principal == requester) continue;
+      return Error(hresult::kAccessDenied,
+                   StrCat("the certificate would carry the ", kind, " \"", name, "\", the ", whose,
+                          " of the account of \"", a.principal,
+                          "\" ([[account]]); only a CA Administrator may request a certificate "
+                          "naming another account"));
+    }
+    return absl::OkStatus();
+  };
+  for (const std::string& upn : upns) {
+    if (auto st = check(upn, "UPN"); !st.ok()) return st;
+  }
+  for (const std::string& email : emails) {
+    if (auto st = check(email, "e-mail name"); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace keywarden::service

@@ -48,4 +48,16 @@ absl::Status CheckSubjectNamesNoPrincipal(const Config& config, std::string_view
                                           std::string_view requester,
                                           const std::vector<Role>& requester_roles);
 
+// The same for the names a certificate's subjectAltName would carry (UPNs
+// and e-mail names; other types name no account). A name that is the UPN
+// or e-mail of an [[account]] other than the requester's (compared without
+// ASCII case, so a near miss by case is refused too) may only be asked for
+// by a CA Administrator; a name that is itself a configured principal is
+// checked as CheckSubjectNamesNoPrincipal does. E_ACCESSDENIED naming the
+// name and whose it is.
+absl::Status CheckAltNamesNoPrincipal(const Config& config, const std::vector<std::string>& upns,
+                                      const std::vector<std::string>& emails,
+                                      std::string_view requester,
+                                      const std::vector<Role>& requester_roles);
+
 }  // namespace keywarden::service

@@ -641,9 +641,10 @@ absl::Status ReadRole(const Section& s, const Config::Server& server, RoleBindin
 }
 
 absl::Status ReadTemplate(const Section& s, TemplateConfig& t) {
-  KW_RETURN_IF_ERROR(s.CheckKeys({"name", "oid", "major_version", "minor_version", "key_usage",
-                                  "extended_key_usage", "validity", "subject", "min_key_bits",
-                                  "key_types", "pend", "archival", "enrollees"}));
+  KW_RETURN_IF_ERROR(
+      s.CheckKeys({"name", "oid", "major_version", "minor_version", "key_usage",
+                   "extended_key_usage", "validity", "subject", "min_key_bits", "key_types", "pend",
+                   "archival", "enrollees", "san", "san_names", "smime_capabilities"}));
   KW_RETURN_IF_ERROR(s.ReadRequiredString("name", t.name));
   KW_RETURN_IF_ERROR(s.ReadString("oid", t.oid));
   if (s.Has("oid") && !IsDottedOid(t.oid)) {
@@ -679,6 +680,89 @@ absl::Status ReadTemplate(const Section& s, TemplateConfig& t) {
                                             "for it in \"enrollees\""));
     }
     t.enrollee_roles = {Role::kEnrollee};
+  }
+  std::string san = t.san == SanSource::kDirectory ? "directory"
+                    : t.san == SanSource::kRequest ? "request"
+                                                   : "none";
+  KW_RETURN_IF_ERROR(s.ReadChoice("san", {"none", "directory", "request"}, san));
+  t.san = san == "directory" ? SanSource::kDirectory
+          : san == "request" ? SanSource::kRequest
+                             : SanSource::kNone;
+  KW_RETURN_IF_ERROR(
+      s.ReadStringSet("san_names", {"upn", "email", "dns"}, nullptr, "", t.san_names));
+  if (s.Has("san_names")) {
+    if (t.san == SanSource::kNone) {
+      return s.Invalid("san_names", "needs san = \"directory\" or san = \"request\"");
+    }
+    if (t.san_names.empty()) return s.Invalid("san_names", "needs at least one name type");
+    if (t.san == SanSource::kDirectory &&
+        std::find(t.san_names.begin(), t.san_names.end(), "dns") != t.san_names.end()) {
+      return s.Invalid("san_names",
+                       "\"dns\": an [[account]] has no DNS name (DNS names need san = "
+                       "\"request\")");
+    }
+  }
+  KW_RETURN_IF_ERROR(s.ReadBool("smime_capabilities", t.smime_capabilities));
+  return absl::OkStatus();
+}
+
+// A name of an [[account]]: printable, no spaces, and for `key` its shape.
+std::string AccountNameProblem(std::string_view key, const std::string& v) {
+  for (unsigned char c : v) {
+    if (c < 0x21 || c == 0x7f) return "holds a space or a control character";
+  }
+  if (v.size() > 1024) return "is longer than 1024 bytes";
+  if (key == "upn" || key == "email") {
+    const size_t at = v.find('@');
+    if (at == std::string::npos || at == 0 || at + 1 == v.size() ||
+        v.find('@', at + 1) != std::string::npos) {
+      return StrCat("\"", v, "\" is not of the form user@domain");
+    }
+    if (v.find('\\') != std::string::npos) return StrCat("\"", v, "\" holds a backslash");
+    return {};
+  }
+  // logon_name: DOMAIN\user
+  const size_t slash = v.find('\\');
+  if (slash == std::string::npos || slash == 0 || slash + 1 == v.size() ||
+      v.find('\\', slash + 1) != std::string::npos) {
+    return StrCat("\"", v,
+                  "\" is not of the form DOMAIN\\user (NetBIOS domain, backslash, "
+                  "sAMAccountName)");
+  }
+  const std::string_view domain = std::string_view(v).substr(0, slash);
+  const std::string_view user = std::string_view(v).substr(slash + 1);
+  if (domain.find_first_of("/:*?\"<>|@") != std::string_view::npos) {
+    return StrCat("the domain \"", domain, "\" holds a character a NetBIOS name cannot have");
+  }
+  if (user.find_first_of("\"/[]:;|=,+*?<>@") != std::string_view::npos) {
+    return StrCat("the user \"", user, "\" holds a character a sAMAccountName cannot have");
+  }
+  return {};
+}
+
+absl::Status ReadAccount(const Section& s, AccountConfig& a) {
+  KW_RETURN_IF_ERROR(s.CheckKeys({"principal", "upn", "logon_name", "email"}));
+  KW_RETURN_IF_ERROR(s.ReadRequiredString("principal", a.principal));
+  if (a.principal.find('=') == std::string::npos) {
+    return s.Invalid("principal", StrCat("\"", a.principal,
+                                         "\" is not an RFC 4514 subject such as "
+                                         "\"CN=alice,O=Example\""));
+  }
+  KW_RETURN_IF_ERROR(s.ReadString("upn", a.upn));
+  KW_RETURN_IF_ERROR(s.ReadString("logon_name", a.logon_name));
+  KW_RETURN_IF_ERROR(s.ReadString("email", a.email));
+  for (auto [key, value] : {std::pair<const char*, const std::string*>{"upn", &a.upn},
+                            {"logon_name", &a.logon_name},
+                            {"email", &a.email}}) {
+    if (!s.Has(key)) continue;
+    if (value->empty()) return s.Invalid(key, "must not be empty (leave the key out instead)");
+    if (std::string why = AccountNameProblem(key, *value); !why.empty()) {
+      return s.Invalid(key, why);
+    }
+  }
+  if (a.upn.empty() && a.logon_name.empty() && a.email.empty()) {
+    return s.ctx().Error(s.line(), StrCat("[[account]] at ", s.path(), " (", a.principal,
+                                          ") needs at least one of upn, logon_name, email"));
   }
   return absl::OkStatus();
 }
@@ -795,7 +879,7 @@ absl::Status ReadSigning(const Section& s, Config& config) {
 absl::Status ReadRoot(const Context& ctx, const toml::table& root, Config& config) {
   Section top(ctx, &root, "");
   KW_RETURN_IF_ERROR(top.CheckKeys({"ca", "hsm", "exchange", "database", "server", "crl", "kra",
-                                    "flags", "role", "template", "signing", "audit"}));
+                                    "flags", "role", "template", "signing", "audit", "account"}));
 
   // Sections in the order of the example file, so the first error reported
   // is usually the first one in the file.
@@ -856,6 +940,30 @@ absl::Status ReadRoot(const Context& ctx, const toml::table& root, Config& confi
       }
     }
     config.templates.push_back(std::move(t));
+  }
+
+  std::vector<Section> accounts;
+  KW_RETURN_IF_ERROR(top.Tables("account", accounts));
+  // Each name belongs to one account; names differing only in ASCII case
+  // are refused too (matching is exact: such a pair could only confuse).
+  std::map<std::string, std::string> account_names;  // "key\nlower-case value" -> "account[i]"
+  for (const Section& s : accounts) {
+    AccountConfig a;
+    KW_RETURN_IF_ERROR(ReadAccount(s, a));
+    for (auto [key, value] : {std::pair<const char*, const std::string*>{"principal", &a.principal},
+                              {"upn", &a.upn},
+                              {"logon_name", &a.logon_name},
+                              {"email", &a.email}}) {
+      if (value->empty()) continue;
+      const bool exact = std::string_view(key) == "principal";
+      auto [it, inserted] =
+          account_names.emplace(StrCat(key, "\n", exact ? *value : AsciiLower(*value)), s.path());
+      if (!inserted) {
+        return s.Invalid(key, StrCat("\"", *value, "\" is already the ", key, " of ", it->second,
+                                     exact ? "" : " (compared case-insensitively)"));
+      }
+    }
+    config.accounts.push_back(std::move(a));
   }
 
   // Last: signing keys name principals and templates read above.
@@ -953,6 +1061,34 @@ std::string ConfersPower(const TemplateConfig& t) {
            "could name a configured principal";
   }
   return {};
+}
+
+const AccountConfig* Config::AccountByPrincipal(std::string_view principal) const {
+  for (const AccountConfig& a : accounts) {
+    if (a.principal == principal) return &a;
+  }
+  return nullptr;
+}
+
+const AccountConfig* Config::AccountByUpn(std::string_view upn) const {
+  for (const AccountConfig& a : accounts) {
+    if (!a.upn.empty() && a.upn == upn) return &a;
+  }
+  return nullptr;
+}
+
+const AccountConfig* Config::AccountByLogonName(std::string_view logon_name) const {
+  for (const AccountConfig& a : accounts) {
+    if (!a.logon_name.empty() && a.logon_name == logon_name) return &a;
+  }
+  return nullptr;
+}
+
+const AccountConfig* Config::AccountByEmail(std::string_view email) const {
+  for (const AccountConfig& a : accounts) {
+    if (!a.email.empty() && a.email == email) return &a;
+  }
+  return nullptr;
 }
 
 std::vector<Role> Config::RolesOf(std::string_view principal) const {

@@ -30,6 +30,11 @@ bool IsCimcRole(Role role);
 
 enum class ArchivalPolicy { kNone, kAllowed, kRequired };  // "none", "allowed", "required"
 enum class SubjectSource { kRequest, kPrincipal };         // "request", "principal"
+// Where an issued certificate's subjectAltName comes from: nowhere, the
+// requester's [[account]] (Windows "Build from this Active Directory
+// information"), or the request (Windows "Supply in the request"; each
+// name still checked, see CheckAltNamesNoPrincipal).
+enum class SanSource { kNone, kDirectory, kRequest };  // "none", "directory", "request"
 
 struct TemplateConfig {
   std::string name;  // required, unique
@@ -54,6 +59,27 @@ struct TemplateConfig {
   // default; any other template defaults to the enrollee role.
   std::vector<Role> enrollee_roles;
   std::vector<std::string> enrollee_principals;
+  // subjectAltName (`san`) and which names it holds (`san_names`: "upn",
+  // "email", and with kRequest also "dns"). With kDirectory each listed name
+  // is required: a requester whose account lacks it is denied
+  // (CERTSRV_E_SUBJECT_UPN_REQUIRED / _EMAIL_REQUIRED); with kRequest a
+  // requested name of another type is refused.
+  SanSource san = SanSource::kNone;
+  std::vector<std::string> san_names = {"upn", "email"};
+  // Copy the request's S/MIME capabilities (1.2.840.113549.1.9.15).
+  bool smime_capabilities = false;
+};
+
+// [[account]]: the directory. One person (or machine) and the names it is
+// known by on Windows: the subject of its certificates (the principal it
+// authenticates as), its UPN, its down-level logon name and its e-mail.
+// getkey finds an account's archived keys by any of these names, exactly.
+struct AccountConfig {
+  std::string principal;  // RFC 4514 subject ("CN=alice,O=Example"), required, unique
+  std::string upn;        // "alice@corp.example.com", unique
+  std::string
+      logon_name;     // down-level logon name: NETBIOS-DOMAIN, backslash, sAMAccountName; unique
+  std::string email;  // "alice@example.com", unique
 };
 
 // Why a template's certificates make their holder powerful, or empty: a
@@ -152,6 +178,7 @@ struct Config {
 
   std::vector<RoleBinding> roles;
   std::vector<TemplateConfig> templates;
+  std::vector<AccountConfig> accounts;
 
   struct Signing {
     // How often per-principal, per-key signature counts go to the audit log.
@@ -174,6 +201,12 @@ struct Config {
   // certificate with this subject could be granted. (Which roles a given
   // client certificate holds is decided by service/trust/client_trust.h.)
   std::vector<Role> RolesOf(std::string_view principal) const;
+  // The [[account]] with exactly this principal / UPN / logon name / e-mail
+  // (byte for byte: no case folding, no partial match); null when none.
+  const AccountConfig* AccountByPrincipal(std::string_view principal) const;
+  const AccountConfig* AccountByUpn(std::string_view upn) const;
+  const AccountConfig* AccountByLogonName(std::string_view logon_name) const;
+  const AccountConfig* AccountByEmail(std::string_view email) const;
 };
 
 // Durations: "90s", "15m", "12h", "7d" (one unit, positive integer).

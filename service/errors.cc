@@ -36,6 +36,8 @@ const HResult* const kAll[] = {
     &hresult::kRoleConflict,
     &hresult::kCertRevoked,
     &hresult::kTemplateDenied,
+    &hresult::kSubjectUpnRequired,
+    &hresult::kSubjectEmailRequired,
     &hresult::kAccessDenied,
     &hresult::kBadSignature,
     &hresult::kBadHash,

@@ -112,6 +112,15 @@ inline constexpr HResult kTemplateDenied{
     "The permissions on the certificate template do not allow the current user to enroll for "
     "this type of certificate.",
     absl::StatusCode::kPermissionDenied};
+// Subject alternative names built from the directory ([[account]]).
+inline constexpr HResult kSubjectUpnRequired{
+    0x8009480d, "CERTSRV_E_SUBJECT_UPN_REQUIRED",
+    "The UPN is unavailable and cannot be added to the Subject Alternate name.",
+    absl::StatusCode::kFailedPrecondition};
+inline constexpr HResult kSubjectEmailRequired{
+    0x80094812, "CERTSRV_E_SUBJECT_EMAIL_REQUIRED",
+    "The email name is unavailable and cannot be added to the Subject or Subject Alternate name.",
+    absl::StatusCode::kFailedPrecondition};
 inline constexpr HResult kAccessDenied{0x80070005, "E_ACCESSDENIED", "Access is denied.",
                                        absl::StatusCode::kPermissionDenied};
 inline constexpr HResult kBadSignature{0x80090006, "NTE_BAD_SIGNATURE", "Invalid Signature.",

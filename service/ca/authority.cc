@@ -665,6 +665,20 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
               .dump());
     return DenyWith(request, st, policy);
   }
+  // subjectAltName, template extension, S/MIME capabilities: the names are
+  // checked like the subject (an enrollee cannot have another account's UPN
+  // or e-mail certified either).
+  auto extensions = TemplateExtensions(config_, *t, parsed->req.get(), who.principal, who.roles);
+  if (!extensions.ok()) {
+    if (HResultOf(extensions.status()) == hresult::kAccessDenied.code) {
+      Audit(policy, "request.names_principal",
+            json{{"request_id", request.id},
+                 {"requester", request.requester},
+                 {"reason", std::string(extensions.status().message())}}
+                .dump());
+    }
+    return DenyWith(request, extensions.status(), policy);
+  }
 
   if (t->pend && !approving) {
     if (archived_now) {
@@ -706,6 +720,7 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
   spec.not_after = now + t->validity.count();
   spec.key_usage = t->key_usage;
   spec.extended_key_usage = t->extended_key_usage;
+  spec.extensions = std::move(*extensions);
   const uint64_t faults_before = token_->faults();
   auto cert = issuer_->IssueCertificate(spec);
   if (!cert.ok() && !hsm::IsHsmFault(cert.status()) &&
@@ -828,7 +843,8 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Retrieve(const std::stri
 }
 
 absl::StatusOr<std::vector<CertificateAuthority::RecoveryCandidate>>
-CertificateAuthority::FindArchivedKeys(const std::string& search_in) {
+CertificateAuthority::FindArchivedKeys(const std::string& search_in,
+                                       std::vector<std::string>* tried_out) {
   std::string search = search_in;
   while (!search.empty() && std::isspace(static_cast<unsigned char>(search.back()))) {
     search.pop_back();
@@ -839,18 +855,44 @@ CertificateAuthority::FindArchivedKeys(const std::string& search_in) {
   if (search.empty()) return Error(hresult::kInvalidArg, "the search token is empty");
   if (search.size() > 1024) return Error(hresult::kInvalidArg, "the search token is too long");
 
-  std::vector<CertificateQuery> queries;
-  auto query = [&](auto fill) {
-    CertificateQuery q;
-    q.only_with_archived_key = true;
-    q.limit = 1000;
-    fill(q);
-    queries.push_back(q);
+  // Each reading of the token: a query and what to say when it finds nothing.
+  struct Reading {
+    CertificateQuery query;
+    std::string what;
   };
+  std::vector<Reading> readings;
+  std::vector<std::string> tried;
+  auto query = [&](std::string what, auto fill) {
+    Reading r;
+    r.query.only_with_archived_key = true;
+    r.query.limit = 1000;
+    fill(r.query);
+    r.what = std::move(what);
+    readings.push_back(std::move(r));
+  };
+  // Every certificate of a directory account: its subject, UPN, e-mail.
+  auto account_readings = [&](const AccountConfig& a, const std::string& how) {
+    const std::string who = StrCat(" (account ", how, ")");
+    query(StrCat("certificate with subject ", a.principal, who),
+          [&](CertificateQuery& q) { q.subject = a.principal; });
+    if (!a.upn.empty()) {
+      query(StrCat("certificate with UPN ", a.upn, who),
+            [&](CertificateQuery& q) { q.upn = a.upn; });
+    }
+    if (!a.email.empty()) {
+      query(StrCat("certificate with e-mail ", a.email, who),
+            [&](CertificateQuery& q) { q.email = a.email; });
+    }
+  };
+
   const std::string hex = NormalizeSerial(search);
   if (!hex.empty() && hex.find_first_not_of("0123456789abcdef") == std::string::npos) {
-    query([&](CertificateQuery& q) { q.serial = hex; });
-    if (hex.size() == 40) query([&](CertificateQuery& q) { q.sha1 = hex; });
+    query(StrCat("certificate with serial number ", hex),
+          [&](CertificateQuery& q) { q.serial = hex; });
+    if (hex.size() == 40) {
+      query(StrCat("certificate with SHA-1 hash ", hex),
+            [&](CertificateQuery& q) { q.sha1 = hex; });
+    }
   }
   // A request id is 1 or more: 0 would be the store's "no filter", every key.
   if (search.find_first_not_of("0123456789") == std::string::npos && search.size() < 16) {
@@ -859,37 +901,66 @@ CertificateAuthority::FindArchivedKeys(const std::string& search_in) {
       return Error(hresult::kInvalidArg, StrCat("the search token \"", search,
                                                 "\" is not a request id (request ids start at 1)"));
     }
-    query([&](CertificateQuery& q) { q.request_id = id; });
+    query(StrCat("request ", id), [&](CertificateQuery& q) { q.request_id = id; });
   }
-  query([&](CertificateQuery& q) { q.common_name = search; });
-  query([&](CertificateQuery& q) { q.upn = search; });
-  if (const size_t slash = search.find('\\'); slash != std::string::npos) {
-    // DOMAIN\user: the user's CN, or a UPN user@...
-    const std::string user = search.substr(slash + 1);
-    if (!user.empty()) {
-      query([&](CertificateQuery& q) { q.common_name = user; });
-      query([&](CertificateQuery& q) { q.subject_contains = StrCat("CN=", user); });
+  if (search.find('\\') != std::string::npos) {
+    // DOMAIN\user: only what the directory says that account is. The
+    // domain is part of the name: a user of another domain is someone else.
+    if (const AccountConfig* a = config_.AccountByLogonName(search)) {
+      account_readings(*a, search);
+    } else {
+      tried.push_back(StrCat("no account ", search,
+                             " in the directory ([[account]] logon_name, matched exactly)"));
     }
+  } else {
+    if (search.find('@') != std::string::npos) {
+      const AccountConfig* by_upn = config_.AccountByUpn(search);
+      const AccountConfig* by_email = config_.AccountByEmail(search);
+      if (by_upn != nullptr) account_readings(*by_upn, StrCat("with UPN ", search));
+      if (by_email != nullptr && by_email != by_upn) {
+        account_readings(*by_email, StrCat("with e-mail ", search));
+      }
+      if (by_upn == nullptr && by_email == nullptr) {
+        tried.push_back(StrCat("no account with UPN or e-mail ", search,
+                               " in the directory ([[account]], matched exactly)"));
+      }
+      // Certificates whose subjectAltName names it (imported ones too).
+      query(StrCat("certificate with UPN ", search), [&](CertificateQuery& q) { q.upn = search; });
+      query(StrCat("certificate with e-mail ", search),
+            [&](CertificateQuery& q) { q.email = search; });
+    }
+    if (search.find('=') != std::string::npos) {
+      query(StrCat("certificate with subject ", search),
+            [&](CertificateQuery& q) { q.subject = search; });
+    }
+    query(StrCat("certificate with CN=", search),
+          [&](CertificateQuery& q) { q.common_name = search; });
   }
+
   std::vector<RecoveryCandidate> out;
   std::set<std::string> seen;
-  for (const CertificateQuery& q : queries) {
-    auto found = store_.FindCertificates(q);
+  for (const Reading& r : readings) {
+    auto found = store_.FindCertificates(r.query);
     if (!found.ok()) return found.status();
+    bool any = false;
     for (auto& c : *found) {
-      if (!seen.insert(c.serial).second) continue;
       auto request = store_.GetRequest(c.request_id);
       if (!request.ok()) return request.status();
       if (!request->archived_key) continue;
+      any = true;
+      if (!seen.insert(c.serial).second) continue;
       out.push_back(RecoveryCandidate{std::move(c), std::move(*request)});
     }
+    if (!any) tried.push_back(StrCat("no ", r.what, " has an archived key"));
   }
+  if (tried_out != nullptr) *tried_out = std::move(tried);
   return out;
 }
 
 std::string CertificateAuthority::DescribeCandidate(const RecoveryCandidate& c) {
   return StrCat("Serial Number: ", c.certificate.serial, "; Subject: ", c.certificate.subject,
                 c.certificate.upn.empty() ? "" : StrCat("; UPN: ", c.certificate.upn),
+                c.certificate.email.empty() ? "" : StrCat("; E-mail: ", c.certificate.email),
                 "; NotBefore: ", c.certificate.not_before, "; NotAfter: ", c.certificate.not_after,
                 "; Template: ", c.certificate.template_name,
                 "; Cert Hash(sha1): ", c.certificate.sha1, "; Request: ", c.request.id);
@@ -897,10 +968,12 @@ std::string CertificateAuthority::DescribeCandidate(const RecoveryCandidate& c) 
 
 absl::StatusOr<CertificateAuthority::RecoveryBlobResult> CertificateAuthority::GetRecoveryBlob(
     const std::string& who, const std::string& search) {
-  auto candidates = FindArchivedKeys(search);
+  std::vector<std::string> tried;
+  auto candidates = FindArchivedKeys(search, &tried);
   if (!candidates.ok()) return candidates.status();
   if (candidates->empty()) {
-    return Error(hresult::kNotFound, StrCat("no archived key matches \"", Echo(search), "\""));
+    return Error(hresult::kNotFound, StrCat("no archived key matches \"", Echo(search),
+                                            "\": ", Echo(StrJoin(tried, "; "), 4096)));
   }
   if (candidates->size() > 1) {
     std::vector<std::string> lines;

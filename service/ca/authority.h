@@ -158,13 +158,19 @@ class CertificateAuthority {
 
   // Key recovery (certutil -getkey), for Certificate Managers. A search
   // token is a serial number (spaces and colons allowed), a SHA-1
-  // thumbprint, a request id, a CN, a UPN or DOMAIN\user; every reading of
-  // it is tried. Only certificates with an archived key are candidates.
+  // thumbprint, a request id, a CN, a subject, a UPN or e-mail name, or
+  // DOMAIN\user; every reading of it is tried, each exactly (no substring,
+  // no case folding). user@domain and DOMAIN\user are looked up in the
+  // directory ([[account]]): the account's certificates are those with its
+  // subject, UPN or e-mail. Only certificates with an archived key are
+  // candidates. `tried` (if given) gets one line per reading that found
+  // nothing, to say what was searched when nothing matches.
   struct RecoveryCandidate {
     CertificateRecord certificate;
     RequestRecord request;  // with its archived key (envelope, KRA hashes)
   };
-  absl::StatusOr<std::vector<RecoveryCandidate>> FindArchivedKeys(const std::string& search);
+  absl::StatusOr<std::vector<RecoveryCandidate>> FindArchivedKeys(
+      const std::string& search, std::vector<std::string>* tried = nullptr);
   // The recovery blob of the one match (0x8002802c with the candidates when
   // several match, 0x80092004 when none does or a KRA certificate is
   // missing): a CMS SignedData by the CA key around the stored archive.

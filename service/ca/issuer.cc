@@ -3,8 +3,14 @@
 #include <openssl/err.h>
 #include <openssl/rsa.h>
 
+#include <algorithm>
+
 #include "hsm/status.h"
 #include "hsm/strings.h"
+#include "pki/alt_names.h"
+#include "pki/der.h"
+#include "service/authz.h"
+#include "service/errors.h"
 
 namespace keywarden::service {
 namespace {
@@ -18,7 +24,108 @@ ossl::UniquePtr<ASN1_INTEGER> SerialFromHex(const std::string& hex) {
   return ossl::UniquePtr<ASN1_INTEGER>(BN_to_ASN1_INTEGER(bn, nullptr));
 }
 
+// At most this many names in a subjectAltName taken from a request, and
+// this many bytes of S/MIME capabilities (Windows sends about 100).
+constexpr size_t kMaxRequestedAltNames = 32;
+constexpr size_t kMaxSmimeCapabilities = 4096;
+
+bool Lists(const std::vector<std::string>& v, std::string_view x) {
+  return std::find(v.begin(), v.end(), x) != v.end();
+}
+
 }  // namespace
+
+absl::StatusOr<std::vector<RawExtension>> TemplateExtensions(const Config& config,
+                                                             const TemplateConfig& t,
+                                                             X509_REQ* request,
+                                                             const std::string& owner,
+                                                             const std::vector<Role>& owner_roles) {
+  std::vector<RawExtension> out;
+  pki::AltNames names;
+  if (t.san == SanSource::kDirectory) {
+    const AccountConfig* account = config.AccountByPrincipal(owner);
+    auto missing = [&](const char* what) {
+      return account == nullptr ? StrCat("\"", owner, "\" has no [[account]] in the directory")
+                                : StrCat("the [[account]] of \"", owner, "\" has no ", what);
+    };
+    if (Lists(t.san_names, "upn")) {
+      if (account == nullptr || account->upn.empty()) {
+        return Error(hresult::kSubjectUpnRequired,
+                     StrCat("template ", t.name, " puts the UPN in the subjectAltName and ",
+                            missing("upn")));
+      }
+      names.upns.push_back(account->upn);
+    }
+    if (Lists(t.san_names, "email")) {
+      if (account == nullptr || account->email.empty()) {
+        return Error(hresult::kSubjectEmailRequired,
+                     StrCat("template ", t.name, " puts the e-mail name in the subjectAltName and ",
+                            missing("email")));
+      }
+      names.emails.push_back(account->email);
+    }
+  } else if (t.san == SanSource::kRequest) {
+    auto requested = pki::RequestAltNames(request);
+    if (!requested.ok()) {
+      return Error(hresult::kBadRequestSubject, std::string(requested.status().message()));
+    }
+    names = std::move(*requested);
+    auto refuse = [&](const std::string& what) {
+      return Error(hresult::kBadRequestSubject,
+                   StrCat("the request's subjectAltName holds ", what, "; template ", t.name,
+                          " accepts only: ", StrJoin(t.san_names, ", ")));
+    };
+    if (!names.others.empty())
+      return refuse(StrCat("a name of another type (", names.others[0], ")"));
+    if (!names.upns.empty() && !Lists(t.san_names, "upn")) return refuse("a UPN");
+    if (!names.emails.empty() && !Lists(t.san_names, "email")) return refuse("an e-mail name");
+    if (!names.dns_names.empty() && !Lists(t.san_names, "dns")) return refuse("a DNS name");
+    const size_t count = names.upns.size() + names.emails.size() + names.dns_names.size();
+    if (count > kMaxRequestedAltNames) {
+      return Error(hresult::kBadRequestSubject,
+                   StrCat("the request's subjectAltName holds ", count, " names; the limit is ",
+                          kMaxRequestedAltNames));
+    }
+  }
+  if (!names.empty()) {
+    if (auto st = CheckAltNamesNoPrincipal(config, names.upns, names.emails, owner, owner_roles);
+        !st.ok()) {
+      return st;
+    }
+    auto value = pki::EncodeAltNames(names);
+    if (!value.ok())
+      return Error(hresult::kBadRequestSubject, std::string(value.status().message()));
+    out.push_back({"2.5.29.17", std::move(*value)});
+  }
+
+  if (!t.oid.empty()) {
+    out.push_back({pki::kTemplateV2ExtensionOid,
+                   pki::TemplateV2ExtensionValue(t.oid, static_cast<uint64_t>(t.major_version),
+                                                 static_cast<uint64_t>(t.minor_version))});
+  } else {
+    out.push_back({pki::kTemplateV1ExtensionOid, pki::TemplateV1ExtensionValue(t.name)});
+  }
+  if (out.back().value.empty()) {
+    return absl::InternalError(
+        StrCat("template ", t.name, ": its certificate-template extension does not encode"));
+  }
+
+  if (t.smime_capabilities) {
+    if (auto caps = pki::RequestExtensionValue(request, pki::kSmimeCapabilitiesOid)) {
+      pki::DerReader reader(*caps);
+      pki::DerElement seq;
+      if (caps->size() > kMaxSmimeCapabilities || !reader.Expect(pki::der::kSequence, &seq) ||
+          !reader.empty()) {
+        return Error(
+            hresult::kInvalidArg,
+            StrCat("the request's S/MIME capabilities (", pki::kSmimeCapabilitiesOid,
+                   ") are not one DER SEQUENCE of at most ", kMaxSmimeCapabilities, " bytes"));
+      }
+      out.push_back({pki::kSmimeCapabilitiesOid, std::move(*caps)});
+    }
+  }
+  return out;
+}
 
 std::string SerialHex(const X509* cert) {
   return SerialHex(X509_get0_serialNumber(cert));
@@ -52,6 +159,13 @@ CertificateRecord CertificateRecordFor(X509* cert, int64_t request_id,
   r.der = pki::CertificateDer(cert);
   r.subject = pki::FormatName(X509_get_subject_name(cert));
   r.template_name = template_name;
+  // What getkey and `officer find` search by: the first UPN and e-mail name.
+  // A subjectAltName that does not decode leaves both empty (the certificate
+  // is then found by serial, hash or CN only).
+  if (auto names = pki::CertificateAltNames(cert); names.ok()) {
+    if (!names->upns.empty()) r.upn = names->upns.front();
+    if (!names->emails.empty()) r.email = names->emails.front();
+  }
   r.sha1 = pki::Sha1Thumbprint(cert);
   r.sha256 = pki::Sha256Thumbprint(cert);
   r.not_before = ToUnix(X509_get0_notBefore(cert));
@@ -143,6 +257,11 @@ absl::StatusOr<ossl::UniquePtr<X509>> Issuer::IssueCertificate(const Certificate
       !pki::AddExtension(cert.get(), ca_.get(), NID_subject_key_identifier, "hash") ||
       !pki::AddExtension(cert.get(), ca_.get(), NID_authority_key_identifier, "keyid:always")) {
     return OpenSslError("issue: extensions", absl::StatusCode::kInvalidArgument);
+  }
+  for (const RawExtension& e : spec.extensions) {
+    if (!pki::AddRawExtension(cert.get(), e.oid.c_str(), e.value, e.critical)) {
+      return OpenSslError(StrCat("issue: extension ", e.oid), absl::StatusCode::kInvalidArgument);
+    }
   }
   if (auto st = SignAndCheck(cert.get()); !st.ok()) return st;
   return cert;

@@ -13,9 +13,17 @@
 #include "absl/status/statusor.h"
 #include "hsm/ossl.h"
 #include "pki/certificate.h"
+#include "service/config.h"
 #include "service/storage/store.h"
 
 namespace keywarden::service {
+
+// An extension given as its DER value (extnValue contents).
+struct RawExtension {
+  std::string oid;
+  std::vector<uint8_t> value;
+  bool critical = false;
+};
 
 struct CertificateSpec {
   const X509_NAME* subject = nullptr;
@@ -25,6 +33,7 @@ struct CertificateSpec {
   std::vector<std::string> key_usage;           // names as in the configuration
   std::vector<std::string> extended_key_usage;  // names or dotted OIDs
   bool key_usage_critical = true;
+  std::vector<RawExtension> extensions;  // added after the key identifiers, in order
 };
 
 struct RevokedEntry {
@@ -66,6 +75,19 @@ class Issuer {
   ossl::UniquePtr<EVP_PKEY> ca_public_;  // software copy, for checking
   pki::SignatureOptions signature_;
 };
+
+// What template `t` adds to a certificate for `request` beyond its key
+// usages: the subjectAltName (t.san: from the [[account]] of `owner`, or the
+// names the request asks for, each checked with CheckAltNamesNoPrincipal
+// for `owner` holding `owner_roles`), the certificate-template extension
+// (v2 1.3.6.1.4.1.311.21.7 with t.oid and its versions, else the v1 name
+// 1.3.6.1.4.1.311.20.2), and the request's S/MIME capabilities when
+// t.smime_capabilities. The error carries the HRESULT of the refusal.
+absl::StatusOr<std::vector<RawExtension>> TemplateExtensions(const Config& config,
+                                                             const TemplateConfig& t,
+                                                             X509_REQ* request,
+                                                             const std::string& owner,
+                                                             const std::vector<Role>& owner_roles);
 
 // Serial (hex, as stored) of a certificate.
 std::string SerialHex(const X509* cert);

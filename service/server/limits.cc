@@ -90,6 +90,7 @@ const std::vector<FieldLimit>& RequestFieldLimits() {
       {"keywarden.v1.FindCertificatesRequest.common_name", 1 * KiB},
       {"keywarden.v1.FindCertificatesRequest.upn", 1 * KiB},
       {"keywarden.v1.FindCertificatesRequest.subject_contains", 1 * KiB},
+      {"keywarden.v1.FindCertificatesRequest.email", 1 * KiB},
       // Administration
       {"keywarden.v1.ImportArchivedKeyRequest.pfx", 1 * MiB},
       {"keywarden.v1.ImportArchivedKeyRequest.password", 1 * KiB, /*no_nul=*/true},

@@ -206,6 +206,7 @@ void Fill(const CertificateRecord& c, v1::CertificateInfo* out) {
   out->set_request_id(c.request_id);
   out->set_subject(c.subject);
   out->set_upn(c.upn);
+  out->set_email(c.email);
   out->set_template_name(c.template_name);
   out->set_sha1(c.sha1);
   out->set_sha256(c.sha256);

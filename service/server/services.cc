@@ -7,6 +7,7 @@
 
 #include "hsm/secret.h"
 #include "hsm/strings.h"
+#include "service/bounded.h"
 #include "service/errors.h"
 #include "service/server/rpc.h"
 
@@ -179,15 +180,16 @@ class OfficerService final : public v1::Officer::Service {
     q.sha1 = AsciiLower(in->sha1());
     q.common_name = in->common_name();
     q.upn = in->upn();
+    q.email = in->email();
     q.subject_contains = in->subject_contains();
     q.request_id = in->request_id();
     // (after normalizing: a serial of only spaces and colons is no criterion)
     if (q.serial.empty() && q.sha1.empty() && q.common_name.empty() && q.upn.empty() &&
-        q.subject_contains.empty() && q.request_id == 0) {
+        q.email.empty() && q.subject_contains.empty() && q.request_id == 0) {
       return ToGrpc(Error(hresult::kInvalidArg,
                           "FindCertificatesRequest names no criterion: give at least one of "
-                          "serial, sha1, common_name, upn, subject_contains, request_id (1 or "
-                          "more)"));
+                          "serial, sha1, common_name, upn, email, subject_contains, request_id "
+                          "(1 or more)"));
     }
     q.limit = in->limit() > 0 ? std::min<size_t>(static_cast<size_t>(in->limit()), 10000) : 1000;
     auto found = ca_.store().FindCertificates(q);
@@ -208,9 +210,13 @@ class OfficerService final : public v1::Officer::Service {
       k->set_scheme(c.request.archived_key->scheme);
     };
     if (!in->blob()) {
-      auto found = ca_.FindArchivedKeys(in->search());
+      std::vector<std::string> tried;
+      auto found = ca_.FindArchivedKeys(in->search(), &tried);
       if (!found.ok()) return ToGrpc(found.status());
       for (const auto& c : *found) fill(c);
+      if (found->empty()) {
+        for (const auto& t : tried) out->add_searched(Echo(t, 1024));
+      }
       return Status::OK;
     }
     auto result = ca_.GetRecoveryBlob(caller.principal, in->search());

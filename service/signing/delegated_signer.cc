@@ -545,6 +545,11 @@ absl::StatusOr<IssuedCertificate> DelegatedSigner::IssueCertificate(
       return refuse(st);
     }
   }
+  // The template's subjectAltName, template extension and S/MIME
+  // capabilities; account names only those of the certificate's subject.
+  auto extensions = TemplateExtensions(*config_, *t, parsed->req.get(), pki::FormatName(name.get()),
+                                       config_->RolesOf(principal));
+  if (!extensions.ok()) return refuse(extensions.status());
 
   const int64_t now = clock_();
   CertificateSpec spec;
@@ -554,6 +559,7 @@ absl::StatusOr<IssuedCertificate> DelegatedSigner::IssueCertificate(
   spec.not_after = now + t->validity.count();
   spec.key_usage = t->key_usage;
   spec.extended_key_usage = t->extended_key_usage;
+  spec.extensions = std::move(*extensions);
   auto cert = key.issuer->IssueCertificate(spec);
   if (!cert.ok()) return cert.status();
 

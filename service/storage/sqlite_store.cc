@@ -36,6 +36,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "hsm/strings.h"
+#include "pki/alt_names.h"
 #include "service/storage/store.h"
 
 namespace keywarden::service {
@@ -54,12 +55,13 @@ constexpr int kBusyTimeoutMs = 10000;
 struct Migration {
   int version;
   const char* sql;
-  absl::Status (*after)(sqlite3*) = nullptr;
+  // Run after `sql`, in the same transaction: fills new columns from what
+  // the rows already hold.
+  absl::Status (*backfill)(sqlite3* db, std::string_view what) = nullptr;
 };
 
-// Work a migration needs beyond SQL (run after its SQL, in the same
-// transaction).
-absl::Status BackfillKeyHashes(sqlite3* db);
+absl::Status BackfillKeyHashes(sqlite3* db, std::string_view what);
+absl::Status BackfillAltNames(sqlite3* db, std::string_view what);
 
 constexpr Migration kMigrations[] = {
     {1, R"sql(
@@ -151,9 +153,17 @@ ALTER TABLE requests ADD COLUMN request_sha256 TEXT NOT NULL DEFAULT '';
 CREATE INDEX requests_by_key ON requests (spki_sha256);
 )sql",
      BackfillKeyHashes},
+    {4, R"sql(
+-- The e-mail name (rfc822Name) from the subjectAltName, as upn holds the
+-- UPN: exact recovery search (getkey user@domain). Both are filled for the
+-- rows already there from their certificate DER (BackfillAltNames).
+ALTER TABLE certificates ADD COLUMN email TEXT NOT NULL DEFAULT '';
+CREATE INDEX certificates_by_email ON certificates (email);
+)sql",
+     BackfillAltNames},
 };
 
-constexpr int kSchemaVersion = 3;
+constexpr int kSchemaVersion = 4;
 
 // The triggers that keep the audit log append-only, as created above.
 struct AuditTrigger {
@@ -192,7 +202,8 @@ constexpr char kRequestColumns[] =
 
 constexpr char kCertificateColumns[] =
     "c.serial, c.request_id, c.der, c.subject, c.upn, c.template_name, c.sha1, c.sha256, "
-    "c.not_before, c.not_after, c.revoked, c.revocation_reason, c.revoked_at, c.spki_sha256";
+    "c.not_before, c.not_after, c.revoked, c.revocation_reason, c.revoked_at, c.spki_sha256, "
+    "c.email";
 
 constexpr char kAuditColumns[] = "seq, time, principal, event, details, prev_hash, hash";
 
@@ -658,6 +669,7 @@ CertificateRecord ReadCertificate(const Statement& s) {
   c.revocation_reason = static_cast<int>(s.Int(11));
   c.revoked_at = s.Int(12);
   c.spki_sha256 = s.Text(13);
+  c.email = s.Text(14);
   return c;
 }
 
@@ -999,8 +1011,8 @@ absl::Status SqliteStore::InsertCertificateLocked(const CertificateRecord& c, in
   if (absl::Status st = s.Prepare(
           "INSERT INTO certificates (serial, request_id, der, subject, cn, upn, template_name, "
           "sha1, sha256, not_before, not_after, revoked, revocation_reason, revoked_at, "
-          "spki_sha256) "
-          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)");
+          "spki_sha256, email) "
+          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)");
       !st.ok()) {
     return st;
   }
@@ -1028,6 +1040,7 @@ absl::Status SqliteStore::InsertCertificateLocked(const CertificateRecord& c, in
   // (A DER that does not decode, which only the store's own tests insert,
   // is stored unindexed.)
   s.BindText(15, SpkiSha256OfCertificate(c.der));
+  s.BindText(16, c.email);
   return s.Run();
 }
 
@@ -1129,8 +1142,10 @@ absl::StatusOr<std::vector<CertificateRecord>> SqliteStore::FindCertificates(
   if (!query.subject_contains.empty()) {
     add("instr(lower(c.subject), lower(?", query.subject_contains, ")) > 0");
   }
+  if (!query.subject.empty()) add("c.subject = ?", query.subject);
   if (!query.common_name.empty()) add("c.cn = ?", query.common_name);
   if (!query.upn.empty()) add("c.upn = ?", query.upn);
+  if (!query.email.empty()) add("c.email = ?", query.email);
   if (query.request_id != 0) add("c.request_id = ?", query.request_id);
   if (!query.spki_sha256.empty()) add("c.spki_sha256 = ?", query.spki_sha256);
   if (!conditions.empty()) sql += StrCat(" WHERE ", StrJoin(conditions, " AND "));
@@ -1574,7 +1589,7 @@ absl::Status CheckDatabase(sqlite3* db, const std::string& path) {
 // Schema 3: the key hash of every certificate already stored, and of the
 // requests they were issued for (a request refused before schema 3 keeps
 // none: only issued certificates and new requests are indexed).
-absl::Status BackfillKeyHashes(sqlite3* db) {
+absl::Status BackfillKeyHashes(sqlite3* db, std::string_view) {
   std::vector<std::pair<std::string, std::string>> hashes;  // serial, spki hash
   {
     Statement s(db, "reading certificates to index their keys");
@@ -1603,6 +1618,38 @@ absl::Status BackfillKeyHashes(sqlite3* db) {
               "indexing the keys of issued requests");
 }
 
+// Schema version 4: upn and email of the certificates already stored, from
+// the subjectAltName in their DER (the first UPN and the first e-mail name;
+// before version 4 upn was never filled). A certificate whose
+// subjectAltName does not decode keeps both empty: the migration does not
+// fail over one bad row, which then only a serial or hash search finds.
+absl::Status BackfillAltNames(sqlite3* db, std::string_view what) {
+  Statement read(db, std::string(what));
+  if (absl::Status st = read.Prepare("SELECT serial, der FROM certificates ORDER BY rowid");
+      !st.ok()) {
+    return st;
+  }
+  while (true) {
+    absl::StatusOr<bool> row = read.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) break;
+    const std::vector<uint8_t> der = read.Blob(1);
+    absl::StatusOr<pki::AltNames> names = pki::CertificateAltNames(der);
+    if (!names.ok() || (names->upns.empty() && names->emails.empty())) continue;
+    Statement write(db, std::string(what));
+    if (absl::Status st =
+            write.Prepare("UPDATE certificates SET upn = ?1, email = ?2 WHERE serial = ?3");
+        !st.ok()) {
+      return st;
+    }
+    write.BindText(1, names->upns.empty() ? std::string() : names->upns.front());
+    write.BindText(2, names->emails.empty() ? std::string() : names->emails.front());
+    write.BindText(3, read.Text(0));
+    if (absl::Status st = write.Run(); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Migrate(sqlite3* db, const std::string& path) {
   const std::string what = StrCat("migrating CA database \"", path, "\"");
   Transaction txn(db);
@@ -1621,10 +1668,10 @@ absl::Status Migrate(sqlite3* db, const std::string& path) {
     if (absl::Status s = Exec(db, m.sql, StrCat(what, " to schema version ", m.version)); !s.ok()) {
       return s;
     }
-    if (m.after != nullptr) {
-      if (absl::Status s = m.after(db); !s.ok()) {
-        return absl::Status(s.code(),
-                            StrCat(what, " to schema version ", m.version, ": ", s.message()));
+    if (m.backfill != nullptr) {
+      if (absl::Status s = m.backfill(db, StrCat(what, " to schema version ", m.version));
+          !s.ok()) {
+        return s;
       }
     }
   }

@@ -71,7 +71,8 @@ struct CertificateRecord {
   int64_t request_id = 0;  // 0 for certificates not issued from a request (CA's own)
   std::vector<uint8_t> der;
   std::string subject;  // RFC 4514
-  std::string upn;      // from the subjectAltName, when present
+  std::string upn;      // the first UPN of the subjectAltName, when present
+  std::string email;    // the first rfc822Name of the subjectAltName, when present
   std::string template_name;
   std::string sha1;  // hex thumbprint of the DER
   std::string sha256;
@@ -91,8 +92,10 @@ struct CertificateQuery {
   std::string serial;
   std::string sha1;
   std::string subject_contains;  // case-insensitive substring of the subject
+  std::string subject;           // exact subject (RFC 4514)
   std::string common_name;       // exact CN
   std::string upn;               // exact UPN
+  std::string email;             // exact e-mail name (rfc822Name)
   int64_t request_id = 0;
   std::string spki_sha256;  // exact key hash (CertificateRecord::spki_sha256)
   bool only_with_archived_key = false;

@@ -260,3 +260,46 @@ TEST_F(AuthzTest, HealthServiceAnswersServing) {
 
 }  // namespace
 }  // namespace keywarden::testing
+
+namespace keywarden::testing {
+namespace {
+
+// The names a subjectAltName would carry, checked against the directory:
+// another account's UPN or e-mail (in any case) and a configured principal
+// are refused unless a CA Administrator asks; one's own and unknown names pass.
+TEST(AltNamesAuthzTest, AnotherAccountsNamesNeedACaAdministrator) {
+  using service::Role;
+  service::Config config;
+  config.accounts.push_back(
+      {"CN=alice,O=x", "alice@corp.example", "CORP\\alice", "alice@example.com"});
+  config.accounts.push_back({"CN=bob,O=x", "bob@corp.example", "", ""});
+  config.roles.push_back({"CN=officer,O=x", "ca.pem", "", {Role::kCertificateManager}});
+  const std::vector<Role> enrollee = {Role::kEnrollee};
+  auto check = [&](std::vector<std::string> upns, std::vector<std::string> emails,
+                   const std::string& who, const std::vector<Role>& roles) {
+    return service::CheckAltNamesNoPrincipal(config, upns, emails, who, roles);
+  };
+  EXPECT_TRUE(check({"alice@corp.example"}, {"alice@example.com"}, "CN=alice,O=x", enrollee).ok());
+  EXPECT_TRUE(check({"carol@corp.example"}, {"carol@example.com"}, "CN=bob,O=x", enrollee).ok());
+  for (const auto& [upns, emails] :
+       std::vector<std::pair<std::vector<std::string>, std::vector<std::string>>>{
+           {{"alice@corp.example"}, {}},
+           {{"ALICE@corp.example"}, {}},
+           {{}, {"Alice@Example.com"}},
+           {{}, {"alice@corp.example"}},  // a UPN given as an e-mail name
+           {{"bob@corp.example", "alice@corp.example"}, {}},
+           {{"CN=officer,O=x"}, {}},  // a configured principal
+       }) {
+    absl::Status st = check(upns, emails, "CN=bob,O=x", enrollee);
+    EXPECT_FALSE(st.ok()) << ::testing::PrintToString(upns) << ::testing::PrintToString(emails);
+    EXPECT_EQ(st.code(), absl::StatusCode::kPermissionDenied) << st;
+    EXPECT_NE(st.message().find("0x80070005"), std::string::npos) << st;
+  }
+  EXPECT_TRUE(check({"alice@corp.example"}, {}, "CN=admin,O=x", {Role::kCaAdministrator}).ok());
+  absl::Status st = check({"alice@corp.example"}, {}, "CN=bob,O=x", enrollee);
+  EXPECT_NE(st.message().find("the UPN of the account of \"CN=alice,O=x\""), std::string::npos)
+      << st;
+}
+
+}  // namespace
+}  // namespace keywarden::testing

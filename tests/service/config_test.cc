@@ -22,6 +22,7 @@ using service::Config;
 using service::ParseConfig;
 using service::ParseDuration;
 using service::Role;
+using service::SanSource;
 using service::SubjectSource;
 using service::TemplateConfig;
 using std::chrono::hours;
@@ -162,11 +163,29 @@ TEST(ConfigExampleTest, ParsesWithTheDocumentedValues) {
   EXPECT_FALSE(user.pend);
   EXPECT_EQ(user.archival, ArchivalPolicy::kAllowed);
 
+  EXPECT_EQ(user.san, SanSource::kRequest);
+  EXPECT_EQ(user.san_names, (std::vector<std::string>{"upn", "email"}));
+  EXPECT_FALSE(user.smime_capabilities);
+
   const TemplateConfig& archival = c->templates[1];
   EXPECT_EQ(archival.name, "UserArchival");
   EXPECT_EQ(archival.subject, SubjectSource::kPrincipal);
   EXPECT_EQ(archival.archival, ArchivalPolicy::kRequired);
   EXPECT_EQ(archival.minor_version, 1);
+  EXPECT_EQ(archival.san, SanSource::kDirectory);
+  EXPECT_EQ(archival.san_names, (std::vector<std::string>{"upn", "email"}));
+  EXPECT_TRUE(archival.smime_capabilities);
+
+  // The directory.
+  ASSERT_EQ(c->accounts.size(), 1u);
+  EXPECT_EQ(c->accounts[0].principal, "CN=Alice Example,O=Example");
+  EXPECT_EQ(c->accounts[0].upn, "alice@corp.example.com");
+  EXPECT_EQ(c->accounts[0].logon_name, "CORP\\alice");
+  EXPECT_EQ(c->accounts[0].email, "alice@example.com");
+  EXPECT_EQ(c->AccountByLogonName("CORP\\alice"), &c->accounts[0]);
+  EXPECT_EQ(c->AccountByUpn("alice@corp.example.com"), &c->accounts[0]);
+  EXPECT_EQ(c->AccountByEmail("alice@example.com"), &c->accounts[0]);
+  EXPECT_EQ(c->AccountByPrincipal("CN=Alice Example,O=Example"), &c->accounts[0]);
 
   const TemplateConfig& web = c->templates[2];
   EXPECT_EQ(web.name, "WebServer");
@@ -246,6 +265,51 @@ TEST(ConfigTest, TemplateWithOnlyANameAndItsEnrolleesGetsTheDocumentedDefaults) 
   EXPECT_EQ(t.archival, ArchivalPolicy::kNone);
   EXPECT_EQ(t.enrollee_roles, std::vector<Role>{Role::kAuditor});
   EXPECT_EQ(t.enrollee_principals, std::vector<std::string>{"CN=x,O=y"});
+  EXPECT_EQ(t.san, SanSource::kNone);
+  EXPECT_EQ(t.san_names, (std::vector<std::string>{"upn", "email"}));
+  EXPECT_FALSE(t.smime_capabilities);
+  EXPECT_TRUE(c->accounts.empty());
+}
+
+// [[account]]: every name is matched exactly, never by case or in part.
+TEST(ConfigAccountTest, AccountsAreFoundByEachNameExactlyOnly) {
+  absl::StatusOr<Config> c = Parse(MinimalPlus(R"([[account]]
+principal = "CN=Frank Foreign,O=Example"
+upn = "frank@corp.example"
+logon_name = 'CORP\fra'
+email = "frank@example.com"
+
+[[account]]
+principal = "CN=Bob,O=Example"
+logon_name = 'CORP\bob'
+
+[[template]]
+name = "Mail"
+extended_key_usage = ["emailProtection"]
+san = "request"
+san_names = ["upn", "email", "dns"]
+smime_capabilities = true
+)"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->accounts.size(), 2u);
+  const service::AccountConfig* frank = &c->accounts[0];
+  EXPECT_EQ(c->AccountByLogonName("CORP\\fra"), frank);
+  EXPECT_EQ(c->AccountByLogonName("NOSUCHDOMAIN\\fra"), nullptr);
+  EXPECT_EQ(c->AccountByLogonName("corp\\fra"), nullptr);
+  EXPECT_EQ(c->AccountByLogonName("CORP\\fr"), nullptr);
+  EXPECT_EQ(c->AccountByLogonName("fra"), nullptr);
+  EXPECT_EQ(c->AccountByUpn("frank@corp.example"), frank);
+  EXPECT_EQ(c->AccountByUpn("Frank@corp.example"), nullptr);
+  EXPECT_EQ(c->AccountByUpn("frank@corp"), nullptr);
+  EXPECT_EQ(c->AccountByEmail("frank@example.com"), frank);
+  EXPECT_EQ(c->AccountByEmail("frank@corp.example"), nullptr);  // a UPN is not an e-mail
+  EXPECT_EQ(c->AccountByPrincipal("CN=Frank Foreign,O=Example"), frank);
+  EXPECT_EQ(c->AccountByPrincipal("CN=Frank Foreign"), nullptr);
+  EXPECT_EQ(c->AccountByUpn(""), nullptr);  // Bob has none: "" is no UPN
+  ASSERT_EQ(c->templates.size(), 1u);
+  EXPECT_EQ(c->templates[0].san, SanSource::kRequest);
+  EXPECT_EQ(c->templates[0].san_names, (std::vector<std::string>{"upn", "email", "dns"}));
+  EXPECT_TRUE(c->templates[0].smime_capabilities);
 }
 
 TEST(ConfigTest, ATemplateThatConfersNoPowerDefaultsToTheEnrolleeRole) {
@@ -609,6 +673,72 @@ std::vector<ValidationCase> ValidationCases() {
       {"MalformedDuration",
        MinimalPlus(Template("validity = \"1y\"")),
        {"keywarden.toml:19: key \"template[1].validity\"", "duration \"1y\""}},
+      {"UnknownSanSource",
+       MinimalPlus(Template("extended_key_usage = [\"emailProtection\"]\nsan = \"ldap\"")),
+       {"key \"template[1].san\"", "none, directory, request"}},
+      {"UnknownSanName",
+       MinimalPlus(Template(
+           "extended_key_usage = [\"emailProtection\"]\nsan = \"request\"\nsan_names = [\"uri\"]")),
+       {"key \"template[1].san_names\"", "upn, email, dns"}},
+      {"SanNamesWithoutSan",
+       MinimalPlus(Template("extended_key_usage = [\"emailProtection\"]\nsan_names = [\"upn\"]")),
+       {"key \"template[1].san_names\"", "needs san"}},
+      {"EmptySanNames",
+       MinimalPlus(Template(
+           "extended_key_usage = [\"emailProtection\"]\nsan = \"directory\"\nsan_names = []")),
+       {"key \"template[1].san_names\"", "at least one"}},
+      {"DnsFromTheDirectory",
+       MinimalPlus(Template("extended_key_usage = [\"emailProtection\"]\nsan = "
+                            "\"directory\"\nsan_names = [\"dns\"]")),
+       {"key \"template[1].san_names\"", "no DNS name"}},
+      {"SmimeCapabilitiesNotABoolean",
+       MinimalPlus(
+           Template("extended_key_usage = [\"emailProtection\"]\nsmime_capabilities = \"yes\"")),
+       {"key \"template[1].smime_capabilities\"", "boolean"}},
+      {"UnknownAccountKey",
+       MinimalPlus("[[account]]\nprincipal = \"CN=a\"\nupn = \"a@b\"\nsam = \"a\"\n"),
+       {"unknown key \"account[1].sam\"", "principal, upn, logon_name, email"}},
+      {"AccountWithoutPrincipal",
+       MinimalPlus("[[account]]\nupn = \"a@b\"\n"),
+       {"missing required key \"account[1].principal\""}},
+      {"AccountPrincipalNotASubject",
+       MinimalPlus("[[account]]\nprincipal = \"alice\"\nupn = \"a@b\"\n"),
+       {"key \"account[1].principal\"", "RFC 4514"}},
+      {"AccountWithoutAnyName",
+       MinimalPlus("[[account]]\nprincipal = \"CN=a\"\n"),
+       {"account[1]", "at least one of upn, logon_name, email"}},
+      {"AccountUpnWithoutAt",
+       MinimalPlus("[[account]]\nprincipal = \"CN=a\"\nupn = \"alice\"\n"),
+       {"key \"account[1].upn\"", "user@domain"}},
+      {"AccountEmailWithTwoAts",
+       MinimalPlus("[[account]]\nprincipal = \"CN=a\"\nemail = \"a@b@c\"\n"),
+       {"key \"account[1].email\"", "user@domain"}},
+      {"AccountUpnWithASpace",
+       MinimalPlus("[[account]]\nprincipal = \"CN=a\"\nupn = \"a b@c\"\n"),
+       {"key \"account[1].upn\"", "space"}},
+      {"AccountLogonNameWithoutDomain",
+       MinimalPlus("[[account]]\nprincipal = \"CN=a\"\nlogon_name = \"alice\"\n"),
+       {"key \"account[1].logon_name\"", "DOMAIN\\user"}},
+      {"AccountLogonNameWithTwoBackslashes",
+       MinimalPlus("[[account]]\nprincipal = \"CN=a\"\nlogon_name = 'A\\B\\c'\n"),
+       {"key \"account[1].logon_name\"", "DOMAIN\\user"}},
+      {"AccountLogonNameUserWithAt",
+       MinimalPlus("[[account]]\nprincipal = \"CN=a\"\nlogon_name = 'CORP\\a@b'\n"),
+       {"key \"account[1].logon_name\"", "sAMAccountName"}},
+      {"AccountEmptyUpn",
+       MinimalPlus("[[account]]\nprincipal = \"CN=a\"\nupn = \"\"\nemail = \"a@b\"\n"),
+       {"key \"account[1].upn\"", "must not be empty"}},
+      {"AccountUpnTakenInOtherCase",
+       MinimalPlus("[[account]]\nprincipal = \"CN=a\"\nupn = \"a@corp\"\n"
+                   "[[account]]\nprincipal = \"CN=b\"\nupn = \"A@CORP\"\n"),
+       {"key \"account[2].upn\"", "already the upn of account[1]", "case-insensitively"}},
+      {"AccountPrincipalTwice",
+       MinimalPlus("[[account]]\nprincipal = \"CN=a\"\nupn = \"a@corp\"\n"
+                   "[[account]]\nprincipal = \"CN=a\"\nemail = \"a@mail\"\n"),
+       {"key \"account[2].principal\"", "already the principal of account[1]"}},
+      {"AccountAsSingleTable",
+       MinimalPlus("[account]\nprincipal = \"CN=a\"\n"),
+       {"key \"account\"", "array of tables"}},
   };
 }
 

@@ -593,7 +593,8 @@ TEST(KeyIndexMigration, SchemaThreeBackfillsTheKeyHashOfStoredCertificates) {
   }
   auto downgrade = RunCommand(StrCat(
       "sqlite3 ", path,
-      " 'DROP INDEX certificates_by_key; DROP INDEX requests_by_key; "
+      " 'DROP INDEX certificates_by_email; ALTER TABLE certificates DROP COLUMN email; "
+      "DROP INDEX certificates_by_key; DROP INDEX requests_by_key; "
       "ALTER TABLE certificates DROP COLUMN spki_sha256; ALTER TABLE requests DROP COLUMN "
       "spki_sha256; ALTER TABLE requests DROP COLUMN request_sha256; PRAGMA user_version = 2;'"));
   ASSERT_EQ(downgrade.exit_code, 0) << downgrade.output;
@@ -609,7 +610,7 @@ TEST(KeyIndexMigration, SchemaThreeBackfillsTheKeyHashOfStoredCertificates) {
 
   auto store = service::OpenSqliteStore(path);
   ASSERT_TRUE(store.ok()) << store.status();
-  EXPECT_EQ((*store)->SchemaVersion(), 3);
+  EXPECT_EQ((*store)->SchemaVersion(), 4);  // 3 (key hashes), then 4 (e-mail)
   auto cert = (*store)->GetCertificate(serial);
   ASSERT_TRUE(cert.ok()) << cert.status();
   EXPECT_EQ(cert->spki_sha256, expected.output.substr(0, 64));

@@ -177,6 +177,7 @@ void ExpectSameCertificate(const CertificateRecord& got, const CertificateRecord
   EXPECT_EQ(got.der, want.der);
   EXPECT_EQ(got.subject, want.subject);
   EXPECT_EQ(got.upn, want.upn);
+  EXPECT_EQ(got.email, want.email);
   EXPECT_EQ(got.template_name, want.template_name);
   EXPECT_EQ(got.sha1, want.sha1);
   EXPECT_EQ(got.sha256, want.sha256);
@@ -1254,6 +1255,64 @@ TEST(SqliteStoreTest, VerifySqliteCopyAcceptsOnlyAnIntactKeywardenDatabase) {
   EXPECT_EQ(o.status().code(), absl::StatusCode::kFailedPrecondition) << o.status();
   EXPECT_TRUE(MessageHas(o.status(), "not a keywarden CA database"));
   EXPECT_EQ(VerifySqliteCopy(dir.File("missing.db")).status().code(), absl::StatusCode::kNotFound);
+}
+
+// Schema version 3 adds certificates.email and fills upn and email of the
+// rows already stored from their certificate DER (before it, upn was never
+// filled). The certificate is made by the openssl CLI, not by keywarden.
+TEST(SqliteStoreTest, MigrationToVersion4BackfillsUpnAndEmailFromTheStoredCertificates) {
+  testing::TempDir dir;
+  const std::string key = dir.File("k.pem"), pem = dir.File("c.pem"), der = dir.File("c.der");
+  auto made = testing::RunCommand(
+      StrCat("openssl req -x509 -newkey rsa:2048 -nodes -keyout ", key, " -out ", pem,
+             " -subj /CN=Frank -days 30 -addext "
+             "'subjectAltName=otherName:1.3.6.1.4.1.311.20.2.3;UTF8:frank@corp.example,"
+             "email:frank@example.com,email:second@example.com' 2>&1 && openssl x509 -in ",
+             pem, " -outform DER -out ", der));
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  const std::string db = SqliteFile(dir.path());
+  {
+    auto store = OpenSqliteStore(db);
+    ASSERT_TRUE(store.ok()) << store.status();
+    EXPECT_EQ((*store)->SchemaVersion(), 3);
+    CertificateRecord c = MakeCertificate("0a01", "CN=Frank");
+    c.der = testing::ReadFile(der);
+    c.upn = "";  // as every version before 4 stored it
+    ASSERT_TRUE((*store)->InsertCertificate(c).ok());
+    ASSERT_TRUE((*store)->InsertCertificate(MakeCertificate("0b02", "CN=NoSan")).ok());
+  }
+  // Back to what a version-3 database holds: no email column, upn empty
+  // (never filled before version 4).
+  ASSERT_TRUE(RawSqlite(db,
+                        "DROP INDEX certificates_by_email; ALTER TABLE certificates DROP COLUMN "
+                        "email; UPDATE certificates SET upn = ''; PRAGMA user_version = 3;")
+                  .ok());
+  auto store = OpenSqliteStore(db);
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ((*store)->SchemaVersion(), 4);
+  auto frank = (*store)->GetCertificate("0a01");
+  ASSERT_TRUE(frank.ok()) << frank.status();
+  EXPECT_EQ(frank->upn, "frank@corp.example");
+  EXPECT_EQ(frank->email, "frank@example.com");  // the first one
+  // A DER that is no certificate keeps both empty; the migration still ran.
+  auto other = (*store)->GetCertificate("0b02");
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_EQ(other->upn, "");
+  EXPECT_EQ(other->email, "");
+  // Exact searches by UPN, e-mail and subject; no case folding, no part.
+  auto find = [&](const std::function<void(CertificateQuery&)>& set) {
+    CertificateQuery q;
+    set(q);
+    return Serials((*store)->FindCertificates(q));
+  };
+  using V = std::vector<std::string>;
+  EXPECT_EQ(find([](CertificateQuery& q) { q.upn = "frank@corp.example"; }), V{"0a01"});
+  EXPECT_EQ(find([](CertificateQuery& q) { q.upn = "Frank@corp.example"; }), V{});
+  EXPECT_EQ(find([](CertificateQuery& q) { q.email = "frank@example.com"; }), V{"0a01"});
+  EXPECT_EQ(find([](CertificateQuery& q) { q.email = "second@example.com"; }), V{});
+  EXPECT_EQ(find([](CertificateQuery& q) { q.email = "frank@example"; }), V{});
+  EXPECT_EQ(find([](CertificateQuery& q) { q.subject = "CN=Frank"; }), V{"0a01"});
+  EXPECT_EQ(find([](CertificateQuery& q) { q.subject = "CN=Fran"; }), V{});
 }
 
 TEST(SqliteStoreTest, BadInputIsRefusedWithTheInputNamed) {
