@@ -235,104 +235,105 @@ void RegisterArchivalCommands(CLI::App& app, const Output& out, const Connection
         });
       });
 
-struct GetKeyOptions {
-  std::string search;
-  std::string out;
-  bool verbose = false;
-};
-auto gk = std::make_shared<GetKeyOptions>();
-CLI::App* getkey = app.add_subcommand(
-    "getkey",
-    "Find archived keys and retrieve a recovery blob, like certutil -getkey (Certificate "
-    "Manager). The blob is encrypted to KRAs: recover it with `keywarden recoverkey`");
-getkey
-    ->add_option("search", gk->search,
-                 "Serial number (spaces allowed), SHA-1 hash, request id, CN, subject, UPN or "
-                 "e-mail, or DOMAIN\\user; each matched exactly (user@domain and DOMAIN\\user "
-                 "through the [[account]] directory)")
-    ->required();
-getkey->add_option("out", gk->out,
-                   "Recovery blob file to write (must not exist); without it the matching "
-                   "keys and the KRAs that can decrypt each are listed");
-getkey->add_flag("-v,--verbose", gk->verbose,
-                 "Print a complete recovery script (getkey, recoverkey, mergepfx, clean-up)");
-getkey->callback([&out, &conn, &action, gk] {
-  action = WithClient(out, conn, [&out, gk](Client& c) -> absl::StatusOr<Reply> {
-    if (!gk->out.empty()) {
-      if (auto st = pki::CheckWritable(gk->out, pki::Overwrite::kRefuse); !st.ok()) return st;
-    }
-    v1::GetArchivedKeyRequest request;
-    request.set_search(gk->search);
-    request.set_blob(!gk->out.empty());
-    v1::GetArchivedKeyResponse result;
-    auto ctx = c.Context();
-    if (auto st = c.Check(c.officer().GetArchivedKey(ctx.get(), request, &result)); !st.ok()) {
-      // Ambiguous, with --json: the candidates as objects rather than the
-      // error's text lines (listed again: a listing releases no blob).
-      if (out.json && PayloadOf(st, kHResultPayload) == "0x8002802c") {
-        v1::GetArchivedKeyRequest again;
-        again.set_search(gk->search);
-        v1::GetArchivedKeyResponse listed;
-        auto list_ctx = c.Context();
-        if (c.Check(c.officer().GetArchivedKey(list_ctx.get(), again, &listed)).ok() &&
-            listed.candidates_size() > 1) {
-          nlohmann::json list = nlohmann::json::array();
-          for (const auto& k : listed.candidates()) list.push_back(CandidateJson(k));
-          const std::string message(st.message());
-          Reply reply;
-          reply.json = {{"search", gk->search},
-                        {"error", message.substr(0, message.find('\n'))},
-                        {"code", absl::StatusCodeToString(st.code())},
-                        {"hresult", "0x8002802c"},
-                        {"symbol", PayloadOf(st, kSymbolPayload).value_or("")},
-                        {"candidates", list}};
-          reply.exit_code = Output::ExitCodeFor(st);
-          return reply;
-        }
+  struct GetKeyOptions {
+    std::string search;
+    std::string out;
+    bool verbose = false;
+  };
+  auto gk = std::make_shared<GetKeyOptions>();
+  CLI::App* getkey = app.add_subcommand(
+      "getkey",
+      "Find archived keys and retrieve a recovery blob, like certutil -getkey (Certificate "
+      "Manager). The blob is encrypted to KRAs: recover it with `keywarden recoverkey`");
+  getkey
+      ->add_option("search", gk->search,
+                   "Serial number (spaces allowed), SHA-1 hash, request id, CN, subject, UPN or "
+                   "e-mail, or DOMAIN\\user; each matched exactly (user@domain and DOMAIN\\user "
+                   "through the [[account]] directory)")
+      ->required();
+  getkey->add_option("out", gk->out,
+                     "Recovery blob file to write (must not exist); without it the matching "
+                     "keys and the KRAs that can decrypt each are listed");
+  getkey->add_flag("-v,--verbose", gk->verbose,
+                   "Print a complete recovery script (getkey, recoverkey, mergepfx, clean-up)");
+  getkey->callback([&out, &conn, &action, gk] {
+    action = WithClient(out, conn, [&out, gk](Client& c) -> absl::StatusOr<Reply> {
+      if (!gk->out.empty()) {
+        if (auto st = pki::CheckWritable(gk->out, pki::Overwrite::kRefuse); !st.ok()) return st;
       }
-      return st;
-    }
-    Reply reply;
-    std::vector<v1::ArchivedKeyCandidate> candidates(result.candidates().begin(),
-                                                     result.candidates().end());
-    nlohmann::json list = nlohmann::json::array();
-    std::string text;
-    for (const auto& k : candidates) {
-      list.push_back(CandidateJson(k));
-      text += StrCat(CandidateText(k), "\n");
-    }
-    reply.json = {{"search", gk->search}, {"candidates", list}};
-    if (candidates.empty()) {
-      std::vector<std::string> searched(result.searched().begin(), result.searched().end());
-      reply.json["searched"] = searched;
-      reply.text = StrCat("No archived key matches \"", gk->search, "\"\n");
-      for (const auto& line : searched) reply.text += StrCat("  ", line, "\n");
-      reply.exit_code = kExitNotFound;
-      return reply;
-    }
-    if (!gk->out.empty()) {
-      const std::string& blob = result.recovery_blob();
-      if (auto st = pki::WriteFileAtomically(
-              gk->out,
-              std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(blob.data()), blob.size()),
-              pki::Overwrite::kRefuse, 0644);
-          !st.ok()) {
+      v1::GetArchivedKeyRequest request;
+      request.set_search(gk->search);
+      request.set_blob(!gk->out.empty());
+      v1::GetArchivedKeyResponse result;
+      auto ctx = c.Context();
+      if (auto st = c.Check(c.officer().GetArchivedKey(ctx.get(), request, &result)); !st.ok()) {
+        // Ambiguous, with --json: the candidates as objects rather than the
+        // error's text lines (listed again: a listing releases no blob).
+        if (out.json && PayloadOf(st, kHResultPayload) == "0x8002802c") {
+          v1::GetArchivedKeyRequest again;
+          again.set_search(gk->search);
+          v1::GetArchivedKeyResponse listed;
+          auto list_ctx = c.Context();
+          if (c.Check(c.officer().GetArchivedKey(list_ctx.get(), again, &listed)).ok() &&
+              listed.candidates_size() > 1) {
+            nlohmann::json list = nlohmann::json::array();
+            for (const auto& k : listed.candidates()) list.push_back(CandidateJson(k));
+            const std::string message(st.message());
+            Reply reply;
+            reply.json = {{"search", gk->search},
+                          {"error", message.substr(0, message.find('\n'))},
+                          {"code", absl::StatusCodeToString(st.code())},
+                          {"hresult", "0x8002802c"},
+                          {"symbol", PayloadOf(st, kSymbolPayload).value_or("")},
+                          {"candidates", list}};
+            reply.exit_code = Output::ExitCodeFor(st);
+            return reply;
+          }
+        }
         return st;
       }
-      reply.json["file"] = gk->out;
-      text += StrCat("Recovery blob written to ", gk->out, " (", blob.size(),
-                     " bytes, encrypted to the KRAs listed)\n");
-    }
-    if (gk->verbose) {
-      const std::string script = RecoveryScript(gk->search, candidates);
-      reply.json["script"] = script;
-      reply.text = gk->out.empty() ? script : text + script;
-    } else {
-      reply.text = text;
-    }
-    return reply;
+      Reply reply;
+      std::vector<v1::ArchivedKeyCandidate> candidates(result.candidates().begin(),
+                                                       result.candidates().end());
+      nlohmann::json list = nlohmann::json::array();
+      std::string text;
+      for (const auto& k : candidates) {
+        list.push_back(CandidateJson(k));
+        text += StrCat(CandidateText(k), "\n");
+      }
+      reply.json = {{"search", gk->search}, {"candidates", list}};
+      if (candidates.empty()) {
+        std::vector<std::string> searched(result.searched().begin(), result.searched().end());
+        reply.json["searched"] = searched;
+        reply.text = StrCat("No archived key matches \"", gk->search, "\"\n");
+        for (const auto& line : searched) reply.text += StrCat("  ", line, "\n");
+        reply.exit_code = kExitNotFound;
+        return reply;
+      }
+      if (!gk->out.empty()) {
+        const std::string& blob = result.recovery_blob();
+        if (auto st = pki::WriteFileAtomically(
+                gk->out,
+                std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(blob.data()),
+                                         blob.size()),
+                pki::Overwrite::kRefuse, 0644);
+            !st.ok()) {
+          return st;
+        }
+        reply.json["file"] = gk->out;
+        text += StrCat("Recovery blob written to ", gk->out, " (", blob.size(),
+                       " bytes, encrypted to the KRAs listed)\n");
+      }
+      if (gk->verbose) {
+        const std::string script = RecoveryScript(gk->search, candidates);
+        reply.json["script"] = script;
+        reply.text = gk->out.empty() ? script : text + script;
+      } else {
+        reply.text = text;
+      }
+      return reply;
+    });
   });
-});
 }
 
 }  // namespace keywarden::cli

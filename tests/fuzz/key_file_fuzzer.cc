@@ -11,9 +11,8 @@
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace keywarden;
   const std::span<const uint8_t> bytes(data, size);
-  (void)pki::ParsePrivateKeyFile(bytes, "fuzz", [] {
-    return absl::StatusOr<hsm::SecretString>(hsm::SecretString("fuzz"));
-  });
+  (void)pki::ParsePrivateKeyFile(
+      bytes, "fuzz", [] { return absl::StatusOr<hsm::SecretString>(hsm::SecretString("fuzz")); });
   (void)pki::ParsePublicKeyFile(bytes, "fuzz");
   return 0;
 }
