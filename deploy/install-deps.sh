@@ -17,7 +17,7 @@ packages=(
   # storage
   libsqlite3-dev sqlite3 libpq-dev
   # libraries for the daemon and CLI
-  libcli11-dev libtomlplusplus-dev libspdlog-dev nlohmann-json3-dev
+  libcli11-dev libtomlplusplus-dev libspdlog-dev nlohmann-json3-dev libcpp-httplib-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev python3 python3-grpcio python3-grpc-tools
 )
