@@ -265,6 +265,15 @@ TEST_F(ObservabilityTest, JsonLogHasOneLinePerRpcAndNoPinPasswordOrKeyByte) {
   v1::CaStatus status;
   grpc::Status denied = stub->GetCaStatus(&ctx, v1::GetCaStatusRequest(), &status);
   ASSERT_FALSE(denied.ok());
+  // A client certificate from a CA the server does not trust: the TLS
+  // handshake fails inside gRPC, which logs it (through keywarden's log).
+  {
+    auto untrusted = v1::Enrollment::NewStub(daemon_->Channel("untrusted"));
+    grpc::ClientContext c;
+    c.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::CertificateChain chain;
+    EXPECT_FALSE(untrusted->GetCaCertificate(&c, v1::GetCaCertificateRequest(), &chain).ok());
+  }
   ASSERT_TRUE(daemon_->Stop().ok());
 
   const std::string log = LogText(daemon_->log_path());
@@ -335,6 +344,11 @@ TEST_F(ObservabilityTest, JsonLogHasOneLinePerRpcAndNoPinPasswordOrKeyByte) {
   }
   EXPECT_EQ(imports_ok, 1) << log;
   EXPECT_EQ(imports_failed, 1) << log;
+  // gRPC's own lines are JSON lines too (msg "grpc: ...", with the source).
+  const json* grpc_line = find([](const json& j) {
+    return j["msg"].get<std::string>().rfind("grpc: ", 0) == 0 && j.contains("source");
+  });
+  EXPECT_NE(grpc_line, nullptr) << log;
   // Start and stop.
   EXPECT_NE(find([](const json& j) { return j["msg"] == "started"; }), nullptr);
   EXPECT_NE(find([](const json& j) { return j["msg"] == "SIGTERM received, stopping"; }), nullptr);
