@@ -163,15 +163,22 @@ std::string Render() {
   }
   // Gauges, asked for now (outside the lock: the collector may take others).
   if (collector) {
-    std::map<std::string, std::pair<std::string, std::vector<std::string>>> gauges;
+    struct Collected {
+      std::string help;
+      bool counter = false;
+      std::vector<std::string> lines;
+    };
+    std::map<std::string, Collected> gauges;
     for (const Sample& s : collector()) {
       auto& g = gauges[s.name];
-      if (g.first.empty()) g.first = s.help;
-      g.second.push_back(s.name + Braced(RenderLabels(s.labels)) + " " + Number(s.value));
+      if (g.help.empty()) g.help = s.help;
+      g.counter = s.counter;
+      g.lines.push_back(s.name + Braced(RenderLabels(s.labels)) + " " + Number(s.value));
     }
     for (const auto& [name, g] : gauges) {
-      out += "# HELP " + name + " " + g.first + "\n# TYPE " + name + " gauge\n";
-      for (const auto& line : g.second) out += line + "\n";
+      out += "# HELP " + name + " " + g.help + "\n# TYPE " + name +
+             (g.counter ? " counter\n" : " gauge\n");
+      for (const auto& line : g.lines) out += line + "\n";
     }
   }
   return out;

@@ -36,6 +36,7 @@ struct Sample {
   std::string help;
   Labels labels;
   double value = 0;
+  bool counter = false;  // a total kept elsewhere (TYPE counter), else a gauge
 };
 using Collector = std::function<std::vector<Sample>()>;
 void SetCollector(Collector collector);  // replaces; null: none

@@ -202,6 +202,40 @@ metrics::Collector DaemonGauges(CertificateAuthority& ca, const Readiness& readi
                    "KRAs each archived key is encrypted to.",
                    {},
                    static_cast<double>(ca.KrasPerArchival())});
+    const hsm::Token& token = *readiness.token();
+    const auto pool = token.pool_stats();
+    out.push_back({"keywarden_hsm_sessions_max",
+                   "The CA token's session pool limit.",
+                   {},
+                   static_cast<double>(pool.max_sessions)});
+    out.push_back({"keywarden_hsm_sessions_open",
+                   "Sessions open on the CA token.",
+                   {},
+                   static_cast<double>(pool.open)});
+    out.push_back({"keywarden_hsm_sessions_in_use",
+                   "Sessions leased by a caller.",
+                   {},
+                   static_cast<double>(pool.in_use)});
+    out.push_back({"keywarden_hsm_session_waits_total",
+                   "Session acquisitions that had to wait for a free session.",
+                   {},
+                   static_cast<double>(pool.waits),
+                   true});
+    out.push_back({"keywarden_hsm_session_wait_timeouts_total",
+                   "Session acquisitions that gave up waiting.",
+                   {},
+                   static_cast<double>(pool.wait_timeouts),
+                   true});
+    out.push_back({"keywarden_pkcs11_calls_total",
+                   "PKCS#11 calls to the CA token's module.",
+                   {},
+                   static_cast<double>(token.module().calls()),
+                   true});
+    out.push_back({"keywarden_pkcs11_call_errors_total",
+                   "PKCS#11 calls that did not return CKR_OK.",
+                   {},
+                   static_cast<double>(token.module().call_errors()),
+                   true});
     const auto now = static_cast<double>(std::time(nullptr));
     if (auto x = ca.CurrentExchange(); x.ok()) {
       out.push_back({"keywarden_exchange_certificate_expiry_seconds",

@@ -52,6 +52,7 @@ class Readiness {
   Readiness& operator=(const Readiness&) = delete;
 
   State Current() const;
+  const std::shared_ptr<hsm::Token>& token() const { return token_; }
 
   // The gRPC service names whose health is set, with whether each needs KRAs.
   static const std::vector<std::pair<std::string, bool>>& Services();
@@ -76,7 +77,8 @@ class Readiness {
 
 // The gauges asked for at every scrape: readiness and its checks, KRAs
 // (valid, configured, needed per archival), seconds until the current
-// exchange certificate and the CRL expire.
+// exchange certificate and the CRL expire, the CA token's session pool and
+// its module's PKCS#11 call counts.
 metrics::Collector DaemonGauges(CertificateAuthority& ca, const Readiness& readiness);
 
 }  // namespace keywarden::service

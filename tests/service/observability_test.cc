@@ -419,6 +419,19 @@ TEST_F(ObservabilityTest, MetricsCountersMoveByExactlyTheCallsMade) {
   EXPECT_EQ(Value(after, "keywarden_kras_configured"), 3);
   EXPECT_EQ(Value(after, "keywarden_kras_per_archival"), 2);
   EXPECT_EQ(Value(after, "keywarden_ready"), 1);
+  // The CA token: the archival decrypted and signed on it (C_DecryptInit,
+  // C_Decrypt, C_SignInit, C_Sign at least); the pool's limit is the
+  // configured [hsm] max_sessions; nobody gave up waiting.
+  EXPECT_GE(moved("keywarden_pkcs11_calls_total"), 4);
+  std::smatch max;
+  const std::string config = LogText(daemon_->config_path());
+  ASSERT_TRUE(std::regex_search(config, max, std::regex(R"(max_sessions = ([0-9]+))")));
+  EXPECT_EQ(Value(after, "keywarden_hsm_sessions_max"), std::stod(max[1].str()));
+  EXPECT_GE(Value(after, "keywarden_hsm_sessions_open"), 1);
+  EXPECT_LE(Value(after, "keywarden_hsm_sessions_in_use"),
+            Value(after, "keywarden_hsm_sessions_open"));
+  EXPECT_EQ(Value(after, "keywarden_hsm_session_wait_timeouts_total"), 0);
+  EXPECT_NE(second.body.find("# TYPE keywarden_pkcs11_calls_total counter"), std::string::npos);
   // Seconds to expiry against notAfter / nextUpdate read with OpenSSL.
   const long now = static_cast<long>(std::time(nullptr));
   int days = 0, secs = 0;
