@@ -460,6 +460,23 @@ TEST_F(ObservabilityTest, MetricsCountersMoveByExactlyTheCallsMade) {
             std::string::npos)
       << log;
   EXPECT_EQ(Get(base_ + "/nothing").status, 404);
+  // The exposition parses with the Prometheus project's own Python parser
+  // (python3-prometheus-client), which agrees on a value and a type.
+  WriteFile(tmp_.File("scrape.txt"), second.body);
+  auto py = RunCommand(StrCat(
+      "/usr/bin/python3 -c 'import sys\n"
+      "from prometheus_client.parser import text_string_to_metric_families as parse\n"
+      "fams = list(parse(open(sys.argv[1]).read()))\n"
+      "types = {f.name: f.type for f in fams}\n"
+      "v = [s.value for f in fams for s in f.samples if s.name == \"keywarden_rpc_requests_total\" "
+      "and s.labels == {\"method\": \"/keywarden.v1.Enrollment/Submit\", \"code\": \"OK\"}]\n"
+      "print(types[\"keywarden_rpc_duration_seconds\"], types[\"keywarden_rpc_requests\"], "
+      "int(v[0]))' ",
+      tmp_.File("scrape.txt")));
+  EXPECT_EQ(py.exit_code, 0) << py.output;
+  EXPECT_EQ(py.output,
+            StrCat("histogram counter ",
+                   static_cast<int>(Value(after, "keywarden_rpc_requests_total" + submit)), "\n"));
 }
 
 TEST_F(ObservabilityTest, ReadyzAndHealthPerServiceFollowTheTokenAndTheKras) {
