@@ -19,8 +19,10 @@ packages=(
   libsqlite3-dev sqlite3 libpq-dev
   # libraries for the daemon and CLI
   libcli11-dev libtomlplusplus-dev libspdlog-dev nlohmann-json3-dev libsystemd-dev
+  libcpp-httplib-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev python3 python3-grpcio python3-grpc-tools
+  python3-prometheus-client
   # the install and package test: man pages rendered, the unit verified
   man-db groff-base bsdextrautils systemd
 )

@@ -60,12 +60,18 @@ class Module {
   template <typename F, typename... Args>
   CK_RV Call(const char* name, F f, Args... args) const {
     std::shared_lock<std::shared_mutex> calls(calls_mu_);
-    if (!trace_) return f(args...);
+    calls_.fetch_add(1, std::memory_order_relaxed);
+    if (!trace_) return Counted(f(args...));
     auto start = std::chrono::steady_clock::now();
-    CK_RV rv = f(args...);
+    CK_RV rv = Counted(f(args...));
     TraceLine(name, rv, std::chrono::steady_clock::now() - start);
     return rv;
   }
+
+  // PKCS#11 calls made through Call, and how many did not return CKR_OK
+  // (for metrics).
+  uint64_t calls() const { return calls_.load(std::memory_order_relaxed); }
+  uint64_t call_errors() const { return call_errors_.load(std::memory_order_relaxed); }
 
   // C_Finalize + C_Initialize: after a token fault, the only way SoftHSM2
   // (and many HSM libraries) forget a token's broken state. Every session,
@@ -78,6 +84,13 @@ class Module {
   uint64_t generation() const { return generation_.load(); }
 
  private:
+  CK_RV Counted(CK_RV rv) const {
+    if (rv != CKR_OK) call_errors_.fetch_add(1, std::memory_order_relaxed);
+    return rv;
+  }
+  mutable std::atomic<uint64_t> calls_{0};
+  mutable std::atomic<uint64_t> call_errors_{0};
+
   Module(std::string path, void* handle, CK_FUNCTION_LIST* fn);
   void TraceLine(const char* name, CK_RV rv, std::chrono::nanoseconds took) const;
 

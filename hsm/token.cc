@@ -348,6 +348,18 @@ absl::Status Token::Recover() {
   return absl::OkStatus();
 }
 
+Token::PoolStats Token::pool_stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  PoolStats out;
+  out.max_sessions = options_.max_sessions;
+  out.open = open_;
+  const size_t idle = idle_ro_.size() + idle_rw_.size();
+  out.in_use = open_ > idle ? open_ - idle : 0;
+  out.waits = waits_;
+  out.wait_timeouts = wait_timeouts_;
+  return out;
+}
+
 absl::StatusOr<Session> Token::Acquire(Access access) {
   if (auto st = CheckAvailable(); !st.ok()) return st;
   const bool rw = access == Access::kReadWrite;
@@ -355,9 +367,12 @@ absl::StatusOr<Session> Token::Acquire(Access access) {
   const auto deadline = std::chrono::steady_clock::now() + options_.acquire_timeout;
   auto& idle = rw ? idle_rw_ : idle_ro_;
   auto& other = rw ? idle_ro_ : idle_rw_;
-  if (!session_free_.wait_until(lock, deadline, [&] {
-        return !up_ || !idle.empty() || !other.empty() || open_ < options_.max_sessions;
-      })) {
+  const auto free = [&] {
+    return !up_ || !idle.empty() || !other.empty() || open_ < options_.max_sessions;
+  };
+  if (!free()) ++waits_;
+  if (!session_free_.wait_until(lock, deadline, free)) {
+    ++wait_timeouts_;
     return absl::UnavailableError(StrCat("token \"", label(), "\": no session free within ",
                                          options_.acquire_timeout.count(), " ms (all ",
                                          options_.max_sessions, " in use)"));

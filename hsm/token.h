@@ -175,6 +175,17 @@ class Token : public std::enable_shared_from_this<Token> {
 
   // Sessions currently open (idle + leased); for tests and metrics.
   size_t open_sessions() const;
+  // The session pool, for metrics: its limit, sessions open and leased,
+  // Acquire calls that had to wait for a free session and those that gave
+  // up (acquire_timeout).
+  struct PoolStats {
+    size_t max_sessions = 0;
+    size_t open = 0;
+    size_t in_use = 0;
+    uint64_t waits = 0;
+    uint64_t wait_timeouts = 0;
+  };
+  PoolStats pool_stats() const;
 
  private:
   friend class Session;
@@ -204,6 +215,8 @@ class Token : public std::enable_shared_from_this<Token> {
   std::optional<PinSource> pin_source_;
   std::function<void(bool, const std::string&)> listener_;
   std::atomic<uint64_t> faults_{0};
+  uint64_t waits_ = 0;          // guarded by mu_
+  uint64_t wait_timeouts_ = 0;  // guarded by mu_
   std::mutex login_mu_;
   std::mutex recover_mu_;
 };

@@ -523,6 +523,29 @@ absl::Status ReadAudit(const Section& s, Config::Audit& a) {
   return s.ReadDuration("checkpoint_interval", a.checkpoint_interval);
 }
 
+absl::Status ReadLog(const Section& s, Config::Log& l) {
+  KW_RETURN_IF_ERROR(s.CheckKeys({"format"}));
+  return s.ReadChoice("format", {"text", "json"}, l.format);
+}
+
+absl::Status ReadMetrics(const Section& s, Config::Metrics& m) {
+  KW_RETURN_IF_ERROR(s.CheckKeys({"listen"}));
+  KW_RETURN_IF_ERROR(s.ReadString("listen", m.listen));
+  if (!s.Has("listen")) return absl::OkStatus();
+  const size_t colon = m.listen.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    return s.Invalid("listen",
+                     StrCat("\"", m.listen, "\" is not HOST:PORT (e.g. \"127.0.0.1:9464\")"));
+  }
+  const std::string port = m.listen.substr(colon + 1);
+  const bool digits = !port.empty() && port.size() <= 5 &&
+                      port.find_first_not_of("0123456789") == std::string::npos;
+  if (!digits || std::stoi(port) > 65535) {
+    return s.Invalid("listen", StrCat("the port \"", port, "\" is not a number from 0 to 65535"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ReadKra(const Section& s, Config::Kra& k) {
   KW_RETURN_IF_ERROR(s.CheckKeys({"certificates", "count", "crls", "trust"}));
   std::vector<uint32_t> lines;
@@ -879,7 +902,8 @@ absl::Status ReadSigning(const Section& s, Config& config) {
 absl::Status ReadRoot(const Context& ctx, const toml::table& root, Config& config) {
   Section top(ctx, &root, "");
   KW_RETURN_IF_ERROR(top.CheckKeys({"ca", "hsm", "exchange", "database", "server", "crl", "kra",
-                                    "flags", "role", "template", "signing", "audit", "account"}));
+                                    "flags", "role", "template", "signing", "audit", "account",
+                                    "log", "metrics"}));
 
   // Sections in the order of the example file, so the first error reported
   // is usually the first one in the file.
@@ -896,6 +920,8 @@ absl::Status ReadRoot(const Context& ctx, const toml::table& root, Config& confi
       {"kra", [](const Section& s, Config& c) { return ReadKra(s, c.kra); }},
       {"flags", [](const Section& s, Config& c) { return ReadFlags(s, c.flags); }},
       {"audit", [](const Section& s, Config& c) { return ReadAudit(s, c.audit); }},
+      {"log", [](const Section& s, Config& c) { return ReadLog(s, c.log); }},
+      {"metrics", [](const Section& s, Config& c) { return ReadMetrics(s, c.metrics); }},
   };
   for (const auto& section : kSections) {
     absl::StatusOr<Section> s = top.Table(section.name);

@@ -195,6 +195,18 @@ struct Config {
     bool accept_broken = false;
   } audit;
 
+  struct Log {
+    // The operational log on stderr (not the audit log): "text" (one
+    // key=value line per event) or "json" (one JSON object per line).
+    std::string format = "text";
+  } log;
+
+  struct Metrics {
+    // The plain-HTTP listener for /metrics, /healthz and /readyz
+    // ("HOST:PORT"; port 0 picks a free one, logged). Empty: no listener.
+    std::string listen;
+  } metrics;
+
   // Lookup helpers.
   const TemplateConfig* FindTemplate(std::string_view name_or_oid) const;
   // Every role bound to this subject, through any issuer: what some

@@ -30,6 +30,10 @@
 #include "service/daemon/check_config.h"
 #include "service/daemon/state_dir.h"
 #include "service/daemon/systemd_notify.h"
+#include "service/observe/log.h"
+#include "service/observe/metrics.h"
+#include "service/server/http_endpoint.h"
+#include "service/server/readiness.h"
 #include "service/server/server.h"
 #include "service/server/signing_service.h"
 #include "service/server/token_watch.h"
@@ -41,7 +45,7 @@ namespace {
 using namespace keywarden;
 
 int Fail(const absl::Status& status) {
-  std::fprintf(stderr, "keywardend: %s\n", std::string(status.message()).c_str());
+  service::log::Error(std::string(status.message()));
   return 1;
 }
 
@@ -78,13 +82,17 @@ void ReloadOnSighup(service::CertificateAuthority& ca, service::ServerTls& tls) 
       who, "service.reloaded",
       nlohmann::json{{"signal", "SIGHUP"}, {"reloaded", report.reloaded}, {"failed", report.failed}}
           .dump());
-  std::string line = "keywardend: SIGHUP: reloaded ";
+  std::string line = "SIGHUP: reloaded ";
   for (size_t i = 0; i < report.reloaded.size(); ++i) {
     line += (i == 0 ? "" : "; ") + report.reloaded[i];
   }
   if (report.reloaded.empty()) line += "nothing";
   for (const auto& f : report.failed) line += " -- FAILED: " + f;
-  std::fprintf(stderr, "%s\n", line.c_str());
+  if (report.failed.empty()) {
+    service::log::Info(line);
+  } else {
+    service::log::Warn(line);
+  }
 }
 
 // Signs the head of the audit chain (when it moved); a failure is said
@@ -93,14 +101,17 @@ void ReloadOnSighup(service::CertificateAuthority& ca, service::ServerTls& tls) 
 void Checkpoint(service::CertificateAuthority& ca, const char* when) {
   auto checkpoint = ca.CheckpointAudit();
   if (!checkpoint.ok() && !absl::IsNotFound(checkpoint.status())) {
-    std::fprintf(stderr, "keywardend: AUDIT CHECKPOINT FAILURE (%s): %s\n", when,
-                 std::string(checkpoint.status().message()).c_str());
+    service::log::Error(
+        "AUDIT CHECKPOINT FAILURE",
+        nlohmann::json{{"when", when}, {"error", std::string(checkpoint.status().message())}});
   }
 }
 
 int Run(const std::string& config_path, const std::string& port_file, bool accept_broken_audit) {
   auto config = service::LoadConfig(config_path);
   if (!config.ok()) return Fail(config.status());
+  service::log::Init(config->log.format == "json" ? service::log::Format::kJson
+                                                  : service::log::Format::kText);
   config->audit.accept_broken = accept_broken_audit;
   if (config->database.backend != "sqlite") {
     return Fail(absl::UnimplementedError("database backend \"" + config->database.backend +
@@ -140,8 +151,8 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
   auto interrupted = (*ca)->ResolveInterrupted();
   if (!interrupted.ok()) return Fail(interrupted.status());
   if (*interrupted > 0) {
-    std::fprintf(stderr, "keywardend: %d request(s) interrupted by a previous stop failed\n",
-                 *interrupted);
+    service::log::Warn("requests interrupted by a previous stop failed",
+                       nlohmann::json{{"count", *interrupted}});
   }
   // Delegated signing ([[signing.keys]]): keys on the CA token or others.
   service::CertificateAuthority* ca_ptr = ca->get();
@@ -165,15 +176,39 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
   auto server = service::StartServer(*config, **ca, std::move(extra));
   if (!server.ok()) return Fail(server.status());
 
-  // Token faults: health NOT_SERVING while down, recovery in the background,
-  // hsm.unavailable / hsm.recovered audited.
+  // Token faults: recovery in the background, hsm.unavailable /
+  // hsm.recovered audited and logged. Health is Readiness's (below).
   auto token_watch = std::make_unique<service::TokenWatch>(
-      *token, server->server->GetHealthCheckService(),
-      [ca_ptr](const std::string& event, const std::string& details) {
+      *token, nullptr, [ca_ptr](const std::string& event, const std::string& details) {
         ca_ptr->Audit("system", event, details);
       });
 
+  // Readiness (token, database, KRAs) drives gRPC health and /readyz.
+  auto readiness = std::make_unique<service::Readiness>(*token, **store, **ca,
+                                                        server->server->GetHealthCheckService());
+  std::unique_ptr<service::HttpEndpoint> http;
+  if (!config->metrics.listen.empty()) {
+    service::Readiness* r = readiness.get();
+    auto started =
+        service::HttpEndpoint::Start(config->metrics.listen, [r] { return r->Current(); });
+    if (!started.ok()) return Fail(started.status());
+    http = std::move(*started);
+    service::metrics::SetCollector(service::DaemonGauges(**ca, *readiness));
+  }
+
   const std::string host = config->server.listen.substr(0, config->server.listen.rfind(':'));
+  {
+    size_t valid = 0;
+    for (const auto& k : (*ca)->KraStatuses()) valid += k.state == service::KraState::kValid;
+    nlohmann::json fields = {{"listen", host + ":" + std::to_string(server->port)},
+                             {"config", config_path},
+                             {"kras_valid", valid},
+                             {"kras_configured", (*ca)->KraStatuses().size()}};
+    if (http) {
+      fields["metrics"] = "http://" + http->host() + ":" + std::to_string(http->port());
+    }
+    service::log::Info("started", fields);
+  }
   std::printf("keywardend: listening on %s:%d\n", host.c_str(), server->port);
   std::fflush(stdout);
   if (!port_file.empty()) {
@@ -205,12 +240,12 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
         next_checkpoint = std::chrono::steady_clock::now() + checkpoint_period;
       }
       if (auto x = (*ca)->CurrentExchange(); !x.ok()) {
-        std::fprintf(stderr, "keywardend: exchange certificate renewal failed: %s\n",
-                     std::string(x.status().message()).c_str());
+        service::log::Error("exchange certificate renewal failed",
+                            nlohmann::json{{"error", std::string(x.status().message())}});
       }
       if (auto crl = (*ca)->CurrentCrl(); !crl.ok()) {
-        std::fprintf(stderr, "keywardend: CRL publication failed: %s\n",
-                     std::string(crl.status().message()).c_str());
+        service::log::Error("CRL publication failed",
+                            nlohmann::json{{"error", std::string(crl.status().message())}});
       }
       lock.lock();
     }
@@ -230,7 +265,7 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
     if (sig != SIGHUP) break;
     ReloadOnSighup(**ca, *server->tls);
   }
-  std::fprintf(stderr, "keywardend: %s received, stopping\n", SignalName(sig).c_str());
+  service::log::Info(SignalName(sig) + " received, stopping");
   systemd.Stopping(SignalName(sig) + " received, stopping");
   {
     std::lock_guard<std::mutex> lock(maintenance_mu);
@@ -238,12 +273,16 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
   }
   maintenance_cv.notify_all();
   maintenance.join();
+  service::metrics::SetCollector(nullptr);
+  http.reset();
+  readiness.reset();
   token_watch.reset();
   server->server->Shutdown();
   (*signer)->Stop();  // the last signature counts go to the audit log
   (*ca)->Audit("system", "service.stopped", nlohmann::json{{"signal", SignalName(sig)}}.dump());
   // The last word: the head, service.stopped included, signed by the CA.
   Checkpoint(**ca, "at stop");
+  service::log::Info("stopped", nlohmann::json{{"signal", SignalName(sig)}});
   return 0;
 }
 

@@ -9,6 +9,7 @@
 #include "hsm/strings.h"
 #include "pki/audit_checkpoint.h"
 #include "service/ca/authority.h"
+#include "service/observe/log.h"
 
 namespace keywarden::service {
 namespace {
@@ -33,10 +34,8 @@ absl::Status CertificateAuthority::CheckAuditAtStart() {
         "; compare with a backup and with the checkpoint your auditor exported); to start anyway "
         "on this log, run keywardend with --accept-broken-audit (recorded in the audit log)"));
   }
-  std::fprintf(stderr,
-               "keywardend: WARNING: starting on an audit log that does not verify "
-               "(--accept-broken-audit): %s\n",
-               verdict->problem.c_str());
+  log::Warn("WARNING: starting on an audit log that does not verify (--accept-broken-audit)",
+            nlohmann::json{{"problem", verdict->problem}});
   return AuditCommitted("system", "audit.broken_accepted",
                         nlohmann::json{{"problem", verdict->problem},
                                        {"records", verdict->records},

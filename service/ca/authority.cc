@@ -28,6 +28,8 @@
 #include "service/authz.h"
 #include "service/bounded.h"
 #include "service/errors.h"
+#include "service/observe/log.h"
+#include "service/observe/metrics.h"
 
 namespace keywarden::service {
 namespace {
@@ -191,8 +193,9 @@ void CertificateAuthority::Audit(const std::string& principal, const std::string
                                  const std::string& details_json) {
   auto st = store_.AppendAudit(principal, event, BoundAuditDetails(details_json), clock_());
   if (!st.ok()) {
-    std::fprintf(stderr, "keywardend: AUDIT FAILURE for %s: %s\n", event.c_str(),
-                 std::string(st.status().message()).c_str());
+    metrics::Add(metrics::kAuditWriteFailures);
+    log::Error("AUDIT FAILURE",
+               json{{"event", event}, {"error", std::string(st.status().message())}});
   }
 }
 
@@ -202,8 +205,9 @@ absl::Status CertificateAuthority::AuditCommitted(const std::string& principal,
                                                   const std::string& what) {
   auto st = store_.AppendAudit(principal, event, BoundAuditDetails(details_json), clock_());
   if (st.ok()) return absl::OkStatus();
-  std::fprintf(stderr, "keywardend: AUDIT FAILURE for %s: %s\n", event.c_str(),
-               std::string(st.status().message()).c_str());
+  metrics::Add(metrics::kAuditWriteFailures);
+  log::Error("AUDIT FAILURE",
+             json{{"event", event}, {"error", std::string(st.status().message())}});
   return absl::UnavailableError(
       StrCat(what, ": the CA could not write its audit record (", st.status().message(), ")"));
 }
@@ -685,6 +689,7 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
       if (auto st = store_.AttachArchivedKey(request.id, *request.archived_key); !st.ok()) {
         return st;
       }
+      metrics::Add(metrics::kArchivals, {{"source", "enrollment"}});
       Audit(policy, "archival.done",
             json{{"request_id", request.id},
                  {"requester", request.requester},
@@ -759,6 +764,8 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
       !st.ok()) {
     return st;
   }
+  metrics::Add(metrics::kSignatures, {{"kind", "certificate"}});
+  if (archived_now) metrics::Add(metrics::kArchivals, {{"source", "enrollment"}});
   request.disposition = Disposition::kIssued;
   request.disposition_message = "Issued";
   request.serial = record.serial;
@@ -1035,6 +1042,7 @@ absl::StatusOr<CertificateAuthority::RecoveryBlobResult> CertificateAuthority::G
       !audited.ok()) {
     return audited;
   }
+  metrics::Add(metrics::kRetrievals);
   result.blob = std::move(*blob);
   return result;
 }
@@ -1228,6 +1236,7 @@ absl::StatusOr<CertificateAuthority::ImportResult> CertificateAuthority::ImportO
     result.request_id = *id;
     result.serial = record.serial;
   }
+  metrics::Add(metrics::kArchivals, {{"source", "import"}});
   Audit(who, "archival.imported",
         json{{"request_id", result.request_id},
              {"serial", result.serial},
@@ -1346,6 +1355,7 @@ absl::StatusOr<CrlInfo> CertificateAuthority::PublishCrl(const std::string& who)
     return st;
   }
   crl_ = info;
+  metrics::Add(metrics::kSignatures, {{"kind", "crl"}});
   Audit(
       who, "crl.published",
       json{{"number", info.number}, {"entries", entries.size()}, {"next_update", info.next_update}}

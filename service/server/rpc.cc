@@ -10,6 +10,7 @@
 #include "service/bounded.h"
 #include "service/errors.h"
 #include "service/server/limits.h"
+#include "service/server/rpc_observer.h"
 #include "service/storage/store.h"
 
 namespace keywarden::service {
@@ -111,6 +112,8 @@ std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterfac
 MakeInterceptors() {
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> out;
   out.push_back(std::make_unique<ParseFailureInterceptorFactory>());
+  // After it: the log line and metrics see the status the client gets.
+  out.push_back(MakeRpcObserverFactory());
   return out;
 }
 
@@ -121,6 +124,7 @@ absl::StatusOr<Caller> Authorize(CertificateAuthority& ca, const grpc::ServerCon
   if (leaf.empty()) return absl::UnauthenticatedError("no verified client certificate");
   auto peer = ca.trust().Identify(leaf, Property(*auth, GRPC_X509_PEM_CERT_CHAIN_PROPERTY_NAME));
   if (!peer.ok()) return peer.status();
+  NoteRpcPrincipal(context, (*peer)->principal);
   if (auto st = ca.trust().CheckRevocation(**peer); !st.ok()) {
     static RefusalLimiter limiter;  // per certificate and event
     const std::string event = HResultOf(st) == hresult::kCertRevoked.code ? "authz.revoked"

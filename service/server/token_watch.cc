@@ -5,6 +5,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "service/observe/log.h"
+
 namespace keywarden::service {
 
 TokenWatch::TokenWatch(std::shared_ptr<hsm::Token> token, grpc::HealthCheckServiceInterface* health,
@@ -47,6 +49,11 @@ void TokenWatch::Run() {
     for (const Event& e : events) {
       if (health_ != nullptr && e.up != serving) health_->SetServingStatus(e.up);
       serving = e.up;
+      if (e.up) {
+        log::Info("token recovered", json{{"token", token_->label()}, {"detail", e.detail}});
+      } else {
+        log::Error("token unavailable", json{{"token", token_->label()}, {"reason", e.detail}});
+      }
       audit_(e.up ? "hsm.recovered" : "hsm.unavailable",
              json{{"token", token_->label()}, {e.up ? "detail" : "reason", e.detail}}.dump());
     }

@@ -15,6 +15,7 @@
 #include "pki/pkcs10.h"
 #include "service/authz.h"
 #include "service/errors.h"
+#include "service/observe/metrics.h"
 
 namespace keywarden::service::signing {
 namespace {
@@ -454,6 +455,7 @@ absl::Status DelegatedSigner::SignDigest(const std::string& principal, std::stri
   if (auto st = SignPrepared(*key, a, digest, salt, signature); !st.ok()) return st;
   key->usage[static_cast<size_t>(who) * kAlgorithmCount + static_cast<size_t>(a.id)].fetch_add(
       1, std::memory_order_relaxed);
+  metrics::Add(metrics::kSignatures, {{"kind", "delegated"}});
   return absl::OkStatus();
 }
 
@@ -478,6 +480,7 @@ absl::Status DelegatedSigner::SignData(const std::string& principal, std::string
   if (auto st = SignPrepared(*key, a, {digest, digest_len}, salt, signature); !st.ok()) return st;
   key->usage[static_cast<size_t>(who) * kAlgorithmCount + static_cast<size_t>(a.id)].fetch_add(
       1, std::memory_order_relaxed);
+  metrics::Add(metrics::kSignatures, {{"kind", "delegated"}});
   return absl::OkStatus();
 }
 

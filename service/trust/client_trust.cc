@@ -13,6 +13,7 @@
 #include "pki/certificate.h"
 #include "service/ca/issuer.h"
 #include "service/errors.h"
+#include "service/observe/log.h"
 
 namespace keywarden::service {
 
@@ -217,8 +218,7 @@ void ClientTrust::ReloadIfChanged() {
     }
   }
   if (changed) {
-    for (const std::string& line : ReloadCrls())
-      std::fprintf(stderr, "keywardend: %s\n", line.c_str());
+    for (const std::string& line : ReloadCrls()) log::Info(line);
   }
 }
 

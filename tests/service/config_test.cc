@@ -121,6 +121,8 @@ TEST(ConfigExampleTest, ParsesWithTheDocumentedValues) {
   EXPECT_EQ(c->server.threads, 0);
 
   EXPECT_EQ(c->crl.validity, 7 * kDay);
+  EXPECT_EQ(c->log.format, "text");
+  EXPECT_EQ(c->metrics.listen, "127.0.0.1:9464");
 
   EXPECT_EQ(c->kra.certificates,
             (std::vector<std::string>{"/etc/keywarden/kra/alice-kra.pem",
@@ -243,6 +245,35 @@ TEST(ConfigTest, MinimalConfigGetsTheDocumentedDefaults) {
   EXPECT_EQ(c->flags.archival_scheme, "des3-rsa-pkcs1");
   EXPECT_TRUE(c->roles.empty());
   EXPECT_TRUE(c->templates.empty());
+  EXPECT_EQ(c->log.format, "text");
+  EXPECT_EQ(c->metrics.listen, "");  // no metrics listener unless asked for
+}
+
+TEST(ConfigTest, LogFormatAndMetricsListenAreRead) {
+  absl::StatusOr<Config> c =
+      Parse(MinimalPlus("[log]\nformat = \"json\"\n[metrics]\nlisten = \"[::1]:0\"\n"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->log.format, "json");
+  EXPECT_EQ(c->metrics.listen, "[::1]:0");
+}
+
+TEST(ConfigStrictTest, LogFormatMustBeTextOrJson) {
+  EXPECT_EQ(ErrorOf(MinimalPlus("[log]\nformat = \"xml\"\n")),
+            "keywarden.toml:18: key \"log.format\": \"xml\" is not one of: text, json");
+  EXPECT_THAT(ErrorOf(MinimalPlus("[log]\nlevel = \"debug\"\n")),
+              StartsWith("keywarden.toml:18: unknown key \"log.level\" (expected one of: format)"));
+}
+
+TEST(ConfigStrictTest, MetricsListenMustBeHostAndPort) {
+  EXPECT_EQ(ErrorOf(MinimalPlus("[metrics]\nlisten = \"9464\"\n")),
+            "keywarden.toml:18: key \"metrics.listen\": \"9464\" is not HOST:PORT (e.g. "
+            "\"127.0.0.1:9464\")");
+  EXPECT_EQ(ErrorOf(MinimalPlus("[metrics]\nlisten = \"127.0.0.1:70000\"\n")),
+            "keywarden.toml:18: key \"metrics.listen\": the port \"70000\" is not a number "
+            "from 0 to 65535");
+  EXPECT_EQ(ErrorOf(MinimalPlus("[metrics]\nlisten = \"127.0.0.1:http\"\n")),
+            "keywarden.toml:18: key \"metrics.listen\": the port \"http\" is not a number "
+            "from 0 to 65535");
 }
 
 TEST(ConfigTest, TemplateWithOnlyANameAndItsEnrolleesGetsTheDocumentedDefaults) {
