@@ -90,6 +90,14 @@ absl::StatusOr<hsm::SecretBytes> KeyArchiver::Decrypt(std::span<const uint8_t> e
                  StrCat("the encrypted private key does not decrypt with exchange certificate ",
                         match.serial, ": ", plaintext.status().message()));
   }
+  // A key transport that "succeeded" while the token failed (a provider or
+  // CMS may go on with a random key rather than reveal a padding failure)
+  // gives bytes that are no key: the CA's fault, not the client's data.
+  if (token.faults() != faults_before || !token.available()) {
+    plaintext->Clear();
+    return hsm::HsmUnavailable(StrCat("the exchange key on token \"", token.label(),
+                                      "\" failed while decrypting the archived key"));
+  }
   return plaintext;
 }
 

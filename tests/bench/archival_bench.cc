@@ -11,8 +11,9 @@
 //   ArchivalUser). Each client thread has its own channel (a TLS connection
 //   of its own, like one CLI process), made once: the per-invocation TLS
 //   handshake of a real CLI run is not in the figures. Key pairs are
-//   generated before the timed loop (a pool, reused round robin): RSA key
-//   generation is the client's business and would swamp everything else.
+//   generated before the timed loop (a pool, each key used once: the CA
+//   archives a key for one owner once): RSA key generation is the
+//   client's business and would swamp everything else.
 //   Every response must be ISSUED with a certificate for the key sent; a
 //   sample of the stored archives is opened with the KRA software keys
 //   (in-process CMS_decrypt, and once with `openssl cms -decrypt`) and must
@@ -30,7 +31,8 @@
 // Usage: archival_bench [--seconds S] [--warmup S] [--concurrency 1,8]
 //                       [--floor-seconds S] [--keys N] [--format blob|pkcs8]
 //                       [--sample K] [--no-floor] [--smoke]
-//   --keys    size of the pre-generated requester key pool (default 64)
+//   --keys    size of the pre-generated requester key pool (default 3000;
+//             a cell that runs out fails, except in --smoke)
 //   --format  what the request carries: blob (the CLI's default) or pkcs8
 //   --sample  open every K-th stored archive (default 10; the first of each
 //             client thread always)
@@ -107,7 +109,7 @@ struct Options {
   double warmup = 1;
   double floor_seconds = 1.5;
   std::vector<int> concurrency = {1, 8};
-  int keys = 64;
+  int keys = 3000;
   int sample = 10;
   std::string format = "blob";
   bool floor = true;
@@ -517,7 +519,8 @@ bool OpensslOpens(service::Store& store, const KraSetup& kras, const TempDir& di
 }
 
 Cell RunCell(DaemonHarness& daemon, const KraSetup& kras, const TempDir& dir,
-             std::vector<Requester>& pool, int concurrency, const Options& o, bool openssl_check) {
+             std::vector<Requester>& pool, std::atomic<size_t>& next_key, int concurrency,
+             const Options& o, bool openssl_check) {
   Cell cell;
   cell.concurrency = concurrency;
   std::vector<Client> clients;
@@ -552,14 +555,19 @@ Cell RunCell(DaemonHarness& daemon, const KraSetup& kras, const TempDir& dir,
         if (cell.error.empty()) cell.error = why;
         failed = true;
       };
-      // This thread's share of the key pool: no key is used by two threads at once.
-      std::vector<size_t> mine;
-      for (size_t k = ti; k < pool.size(); k += static_cast<size_t>(concurrency)) mine.push_back(k);
-      if (mine.empty()) mine.push_back(ti % pool.size());
       for (size_t n = 0; !failed; ++n) {
         const auto start = Clock::now();
         if (start >= stop) break;
-        const size_t key_index = mine[n % mine.size()];
+        // Each key once: the CA certifies and archives a key for one owner
+        // once (a second archival of it is refused as a replay).
+        const size_t key_index = next_key.fetch_add(1);
+        if (key_index >= pool.size()) {
+          if (!o.smoke) {
+            fail(StrCat("the key pool ran out after ", pool.size(),
+                        " archivals (each key is archived once); run with a larger --keys"));
+          }
+          break;
+        }
         auto request =
             pki::BuildArchivalRequest(pool[key_index].key.get(), c.exchange.get(), build);
         const auto built = Clock::now();
@@ -697,7 +705,7 @@ bool ParseArgs(int argc, char** argv, Options& o) {
     o.seconds = 0.5;
     o.warmup = 0.2;
     o.floor_seconds = 0.1;
-    o.keys = std::min(o.keys, 4);
+    o.keys = std::min(o.keys, 200);
     o.sample = 1;
   }
   const bool bad_level = std::any_of(o.concurrency.begin(), o.concurrency.end(),
@@ -936,10 +944,11 @@ int main(int argc, char** argv) {
 
   // ----------------------------------------------------------- end to end
   std::vector<Cell> cells;
+  std::atomic<size_t> next_key{0};
   bool all_ok = floor_ok;
   bool openssl_check = true;
   for (int c : o.concurrency) {
-    Cell cell = RunCell(*daemon, *kras, dir, pool, c, o, openssl_check);
+    Cell cell = RunCell(*daemon, *kras, dir, pool, next_key, c, o, openssl_check);
     openssl_check = openssl_check && !cell.ok;
     all_ok = all_ok && cell.ok;
     if (!cell.ok) std::fprintf(stderr, "archival_bench: conc %d: %s\n", c, cell.error.c_str());

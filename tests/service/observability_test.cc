@@ -38,39 +38,6 @@ archival = "allowed"
 enrollees = ["enrollee"]
 )";
 
-// grpc.health.v1.Health/Check for `service`: 1 SERVING, 2 NOT_SERVING,
-// -1 when the call failed (e.g. NOT_FOUND for a name never set).
-int HealthOf(const std::shared_ptr<grpc::Channel>& channel, const std::string& service) {
-  std::string request;  // HealthCheckRequest { string service = 1; }
-  if (!service.empty())
-    request = std::string("\x0a", 1) + static_cast<char>(service.size()) + service;
-  grpc::GenericStub stub(channel);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  grpc::Slice slice(request);
-  grpc::ByteBuffer in(&slice, 1), out;
-  grpc::Status result;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &in, &out,
-                 [&](grpc::Status st) {
-                   std::lock_guard<std::mutex> lock(mu);
-                   result = st;
-                   done = true;
-                   cv.notify_one();
-                 });
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return done; });
-  if (!result.ok()) return -1;
-  std::vector<grpc::Slice> slices;
-  if (!out.Dump(&slices).ok()) return -1;
-  std::string bytes;
-  for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  if (bytes.size() != 2 || bytes[0] != 0x08) return -1;
-  return bytes[1];
-}
-
 std::string LogText(const std::string& path) {
   const std::vector<uint8_t> bytes = ReadFile(path);
   return std::string(bytes.begin(), bytes.end());

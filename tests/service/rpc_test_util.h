@@ -152,9 +152,10 @@ inline std::string Sha1Of(const std::string& data) {
 }
 
 // A unary call with raw bytes (GenericStub), as a client that does not use
-// the generated code would make it.
+// the generated code would make it; `reply` (optional) gets the answer's bytes.
 inline grpc::Status CallRaw(const std::shared_ptr<grpc::Channel>& channel,
-                            const std::string& method, const std::string& bytes) {
+                            const std::string& method, const std::string& bytes,
+                            std::string* reply = nullptr) {
   grpc::GenericStub stub(channel);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
@@ -172,7 +173,29 @@ inline grpc::Status CallRaw(const std::shared_ptr<grpc::Channel>& channel,
   });
   std::unique_lock<std::mutex> lock(mu);
   cv.wait(lock, [&] { return done; });
+  if (result.ok() && reply != nullptr) {
+    std::vector<grpc::Slice> slices;
+    if (!response.Dump(&slices).ok()) return grpc::Status(grpc::StatusCode::INTERNAL, "dump");
+    reply->clear();
+    for (const auto& s : slices) reply->append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
   return result;
+}
+
+// grpc.health.v1.Health/Check for `service` ("" for the whole server):
+// 1 SERVING, 2 NOT_SERVING, -1 when the call failed (e.g. NOT_FOUND for a
+// name never set).
+inline int HealthOf(const std::shared_ptr<grpc::Channel>& channel,
+                    const std::string& service = "") {
+  std::string request;  // HealthCheckRequest { string service = 1; }
+  if (!service.empty()) {
+    request = std::string("\x0a", 1) + static_cast<char>(service.size()) + service;
+  }
+  std::string bytes;
+  if (!CallRaw(channel, "/grpc.health.v1.Health/Check", request, &bytes).ok()) return -1;
+  // HealthCheckResponse { ServingStatus status = 1; }: 08 <status>
+  if (bytes.size() != 2 || bytes[0] != 0x08) return -1;
+  return bytes[1];
 }
 
 }  // namespace keywarden::testing

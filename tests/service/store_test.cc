@@ -1274,7 +1274,7 @@ TEST(SqliteStoreTest, MigrationToVersion4BackfillsUpnAndEmailFromTheStoredCertif
   {
     auto store = OpenSqliteStore(db);
     ASSERT_TRUE(store.ok()) << store.status();
-    EXPECT_EQ((*store)->SchemaVersion(), 3);
+    EXPECT_EQ((*store)->SchemaVersion(), 4);
     CertificateRecord c = MakeCertificate("0a01", "CN=Frank");
     c.der = testing::ReadFile(der);
     c.upn = "";  // as every version before 4 stored it

@@ -33,37 +33,6 @@ namespace {
 
 namespace v1 = keywarden::v1;
 
-// grpc.health.v1.Health/Check for the whole server: 1 SERVING, 2 NOT_SERVING,
-// -1 when the call itself failed.
-int HealthStatus(const std::shared_ptr<grpc::Channel>& channel) {
-  grpc::GenericStub stub(channel);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  grpc::Slice empty("");
-  grpc::ByteBuffer request(&empty, 1), response;
-  grpc::Status result;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
-                 [&](grpc::Status st) {
-                   std::lock_guard<std::mutex> lock(mu);
-                   result = st;
-                   done = true;
-                   cv.notify_one();
-                 });
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return done; });
-  if (!result.ok()) return -1;
-  std::vector<grpc::Slice> slices;
-  if (!response.Dump(&slices).ok()) return -1;
-  std::string bytes;
-  for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  // HealthCheckResponse { ServingStatus status = 1; }: 08 <status>
-  if (bytes.size() != 2 || bytes[0] != 0x08) return -1;
-  return bytes[1];
-}
-
 // What one call under load answered.
 enum class Outcome { kIssued, kUnavailable, kUnclear, kOther };
 
@@ -237,7 +206,7 @@ TEST_F(TokenFaultTest, TokenTakenAwayUnderLoadIsUnavailableNeverDeniedAndBackWit
     std::string why;
     ASSERT_EQ(k.call(&next, &why), Outcome::kIssued) << k.name << ": " << why;
   }
-  ASSERT_EQ(HealthStatus(daemon_->Channel("nobody")), 1);
+  ASSERT_EQ(HealthOf(daemon_->Channel("nobody")), 1);
   const pid_t pid = daemon_->pid();
 
   std::atomic<bool> stop{false};
@@ -280,7 +249,7 @@ TEST_F(TokenFaultTest, TokenTakenAwayUnderLoadIsUnavailableNeverDeniedAndBackWit
   // Down: health says so while the token is away.
   int health_down = -1;
   for (int i = 0; i < 40 && health_down != 2; ++i) {
-    health_down = HealthStatus(daemon_->Channel("nobody"));
+    health_down = HealthOf(daemon_->Channel("nobody"));
     if (health_down != 2) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   EXPECT_EQ(health_down, 2) << "health while the token is away";
@@ -318,7 +287,7 @@ TEST_F(TokenFaultTest, TokenTakenAwayUnderLoadIsUnavailableNeverDeniedAndBackWit
   EXPECT_GT(unavailable, 0) << "nothing failed while the token was away";
   int health_up = -1;
   for (int i = 0; i < 100 && health_up != 1; ++i) {
-    health_up = HealthStatus(daemon_->Channel("nobody"));
+    health_up = HealthOf(daemon_->Channel("nobody"));
     if (health_up != 1) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   EXPECT_EQ(health_up, 1) << "health after recovery";
