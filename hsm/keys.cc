@@ -610,7 +610,8 @@ absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> PublicKeyFromObject(Session& session,
     if (!point.ok()) return point.status();
     return EcPublicFromParts(*params, *point);
   }
-  return absl::UnimplementedError(StrCat("public key object of key type ", kt));
+  return absl::InvalidArgumentError(
+      StrCat("public key object of key type ", kt, " is neither RSA nor EC"));
 }
 
 absl::StatusOr<CK_OBJECT_HANDLE> CreateRsaWrappingKey(Session& session, EVP_PKEY* key) {

@@ -901,9 +901,9 @@ absl::Status ReadSigning(const Section& s, Config& config) {
 
 absl::Status ReadRoot(const Context& ctx, const toml::table& root, Config& config) {
   Section top(ctx, &root, "");
-  KW_RETURN_IF_ERROR(top.CheckKeys({"ca", "hsm", "exchange", "database", "server", "crl", "kra",
-                                    "flags", "role", "template", "signing", "audit", "account",
-                                    "log", "metrics"}));
+  KW_RETURN_IF_ERROR(
+      top.CheckKeys({"ca", "hsm", "exchange", "database", "server", "crl", "kra", "flags", "role",
+                     "template", "signing", "audit", "account", "log", "metrics"}));
 
   // Sections in the order of the example file, so the first error reported
   // is usually the first one in the file.
