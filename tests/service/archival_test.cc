@@ -27,6 +27,7 @@
 #include "tests/service/daemon_harness.h"
 #include "tests/service/rpc_test_util.h"
 #include "tests/service/soft_ca.h"
+#include "tests/service/store_peek.h"
 
 namespace keywarden::testing {
 namespace {
@@ -126,21 +127,10 @@ class ArchivalTest : public ::testing::Test {
     return out;
   }
 
-  std::unique_ptr<service::Store> OpenStore() {
-    auto store = service::OpenSqliteStore(daemon_->db_path());
-    EXPECT_TRUE(store.ok()) << store.status();
-    return store.ok() ? std::move(*store) : nullptr;
-  }
+  std::unique_ptr<service::Store> OpenStore() { return OpenHarnessStore(*daemon_); }
 
   std::vector<service::AuditRecord> AuditEvents(const std::string& event) {
-    auto store = OpenStore();
-    auto records = store->ReadAudit(1, 100000);
-    EXPECT_TRUE(records.ok());
-    std::vector<service::AuditRecord> out;
-    for (auto& r : *records) {
-      if (r.event == event) out.push_back(r);
-    }
-    return out;
+    return HarnessAuditEvents(*daemon_, event);
   }
 
   // `openssl cms -decrypt` of an archive with KRA `i`'s software key: the

@@ -29,6 +29,7 @@
 #include "tests/service/daemon_harness.h"
 #include "tests/service/rpc_test_util.h"
 #include "tests/service/soft_ca.h"
+#include "tests/service/store_peek.h"
 
 namespace keywarden::testing {
 namespace {
@@ -108,21 +109,10 @@ pend = true
     return MakeCmcDer(request_csr, key->get(), &part);
   }
 
-  std::unique_ptr<service::Store> OpenStore() {
-    auto store = service::OpenSqliteStore(daemon_->db_path());
-    EXPECT_TRUE(store.ok()) << store.status();
-    return store.ok() ? std::move(*store) : nullptr;
-  }
+  std::unique_ptr<service::Store> OpenStore() { return OpenHarnessStore(*daemon_); }
 
   std::vector<service::AuditRecord> AuditEvents(const std::string& event) {
-    auto store = OpenStore();
-    auto records = store->ReadAudit(1, 100000);
-    EXPECT_TRUE(records.ok());
-    std::vector<service::AuditRecord> out;
-    for (auto& r : *records) {
-      if (r.event == event) out.push_back(r);
-    }
-    return out;
+    return HarnessAuditEvents(*daemon_, event);
   }
 
   CommandResult Kw(const std::string& who, const std::string& args) const {
