@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include <openssl/rand.h>
+
 #include "hsm/status.h"
 #include "hsm/strings.h"
 
@@ -110,7 +112,14 @@ absl::StatusOr<ExchangeCertificate> ExchangeKeys::RenewLocked(const std::string&
   if (!algorithm.ok()) return algorithm.status();
   hsm::KeySpec spec;
   spec.algorithm = *algorithm;
-  spec.label = StrCat("keywarden-xchg-", now, "-", certs_.size() + 1);
+  // Unique on the token whatever the database says: a restored or fresh
+  // database, or another replica, may share the token with keys made in
+  // the same second.
+  uint8_t nonce[8];
+  if (RAND_bytes(nonce, sizeof nonce) != 1) {
+    return absl::InternalError("exchange key label: no random bytes from OpenSSL");
+  }
+  spec.label = StrCat("keywarden-xchg-", now, "-", HexString(nonce));
   spec.usage.sign = false;
   spec.usage.decrypt = true;
   auto key = hsm::GenerateKeyPair(token_, spec);

@@ -11,12 +11,15 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <regex>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "hsm/keys.h"
+#include "hsm/open.h"
 #include "hsm/strings.h"
 #include "tests/service/daemon_harness.h"
 #include "tests/service/soft_ca.h"
@@ -258,6 +261,40 @@ TEST(DaemonCliTest, StateDirectoryIsCreatedOwnerOnly) {
   r = CheckConfig(daemon->config_path());
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_TRUE(Contains(r.output, "ok    database " + state + "/ca.db: intact")) << r.output;
+}
+
+// A fresh (or restored) database on a token that already holds exchange
+// keys: the daemon must not pick a label the token has. Labels the old
+// scheme ("keywarden-xchg-<second>-<count>") would choose for the next
+// half minute are taken first, so this fails on that scheme every time.
+TEST(DaemonCliTest, AFreshDatabaseOnAUsedTokenMakesAnExchangeKeyWithAFreeLabel) {
+  auto daemon = StartDaemon();
+  ASSERT_NE(daemon, nullptr);
+  ASSERT_TRUE(daemon->Stop().ok());
+  {
+    auto uri = hsm::Pkcs11Uri::Parse("pkcs11:token=keywarden-ca");
+    ASSERT_TRUE(uri.ok());
+    hsm::OpenOptions open;
+    open.default_module = SoftHsmFixture::module_path();
+    open.pin = hsm::PinSource::File(daemon->tokens().PinFile(SoftHsmFixture::kCaToken));
+    auto token = hsm::OpenToken(*uri, open);
+    ASSERT_TRUE(token.ok()) << token.status();
+    const int64_t now = static_cast<int64_t>(std::time(nullptr));
+    for (int64_t t = now - 2; t < now + 30; ++t) {
+      hsm::KeySpec spec;
+      spec.algorithm = hsm::KeyAlgorithm::kEcP256;
+      spec.label = StrCat("keywarden-xchg-", t, "-1");
+      ASSERT_TRUE(hsm::GenerateKeyPair(*token, spec).ok()) << spec.label;
+    }
+  }
+  Rewrite(daemon->config_path(), "path = \"ca.db\"", "path = \"fresh.db\"");
+  const auto started = daemon->Restart();
+  ASSERT_TRUE(started.ok()) << started;
+  const auto audit = RunCommand("sqlite3 " + Q(daemon->dir().File("fresh.db")) +
+                                " \"SELECT details FROM audit WHERE event = 'exchange.renewed'\"");
+  EXPECT_TRUE(std::regex_search(audit.output, std::regex("keywarden-xchg-[0-9]+-[0-9a-f]{16}")))
+      << audit.output;
+  ASSERT_TRUE(daemon->Stop().ok());
 }
 
 // A NOTIFY_SOCKET of our own, as systemd's would be.
