@@ -751,6 +751,9 @@ class SqliteStore final : public Store {
   absl::Status PutSetting(const std::string& name, const std::string& value) override;
   absl::StatusOr<std::string> GetSetting(const std::string& name) override;
   absl::StatusOr<int64_t> NextCounter(const std::string& name) override;
+  absl::StatusOr<bool> AcquireLease(const std::string& name, const std::string& holder,
+                                    UnixTime now, int64_t ttl_seconds) override;
+  absl::Status ReleaseLease(const std::string& name, const std::string& holder) override;
 
   absl::StatusOr<AuditRecord> AppendAudit(const std::string& principal, const std::string& event,
                                           const std::string& details_json, UnixTime at) override;
@@ -1297,6 +1300,63 @@ absl::StatusOr<int64_t> SqliteStore::NextCounter(const std::string& name) {
   if (absl::Status st = s.Run(); !st.ok()) return st;
   if (absl::Status st = txn.Commit(what); !st.ok()) return st;
   return value;
+}
+
+// A lease is the setting "lease.<name>" = "<expiry> <holder>".
+absl::StatusOr<bool> SqliteStore::AcquireLease(const std::string& name, const std::string& holder,
+                                               UnixTime now, int64_t ttl_seconds) {
+  const std::string what = StrCat("taking lease \"", name, "\" for \"", holder, "\"");
+  if (name.empty() || holder.empty() || ttl_seconds <= 0) {
+    return absl::InvalidArgumentError(StrCat(what, ": needs a name, a holder and a positive ttl"));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  Transaction txn(db_.get());
+  if (absl::Status s = txn.Begin(what); !s.ok()) return s;
+  {
+    Statement s(db_.get(), what);
+    if (absl::Status st = s.Prepare("SELECT value FROM settings WHERE name = ?1"); !st.ok()) {
+      return st;
+    }
+    s.BindText(1, StrCat("lease.", name));
+    absl::StatusOr<bool> row = s.Step();
+    if (!row.ok()) return row.status();
+    if (*row) {
+      const std::string value = s.Text(0);
+      const size_t space = value.find(' ');
+      int64_t expiry = 0;
+      const auto [end, ec] = std::from_chars(value.data(), value.data() + space, expiry);
+      if (space == std::string::npos || ec != std::errc() || end != value.data() + space) {
+        return absl::DataLossError(StrCat(what, ": the lease holds \"", value, "\""));
+      }
+      if (value.substr(space + 1) != holder && expiry > now) return false;
+    }
+  }
+  Statement s(db_.get(), what);
+  if (absl::Status st = s.Prepare("INSERT INTO settings (name, value) VALUES (?1, ?2) "
+                                  "ON CONFLICT (name) DO UPDATE SET value = excluded.value");
+      !st.ok()) {
+    return st;
+  }
+  s.BindText(1, StrCat("lease.", name));
+  s.BindText(2, StrCat(now + ttl_seconds, " ", holder));
+  if (absl::Status st = s.Run(); !st.ok()) return st;
+  if (absl::Status st = txn.Commit(what); !st.ok()) return st;
+  return true;
+}
+
+absl::Status SqliteStore::ReleaseLease(const std::string& name, const std::string& holder) {
+  const std::string what = StrCat("releasing lease \"", name, "\" of \"", holder, "\"");
+  std::lock_guard<std::mutex> lock(mu_);
+  Statement s(db_.get(), what);
+  if (absl::Status st =
+          s.Prepare("DELETE FROM settings WHERE name = ?1 AND substr(value, instr(value, ' ') + 1) "
+                    "= ?2");
+      !st.ok()) {
+    return st;
+  }
+  s.BindText(1, StrCat("lease.", name));
+  s.BindText(2, holder);
+  return s.Run();
 }
 
 absl::StatusOr<AuditRecord> SqliteStore::AppendAudit(const std::string& principal,

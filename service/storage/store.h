@@ -227,6 +227,17 @@ class Store {
   // Atomically increments an integer setting (starting from 0) and returns the new value.
   virtual absl::StatusOr<int64_t> NextCounter(const std::string& name) = 0;
 
+  // -- leases: work that exactly one replica of a cluster does at a time
+  // (renewing the exchange key, publishing the CRL). Takes lease `name` for
+  // `holder` until `now + ttl_seconds` when it is free, expired or already
+  // `holder`'s (which renews it); true when `holder` has it afterwards. The
+  // check and the write are one transaction, so two replicas never both
+  // get it.
+  virtual absl::StatusOr<bool> AcquireLease(const std::string& name, const std::string& holder,
+                                            UnixTime now, int64_t ttl_seconds) = 0;
+  // Gives the lease up early when `holder` has it (a no-op otherwise).
+  virtual absl::Status ReleaseLease(const std::string& name, const std::string& holder) = 0;
+
   // -- audit log (append-only, hash-chained)
   virtual absl::StatusOr<AuditRecord> AppendAudit(const std::string& principal,
                                                   const std::string& event,

@@ -665,6 +665,42 @@ TEST_P(StoreTest, CounterFromEightThreadsNeverRepeats) {
   EXPECT_EQ(store().GetSetting("crl.number").value_or("?"), StrCat(kThreads * kPerThread));
 }
 
+// Leases: one holder at a time; it renews its own; another gets it only
+// once it has expired or been released; two stores (two replicas) racing
+// for it never both win.
+TEST_P(StoreTest, LeaseHasOneHolderUntilItExpiresOrIsReleased) {
+  EXPECT_EQ(store().AcquireLease("crl", "replica-a", 1000, 60).value_or(false), true);
+  EXPECT_EQ(store().AcquireLease("crl", "replica-b", 1059, 60).value_or(true), false);
+  EXPECT_EQ(store().AcquireLease("crl", "replica-a", 1059, 60).value_or(false), true);  // renewed
+  EXPECT_EQ(store().AcquireLease("crl", "replica-b", 1100, 60).value_or(true), false);
+  EXPECT_EQ(store().AcquireLease("crl", "replica-b", 1119, 60).value_or(false), true);  // expired
+  EXPECT_EQ(store().AcquireLease("exchange", "replica-a", 1119, 60).value_or(false), true);
+  ASSERT_TRUE(store().ReleaseLease("crl", "replica-a").ok());  // not a's: nothing happens
+  EXPECT_EQ(store().AcquireLease("crl", "replica-a", 1120, 60).value_or(true), false);
+  ASSERT_TRUE(store().ReleaseLease("crl", "replica-b").ok());
+  EXPECT_EQ(store().AcquireLease("crl", "replica-a", 1120, 60).value_or(false), true);
+  EXPECT_FALSE(store().AcquireLease("", "replica-a", 1120, 60).ok());
+  EXPECT_FALSE(store().AcquireLease("crl", "", 1120, 60).ok());
+  EXPECT_FALSE(store().AcquireLease("crl", "replica-a", 1120, 0).ok());
+
+  absl::StatusOr<std::unique_ptr<Store>> other = GetParam().open(dir_.path());
+  ASSERT_TRUE(other.ok()) << other.status();
+  std::atomic<int> won{0};
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      Store* s = t % 2 == 0 ? &store() : other->get();
+      absl::StatusOr<bool> got = s->AcquireLease("race", StrCat("replica-", t), 5000, 30);
+      if (!got.ok()) ++failures;
+      if (got.value_or(false)) ++won;
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(won.load(), 1);
+}
+
 // Two stores on one database stand for two processes (the daemon and the CLI).
 TEST_P(StoreTest, TwoStoresOnOneDatabaseShareCounterAndChain) {
   absl::StatusOr<std::unique_ptr<Store>> other = GetParam().open(dir_.path());
