@@ -16,7 +16,7 @@ packages=(
   libssl-dev libssl3 openssl libp11-kit-dev p11-kit libp11-dev libengine-pkcs11-openssl
   softhsm2 opensc gnutls-bin
   # storage
-  libsqlite3-dev sqlite3 libpq-dev
+  libsqlite3-dev sqlite3 libpq-dev postgresql-15
   # libraries for the daemon and CLI
   libcli11-dev libtomlplusplus-dev libspdlog-dev nlohmann-json3-dev libsystemd-dev
   libcpp-httplib-dev
