@@ -370,6 +370,10 @@ absl::StatusOr<ConnPtr> PostgresDatabase::Connect() {
   ConnPtr c(PQconnectdbParams(keys.data(), values.data(), /*expand_dbname=*/1));
   OPENSSL_cleanse(pw.data(), pw.size());
   if (c == nullptr) return absl::ResourceExhaustedError("connecting to PostgreSQL: out of memory");
+  // Notices and warnings are not errors, and libpq would print them on
+  // stderr; errors reach the caller through the statement's result.
+  PQsetNoticeProcessor(
+      c.get(), [](void*, const char*) {}, nullptr);
   const std::string sslmode = ConnOption(c.get(), "sslmode");
   if (PQstatus(c.get()) != CONNECTION_OK) {
     std::string why = Trim(PQerrorMessage(c.get()));
