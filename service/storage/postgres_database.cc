@@ -564,6 +564,10 @@ std::string RedactQuoted(std::string_view message) {
 
 }  // namespace
 
+PostgresOptions::~PostgresOptions() {
+  OPENSSL_cleanse(password.data(), password.size());
+}
+
 absl::Status CheckPostgresConnectionString(std::string_view connection) {
   const std::string text(connection);
   char* err = nullptr;

@@ -20,9 +20,10 @@ struct PostgresOptions {
   // sslmode, sslrootcert, host, dbname, user... apply. It must not hold a
   // password (that goes in `password`, read from file:/env:).
   std::string connection;
-  // The password, already read from its source; may be empty (peer or
-  // certificate authentication, or a passfile). Copied into a wiped buffer;
-  // the caller wipes its own copy.
+  // The password, already read from its source (ReadDatabasePassword in
+  // service/config.h); may be empty (peer or certificate authentication, or
+  // a passfile). Every PostgresOptions wipes it when destroyed; the database
+  // keeps a copy in a wiped buffer for reconnecting.
   std::string password;
   int pool_size = 8;    // at most this many connections (1..256)
   int max_retries = 5;  // reruns of a transaction after a transient failure (0..100)
@@ -30,6 +31,8 @@ struct PostgresOptions {
   // How long a transaction waits for a free connection when all pool_size
   // are busy before it fails with UNAVAILABLE.
   std::chrono::milliseconds acquire_timeout{30000};
+
+  ~PostgresOptions();
 };
 
 // Connects once (so a wrong host, password, database or TLS setting fails
