@@ -107,8 +107,8 @@ absl::Status ResultError(std::string_view what, PGconn* c, const PGresult* r) {
   return StatusForSqlstate(what, state, primary != nullptr ? primary : Trim(PQerrorMessage(c)));
 }
 
-// The pool's parameters and live connections.
-class PostgresDatabase;
+// RewritePlaceholders, also telling which ?N appear (used[N-1]).
+std::string RewriteAndMark(std::string_view sql, int* max_index, std::vector<bool>* used);
 
 class PgSession : public sql::Session {
  public:
@@ -144,7 +144,8 @@ class PgSession : public sql::Session {
 absl::StatusOr<ResultPtr> PgSession::Run(std::string_view what, std::string_view sql,
                                          const std::vector<sql::Value>& params) {
   int max_index = 0;
-  const std::string text = RewritePlaceholders(sql, &max_index);
+  std::vector<bool> used;
+  const std::string text = RewriteAndMark(sql, &max_index, &used);
   if (max_index > static_cast<int>(params.size())) {
     return absl::InvalidArgumentError(StrCat(what, ": the statement uses ?", max_index, " but ",
                                              params.size(), " parameters are given"));
@@ -180,7 +181,7 @@ absl::StatusOr<ResultPtr> PgSession::Run(std::string_view what, std::string_view
   }
   // A parameter the text never names has no type to infer: call it text.
   for (size_t i = 0; i < n; ++i) {
-    if (types[i] == 0 && text.find(StrCat("$", i + 1)) == std::string::npos) types[i] = kTextOid;
+    if (types[i] == 0 && (i >= used.size() || !used[i])) types[i] = kTextOid;
   }
   ResultPtr r(PQexecParams(conn_, text.c_str(), static_cast<int>(n), types.data(), values.data(),
                            lengths.data(), formats.data(), /*resultFormat=*/0));
@@ -255,7 +256,12 @@ absl::StatusOr<int64_t> PgSession::Execute(std::string_view what, std::string_vi
   if (params.empty()) {
     // No parameters: the simple protocol, which also runs a script of
     // several statements (the schema); the last one's count is returned.
-    const std::string text = RewritePlaceholders(sql);
+    int max_index = 0;
+    const std::string text = RewritePlaceholders(sql, &max_index);
+    if (max_index > 0) {
+      return absl::InvalidArgumentError(
+          StrCat(what, ": the statement uses ?", max_index, " but no parameters are given"));
+    }
     if (!PQsendQuery(conn_, text.c_str())) return Fail(ConnectionLost(what, conn_), true);
     int64_t count = 0;
     absl::Status err;
@@ -597,6 +603,12 @@ absl::Status CheckPostgresConnectionString(std::string_view connection) {
 }
 
 std::string RewritePlaceholders(std::string_view sql, int* max_index) {
+  return RewriteAndMark(sql, max_index, nullptr);
+}
+
+namespace {
+
+std::string RewriteAndMark(std::string_view sql, int* max_index, std::vector<bool>* used) {
   std::string out;
   out.reserve(sql.size() + 8);
   int highest = 0;
@@ -647,6 +659,10 @@ std::string RewritePlaceholders(std::string_view sql, int* max_index) {
         ++j;
       }
       highest = std::max(highest, index);
+      if (used != nullptr) {
+        if (used->size() < static_cast<size_t>(index)) used->resize(static_cast<size_t>(index));
+        (*used)[static_cast<size_t>(index) - 1] = true;
+      }
       out += '$';
       out.append(sql.substr(i + 1, j - i - 1));
       i = j;
@@ -658,6 +674,8 @@ std::string RewritePlaceholders(std::string_view sql, int* max_index) {
   if (max_index != nullptr) *max_index = highest;
   return out;
 }
+
+}  // namespace
 
 absl::Status StatusForSqlstate(std::string_view what, std::string_view sqlstate,
                                std::string_view message) {

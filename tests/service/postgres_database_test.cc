@@ -281,6 +281,17 @@ TEST_F(PostgresDatabaseTest, PlaceholdersReusedOutOfOrderAndInsideLiterals) {
   EXPECT_EQ(rows[0].Int(2), 42);
   EXPECT_EQ(rows[0].Text(3), "it's ?1");
 
+  // A parameter the text does not use, and NULL typed by its context.
+  const absl::Status unused =
+      d->Transact("q", sql::Access::kRead, [&](sql::Session& s) -> absl::Status {
+        auto r = s.Query("q", "SELECT ?1 + 1, coalesce(?3, 'none')",
+                         {int64_t{41}, std::string("ignored"), sql::Value{}});
+        if (!r.ok()) return r.status();
+        if ((*r)[0].Int(0) != 42 || (*r)[0].Text(1) != "none") return absl::InternalError("values");
+        return absl::OkStatus();
+      });
+  EXPECT_TRUE(unused.ok()) << unused;
+
   // Too few parameters for the text: refused before it is sent.
   const absl::Status st = d->Transact("q", sql::Access::kRead, [&](sql::Session& s) {
     return s.Query("counting", "SELECT ?1, ?2", {int64_t{1}}).status();
