@@ -41,6 +41,13 @@ if [ "$(id -u)" -ne 0 ]; then
   command -v sudo >/dev/null || { echo "install-deps: run as root or install sudo" >&2; exit 1; }
   sudo="sudo"
 fi
+# The tests start their own throwaway cluster (deploy/pg-cluster.sh): keep
+# the package from creating and starting a system-wide "main" cluster.
+if printf '%s\n' "${missing[@]}" | grep -qx 'postgresql-15' && [ ! -d /etc/postgresql/15/main ]; then
+  $sudo mkdir -p /etc/postgresql-common/createcluster.d
+  echo "create_main_cluster = false" |
+    $sudo tee /etc/postgresql-common/createcluster.d/keywarden-no-main.conf >/dev/null
+fi
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
