@@ -11,10 +11,12 @@
 # keeps fsync on, and runs as an unprivileged user: PostgreSQL refuses to
 # run as root, so under root (CI) it runs as the system user keywarden-test,
 # created if missing, and DIR is handed to that user. DIR is mode 0700, so
-# only that user and root reach the socket (local connections are trusted).
-# The printed conninfo names role keywarden_test (CREATEDB, not a superuser)
-# and database keywarden_test; the tests create and drop their own databases
-# through it (tests/pg_test_util.h).
+# only that user and root reach the socket. Local connections are trusted,
+# except for members of role kw_password_users, who must give their password
+# (SCRAM): the tests of password authentication make such roles.
+# The printed conninfo names role keywarden_test (CREATEDB CREATEROLE, not a
+# superuser) and database keywarden_test; the tests create and drop their
+# own databases (and roles) through it (tests/pg_test_util.h).
 #
 # Environment: KEYWARDEN_PG_BIN (default: the newest /usr/lib/postgresql/*/bin),
 # KEYWARDEN_PG_PORT (default 5432; names the socket file only).
@@ -93,6 +95,8 @@ start() {
       cat "$dir/initdb.log" >&2
       exit 1
     }
+    # First match wins: password roles before the trust line.
+    as_owner sed -i '1i local all +kw_password_users scram-sha-256' "$dir/data/pg_hba.conf"
     cat >>"$dir/data/postgresql.conf" <<EOF
 # deploy/pg-cluster.sh
 listen_addresses = ''
@@ -126,8 +130,10 @@ EOF
     exit 1
   }
   psql_admin <<EOF
-SELECT 'CREATE ROLE $role LOGIN CREATEDB'
+SELECT 'CREATE ROLE $role LOGIN CREATEDB CREATEROLE'
   WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$role') \gexec
+SELECT 'CREATE ROLE kw_password_users NOLOGIN'
+  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'kw_password_users') \gexec
 SELECT 'CREATE DATABASE $db OWNER $role'
   WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$db') \gexec
 EOF

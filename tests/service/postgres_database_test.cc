@@ -627,6 +627,49 @@ TEST_F(PostgresDatabaseTest, SslmodeRequireOverTheUnixSocketIsRefusedNamingTls) 
   EXPECT_TRUE(Contains(std::string(d.status().message()), "does not use TLS")) << d.status();
 }
 
+// deploy/pg-cluster.sh makes members of kw_password_users authenticate
+// with SCRAM: the password given apart from the connection string reaches
+// the server, and a wrong or missing one fails without being echoed.
+TEST_F(PostgresDatabaseTest, PasswordIsSentApartFromTheConnectionString) {
+  const std::string role = db().name() + "_pw";
+  Admin("CREATE ROLE " + role + " LOGIN PASSWORD 'correct horse' IN ROLE kw_password_users");
+  struct DropRole {
+    std::string admin;
+    std::string role;
+    ~DropRole() { (void)::keywarden::testing::PgAdminQuery(admin, "DROP ROLE " + role); }
+  } drop{db().admin_conninfo(), role};
+  PostgresOptions options;
+  options.connection = db().conninfo() + " user=" + role;
+  {
+    options.password = "correct horse";
+    auto d = OpenPostgresDatabase(options);
+    ASSERT_TRUE(d.ok()) << d.status();
+    std::string who;
+    ASSERT_TRUE((*d)->Transact("who", sql::Access::kRead,
+                               [&](sql::Session& s) -> absl::Status {
+                                 auto r = s.Query("who", "SELECT current_user");
+                                 if (!r.ok()) return r.status();
+                                 who = (*r)[0].Text(0);
+                                 return absl::OkStatus();
+                               })
+                    .ok());
+    EXPECT_EQ(who, role);
+  }
+  options.password = "wrong horse";
+  auto wrong = OpenPostgresDatabase(options);
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(IsDatabaseFault(wrong.status()));
+  EXPECT_TRUE(Contains(std::string(wrong.status().message()), "password authentication failed"))
+      << wrong.status();
+  EXPECT_FALSE(Contains(std::string(wrong.status().message()), "horse")) << wrong.status();
+  options.password.clear();
+  auto none = OpenPostgresDatabase(options);
+  ASSERT_FALSE(none.ok());
+  EXPECT_TRUE(Contains(std::string(none.status().message()), "no password supplied"))
+      << none.status();
+}
+
 TEST_F(PostgresDatabaseTest, SchemaAppliesAndAuditIsAppendOnly) {
   auto d = Open();
   ASSERT_NE(d, nullptr);
