@@ -171,7 +171,12 @@ absl::StatusOr<ResultPtr> PgSession::Run(std::string_view what, std::string_view
       }
       values[i] = s->c_str();
     } else if (const sql::Bytes* b = std::get_if<sql::Bytes>(&v)) {
-      // Binary format: the bytes as they are, zeros included.
+      // Binary format: the bytes as they are, zeros included. A bytea
+      // holds at most 1 GiB.
+      if (b->data.size() > (size_t{1} << 30)) {
+        return absl::InvalidArgumentError(
+            StrCat(what, ": parameter ?", i + 1, " is larger than 1 GiB"));
+      }
       static const char kEmpty = 0;
       values[i] = b->data.empty() ? &kEmpty : reinterpret_cast<const char*>(b->data.data());
       lengths[i] = static_cast<int>(b->data.size());
