@@ -404,17 +404,16 @@ absl::StatusOr<ConnPtr> PostgresDatabase::Connect() {
   return c;
 }
 
-// An idle connection the server has closed meanwhile (terminated, restarted)
-// has a readable socket: read it, and libpq notices the end.
+// An idle connection the server has closed meanwhile (terminated,
+// restarted) has a readable socket: the server's last words (FATAL 57P01)
+// and the end of the stream. An idle connection has nothing to hear
+// otherwise (keywarden never LISTENs), so a readable one is not reused.
 bool StillUsable(PGconn* c) {
   if (PQstatus(c) != CONNECTION_OK || PQtransactionStatus(c) != PQTRANS_IDLE) return false;
   pollfd p{PQsocket(c), POLLIN, 0};
   if (p.fd < 0) return false;
-  if (poll(&p, 1, 0) > 0) {
-    if (PQconsumeInput(c) == 0) return false;
-    while (PGnotify* n = PQnotifies(c)) PQfreemem(n);
-  }
-  return PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) == PQTRANS_IDLE;
+  const int ready = poll(&p, 1, 0);
+  return ready == 0;
 }
 
 absl::StatusOr<ConnPtr> PostgresDatabase::Acquire(std::string_view what, bool& busy) {

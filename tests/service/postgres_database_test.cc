@@ -739,13 +739,21 @@ TEST_F(PostgresDatabaseTest, SchemaAppliesAndAuditIsAppendOnly) {
                    .ok());
 }
 
-// -- deploy/pg-cluster.sh
+// -- deploy/pg-cluster.sh (clusters of their own, on ports of their own)
+
+bool HavePostgresServer() {
+  return RunCommand("ls /usr/lib/postgresql/*/bin/pg_ctl").exit_code == 0;
+}
+#define SKIP_WITHOUT_POSTGRES_SERVER()                                                            \
+  do {                                                                                            \
+    if (!HavePostgresServer()) {                                                                  \
+      if (::keywarden::testing::TestPgRequired()) FAIL() << "PostgreSQL server binaries missing"; \
+      GTEST_SKIP() << "PostgreSQL server binaries not installed (postgresql-15)";                 \
+    }                                                                                             \
+  } while (0)
 
 TEST(PgClusterScriptTest, StartAndStopTwiceLeaveNoProcess) {
-  if (RunCommand("ls /usr/lib/postgresql/*/bin/pg_ctl").exit_code != 0) {
-    if (::keywarden::testing::TestPgRequired()) FAIL() << "PostgreSQL server binaries missing";
-    GTEST_SKIP() << "PostgreSQL server binaries not installed (postgresql-15)";
-  }
+  SKIP_WITHOUT_POSTGRES_SERVER();
   ::keywarden::testing::TempDir tmp;
   ASSERT_EQ(chmod(tmp.path().c_str(), 0755), 0);
   const std::string dir = tmp.File("c");
@@ -770,6 +778,73 @@ TEST(PgClusterScriptTest, StartAndStopTwiceLeaveNoProcess) {
     ASSERT_EQ(stop.exit_code, 0) << stop.output;
     EXPECT_EQ(processes().output, "0\n");
     EXPECT_FALSE(::keywarden::testing::FileExists(dir + "/data/postmaster.pid"));
+  }
+}
+
+// PostgreSQL restarted under a running pool: while it is down, transactions
+// fail as database faults after their retries; once it is back, the pool's
+// dead connections are replaced without the caller noticing.
+TEST(PgClusterScriptTest, PoolSurvivesAServerRestart) {
+  SKIP_WITHOUT_POSTGRES_SERVER();
+  ::keywarden::testing::TempDir tmp;
+  ASSERT_EQ(chmod(tmp.path().c_str(), 0755), 0);
+  const std::string dir = tmp.File("c");
+  const std::string script =
+      "KEYWARDEN_PG_PORT=54330 " KEYWARDEN_SOURCE_DIR "/deploy/pg-cluster.sh";
+  struct Stop {
+    std::string command;
+    ~Stop() { RunCommand(command); }
+  } stop_at_end{script + " stop " + dir};
+  auto start = RunCommand(script + " start " + dir + " </dev/null");
+  ASSERT_EQ(start.exit_code, 0) << start.output;
+  std::string conninfo = start.output.substr(start.output.rfind("host="));
+  conninfo = conninfo.substr(0, conninfo.find('\n'));
+
+  PostgresOptions options;
+  options.connection = conninfo;
+  options.pool_size = 3;
+  options.max_retries = 2;
+  auto d = OpenPostgresDatabase(options);
+  ASSERT_TRUE(d.ok()) << d.status();
+  auto work = [&] {
+    return (*d)->Transact("counting", sql::Access::kRead, [](sql::Session& s) {
+      return s.Query("count", "SELECT count(*) FROM pg_class").status();
+    });
+  };
+  // Three connections in the pool.
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 3; ++i) {
+    threads.emplace_back([&] {
+      (void)(*d)->Transact("sleep", sql::Access::kRead, [](sql::Session& s) {
+        return s.Query("sleep", "SELECT pg_sleep(0.2)").status();
+      });
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  ASSERT_TRUE(work().ok());
+
+  // Restarted with three idle connections in the pool, all now dead: each
+  // is noticed before use (with max_retries = 2, spending an attempt on
+  // each would fail).
+  ASSERT_EQ(RunCommand(script + " stop " + dir).exit_code, 0);
+  start = RunCommand(script + " start " + dir + " </dev/null");
+  ASSERT_EQ(start.exit_code, 0) << start.output;
+  for (int i = 0; i < 3; ++i) {
+    const absl::Status up = work();
+    EXPECT_TRUE(up.ok()) << i << ": " << up;
+  }
+
+  ASSERT_EQ(RunCommand(script + " stop " + dir).exit_code, 0);
+  const absl::Status down = work();
+  EXPECT_EQ(down.code(), absl::StatusCode::kUnavailable) << down;
+  EXPECT_TRUE(IsDatabaseFault(down));
+  EXPECT_TRUE(Contains(std::string(down.message()), "gave up after 3 attempts")) << down;
+
+  start = RunCommand(script + " start " + dir + " </dev/null");
+  ASSERT_EQ(start.exit_code, 0) << start.output;
+  for (int i = 0; i < 5; ++i) {
+    const absl::Status up = work();
+    EXPECT_TRUE(up.ok()) << i << ": " << up;
   }
 }
 
