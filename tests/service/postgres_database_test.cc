@@ -300,6 +300,29 @@ TEST_F(PostgresDatabaseTest, PlaceholdersReusedOutOfOrderAndInsideLiterals) {
   EXPECT_TRUE(Contains(std::string(st.message()), "?2")) << st;
 }
 
+TEST_F(PostgresDatabaseTest, ExecuteCountsTheRowsItChanged) {
+  auto d = Open();
+  ASSERT_NE(d, nullptr);
+  std::vector<int64_t> counts;
+  const absl::Status st =
+      d->Transact("count", sql::Access::kWrite, [&](sql::Session& s) -> absl::Status {
+        for (auto [sql, params] : std::vector<std::pair<const char*, std::vector<sql::Value>>>{
+                 {"CREATE TABLE t (x BIGINT); INSERT INTO t VALUES (1), (2), (3), (4)", {}},
+                 {"UPDATE t SET x = x + 10 WHERE x > ?1", {int64_t{1}}},
+                 {"DELETE FROM t WHERE x = ?1", {int64_t{99}}},
+                 {"DELETE FROM t WHERE x >= ?1", {int64_t{13}}},
+                 {"INSERT INTO t SELECT x FROM t", {}}}) {
+          absl::StatusOr<int64_t> n = s.Execute("count", sql, params);
+          if (!n.ok()) return n.status();
+          counts.push_back(*n);
+        }
+        return absl::OkStatus();
+      });
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ(counts, (std::vector<int64_t>{4, 3, 0, 2, 2}));
+  EXPECT_EQ(Scalar("SELECT string_agg(x::text, ',' ORDER BY x) FROM t"), "1,1,12,12");
+}
+
 TEST_F(PostgresDatabaseTest, ErrorsMapToTheCodesOfSqlH) {
   auto d = Open();
   ASSERT_NE(d, nullptr);
