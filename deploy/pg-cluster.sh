@@ -39,7 +39,12 @@ db=keywarden_test
 
 bin=${KEYWARDEN_PG_BIN:-}
 if [ -z "$bin" ]; then
-  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+  for candidate in /usr/lib/postgresql/*/bin; do
+    [ -x "$candidate/pg_ctl" ] || continue
+    if [ -z "$bin" ] || [ "$(printf '%s\n%s\n' "$bin" "$candidate" | sort -V | tail -n 1)" = "$candidate" ]; then
+      bin=$candidate
+    fi
+  done
 fi
 if [ -z "$bin" ] || [ ! -x "$bin/pg_ctl" ]; then
   echo "pg-cluster: PostgreSQL server binaries not found (install postgresql-15, or set KEYWARDEN_PG_BIN)" >&2
@@ -73,8 +78,9 @@ conninfo() {
   echo "host=$dir port=$port user=$role dbname=$db"
 }
 
+# Runs the SQL on stdin as the cluster's superuser.
 psql_admin() {
-  as_owner "$bin/psql" -X -q -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U postgres -d postgres "$@"
+  as_owner "$bin/psql" -X -q -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U postgres -d postgres
 }
 
 start() {
