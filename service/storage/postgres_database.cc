@@ -362,12 +362,17 @@ class PostgresDatabase : public sql::Database {
 };
 
 absl::StatusOr<ConnPtr> PostgresDatabase::Connect() {
-  // connect_timeout before dbname, so the connection string can set its
-  // own; application_name after it, so the server always sees keywardend.
+  // Defaults before dbname, so the connection string can set its own:
+  // connect_timeout, and TCP keepalives that notice a vanished server (or a
+  // failover) within about a minute rather than the kernel's two hours.
+  // application_name after it, so the server always sees keywardend.
   const std::string timeout =
       std::to_string(std::max<int64_t>(2, (connect_timeout_.count() + 999) / 1000));
-  std::vector<const char*> keys = {"connect_timeout", "dbname", "application_name"};
-  std::vector<const char*> values = {timeout.c_str(), connection_.c_str(), "keywardend"};
+  std::vector<const char*> keys = {"connect_timeout",     "keepalives",       "keepalives_idle",
+                                   "keepalives_interval", "keepalives_count", "dbname",
+                                   "application_name"};
+  std::vector<const char*> values = {timeout.c_str(),     "1",         "30", "10", "3",
+                                     connection_.c_str(), "keywardend"};
   // libpq copies the password into the connection (and wipes it when the
   // connection is freed); this copy is wiped right after.
   hsm::SecretString password = password_;

@@ -583,6 +583,24 @@ TEST_F(PostgresDatabaseTest, PoolNeverExceedsPoolSize) {
   EXPECT_LE(std::stoi(Scalar(count_sql)), kPool);
 }
 
+TEST_F(PostgresDatabaseTest, ServerSeesApplicationNameKeywardend) {
+  PostgresOptions options;
+  options.connection = db().conninfo() + " application_name=something-else";
+  auto d = OpenPostgresDatabase(options);
+  ASSERT_TRUE(d.ok()) << d.status();
+  std::string name;
+  ASSERT_TRUE((*d)->Transact("name", sql::Access::kRead,
+                             [&](sql::Session& s) -> absl::Status {
+                               auto r =
+                                   s.Query("name", "SELECT current_setting('application_name')");
+                               if (!r.ok()) return r.status();
+                               name = (*r)[0].Text(0);
+                               return absl::OkStatus();
+                             })
+                  .ok());
+  EXPECT_EQ(name, "keywardend");
+}
+
 TEST_F(PostgresDatabaseTest, BusyPoolTimesOutWithUnavailable) {
   PostgresOptions options;
   options.connection = db().conninfo();
