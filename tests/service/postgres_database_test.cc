@@ -668,6 +668,45 @@ TEST_F(PostgresDatabaseTest, SslmodeRequireOverTheUnixSocketIsRefusedNamingTls) 
   EXPECT_TRUE(Contains(std::string(d.status().message()), "does not use TLS")) << d.status();
 }
 
+// Two replicas starting at once, each migrating "if the schema is not there
+// yet" under the migration lock: exactly one creates it; the other, once it
+// has the lock, sees it (READ COMMITTED: each statement a fresh snapshot).
+TEST_F(PostgresDatabaseTest, MigrationUnderTheLockRunsOnceForTwoReplicas) {
+  auto a = Open(2);
+  auto b = Open(2);
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  std::atomic<int> created{0};
+  std::latch go(2);
+  auto migrate = [&](sql::Database& d, absl::Status& out) {
+    go.arrive_and_wait();
+    out = d.Transact("migrating", sql::Access::kWrite, [&](sql::Session& s) -> absl::Status {
+      if (absl::Status l = s.LockForTransaction(sql::kMigrationLock); !l.ok()) return l;
+      auto r = s.Query("schema?", "SELECT to_regclass('keywarden_schema') IS NOT NULL");
+      if (!r.ok()) return r.status();
+      if ((*r)[0].Int(0) == 1) return absl::OkStatus();
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the other one waits
+      if (auto e = s.Execute("schema", kPostgresSchema); !e.ok()) return e.status();
+      if (auto e = s.Execute("version", "INSERT INTO keywarden_schema VALUES (?1)",
+                             {int64_t{kPostgresSchemaVersion}});
+          !e.ok()) {
+        return e.status();
+      }
+      ++created;
+      return absl::OkStatus();
+    });
+  };
+  absl::Status sa, sb;
+  std::thread ta(migrate, std::ref(*a), std::ref(sa));
+  std::thread tb(migrate, std::ref(*b), std::ref(sb));
+  ta.join();
+  tb.join();
+  EXPECT_TRUE(sa.ok()) << sa;
+  EXPECT_TRUE(sb.ok()) << sb;
+  EXPECT_EQ(created.load(), 1);
+  EXPECT_EQ(Scalar("SELECT count(*) || ':' || max(version) FROM keywarden_schema"), "1:4");
+}
+
 // deploy/pg-cluster.sh makes members of kw_password_users authenticate
 // with SCRAM: the password given apart from the connection string reaches
 // the server, and a wrong or missing one fails without being echoed.
