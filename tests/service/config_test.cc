@@ -842,10 +842,9 @@ TEST(ConfigTest, PostgresqlPasswordSourceAndPoolSize) {
 }
 
 TEST(ConfigTest, PasswordGivenInlineIsNotEchoed) {
-  const std::string message =
-      ErrorOf(Minimal("path = \"keywarden.db\"\n",
-                      "backend = \"postgresql\"\nconnection = \"host=db\"\n"
-                      "password = \"hunter2\"\n"));
+  const std::string message = ErrorOf(Minimal("path = \"keywarden.db\"\n",
+                                              "backend = \"postgresql\"\nconnection = \"host=db\"\n"
+                                              "password = \"hunter2\"\n"));
   EXPECT_THAT(message, HasSubstr("database.password"));
   EXPECT_THAT(message, ::testing::Not(HasSubstr("hunter2")));
   const std::string in_connection =
