@@ -840,8 +840,13 @@ TEST(PgClusterScriptTest, StartAndStopTwiceLeaveNoProcess) {
   const std::string script = KEYWARDEN_SOURCE_DIR "/deploy/pg-cluster.sh";
   // A port of its own, so its socket never meets another cluster's.
   const std::string env = "KEYWARDEN_PG_PORT=54329 ";
-  auto processes = [&] {
-    return RunCommand("ps -eo args | grep -F -- '" + dir + "/data' | grep -v grep | wc -l");
+  // The server's live processes: the postmaster (its pid in postmaster.pid)
+  // and its children (checkpointer, writers, backends). A zombie is not
+  // one: where PID 1 does not reap orphans (some containers), the exited
+  // postmaster stays in the process table as <defunct>.
+  auto processes = [&](const std::string& postmaster) {
+    return RunCommand("ps -o stat= -p " + postmaster + " --ppid " + postmaster +
+                      " | grep -vc '^Z'");
   };
   for (int round = 0; round < 2; ++round) {
     const auto start = RunCommand(env + script + " start " + dir + " </dev/null");
@@ -854,9 +859,15 @@ TEST(PgClusterScriptTest, StartAndStopTwiceLeaveNoProcess) {
         "SELECT current_setting('listen_addresses') || '|' || current_setting('fsync')");
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_EQ((*r)[0][0], "|on");
+    const std::vector<uint8_t> pid_file =
+        ::keywarden::testing::ReadFile(dir + "/data/postmaster.pid");
+    const std::string postmaster(pid_file.begin(),
+                                 std::find(pid_file.begin(), pid_file.end(), '\n'));
+    ASSERT_FALSE(postmaster.empty());
+    EXPECT_NE(processes(postmaster).output, "0\n");  // the check sees a running server
     const auto stop = RunCommand(env + script + " stop " + dir);
     ASSERT_EQ(stop.exit_code, 0) << stop.output;
-    EXPECT_EQ(processes().output, "0\n");
+    EXPECT_EQ(processes(postmaster).output, "0\n");
     EXPECT_FALSE(::keywarden::testing::FileExists(dir + "/data/postmaster.pid"));
   }
 }
