@@ -1318,4 +1318,18 @@ absl::StatusOr<hsm::SecretString> ReadDatabasePassword(const Config::Database& d
   return password;
 }
 
+absl::StatusOr<std::unique_ptr<Store>> OpenConfiguredStore(const Config::Database& database) {
+  DatabaseOptions options;
+  options.backend = database.backend;
+  options.path = database.path;
+  options.connection = database.connection;
+  options.pool_size = database.pool_size;
+  if (database.backend == "postgresql") {
+    auto password = ReadDatabasePassword(database);
+    if (!password.ok()) return password.status();
+    options.password.assign(password->view());
+  }
+  return OpenStore(options);
+}
+
 }  // namespace keywarden::service

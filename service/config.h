@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -13,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "hsm/secret.h"
+#include "service/storage/store.h"
 
 namespace keywarden::service {
 
@@ -240,5 +242,10 @@ absl::StatusOr<Config> LoadConfig(const std::string& path);
 // configured. The buffers it went through are wiped; the result wipes
 // itself when destroyed.
 absl::StatusOr<hsm::SecretString> ReadDatabasePassword(const Config::Database& database);
+
+// Opens the CA database the configuration names (OpenStore in
+// service/storage/store.h), the password read from its source and wiped
+// after connecting.
+absl::StatusOr<std::unique_ptr<Store>> OpenConfiguredStore(const Config::Database& database);
 
 }  // namespace keywarden::service

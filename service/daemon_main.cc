@@ -113,12 +113,10 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
   service::log::Init(config->log.format == "json" ? service::log::Format::kJson
                                                   : service::log::Format::kText);
   config->audit.accept_broken = accept_broken_audit;
-  if (config->database.backend != "sqlite") {
-    return Fail(absl::UnimplementedError("database backend \"" + config->database.backend +
-                                         "\" is not available in this build (use sqlite)"));
+  if (config->database.backend == "sqlite") {
+    if (auto st = service::EnsureStateDirectory(config->database.path); !st.ok()) return Fail(st);
   }
-  if (auto st = service::EnsureStateDirectory(config->database.path); !st.ok()) return Fail(st);
-  auto store = service::OpenSqliteStore(config->database.path);
+  auto store = service::OpenConfiguredStore(config->database);
   if (!store.ok()) return Fail(store.status());
 
   auto uri = hsm::Pkcs11Uri::Parse(config->hsm.token);

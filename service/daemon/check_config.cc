@@ -177,12 +177,70 @@ void CheckServer(const Config& config, X509* ca_cert, Report& report) {
 // first (no creation, no migration), then opened to verify the audit log
 // against its signed checkpoints. Returns the store (in memory when the
 // database does not exist yet) for the KRA check.
-std::unique_ptr<Store> CheckDatabase(const Config& config, X509* ca_cert, Report& report) {
-  if (config.database.backend != "sqlite") {
-    report.Fail("database", "backend \"" + config.database.backend +
-                                "\" is not available in this build (use sqlite)");
+// The audit log of a store that is open: its append-only triggers, the
+// chain and the signed checkpoints.
+void CheckStoredAudit(Store& store, X509* ca_cert, const std::string& what, Report& report) {
+  if (auto triggers = store.admin().CheckAuditTriggers(); !triggers.ok()) {
+    report.Fail(what, Msg(triggers));
+    return;
+  }
+  if (ca_cert == nullptr) {
+    auto all = ReadAllAudit(store);
+    absl::Status chain = all.ok() ? VerifyAuditChain(*all) : all.status();
+    if (!chain.ok()) {
+      report.Fail(what, Msg(chain));
+    } else {
+      report.Ok(what, StrCat("intact, this build's schema, ", all->size(),
+                             " audit record(s); checkpoints not checked (no CA certificate)"));
+    }
+    return;
+  }
+  auto verdict = VerifyStoredAudit(store, ca_cert);
+  if (!verdict.ok()) {
+    report.Fail(what, Msg(verdict.status()));
+  } else if (!verdict->ok) {
+    report.Fail(what, DescribeVerdict(*verdict) +
+                          " (keywardend refuses to start unless --accept-broken-audit)");
+  } else {
+    report.Ok(what, "intact, this build's schema; " + DescribeVerdict(*verdict));
+  }
+}
+
+// PostgreSQL: connected with the configured password source and TLS
+// settings, the schema checked but never created (an empty database is
+// reported as one keywardend will set up).
+std::unique_ptr<Store> CheckPostgresDatabase(const Config& config, X509* ca_cert, Report& report) {
+  const std::string what = "database (PostgreSQL)";
+  Config::Database database = config.database;
+  DatabaseOptions options;
+  options.backend = "postgresql";
+  options.connection = database.connection;
+  options.pool_size = 1;
+  options.create_schema = false;
+  auto password = ReadDatabasePassword(database);
+  if (!password.ok()) {
+    report.Fail(what, Msg(password.status()));
     return nullptr;
   }
+  options.password.assign(password->view());
+  auto store = OpenStore(options);
+  if (!store.ok() && absl::IsNotFound(store.status())) {
+    report.Ok(what, std::string(store.status().message()));
+    auto memory = OpenSqliteStore(":memory:");
+    if (!memory.ok()) return nullptr;
+    return std::move(*memory);
+  }
+  if (!store.ok()) {
+    report.Fail(what, Msg(store.status()));
+    return nullptr;
+  }
+  CheckStoredAudit(**store, ca_cert, what, report);
+  return std::move(*store);
+}
+
+std::unique_ptr<Store> CheckDatabase(const Config& config, X509* ca_cert, Report& report) {
+  if (config.database.backend == "postgresql")
+    return CheckPostgresDatabase(config, ca_cert, report);
   const std::string& path = config.database.path;
   const std::string what = "database " + path;
   struct stat info {};
@@ -212,15 +270,7 @@ std::unique_ptr<Store> CheckDatabase(const Config& config, X509* ca_cert, Report
                            " audit record(s); checkpoints not checked (no CA certificate)"));
     return std::move(*store);
   }
-  auto verdict = VerifyStoredAudit(**store, ca_cert);
-  if (!verdict.ok()) {
-    report.Fail(what, Msg(verdict.status()));
-  } else if (!verdict->ok) {
-    report.Fail(what, DescribeVerdict(*verdict) +
-                          " (keywardend refuses to start unless --accept-broken-audit)");
-  } else {
-    report.Ok(what, "intact, this build's schema; " + DescribeVerdict(*verdict));
-  }
+  CheckStoredAudit(**store, ca_cert, what, report);
   return std::move(*store);
 }
 

@@ -477,7 +477,10 @@ PostgresDatabase::Outcome PostgresDatabase::RunOnce(
     PGconn* c, std::string_view what, sql::Access access,
     const std::function<absl::Status(sql::Session&)>& fn, absl::Status& result) {
   const char* begin = access == sql::Access::kRead
-                          ? "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY"
+                          // One snapshot for the whole read (a backup is
+                          // consistent); read-only REPEATABLE READ never
+                          // fails to serialize.
+                          ? "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
                           : "BEGIN ISOLATION LEVEL READ COMMITTED";
   {
     ResultPtr r(PQexec(c, begin));

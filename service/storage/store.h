@@ -337,6 +337,11 @@ struct DatabaseOptions {
   std::string connection;          // postgresql: libpq connection string (no password)
   std::string password;            // postgresql: the password itself, already read
   int pool_size = 8;               // postgresql
+  // postgresql: create the schema in an empty database (keywardend); when
+  // false (--check-config, which writes nothing) an empty database is
+  // NOT_FOUND "has no keywarden schema yet".
+  bool create_schema = true;
+  ~DatabaseOptions();  // wipes the password
 };
 absl::StatusOr<std::unique_ptr<Store>> OpenStore(const DatabaseOptions& options);
 
