@@ -332,14 +332,14 @@ TEST_F(ArchivalTest, WindowsVectorsArchiveWithTheVectorExchangeKey) {
         pki::SignCertificate((*crypto)->libctx(), x.get(), ca_pkey->get(), pki::SignatureOptions{})
             .ok());
 
-    auto store = service::OpenSqliteStore(daemon_->db_path());
-    ASSERT_TRUE(store.ok());
+    auto store = OpenStore();
+    ASSERT_TRUE(store);
     auto copy = pki::SoftwareCopy(x.get());
     const auto record = service::CertificateRecordFor(copy.get(), 0, "CAExchange");
-    ASSERT_TRUE((*store)->InsertCertificate(record).ok());
-    auto serials = (*store)->GetSetting("exchange.serials");
+    ASSERT_TRUE(store->InsertCertificate(record).ok());
+    auto serials = store->GetSetting("exchange.serials");
     ASSERT_TRUE(serials.ok());
-    ASSERT_TRUE((*store)->PutSetting("exchange.serials", *serials + "," + record.serial).ok());
+    ASSERT_TRUE(store->PutSetting("exchange.serials", *serials + "," + record.serial).ok());
   }
   ASSERT_TRUE(daemon_->Restart().ok());
 
@@ -819,13 +819,14 @@ subject = "principal"
     EXPECT_TRUE(row.ok() && row->archived_key) << "a pending archival request holds its key";
     return pending.request_id();
   };
-  // The row's archived-key columns, read with the sqlite3 command line.
+  // The row's archived-key columns, read with the database's own client
+  // (sqlite3 or psql; 1/0 as integers on both).
   auto key_columns = [&](int64_t id) {
-    auto r = RunCommand(StrCat("sqlite3 -cmd '.timeout 10000' ", daemon_->db_path(),
-                               " \"SELECT archived_key IS NULL, archival_scheme IS NULL, "
-                               "kra_sha1 IS NULL, encrypted_key_hash IS NULL FROM requests WHERE "
-                               "id = ",
-                               id, "\""));
+    auto r = RunCommand(daemon_->SqlCommand(
+        StrCat("SELECT CAST(archived_key IS NULL AS INTEGER), "
+               "CAST(archival_scheme IS NULL AS INTEGER), CAST(kra_sha1 IS NULL AS INTEGER), "
+               "CAST(encrypted_key_hash IS NULL AS INTEGER) FROM requests WHERE id = ",
+               id)));
     EXPECT_EQ(r.exit_code, 0) << r.output;
     return r.output;
   };

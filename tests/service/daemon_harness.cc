@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <thread>
 
@@ -47,6 +48,17 @@ std::string Slurp(const std::string& path) {
 
 absl::StatusOr<std::unique_ptr<DaemonHarness>> DaemonHarness::Start(const Options& options) {
   std::unique_ptr<DaemonHarness> h(new DaemonHarness());
+  if (const char* backend = std::getenv("KEYWARDEN_TEST_BACKEND");
+      backend != nullptr && std::string(backend) == "postgresql") {
+    if (TestPgConninfo().empty()) {
+      return absl::FailedPreconditionError(
+          "KEYWARDEN_TEST_BACKEND=postgresql needs a test cluster in KEYWARDEN_TEST_PG "
+          "(deploy/test.sh starts one)");
+    }
+    auto pg = PgTestDatabase::Create();
+    if (!pg.ok()) return pg.status();
+    h->pg_ = std::make_unique<PgTestDatabase>(*std::move(pg));
+  }
   auto tokens = SoftHsmFixture::Create();
   if (!tokens.ok()) return tokens.status();
   h->tokens_ = std::move(*tokens);
@@ -105,7 +117,9 @@ absl::StatusOr<std::unique_ptr<DaemonHarness>> DaemonHarness::Start(const Option
              "\"pkcs11:token=keywarden-ca;object=ca-signing;type=private\"\nmax_sessions = 8\n\n",
              "[exchange]\nvalidity = \"", options.exchange_validity, "\"\noverlap = \"",
              options.exchange_overlap, "\"\nkey_algorithm = \"rsa2048\"\n\n",
-             "[database]\nbackend = \"sqlite\"\npath = \"ca.db\"\n\n",
+             h->pg_ ? StrCat("[database]\nbackend = \"postgresql\"\nconnection = \"",
+                             h->pg_->conninfo(), "\"\npool_size = 8\n\n")
+                    : std::string("[database]\nbackend = \"sqlite\"\npath = \"ca.db\"\n\n"),
              "[server]\nlisten = \"127.0.0.1:0\"\ntls_certificate = \"tls/server.pem\"\n",
              "tls_key = \"tls/server.key\"\nclient_ca = [\"tls/tls-ca.pem\"",
              options.trust_own_ca ? ", \"ca.pem\"" : "", "]\n",
@@ -335,6 +349,17 @@ std::shared_ptr<grpc::Channel> DaemonHarness::Channel(const std::string& who) co
   args.SetSslTargetNameOverride("localhost");
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 200);
   return grpc::CreateCustomChannel(target(), grpc::SslCredentials(tls), args);
+}
+
+std::string DaemonHarness::SqlCommand(const std::string& sql) const {
+  auto quote = [](const std::string& v) {
+    std::string out = "'";
+    for (char c : v) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return out + "'";
+  };
+  if (pg_)
+    return StrCat("psql -X -q -At -v ON_ERROR_STOP=1 ", quote(pg_->conninfo()), " -c ", quote(sql));
+  return StrCat("sqlite3 -cmd '.timeout 10000' ", quote(db_path()), " ", quote(sql));
 }
 
 }  // namespace keywarden::testing

@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "hsm/ossl.h"
 #include "softhsm-fixtures/fixture.h"
+#include "tests/pg_test_util.h"
 #include "tests/test_util.h"
 
 namespace keywarden::testing {
@@ -107,6 +108,14 @@ class DaemonHarness {
   std::string ca_cert_path() const { return dir_.File("ca.pem"); }
   std::string config_path() const { return dir_.File("keywarden.toml"); }
   std::string db_path() const { return dir_.File("ca.db"); }
+  // KEYWARDEN_TEST_BACKEND=postgresql: the daemon's database is a fresh
+  // PostgreSQL database on the test cluster instead of db_path().
+  bool postgres() const { return pg_ != nullptr; }
+  std::string pg_conninfo() const { return pg_ ? pg_->conninfo() : std::string(); }
+  // A shell command that runs `sql` on the daemon's database with the
+  // backend's own command-line client (sqlite3 or psql), printing rows with
+  // columns separated by '|'.
+  std::string SqlCommand(const std::string& sql) const;
   std::string log_path() const { return dir_.File("daemon.log"); }
   // Written by keywardend (--port-file) once it serves.
   std::string port_file_path() const { return dir_.File("port"); }
@@ -119,6 +128,7 @@ class DaemonHarness {
   absl::Status Launch();
 
   TempDir dir_;
+  std::unique_ptr<PgTestDatabase> pg_;  // dropped after the daemon stopped
   std::unique_ptr<SoftHsmFixture> tokens_;
   std::map<std::string, ClientIdentity> clients_;
   ossl::UniquePtr<EVP_PKEY> tls_ca_key_;

@@ -76,15 +76,29 @@ class RecoveryTest : public ::testing::Test {
     return out;
   }
 
-  // The sqlite3 command line on the daemon's live database (WAL: a reader
-  // or a short writer beside the daemon), its output trimmed.
+  // The database's own command-line client (sqlite3 or psql) on the
+  // daemon's live database (a reader or a short writer beside the daemon),
+  // its output trimmed.
   std::string Sql(const std::string& sql) const {
-    auto r =
-        RunCommand(StrCat("sqlite3 -cmd '.timeout 10000' ", daemon_->db_path(), " \"", sql, "\""));
+    auto r = RunCommand(daemon_->SqlCommand(sql));
     EXPECT_EQ(r.exit_code, 0) << sql << "\n" << r.output;
     std::string out = r.output;
     while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
     return out;
+  }
+  // The SQL for a field of the audit record's JSON details, "$.a[0].b"
+  // style, in the backend's dialect.
+  std::string J(const std::string& path) const {
+    if (!daemon_->postgres()) return StrCat("json_extract(details, '", path, "')");
+    std::string keys;
+    for (char c : path.substr(2)) {
+      if (c == '.' || c == '[') {
+        keys += ',';
+      } else if (c != ']') {
+        keys += c;
+      }
+    }
+    return StrCat("(details::json #>> '{", keys, "}')");
   }
   int AuditCount(const std::string& event, const std::string& principal = "") const {
     const std::string where = principal.empty() ? "" : StrCat(" AND principal = '", principal, "'");
@@ -117,18 +131,21 @@ TEST_F(RecoveryTest, RevokedKraReceivesNoFurtherArchivesWithoutAReload) {
   auto json = Kw("admin", "--json kra list");
   ASSERT_EQ(json.exit_code, 0) << json.output;
   EXPECT_TRUE(Contains(json.output, "\"revoked\"")) << json.output;
-  EXPECT_EQ(Sql("SELECT json_extract(details, '$.serial') FROM audit WHERE event = 'kra.revoked'"),
+  EXPECT_EQ(Sql(StrCat("SELECT ", J("$.serial"), " FROM audit WHERE event = 'kra.revoked'")),
             kra_serial_[0]);
   EXPECT_EQ(AuditCount("kra.revoked", daemon_->client("officer").principal), 1);
   // The re-validation, audited with who caused it, found it revoked.
-  EXPECT_EQ(Sql("SELECT json_extract(details, '$.kras[0].state') FROM audit WHERE event = "
-                "'kra.loaded' ORDER BY seq DESC LIMIT 1"),
+  EXPECT_EQ(Sql(StrCat("SELECT ", J("$.kras[0].state"),
+                       " FROM audit WHERE event = "
+                       "'kra.loaded' ORDER BY seq DESC LIMIT 1")),
             "revoked");
-  EXPECT_TRUE(Contains(Sql("SELECT json_extract(details, '$.by') FROM audit WHERE event = "
-                           "'kra.loaded' ORDER BY seq DESC LIMIT 1"),
+  EXPECT_TRUE(Contains(Sql(StrCat("SELECT ", J("$.by"),
+                                  " FROM audit WHERE event = "
+                                  "'kra.loaded' ORDER BY seq DESC LIMIT 1")),
                        daemon_->client("officer").principal));
-  EXPECT_EQ(Sql("SELECT json_extract(details, '$.sha1') FROM audit WHERE event = 'kra.unusable' "
-                "ORDER BY seq DESC LIMIT 1"),
+  EXPECT_EQ(Sql(StrCat("SELECT ", J("$.sha1"),
+                       " FROM audit WHERE event = 'kra.unusable' "
+                       "ORDER BY seq DESC LIMIT 1")),
             kra_sha1_[0]);
 
   // The next archivals go to the two KRAs left, never to the revoked one.
@@ -179,8 +196,9 @@ TEST_F(RecoveryTest, KraReloadFromTheCliReloadsAndIsAudited) {
   EXPECT_TRUE(Contains(reload.output, "3 of 3 valid")) << reload.output;
   EXPECT_EQ(AuditCount("kra.reload_requested", admin), 1);
   EXPECT_EQ(AuditCount("kra.loaded"), loaded_before + 1);
-  EXPECT_EQ(Sql("SELECT json_extract(details, '$.by') FROM audit WHERE event = 'kra.loaded' "
-                "ORDER BY seq DESC LIMIT 1"),
+  EXPECT_EQ(Sql(StrCat("SELECT ", J("$.by"),
+                       " FROM audit WHERE event = 'kra.loaded' "
+                       "ORDER BY seq DESC LIMIT 1")),
             admin);
 
   // Only a CA Administrator may reload.
@@ -198,9 +216,17 @@ TEST_F(RecoveryTest, RetrievalWhoseAuditRecordCannotBeWrittenReleasesNoBlob) {
   ASSERT_EQ(enrol.exit_code, 0) << enrol.output;
   // A real database fault, added behind the daemon's back: this record
   // cannot be inserted (as with a full disk or a failing device).
-  Sql("CREATE TRIGGER test_audit_fault BEFORE INSERT ON audit "
-      "WHEN NEW.event = 'archival.key_retrieved' "
-      "BEGIN SELECT RAISE(ABORT, 'audit write fault injected by the test'); END;");
+  if (daemon_->postgres()) {
+    Sql("CREATE FUNCTION test_audit_fault() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN IF NEW.event = 'archival.key_retrieved' THEN "
+        "RAISE EXCEPTION 'audit write fault injected by the test'; END IF; RETURN NEW; END "
+        "$$; CREATE TRIGGER test_audit_fault BEFORE INSERT ON audit "
+        "FOR EACH ROW EXECUTE FUNCTION test_audit_fault()");
+  } else {
+    Sql("CREATE TRIGGER test_audit_fault BEFORE INSERT ON audit "
+        "WHEN NEW.event = 'archival.key_retrieved' "
+        "BEGIN SELECT RAISE(ABORT, 'audit write fault injected by the test'); END;");
+  }
   const std::string blob = tmp_.File("alice.rec");
   auto get = Kw("officer", StrCat("getkey alice ", blob));
   EXPECT_EQ(get.exit_code, 1) << get.output;  // a CA-side fault, not usage (2) or refusal (3)
@@ -222,7 +248,8 @@ TEST_F(RecoveryTest, RetrievalWhoseAuditRecordCannotBeWrittenReleasesNoBlob) {
     EXPECT_TRUE(out.recovery_blob().empty());
   }
 
-  Sql("DROP TRIGGER test_audit_fault");
+  Sql(daemon_->postgres() ? "DROP TRIGGER test_audit_fault ON audit"
+                          : "DROP TRIGGER test_audit_fault");
   auto ok = Kw("officer", StrCat("getkey alice ", blob));
   ASSERT_EQ(ok.exit_code, 0) << ok.output;
   EXPECT_TRUE(std::ifstream(blob).good());

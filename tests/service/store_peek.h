@@ -1,5 +1,6 @@
 // The database of a DaemonHarness's keywardend, read behind the daemon's
-// back the way an auditor with the file would (tests link keywarden_store).
+// back the way an auditor with the file (or the PostgreSQL database)
+// would (tests link keywarden_store).
 #pragma once
 
 #include <memory>
@@ -14,7 +15,15 @@
 namespace keywarden::testing {
 
 inline std::unique_ptr<service::Store> OpenHarnessStore(const DaemonHarness& daemon) {
-  auto store = service::OpenSqliteStore(daemon.db_path());
+  service::DatabaseOptions options;
+  if (daemon.postgres()) {
+    options.backend = "postgresql";
+    options.connection = daemon.pg_conninfo();
+    options.pool_size = 2;
+  } else {
+    options.path = daemon.db_path();
+  }
+  auto store = service::OpenStore(options);
   EXPECT_TRUE(store.ok()) << store.status();
   return store.ok() ? std::move(*store) : nullptr;
 }
