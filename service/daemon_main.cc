@@ -38,6 +38,7 @@
 #include "service/server/signing_service.h"
 #include "service/server/token_watch.h"
 #include "service/signing/delegated_signer.h"
+#include "service/storage/db_lock.h"
 #include "service/storage/store.h"
 
 namespace {
@@ -118,6 +119,10 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
                                          "\" is not available in this build (use sqlite)"));
   }
   if (auto st = service::EnsureStateDirectory(config->database.path); !st.ok()) return Fail(st);
+  // One writer: held until the process ends, so `keywarden restore` (and a
+  // second keywardend on the same file) refuse while this one runs.
+  auto db_lock = service::LockDatabase(config->database.path, "keywardend");
+  if (!db_lock.ok()) return Fail(db_lock.status());
   auto store = service::OpenSqliteStore(config->database.path);
   if (!store.ok()) return Fail(store.status());
 
