@@ -190,7 +190,7 @@ absl::StatusOr<Reply> RunRestore(const RestoreArgs& args) {
                                        "; the next CRL is numbered above it")},
            {"Audit", StrCat("database.restored recorded as seq ", report->audit_seq, "; ",
                             report->audit_records, " records verified")}}),
-      lines);
+      lines.empty() ? "" : StrCat("Re-applied revocations:\n", lines));
   return reply;
 }
 
