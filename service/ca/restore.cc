@@ -21,6 +21,7 @@
 #include "hsm/ossl.h"
 #include "hsm/strings.h"
 #include "pki/certificate.h"
+#include "pki/files.h"
 #include "service/ca/crl_state.h"
 #include "service/ca/issuer.h"
 #include "service/storage/db_lock.h"
@@ -226,7 +227,120 @@ std::string UtcStamp(int64_t now) {
   return buf;
 }
 
+bool PlainFileName(const std::string& name) {
+  if (name.empty() || name[0] == '.' || name.size() > 255) return false;
+  for (char c : name) {
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+          c == '_' || c == '-')) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Checks an archive directory against its manifest; returns the path of the
+// database copy in it and sets `config` to its configuration file.
+absl::StatusOr<std::string> CheckArchive(const std::string& dir, std::string& config) {
+  const std::string manifest_path = StrCat(dir, "/", kBackupManifest);
+  auto bytes = pki::ReadFileBytes(manifest_path, 1 << 20);
+  if (!bytes.ok()) {
+    return absl::FailedPreconditionError(
+        StrCat("restore: ", dir, " is a directory but not a backup archive (",
+               bytes.status().message(), "); nothing was changed"));
+  }
+  json m = json::parse(bytes->begin(), bytes->end(), nullptr, false);
+  auto bad = [&](const std::string& why) {
+    return absl::FailedPreconditionError(
+        StrCat("restore: ", manifest_path, ": ", why, "; nothing was changed"));
+  };
+  if (!m.is_object() || m.value("format", "") != kBackupManifestFormat) {
+    return bad(StrCat("not a keywarden backup manifest (\"format\" is not \"",
+                      kBackupManifestFormat, "\")"));
+  }
+  if (!m.contains("format_version") || m["format_version"] != 1) {
+    return bad("format_version is not 1 (made by a newer keywarden?)");
+  }
+  if (!m.contains("files") || !m["files"].is_array() || m["files"].size() > 64) {
+    return bad("no \"files\" list");
+  }
+  std::string database;
+  for (const auto& f : m["files"]) {
+    if (!f.is_object() || !f.contains("name") || !f["name"].is_string() || !f.contains("sha256") ||
+        !f["sha256"].is_string() || !f.contains("role") || !f["role"].is_string()) {
+      return bad(StrCat("a malformed file entry: ", f.dump()));
+    }
+    const std::string name = f["name"].get<std::string>();
+    if (!PlainFileName(name)) return bad(StrCat("file name \"", name, "\" is not a plain name"));
+    const std::string path = StrCat(dir, "/", name);
+    auto actual = FileSha256(path);
+    if (!actual.ok()) return bad(StrCat(name, ": ", actual.status().message()));
+    if (*actual != f["sha256"].get<std::string>()) {
+      return absl::DataLossError(StrCat("restore: archive ", dir, ": ", name, " has SHA-256 ",
+                                        *actual, ", the manifest says ",
+                                        f["sha256"].get<std::string>(), "; nothing was changed"));
+    }
+    const std::string role = f["role"].get<std::string>();
+    if (role == "database") {
+      if (!database.empty()) return bad("more than one database");
+      database = path;
+    } else if (role == "configuration") {
+      config = path;
+    }
+  }
+  if (database.empty()) return bad("no file with role \"database\"");
+  return database;
+}
+
 }  // namespace
+
+absl::StatusOr<std::string> FileSha256(const std::string& path, int64_t* bytes) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ENOENT) return absl::NotFoundError(StrCat(path, ": no such file"));
+    return absl::FailedPreconditionError(StrCat(path, ": ", std::strerror(err)));
+  }
+  ossl::UniquePtr<EVP_MD_CTX> sha(EVP_MD_CTX_new());
+  if (!sha || EVP_DigestInit_ex(sha.get(), EVP_sha256(), nullptr) != 1) {
+    close(fd);
+    return absl::InternalError("SHA-256 is not available");
+  }
+  std::vector<char> buf(1 << 16);
+  int64_t total = 0;
+  for (;;) {
+    const ssize_t n = read(fd, buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      absl::Status st = Errno(StrCat("reading ", path));
+      close(fd);
+      return st;
+    }
+    if (n == 0) break;
+    EVP_DigestUpdate(sha.get(), buf.data(), static_cast<size_t>(n));
+    total += n;
+  }
+  close(fd);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(sha.get(), digest, &len);
+  if (bytes != nullptr) *bytes = total;
+  return HexString({digest, len});
+}
+
+absl::StatusOr<int> SqliteFileSchemaVersion(const std::string& path) {
+  unsigned char header[100] = {0};
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Errno(StrCat("opening ", path));
+  const ssize_t n = read(fd, header, sizeof header);
+  close(fd);
+  static constexpr char kMagic[] = "SQLite format 3";
+  if (n != static_cast<ssize_t>(sizeof header) || std::memcmp(header, kMagic, sizeof kMagic) != 0) {
+    return absl::FailedPreconditionError(StrCat(path, ": not an SQLite database"));
+  }
+  // The user_version (keywarden's schema version): 4 bytes big-endian at 60.
+  return static_cast<int>((uint32_t{header[60]} << 24) | (uint32_t{header[61]} << 16) |
+                          (uint32_t{header[62]} << 8) | uint32_t{header[63]});
+}
 
 absl::StatusOr<RestoreReport> RestoreDatabase(const RestoreOptions& o) {
   if (o.backup.empty()) return absl::InvalidArgumentError("restore: no backup file given");
@@ -245,7 +359,15 @@ absl::StatusOr<RestoreReport> RestoreDatabase(const RestoreOptions& o) {
     crl = std::move(*facts);
   }
   RestoreReport report;
-  report.backup = o.backup;
+  std::string backup = o.backup;
+  struct stat backup_stat {};
+  if (stat(backup.c_str(), &backup_stat) == 0 && S_ISDIR(backup_stat.st_mode)) {
+    auto database = CheckArchive(backup, report.archive_config);
+    if (!database.ok()) return database.status();
+    report.archive = backup;
+    backup = *database;
+  }
+  report.backup = backup;
   report.database = o.database;
   report.crl_file_number = crl.number;
   const std::string dir = DirectoryOf(o.database);
@@ -258,13 +380,13 @@ absl::StatusOr<RestoreReport> RestoreDatabase(const RestoreOptions& o) {
     unlink(templ.c_str());
   }
   TempFile temp(templ);
-  if (auto st = CopyToTemp(o.backup, temp.path(), report.backup_sha256, report.backup_bytes);
+  if (auto st = CopyToTemp(backup, temp.path(), report.backup_sha256, report.backup_bytes);
       !st.ok()) {
     return absl::Status(st.code(), StrCat("restore: ", st.message(), "; nothing was changed"));
   }
   if (auto records = VerifySqliteCopy(temp.path()); !records.ok()) {
     return absl::Status(records.status().code(),
-                        StrCat("restore: the backup ", o.backup, " is not usable (",
+                        StrCat("restore: the backup ", backup, " is not usable (",
                                records.status().message(), "); nothing was changed"));
   } else {
     report.backup_audit_records = *records;
@@ -375,7 +497,8 @@ absl::StatusOr<RestoreReport> RestoreDatabase(const RestoreOptions& o) {
                            {"source", r.source},
                            {"action", r.action}});
     }
-    json details = {{"backup", o.backup},
+    json details = {{"backup", backup},
+                    {"archive", report.archive.empty() ? json(nullptr) : json(report.archive)},
                     {"backup_sha256", report.backup_sha256},
                     {"backup_last_seq", report.backup_last_seq},
                     {"backup_last_hash", report.backup_last_hash},

@@ -23,8 +23,26 @@
 
 namespace keywarden::service {
 
+// A backup archive (`keywarden backup --with-config`): a directory holding
+// the database copy, the configuration file and this manifest, which lists
+// each file with its SHA-256.
+inline constexpr char kBackupManifest[] = "manifest.json";
+inline constexpr char kBackupManifestFormat[] = "keywarden-backup";
+inline constexpr char kArchiveDatabase[] = "ca.db";
+inline constexpr char kArchiveConfiguration[] = "keywarden.toml";
+
+// SHA-256 (lower-case hex) and size of a file, read in pieces.
+absl::StatusOr<std::string> FileSha256(const std::string& path, int64_t* bytes = nullptr);
+
+// The schema version an SQLite file says it has (its header's user_version),
+// without opening it as a database; an error for a file too short or not SQLite.
+absl::StatusOr<int> SqliteFileSchemaVersion(const std::string& path);
+
 struct RestoreOptions {
-  std::string backup;    // the backup: an SQLite copy made by `keywarden backup`
+  // The backup: an SQLite copy made by `keywarden backup`, or an archive
+  // directory made by `keywarden backup --with-config` (its manifest's
+  // hashes are checked first).
+  std::string backup;
   std::string database;  // [database] path: the file to replace (may not exist)
   // The last CRL the CA published (PEM or DER), or empty. Must verify
   // against `ca_certificate`.
@@ -49,6 +67,8 @@ struct ReappliedRevocation {
 };
 
 struct RestoreReport {
+  std::string archive;         // the archive directory, when one was given
+  std::string archive_config;  // its configuration file (never installed by restore)
   std::string backup;
   std::string backup_sha256;
   int64_t backup_bytes = 0;
