@@ -405,6 +405,93 @@ TEST_F(RestoreTest, RestoreToOlderBackupNeverTurnsTimeBack) {
   EXPECT_TRUE(Contains(text2.output, StrCat("Serial Number: ", after_revoked))) << text2.output;
 }
 
+// backup --with-config: one archive directory with the database copy, the
+// configuration and a manifest whose hashes sha256sum confirms; no key, PIN
+// or password in it. restore takes the archive, checks the hashes first and
+// refuses one whose files do not match.
+TEST_F(RestoreTest, ArchiveWithConfigurationIsWrittenCheckedAndRestored) {
+  const std::string serial = Issue("archived");
+  const std::string archive = tmp_.File("archive");
+  auto b = RunCommand(StrCat("(", KEYWARDEN_CLI, " --json", Connection("backup"), " backup ",
+                             archive, " --with-config ", daemon_->config_path(), " > ",
+                             tmp_.File("backup.json"), ")"));
+  ASSERT_EQ(b.exit_code, 0) << b.output << Slurp(tmp_.File("backup.json"));
+  struct stat st {};
+  ASSERT_EQ(stat(archive.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  for (const char* f : {"ca.db", "keywarden.toml", "manifest.json"}) {
+    ASSERT_EQ(stat(StrCat(archive, "/", f).c_str(), &st), 0) << f;
+    EXPECT_EQ(st.st_mode & 0777, 0600u) << f;
+  }
+  EXPECT_EQ(Listing(archive),
+            (std::set<std::string>{".", "..", "ca.db", "keywarden.toml", "manifest.json"}));
+  // The manifest's hashes, checked by sha256sum.
+  const std::string manifest = StrCat(archive, "/manifest.json");
+  auto check = RunCommand(StrCat(
+      "cd ", archive,
+      " && python3 -c \"import json; m=json.load(open('manifest.json')); "
+      "print(''.join(f['sha256'] + '  ' + f['name'] + chr(10) for f in m['files']), end='')\" "
+      "| sha256sum -c"));
+  EXPECT_EQ(check.exit_code, 0) << check.output;
+  EXPECT_TRUE(Contains(check.output, "ca.db: OK")) << check.output;
+  EXPECT_TRUE(Contains(check.output, "keywarden.toml: OK")) << check.output;
+  EXPECT_EQ(Slurp(StrCat(archive, "/keywarden.toml")), Slurp(daemon_->config_path()));
+  const std::string text = Slurp(manifest);
+  EXPECT_TRUE(Contains(text, "\"format\": \"keywarden-backup\"")) << text;
+  EXPECT_TRUE(Contains(text, "\"schema_version\"")) << text;
+  EXPECT_TRUE(Contains(text, "\"keywarden_version\"")) << text;
+  EXPECT_TRUE(Contains(text, "pkcs11:token=keywarden-ca")) << text;  // a token URI, by name
+  EXPECT_TRUE(Contains(text, "server.pem")) << text;                 // TLS material, by name
+  // Never a key or a PIN: not the TLS key's name, not the PIN file's.
+  EXPECT_FALSE(Contains(text, "server.key")) << text;
+  EXPECT_FALSE(Contains(text, "pin")) << text;
+  EXPECT_FALSE(Contains(Slurp(StrCat(archive, "/ca.db")), "PRIVATE KEY"));
+  // The copy in it is a keywarden database whose audit chain verifies.
+  auto verify = VerifyAuditOffline(StrCat(archive, "/ca.db"));
+  EXPECT_EQ(verify.exit_code, 0) << verify.output;
+  // Refuses an existing OUT.
+  auto again = Kw("backup", StrCat("backup ", archive, " --with-config ", daemon_->config_path()));
+  EXPECT_EQ(again.exit_code, 3) << again.output;
+
+  const std::string after = Issue("after-archive");
+  ASSERT_TRUE(daemon_->Stop().ok());
+  const std::string db_sha = Sha256(daemon_->db_path());
+
+  // A copy of the archive whose configuration was changed: refused.
+  const std::string bad = tmp_.File("bad-archive");
+  ASSERT_EQ(RunCommand(StrCat("cp -a ", archive, " ", bad, " && echo '# edited' >> ", bad,
+                              "/keywarden.toml"))
+                .exit_code,
+            0);
+  auto refused = Restore(bad);
+  EXPECT_EQ(refused.exit_code, 1) << refused.output;
+  EXPECT_TRUE(Contains(refused.output, "keywarden.toml has SHA-256")) << refused.output;
+  EXPECT_TRUE(Contains(refused.output, "nothing was changed")) << refused.output;
+  EXPECT_EQ(Sha256(daemon_->db_path()), db_sha);
+  // A directory that is not an archive.
+  auto not_archive = Restore(tmp_.path());
+  EXPECT_EQ(not_archive.exit_code, 3) << not_archive.output;
+  EXPECT_EQ(Sha256(daemon_->db_path()), db_sha);
+
+  // The archive itself.
+  auto r = Restore(archive);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(Contains(r.output, "manifest checked")) << r.output;
+  EXPECT_TRUE(Contains(r.output, "identical to")) << r.output;
+  {
+    auto store = service::OpenSqliteStore(daemon_->db_path());
+    ASSERT_TRUE(store.ok()) << store.status();
+    EXPECT_TRUE((*store)->GetCertificate(Lower(serial)).ok());
+    EXPECT_TRUE(absl::IsNotFound((*store)->GetCertificate(Lower(after)).status()));
+    auto last = (*store)->LastAudit();
+    ASSERT_TRUE(last.ok());
+    EXPECT_EQ(last->event, "database.restored");
+    EXPECT_TRUE(Contains(last->details, archive)) << last->details;
+  }
+  ASSERT_TRUE(daemon_->Restart().ok());
+  EXPECT_EQ(Kw("auditor", "audit verify").exit_code, 0);
+}
+
 // A CRL number floor set by a restore (or any stored number above the
 // clock) is honoured; otherwise the number is the time in microseconds.
 TEST(CrlNumberTest, DerivedFromTimeAndAboveEveryStoredNumber) {
