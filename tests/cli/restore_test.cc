@@ -17,6 +17,7 @@
 #include "service/ca/crl_state.h"
 #include "service/storage/store.h"
 #include "tests/service/daemon_harness.h"
+#include "tests/service/kra_cards.h"
 
 #ifndef KEYWARDEN_CLI
 #error "KEYWARDEN_CLI must be the path of the keywarden binary"
@@ -490,6 +491,69 @@ TEST_F(RestoreTest, ArchiveWithConfigurationIsWrittenCheckedAndRestored) {
   }
   ASSERT_TRUE(daemon_->Restart().ok());
   EXPECT_EQ(Kw("auditor", "audit verify").exit_code, 0);
+}
+
+// The reported bug: a copied-back database brought revoked KRAs back as
+// valid. KRA 1 (in the backup) and KRA 3 (enrolled after it) are revoked
+// after the backup; after the restore both are still refused as revoked,
+// and KRA 2 is still valid.
+TEST(RestoreKraTest, RevokedKrasStayRevoked) {
+  TempDir tmp;
+  DaemonHarness::Options options;
+  options.extra_toml = kKraTemplateToml;
+  auto started = DaemonHarness::Start(options);
+  ASSERT_TRUE(started.ok()) << started.status();
+  DaemonHarness& daemon = **started;
+  auto kra1 = EnrollKraCard(daemon, SoftHsmFixture::kKraCard1);
+  ASSERT_TRUE(kra1.ok()) << kra1.status();
+  auto kra2 = EnrollKraCard(daemon, SoftHsmFixture::kKraCard2);
+  ASSERT_TRUE(kra2.ok()) << kra2.status();
+  auto kw = [&](const std::string& who, const std::string& args) {
+    const ClientIdentity& id = daemon.client(who);
+    return RunCommand(StrCat(KEYWARDEN_CLI, " --server ", daemon.target(), " --client-cert ",
+                             id.cert_path, " --client-key ", id.key_path, " --server-ca ",
+                             daemon.tls_ca_path(), " --server-name localhost ", args));
+  };
+  const std::string backup = tmp.File("backup.db");
+  ASSERT_EQ(kw("backup", StrCat("backup ", backup)).exit_code, 0);
+  auto kra3 = EnrollKraCard(daemon, SoftHsmFixture::kKraCard3);
+  ASSERT_TRUE(kra3.ok()) << kra3.status();
+  ASSERT_TRUE(UseKras(daemon,
+                      {pki::Sha1Thumbprint(kra1->get()), pki::Sha1Thumbprint(kra2->get()),
+                       pki::Sha1Thumbprint(kra3->get())},
+                      1)
+                  .ok());
+  auto list = kw("admin", "kra list");
+  ASSERT_TRUE(Contains(list.output, "3 of 3 valid")) << list.output;
+  auto serial_of = [](X509* cert) {
+    ossl::UniquePtr<BIGNUM> bn(ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nullptr));
+    char* hex = BN_bn2hex(bn.get());
+    std::string out = hex;
+    OPENSSL_free(hex);
+    return out;
+  };
+  for (X509* kra : {kra1->get(), kra3->get()}) {
+    auto r = kw("officer", StrCat("officer revoke ", serial_of(kra), " --reason keyCompromise"));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  list = kw("admin", "kra list");
+  ASSERT_TRUE(Contains(list.output, "1 of 3 valid")) << list.output;
+
+  ASSERT_TRUE(daemon.Stop().ok());
+  auto r =
+      RunCommand(StrCat(KEYWARDEN_CLI, " restore ", backup, " --config ", daemon.config_path()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_TRUE(daemon.Restart().ok());
+  list = kw("admin", "--json kra list");
+  ASSERT_EQ(list.exit_code, 0) << list.output;
+  const std::string file = tmp.File("kras.json");
+  WriteFile(file, list.output);
+  auto states = RunCommand(StrCat(
+      "python3 -c \"import json,sys; d=json.load(open(sys.argv[1])); "
+      "print(' '.join(a['state'] for a in sorted(d['agents'], key=lambda a: a['index'])))\" ",
+      file));
+  EXPECT_EQ(states.exit_code, 0) << states.output << list.output;
+  EXPECT_EQ(Trim(states.output), "revoked valid revoked") << list.output;
 }
 
 // A CRL number floor set by a restore (or any stored number above the
