@@ -25,6 +25,7 @@
 #include "pki/files.h"
 #include "service/ca/restore.h"
 #include "service/config.h"
+#include "service/daemon/state_dir.h"
 #include "service/storage/store.h"
 
 namespace keywarden::cli {
@@ -271,6 +272,9 @@ absl::StatusOr<Reply> RunRestore(const RestoreArgs& args) {
     return absl::UnimplementedError(StrCat("restore: database backend \"", config->database.backend,
                                            "\" is not supported by this build (use sqlite)"));
   }
+  // On a new host the state directory may not exist yet: made as
+  // keywardend makes it (0700), so the lock file and the database fit.
+  if (auto st = service::EnsureStateDirectory(config->database.path); !st.ok()) return st;
   service::RestoreOptions options;
   options.backup = args.backup;
   options.database = config->database.path;

@@ -493,6 +493,34 @@ TEST_F(RestoreTest, ArchiveWithConfigurationIsWrittenCheckedAndRestored) {
   EXPECT_EQ(Kw("auditor", "audit verify").exit_code, 0);
 }
 
+// A new CA host: no state directory, no database. The restore makes the
+// directory as keywardend would (0700) and the daemon starts on the copy.
+TEST_F(RestoreTest, RestoreOnANewHostMakesTheStateDirectory) {
+  const std::string serial = Issue("on-new-host");
+  const std::string backup = tmp_.File("backup.db");
+  ASSERT_EQ(Kw("backup", StrCat("backup ", backup)).exit_code, 0);
+  ASSERT_TRUE(daemon_->Stop().ok());
+  const std::string config = Slurp(daemon_->config_path());
+  const std::string from = "path = \"ca.db\"";
+  const size_t at = config.find(from);
+  ASSERT_NE(at, std::string::npos) << config;
+  WriteFile(daemon_->config_path(), config.substr(0, at) + "path = \"state/keywarden/ca.db\"" +
+                                        config.substr(at + from.size()));
+  auto r = Restore(backup, "restore");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(Py("restore", "d['replaced']"), "None");
+  struct stat st {};
+  ASSERT_EQ(stat(daemon_->dir().File("state/keywarden").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  ASSERT_EQ(stat(daemon_->dir().File("state/keywarden/ca.db").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  ASSERT_TRUE(daemon_->Restart().ok());
+  auto find = Kw("officer", StrCat("officer find --serial ", serial));
+  EXPECT_EQ(find.exit_code, 0) << find.output;
+  EXPECT_TRUE(Contains(find.output, "CN=on-new-host")) << find.output;
+  EXPECT_EQ(Kw("auditor", "audit verify").exit_code, 0);
+}
+
 // The reported bug: a copied-back database brought revoked KRAs back as
 // valid. KRA 1 (in the backup) and KRA 3 (enrolled after it) are revoked
 // after the backup; after the restore both are still refused as revoked,
