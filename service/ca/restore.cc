@@ -201,6 +201,9 @@ struct CurrentFacts {
 };
 
 absl::StatusOr<CurrentFacts> ReadCurrent(const std::string& path) {
+  // Never let SQLite make a new database in an empty or foreign file: only
+  // an SQLite file is opened.
+  if (auto version = SqliteFileSchemaVersion(path); !version.ok()) return version.status();
   // Opened as the daemon opens it; closing it checkpoints its WAL into the
   // file, so the file renamed aside afterwards is complete by itself.
   auto store = OpenSqliteStore(path);

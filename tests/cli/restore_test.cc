@@ -493,6 +493,56 @@ TEST_F(RestoreTest, ArchiveWithConfigurationIsWrittenCheckedAndRestored) {
   EXPECT_EQ(Kw("auditor", "audit verify").exit_code, 0);
 }
 
+// The database is lost (garbage where it was): restore refuses to go on
+// without its revocations unless told to; with --discard-current the last
+// CRL is the only source: a revocation of a certificate in the backup is
+// re-applied, one of a certificate issued after it is carried by serial,
+// and both are on the next CRL, numbered above the given one.
+TEST_F(RestoreTest, LostDatabaseWithTheLastCrlOnly) {
+  const std::string in_backup = Issue("in-backup");
+  const std::string backup = tmp_.File("backup.db");
+  ASSERT_EQ(Kw("backup", StrCat("backup ", backup)).exit_code, 0);
+  const std::string not_in_backup = Issue("not-in-backup");
+  Revoke(in_backup);
+  Revoke(not_in_backup);
+  const uint64_t last = PublishAndFetchCrl("crl-last");
+  ASSERT_TRUE(daemon_->Stop().ok());
+  const std::string db = daemon_->db_path();
+  WriteFile(db, std::string(4096, '\x5a'));
+  const std::string junk_sha = Sha256(db);
+
+  auto refused = Restore(StrCat(backup, " --crl ", tmp_.File("crl-last.crl")));
+  EXPECT_EQ(refused.exit_code, 3) << refused.output;
+  EXPECT_TRUE(Contains(refused.output, "--discard-current")) << refused.output;
+  EXPECT_EQ(Sha256(db), junk_sha);
+
+  auto r = Restore(StrCat(backup, " --crl ", tmp_.File("crl-last.crl"), " --discard-current"),
+                   "restore");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(Py("restore", "d['replaced_read']"), "False");
+  EXPECT_EQ(Py("restore",
+               "sorted((r['serial'].upper(), r['source'], r['action']) for r in "
+               "d['revocations_reapplied'])"),
+            Py("restore", StrCat("sorted([('", in_backup, "', 'CRL', 'revoked'), ('", not_in_backup,
+                                 "', 'CRL', 'carried')])")));
+  // The lost file is kept as it was.
+  EXPECT_EQ(Sha256(Py("restore", "d['replaced']")), junk_sha);
+
+  ASSERT_TRUE(daemon_->Restart().ok());
+  const uint64_t next = FetchCrl("crl-next");
+  EXPECT_GT(next, last);
+  auto text = RunCommand(StrCat("openssl crl -noout -text -in ", tmp_.File("crl-next.crl")));
+  EXPECT_TRUE(Contains(text.output, StrCat("Serial Number: ", in_backup))) << text.output;
+  EXPECT_TRUE(Contains(text.output, StrCat("Serial Number: ", not_in_backup))) << text.output;
+  auto v = RunCommand(StrCat("openssl verify -crl_check -CAfile ", daemon_->ca_cert_path(),
+                             " -CRLfile ", tmp_.File("crl-next.crl"), " ", Pem("not-in-backup")));
+  EXPECT_TRUE(Contains(v.output, "certificate revoked")) << v.output;
+  // And it stays listed on later CRLs.
+  EXPECT_GT(PublishAndFetchCrl("crl-later"), next);
+  auto later = RunCommand(StrCat("openssl crl -noout -text -in ", tmp_.File("crl-later.crl")));
+  EXPECT_TRUE(Contains(later.output, StrCat("Serial Number: ", not_in_backup))) << later.output;
+}
+
 // A new CA host: no state directory, no database. The restore makes the
 // directory as keywardend would (0700) and the daemon starts on the copy.
 TEST_F(RestoreTest, RestoreOnANewHostMakesTheStateDirectory) {
