@@ -7,6 +7,7 @@
 // (read with `openssl crl -noout -crlnumber`), no serial is reused.
 #include <dirent.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <set>
@@ -15,6 +16,7 @@
 
 #include "hsm/strings.h"
 #include "service/ca/crl_state.h"
+#include "service/storage/db_lock.h"
 #include "service/storage/store.h"
 #include "tests/service/daemon_harness.h"
 #include "tests/service/kra_cards.h"
@@ -186,6 +188,28 @@ TEST_F(RestoreTest, RefusedWhileKeywardendRunsAndNothingChanges) {
   EXPECT_EQ(second.exit_code, 1) << second.output;
   EXPECT_TRUE(Contains(second.output, StrCat("keywardend is running (pid ", daemon_->pid(), ")")))
       << second.output;
+}
+
+// The other way round: while a restore holds the database, keywardend
+// does not start on it (and says who holds it).
+TEST_F(RestoreTest, KeywardendDoesNotStartDuringARestore) {
+  ASSERT_TRUE(daemon_->Stop().ok());
+  {
+    auto lock = service::LockDatabase(daemon_->db_path(), "keywarden restore");
+    ASSERT_TRUE(lock.ok()) << lock.status();
+    auto started = RunCommand(
+        StrCat(KEYWARDEN_DAEMON, " --config ", daemon_->config_path(), " --port-file /dev/null"));
+    EXPECT_EQ(started.exit_code, 1) << started.output;
+    EXPECT_TRUE(
+        Contains(started.output, StrCat("keywarden restore is running (pid ", getpid(), ")")))
+        << started.output;
+    // Nor does a second restore.
+    auto second = Restore(tmp_.File("any.db"));
+    EXPECT_EQ(second.exit_code, 3) << second.output;
+    EXPECT_TRUE(Contains(second.output, "keywarden restore is running")) << second.output;
+  }
+  // Released: it starts.
+  ASSERT_TRUE(daemon_->Restart().ok());
 }
 
 TEST_F(RestoreTest, DamagedBackupIsRefusedAndNothingChanges) {
