@@ -388,9 +388,15 @@ absl::StatusOr<RestoreReport> RestoreDatabase(const RestoreOptions& o) {
     return absl::Status(st.code(), StrCat("restore: ", st.message(), "; nothing was changed"));
   }
   if (auto records = VerifySqliteCopy(temp.path()); !records.ok()) {
-    return absl::Status(records.status().code(),
-                        StrCat("restore: the backup ", backup, " is not usable (",
-                               records.status().message(), "); nothing was changed"));
+    // Said of the backup, not of the temporary copy it was checked in.
+    std::string why(records.status().message());
+    for (size_t at = why.find(temp.path()); at != std::string::npos;
+         at = why.find(temp.path(), at + backup.size())) {
+      why.replace(at, temp.path().size(), backup);
+    }
+    return absl::Status(
+        records.status().code(),
+        StrCat("restore: the backup ", backup, " is not usable (", why, "); nothing was changed"));
   } else {
     report.backup_audit_records = *records;
   }
