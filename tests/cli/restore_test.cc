@@ -244,6 +244,9 @@ TEST_F(RestoreTest, DamagedBackupIsRefusedAndNothingChanges) {
   auto e = Restore(tampered);
   EXPECT_NE(e.exit_code, 0) << e.output;
   EXPECT_TRUE(Contains(e.output, "audit chain does not verify")) << e.output;
+  // Said of the backup given, not of a temporary file.
+  EXPECT_TRUE(Contains(e.output, StrCat("checking database copy \"", tampered))) << e.output;
+  EXPECT_FALSE(Contains(e.output, ".restore-")) << e.output;
 
   // 3. Not a database at all, and a missing file.
   const std::string junk = tmp_.File("junk.db");
