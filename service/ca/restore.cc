@@ -1,5 +1,6 @@
 #include "service/ca/restore.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -219,6 +220,33 @@ absl::StatusOr<CurrentFacts> ReadCurrent(const std::string& path) {
   if (!number.ok()) return number.status();
   facts.crl_number = *number;
   return facts;
+}
+
+// Temporary copies ("<db>.restore-XXXXXX" and their -wal/-shm/-journal)
+// left by a restore that was killed: stale, since this one holds the lock.
+void RemoveStaleCopies(const std::string& database) {
+  const std::string dir = DirectoryOf(database);
+  const size_t slash = database.rfind('/');
+  const std::string prefix =
+      StrCat(slash == std::string::npos ? database : database.substr(slash + 1), ".restore-");
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return;
+  std::vector<std::string> stale;
+  while (const dirent* e = readdir(d)) {
+    const std::string name = e->d_name;
+    if (name.rfind(prefix, 0) != 0) continue;
+    std::string rest = name.substr(prefix.size());
+    for (const char* suffix : {"-wal", "-shm", "-journal"}) {
+      const std::string s(suffix);
+      if (rest.size() > s.size() && rest.compare(rest.size() - s.size(), s.size(), s) == 0) {
+        rest.resize(rest.size() - s.size());
+        break;
+      }
+    }
+    if (rest.size() == 6) stale.push_back(StrCat(dir, "/", name));  // mkstemp's XXXXXX
+  }
+  closedir(d);
+  for (const auto& path : stale) unlink(path.c_str());
 }
 
 std::string UtcStamp(int64_t now) {
@@ -557,6 +585,7 @@ absl::StatusOr<RestoreReport> RestoreDatabase(const RestoreOptions& o) {
   }
   temp.Release();
   chmod(o.database.c_str(), 0600);
+  RemoveStaleCopies(o.database);
   if (auto st = FsyncPath(dir, O_RDONLY | O_DIRECTORY); !st.ok()) return st;
   return report;
 }

@@ -324,8 +324,13 @@ TEST_F(RestoreTest, RestoreToOlderBackupNeverTurnsTimeBack) {
 
   ASSERT_TRUE(daemon_->Stop().ok());
   const std::string db = daemon_->db_path();
+  // What a killed restore would leave: removed by the next one that succeeds.
+  WriteFile(db + ".restore-AbC123", "stale copy");
+  WriteFile(db + ".restore-AbC123-wal", "stale wal");
   auto r = Restore(StrCat(backup, " --crl ", tmp_.File("crl-last.crl")), "restore");
   ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_FALSE(FileExists(db + ".restore-AbC123"));
+  EXPECT_FALSE(FileExists(db + ".restore-AbC123-wal"));
 
   // What it says it did (its JSON), against independent facts.
   EXPECT_EQ(Py("restore", "d['backup_sha256']"), Sha256(backup));
