@@ -408,8 +408,8 @@ absl::StatusOr<Reply> RunSchema(const std::string& database) {
   {
     auto store = service::OpenSqliteStore(path);
     if (!store.ok()) return store.status();
-    schema = (*store)->Schema();
-    version = (*store)->SchemaVersion();
+    schema = (*store)->admin().Schema();
+    version = (*store)->admin().SchemaVersion();
   }  // closed before the scratch directory goes
   Reply reply;
   reply.json = {{"schema_version", version},

@@ -16,7 +16,7 @@ packages=(
   libssl-dev libssl3 openssl libp11-kit-dev p11-kit libp11-dev libengine-pkcs11-openssl
   softhsm2 opensc gnutls-bin
   # storage
-  libsqlite3-dev sqlite3 libpq-dev
+  libsqlite3-dev sqlite3 libpq-dev postgresql-15
   # libraries for the daemon and CLI
   libcli11-dev libtomlplusplus-dev libspdlog-dev nlohmann-json3-dev libsystemd-dev
   libcpp-httplib-dev
@@ -40,6 +40,13 @@ sudo=""
 if [ "$(id -u)" -ne 0 ]; then
   command -v sudo >/dev/null || { echo "install-deps: run as root or install sudo" >&2; exit 1; }
   sudo="sudo"
+fi
+# The tests start their own throwaway cluster (deploy/pg-cluster.sh): keep
+# the package from creating and starting a system-wide "main" cluster.
+if printf '%s\n' "${missing[@]}" | grep -qx 'postgresql-15' && [ ! -d /etc/postgresql/15/main ]; then
+  $sudo mkdir -p /etc/postgresql-common/createcluster.d
+  echo "create_main_cluster = false" |
+    $sudo tee /etc/postgresql-common/createcluster.d/keywarden-no-main.conf >/dev/null
 fi
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive

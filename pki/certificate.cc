@@ -407,4 +407,66 @@ std::string ToPem(X509* cert) {
   return std::string(data, static_cast<size_t>(len));
 }
 
+std::string CommonNameOfRfc4514(std::string_view dn) {
+  auto hex_value = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  size_t i = 0;
+  const size_t n = dn.size();
+  while (i < n) {
+    while (i < n && dn[i] == ' ') ++i;
+    size_t eq = dn.find('=', i);
+    if (eq == std::string_view::npos) return {};
+    std::string_view type = dn.substr(i, eq - i);
+    while (!type.empty() && type.back() == ' ') type.remove_suffix(1);
+    i = eq + 1;
+    while (i < n && dn[i] == ' ') ++i;
+
+    std::string value;
+    size_t significant = 0;  // value length without unescaped trailing spaces
+    bool quoted = i < n && dn[i] == '"';
+    if (quoted) ++i;
+    while (i < n) {
+      char c = dn[i];
+      if (c == '\\' && i + 1 < n) {
+        int hi = hex_value(dn[i + 1]);
+        int lo = i + 2 < n ? hex_value(dn[i + 2]) : -1;
+        if (hi >= 0 && lo >= 0) {
+          value.push_back(static_cast<char>(hi * 16 + lo));
+          i += 3;
+        } else {
+          value.push_back(dn[i + 1]);
+          i += 2;
+        }
+        significant = value.size();
+        continue;
+      }
+      if (quoted) {
+        ++i;
+        if (c == '"') {
+          quoted = false;
+          significant = value.size();
+        } else {
+          value.push_back(c);
+          significant = value.size();
+        }
+        continue;
+      }
+      if (c == ',' || c == '+' || c == ';') break;
+      value.push_back(c);
+      if (c != ' ') significant = value.size();
+      ++i;
+    }
+    value.resize(significant);
+    if (i < n) ++i;  // the separator
+
+    std::string lower_type = AsciiLower(type);
+    if (lower_type == "cn" || lower_type == "commonname" || lower_type == "2.5.4.3") return value;
+  }
+  return {};
+}
+
 }  // namespace keywarden::pki

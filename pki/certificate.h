@@ -21,6 +21,13 @@ absl::StatusOr<ossl::UniquePtr<X509_NAME>> ParseName(std::string_view text);
 // RFC 4514 string of a name.
 std::string FormatName(const X509_NAME* name);
 
+// The value of the most specific CN in an RFC 4514 string (the first one:
+// RFC 4514 lists RDNs most specific first), with escapes undone; empty when
+// there is none. Accepts "CN", "commonName" and "2.5.4.3" as the type, '+'
+// between attributes of a multi-valued RDN, quoted values and spaces around
+// separators (RFC 2253/1779 leftovers some tools still print).
+std::string CommonNameOfRfc4514(std::string_view dn);
+
 // A positive random serial of `bytes` bytes (at least 8: 64 bits of entropy
 // minus the sign bit).
 absl::StatusOr<ossl::UniquePtr<ASN1_INTEGER>> RandomSerial(size_t bytes = 16);

@@ -19,6 +19,7 @@
 #include <cctype>
 #include <cerrno>
 #include <charconv>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <filesystem>
@@ -27,6 +28,7 @@
 #include <map>
 #include <utility>
 
+#include <openssl/crypto.h>
 #include <toml++/toml.h>
 
 #include "absl/status/status.h"
@@ -34,6 +36,7 @@
 #include "hsm/strings.h"
 #include "hsm/uri.h"
 #include "service/signing/algorithm.h"
+#include "service/storage/postgres_database.h"
 
 #define KW_RETURN_IF_ERROR(expr)             \
   do {                                       \
@@ -456,10 +459,12 @@ absl::Status ReadExchange(const Section& s, Config::Exchange& e) {
 }
 
 absl::Status ReadDatabase(const Section& s, Config::Database& d) {
-  KW_RETURN_IF_ERROR(s.CheckKeys({"backend", "path", "connection"}));
+  KW_RETURN_IF_ERROR(s.CheckKeys({"backend", "path", "connection", "password", "pool_size"}));
   KW_RETURN_IF_ERROR(s.ReadChoice("backend", {"sqlite", "postgresql"}, d.backend));
   KW_RETURN_IF_ERROR(s.ReadString("path", d.path));
   KW_RETURN_IF_ERROR(s.ReadString("connection", d.connection));
+  KW_RETURN_IF_ERROR(s.ReadString("password", d.password));
+  KW_RETURN_IF_ERROR(s.ReadInt("pool_size", 1, 256, d.pool_size));
   if (d.backend == "sqlite" && d.path.empty()) {
     if (!s.Has("path")) {
       return s.ctx().Error(s.line(),
@@ -473,6 +478,25 @@ absl::Status ReadDatabase(const Section& s, Config::Database& d) {
           s.line(), "missing required key \"database.connection\" (backend = \"postgresql\")");
     }
     return s.Invalid("connection", "must not be empty with backend = \"postgresql\"");
+  }
+  if (d.backend == "postgresql") {
+    if (absl::Status st = CheckPostgresConnectionString(d.connection); !st.ok()) {
+      return s.Invalid("connection", std::string(st.message()));
+    }
+  }
+  if (s.Has("password")) {
+    if (d.password.starts_with("env:")) {
+      if (d.password.size() == 4) return s.Invalid("password", "\"env:\" names no variable");
+    } else if (d.password.starts_with("file:")) {
+      const std::string path = d.password.substr(5);
+      if (path.empty()) return s.Invalid("password", "\"file:\" names no file");
+      d.password = "file:" + s.ctx().ResolvePath(path);
+    } else {
+      // Never echo the value: it may be the password itself.
+      return s.Invalid("password",
+                       "must say where the password is, \"file:PATH\" or \"env:NAME\" "
+                       "(the password itself does not belong in the configuration)");
+    }
   }
   d.path = s.ctx().ResolvePath(d.path);
   return absl::OkStatus();
@@ -1235,6 +1259,63 @@ absl::StatusOr<Config> LoadConfig(const std::string& path) {
   std::string base_dir = ec ? std::filesystem::path(path).parent_path().string()
                             : absolute.lexically_normal().parent_path().string();
   return ParseConfig(text, path, base_dir);
+}
+
+absl::StatusOr<hsm::SecretString> ReadDatabasePassword(const Config::Database& database) {
+  const std::string& source = database.password;
+  if (source.empty()) return hsm::SecretString();
+  constexpr size_t kMaxPassword = 4096;
+  hsm::SecretString password;
+  if (source.starts_with("env:")) {
+    const std::string name = source.substr(4);
+    const char* v = std::getenv(name.c_str());
+    if (v == nullptr) {
+      return absl::NotFoundError(
+          StrCat("database.password: environment variable ", name, " is not set"));
+    }
+    password = hsm::SecretString(v);
+  } else if (source.starts_with("file:")) {
+    const std::string path = source.substr(5);
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    auto file_error = [&](int err) {
+      std::string message = StrCat("database.password: file ", path, ": ", std::strerror(err));
+      return err == ENOENT || err == ENOTDIR ? absl::NotFoundError(message)
+             : err == EACCES || err == EPERM ? absl::PermissionDeniedError(message)
+                                             : absl::FailedPreconditionError(message);
+    };
+    if (fd < 0) return file_error(errno);
+    std::string buf(kMaxPassword + 1, '\0');
+    size_t got = 0;
+    for (;;) {
+      ssize_t n = read(fd, buf.data() + got, buf.size() - got);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        const int err = errno;
+        close(fd);
+        OPENSSL_cleanse(buf.data(), buf.size());
+        return file_error(err);
+      }
+      if (n == 0 || (got += static_cast<size_t>(n)) == buf.size()) break;
+    }
+    close(fd);
+    const bool too_long = got > kMaxPassword;
+    size_t len = got;
+    while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r')) --len;
+    if (!too_long) password = hsm::SecretString(std::string_view(buf.data(), len));
+    OPENSSL_cleanse(buf.data(), buf.size());
+    if (too_long) {
+      return absl::InvalidArgumentError(
+          StrCat("database.password: file ", path, ": longer than ", kMaxPassword, " bytes"));
+    }
+  } else {
+    return absl::InvalidArgumentError("database.password: expected \"file:PATH\" or \"env:NAME\"");
+  }
+  if (password.empty()) {
+    return absl::InvalidArgumentError(StrCat(
+        "database.password: ", source.starts_with("env:") ? "environment variable " : "file ",
+        source.substr(source.find(':') + 1), " is empty"));
+  }
+  return password;
 }
 
 }  // namespace keywarden::service

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "hsm/secret.h"
 
 namespace keywarden::service {
 
@@ -136,7 +137,12 @@ struct Config {
   struct Database {
     std::string backend = "sqlite";  // "sqlite" or "postgresql"
     std::string path;                // sqlite: database file (required for sqlite)
-    std::string connection;          // postgresql: libpq connection string
+    std::string connection;          // postgresql: libpq connection string (no password in it)
+    // postgresql: where the password is, "file:PATH" (relative to the
+    // configuration file) or "env:NAME"; never the password itself. Empty:
+    // none (peer or certificate authentication, or a passfile).
+    std::string password;
+    int pool_size = 8;  // postgresql: at most this many connections (1..256)
   } database;
 
   struct Server {
@@ -228,5 +234,11 @@ absl::StatusOr<std::chrono::seconds> ParseDuration(std::string_view text);
 absl::StatusOr<Config> ParseConfig(std::string_view toml_text, const std::string& source_name,
                                    const std::string& base_dir);
 absl::StatusOr<Config> LoadConfig(const std::string& path);
+
+// Reads the database password from database.password ("file:PATH" or
+// "env:NAME"; a file's trailing newline dropped). Empty when none is
+// configured. The buffers it went through are wiped; the result wipes
+// itself when destroyed.
+absl::StatusOr<hsm::SecretString> ReadDatabasePassword(const Config::Database& database);
 
 }  // namespace keywarden::service

@@ -229,13 +229,25 @@ absl::Status CertificateAuthority::CheckKeyOwner(const std::string& spki_sha256,
                                                  int64_t exclude_request,
                                                  const std::string& exclude_serial,
                                                  std::string* same_key_as) {
+  return store_.Transact("checking the owner of a public key", [&](Transaction& t) {
+    return CheckKeyOwnerIn(t, spki_sha256, subject, requester, archiving, exclude_request,
+                           exclude_serial, same_key_as);
+  });
+}
+
+absl::Status CertificateAuthority::CheckKeyOwnerIn(Transaction& t, const std::string& spki_sha256,
+                                                   const std::string& subject,
+                                                   const std::string& requester, bool archiving,
+                                                   int64_t exclude_request,
+                                                   const std::string& exclude_serial,
+                                                   std::string* same_key_as) {
   if (spki_sha256.empty()) {
     return absl::InternalError("the request's public key could not be encoded to be looked up");
   }
   CertificateQuery q;
   q.spki_sha256 = spki_sha256;
   q.limit = 100;
-  auto certificates = store_.FindCertificates(q);
+  auto certificates = t.FindCertificates(q);
   if (!certificates.ok()) return certificates.status();
   for (const CertificateRecord& c : *certificates) {
     if (c.serial == exclude_serial) continue;
@@ -248,7 +260,7 @@ absl::Status CertificateAuthority::CheckKeyOwner(const std::string& spki_sha256,
     std::string owner_requester;
     std::optional<ArchivedKey> archived;
     if (c.request_id != exclude_request) {
-      auto owner = store_.GetRequest(c.request_id);
+      auto owner = t.GetRequest(c.request_id);
       if (!owner.ok()) return owner.status();
       owner_requester = owner->requester;
       archived = std::move(owner->archived_key);
@@ -275,7 +287,7 @@ absl::Status CertificateAuthority::CheckKeyOwner(const std::string& spki_sha256,
   }
   // A pending request holding the key archived (left for a Certificate
   // Manager): nobody else may send it, and its owner only once.
-  auto requests = store_.FindRequestsByKey(spki_sha256, 100);
+  auto requests = t.FindRequestsByKey(spki_sha256, 100);
   if (!requests.ok()) return requests.status();
   for (const RequestRecord& r : *requests) {
     if (r.id == exclude_request || r.disposition != Disposition::kPending || !r.archived_key) {
@@ -591,10 +603,9 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
   // One key, one owner: checked before anything is archived, at submission
   // and again at approval (another certificate may have been issued since).
   std::string same_key_as;
-  if (auto st =
-          CheckKeyOwner(pki::SpkiSha256(pub), pki::FormatName(subject.get()), request.requester,
-                        carries_key && !request.archived_key, request.id, {}, &same_key_as);
-      !st.ok()) {
+  const std::string key_hash = pki::SpkiSha256(pub);
+  const bool archiving_key = carries_key && !request.archived_key;
+  auto refuse_key = [&](const absl::Status& st) -> absl::StatusOr<EnrollmentOutcome> {
     if (!HResultOf(st)) return FailCaSide(request, st);  // the store, not the request
     Audit(policy, "request.key_in_use",
           json{{"request_id", request.id},
@@ -604,6 +615,11 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
                {"reason", std::string(st.message())}}
               .dump());
     return DenyWith(request, st, policy);
+  };
+  if (auto st = CheckKeyOwner(key_hash, pki::FormatName(subject.get()), request.requester,
+                              archiving_key, request.id, {}, &same_key_as);
+      !st.ok()) {
+    return refuse_key(st);
   }
   if (carries_key && t->archival == ArchivalPolicy::kNone) {
     // A CA without any KRA says so first (seed: 0x8009400a for every
@@ -771,9 +787,34 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
   // A renewal with the same key by the same owner (policy-allowed).
   if (!same_key_as.empty()) issued_details["same_key_as"] = same_key_as;
   audit.push_back({policy, "request.issued", issued_details.dump()});
-  if (auto st = store_.RecordIssued(request.id, record, request.archived_key, policy, now, audit);
-      !st.ok()) {
-    return st;
+  // The owner check again, in the issuing transaction under the key's lock:
+  // another submission of the same key may have been issued since.
+  absl::Status key_refusal;
+  absl::Status recorded = store_.Transact(
+      StrCat("issuing certificate ", record.serial, " for request ", request.id),
+      [&](Transaction& txn) -> absl::Status {
+        key_refusal = absl::OkStatus();
+        if (auto st = txn.Lock(StrCat("key:", key_hash)); !st.ok()) return st;
+        if (auto st = CheckKeyOwnerIn(txn, key_hash, pki::FormatName(subject.get()),
+                                      request.requester, archiving_key, request.id, {}, nullptr);
+            !st.ok()) {
+          key_refusal = st;
+          return st;
+        }
+        if (auto st = txn.RecordIssued(request.id, record, request.archived_key, policy, now);
+            !st.ok()) {
+          return st;
+        }
+        for (const AuditEntry& entry : audit) {
+          if (auto appended = txn.AppendAudit(entry, now); !appended.ok()) {
+            return appended.status();
+          }
+        }
+        return absl::OkStatus();
+      });
+  if (!recorded.ok()) {
+    if (!key_refusal.ok()) return refuse_key(key_refusal);
+    return recorded;
   }
   metrics::Add(metrics::kSignatures, {{"kind", "certificate"}});
   if (archived_now) metrics::Add(metrics::kArchivals, {{"source", "enrollment"}});

@@ -209,6 +209,14 @@ class CertificateAuthority {
                              const std::string& requester, bool archiving,
                              int64_t exclude_request = 0, const std::string& exclude_serial = {},
                              std::string* same_key_as = nullptr);
+  // The same check inside a unit of work (read through `t`): run again in
+  // the transaction that issues, after locking "key:<hash>", so two
+  // submissions of one key racing on two threads or two replicas cannot
+  // both pass it.
+  absl::Status CheckKeyOwnerIn(Transaction& t, const std::string& spki_sha256,
+                               const std::string& subject, const std::string& requester,
+                               bool archiving, int64_t exclude_request,
+                               const std::string& exclude_serial, std::string* same_key_as);
 
   // Appends to the audit log; a failure to audit is logged loudly.
   void Audit(const std::string& principal, const std::string& event,

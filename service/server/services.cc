@@ -244,7 +244,7 @@ class AdministrationService final : public v1::Administration::Service {
     out->set_not_after(ToUnix(X509_get0_notAfter(ca_.certificate())));
     out->set_token(config.hsm.token);
     out->set_role_separation(config.flags.role_separation);
-    out->set_schema_version(ca_.store().SchemaVersion());
+    out->set_schema_version(ca_.store().admin().SchemaVersion());
     auto current = ca_.CurrentExchange();
     for (const auto& x : ca_.ExchangeCertificates()) {
       auto* e = out->add_exchange();
@@ -435,7 +435,7 @@ class BackupService final : public v1::Backup::Service {
     if (mkdtemp(dir) == nullptr)
       return ToGrpc(absl::InternalError("backup: no temporary directory"));
     const std::string path = StrCat(dir, "/ca.db");
-    absl::Status result = ca_.store().Backup(path);
+    absl::Status result = ca_.store().admin().Backup(path);
     if (result.ok()) result = StreamCopy(path, caller.principal, writer);
     std::remove(path.c_str());
     rmdir(dir);

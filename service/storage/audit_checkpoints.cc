@@ -110,7 +110,7 @@ AuditVerdict VerifyAuditLog(const std::vector<AuditRecord>& records,
 
 absl::StatusOr<AuditVerdict> VerifyStoredAudit(Store& store, X509* ca,
                                                const std::optional<std::vector<uint8_t>>& held) {
-  absl::Status triggers = store.CheckAuditTriggers();
+  absl::Status triggers = store.admin().CheckAuditTriggers();
   if (!triggers.ok() && !absl::IsDataLoss(triggers)) return triggers;
   auto records = ReadAllAudit(store);
   if (!records.ok()) return records.status();

@@ -48,6 +48,8 @@ class Row {
   int64_t Int(size_t i) const;
   std::string Text(size_t i) const;
   std::vector<uint8_t> Blob(size_t i) const;
+  // The value as read (NULL beyond the last column).
+  Value value(size_t i) const { return i < values_.size() ? values_[i] : Value{}; }
 
  private:
   std::vector<Value> values_;

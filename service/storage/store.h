@@ -1,10 +1,13 @@
-// The CA database. One interface, several backends (SQLite embedded by
-// default; PostgreSQL to follow): the same store tests run on each.
+// The CA database. One interface, two backends: SQLite (embedded, the
+// default) and PostgreSQL (several keywardend replicas on one database).
+// The store's logic is written once (sql_store.cc) over a backend-neutral
+// SQL layer (sql.h); the same store tests run on both backends.
 //
-// Every write that must not be half-done is one call here, so a backend can
-// make it one transaction: RecordIssued stores the issued certificate, the
-// request's final disposition and (for archival) the encrypted key together,
-// so there is never an issued archival certificate without its blob.
+// Every state change and its audit record commit together or not at all:
+// the compound methods below (RecordIssued stores the issued certificate,
+// the request's final disposition, the encrypted key and the audit records
+// in one transaction) and, for anything else, Transact: a unit of work of
+// row operations and audit appends that commits as one.
 #pragma once
 
 #include <cstdint>
@@ -159,9 +162,76 @@ inline bool IsDatabaseFault(const absl::Status& status) {
 // disposition_message of a request being processed (see SetPendingMessage).
 inline constexpr char kRequestInProcess[] = "In process";
 
+// Row operations inside one unit of work (Store::Transact): nothing is
+// visible to anyone else until the unit of work commits, and on an error
+// nothing of it is kept. The operations mean what the Store methods of the
+// same name mean.
+class Transaction {
+ public:
+  virtual ~Transaction() = default;
+
+  virtual absl::StatusOr<int64_t> InsertRequest(const RequestRecord& request) = 0;
+  // Reads the request and, on PostgreSQL, locks its row until the end of
+  // the unit of work.
+  virtual absl::StatusOr<RequestRecord> GetRequest(int64_t id) = 0;
+  virtual absl::StatusOr<std::vector<RequestRecord>> FindRequestsByKey(
+      const std::string& spki_sha256, size_t limit) = 0;
+  virtual absl::Status ResolveRequest(int64_t id, Disposition disposition,
+                                      const std::string& message, uint32_t status_code,
+                                      const std::string& resolved_by, UnixTime at,
+                                      bool discard_archived_key) = 0;
+  virtual absl::Status RecordIssued(int64_t request_id, const CertificateRecord& certificate,
+                                    const std::optional<ArchivedKey>& archived_key,
+                                    const std::string& resolved_by, UnixTime at) = 0;
+  virtual absl::Status AttachArchivedKey(int64_t request_id, const ArchivedKey& key) = 0;
+  virtual absl::Status SetPendingMessage(int64_t request_id, const std::string& message) = 0;
+  virtual absl::Status InsertCertificate(const CertificateRecord& certificate) = 0;
+  virtual absl::StatusOr<CertificateRecord> GetCertificate(const std::string& serial) = 0;
+  virtual absl::StatusOr<std::vector<CertificateRecord>> FindCertificates(
+      const CertificateQuery& query) = 0;
+  virtual absl::Status Revoke(const std::string& serial, int reason, UnixTime at) = 0;
+  virtual absl::Status PutSetting(const std::string& name, const std::string& value) = 0;
+  virtual absl::StatusOr<std::string> GetSetting(const std::string& name) = 0;
+  virtual absl::StatusOr<int64_t> NextCounter(const std::string& name) = 0;
+  virtual absl::StatusOr<AuditRecord> AppendAudit(const AuditEntry& entry, UnixTime at) = 0;
+  // Serializes the rest of this unit of work with every other one (in any
+  // process, on any replica) that locks the same name: e.g. "key:<spki
+  // hash>" around the one-key-one-owner check and the issuance it allows.
+  virtual absl::Status Lock(std::string_view name) = 0;
+};
+
+// The administration of a backend: what `keywarden schema`, `backup` and
+// the start-up checks need, which differs between SQLite and PostgreSQL.
+class StoreAdmin {
+ public:
+  virtual ~StoreAdmin() = default;
+  virtual const char* BackendName() const = 0;  // "SQLite", "PostgreSQL"
+  // The schema as SQL (what `keywarden schema` prints, like certutil -schema).
+  virtual std::string Schema() = 0;
+  virtual int SchemaVersion() = 0;
+  // A consistent copy of the whole database at `path`, an SQLite file of
+  // this schema version whatever the backend (VerifySqliteCopy checks it,
+  // restore reads it), while the CA keeps running; refuses to overwrite an
+  // existing file.
+  virtual absl::Status Backup(const std::string& path) = 0;
+  // OK when the triggers that keep the audit log and its checkpoints
+  // append-only are present and unchanged; DATA_LOSS naming the ones that
+  // are missing or altered otherwise (they are not restored: someone with
+  // write access to the database removed them, which the operator must see).
+  virtual absl::Status CheckAuditTriggers() = 0;
+};
+
 class Store {
  public:
   virtual ~Store() = default;
+
+  // Runs `fn` as one unit of work: commits when it returns OK, keeps
+  // nothing otherwise. `fn` may run more than once (PostgreSQL reruns a
+  // unit of work that lost a serialization conflict or its connection
+  // before committing), so it acts only through the Transaction.
+  virtual absl::Status Transact(std::string_view what,
+                                const std::function<absl::Status(Transaction&)>& fn) = 0;
+  virtual StoreAdmin& admin() = 0;
 
   // -- requests
   // `audit`, when given, makes the records appended atomically with the row
@@ -253,23 +323,22 @@ class Store {
   virtual absl::StatusOr<std::vector<StoredCheckpoint>> ReadAuditCheckpoints() = 0;
   // The one with the highest number; NOT_FOUND when there is none.
   virtual absl::StatusOr<StoredCheckpoint> LastAuditCheckpoint() = 0;
-  // OK when the triggers that keep the audit log and its checkpoints
-  // append-only are present and unchanged; DATA_LOSS naming the ones that
-  // are missing or altered otherwise (they are not restored: someone with
-  // write access to the file removed them, which the operator must see).
-  virtual absl::Status CheckAuditTriggers() = 0;
-
-  // -- administration
-  // The schema as SQL (what `keywarden schema` prints, like certutil -schema).
-  virtual std::string Schema() = 0;
-  virtual int SchemaVersion() = 0;
-  // A consistent copy of the whole database at `path` while the CA keeps
-  // running; refuses to overwrite an existing file.
-  virtual absl::Status Backup(const std::string& path) = 0;
 };
 
 // Every audit record, in seq order.
 absl::StatusOr<std::vector<AuditRecord>> ReadAllAudit(Store& store);
+
+// Opens the database `config` names (Config::Database: backend "sqlite"
+// with a path, or "postgresql" with a connection string and a password
+// source), creating and migrating its schema.
+struct DatabaseOptions {
+  std::string backend = "sqlite";  // "sqlite" or "postgresql"
+  std::string path;                // sqlite
+  std::string connection;          // postgresql: libpq connection string (no password)
+  std::string password;            // postgresql: the password itself, already read
+  int pool_size = 8;               // postgresql
+};
+absl::StatusOr<std::unique_ptr<Store>> OpenStore(const DatabaseOptions& options);
 
 // Opens (creating if needed) an SQLite database: WAL mode, foreign keys on,
 // schema migrated to the current version inside a transaction. A database

@@ -392,7 +392,8 @@ TEST(AuditCheckpointStoreTest, TriggersArePresentOnAFreshStoreAndCheckpointsAreA
   ASSERT_NO_FATAL_FAILURE(f.Build());
   auto store = OpenSqliteStore(f.path);
   ASSERT_TRUE(store.ok());
-  EXPECT_TRUE((*store)->CheckAuditTriggers().ok()) << (*store)->CheckAuditTriggers();
+  EXPECT_TRUE((*store)->admin().CheckAuditTriggers().ok())
+      << (*store)->admin().CheckAuditTriggers();
   // Through SQL with the triggers in place, checkpoints cannot be changed.
   EXPECT_FALSE(Sql(f.path, "DELETE FROM audit_checkpoints WHERE number = 1;").ok());
   EXPECT_FALSE(Sql(f.path, "UPDATE audit_checkpoints SET seq = 1 WHERE number = 4;").ok());
@@ -409,7 +410,7 @@ TEST(AuditCheckpointStoreTest, TriggersArePresentOnAFreshStoreAndCheckpointsAreA
                   "DROP TRIGGER audit_no_delete; CREATE TRIGGER audit_no_delete BEFORE DELETE "
                   "ON audit BEGIN SELECT 1; END;")
                   .ok());
-  absl::Status altered = (*store)->CheckAuditTriggers();
+  absl::Status altered = (*store)->admin().CheckAuditTriggers();
   EXPECT_EQ(altered.code(), absl::StatusCode::kDataLoss) << altered;
   EXPECT_NE(altered.message().find("audit_no_delete (altered)"), std::string::npos) << altered;
 }

@@ -547,6 +547,34 @@ std::vector<ValidationCase> ValidationCases() {
       {"PostgresqlWithoutConnection",
        Minimal("path = \"keywarden.db\"\n", "backend = \"postgresql\"\n"),
        {"missing required key \"database.connection\""}},
+      {"PoolSizeZero",
+       Minimal("path = \"keywarden.db\"\n",
+               "backend = \"postgresql\"\nconnection = \"host=db\"\npool_size = 0\n"),
+       {"key \"database.pool_size\"", "0 is out of range (1..256)"}},
+      {"PoolSizeTooLarge",
+       Minimal("path = \"keywarden.db\"\n",
+               "backend = \"postgresql\"\nconnection = \"host=db\"\npool_size = 257\n"),
+       {"key \"database.pool_size\"", "257 is out of range (1..256)"}},
+      {"PoolSizeNotAnInteger",
+       Minimal("path = \"keywarden.db\"\n",
+               "backend = \"postgresql\"\nconnection = \"host=db\"\npool_size = \"8\"\n"),
+       {"key \"database.pool_size\"", "an integer"}},
+      {"PasswordInConnectionString",
+       Minimal("path = \"keywarden.db\"\n",
+               "backend = \"postgresql\"\nconnection = \"host=db password=hunter2\"\n"),
+       {"key \"database.connection\"", "holds a password", "database.password = \"file:"}},
+      {"PasswordInConnectionUri",
+       Minimal("path = \"keywarden.db\"\n",
+               "backend = \"postgresql\"\nconnection = \"postgresql://kw:hunter2@db/ca\"\n"),
+       {"key \"database.connection\"", "holds a password"}},
+      {"PasswordGivenInline",
+       Minimal("path = \"keywarden.db\"\n",
+               "backend = \"postgresql\"\nconnection = \"host=db\"\npassword = \"hunter2\"\n"),
+       {"key \"database.password\"", "\"file:PATH\" or \"env:NAME\""}},
+      {"PasswordEnvWithoutName",
+       Minimal("path = \"keywarden.db\"\n",
+               "backend = \"postgresql\"\nconnection = \"host=db\"\npassword = \"env:\"\n"),
+       {"key \"database.password\"", "names no variable"}},
       {"UnknownBackend",
        Minimal("[database]\n", "[database]\nbackend = \"mysql\"\n"),
        {"key \"database.backend\"", "\"mysql\" is not one of: sqlite, postgresql"}},
@@ -793,6 +821,79 @@ TEST(ConfigTest, PostgresqlWithConnectionNeedsNoPath) {
   EXPECT_EQ(c->database.backend, "postgresql");
   EXPECT_EQ(c->database.connection, "host=db dbname=keywarden");
   EXPECT_EQ(c->database.path, "");
+}
+
+TEST(ConfigTest, PostgresqlPasswordSourceAndPoolSize) {
+  absl::StatusOr<Config> c =
+      Parse(Minimal("path = \"keywarden.db\"\n",
+                    "backend = \"postgresql\"\nconnection = \"host=db dbname=keywarden "
+                    "sslmode=verify-full\"\npassword = \"file:secrets/db.pass\"\n"
+                    "pool_size = 32\n"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->database.password, "file:/etc/kw/secrets/db.pass");
+  EXPECT_EQ(c->database.pool_size, 32);
+
+  c = Parse(Minimal("path = \"keywarden.db\"\n",
+                    "backend = \"postgresql\"\nconnection = \"host=db\"\n"
+                    "password = \"env:KEYWARDEN_DB_PASSWORD\"\n"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->database.password, "env:KEYWARDEN_DB_PASSWORD");
+  EXPECT_EQ(c->database.pool_size, 8);  // the default
+}
+
+TEST(ConfigTest, PasswordGivenInlineIsNotEchoed) {
+  const std::string message = ErrorOf(Minimal("path = \"keywarden.db\"\n",
+                                              "backend = \"postgresql\"\nconnection = \"host=db\"\n"
+                                              "password = \"hunter2\"\n"));
+  EXPECT_THAT(message, HasSubstr("database.password"));
+  EXPECT_THAT(message, ::testing::Not(HasSubstr("hunter2")));
+  const std::string in_connection =
+      ErrorOf(Minimal("path = \"keywarden.db\"\n",
+                      "backend = \"postgresql\"\nconnection = \"host=db password=hunter2\"\n"));
+  EXPECT_THAT(in_connection, ::testing::Not(HasSubstr("hunter2")));
+}
+
+TEST(ConfigTest, DatabasePasswordIsReadFromFileOrEnvironment) {
+  TempDir dir;
+  Config::Database d;
+  // None configured: empty, no error.
+  absl::StatusOr<hsm::SecretString> none = service::ReadDatabasePassword(d);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_TRUE(none->empty());
+
+  WriteFile(dir.File("db.pass"), std::string("s3cret \xc3\xa9\n"));
+  d.password = "file:" + dir.File("db.pass");
+  absl::StatusOr<hsm::SecretString> from_file = service::ReadDatabasePassword(d);
+  ASSERT_TRUE(from_file.ok()) << from_file.status();
+  EXPECT_EQ(from_file->view(), "s3cret \xc3\xa9");  // trailing newline dropped
+
+  ASSERT_EQ(setenv("KW_TEST_DB_PASSWORD", "from-env", 1), 0);
+  d.password = "env:KW_TEST_DB_PASSWORD";
+  absl::StatusOr<hsm::SecretString> from_env = service::ReadDatabasePassword(d);
+  ASSERT_TRUE(from_env.ok()) << from_env.status();
+  EXPECT_EQ(from_env->view(), "from-env");
+  unsetenv("KW_TEST_DB_PASSWORD");
+  from_env = service::ReadDatabasePassword(d);
+  EXPECT_EQ(from_env.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(from_env.status().message()),
+              HasSubstr("environment variable KW_TEST_DB_PASSWORD is not set"));
+
+  d.password = "file:" + dir.File("missing.pass");
+  absl::StatusOr<hsm::SecretString> missing = service::ReadDatabasePassword(d);
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(missing.status().message()), HasSubstr(dir.File("missing.pass")));
+
+  WriteFile(dir.File("empty.pass"), std::string("\n"));
+  d.password = "file:" + dir.File("empty.pass");
+  absl::StatusOr<hsm::SecretString> empty = service::ReadDatabasePassword(d);
+  EXPECT_EQ(empty.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(empty.status().message()), HasSubstr("is empty"));
+
+  WriteFile(dir.File("huge.pass"), std::string(5000, 'x'));
+  d.password = "file:" + dir.File("huge.pass");
+  absl::StatusOr<hsm::SecretString> huge = service::ReadDatabasePassword(d);
+  EXPECT_EQ(huge.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(huge.status().message()), HasSubstr("longer than 4096 bytes"));
 }
 
 TEST(ConfigTest, ExtendedKeyUsageMayBeADottedOid) {

@@ -923,7 +923,7 @@ TEST_P(StoreTest, BackupIsAStoreWithTheSameData) {
 
   testing::TempDir backups;
   const std::string path = backups.File("ca-backup.db");
-  absl::Status backed_up = store().Backup(path);
+  absl::Status backed_up = store().admin().Backup(path);
   ASSERT_TRUE(backed_up.ok()) << backed_up;
 
   // The original keeps working; the copy does not see later writes.
@@ -941,14 +941,14 @@ TEST_P(StoreTest, BackupIsAStoreWithTheSameData) {
   ASSERT_TRUE(records.ok()) << records.status();
   EXPECT_EQ(records->size(), 10u);
   EXPECT_TRUE(VerifyAuditChain(*records).ok());
-  EXPECT_EQ((*copy)->SchemaVersion(), store().SchemaVersion());
+  EXPECT_EQ((*copy)->admin().SchemaVersion(), store().admin().SchemaVersion());
 }
 
 TEST_P(StoreTest, BackupRefusesAnExistingPath) {
   testing::TempDir backups;
   const std::string path = backups.File("precious");
   testing::WriteFile(path, std::string("do not overwrite"));
-  absl::Status s = store().Backup(path);
+  absl::Status s = store().admin().Backup(path);
   EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists) << s;
   EXPECT_TRUE(MessageHas(s, path));
   std::vector<uint8_t> content = testing::ReadFile(path);
@@ -976,7 +976,7 @@ TEST_P(StoreTest, BackupIsConsistentWhileOthersWrite) {
   while (appended.load() < 50 && failures.load() == 0) std::this_thread::yield();
   testing::TempDir backups;
   const std::string path = backups.File("busy.db");
-  absl::Status backed_up = store().Backup(path);
+  absl::Status backed_up = store().admin().Backup(path);
   stop = true;
   for (std::thread& t : writers) t.join();
   ASSERT_TRUE(backed_up.ok()) << backed_up;
@@ -993,7 +993,7 @@ TEST_P(StoreTest, BackupIsConsistentWhileOthersWrite) {
 
 TEST_P(StoreTest, NewerSchemaVersionIsRefused) {
   if (!GetParam().set_schema_version) GTEST_SKIP() << "backend has no schema version hook";
-  const int current = store().SchemaVersion();
+  const int current = store().admin().SchemaVersion();
   ASSERT_GE(current, 1);
   Close();
   ASSERT_TRUE(GetParam().set_schema_version(dir_.path(), current + 1).ok());
@@ -1005,8 +1005,8 @@ TEST_P(StoreTest, NewerSchemaVersionIsRefused) {
 }
 
 TEST_P(StoreTest, SchemaDescribesTheTables) {
-  EXPECT_GE(store().SchemaVersion(), 1);
-  std::string schema = store().Schema();
+  EXPECT_GE(store().admin().SchemaVersion(), 1);
+  std::string schema = store().admin().Schema();
   for (const char* text : {"CREATE TABLE", "requests", "certificates", "settings", "audit",
                            "archived_key", "prev_hash"}) {
     EXPECT_NE(schema.find(text), std::string::npos) << text << " not in:\n" << schema;
@@ -1110,7 +1110,7 @@ TEST(SqliteStoreTest, FileIsWalOwnerOnlyAndAuditIsAppendOnly) {
 
   // A backup holds archived keys too.
   const std::string backup = dir.File("backup.db");
-  ASSERT_TRUE((*store)->Backup(backup).ok());
+  ASSERT_TRUE((*store)->admin().Backup(backup).ok());
   ASSERT_EQ(stat(backup.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
 }
@@ -1238,11 +1238,11 @@ TEST(SqliteStoreTest, VerifySqliteCopyAcceptsOnlyAnIntactKeywardenDatabase) {
     absl::StatusOr<std::unique_ptr<Store>> store = OpenSqliteStore(path);
     ASSERT_TRUE(store.ok()) << store.status();
     // No audit record yet: not a CA database anyone ran.
-    ASSERT_TRUE((*store)->Backup(dir.File("empty-log.db")).ok());
+    ASSERT_TRUE((*store)->admin().Backup(dir.File("empty-log.db")).ok());
     for (int i = 1; i <= 3; ++i) {
       ASSERT_TRUE((*store)->AppendAudit("system", "test", StrCat("{\"n\":", i, "}"), i).ok());
     }
-    ASSERT_TRUE((*store)->Backup(copy).ok());
+    ASSERT_TRUE((*store)->admin().Backup(copy).ok());
   }
   absl::StatusOr<int64_t> good = VerifySqliteCopy(copy);
   ASSERT_TRUE(good.ok()) << good.status();
@@ -1310,7 +1310,7 @@ TEST(SqliteStoreTest, MigrationToVersion4BackfillsUpnAndEmailFromTheStoredCertif
   {
     auto store = OpenSqliteStore(db);
     ASSERT_TRUE(store.ok()) << store.status();
-    EXPECT_EQ((*store)->SchemaVersion(), 4);
+    EXPECT_EQ((*store)->admin().SchemaVersion(), 4);
     CertificateRecord c = MakeCertificate("0a01", "CN=Frank");
     c.der = testing::ReadFile(der);
     c.upn = "";  // as every version before 4 stored it
@@ -1325,7 +1325,7 @@ TEST(SqliteStoreTest, MigrationToVersion4BackfillsUpnAndEmailFromTheStoredCertif
                   .ok());
   auto store = OpenSqliteStore(db);
   ASSERT_TRUE(store.ok()) << store.status();
-  EXPECT_EQ((*store)->SchemaVersion(), 4);
+  EXPECT_EQ((*store)->admin().SchemaVersion(), 4);
   auto frank = (*store)->GetCertificate("0a01");
   ASSERT_TRUE(frank.ok()) << frank.status();
   EXPECT_EQ(frank->upn, "frank@corp.example");
