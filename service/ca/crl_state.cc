@@ -31,16 +31,20 @@ int64_t NowMicros() {
       .count();
 }
 
-absl::StatusOr<int64_t> HighestCrlNumber(Store& store) {
+namespace {
+
+// Store or Transaction: both read settings the same way.
+template <typename Settings>
+absl::StatusOr<int64_t> Highest(Settings& settings) {
   int64_t highest = 0;
-  if (auto counter = store.GetSetting(kCrlNumberSetting); counter.ok()) {
+  if (auto counter = settings.GetSetting(kCrlNumberSetting); counter.ok()) {
     auto n = ParseInt(*counter, absl::StrCat("setting \"", kCrlNumberSetting, "\""));
     if (!n.ok()) return n.status();
     highest = *n;
   } else if (!absl::IsNotFound(counter.status())) {
     return counter.status();
   }
-  if (auto current = store.GetSetting(kCrlCurrentSetting); current.ok()) {
+  if (auto current = settings.GetSetting(kCrlCurrentSetting); current.ok()) {
     json j = json::parse(*current, nullptr, false);
     if (j.is_object() && j.contains("number") && j["number"].is_number_integer()) {
       highest = std::max(highest, j["number"].get<int64_t>());
@@ -51,14 +55,27 @@ absl::StatusOr<int64_t> HighestCrlNumber(Store& store) {
   return highest;
 }
 
+}  // namespace
+
+absl::StatusOr<int64_t> HighestCrlNumber(Store& store) {
+  return Highest(store);
+}
+
 absl::StatusOr<int64_t> NextCrlNumber(Store& store, int64_t now_micros) {
-  auto highest = HighestCrlNumber(store);
-  if (!highest.ok()) return highest.status();
-  if (*highest == std::numeric_limits<int64_t>::max()) {
-    return absl::OutOfRangeError("the CRL number is at its maximum");
-  }
-  const int64_t next = std::max(*highest + 1, now_micros);
-  if (auto st = store.PutSetting(kCrlNumberSetting, std::to_string(next)); !st.ok()) return st;
+  int64_t next = 0;
+  // One unit of work, serialized with every other publisher (any replica):
+  // two CRLs never get the same number.
+  absl::Status st = store.Transact("handing out a CRL number", [&](Transaction& t) -> absl::Status {
+    if (absl::Status locked = t.Lock(kCrlNumberSetting); !locked.ok()) return locked;
+    auto highest = Highest(t);
+    if (!highest.ok()) return highest.status();
+    if (*highest == std::numeric_limits<int64_t>::max()) {
+      return absl::OutOfRangeError("the CRL number is at its maximum");
+    }
+    next = std::max(*highest + 1, now_micros);
+    return t.PutSetting(kCrlNumberSetting, std::to_string(next));
+  });
+  if (!st.ok()) return st;
   return next;
 }
 

@@ -29,8 +29,9 @@ absl::StatusOr<int64_t> HighestCrlNumber(Store& store);
 
 // The number of the next CRL, stored before it is returned: like boulder,
 // derived from time so that it never repeats even after a restore from an
-// older copy: max(HighestCrlNumber + 1, now_micros). The caller serializes
-// publication (one publisher at a time).
+// older copy: max(HighestCrlNumber + 1, now_micros). Read and write are
+// one unit of work under the lock "crl.number", so concurrent publishers
+// (threads, replicas) never get the same number.
 absl::StatusOr<int64_t> NextCrlNumber(Store& store, int64_t now_micros);
 
 // Microseconds since the epoch, from the system clock.

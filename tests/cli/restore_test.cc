@@ -11,6 +11,7 @@
 
 #include <cstdio>
 #include <set>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -689,6 +690,24 @@ TEST(CrlNumberTest, DerivedFromTimeAndAboveEveryStoredNumber) {
   // Time moves past every floor: the time it is.
   EXPECT_EQ(service::NextCrlNumber(**store, 2'100'000'000'000'000).value_or(-1),
             2'100'000'000'000'000);
+  // Concurrent publishers at the same instant: every number differs.
+  {
+    std::vector<std::thread> threads;
+    std::vector<int64_t> got(8 * 25, -1);
+    for (int t = 0; t < 8; ++t) {
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < 25; ++i) {
+          got[t * 25 + i] = service::NextCrlNumber(**store, now).value_or(-1);
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    std::set<int64_t> distinct(got.begin(), got.end());
+    EXPECT_EQ(distinct.size(), got.size());
+    EXPECT_EQ(distinct.count(-1), 0u);
+    EXPECT_EQ(*distinct.begin(), 2'100'000'000'000'001);
+    EXPECT_EQ(*distinct.rbegin(), 2'100'000'000'000'000 + static_cast<int64_t>(got.size()));
+  }
   // A damaged counter is an error, never a restart from 0.
   ASSERT_TRUE((*store)->PutSetting("crl.number", "12x").ok());
   EXPECT_FALSE(service::NextCrlNumber(**store, now).ok());
