@@ -38,6 +38,7 @@
 #include "service/server/signing_service.h"
 #include "service/server/token_watch.h"
 #include "service/signing/delegated_signer.h"
+#include "service/storage/db_lock.h"
 #include "service/storage/store.h"
 
 namespace {
@@ -115,6 +116,15 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
   config->audit.accept_broken = accept_broken_audit;
   if (config->database.backend == "sqlite") {
     if (auto st = service::EnsureStateDirectory(config->database.path); !st.ok()) return Fail(st);
+  }
+  // SQLite: one writer, held until the process ends, so `keywarden
+  // restore` (and a second keywardend on the same file) refuse while this
+  // one runs. PostgreSQL: any number of replicas share the database.
+  std::unique_ptr<service::DatabaseLock> db_lock;
+  if (config->database.backend == "sqlite") {
+    auto locked = service::LockDatabase(config->database.path, "keywardend");
+    if (!locked.ok()) return Fail(locked.status());
+    db_lock = std::move(*locked);
   }
   auto store = service::OpenConfiguredStore(config->database);
   if (!store.ok()) return Fail(store.status());

@@ -27,6 +27,7 @@
 #include "pki/recovery_blob.h"
 #include "service/authz.h"
 #include "service/bounded.h"
+#include "service/ca/crl_state.h"
 #include "service/errors.h"
 #include "service/observe/log.h"
 #include "service/observe/metrics.h"
@@ -37,7 +38,7 @@ namespace {
 using nlohmann::json;
 
 constexpr size_t kMaxRequestSize = 256 * 1024;
-constexpr char kCrlSetting[] = "crl.current";
+constexpr const char* kCrlSetting = kCrlCurrentSetting;
 // Template name of certificates from other CAs imported for key archival.
 constexpr char kForeignTemplate[] = "(foreign)";
 
@@ -45,6 +46,12 @@ std::map<std::string, ClientTrust::Revocation> RevocationsOf(
     const std::vector<CertificateRecord>& revoked) {
   std::map<std::string, ClientTrust::Revocation> out;
   for (const auto& r : revoked) out[r.serial] = {r.revoked_at, r.revocation_reason};
+  return out;
+}
+std::map<std::string, ClientTrust::Revocation> RevocationsOf(
+    const std::vector<CarriedRevocation>& revoked) {
+  std::map<std::string, ClientTrust::Revocation> out;
+  for (const auto& r : revoked) out[r.serial] = {r.revoked_at, r.reason};
   return out;
 }
 
@@ -142,6 +149,10 @@ absl::StatusOr<std::unique_ptr<CertificateAuthority>> CertificateAuthority::Open
   auto revoked = store.RevokedCertificates(now);
   if (!revoked.ok()) return revoked.status();
   ca->trust_->AddOwnRevocations(RevocationsOf(*revoked));
+  // Revocations a restore carried over for certificates it does not hold.
+  auto carried = CarriedRevocations(store);
+  if (!carried.ok()) return carried.status();
+  ca->trust_->AddOwnRevocations(RevocationsOf(*carried));
 
   CertificateAuthority* self = ca.get();
   ca->exchange_ =
@@ -1374,8 +1385,23 @@ absl::StatusOr<CrlInfo> CertificateAuthority::PublishCrl(const std::string& who)
   if (!revoked.ok()) return revoked.status();
   trust_->AddOwnRevocations(RevocationsOf(*revoked));
   std::vector<RevokedEntry> entries;
-  for (const auto& r : *revoked) entries.push_back({r.serial, r.revoked_at, r.revocation_reason});
-  auto number = store_.NextCounter("crl.number");
+  std::set<std::string> listed;
+  for (const auto& r : *revoked) {
+    entries.push_back({r.serial, r.revoked_at, r.revocation_reason});
+    listed.insert(r.serial);
+  }
+  // Entries of a CRL published before a restore whose certificates the
+  // restored database does not hold: they stay listed (their expiry is not
+  // known, so for good).
+  auto carried = CarriedRevocations(store_);
+  if (!carried.ok()) return carried.status();
+  trust_->AddOwnRevocations(RevocationsOf(*carried));
+  for (const auto& r : *carried) {
+    if (listed.insert(r.serial).second) entries.push_back({r.serial, r.revoked_at, r.reason});
+  }
+  // Derived from time (boulder's way) and above every number handed out or
+  // carried over by a restore: never repeats, even after a restore.
+  auto number = NextCrlNumber(store_, NowMicros());
   if (!number.ok()) return number.status();
   CrlInfo info;
   info.number = *number;

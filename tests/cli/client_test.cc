@@ -553,6 +553,7 @@ TEST_F(CliClientTest, EveryVerbHasHelp) {
       "audit read",
       "audit verify",
       "backup",
+      "restore",
       "schema",
       "token list",
       "ceremony root",
