@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <map>
 #include <thread>
 
 #include <openssl/rand.h>
@@ -32,13 +33,30 @@ const std::string& ReplicaId() {
   return id;
 }
 
+namespace {
+
+// One mutex per lease name for the whole process (never freed: a handful
+// of names).
+std::mutex& LocalMutex(const std::string& name) {
+  static std::mutex mu;
+  static std::map<std::string, std::unique_ptr<std::mutex>>* by_name =
+      new std::map<std::string, std::unique_ptr<std::mutex>>();
+  std::lock_guard<std::mutex> lock(mu);
+  auto& m = (*by_name)[name];
+  if (!m) m = std::make_unique<std::mutex>();
+  return *m;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<ScopedLease>> ScopedLease::TryTake(Store& store,
                                                                   const std::string& name,
                                                                   int64_t now) {
+  std::unique_lock<std::mutex> local(LocalMutex(name));
   auto got = store.AcquireLease(name, ReplicaId(), now, kTtlSeconds);
   if (!got.ok()) return got.status();
   if (!*got) return std::unique_ptr<ScopedLease>();
-  return std::unique_ptr<ScopedLease>(new ScopedLease(store, name));
+  return std::unique_ptr<ScopedLease>(new ScopedLease(store, name, std::move(local)));
 }
 
 absl::StatusOr<std::unique_ptr<ScopedLease>> ScopedLease::Take(Store& store,

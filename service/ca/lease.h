@@ -8,6 +8,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -26,7 +27,10 @@ class ScopedLease {
 
   // Takes lease `name` for this replica when it is free or expired; nullptr
   // (not an error) when another replica holds it. An error only for a store
-  // fault.
+  // fault. Within one process the holder id is the same for every thread,
+  // so a process-wide mutex per name is taken first (waiting for another
+  // thread of this replica that holds the lease): one thread's release can
+  // never leave another thread here working without it.
   static absl::StatusOr<std::unique_ptr<ScopedLease>> TryTake(Store& store, const std::string& name,
                                                               int64_t now);
   // TryTake every 100 ms until it succeeds or `wait` has passed (then
@@ -41,9 +45,11 @@ class ScopedLease {
   ScopedLease& operator=(const ScopedLease&) = delete;
 
  private:
-  ScopedLease(Store& store, std::string name) : store_(store), name_(std::move(name)) {}
+  ScopedLease(Store& store, std::string name, std::unique_lock<std::mutex> local)
+      : store_(store), name_(std::move(name)), local_(std::move(local)) {}
   Store& store_;
   std::string name_;
+  std::unique_lock<std::mutex> local_;  // released after the lease
 };
 
 }  // namespace keywarden::service
