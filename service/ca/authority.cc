@@ -1359,7 +1359,11 @@ absl::Status CertificateAuthority::AdoptStoredCrlLocked(bool force) {
 absl::StatusOr<CrlInfo> CertificateAuthority::CurrentCrl() {
   {
     std::lock_guard<std::mutex> lock(crl_mu_);
-    if (auto st = AdoptStoredCrlLocked(false); !st.ok()) return st;
+    if (auto st = AdoptStoredCrlLocked(false); !st.ok()) {
+      // The database is away: the CRL this replica has is still valid to
+      // serve (re-issuing, below, needs the database anyway).
+      log::Warn("stored CRL not re-read", json{{"error", std::string(st.message())}});
+    }
     if (CrlFresh(crl_, clock_())) return *crl_;
   }
   const auto deadline = std::chrono::steady_clock::now() + kCrlLeaseWait;

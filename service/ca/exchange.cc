@@ -177,7 +177,12 @@ const ExchangeCertificate* ExchangeKeys::FreshLocked(int64_t now) const {
 absl::StatusOr<ExchangeCertificate> ExchangeKeys::Current() {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (auto st = RefreshLocked(false); !st.ok()) return st;
+    if (auto st = RefreshLocked(false); !st.ok()) {
+      // The database is away: what this replica has is still good to hand
+      // out (renewal, below, needs the database anyway).
+      log::Warn("exchange certificates not re-read",
+                nlohmann::json{{"error", std::string(st.message())}});
+    }
     if (const ExchangeCertificate* x = FreshLocked(clock_())) return *x;
   }
   // Due (or none yet): the replica holding the lease renews.
