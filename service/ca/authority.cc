@@ -1356,6 +1356,13 @@ absl::Status CertificateAuthority::AdoptStoredCrlLocked(bool force) {
   return absl::OkStatus();
 }
 
+void CertificateAuthority::TakeOverReplicaRevocations() {
+  std::lock_guard<std::mutex> lock(crl_mu_);
+  if (auto st = AdoptStoredCrlLocked(false); !st.ok()) {
+    log::Warn("stored CRL not re-read", json{{"error", std::string(st.message())}});
+  }
+}
+
 absl::StatusOr<CrlInfo> CertificateAuthority::CurrentCrl() {
   {
     std::lock_guard<std::mutex> lock(crl_mu_);

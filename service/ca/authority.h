@@ -116,6 +116,11 @@ class CertificateAuthority {
   absl::StatusOr<CrlInfo> CurrentCrl();
   // Issues a CRL now, under the lease "crl" (waiting up to 30 s for it).
   absl::StatusOr<CrlInfo> PublishCrl(const std::string& who);
+  // Takes over a CRL another replica published, and the revocations behind
+  // it, when there is one (looks at most once a second; called before each
+  // client's revocation check, so a certificate revoked through another
+  // replica is refused here within a second). A store fault is logged.
+  void TakeOverReplicaRevocations();
 
   absl::StatusOr<ExchangeCertificate> CurrentExchange() { return exchange_->Current(); }
   absl::StatusOr<ExchangeCertificate> RenewExchange(const std::string& who);

@@ -341,6 +341,59 @@ TEST_F(ReplicaTest, CrlNumbersIncreaseAcrossReplicasAndEachServesTheNewest) {
   ExpectAuditIntact(StrCat(a_, ",", b_));
 }
 
+// A client certificate this CA issued, revoked through A, is refused at
+// B's door within a second (B takes the revocation over from the store).
+TEST_F(ReplicaTest, AClientRevokedThroughOneReplicaIsRefusedByTheOther) {
+  DaemonHarness::Options options;
+  options.trust_own_ca = true;
+  options.extra_clients.emplace("root", "CN=root admin,O=keywarden test");
+  options.extra_toml = R"(
+[[role]]
+principal = "CN=root admin,O=keywarden test"
+issuer = "tls/tls-ca.pem"
+roles = ["ca-administrator", "enrollee"]
+
+[[role]]
+principal = "CN=officer2,O=keywarden test"
+issuer = "ca.pem"
+roles = ["certificate-manager"]
+
+[[template]]
+name = "ClientAuth"
+extended_key_usage = ["clientAuth"]
+key_types = ["ec"]
+min_key_bits = 256
+enrollees = ["enrollee"]
+)";
+  Start(options);
+  const std::string key = daemon_->dir().File("tls/officer2.key");
+  const std::string csr = tmp_.File("officer2.csr");
+  auto r =
+      RunCommand(StrCat("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+                        "-subj '/O=keywarden test/CN=officer2' -keyout ",
+                        key, " -out ", csr));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string cert = daemon_->dir().File("tls/officer2.pem");
+  r = Kw("root", a_, StrCat("submit ", csr, " --template ClientAuth --out ", cert));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  daemon_->AddClient("officer2", {"CN=officer2,O=keywarden test", cert, key});
+  r = Kw("officer2", b_, "officer list");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+
+  const std::string serial = SerialOf(cert).substr(7);
+  r = Kw("officer", a_, StrCat("officer revoke ", serial, " --reason 1"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  r = Kw("officer2", b_, "officer list");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(Contains(r.output, "revoked")) << r.output;
+  // B recorded the refusal in the one audit chain.
+  const auto refused = HarnessAuditEvents(*daemon_, "authz.revoked");
+  ASSERT_EQ(refused.size(), 1u);
+  EXPECT_TRUE(Contains(refused[0].details, AsciiLower(serial))) << refused[0].details;
+  ExpectAuditIntact(a_);
+}
+
 TEST_F(ReplicaTest, CliFailsOverToTheFirstServerThatAnswers) {
   Start();
   const std::string dead1 = StrCat("127.0.0.1:", DeadPort());
