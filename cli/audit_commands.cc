@@ -208,7 +208,8 @@ void RegisterAuditCommands(CLI::App& app, const Output& out, const ConnectionOpt
   read->add_option("--limit", r->limit, "At most N records (default 1000)")
       ->check(CLI::Range(1, 10000));
   read->callback([&out, &conn, &action, r] {
-    action = WithClient(out, conn, [r](Client& c) { return RunRead(c, *r); });
+    action = WithClient(
+        out, conn, [r](Client& c) { return RunRead(c, *r); }, Failover::kIdempotent);
   });
 
   auto v = std::make_shared<VerifyOptions>();
@@ -238,7 +239,8 @@ void RegisterAuditCommands(CLI::App& app, const Output& out, const ConnectionOpt
       };
       return;
     }
-    action = WithClient(out, conn, [v](Client& c) { return RunVerifyRemote(c, *v); });
+    action = WithClient(
+        out, conn, [v](Client& c) { return RunVerifyRemote(c, *v); }, Failover::kIdempotent);
   });
 
   auto checkpoint_out = std::make_shared<std::string>();

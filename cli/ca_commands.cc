@@ -161,16 +161,19 @@ void RegisterCaCommands(CLI::App& app, const Output& out, const ConnectionOption
   CLI::App* cert = ca->add_subcommand("cert", "The CA certificate and its chain (PEM)");
   cert->add_option("--out", *cert_out, out_help);
   cert->callback([&out, &conn, &action, cert_out] {
-    action = WithClient(out, conn, [cert_out](Client& c) -> absl::StatusOr<Reply> {
-      if (auto st = CheckOut(*cert_out); !st.ok()) return st;
-      v1::CertificateChain chain;
-      auto ctx = c.Context();
-      if (auto st = c.Check(
-              c.enrollment().GetCaCertificate(ctx.get(), v1::GetCaCertificateRequest(), &chain));
-          !st.ok())
-        return st;
-      return ReportChain(chain, *cert_out, "CA certificate", true);
-    });
+    action = WithClient(
+        out, conn,
+        [cert_out](Client& c) -> absl::StatusOr<Reply> {
+          if (auto st = CheckOut(*cert_out); !st.ok()) return st;
+          v1::CertificateChain chain;
+          auto ctx = c.Context();
+          if (auto st = c.Check(c.enrollment().GetCaCertificate(
+                  ctx.get(), v1::GetCaCertificateRequest(), &chain));
+              !st.ok())
+            return st;
+          return ReportChain(chain, *cert_out, "CA certificate", true);
+        },
+        Failover::kIdempotent);
   });
 
   auto xchg_out = std::make_shared<std::string>();
@@ -178,38 +181,45 @@ void RegisterCaCommands(CLI::App& app, const Output& out, const ConnectionOption
       "xchg", "The current CA exchange certificate (encrypt archived keys to it) and the CA chain");
   xchg->add_option("--out", *xchg_out, out_help);
   xchg->callback([&out, &conn, &action, xchg_out] {
-    action = WithClient(out, conn, [xchg_out](Client& c) -> absl::StatusOr<Reply> {
-      if (auto st = CheckOut(*xchg_out); !st.ok()) return st;
-      v1::CertificateChain chain;
-      auto ctx = c.Context();
-      if (auto st = c.Check(c.enrollment().GetExchangeCertificate(
-              ctx.get(), v1::GetExchangeCertificateRequest(), &chain));
-          !st.ok())
-        return st;
-      return ReportChain(chain, *xchg_out, "CA exchange certificate", true);
-    });
+    action = WithClient(
+        out, conn,
+        [xchg_out](Client& c) -> absl::StatusOr<Reply> {
+          if (auto st = CheckOut(*xchg_out); !st.ok()) return st;
+          v1::CertificateChain chain;
+          auto ctx = c.Context();
+          if (auto st = c.Check(c.enrollment().GetExchangeCertificate(
+                  ctx.get(), v1::GetExchangeCertificateRequest(), &chain));
+              !st.ok())
+            return st;
+          return ReportChain(chain, *xchg_out, "CA exchange certificate", true);
+        },
+        Failover::kIdempotent);
   });
 
   auto crl_out = std::make_shared<std::string>();
   CLI::App* crl = ca->add_subcommand("crl", "The current CRL (PEM)");
   crl->add_option("--out", *crl_out, out_help);
   crl->callback([&out, &conn, &action, crl_out] {
-    action = WithClient(out, conn, [crl_out](Client& c) -> absl::StatusOr<Reply> {
-      if (auto st = CheckOut(*crl_out); !st.ok()) return st;
-      v1::Crl result;
-      auto ctx = c.Context();
-      if (auto st = c.Check(c.enrollment().GetCrl(ctx.get(), v1::GetCrlRequest(), &result));
-          !st.ok())
-        return st;
-      return ReportCrl(result, *crl_out, "Current CRL", true);
-    });
+    action = WithClient(
+        out, conn,
+        [crl_out](Client& c) -> absl::StatusOr<Reply> {
+          if (auto st = CheckOut(*crl_out); !st.ok()) return st;
+          v1::Crl result;
+          auto ctx = c.Context();
+          if (auto st = c.Check(c.enrollment().GetCrl(ctx.get(), v1::GetCrlRequest(), &result));
+              !st.ok())
+            return st;
+          return ReportCrl(result, *crl_out, "Current CRL", true);
+        },
+        Failover::kIdempotent);
   });
 
   CLI::App* status =
       ca->add_subcommand("status",
                          "The CA's name, certificate, token, exchange certificates and templates "
                          "(CA Administrator)");
-  status->callback([&out, &conn, &action] { action = WithClient(out, conn, RunStatus); });
+  status->callback(
+      [&out, &conn, &action] { action = WithClient(out, conn, RunStatus, Failover::kIdempotent); });
 
   auto renew_out = std::make_shared<std::string>();
   CLI::App* renew = ca->add_subcommand(

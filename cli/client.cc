@@ -3,6 +3,7 @@
 #include <grpc/support/log.h>
 #include <openssl/crypto.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 
@@ -39,6 +40,16 @@ bool HasPort(const std::string& target) {
 // the error message already says; they stay available with $GRPC_VERBOSITY.
 void QuietGrpcLog(gpr_log_func_args* /*args*/) {}
 
+// `status`'s message, naming `target` unless it does already.
+std::string Named(const std::string& target, const absl::Status& status) {
+  const std::string message(status.message());
+  if (message.find(target) != std::string::npos) return message;
+  return StrCat(target, ": ", message);
+}
+
+// How long the probe of each --server waits for an answer before moving on.
+constexpr int kProbeTimeoutSeconds = 10;
+
 std::string Hex32(uint32_t v) {
   char buf[16];
   std::snprintf(buf, sizeof buf, "0x%08x", v);
@@ -49,7 +60,9 @@ std::string Hex32(uint32_t v) {
 
 void AddConnectionOptions(CLI::App& app, ConnectionOptions& o) {
   const char* group = "Connection";
-  app.add_option("--server", o.server, "keywardend address, HOST:PORT")
+  app.add_option("--server", o.server,
+                 "keywardend address, HOST:PORT; several comma-separated ones (replicas of one "
+                 "CA) are tried in order, moving on when one cannot be reached")
       ->envname("KEYWARDEN_SERVER")
       ->group(group);
   app.add_option("--client-cert", o.client_cert, "Client certificate (PEM) for mutual TLS")
@@ -110,20 +123,59 @@ absl::Status FromGrpc(const grpc::Status& status, const std::string& target) {
     for (const auto& c : detail.candidates()) message += StrCat("\n  ", c);
   }
   absl::Status out(code, message);
+  if (!status.error_details().empty() && rpc.ParseFromString(status.error_details())) {
+    out.SetPayload(kFromDaemonPayload, absl::Cord("1"));
+  }
   if (!hresult.empty()) out.SetPayload(kHResultPayload, absl::Cord(hresult));
   if (!symbol.empty()) out.SetPayload(kSymbolPayload, absl::Cord(symbol));
   return out;
 }
 
-absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ConnectionOptions& o) {
-  if (o.server.empty()) {
+bool IsConnectionFailure(const absl::Status& status) {
+  return absl::IsUnavailable(status) && !status.GetPayload(kFromDaemonPayload).has_value();
+}
+
+absl::StatusOr<std::vector<std::string>> ParseServers(const std::string& servers) {
+  if (servers.empty()) {
     return absl::InvalidArgumentError(
         "no daemon address: give --server HOST:PORT or set $KEYWARDEN_SERVER");
   }
-  if (!HasPort(o.server)) {
-    return absl::InvalidArgumentError(
-        StrCat("--server ", o.server, ": expected HOST:PORT, e.g. ca.example.net:7443"));
+  std::vector<std::string> out;
+  size_t pos = 0;
+  for (;;) {
+    const size_t comma = servers.find(',', pos);
+    std::string one =
+        servers.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    const size_t first = one.find_first_not_of(" \t");
+    const size_t last = one.find_last_not_of(" \t");
+    one = first == std::string::npos ? std::string() : one.substr(first, last - first + 1);
+    if (one.empty()) {
+      return absl::InvalidArgumentError(
+          StrCat("--server ", servers, ": an empty address in the comma-separated list"));
+    }
+    if (!HasPort(one)) {
+      return absl::InvalidArgumentError(
+          StrCat("--server ", one, ": expected HOST:PORT, e.g. ca.example.net:7443"));
+    }
+    out.push_back(std::move(one));
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
   }
+  if (out.size() > 16) {
+    return absl::InvalidArgumentError(
+        StrCat("--server: ", out.size(), " addresses; at most 16 are tried"));
+  }
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ConnectionOptions& o) {
+  auto servers = ParseServers(o.server);
+  if (!servers.ok()) return servers.status();
+  return ConnectTo(o, servers->front());
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::ConnectTo(const ConnectionOptions& o,
+                                                          const std::string& target) {
   if (o.client_cert.empty() != o.client_key.empty()) {
     return absl::InvalidArgumentError(
         "--client-cert and --client-key go together: give both or neither");
@@ -153,9 +205,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ConnectionOptions&
   OPENSSL_cleanse(tls.pem_private_key.data(), tls.pem_private_key.size());
 
   std::unique_ptr<Client> c(new Client());
-  c->target_ = o.server;
+  c->target_ = target;
   c->timeout_ = std::chrono::seconds(o.timeout_seconds);
-  c->channel_ = grpc::CreateCustomChannel(o.server, credentials, args);
+  c->channel_ = grpc::CreateCustomChannel(target, credentials, args);
   c->enrollment_ = v1::Enrollment::NewStub(c->channel_);
   c->officer_ = v1::Officer::NewStub(c->channel_);
   c->administration_ = v1::Administration::NewStub(c->channel_);
@@ -181,14 +233,63 @@ absl::Status Client::Check(const grpc::Status& status) const {
   return FromGrpc(status, target_);
 }
 
-Action WithClient(const Output& out, const ConnectionOptions& conn, ClientVerb verb) {
-  return [&out, &conn, verb = std::move(verb)] {
-    auto client = Client::Connect(conn);
-    if (!client.ok()) return out.Fail(client.status());
-    auto reply = verb(**client);
-    if (!reply.ok()) return out.Fail(reply.status());
-    out.Result(reply->json, reply->text);
-    return reply->exit_code;
+absl::Status Client::Probe(std::chrono::seconds timeout) {
+  v1::CertificateChain chain;
+  v1::GetCaCertificateRequest request;
+  auto ctx = Context(timeout);
+  const absl::Status st = Check(enrollment_->GetCaCertificate(ctx.get(), request, &chain));
+  // Any answer of keywardend's own counts; a deadline with no answer (a
+  // hung daemon) does not.
+  if (st.ok() || st.GetPayload(kFromDaemonPayload).has_value()) return absl::OkStatus();
+  return st;
+}
+
+Action WithClient(const Output& out, const ConnectionOptions& conn, ClientVerb verb,
+                  Failover failover) {
+  return [&out, &conn, verb = std::move(verb), failover] {
+    auto servers = ParseServers(conn.server);
+    if (!servers.ok()) return out.Fail(servers.status());
+    if (servers->size() == 1) {
+      auto client = Client::ConnectTo(conn, servers->front());
+      if (!client.ok()) return out.Fail(client.status());
+      auto reply = verb(**client);
+      if (!reply.ok()) return out.Fail(reply.status());
+      out.Result(reply->json, reply->text);
+      return reply->exit_code;
+    }
+    // Several replicas: the first that answers. Nothing that changes state
+    // is sent before the probe has shown the daemon answers.
+    const auto probe_timeout =
+        std::chrono::seconds(std::min(conn.timeout_seconds, kProbeTimeoutSeconds));
+    std::vector<std::string> failures;
+    for (size_t i = 0; i < servers->size(); ++i) {
+      const std::string& target = (*servers)[i];
+      auto client = Client::ConnectTo(conn, target);
+      if (!client.ok()) return out.Fail(client.status());
+      if (auto st = (*client)->Probe(probe_timeout); !st.ok()) {
+        failures.push_back(Named(target, st));
+        continue;
+      }
+      auto reply = verb(**client);
+      if (reply.ok()) {
+        out.Result(reply->json, reply->text);
+        return reply->exit_code;
+      }
+      if (IsConnectionFailure(reply.status())) {
+        if (failover == Failover::kIdempotent) {
+          failures.push_back(Named(target, reply.status()));
+          continue;
+        }
+        return out.Fail(absl::Status(
+            reply.status().code(),
+            StrCat(reply.status().message(),
+                   " (the connection broke after the request was sent: it may have been carried "
+                   "out there, so it is not sent to another server; check before repeating it)")));
+      }
+      return out.Fail(reply.status());
+    }
+    return out.Fail(absl::UnavailableError(StrCat(
+        "no keywardend answered (", StrJoin(*servers, ", "), "): ", StrJoin(failures, "; "))));
   };
 }
 

@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 
@@ -26,7 +27,7 @@ namespace keywarden::cli {
 // Where the daemon is and who we are. Filled from the command line, each
 // option falling back to its environment variable.
 struct ConnectionOptions {
-  std::string server;       // HOST:PORT            $KEYWARDEN_SERVER
+  std::string server;       // HOST:PORT[,HOST:PORT...]  $KEYWARDEN_SERVER
   std::string client_cert;  // PEM file             $KEYWARDEN_CLIENT_CERT
   std::string client_key;   // PEM file             $KEYWARDEN_CLIENT_KEY
   std::string server_ca;    // PEM trust anchor(s)  $KEYWARDEN_SERVER_CA
@@ -45,11 +46,37 @@ void AddConnectionOptions(CLI::App& app, ConnectionOptions& options);
 // becomes "cannot reach keywardend at TARGET: ...".
 absl::Status FromGrpc(const grpc::Status& status, const std::string& target);
 
+// Set by FromGrpc on a failure keywardend itself sent (its answers carry a
+// keywarden.v1.RpcStatus): UNAVAILABLE with it is the CA's "database
+// unavailable" / "token unavailable", not a connection failure.
+inline constexpr char kFromDaemonPayload[] = "type.keywarden.cli/from-daemon";
+// UNAVAILABLE that did not come from keywardend: no connection, a broken
+// one, or a TLS handshake that failed.
+bool IsConnectionFailure(const absl::Status& status);
+
+// --server split at commas, each HOST:PORT; INVALID_ARGUMENT naming the bad one.
+absl::StatusOr<std::vector<std::string>> ParseServers(const std::string& servers);
+
+// Whether a verb may be run again on the next --server after a connection
+// failure in the middle of it. Every verb moves on to the next server when
+// the previous one never answered (nothing was sent to it); only kIdempotent
+// ones (reads) also when a connection broke after the verb had started,
+// since a request that reached the first server may have been carried out.
+enum class Failover { kUnlessSent, kIdempotent };
+
 class Client {
  public:
   // Reads the certificate files and builds the channel; does not connect yet
   // (the first call does). Fails early on a missing server or unreadable file.
+  // With several servers, the channel is to the first one.
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const ConnectionOptions& options);
+  // The same to `target` (one of the servers).
+  static absl::StatusOr<std::unique_ptr<Client>> ConnectTo(const ConnectionOptions& options,
+                                                           const std::string& target);
+  // One harmless read (GetCaCertificate) with a deadline of `timeout`: OK
+  // when the daemon answers at all (even with an error of its own), the
+  // failure otherwise (no connection, or no answer in time).
+  absl::Status Probe(std::chrono::seconds timeout);
 
   // A context for one call, with the configured deadline (or `timeout` when given).
   std::unique_ptr<grpc::ClientContext> Context(
@@ -93,6 +120,9 @@ absl::StatusOr<Reply> EnrollmentReply(const v1::EnrollmentResult& result,
                                       const std::string& out_path);
 
 // An Action that connects, runs `verb`, and prints its reply or its failure.
-Action WithClient(const Output& out, const ConnectionOptions& conn, ClientVerb verb);
+// With several --server targets: the first that answers runs it, following
+// `failover`; when none does, the failure names each of them.
+Action WithClient(const Output& out, const ConnectionOptions& conn, ClientVerb verb,
+                  Failover failover = Failover::kUnlessSent);
 
 }  // namespace keywarden::cli

@@ -86,7 +86,8 @@ void RegisterEnrollCommands(CLI::App& app, const Output& out, const ConnectionOp
   retrieve->add_option("--out", r->out,
                        "Where to write the certificate when issued (PEM; must not exist)");
   retrieve->callback([&out, &conn, &action, r] {
-    action = WithClient(out, conn, [r](Client& c) { return RunRetrieve(c, *r); });
+    action = WithClient(
+        out, conn, [r](Client& c) { return RunRetrieve(c, *r); }, Failover::kIdempotent);
   });
 }
 

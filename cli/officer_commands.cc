@@ -165,14 +165,16 @@ void RegisterOfficerCommands(CLI::App& app, const Output& out, const ConnectionO
   list->add_option("--limit", l->limit, "At most N requests (default 100)")
       ->check(CLI::Range(1, 10000));
   list->callback([&out, &conn, &action, l] {
-    action = WithClient(out, conn, [l](Client& c) { return RunList(c, *l); });
+    action = WithClient(
+        out, conn, [l](Client& c) { return RunList(c, *l); }, Failover::kIdempotent);
   });
 
   auto show_id = std::make_shared<int64_t>(0);
   CLI::App* show = officer->add_subcommand("show", "Show one request in full");
   show->add_option("ID", *show_id, "Request id")->required()->check(CLI::PositiveNumber);
   show->callback([&out, &conn, &action, show_id] {
-    action = WithClient(out, conn, [show_id](Client& c) { return RunShow(c, *show_id); });
+    action = WithClient(
+        out, conn, [show_id](Client& c) { return RunShow(c, *show_id); }, Failover::kIdempotent);
   });
 
   auto approve_id = std::make_shared<int64_t>(0);
@@ -235,7 +237,8 @@ void RegisterOfficerCommands(CLI::App& app, const Output& out, const ConnectionO
   find->add_option("--limit", f->limit, "At most N certificates (default 1000)")
       ->check(CLI::Range(1, 100000));
   find->callback([&out, &conn, &action, f] {
-    action = WithClient(out, conn, [f](Client& c) { return RunFind(c, *f); });
+    action = WithClient(
+        out, conn, [f](Client& c) { return RunFind(c, *f); }, Failover::kIdempotent);
   });
 }
 

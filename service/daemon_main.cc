@@ -237,7 +237,11 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
       std::min(config->exchange.overlap.count(), config->crl.validity.count()) / 4, 1, 60));
   // Signed audit checkpoints every [audit] checkpoint_interval.
   const auto checkpoint_period = config->audit.checkpoint_interval;
-  const auto tick = std::min<std::chrono::seconds>(period, checkpoint_period);
+  // At least every 5 s: with several replicas, a CRL (and the revocations
+  // behind it) or an exchange certificate another one published is taken
+  // over within a tick even when no client asks here (one settings read).
+  const auto tick =
+      std::min<std::chrono::seconds>({period, checkpoint_period, std::chrono::seconds(5)});
   auto next_checkpoint = std::chrono::steady_clock::now() + checkpoint_period;
   std::thread maintenance([&] {
     std::unique_lock<std::mutex> lock(maintenance_mu);

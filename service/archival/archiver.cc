@@ -45,10 +45,19 @@ absl::StatusOr<hsm::SecretBytes> KeyArchiver::Decrypt(std::span<const uint8_t> e
   }
 
   // Which exchange certificate was it encrypted to?
-  const std::vector<ExchangeCertificate> exchange = exchange_.Unexpired();
+  std::vector<ExchangeCertificate> exchange = exchange_.Unexpired();
   std::vector<X509*> certificates;
   for (const ExchangeCertificate& x : exchange) certificates.push_back(x.certificate.get());
-  const std::optional<size_t> matched = envelope->Match(certificates);
+  std::optional<size_t> matched = envelope->Match(certificates);
+  if (!matched) {
+    // Perhaps to one another replica of this CA made moments ago: load the
+    // store's list now and look again.
+    if (auto st = exchange_.Refresh(); !st.ok()) return st;
+    exchange = exchange_.Unexpired();
+    certificates.clear();
+    for (const ExchangeCertificate& x : exchange) certificates.push_back(x.certificate.get());
+    matched = envelope->Match(certificates);
+  }
   if (!matched) {
     std::vector<std::string> ours;
     for (const auto& x : exchange) ours.push_back(x.serial);

@@ -7,9 +7,11 @@
 
 #include <algorithm>
 #include <cctype>
+#include <chrono>
 #include <limits>
 #include <map>
 #include <set>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -28,6 +30,7 @@
 #include "service/authz.h"
 #include "service/bounded.h"
 #include "service/ca/crl_state.h"
+#include "service/ca/lease.h"
 #include "service/errors.h"
 #include "service/observe/log.h"
 #include "service/observe/metrics.h"
@@ -1368,18 +1371,93 @@ absl::StatusOr<CertificateRecord> CertificateAuthority::Revoke(const std::string
   return store_.GetCertificate(normalized);
 }
 
+namespace {
+
+constexpr char kCrlLease[] = "crl";
+constexpr auto kCrlLeaseWait = std::chrono::seconds(30);
+
+// Re-issue at half-life so relying parties never see a stale CRL.
+bool CrlFresh(const std::optional<CrlInfo>& crl, int64_t now) {
+  return crl && now < crl->this_update + (crl->next_update - crl->this_update) / 2;
+}
+
+}  // namespace
+
+absl::Status CertificateAuthority::AdoptStoredCrlLocked(bool force) {
+  const auto steady = std::chrono::steady_clock::now();
+  if (!force && steady - crl_checked_ < std::chrono::seconds(1)) return absl::OkStatus();
+  crl_checked_ = steady;
+  auto saved = store_.GetSetting(kCrlSetting);
+  if (!saved.ok()) return absl::IsNotFound(saved.status()) ? absl::OkStatus() : saved.status();
+  auto j = json::parse(*saved, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::DataLossError(StrCat("setting ", kCrlSetting, " in the database is not JSON"));
+  }
+  CrlInfo info;
+  info.der = pki::Base64Decode(j.value("der", ""));
+  info.number = j.value("number", int64_t{0});
+  info.this_update = j.value("this_update", int64_t{0});
+  info.next_update = j.value("next_update", int64_t{0});
+  if (info.der.empty() || (crl_ && info.number <= crl_->number)) return absl::OkStatus();
+  // Published by another replica, perhaps after a revocation made there:
+  // refuse those certificates at this replica's door too.
+  auto revoked = store_.RevokedCertificates(clock_());
+  if (!revoked.ok()) return revoked.status();
+  trust_->AddOwnRevocations(RevocationsOf(*revoked));
+  crl_ = std::move(info);
+  return absl::OkStatus();
+}
+
+void CertificateAuthority::TakeOverReplicaRevocations() {
+  std::lock_guard<std::mutex> lock(crl_mu_);
+  if (auto st = AdoptStoredCrlLocked(false); !st.ok()) {
+    log::Warn("stored CRL not re-read", json{{"error", std::string(st.message())}});
+  }
+}
+
 absl::StatusOr<CrlInfo> CertificateAuthority::CurrentCrl() {
   {
     std::lock_guard<std::mutex> lock(crl_mu_);
-    const int64_t now = clock_();
-    // Re-issue at half-life so relying parties never see a stale CRL.
-    if (crl_ && now < crl_->this_update + (crl_->next_update - crl_->this_update) / 2) return *crl_;
+    if (auto st = AdoptStoredCrlLocked(false); !st.ok()) {
+      // The database is away: the CRL this replica has is still valid to
+      // serve (re-issuing, below, needs the database anyway).
+      log::Warn("stored CRL not re-read", json{{"error", std::string(st.message())}});
+    }
+    if (CrlFresh(crl_, clock_())) return *crl_;
   }
-  return PublishCrl("system");
+  const auto deadline = std::chrono::steady_clock::now() + kCrlLeaseWait;
+  for (;;) {
+    auto lease = ScopedLease::TryTake(store_, kCrlLease, clock_());
+    if (!lease.ok()) return lease.status();
+    std::lock_guard<std::mutex> lock(crl_mu_);
+    if (auto st = AdoptStoredCrlLocked(true); !st.ok()) return st;
+    const int64_t now = clock_();
+    if (CrlFresh(crl_, now)) return *crl_;  // another replica re-issued it meanwhile
+    if (*lease) return PublishCrlLocked("system");
+    // Another replica is publishing: the newest stays valid until nextUpdate.
+    if (crl_ && now < crl_->next_update) return *crl_;
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return absl::UnavailableError(
+          StrCat("no valid CRL: another replica has held the publication lease \"", kCrlLease,
+                 "\" for ", kCrlLeaseWait.count(), " s without publishing one"));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
 }
 
 absl::StatusOr<CrlInfo> CertificateAuthority::PublishCrl(const std::string& who) {
+  auto lease = ScopedLease::Take(store_, kCrlLease, clock_, kCrlLeaseWait);
+  if (!lease.ok()) return lease.status();
+  if (!*lease) {
+    return absl::UnavailableError(StrCat("CRL publication: another replica has held the lease \"",
+                                         kCrlLease, "\" for ", kCrlLeaseWait.count(),
+                                         " s; try again later"));
+  }
   std::lock_guard<std::mutex> lock(crl_mu_);
+  return PublishCrlLocked(who);
+}
+
+absl::StatusOr<CrlInfo> CertificateAuthority::PublishCrlLocked(const std::string& who) {
   const int64_t now = clock_();
   auto revoked = store_.RevokedCertificates(now);
   if (!revoked.ok()) return revoked.status();

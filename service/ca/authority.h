@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -108,8 +109,18 @@ class CertificateAuthority {
   absl::StatusOr<CertificateRecord> Revoke(const std::string& officer, const std::string& serial,
                                            int reason);
 
+  // The current CRL: the newest one in the store (another replica's
+  // included, looked up at most once a second), re-issued at half-life by
+  // the one replica that takes the store lease "crl"; a replica that does
+  // not get it serves the newest stored one while it is valid.
   absl::StatusOr<CrlInfo> CurrentCrl();
+  // Issues a CRL now, under the lease "crl" (waiting up to 30 s for it).
   absl::StatusOr<CrlInfo> PublishCrl(const std::string& who);
+  // Takes over a CRL another replica published, and the revocations behind
+  // it, when there is one (looks at most once a second; called before each
+  // client's revocation check, so a certificate revoked through another
+  // replica is refused here within a second). A store fault is logged.
+  void TakeOverReplicaRevocations();
 
   absl::StatusOr<ExchangeCertificate> CurrentExchange() { return exchange_->Current(); }
   absl::StatusOr<ExchangeCertificate> RenewExchange(const std::string& who);
@@ -287,7 +298,13 @@ class CertificateAuthority {
   std::unique_ptr<KeyArchiver> archiver_;
   std::unique_ptr<ClientTrust> trust_;
   std::vector<ossl::UniquePtr<X509>> chain_;
+  // Adopts the CRL in the store ("crl.current") when it is newer than
+  // crl_ (published by another replica), with the revocations behind it;
+  // looks at most once a second unless `force`.
+  absl::Status AdoptStoredCrlLocked(bool force);
+  absl::StatusOr<CrlInfo> PublishCrlLocked(const std::string& who);
   std::mutex crl_mu_;
+  std::chrono::steady_clock::time_point crl_checked_{};
   // request.rejected: at most once a minute per principal and format.
   RefusalLimiter rejections_;
   std::optional<CrlInfo> crl_;

@@ -1,11 +1,17 @@
 #include "service/ca/exchange.h"
 
 #include <algorithm>
+#include <optional>
+#include <thread>
 
 #include <openssl/rand.h>
 
+#include <nlohmann/json.hpp>
+
 #include "hsm/status.h"
 #include "hsm/strings.h"
+#include "service/ca/lease.h"
+#include "service/observe/log.h"
 
 namespace keywarden::service {
 namespace {
@@ -53,9 +59,49 @@ std::shared_ptr<X509> Shared(ossl::UniquePtr<X509> cert) {
 
 }  // namespace
 
+namespace {
+
+// Exchange certificate `serial` from the store with its key from the token;
+// nullopt when it has expired.
+absl::StatusOr<std::optional<ExchangeCertificate>> LoadOne(Store& store,
+                                                           const std::shared_ptr<hsm::Token>& token,
+                                                           const std::string& serial, int64_t now) {
+  auto record = store.GetCertificate(serial);
+  if (!record.ok()) return record.status();
+  if (record->not_after <= now) return std::nullopt;  // expired: no longer offered or used
+  const unsigned char* p = record->der.data();
+  ossl::UniquePtr<X509> cert(d2i_X509(nullptr, &p, static_cast<long>(record->der.size())));
+  if (!cert)
+    return absl::DataLossError(
+        StrCat("exchange certificate ", serial, " in the database does not parse"));
+  auto id = hsm::PublicKeySha1(X509_get0_pubkey(cert.get()));
+  if (!id.ok()) return id.status();
+  auto key = hsm::FindPrivateKey(token, {}, *id);
+  if (!key.ok()) {
+    return absl::FailedPreconditionError(StrCat("exchange certificate ", serial,
+                                                ": its key is not on token \"", token->label(),
+                                                "\": ", key.status().message()));
+  }
+  ExchangeCertificate x;
+  x.serial = serial;
+  x.not_before = record->not_before;
+  x.not_after = record->not_after;
+  x.key = *key;
+  x.key_label = (*key)->label;
+  x.certificate = Shared(std::move(cert));
+  return x;
+}
+
+constexpr char kLease[] = "exchange";
+constexpr auto kLeaseWait = std::chrono::seconds(30);
+
+}  // namespace
+
 absl::Status ExchangeKeys::Load() {
   std::lock_guard<std::mutex> lock(mu_);
   certs_.clear();
+  seen_serials_.clear();
+  last_refresh_ = std::chrono::steady_clock::now();
   auto serials = store_.GetSetting(kSettingSerials);
   if (!serials.ok()) {
     if (absl::IsNotFound(serials.status())) return absl::OkStatus();
@@ -63,46 +109,130 @@ absl::Status ExchangeKeys::Load() {
   }
   const int64_t now = clock_();
   for (const std::string& serial : Split(*serials)) {
-    auto record = store_.GetCertificate(serial);
-    if (!record.ok()) return record.status();
-    if (record->not_after <= now) continue;  // expired: no longer offered or used
-    const unsigned char* p = record->der.data();
-    ossl::UniquePtr<X509> cert(d2i_X509(nullptr, &p, static_cast<long>(record->der.size())));
-    if (!cert)
-      return absl::DataLossError(
-          StrCat("exchange certificate ", serial, " in the database does not parse"));
-    auto id = hsm::PublicKeySha1(X509_get0_pubkey(cert.get()));
-    if (!id.ok()) return id.status();
-    auto key = hsm::FindPrivateKey(token_, {}, *id);
-    if (!key.ok()) {
-      return absl::FailedPreconditionError(StrCat("exchange certificate ", serial,
-                                                  ": its key is not on token \"", token_->label(),
-                                                  "\": ", key.status().message()));
-    }
-    ExchangeCertificate x;
-    x.serial = serial;
-    x.not_before = record->not_before;
-    x.not_after = record->not_after;
-    x.key = *key;
-    x.key_label = (*key)->label;
-    x.certificate = Shared(std::move(cert));
-    certs_.push_back(std::move(x));
+    auto x = LoadOne(store_, token_, serial, now);
+    if (!x.ok()) return x.status();
+    if (*x) certs_.push_back(std::move(**x));
   }
+  seen_serials_ = *serials;
   return absl::OkStatus();
 }
 
-absl::StatusOr<ExchangeCertificate> ExchangeKeys::Current() {
-  std::lock_guard<std::mutex> lock(mu_);
-  const int64_t now = clock_();
-  if (!certs_.empty()) {
-    const ExchangeCertificate& newest = certs_.back();
-    if (newest.not_after - now > config_.overlap.count()) return newest;
+absl::Status ExchangeKeys::RefreshLocked(bool force) {
+  const auto steady = std::chrono::steady_clock::now();
+  if (!force && steady - last_refresh_ < std::chrono::seconds(1)) return absl::OkStatus();
+  last_refresh_ = steady;
+  auto serials = store_.GetSetting(kSettingSerials);
+  if (!serials.ok()) {
+    if (absl::IsNotFound(serials.status())) return absl::OkStatus();
+    return serials.status();
   }
-  return RenewLocked(certs_.empty() ? "none" : "overlap reached");
+  if (*serials == seen_serials_) return absl::OkStatus();
+  const int64_t now = clock_();
+  std::vector<ExchangeCertificate> loaded;
+  bool complete = true;
+  for (const std::string& serial : Split(*serials)) {
+    auto known = std::find_if(certs_.begin(), certs_.end(),
+                              [&](const ExchangeCertificate& c) { return c.serial == serial; });
+    if (known != certs_.end()) {
+      if (known->not_after > now) loaded.push_back(*known);
+      continue;
+    }
+    auto x = LoadOne(store_, token_, serial, now);
+    if (!x.ok()) {
+      if (absl::IsFailedPrecondition(x.status())) {
+        // Made by another replica whose key this process cannot see (yet):
+        // keep serving with what it has, and look again next time.
+        log::Warn("exchange certificate of another replica not loaded",
+                  nlohmann::json{{"serial", serial}, {"error", std::string(x.status().message())}});
+        complete = false;
+        continue;
+      }
+      return x.status();
+    }
+    if (*x) {
+      log::Info("exchange certificate loaded (renewed by another replica)",
+                nlohmann::json{{"serial", serial}});
+      loaded.push_back(std::move(**x));
+    }
+  }
+  // The setting lists them oldest first; one this replica made and another
+  // dropped as expired stays out.
+  certs_ = std::move(loaded);
+  if (complete) seen_serials_ = *serials;
+  return absl::OkStatus();
+}
+
+absl::Status ExchangeKeys::Refresh() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return RefreshLocked(true);
+}
+
+const ExchangeCertificate* ExchangeKeys::FreshLocked(int64_t now) const {
+  if (certs_.empty()) return nullptr;
+  const ExchangeCertificate& newest = certs_.back();
+  if (newest.not_after - now > config_.overlap.count()) return &newest;
+  return nullptr;
+}
+
+absl::StatusOr<ExchangeCertificate> ExchangeKeys::Current() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto st = RefreshLocked(false); !st.ok()) {
+      // The database is away: what this replica has is still good to hand
+      // out (renewal, below, needs the database anyway).
+      log::Warn("exchange certificates not re-read",
+                nlohmann::json{{"error", std::string(st.message())}});
+    }
+    if (const ExchangeCertificate* x = FreshLocked(clock_())) return *x;
+  }
+  // Due (or none yet): the replica holding the lease renews.
+  std::lock_guard<std::mutex> renewing(renew_mu_);
+  const auto deadline = std::chrono::steady_clock::now() + kLeaseWait;
+  for (;;) {
+    auto lease = ScopedLease::TryTake(store_, kLease, clock_());
+    if (!lease.ok()) return lease.status();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (auto st = RefreshLocked(true); !st.ok()) return st;
+      const int64_t now = clock_();
+      // Renewed by another replica (or an earlier caller here) meanwhile.
+      if (const ExchangeCertificate* x = FreshLocked(now)) return *x;
+      if (*lease) return RenewLocked(certs_.empty() ? "none" : "overlap reached");
+      // Another replica is renewing: the newest stays usable until it expires.
+      if (!certs_.empty() && certs_.back().not_after > now) return certs_.back();
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return absl::UnavailableError(
+          StrCat("no usable exchange certificate: another replica has held the renewal lease \"",
+                 kLease, "\" for ", kLeaseWait.count(), " s without publishing one"));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
 }
 
 absl::StatusOr<ExchangeCertificate> ExchangeKeys::Renew(const std::string& reason) {
+  std::lock_guard<std::mutex> renewing(renew_mu_);
+  std::string before;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto st = RefreshLocked(true); !st.ok()) return st;
+    if (!certs_.empty()) before = certs_.back().serial;
+  }
+  bool waited = false;
+  auto lease = ScopedLease::Take(store_, kLease, clock_, kLeaseWait, &waited);
+  if (!lease.ok()) return lease.status();
+  if (!*lease) {
+    return absl::UnavailableError(
+        StrCat("exchange key renewal: another replica has held the lease \"", kLease, "\" for ",
+               kLeaseWait.count(), " s; try again later"));
+  }
   std::lock_guard<std::mutex> lock(mu_);
+  if (auto st = RefreshLocked(true); !st.ok()) return st;
+  if (waited && !certs_.empty() && certs_.back().serial != before &&
+      certs_.back().not_after > clock_()) {
+    // Another replica renewed while this request waited for the lease.
+    return certs_.back();
+  }
   return RenewLocked(reason);
 }
 
@@ -139,12 +269,23 @@ absl::StatusOr<ExchangeCertificate> ExchangeKeys::RenewLocked(const std::string&
   const CertificateRecord record = CertificateRecordFor(cert->get(), 0, kExchangeTemplate);
   if (auto st = store_.InsertCertificate(record); !st.ok()) return st;
 
+  // The store's list, less the ones known to have expired: one another
+  // replica made whose key this one could not load yet stays listed.
   std::vector<std::string> serials;
-  for (const auto& c : certs_) {
-    if (c.not_after > now) serials.push_back(c.serial);
+  auto listed = store_.GetSetting(kSettingSerials);
+  if (!listed.ok() && !absl::IsNotFound(listed.status())) return listed.status();
+  for (const std::string& serial : listed.ok() ? Split(*listed) : std::vector<std::string>()) {
+    auto known = std::find_if(certs_.begin(), certs_.end(),
+                              [&](const ExchangeCertificate& c) { return c.serial == serial; });
+    const bool fully_loaded = listed.ok() && seen_serials_ == *listed;
+    // Not in certs_ after a full load: it had expired.
+    const bool expired = known == certs_.end() ? fully_loaded : known->not_after <= now;
+    if (!expired) serials.push_back(serial);
   }
   serials.push_back(record.serial);
-  if (auto st = store_.PutSetting(kSettingSerials, StrJoin(serials, ",")); !st.ok()) return st;
+  const std::string setting = StrJoin(serials, ",");
+  if (auto st = store_.PutSetting(kSettingSerials, setting); !st.ok()) return st;
+  seen_serials_ = setting;
 
   ExchangeCertificate x;
   x.serial = record.serial;

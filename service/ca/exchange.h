@@ -3,8 +3,15 @@
 // encrypt archived private keys to. A new one is made when the current one
 // has less than the overlap left; older ones stay usable for decryption
 // until they expire.
+//
+// Several keywardend replicas may share one database and one token: the
+// renewal is done by the one replica that takes the store lease "exchange";
+// the others re-read "exchange.serials" and load the new certificate and
+// the key (found on the shared token by its public key id) instead of
+// making their own.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -46,15 +53,30 @@ class ExchangeKeys {
 
   // Loads the exchange certificates recorded in the store and their keys.
   absl::Status Load();
-  // The current certificate, making a new one first when it is due.
+  // The current certificate, making a new one first when it is due (under
+  // the lease, so only one replica does; one that does not get it keeps
+  // the still-valid newest, or waits for the other's). Picks up a renewal
+  // another replica made (the store is re-read at most once a second).
   absl::StatusOr<ExchangeCertificate> Current();
-  // Makes a new one now.
+  // Makes a new one now, under the lease (waiting up to 30 s for it). A
+  // renewal another replica finished while this one waited for the lease
+  // satisfies the request: that certificate is returned and none is made.
   absl::StatusOr<ExchangeCertificate> Renew(const std::string& reason);
+  // Re-reads the store now and loads exchange certificates another replica
+  // made (e.g. on a decrypt miss: an archival encrypted to one this replica
+  // has not seen yet).
+  absl::Status Refresh();
   // All unexpired ones, newest first (for decryption and status).
   std::vector<ExchangeCertificate> Unexpired() const;
 
  private:
   absl::StatusOr<ExchangeCertificate> RenewLocked(const std::string& reason);
+  // Re-reads "exchange.serials" (when `force`, or when a second has passed
+  // since the last look) and loads those not in certs_. A certificate
+  // whose key cannot be found (yet) is skipped and tried again next time.
+  absl::Status RefreshLocked(bool force);
+  // The newest certificate when it is not due for renewal.
+  const ExchangeCertificate* FreshLocked(int64_t now) const;
 
   Config::Exchange config_;
   std::shared_ptr<hsm::Token> token_;
@@ -62,8 +84,11 @@ class ExchangeKeys {
   Store& store_;
   Clock clock_;
   AuditFn audit_;
+  std::mutex renew_mu_;  // one renewal attempt at a time in this process (taken before mu_)
   mutable std::mutex mu_;
   std::vector<ExchangeCertificate> certs_;  // oldest first
+  std::string seen_serials_;                // "exchange.serials" as last fully loaded
+  std::chrono::steady_clock::time_point last_refresh_{};
 };
 
 }  // namespace keywarden::service

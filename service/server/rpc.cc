@@ -125,6 +125,8 @@ absl::StatusOr<Caller> Authorize(CertificateAuthority& ca, const grpc::ServerCon
   auto peer = ca.trust().Identify(leaf, Property(*auth, GRPC_X509_PEM_CERT_CHAIN_PROPERTY_NAME));
   if (!peer.ok()) return peer.status();
   NoteRpcPrincipal(context, (*peer)->principal);
+  // Revocations made through another replica of this CA count here too.
+  ca.TakeOverReplicaRevocations();
   if (auto st = ca.trust().CheckRevocation(**peer); !st.ok()) {
     static RefusalLimiter limiter;  // per certificate and event
     const std::string event = HResultOf(st) == hresult::kCertRevoked.code ? "authz.revoked"

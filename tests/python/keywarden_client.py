@@ -69,15 +69,29 @@ def run(opts):
         options = []
         if opts.server_name:
             options.append(("grpc.ssl_target_name_override", opts.server_name))
-        with grpc.secure_channel(opts.target, credentials, options=options) as channel:
-            stub = pb_grpc.EnrollmentStub(channel)
-            exchange = stub.GetExchangeCertificate(
-                pb.GetExchangeCertificateRequest(), timeout=opts.timeout
-            )
-            result = stub.Submit(
-                pb.SubmitRequest(request=read(opts.csr), template_name=opts.template),
-                timeout=opts.timeout,
-            )
+        # --target may name several replicas: the first that answers the
+        # (harmless) exchange certificate read gets the submission, which
+        # is never sent to a second one (it may have been carried out).
+        failures = []
+        for target in [t.strip() for t in opts.target.split(",")]:
+            with grpc.secure_channel(target, credentials, options=options) as channel:
+                stub = pb_grpc.EnrollmentStub(channel)
+                try:
+                    exchange = stub.GetExchangeCertificate(
+                        pb.GetExchangeCertificateRequest(), timeout=min(opts.timeout, 10.0)
+                    )
+                except grpc.RpcError as error:
+                    if not connection_failure(grpc, error):
+                        raise
+                    failures.append("%s: %s" % (target, describe(error)))
+                    continue
+                result = stub.Submit(
+                    pb.SubmitRequest(request=read(opts.csr), template_name=opts.template),
+                    timeout=opts.timeout,
+                )
+                break
+        else:
+            raise RuntimeError("no keywardend answered: " + "; ".join(failures))
         return {
             "exchange_certificate_der_b64": base64.b64encode(exchange.certificate).decode("ascii"),
             "request_id": result.request_id,
@@ -86,6 +100,15 @@ def run(opts):
         }
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def connection_failure(grpc, error):
+    """UNAVAILABLE (or a deadline) that keywardend did not send: every error
+    of keywardend's own carries grpc-status-details-bin."""
+    if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return False
+    trailers = error.trailing_metadata() or ()
+    return not any(key == "grpc-status-details-bin" for key, _ in trailers)
 
 
 def describe(error):
@@ -103,7 +126,11 @@ def describe(error):
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--proto-dir", required=True, help="directory holding keywarden/v1/*.proto")
-    parser.add_argument("--target", required=True, help="HOST:PORT of keywardend")
+    parser.add_argument(
+        "--target",
+        required=True,
+        help="HOST:PORT of keywardend; several comma-separated (replicas) are tried in order",
+    )
     parser.add_argument("--cert", required=True, help="client certificate (PEM)")
     parser.add_argument("--key", required=True, help="client private key (PEM)")
     parser.add_argument("--ca", required=True, help="trust anchor for the server (PEM)")

@@ -333,7 +333,66 @@ absl::Status DaemonHarness::Restart() {
   return Launch();
 }
 
+absl::StatusOr<int> DaemonHarness::StartReplica() {
+  const int n = static_cast<int>(replicas_.size()) + 1;
+  const std::string port_file = dir_.File(StrCat("replica-", n, ".port"));
+  const std::string log = replica_log_path(n);
+  unlink(port_file.c_str());
+  const pid_t pid = fork();
+  if (pid < 0) return absl::InternalError("fork failed");
+  if (pid == 0) {
+    FILE* out = std::freopen(log.c_str(), "a", stdout);
+    if (out == nullptr || dup2(fileno(stdout), STDERR_FILENO) < 0) _exit(127);
+    const std::string config = config_path();
+    std::vector<char*> argv{const_cast<char*>(KEYWARDEN_DAEMON), const_cast<char*>("--config"),
+                            const_cast<char*>(config.c_str()), const_cast<char*>("--port-file"),
+                            const_cast<char*>(port_file.c_str())};
+    for (const std::string& a : daemon_args_) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(KEYWARDEN_DAEMON, argv.data());
+    _exit(127);
+  }
+  replicas_.push_back({pid, 0});
+  for (int i = 0; i < 1200; ++i) {
+    std::string text = Slurp(port_file);
+    if (!text.empty() && text.back() == '\n') {
+      replicas_.back().port = std::stoi(text);
+      return n;
+    }
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      replicas_.back().pid = -1;
+      return absl::InternalError(StrCat("replica ", n, " exited at start:\n", Slurp(log)));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return absl::DeadlineExceededError(
+      StrCat("replica ", n, " did not start in 60 s:\n", Slurp(log)));
+}
+
+absl::Status DaemonHarness::StopReplica(int n, int sig) {
+  Replica& r = replicas_.at(static_cast<size_t>(n - 1));
+  if (r.pid <= 0) return absl::OkStatus();
+  kill(r.pid, sig);
+  int status = 0;
+  for (int i = 0; i < 200; ++i) {
+    if (waitpid(r.pid, &status, WNOHANG) == r.pid) {
+      r.pid = -1;
+      return WIFEXITED(status) && WEXITSTATUS(status) == 0
+                 ? absl::OkStatus()
+                 : absl::InternalError(StrCat("replica ", n, " did not exit cleanly:\n",
+                                              Slurp(replica_log_path(n))));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  kill(r.pid, SIGKILL);
+  waitpid(r.pid, &status, 0);
+  r.pid = -1;
+  return absl::DeadlineExceededError(StrCat("replica ", n, " ignored signal ", sig, " for 10 s"));
+}
+
 DaemonHarness::~DaemonHarness() {
+  for (size_t i = 0; i < replicas_.size(); ++i) (void)StopReplica(static_cast<int>(i + 1));
   (void)Stop();
 }
 

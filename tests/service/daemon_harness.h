@@ -18,6 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "hsm/ossl.h"
+#include "hsm/strings.h"
 #include "softhsm-fixtures/fixture.h"
 #include "tests/pg_test_util.h"
 #include "tests/test_util.h"
@@ -95,6 +96,19 @@ class DaemonHarness {
   absl::Status IssueServerCertificate(const std::string& subject, const std::string& cert_path,
                                       const std::string& key_path) const;
 
+  // Another keywardend on the same configuration, database and token (a
+  // replica of the same CA), on a port of its own, logging to
+  // replica_log_path(n). Returns n (1, 2, ...). Stopped (SIGTERM) by the
+  // destructor before the first one.
+  absl::StatusOr<int> StartReplica();
+  std::string replica_target(int n) const {
+    return "127.0.0.1:" + std::to_string(replicas_.at(static_cast<size_t>(n - 1)).port);
+  }
+  std::string replica_log_path(int n) const { return dir_.File(StrCat("replica-", n, ".log")); }
+  pid_t replica_pid(int n) const { return replicas_.at(static_cast<size_t>(n - 1)).pid; }
+  // Sends `sig` and waits; OK only for exit status 0.
+  absl::Status StopReplica(int n, int sig = SIGTERM);
+
   std::string target() const { return "127.0.0.1:" + std::to_string(port_); }
   const ClientIdentity& client(const std::string& who) const { return clients_.at(who); }
   std::shared_ptr<grpc::Channel> Channel(const std::string& who) const;
@@ -138,6 +152,11 @@ class DaemonHarness {
   std::vector<std::string> daemon_args_;
   pid_t pid_ = -1;
   int port_ = 0;
+  struct Replica {
+    pid_t pid = -1;
+    int port = 0;
+  };
+  std::vector<Replica> replicas_;
 };
 
 }  // namespace keywarden::testing

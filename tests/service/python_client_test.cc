@@ -1,6 +1,8 @@
 // An independent client: Python's grpcio with stubs generated from the
 // .proto at test time, mutual TLS, against a real keywardend. What it gets
 // back is checked with the openssl command line.
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -142,6 +144,42 @@ TEST_F(PythonClientTest, FailureExitsOneWithTheError) {
   auto t = RunClient("enrollee", csr, "--template NoSuchTemplate");
   EXPECT_EQ(t.exit_code, 1) << t.output << stderr_;
   EXPECT_NE(stderr_.find("INVALID_ARGUMENT"), std::string::npos) << stderr_;
+}
+
+// A loopback port nothing listens on (bound, then closed).
+int DeadPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return 1;
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+TEST_F(PythonClientTest, SeveralTargetsFailOverToTheOneThatAnswers) {
+  const std::string csr = MakeCsr("/CN=python failover/O=keywarden test");
+  const std::string dead1 = StrCat("127.0.0.1:", DeadPort());
+  const std::string dead2 = StrCat("127.0.0.1:", DeadPort());
+  auto r = RunClient("enrollee", csr, StrCat("--target ", dead1, ",", daemon_->target()));
+  ASSERT_EQ(r.exit_code, 0) << r.output << stderr_;
+  nlohmann::json j = nlohmann::json::parse(r.output, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(j.is_object()) << r.output;
+  EXPECT_EQ(j["disposition"], "DISPOSITION_ISSUED") << r.output;
+
+  // None answers: exit 1 naming both, nothing submitted anywhere.
+  auto none = RunClient("enrollee", csr, StrCat("--target ", dead1, ",", dead2));
+  EXPECT_EQ(none.exit_code, 1) << none.output << stderr_;
+  EXPECT_NE(stderr_.find(dead1), std::string::npos) << stderr_;
+  EXPECT_NE(stderr_.find(dead2), std::string::npos) << stderr_;
+
+  // The daemon's own refusal is the answer, not a reason to try the next.
+  auto refused = RunClient("officer", csr, StrCat("--target ", daemon_->target(), ",", dead1));
+  EXPECT_EQ(refused.exit_code, 1) << refused.output << stderr_;
+  EXPECT_NE(stderr_.find("PERMISSION_DENIED"), std::string::npos) << stderr_;
+  EXPECT_EQ(stderr_.find(dead1), std::string::npos) << stderr_;
 }
 
 }  // namespace
