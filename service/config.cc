@@ -459,12 +459,17 @@ absl::Status ReadExchange(const Section& s, Config::Exchange& e) {
 }
 
 absl::Status ReadDatabase(const Section& s, Config::Database& d) {
-  KW_RETURN_IF_ERROR(s.CheckKeys({"backend", "path", "connection", "password", "pool_size"}));
+  KW_RETURN_IF_ERROR(s.CheckKeys(
+      {"backend", "path", "connection", "password", "pool_size", "in_process_timeout"}));
   KW_RETURN_IF_ERROR(s.ReadChoice("backend", {"sqlite", "postgresql"}, d.backend));
   KW_RETURN_IF_ERROR(s.ReadString("path", d.path));
   KW_RETURN_IF_ERROR(s.ReadString("connection", d.connection));
   KW_RETURN_IF_ERROR(s.ReadString("password", d.password));
   KW_RETURN_IF_ERROR(s.ReadInt("pool_size", 1, 256, d.pool_size));
+  KW_RETURN_IF_ERROR(s.ReadDuration("in_process_timeout", d.in_process_timeout));
+  if (d.in_process_timeout.count() < 1) {
+    return s.Invalid("in_process_timeout", "must be at least one second");
+  }
   if (d.backend == "sqlite" && d.path.empty()) {
     if (!s.Has("path")) {
       return s.ctx().Error(s.line(),

@@ -145,6 +145,11 @@ struct Config {
     // none (peer or certificate authentication, or a passfile).
     std::string password;
     int pool_size = 8;  // postgresql: at most this many connections (1..256)
+    // postgresql: a request still marked in process after this long was
+    // interrupted (its replica died) and is failed by the others; younger
+    // ones may be in process on another replica. Longer than any request
+    // takes. (SQLite has one daemon: it fails them all at start.)
+    std::chrono::seconds in_process_timeout{std::chrono::minutes(10)};
   } database;
 
   struct Server {

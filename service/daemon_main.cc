@@ -162,11 +162,13 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
   // maintenance loop sweeps again later (a replica killed and never
   // restarted leaves its requests to the others).
   const bool shared_database = config->database.backend == "postgresql";
-  constexpr int64_t kInterruptedAfterSeconds = 600;
-  auto interrupted_before = [shared_database] {
+  const int64_t interrupted_after = config->database.in_process_timeout.count();
+  auto interrupted_before = [shared_database, interrupted_after] {
     const int64_t now = static_cast<int64_t>(std::time(nullptr));
-    return shared_database ? now - kInterruptedAfterSeconds : now + 1;
+    return shared_database ? now - interrupted_after : now + 1;
   };
+  const auto sweep_period = std::min<std::chrono::seconds>(
+      std::chrono::seconds(std::max<int64_t>(interrupted_after / 2, 1)), std::chrono::minutes(1));
   auto interrupted = (*ca)->ResolveInterrupted(interrupted_before());
   if (!interrupted.ok()) return Fail(interrupted.status());
   if (*interrupted > 0) {
@@ -254,7 +256,7 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
   const auto tick =
       std::min<std::chrono::seconds>({period, checkpoint_period, std::chrono::seconds(5)});
   auto next_checkpoint = std::chrono::steady_clock::now() + checkpoint_period;
-  auto next_interrupted_sweep = std::chrono::steady_clock::now() + std::chrono::minutes(1);
+  auto next_interrupted_sweep = std::chrono::steady_clock::now() + sweep_period;
   std::thread maintenance([&] {
     std::unique_lock<std::mutex> lock(maintenance_mu);
     while (!maintenance_cv.wait_for(lock, tick, [&] { return stopping; })) {
@@ -272,7 +274,7 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
                             nlohmann::json{{"error", std::string(crl.status().message())}});
       }
       if (shared_database && std::chrono::steady_clock::now() >= next_interrupted_sweep) {
-        next_interrupted_sweep = std::chrono::steady_clock::now() + std::chrono::minutes(1);
+        next_interrupted_sweep = std::chrono::steady_clock::now() + sweep_period;
         auto swept = (*ca)->ResolveInterrupted(interrupted_before());
         if (!swept.ok()) {
           service::log::Error("resolving interrupted requests failed",

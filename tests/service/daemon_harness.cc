@@ -118,7 +118,12 @@ absl::StatusOr<std::unique_ptr<DaemonHarness>> DaemonHarness::Start(const Option
              "[exchange]\nvalidity = \"", options.exchange_validity, "\"\noverlap = \"",
              options.exchange_overlap, "\"\nkey_algorithm = \"rsa2048\"\n\n",
              h->pg_ ? StrCat("[database]\nbackend = \"postgresql\"\nconnection = \"",
-                             h->pg_->conninfo(), "\"\npool_size = 8\n\n")
+                             h->pg_->conninfo(), "\"\npool_size = 8\n",
+                             std::getenv("KEYWARDEN_TEST_IN_PROCESS_TIMEOUT") != nullptr
+                                 ? StrCat("in_process_timeout = \"",
+                                          std::getenv("KEYWARDEN_TEST_IN_PROCESS_TIMEOUT"), "\"\n")
+                                 : std::string(),
+                             "\n")
                     : std::string("[database]\nbackend = \"sqlite\"\npath = \"ca.db\"\n\n"),
              "[server]\nlisten = \"127.0.0.1:0\"\ntls_certificate = \"tls/server.pem\"\n",
              "tls_key = \"tls/server.key\"\nclient_ca = [\"tls/tls-ca.pem\"",
