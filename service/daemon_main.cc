@@ -39,6 +39,7 @@
 #include "service/server/token_watch.h"
 #include "service/signing/delegated_signer.h"
 #include "service/storage/db_lock.h"
+#include "service/storage/postgres_database.h"
 #include "service/storage/store.h"
 
 namespace {
@@ -119,10 +120,22 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
   }
   // SQLite: one writer, held until the process ends, so `keywarden
   // restore` (and a second keywardend on the same file) refuse while this
-  // one runs. PostgreSQL: any number of replicas share the database.
+  // one runs. PostgreSQL: any number of replicas share the database, each
+  // holding the daemon lock shared on a connection of its own, so `keywarden
+  // restore` (which takes it exclusively) refuses while any runs.
   std::unique_ptr<service::DatabaseLock> db_lock;
   if (config->database.backend == "sqlite") {
     auto locked = service::LockDatabase(config->database.path, "keywardend");
+    if (!locked.ok()) return Fail(locked.status());
+    db_lock = std::move(*locked);
+  } else if (config->database.backend == "postgresql") {
+    auto password = service::ReadDatabasePassword(config->database);
+    if (!password.ok()) return Fail(password.status());
+    service::PostgresOptions pg;
+    pg.connection = config->database.connection;
+    pg.password.assign(password->view());
+    auto locked =
+        service::LockPostgresDatabase(pg, service::PostgresLockMode::kShared, "keywardend");
     if (!locked.ok()) return Fail(locked.status());
     db_lock = std::move(*locked);
   }

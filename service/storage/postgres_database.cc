@@ -711,6 +711,83 @@ absl::Status StatusForSqlstate(std::string_view what, std::string_view sqlstate,
   return absl::InternalError(text);
 }
 
+namespace {
+
+class PostgresDatabaseLock final : public DatabaseLock {
+ public:
+  PostgresDatabaseLock(ConnPtr conn, std::string description)
+      : conn_(std::move(conn)), description_(std::move(description)) {}
+  // Closing the connection releases the session-level lock.
+  const std::string& path() const override { return description_; }
+
+ private:
+  ConnPtr conn_;
+  std::string description_;
+};
+
+// One row, one column of a parameterless statement ("" on NULL).
+absl::StatusOr<std::string> QueryOne(PGconn* c, std::string_view what, const std::string& sql) {
+  ResultPtr r(PQexec(c, sql.c_str()));
+  if (r == nullptr || PQresultStatus(r.get()) != PGRES_TUPLES_OK) {
+    return ResultError(what, c, r.get());
+  }
+  if (PQntuples(r.get()) != 1 || PQnfields(r.get()) != 1) {
+    return absl::InternalError(StrCat(what, ": expected one value"));
+  }
+  return std::string(PQgetisnull(r.get(), 0, 0) ? "" : PQgetvalue(r.get(), 0, 0));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DatabaseLock>> LockPostgresDatabase(const PostgresOptions& options,
+                                                                   PostgresLockMode mode,
+                                                                   const std::string& holder) {
+  if (absl::Status st = CheckPostgresConnectionString(options.connection); !st.ok()) return st;
+  PostgresDatabase db(options);
+  absl::StatusOr<ConnPtr> conn = db.Connect();
+  if (!conn.ok()) {
+    return absl::Status(conn.status().code(), StrCat(holder, ": ", conn.status().message()));
+  }
+  PGconn* c = conn->get();
+  const bool exclusive = mode == PostgresLockMode::kExclusive;
+  const std::string key = std::to_string(sql::kDaemonLock);
+  const std::string what = StrCat(holder, ": taking the ", exclusive ? "exclusive" : "shared",
+                                  " database lock (advisory lock ", key, ")");
+  absl::StatusOr<std::string> got = QueryOne(
+      c, what,
+      StrCat("SELECT ", exclusive ? "pg_try_advisory_lock(" : "pg_try_advisory_lock_shared(", key,
+             ")"));
+  if (!got.ok()) return got.status();
+  const std::string description = StrCat("PostgreSQL advisory lock ", key, " (",
+                                         exclusive ? "exclusive" : "shared", ") on ", Describe(c));
+  if (*got == "t") {
+    return std::unique_ptr<DatabaseLock>(new PostgresDatabaseLock(*std::move(conn), description));
+  }
+  // Who holds it: the sessions holding the key in this database (a bigint
+  // key is classid = high 32 bits, objid = low 32 bits, objsubid = 1).
+  const std::string holders_sql = StrCat(
+      "SELECT count(DISTINCT l.pid) || ' session' || CASE WHEN count(DISTINCT l.pid) = 1 THEN '' "
+      "ELSE 's' END || coalesce(': ' || string_agg(DISTINCT 'pid ' || l.pid || "
+      "coalesce(' ' || a.application_name || '@' || coalesce(host(a.client_addr), 'local'), ''), "
+      "', '), '') FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+      "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+      "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+      "AND l.classid = ",
+      (static_cast<uint64_t>(sql::kDaemonLock) >> 32) & 0xffffffffu,
+      " AND l.objid = ", static_cast<uint64_t>(sql::kDaemonLock) & 0xffffffffu,
+      " AND l.pid <> pg_backend_pid()");
+  absl::StatusOr<std::string> who = QueryOne(c, what, holders_sql);
+  const std::string sessions = who.ok() ? *who : "sessions unknown";
+  if (exclusive) {
+    return absl::FailedPreconditionError(
+        StrCat(holder, ": keywardend is running (", sessions, ") on the database ", Describe(c),
+               " (it holds advisory lock ", key, "); stop every keywardend replica first"));
+  }
+  return absl::FailedPreconditionError(
+      StrCat(holder, ": keywarden restore is replacing the database ", Describe(c), " (", sessions,
+             " hold advisory lock ", key, " exclusively); start after it finishes"));
+}
+
 absl::StatusOr<std::unique_ptr<sql::Database>> OpenPostgresDatabase(
     const PostgresOptions& options) {
   if (absl::Status st = CheckPostgresConnectionString(options.connection); !st.ok()) return st;
