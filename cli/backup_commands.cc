@@ -372,7 +372,8 @@ absl::StatusOr<Reply> RunRestore(const RestoreArgs& args) {
                             {"settings", report->loaded.settings},
                             {"audit_records", report->loaded.audit_records},
                             {"audit_checkpoints", report->loaded.audit_checkpoints},
-                            {"next_request_id", report->loaded.next_request_id}};
+                            {"next_request_id", report->loaded.next_request_id},
+                            {"leases_dropped", report->loaded.leases_dropped}};
   }
   std::string replaced = report->replaced.empty() ? "(there was no database)"
                                                   : StrCat(report->replaced, " (kept, mode 0600)");

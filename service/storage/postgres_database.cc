@@ -761,6 +761,14 @@ absl::StatusOr<std::unique_ptr<DatabaseLock>> LockPostgresDatabase(const Postgre
   const std::string description = StrCat("PostgreSQL advisory lock ", key, " (",
                                          exclusive ? "exclusive" : "shared", ") on ", Describe(c));
   if (*got == "t") {
+    // The lock's connection says who holds it (pg_stat_activity), so the
+    // refusal the other side gets names "keywarden restore" or "keywardend".
+    const char* values[] = {holder.c_str()};
+    ResultPtr named(PQexecParams(c, "SELECT set_config('application_name', $1, false)", 1, nullptr,
+                                 values, nullptr, nullptr, 0));
+    if (named == nullptr || PQresultStatus(named.get()) != PGRES_TUPLES_OK) {
+      return ResultError(what, c, named.get());
+    }
     return std::unique_ptr<DatabaseLock>(new PostgresDatabaseLock(*std::move(conn), description));
   }
   // Who holds it: the sessions holding the key in this database (a bigint

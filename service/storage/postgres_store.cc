@@ -242,6 +242,11 @@ absl::StatusOr<PostgresReplaceReport> ReplacePostgresContents(const DatabaseOpti
           return v.status();
         }
         if (absl::Status st = CopyAllRows(from, s); !st.ok()) return st;
+        // Leases name replicas that ran when the backup was made; none runs
+        // now (the caller holds the daemon lock): they are stale.
+        auto leases = s.Execute(what, "DELETE FROM settings WHERE name LIKE 'lease.%'");
+        if (!leases.ok()) return leases.status();
+        report.leases_dropped = *leases;
         auto counts =
             s.Query(what,
                     "SELECT (SELECT count(*) FROM requests), (SELECT count(*) FROM "

@@ -22,6 +22,7 @@ struct PostgresReplaceReport {
   int64_t audit_records = 0;
   int64_t audit_checkpoints = 0;
   int64_t next_request_id = 0;  // what the requests id identity hands out next
+  int64_t leases_dropped = 0;   // stale "lease.*" settings of the backup, not loaded
 };
 
 // `keywarden restore` on PostgreSQL: replaces the whole contents of the CA
@@ -36,7 +37,8 @@ struct PostgresReplaceReport {
 // failing rolls the whole of it back: the old contents stay. A database
 // holding tables of something else is refused. The caller holds the
 // exclusive daemon lock (LockPostgresDatabase) and has backed the old
-// contents up.
+// contents up. The backup's leases ("lease.*" settings) are not kept: they
+// name replicas that are not running.
 absl::StatusOr<PostgresReplaceReport> ReplacePostgresContents(const DatabaseOptions& options,
                                                               const std::string& sqlite_copy);
 

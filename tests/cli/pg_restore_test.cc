@@ -193,6 +193,7 @@ TEST_F(PgRestoreTest, RefusedWhileKeywardendRunsAndNothingChanges) {
   EXPECT_EQ(r.exit_code, 3) << r.output;
   EXPECT_TRUE(Contains(r.output, "keywardend is running (1 session: pid ")) << r.output;
   EXPECT_TRUE(Contains(r.output, "stop every keywardend replica first")) << r.output;
+  EXPECT_TRUE(Contains(r.output, "keywardend@")) << r.output;
   EXPECT_EQ(Psql(StateSql(seq)), before);
   EXPECT_TRUE(Listing(tmp_.path(), "postgresql-").empty());
 
@@ -224,6 +225,8 @@ TEST_F(PgRestoreTest, RefusedWhileKeywardendRunsAndNothingChanges) {
     EXPECT_EQ(started.exit_code, 1) << started.output;
     EXPECT_TRUE(Contains(started.output, "keywarden restore is replacing the database"))
         << started.output;
+    // Whose session holds it, from pg_stat_activity.
+    EXPECT_TRUE(Contains(started.output, "keywarden restore@")) << started.output;
     // Nor does a second restore run.
     auto second = Restore(backup);
     EXPECT_EQ(second.exit_code, 3) << second.output;

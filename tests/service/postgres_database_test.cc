@@ -663,11 +663,14 @@ TEST_F(PostgresDatabaseTest, AdvisoryLockSerializesTwoReplicas) {
 // The daemon lock: any number of keywardends share it, restore takes it
 // alone. pg_locks is read through a separate connection; the key's halves
 // (classid 19287 = 0x4b57, objid 1128333317 = 0x43410005) are literals.
+// Advisory locks are per database: other tests' daemons on the same cluster
+// hold the same key in their own databases and are not counted.
 TEST_F(PostgresDatabaseTest, DaemonLockIsSharedByReplicasAndExclusiveForRestore) {
   const std::string held =
       "SELECT coalesce(string_agg(mode, ',' ORDER BY mode), '') FROM pg_locks WHERE "
       "locktype = 'advisory' AND classid = 19287 AND objid = 1128333317 AND objsubid = 1 "
-      "AND granted";
+      "AND granted AND database = (SELECT oid FROM pg_database WHERE datname = "
+      "current_database())";
   PostgresOptions options;
   options.connection = db().conninfo();
   {
@@ -716,6 +719,8 @@ TEST_F(PostgresDatabaseTest, ReplaceContentsRefusesAForeignDatabaseAndFillsAnEmp
     auto r = (*store)->AppendAudit("tester", "test.event", "{}", 1700000000);
     ASSERT_TRUE(r.ok()) << r.status();
     ASSERT_TRUE((*store)->PutSetting("crl.number", "42").ok());
+    // A lease of a replica that ran when the backup was made.
+    ASSERT_TRUE((*store)->PutSetting("lease.crl", "4102444800 host-1:8443").ok());
   }
   DatabaseOptions options;
   options.backend = "postgresql";
@@ -738,6 +743,8 @@ TEST_F(PostgresDatabaseTest, ReplaceContentsRefusesAForeignDatabaseAndFillsAnEmp
   EXPECT_EQ(Scalar("SELECT principal || ' ' || event FROM audit WHERE seq = 1"),
             "tester test.event");
   EXPECT_EQ(Scalar("SELECT value FROM settings WHERE name = 'crl.number'"), "42");
+  EXPECT_EQ(Scalar("SELECT count(*) FROM settings WHERE name LIKE 'lease%'"), "0");
+  EXPECT_EQ(loaded->leases_dropped, 1);
   EXPECT_EQ(Scalar("SELECT max(version) FROM keywarden_schema"), "4");
   EXPECT_EQ(Scalar("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal AND tgname LIKE "
                    "'audit%'"),
