@@ -6,6 +6,8 @@
 // Prints "keywardend: listening on HOST:PORT" once it serves; stops cleanly
 // on SIGTERM or SIGINT; SIGHUP reloads the files that may change at run time
 // (KRA certificates and CRLs, the TLS server certificate, key and client CAs).
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
@@ -283,6 +285,20 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
       if (auto crl = (*ca)->CurrentCrl(); !crl.ok()) {
         service::log::Error("CRL publication failed",
                             nlohmann::json{{"error", std::string(crl.status().message())}});
+      }
+      // PostgreSQL: the daemon lock goes with its connection; a server
+      // restart drops it, so it is taken again here. If a keywarden restore
+      // took it meanwhile, this replica must not write any more: it stops.
+      if (db_lock != nullptr) {
+        absl::Status held = db_lock->Refresh();
+        if (absl::IsFailedPrecondition(held)) {
+          service::log::Error("database lock lost, stopping",
+                              nlohmann::json{{"error", std::string(held.message())}});
+          kill(getpid(), SIGTERM);
+        } else if (!held.ok()) {
+          service::log::Warn("database lock cannot be checked",
+                             nlohmann::json{{"error", std::string(held.message())}});
+        }
       }
       if (shared_database && std::chrono::steady_clock::now() >= next_interrupted_sweep) {
         next_interrupted_sweep = std::chrono::steady_clock::now() + std::chrono::minutes(1);

@@ -19,6 +19,11 @@ class DatabaseLock {
   virtual ~DatabaseLock() = default;
   // The lock file ("<database>.lock").
   virtual const std::string& path() const = 0;
+  // Checks the lock is still held and takes it again if it was lost
+  // (PostgreSQL: the server closed its connection, e.g. restarted). A flock
+  // cannot be lost: OK. FAILED_PRECONDITION when someone else took it
+  // meanwhile; another error when it cannot be checked now.
+  virtual absl::Status Refresh() { return absl::OkStatus(); }
 };
 
 // The lock file of a database file: "<database_path>.lock".

@@ -713,18 +713,6 @@ absl::Status StatusForSqlstate(std::string_view what, std::string_view sqlstate,
 
 namespace {
 
-class PostgresDatabaseLock final : public DatabaseLock {
- public:
-  PostgresDatabaseLock(ConnPtr conn, std::string description)
-      : conn_(std::move(conn)), description_(std::move(description)) {}
-  // Closing the connection releases the session-level lock.
-  const std::string& path() const override { return description_; }
-
- private:
-  ConnPtr conn_;
-  std::string description_;
-};
-
 // One row, one column of a parameterless statement ("" on NULL).
 absl::StatusOr<std::string> QueryOne(PGconn* c, std::string_view what, const std::string& sql) {
   ResultPtr r(PQexec(c, sql.c_str()));
@@ -737,13 +725,10 @@ absl::StatusOr<std::string> QueryOne(PGconn* c, std::string_view what, const std
   return std::string(PQgetisnull(r.get(), 0, 0) ? "" : PQgetvalue(r.get(), 0, 0));
 }
 
-}  // namespace
-
-absl::StatusOr<std::unique_ptr<DatabaseLock>> LockPostgresDatabase(const PostgresOptions& options,
-                                                                   PostgresLockMode mode,
-                                                                   const std::string& holder) {
-  if (absl::Status st = CheckPostgresConnectionString(options.connection); !st.ok()) return st;
-  PostgresDatabase db(options);
+// Connects and takes the daemon lock in `mode` without waiting; sets
+// `description` (PostgresLockMode in postgres_database.h).
+absl::StatusOr<ConnPtr> TakeDaemonLock(PostgresDatabase& db, PostgresLockMode mode,
+                                       const std::string& holder, std::string& description) {
   absl::StatusOr<ConnPtr> conn = db.Connect();
   if (!conn.ok()) {
     return absl::Status(conn.status().code(), StrCat(holder, ": ", conn.status().message()));
@@ -758,7 +743,7 @@ absl::StatusOr<std::unique_ptr<DatabaseLock>> LockPostgresDatabase(const Postgre
       StrCat("SELECT ", exclusive ? "pg_try_advisory_lock(" : "pg_try_advisory_lock_shared(", key,
              ")"));
   if (!got.ok()) return got.status();
-  const std::string description = StrCat("PostgreSQL advisory lock ", key, " (",
+  description = StrCat("PostgreSQL advisory lock ", key, " (",
                                          exclusive ? "exclusive" : "shared", ") on ", Describe(c));
   if (*got == "t") {
     // The lock's connection says who holds it (pg_stat_activity), so the
@@ -769,7 +754,7 @@ absl::StatusOr<std::unique_ptr<DatabaseLock>> LockPostgresDatabase(const Postgre
     if (named == nullptr || PQresultStatus(named.get()) != PGRES_TUPLES_OK) {
       return ResultError(what, c, named.get());
     }
-    return std::unique_ptr<DatabaseLock>(new PostgresDatabaseLock(*std::move(conn), description));
+    return *std::move(conn);
   }
   // Who holds it: the sessions holding the key in this database (a bigint
   // key is classid = high 32 bits, objid = low 32 bits, objsubid = 1).
@@ -794,6 +779,43 @@ absl::StatusOr<std::unique_ptr<DatabaseLock>> LockPostgresDatabase(const Postgre
   return absl::FailedPreconditionError(
       StrCat(holder, ": keywarden restore is replacing the database ", Describe(c), " (", sessions,
              " hold advisory lock ", key, " exclusively); start after it finishes"));
+}
+
+class PostgresDatabaseLock final : public DatabaseLock {
+ public:
+  PostgresDatabaseLock(const PostgresOptions& options, PostgresLockMode mode, std::string holder)
+      : db_(options), mode_(mode), holder_(std::move(holder)) {}
+  absl::Status Take() {
+    absl::StatusOr<ConnPtr> conn = TakeDaemonLock(db_, mode_, holder_, description_);
+    if (!conn.ok()) return conn.status();
+    conn_ = *std::move(conn);
+    return absl::OkStatus();
+  }
+  // Closing the connection releases the session-level lock.
+  const std::string& path() const override { return description_; }
+  absl::Status Refresh() override {
+    if (conn_ != nullptr && StillUsable(conn_.get())) return absl::OkStatus();
+    conn_.reset();  // the server closed it (restart, terminated): the lock is gone
+    return Take();
+  }
+
+ private:
+  PostgresDatabase db_;  // keeps the connection string and password for Refresh
+  const PostgresLockMode mode_;
+  const std::string holder_;
+  ConnPtr conn_;
+  std::string description_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DatabaseLock>> LockPostgresDatabase(const PostgresOptions& options,
+                                                                   PostgresLockMode mode,
+                                                                   const std::string& holder) {
+  if (absl::Status st = CheckPostgresConnectionString(options.connection); !st.ok()) return st;
+  auto lock = std::make_unique<PostgresDatabaseLock>(options, mode, holder);
+  if (absl::Status st = lock->Take(); !st.ok()) return st;
+  return std::unique_ptr<DatabaseLock>(std::move(lock));
 }
 
 absl::StatusOr<std::unique_ptr<sql::Database>> OpenPostgresDatabase(

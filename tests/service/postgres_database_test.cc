@@ -704,7 +704,36 @@ TEST_F(PostgresDatabaseTest, DaemonLockIsSharedByReplicasAndExclusiveForRestore)
     EXPECT_FALSE(again.ok());
   }
   auto d = LockPostgresDatabase(options, PostgresLockMode::kShared, "keywardend");
-  EXPECT_TRUE(d.ok()) << d.status();
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_TRUE((*d)->Refresh().ok());
+  EXPECT_EQ(Scalar(held), "ShareLock");
+
+  // Its connection terminated (as a server restart does): the lock is gone,
+  // and Refresh takes it again on a new connection.
+  const std::string terminate =
+      "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND classid = "
+      "19287 AND objid = 1128333317 AND database = (SELECT oid FROM pg_database WHERE datname = "
+      "current_database())";
+  Admin(terminate);
+  for (int i = 0; i < 100 && Scalar(held) != ""; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(Scalar(held), "");
+  EXPECT_TRUE((*d)->Refresh().ok());
+  EXPECT_EQ(Scalar(held), "ShareLock");
+
+  // Lost again, and a restore took it meanwhile: Refresh says so.
+  Admin(terminate);
+  for (int i = 0; i < 100 && Scalar(held) != ""; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  auto r = LockPostgresDatabase(options, PostgresLockMode::kExclusive, "keywarden restore");
+  ASSERT_TRUE(r.ok()) << r.status();
+  const absl::Status lost = (*d)->Refresh();
+  EXPECT_EQ(lost.code(), absl::StatusCode::kFailedPrecondition) << lost;
+  EXPECT_TRUE(Contains(std::string(lost.message()), "keywarden restore is replacing the database"))
+      << lost;
+  EXPECT_EQ(Scalar(held), "ExclusiveLock");
 }
 
 // ReplacePostgresContents refuses a database holding something else and
