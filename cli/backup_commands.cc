@@ -255,6 +255,14 @@ struct RestoreArgs {
   bool discard_current = false;
 };
 
+// The directory part of a path ("." for a bare name).
+std::string DirectoryOf(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
 // "keywarden restore (uid 0, root)": the local account that ran it.
 std::string LocalOperator() {
   const uid_t uid = getuid();
@@ -268,14 +276,28 @@ std::string LocalOperator() {
 absl::StatusOr<Reply> RunRestore(const RestoreArgs& args) {
   auto config = service::LoadConfig(args.config);
   if (!config.ok()) return config.status();
-  if (config->database.backend != "sqlite") {
-    return absl::UnimplementedError(StrCat("restore: database backend \"", config->database.backend,
-                                           "\" is not supported by this build (use sqlite)"));
-  }
-  // On a new host the state directory may not exist yet: made as
-  // keywardend makes it (0700), so the lock file and the database fit.
-  if (auto st = service::EnsureStateDirectory(config->database.path); !st.ok()) return st;
   service::RestoreOptions options;
+  options.backend = config->database.backend;
+  if (config->database.backend == "postgresql") {
+    auto password = service::ReadDatabasePassword(config->database);
+    if (!password.ok()) return password.status();
+    options.postgres.backend = "postgresql";
+    options.postgres.connection = config->database.connection;
+    options.postgres.password.assign(password->view());
+    // The copy of the replaced contents goes next to the backup (the
+    // directory holding the backup file or archive), or next to the
+    // configuration when that directory is not writable.
+    std::string from = args.backup;
+    while (from.size() > 1 && from.back() == '/') from.pop_back();
+    options.keep_dir = DirectoryOf(from);
+    if (access(options.keep_dir.c_str(), W_OK | X_OK) != 0) {
+      options.keep_dir = DirectoryOf(args.config);
+    }
+  } else {
+    // On a new host the state directory may not exist yet: made as
+    // keywardend makes it (0700), so the lock file and the database fit.
+    if (auto st = service::EnsureStateDirectory(config->database.path); !st.ok()) return st;
+  }
   options.backup = args.backup;
   options.database = config->database.path;
   options.crl_path = args.crl;
@@ -326,6 +348,7 @@ absl::StatusOr<Reply> RunRestore(const RestoreArgs& args) {
                                                     : nlohmann::json(report->archive)},
                 {"archive_configuration",
                  config_note.empty() ? nlohmann::json(nullptr) : nlohmann::json(config_note)},
+                {"backend", report->backend},
                 {"database", report->database},
                 {"backup", report->backup},
                 {"backup_sha256", report->backup_sha256},
@@ -342,32 +365,56 @@ absl::StatusOr<Reply> RunRestore(const RestoreArgs& args) {
                 {"crl_number_floor", report->crl_number_floor},
                 {"audit_seq", report->audit_seq},
                 {"audit_records", report->audit_records}};
+  if (report->backend == "postgresql") {
+    reply.json["replaced_audit_records"] = report->replaced_audit_records;
+    reply.json["loaded"] = {{"requests", report->loaded.requests},
+                            {"certificates", report->loaded.certificates},
+                            {"settings", report->loaded.settings},
+                            {"audit_records", report->loaded.audit_records},
+                            {"audit_checkpoints", report->loaded.audit_checkpoints},
+                            {"next_request_id", report->loaded.next_request_id},
+                            {"leases_dropped", report->loaded.leases_dropped}};
+  }
   std::string replaced = report->replaced.empty() ? "(there was no database)"
                                                   : StrCat(report->replaced, " (kept, mode 0600)");
+  if (report->backend == "postgresql" && !report->replaced.empty()) {
+    replaced = StrCat(report->replaced, " (the replaced contents, mode 0600, ",
+                      report->replaced_audit_records, " audit records verified)");
+  }
+  std::string loaded;
+  if (report->backend == "postgresql") {
+    loaded = StrCat(
+        report->loaded.requests, " requests, ", report->loaded.certificates, " certificates, ",
+        report->loaded.settings, " settings, ", report->loaded.audit_records, " audit records, ",
+        report->loaded.audit_checkpoints, " audit checkpoints in one transaction; next request id ",
+        report->loaded.next_request_id);
+  }
   if (!report->replaced.empty() && !report->replaced_read) {
     replaced += "; it could not be read: nothing carried over from it (--discard-current)";
   }
+  std::vector<std::pair<std::string, std::string>> rows = {
+      {"Database", report->database},
+      {"Backup", StrCat(report->backup, " (", report->backup_bytes, " bytes)")},
+      {"Backup SHA-256", report->backup_sha256},
+      {"Backup audit head",
+       StrCat("seq ", report->backup_last_seq, ", hash ", report->backup_last_hash)},
+      {"Replaced database", replaced}};
+  if (!loaded.empty()) rows.push_back({"Loaded", loaded});
+  rows.push_back({"Revocations re-applied", std::to_string(report->reapplied.size())});
+  rows.push_back(
+      {"CRL number floor", StrCat(report->crl_number_floor,
+                                  args.crl.empty() ? ""
+                                                   : StrCat(" (CRL ", args.crl, " has number ",
+                                                            report->crl_file_number, ")"),
+                                  "; the next CRL is numbered above it")});
+  rows.push_back({"Audit", StrCat("database.restored recorded as seq ", report->audit_seq, "; ",
+                                  report->audit_records, " records verified")});
   reply.text = StrCat(
       "Database restored\n",
       config_note.empty() ? ""
                           : KeyValues({{"Archive", StrCat(report->archive, " (manifest checked)")},
                                        {"Its configuration", config_note}}),
-      KeyValues(
-          {{"Database", report->database},
-           {"Backup", StrCat(report->backup, " (", report->backup_bytes, " bytes)")},
-           {"Backup SHA-256", report->backup_sha256},
-           {"Backup audit head",
-            StrCat("seq ", report->backup_last_seq, ", hash ", report->backup_last_hash)},
-           {"Replaced database", replaced},
-           {"Revocations re-applied", std::to_string(report->reapplied.size())},
-           {"CRL number floor", StrCat(report->crl_number_floor,
-                                       args.crl.empty() ? ""
-                                                        : StrCat(" (CRL ", args.crl, " has number ",
-                                                                 report->crl_file_number, ")"),
-                                       "; the next CRL is numbered above it")},
-           {"Audit", StrCat("database.restored recorded as seq ", report->audit_seq, "; ",
-                            report->audit_records, " records verified")}}),
-      lines.empty() ? "" : StrCat("Re-applied revocations:\n", lines));
+      KeyValues(rows), lines.empty() ? "" : StrCat("Re-applied revocations:\n", lines));
   return reply;
 }
 
@@ -468,12 +515,16 @@ void RegisterBackupCommands(CLI::App& app, const Output& out, const ConnectionOp
                     "Restore even if the current database cannot be read (its revocations are "
                     "then not carried over; the file is still kept)");
   restore->footer(
-      "Run on the CA host with keywardend stopped (refused while it holds the database).\n"
+      "Run on the CA host with keywardend stopped (refused while it holds the database;\n"
+      "on PostgreSQL, while any keywardend replica is connected to it).\n"
       "The backup is checked (integrity, schema version, audit chain) before anything\n"
       "changes. Revocations the current database holds and the backup lacks are re-applied\n"
       "(and every entry of --crl), the CRL number never goes back, the restore is recorded\n"
       "in the audit log (database.restored), and the current database is renamed\n"
-      "DB.before-restore-UTCTIME (0600), never deleted.");
+      "DB.before-restore-UTCTIME (0600), never deleted. On PostgreSQL the current contents\n"
+      "are first copied to postgresql-before-restore-UTCTIME.db (0600) next to BACKUP (or\n"
+      "next to --config when that directory is not writable), then replaced in one\n"
+      "transaction.");
   restore->callback([&out, &action, restore_args] {
     action = [&out, restore_args] {
       auto reply = RunRestore(*restore_args);

@@ -6,6 +6,8 @@
 // Prints "keywardend: listening on HOST:PORT" once it serves; stops cleanly
 // on SIGTERM or SIGINT; SIGHUP reloads the files that may change at run time
 // (KRA certificates and CRLs, the TLS server certificate, key and client CAs).
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
@@ -39,6 +41,7 @@
 #include "service/server/token_watch.h"
 #include "service/signing/delegated_signer.h"
 #include "service/storage/db_lock.h"
+#include "service/storage/postgres_database.h"
 #include "service/storage/store.h"
 
 namespace {
@@ -119,10 +122,22 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
   }
   // SQLite: one writer, held until the process ends, so `keywarden
   // restore` (and a second keywardend on the same file) refuse while this
-  // one runs. PostgreSQL: any number of replicas share the database.
+  // one runs. PostgreSQL: any number of replicas share the database, each
+  // holding the daemon lock shared on a connection of its own, so `keywarden
+  // restore` (which takes it exclusively) refuses while any runs.
   std::unique_ptr<service::DatabaseLock> db_lock;
   if (config->database.backend == "sqlite") {
     auto locked = service::LockDatabase(config->database.path, "keywardend");
+    if (!locked.ok()) return Fail(locked.status());
+    db_lock = std::move(*locked);
+  } else if (config->database.backend == "postgresql") {
+    auto password = service::ReadDatabasePassword(config->database);
+    if (!password.ok()) return Fail(password.status());
+    service::PostgresOptions pg;
+    pg.connection = config->database.connection;
+    pg.password.assign(password->view());
+    auto locked =
+        service::LockPostgresDatabase(pg, service::PostgresLockMode::kShared, "keywardend");
     if (!locked.ok()) return Fail(locked.status());
     db_lock = std::move(*locked);
   }
@@ -272,6 +287,20 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
       if (auto crl = (*ca)->CurrentCrl(); !crl.ok()) {
         service::log::Error("CRL publication failed",
                             nlohmann::json{{"error", std::string(crl.status().message())}});
+      }
+      // PostgreSQL: the daemon lock goes with its connection; a server
+      // restart drops it, so it is taken again here. If a keywarden restore
+      // took it meanwhile, this replica must not write any more: it stops.
+      if (db_lock != nullptr) {
+        absl::Status held = db_lock->Refresh();
+        if (absl::IsFailedPrecondition(held)) {
+          service::log::Error("database lock lost, stopping",
+                              nlohmann::json{{"error", std::string(held.message())}});
+          kill(getpid(), SIGTERM);
+        } else if (!held.ok()) {
+          service::log::Warn("database lock cannot be checked",
+                             nlohmann::json{{"error", std::string(held.message())}});
+        }
       }
       if (shared_database && std::chrono::steady_clock::now() >= next_interrupted_sweep) {
         next_interrupted_sweep = std::chrono::steady_clock::now() + sweep_period;

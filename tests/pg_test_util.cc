@@ -2,9 +2,11 @@
 
 #include <libpq-fe.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <memory>
 #include <random>
+#include <thread>
 
 namespace keywarden::testing {
 
@@ -89,6 +91,13 @@ PgTestDatabase::~PgTestDatabase() {
   if (name_.empty() || std::getenv("KEYWARDEN_KEEP_FIXTURES") != nullptr) return;
   absl::StatusOr<std::vector<std::vector<std::string>>> r =
       PgAdminQuery(admin_, "DROP DATABASE IF EXISTS " + name_ + " WITH (FORCE)");
+  // WITH (FORCE) refuses when an autovacuum worker (a superuser process)
+  // is in the database, which a test that drops and creates tables can
+  // start; a plain DROP DATABASE cancels autovacuum itself.
+  for (int attempt = 0; !r.ok() && attempt < 5; ++attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    r = PgAdminQuery(admin_, "DROP DATABASE IF EXISTS " + name_);
+  }
   if (!r.ok()) ADD_FAILURE() << "dropping test database " << name_ << ": " << r.status();
 }
 

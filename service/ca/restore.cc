@@ -26,6 +26,7 @@
 #include "service/ca/crl_state.h"
 #include "service/ca/issuer.h"
 #include "service/storage/db_lock.h"
+#include "service/storage/postgres_database.h"
 #include "service/storage/store.h"
 
 namespace keywarden::service {
@@ -201,6 +202,20 @@ struct CurrentFacts {
   int64_t crl_number = 0;
 };
 
+absl::StatusOr<CurrentFacts> ReadCurrentStore(Store& store) {
+  CurrentFacts facts;
+  auto revoked = store.RevokedCertificates(std::numeric_limits<int64_t>::min());
+  if (!revoked.ok()) return revoked.status();
+  facts.revoked = std::move(*revoked);
+  auto carried = CarriedRevocations(store);
+  if (!carried.ok()) return carried.status();
+  facts.carried = std::move(*carried);
+  auto number = HighestCrlNumber(store);
+  if (!number.ok()) return number.status();
+  facts.crl_number = *number;
+  return facts;
+}
+
 absl::StatusOr<CurrentFacts> ReadCurrent(const std::string& path) {
   // Never let SQLite make a new database in an empty or foreign file: only
   // an SQLite file is opened.
@@ -209,17 +224,33 @@ absl::StatusOr<CurrentFacts> ReadCurrent(const std::string& path) {
   // file, so the file renamed aside afterwards is complete by itself.
   auto store = OpenSqliteStore(path);
   if (!store.ok()) return store.status();
-  CurrentFacts facts;
-  auto revoked = (*store)->RevokedCertificates(std::numeric_limits<int64_t>::min());
-  if (!revoked.ok()) return revoked.status();
-  facts.revoked = std::move(*revoked);
-  auto carried = CarriedRevocations(**store);
-  if (!carried.ok()) return carried.status();
-  facts.carried = std::move(*carried);
-  auto number = HighestCrlNumber(**store);
-  if (!number.ok()) return number.status();
-  facts.crl_number = *number;
-  return facts;
+  return ReadCurrentStore(**store);
+}
+
+// The PostgreSQL store opened without creating the schema: NOT_FOUND for a
+// database without one (nothing to carry over).
+absl::StatusOr<std::unique_ptr<Store>> OpenPostgresCurrent(const DatabaseOptions& pg) {
+  DatabaseOptions options;
+  options.backend = "postgresql";
+  options.connection = pg.connection;
+  options.password = pg.password;
+  options.pool_size = 2;
+  options.create_schema = false;
+  return OpenStore(options);
+}
+
+// Every audit record of a store, verified as one chain; returns how many.
+absl::StatusOr<int64_t> VerifyStoreAudit(Store& store) {
+  std::vector<AuditRecord> all;
+  for (int64_t from = 1;;) {
+    auto page = store.ReadAudit(from, 10000);
+    if (!page.ok()) return page.status();
+    if (page->empty()) break;
+    from = page->back().seq + 1;
+    for (auto& r : *page) all.push_back(std::move(r));
+  }
+  if (auto st = VerifyAuditChain(all); !st.ok()) return st;
+  return static_cast<int64_t>(all.size());
 }
 
 // Temporary copies ("<db>.restore-XXXXXX" and their -wal/-shm/-journal)
@@ -375,11 +406,30 @@ absl::StatusOr<int> SqliteFileSchemaVersion(const std::string& path) {
 
 absl::StatusOr<RestoreReport> RestoreDatabase(const RestoreOptions& o) {
   if (o.backup.empty()) return absl::InvalidArgumentError("restore: no backup file given");
-  if (o.database.empty()) {
+  const bool postgres = o.backend == "postgresql";
+  if (!postgres && o.backend != "sqlite") {
+    return absl::InvalidArgumentError(
+        StrCat("restore: unknown database backend \"", o.backend, "\" (sqlite or postgresql)"));
+  }
+  if (!postgres && o.database.empty()) {
     return absl::InvalidArgumentError("restore: the configuration names no [database] path");
   }
-  // 1. Nobody else writes the database from here on.
-  auto lock = LockDatabase(o.database, "keywarden restore");
+  if (postgres && (o.postgres.connection.empty() || o.keep_dir.empty())) {
+    return absl::InvalidArgumentError(
+        "restore: PostgreSQL needs [database] connection and a directory for the copy of the "
+        "replaced contents");
+  }
+  // 1. Nobody else writes the database from here on: SQLite, the lock file;
+  // PostgreSQL, the daemon lock held exclusively (no keywardend replica).
+  absl::StatusOr<std::unique_ptr<DatabaseLock>> lock = absl::UnknownError("not locked");
+  if (postgres) {
+    PostgresOptions pg;
+    pg.connection = o.postgres.connection;
+    pg.password = o.postgres.password;
+    lock = LockPostgresDatabase(pg, PostgresLockMode::kExclusive, "keywarden restore");
+  } else {
+    lock = LockDatabase(o.database, "keywarden restore");
+  }
   if (!lock.ok()) return lock.status();
 
   // 2. The inputs, before anything is touched.
@@ -399,10 +449,18 @@ absl::StatusOr<RestoreReport> RestoreDatabase(const RestoreOptions& o) {
     backup = *database;
   }
   report.backup = backup;
+  report.backend = postgres ? "postgresql" : "sqlite";
   report.database = o.database;
+  if (postgres) {
+    const std::string& described = (*lock)->path();
+    const size_t on = described.find(" on ");
+    report.database =
+        StrCat("PostgreSQL ", on == std::string::npos ? "" : described.substr(on + 4));
+  }
   report.crl_file_number = crl.number;
-  const std::string dir = DirectoryOf(o.database);
-  std::string templ = StrCat(o.database, ".restore-XXXXXX");
+  const std::string dir = postgres ? o.keep_dir : DirectoryOf(o.database);
+  std::string templ = postgres ? StrCat(o.keep_dir, "/postgresql-restore-XXXXXX")
+                               : StrCat(o.database, ".restore-XXXXXX");
   {
     // mkstemp makes the unique name; the copy is written by CopyToTemp.
     const int fd = mkstemp(templ.data());
@@ -431,8 +489,30 @@ absl::StatusOr<RestoreReport> RestoreDatabase(const RestoreOptions& o) {
 
   // 3. What the current database knows.
   CurrentFacts current;
-  const bool have_current = Exists(o.database);
-  if (have_current) {
+  std::unique_ptr<Store> pg_current;  // PostgreSQL: open until its contents are copied
+  bool have_current = false;
+  if (postgres) {
+    auto opened = OpenPostgresCurrent(o.postgres);
+    if (opened.ok()) {
+      have_current = true;
+      pg_current = std::move(*opened);
+      auto facts = ReadCurrentStore(*pg_current);
+      if (!facts.ok()) {
+        // Its contents could not be copied aside either: never replaced.
+        return absl::FailedPreconditionError(StrCat(
+            "restore: the current PostgreSQL database cannot be read (", facts.status().message(),
+            "), so its revocations and CRL number cannot be carried over nor its contents "
+            "kept; nothing was changed. Copy it with pg_dump, drop its keywarden tables "
+            "(or point [database] connection at an empty database) and restore again"));
+      }
+      current = std::move(*facts);
+      report.replaced_read = true;
+    } else if (!absl::IsNotFound(opened.status())) {
+      return absl::Status(opened.status().code(),
+                          StrCat("restore: opening the current PostgreSQL database: ",
+                                 opened.status().message(), "; nothing was changed"));
+    }
+  } else if ((have_current = Exists(o.database))) {
     auto facts = ReadCurrent(o.database);
     if (facts.ok()) {
       current = std::move(*facts);
@@ -522,9 +602,13 @@ absl::StatusOr<RestoreReport> RestoreDatabase(const RestoreOptions& o) {
         !st.ok()) {
       return fail(st);
     }
-    report.replaced = have_current ? StrCat(o.database, ".before-restore-", UtcStamp(o.now)) : "";
+    const std::string kept_base =
+        postgres ? StrCat(o.keep_dir, "/postgresql-before-restore-", UtcStamp(o.now))
+                 : StrCat(o.database, ".before-restore-", UtcStamp(o.now));
+    const std::string kept_suffix = postgres ? ".db" : "";
+    report.replaced = have_current ? StrCat(kept_base, kept_suffix) : "";
     for (int i = 2; !report.replaced.empty() && Exists(report.replaced); ++i) {
-      report.replaced = StrCat(o.database, ".before-restore-", UtcStamp(o.now), "-", i);
+      report.replaced = StrCat(kept_base, "-", i, kept_suffix);
     }
     json reapplied = json::array();
     for (const auto& r : report.reapplied) {
@@ -561,6 +645,55 @@ absl::StatusOr<RestoreReport> RestoreDatabase(const RestoreOptions& o) {
                                       " still has a write-ahead log; nothing was changed"));
   }
   if (auto st = FsyncPath(temp.path(), O_RDONLY); !st.ok()) return st;
+
+  if (postgres) {
+    // 5. The current contents aside (a verified SQLite copy, never
+    // deleted), then the restored copy loaded in one transaction.
+    if (have_current) {
+      if (auto st = pg_current->admin().Backup(report.replaced); !st.ok()) {
+        return absl::Status(st.code(), StrCat("restore: copying the current contents aside: ",
+                                              st.message(), "; nothing was changed"));
+      }
+      chmod(report.replaced.c_str(), 0600);
+      auto kept = VerifySqliteCopy(report.replaced);
+      if (!kept.ok()) {
+        return absl::Status(kept.status().code(),
+                            StrCat("restore: the copy of the current contents ", report.replaced,
+                                   " does not verify (", kept.status().message(),
+                                   "); it is left there; nothing else was changed"));
+      }
+      report.replaced_audit_records = *kept;
+      if (auto st = FsyncPath(report.replaced, O_RDONLY); !st.ok()) return st;
+      if (auto st = FsyncPath(dir, O_RDONLY | O_DIRECTORY); !st.ok()) return st;
+    }
+    pg_current.reset();
+    auto loaded = ReplacePostgresContents(o.postgres, temp.path());
+    if (!loaded.ok()) {
+      return absl::Status(loaded.status().code(),
+                          StrCat("restore: ", loaded.status().message(),
+                                 " (rolled back: the database is as it was)"));
+    }
+    report.loaded = *loaded;
+    // 6. Read back what the daemon will read.
+    auto reopened = OpenPostgresCurrent(o.postgres);
+    absl::Status check = reopened.status();
+    if (check.ok()) check = (*reopened)->admin().CheckAuditTriggers();
+    if (check.ok()) {
+      auto records = VerifyStoreAudit(**reopened);
+      check = records.status();
+      if (records.ok() && *records != report.audit_records) {
+        check = absl::DataLossError(
+            StrCat("it holds ", *records, " audit records, the copy ", report.audit_records));
+      }
+    }
+    if (!check.ok()) {
+      return absl::Status(check.code(),
+                          StrCat("restore: the restored PostgreSQL database does not verify (",
+                                 check.message(), "); the replaced contents are in ",
+                                 report.replaced.empty() ? "(none)" : report.replaced));
+    }
+    return report;
+  }
 
   // 5. Swap: the current file aside (never deleted), the copy in.
   if (have_current) {

@@ -11,6 +11,19 @@
 //  - never deletes the replaced database: it is renamed
 //    "<db>.before-restore-<UTC time>" (0600); the new file is renamed in
 //    atomically (temporary file in the same directory, fsync, rename, fsync).
+//
+// On PostgreSQL the checks and the work on the copy are the same (the
+// "current database" read for revocations and CRL numbers is the
+// PostgreSQL one); then:
+//  - keywardend must not be running: restore holds the advisory lock
+//    sql::kDaemonLock exclusively from start to end (every keywardend holds
+//    it shared), and refuses "keywardend is running (N sessions ...)";
+//  - the current contents are written first, with the PostgreSQL backup, to
+//    "<keep_dir>/postgresql-before-restore-<UTC time>.db" (0600) and that
+//    copy is verified; then the restored copy replaces the contents in one
+//    transaction (ReplacePostgresContents in postgres_store.h), and the
+//    result is read back: the audit chain verifies, the append-only
+//    triggers are in place.
 #pragma once
 
 #include <openssl/x509.h>
@@ -20,6 +33,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "service/storage/postgres_store.h"
+#include "service/storage/store.h"
 
 namespace keywarden::service {
 
@@ -39,6 +54,13 @@ absl::StatusOr<std::string> FileSha256(const std::string& path, int64_t* bytes =
 absl::StatusOr<int> SqliteFileSchemaVersion(const std::string& path);
 
 struct RestoreOptions {
+  // "sqlite": `database` is the file to replace. "postgresql": `postgres`
+  // (connection, password) is the database whose contents are replaced and
+  // `keep_dir` the directory for the copy of the replaced contents and for
+  // the temporary copy of the backup.
+  std::string backend = "sqlite";
+  DatabaseOptions postgres;
+  std::string keep_dir;
   // The backup: an SQLite copy made by `keywarden backup`, or an archive
   // directory made by `keywarden backup --with-config` (its manifest's
   // hashes are checked first).
@@ -75,14 +97,21 @@ struct RestoreReport {
   int64_t backup_audit_records = 0;
   int64_t backup_last_seq = 0;
   std::string backup_last_hash;  // hex
-  std::string database;
-  std::string replaced;        // where the replaced database went; empty if there was none
+  std::string backend;           // "sqlite" or "postgresql"
+  std::string database;          // the file, or "PostgreSQL host=... dbname=..."
+  // Where the replaced database went (SQLite: renamed; PostgreSQL: the
+  // copy of its contents); empty if there was none.
+  std::string replaced;
   bool replaced_read = false;  // its revocations and CRL number were carried over
   std::vector<ReappliedRevocation> reapplied;
   int64_t crl_file_number = 0;  // 0 without --crl
   int64_t crl_number_floor = 0;
   int64_t audit_seq = 0;      // seq of the database.restored record
   int64_t audit_records = 0;  // of the restored database, verified after the restore
+  // PostgreSQL: the audit records of the replaced contents (in `replaced`,
+  // verified) and what was loaded.
+  int64_t replaced_audit_records = 0;
+  PostgresReplaceReport loaded;
 };
 
 absl::StatusOr<RestoreReport> RestoreDatabase(const RestoreOptions& options);

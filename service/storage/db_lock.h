@@ -2,8 +2,9 @@
 // offline tool (keywarden restore) while one runs. For SQLite this is an
 // exclusive flock(2) on "<database>.lock" (mode 0600, holding the holder's
 // pid and name for messages: "123 keywardend"), held for the holder's lifetime and released by the
-// kernel when it exits, however it exits. A PostgreSQL backend will take an
-// advisory lock instead, behind the same function.
+// kernel when it exits, however it exits. On PostgreSQL the same DatabaseLock
+// is an advisory lock (LockPostgresDatabase in postgres_database.h): shared
+// by every keywardend replica, exclusive for keywarden restore.
 #pragma once
 
 #include <memory>
@@ -18,6 +19,11 @@ class DatabaseLock {
   virtual ~DatabaseLock() = default;
   // The lock file ("<database>.lock").
   virtual const std::string& path() const = 0;
+  // Checks the lock is still held and takes it again if it was lost
+  // (PostgreSQL: the server closed its connection, e.g. restarted). A flock
+  // cannot be lost: OK. FAILED_PRECONDITION when someone else took it
+  // meanwhile; another error when it cannot be checked now.
+  virtual absl::Status Refresh() { return absl::OkStatus(); }
 };
 
 // The lock file of a database file: "<database_path>.lock".

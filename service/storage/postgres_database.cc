@@ -711,6 +711,113 @@ absl::Status StatusForSqlstate(std::string_view what, std::string_view sqlstate,
   return absl::InternalError(text);
 }
 
+namespace {
+
+// One row, one column of a parameterless statement ("" on NULL).
+absl::StatusOr<std::string> QueryOne(PGconn* c, std::string_view what, const std::string& sql) {
+  ResultPtr r(PQexec(c, sql.c_str()));
+  if (r == nullptr || PQresultStatus(r.get()) != PGRES_TUPLES_OK) {
+    return ResultError(what, c, r.get());
+  }
+  if (PQntuples(r.get()) != 1 || PQnfields(r.get()) != 1) {
+    return absl::InternalError(StrCat(what, ": expected one value"));
+  }
+  return std::string(PQgetisnull(r.get(), 0, 0) ? "" : PQgetvalue(r.get(), 0, 0));
+}
+
+// Connects and takes the daemon lock in `mode` without waiting; sets
+// `description` (PostgresLockMode in postgres_database.h).
+absl::StatusOr<ConnPtr> TakeDaemonLock(PostgresDatabase& db, PostgresLockMode mode,
+                                       const std::string& holder, std::string& description) {
+  absl::StatusOr<ConnPtr> conn = db.Connect();
+  if (!conn.ok()) {
+    return absl::Status(conn.status().code(), StrCat(holder, ": ", conn.status().message()));
+  }
+  PGconn* c = conn->get();
+  const bool exclusive = mode == PostgresLockMode::kExclusive;
+  const std::string key = std::to_string(sql::kDaemonLock);
+  const std::string what = StrCat(holder, ": taking the ", exclusive ? "exclusive" : "shared",
+                                  " database lock (advisory lock ", key, ")");
+  absl::StatusOr<std::string> got = QueryOne(
+      c, what,
+      StrCat("SELECT ", exclusive ? "pg_try_advisory_lock(" : "pg_try_advisory_lock_shared(", key,
+             ")"));
+  if (!got.ok()) return got.status();
+  description = StrCat("PostgreSQL advisory lock ", key, " (",
+                                         exclusive ? "exclusive" : "shared", ") on ", Describe(c));
+  if (*got == "t") {
+    // The lock's connection says who holds it (pg_stat_activity), so the
+    // refusal the other side gets names "keywarden restore" or "keywardend".
+    const char* values[] = {holder.c_str()};
+    ResultPtr named(PQexecParams(c, "SELECT set_config('application_name', $1, false)", 1, nullptr,
+                                 values, nullptr, nullptr, 0));
+    if (named == nullptr || PQresultStatus(named.get()) != PGRES_TUPLES_OK) {
+      return ResultError(what, c, named.get());
+    }
+    return *std::move(conn);
+  }
+  // Who holds it: the sessions holding the key in this database (a bigint
+  // key is classid = high 32 bits, objid = low 32 bits, objsubid = 1).
+  const std::string holders_sql = StrCat(
+      "SELECT count(DISTINCT l.pid) || ' session' || CASE WHEN count(DISTINCT l.pid) = 1 THEN '' "
+      "ELSE 's' END || coalesce(': ' || string_agg(DISTINCT 'pid ' || l.pid || "
+      "coalesce(' ' || a.application_name || '@' || coalesce(host(a.client_addr), 'local'), ''), "
+      "', '), '') FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+      "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+      "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+      "AND l.classid = ",
+      (static_cast<uint64_t>(sql::kDaemonLock) >> 32) & 0xffffffffu,
+      " AND l.objid = ", static_cast<uint64_t>(sql::kDaemonLock) & 0xffffffffu,
+      " AND l.pid <> pg_backend_pid()");
+  absl::StatusOr<std::string> who = QueryOne(c, what, holders_sql);
+  const std::string sessions = who.ok() ? *who : "sessions unknown";
+  if (exclusive) {
+    return absl::FailedPreconditionError(
+        StrCat(holder, ": keywardend is running (", sessions, ") on the database ", Describe(c),
+               " (it holds advisory lock ", key, "); stop every keywardend replica first"));
+  }
+  return absl::FailedPreconditionError(
+      StrCat(holder, ": keywarden restore is replacing the database ", Describe(c), " (", sessions,
+             " hold advisory lock ", key, " exclusively); start after it finishes"));
+}
+
+class PostgresDatabaseLock final : public DatabaseLock {
+ public:
+  PostgresDatabaseLock(const PostgresOptions& options, PostgresLockMode mode, std::string holder)
+      : db_(options), mode_(mode), holder_(std::move(holder)) {}
+  absl::Status Take() {
+    absl::StatusOr<ConnPtr> conn = TakeDaemonLock(db_, mode_, holder_, description_);
+    if (!conn.ok()) return conn.status();
+    conn_ = *std::move(conn);
+    return absl::OkStatus();
+  }
+  // Closing the connection releases the session-level lock.
+  const std::string& path() const override { return description_; }
+  absl::Status Refresh() override {
+    if (conn_ != nullptr && StillUsable(conn_.get())) return absl::OkStatus();
+    conn_.reset();  // the server closed it (restart, terminated): the lock is gone
+    return Take();
+  }
+
+ private:
+  PostgresDatabase db_;  // keeps the connection string and password for Refresh
+  const PostgresLockMode mode_;
+  const std::string holder_;
+  ConnPtr conn_;
+  std::string description_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DatabaseLock>> LockPostgresDatabase(const PostgresOptions& options,
+                                                                   PostgresLockMode mode,
+                                                                   const std::string& holder) {
+  if (absl::Status st = CheckPostgresConnectionString(options.connection); !st.ok()) return st;
+  auto lock = std::make_unique<PostgresDatabaseLock>(options, mode, holder);
+  if (absl::Status st = lock->Take(); !st.ok()) return st;
+  return std::unique_ptr<DatabaseLock>(std::move(lock));
+}
+
 absl::StatusOr<std::unique_ptr<sql::Database>> OpenPostgresDatabase(
     const PostgresOptions& options) {
   if (absl::Status st = CheckPostgresConnectionString(options.connection); !st.ok()) return st;

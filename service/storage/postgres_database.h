@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "service/storage/db_lock.h"
 #include "service/storage/sql.h"
 
 namespace keywarden::service {
@@ -39,6 +40,26 @@ struct PostgresOptions {
 // here, with libpq's reason) and returns the pool. The connection string is
 // refused when it holds a password.
 absl::StatusOr<std::unique_ptr<sql::Database>> OpenPostgresDatabase(const PostgresOptions& options);
+
+// Who may use a PostgreSQL CA database (the counterpart of LockDatabase in
+// db_lock.h): every keywardend holds the advisory lock sql::kDaemonLock
+// shared, on a connection of its own, for its lifetime; `keywarden restore`
+// holds it exclusively while it replaces the contents. The lock goes with
+// the connection: released when the returned object is destroyed, the
+// process ends or the server drops the connection.
+enum class PostgresLockMode {
+  kShared,     // keywardend: any number of replicas together, no restore
+  kExclusive,  // keywarden restore: no keywardend
+};
+// Takes the lock without waiting. FAILED_PRECONDITION when the other mode
+// holds it: "<holder>: keywardend is running (N sessions ...)" for an
+// exclusive request, "<holder>: keywarden restore is replacing the
+// database ..." for a shared one. A connection failure is UNAVAILABLE.
+// path() of the lock describes it ("PostgreSQL advisory lock ... on
+// host=... dbname=...").
+absl::StatusOr<std::unique_ptr<DatabaseLock>> LockPostgresDatabase(const PostgresOptions& options,
+                                                                   PostgresLockMode mode,
+                                                                   const std::string& holder);
 
 // OK when `connection` parses as a libpq connection string and holds no
 // password; otherwise INVALID_ARGUMENT naming the problem (never echoing a

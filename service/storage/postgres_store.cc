@@ -8,6 +8,7 @@
 #include <sqlite3.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include <memory>
@@ -164,6 +165,116 @@ absl::Status PostgresStore::Backup(const std::string& path) {
 }
 
 }  // namespace
+
+absl::StatusOr<PostgresReplaceReport> ReplacePostgresContents(const DatabaseOptions& options,
+                                                              const std::string& sqlite_copy) {
+  const std::string what = "replacing the contents of the CA database (PostgreSQL)";
+  // The copy, read in one read transaction for the whole load (the load may
+  // be rerun after a transient failure: it reads the same rows again).
+  sqlite3* raw = nullptr;
+  const int rc = sqlite3_open_v2(sqlite_copy.c_str(), &raw, SQLITE_OPEN_READONLY, nullptr);
+  sqlite::Connection source(raw);
+  if (rc != SQLITE_OK) return sqlite::Error(source.get(), rc, StrCat(what, ": ", sqlite_copy));
+  {
+    absl::StatusOr<std::vector<sql::Row>> version;
+    sqlite::ConnectionSession probe(source.get());
+    version = probe.Query(what, "PRAGMA user_version", {});
+    if (!version.ok()) return version.status();
+    if (version->empty() || version->front().Int(0) != kPostgresSchemaVersion) {
+      return absl::FailedPreconditionError(StrCat(what, ": ", sqlite_copy, " has schema version ",
+                                                  version->empty() ? 0 : version->front().Int(0),
+                                                  ", not ", kPostgresSchemaVersion));
+    }
+  }
+  sqlite::ScopedTransaction read(source.get());
+  if (absl::Status st = read.Begin(what, sql::Access::kRead); !st.ok()) return st;
+  sqlite::ConnectionSession from(source.get());
+
+  PostgresOptions pg;
+  pg.connection = options.connection;
+  pg.password = options.password;
+  pg.pool_size = 1;
+  auto db = OpenPostgresDatabase(pg);
+  if (!db.ok()) return db.status();
+  PostgresReplaceReport report;
+  absl::Status loaded =
+      (*db)->Transact(what, sql::Access::kWrite, [&](sql::Session& s) -> absl::Status {
+        report = PostgresReplaceReport();
+        if (absl::Status st = s.LockForTransaction(sql::kMigrationLock); !st.ok()) return st;
+        auto exists = s.Query(what, "SELECT to_regclass('keywarden_schema') IS NOT NULL");
+        if (!exists.ok()) return exists.status();
+        int64_t last_id = 0;
+        if (!exists->empty() && exists->front().Int(0) != 0) {
+          // The highest id the identity ever handed out (NULL: none yet).
+          auto seq = s.Query(what,
+                             "SELECT coalesce(pg_sequence_last_value("
+                             "pg_get_serial_sequence('requests', 'id')::regclass), 0)");
+          if (!seq.ok()) return seq.status();
+          last_id = seq->empty() ? 0 : seq->front().Int(0);
+        } else {
+          auto tables = s.Query(what,
+                                "SELECT count(*) FROM information_schema.tables "
+                                "WHERE table_schema = current_schema()");
+          if (!tables.ok()) return tables.status();
+          if (!tables->empty() && tables->front().Int(0) != 0) {
+            return absl::FailedPreconditionError(
+                StrCat(what, ": the database holds ", tables->front().Int(0),
+                       " tables but no keywarden_schema: not a keywarden CA database; nothing was "
+                       "changed"));
+          }
+        }
+        // Drop and create again: the audit tables refuse DELETE and TRUNCATE.
+        if (auto dropped = s.Execute(what,
+                                     "DROP TABLE IF EXISTS audit_checkpoints, audit, settings, "
+                                     "certificates, requests, keywarden_schema CASCADE");
+            !dropped.ok()) {
+          return dropped.status();
+        }
+        if (auto dropped = s.Execute(what, StrCat("DROP FUNCTION IF EXISTS ",
+                                                  kPostgresAppendOnlyFunction, "() CASCADE"));
+            !dropped.ok()) {
+          return dropped.status();
+        }
+        if (auto made = s.Execute(what, kPostgresSchema); !made.ok()) return made.status();
+        if (auto v = s.Execute(what, "INSERT INTO keywarden_schema (version) VALUES (?1)",
+                               {int64_t{kPostgresSchemaVersion}});
+            !v.ok()) {
+          return v.status();
+        }
+        if (absl::Status st = CopyAllRows(from, s); !st.ok()) return st;
+        // Leases name replicas that ran when the backup was made; none runs
+        // now (the caller holds the daemon lock): they are stale.
+        auto leases = s.Execute(what, "DELETE FROM settings WHERE name LIKE 'lease.%'");
+        if (!leases.ok()) return leases.status();
+        report.leases_dropped = *leases;
+        auto counts =
+            s.Query(what,
+                    "SELECT (SELECT count(*) FROM requests), (SELECT count(*) FROM "
+                    "certificates), (SELECT count(*) FROM settings), (SELECT count(*) FROM "
+                    "audit), (SELECT count(*) FROM audit_checkpoints), (SELECT "
+                    "coalesce(max(id), 0) FROM requests)");
+        if (!counts.ok()) return counts.status();
+        if (counts->empty()) return absl::InternalError(StrCat(what, ": no row counts"));
+        const sql::Row& c = counts->front();
+        report.requests = c.Int(0);
+        report.certificates = c.Int(1);
+        report.settings = c.Int(2);
+        report.audit_records = c.Int(3);
+        report.audit_checkpoints = c.Int(4);
+        const int64_t floor = std::max(c.Int(5), last_id);
+        report.next_request_id = floor + 1;
+        if (floor > 0) {
+          if (auto set = s.Query(
+                  what, "SELECT setval(pg_get_serial_sequence('requests', 'id'), ?1)", {floor});
+              !set.ok()) {
+            return set.status();
+          }
+        }
+        return absl::OkStatus();
+      });
+  if (!loaded.ok()) return loaded;
+  return report;
+}
 
 absl::StatusOr<std::unique_ptr<Store>> OpenPostgresStore(const DatabaseOptions& options) {
   PostgresOptions pg;

@@ -112,5 +112,11 @@ inline constexpr int64_t kAuditChainLock = 0x4b57'4341'0001;  // "KWCA" 1
 inline constexpr int64_t kCounterLock = 0x4b57'4341'0002;
 inline constexpr int64_t kLeaseLock = 0x4b57'4341'0003;
 inline constexpr int64_t kMigrationLock = 0x4b57'4341'0004;  // session-level, while migrating
+// Session-level, not a transaction lock: every keywardend on PostgreSQL
+// holds it shared (pg_advisory_lock_shared) on a connection of its own for
+// its lifetime; `keywarden restore` takes it exclusively
+// (pg_try_advisory_lock) and refuses while any keywardend holds it
+// (LockPostgresDatabase in postgres_database.h).
+inline constexpr int64_t kDaemonLock = 0x4b57'4341'0005;
 
 }  // namespace keywarden::service::sql

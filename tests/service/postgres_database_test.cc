@@ -21,6 +21,7 @@
 #include "hsm/strings.h"
 #include "service/storage/postgres_database.h"
 #include "service/storage/postgres_schema.h"
+#include "service/storage/postgres_store.h"
 #include "service/storage/store.h"
 #include "tests/pg_test_util.h"
 #include "tests/test_util.h"
@@ -657,6 +658,141 @@ TEST_F(PostgresDatabaseTest, AdvisoryLockSerializesTwoReplicas) {
   for (std::thread& t : threads) t.join();
   EXPECT_EQ(errors.load(), 0);
   EXPECT_EQ(Scalar("SELECT n FROM counter"), "60");
+}
+
+// The daemon lock: any number of keywardends share it, restore takes it
+// alone. pg_locks is read through a separate connection; the key's halves
+// (classid 19287 = 0x4b57, objid 1128333317 = 0x43410005) are literals.
+// Advisory locks are per database: other tests' daemons on the same cluster
+// hold the same key in their own databases and are not counted.
+TEST_F(PostgresDatabaseTest, DaemonLockIsSharedByReplicasAndExclusiveForRestore) {
+  const std::string held =
+      "SELECT coalesce(string_agg(mode, ',' ORDER BY mode), '') FROM pg_locks WHERE "
+      "locktype = 'advisory' AND classid = 19287 AND objid = 1128333317 AND objsubid = 1 "
+      "AND granted AND database = (SELECT oid FROM pg_database WHERE datname = "
+      "current_database())";
+  PostgresOptions options;
+  options.connection = db().conninfo();
+  {
+    auto a = LockPostgresDatabase(options, PostgresLockMode::kShared, "keywardend");
+    ASSERT_TRUE(a.ok()) << a.status();
+    auto b = LockPostgresDatabase(options, PostgresLockMode::kShared, "keywardend");
+    ASSERT_TRUE(b.ok()) << b.status();
+    EXPECT_EQ(Scalar(held), "ShareLock,ShareLock");
+    EXPECT_TRUE(Contains((*a)->path(), "shared")) << (*a)->path();
+    auto r = LockPostgresDatabase(options, PostgresLockMode::kExclusive, "keywarden restore");
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_TRUE(Contains(std::string(r.status().message()),
+                         "keywarden restore: keywardend is running (2 sessions: pid "))
+        << r.status();
+    EXPECT_EQ(Scalar(held), "ShareLock,ShareLock");  // the refused attempt holds nothing
+  }
+  // Released with their connections.
+  EXPECT_EQ(Scalar(held), "");
+  {
+    auto r = LockPostgresDatabase(options, PostgresLockMode::kExclusive, "keywarden restore");
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(Scalar(held), "ExclusiveLock");
+    auto d = LockPostgresDatabase(options, PostgresLockMode::kShared, "keywardend");
+    ASSERT_FALSE(d.ok());
+    EXPECT_EQ(d.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_TRUE(Contains(std::string(d.status().message()),
+                         "keywardend: keywarden restore is replacing the database"))
+        << d.status();
+    auto again = LockPostgresDatabase(options, PostgresLockMode::kExclusive, "keywarden restore");
+    EXPECT_FALSE(again.ok());
+  }
+  auto d = LockPostgresDatabase(options, PostgresLockMode::kShared, "keywardend");
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_TRUE((*d)->Refresh().ok());
+  EXPECT_EQ(Scalar(held), "ShareLock");
+
+  // Its connection terminated (as a server restart does): the lock is gone,
+  // and Refresh takes it again on a new connection.
+  const std::string terminate =
+      "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND classid = "
+      "19287 AND objid = 1128333317 AND database = (SELECT oid FROM pg_database WHERE datname = "
+      "current_database())";
+  Admin(terminate);
+  for (int i = 0; i < 100 && Scalar(held) != ""; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(Scalar(held), "");
+  EXPECT_TRUE((*d)->Refresh().ok());
+  EXPECT_EQ(Scalar(held), "ShareLock");
+
+  // Lost again, and a restore took it meanwhile: Refresh says so.
+  Admin(terminate);
+  for (int i = 0; i < 100 && Scalar(held) != ""; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  auto r = LockPostgresDatabase(options, PostgresLockMode::kExclusive, "keywarden restore");
+  ASSERT_TRUE(r.ok()) << r.status();
+  const absl::Status lost = (*d)->Refresh();
+  EXPECT_EQ(lost.code(), absl::StatusCode::kFailedPrecondition) << lost;
+  EXPECT_TRUE(Contains(std::string(lost.message()), "keywarden restore is replacing the database"))
+      << lost;
+  EXPECT_EQ(Scalar(held), "ExclusiveLock");
+}
+
+// ReplacePostgresContents refuses a database holding something else and
+// leaves it as it was; into an empty database it loads the copy with the
+// schema and the append-only triggers.
+TEST_F(PostgresDatabaseTest, ReplaceContentsRefusesAForeignDatabaseAndFillsAnEmptyOne) {
+  ::keywarden::testing::TempDir tmp;
+  const std::string copy = tmp.File("copy.db");
+  {
+    auto store = OpenSqliteStore(copy);
+    ASSERT_TRUE(store.ok()) << store.status();
+    auto r = (*store)->AppendAudit("tester", "test.event", "{}", 1700000000);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_TRUE((*store)->PutSetting("crl.number", "42").ok());
+    // A lease of a replica that ran when the backup was made.
+    ASSERT_TRUE((*store)->PutSetting("lease.crl", "4102444800 host-1:8443").ok());
+  }
+  DatabaseOptions options;
+  options.backend = "postgresql";
+  options.connection = db().conninfo();
+
+  Admin("CREATE TABLE other (x INT); INSERT INTO other VALUES (7);");
+  auto refused = ReplacePostgresContents(options, copy);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(Contains(std::string(refused.status().message()), "not a keywarden CA database"))
+      << refused.status();
+  EXPECT_EQ(Scalar("SELECT x FROM other"), "7");
+  EXPECT_EQ(Scalar("SELECT to_regclass('audit') IS NULL"), "t");
+
+  Admin("DROP TABLE other");
+  auto loaded = ReplacePostgresContents(options, copy);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->audit_records, 1);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM audit"), "1");
+  EXPECT_EQ(Scalar("SELECT principal || ' ' || event FROM audit WHERE seq = 1"),
+            "tester test.event");
+  EXPECT_EQ(Scalar("SELECT value FROM settings WHERE name = 'crl.number'"), "42");
+  EXPECT_EQ(Scalar("SELECT count(*) FROM settings WHERE name LIKE 'lease%'"), "0");
+  EXPECT_EQ(loaded->leases_dropped, 1);
+  EXPECT_EQ(Scalar("SELECT max(version) FROM keywarden_schema"), "4");
+  EXPECT_EQ(Scalar("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal AND tgname LIKE "
+                   "'audit%'"),
+            "6");
+  // Replaced once more over itself: still one chain, ids continue.
+  Admin(
+      "INSERT INTO requests (requester, template_name, format, raw, subject, disposition, "
+      "disposition_message, status_code, submitted_at, resolved_at, resolved_by) VALUES "
+      "('r', 'User', 'pkcs10', '\\x00', '', 9, '', 0, 1, 0, '')");
+  const std::string id = Scalar("SELECT max(id) FROM requests");
+  auto again = ReplacePostgresContents(options, copy);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(Scalar("SELECT count(*) FROM requests"), "0");
+  EXPECT_EQ(again->next_request_id, std::stoll(id) + 1);
+  Admin(
+      "INSERT INTO requests (requester, template_name, format, raw, subject, disposition, "
+      "disposition_message, status_code, submitted_at, resolved_at, resolved_by) VALUES "
+      "('r', 'User', 'pkcs10', '\\x00', '', 9, '', 0, 1, 0, '')");
+  EXPECT_EQ(Scalar("SELECT max(id) FROM requests"), std::to_string(std::stoll(id) + 1));
 }
 
 TEST_F(PostgresDatabaseTest, SslmodeRequireOverTheUnixSocketIsRefusedNamingTls) {
