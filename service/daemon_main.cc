@@ -156,7 +156,18 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
       *config, **store, *crypto, *token, [] { return static_cast<int64_t>(std::time(nullptr)); });
   if (!ca.ok()) return Fail(ca.status());
   // Requests a crash left in process are failed "interrupted" (audited).
-  auto interrupted = (*ca)->ResolveInterrupted();
+  // SQLite: this process holds the database alone, so every one is. On
+  // PostgreSQL another replica may be processing a request right now: only
+  // those in process for longer than any request takes, and the
+  // maintenance loop sweeps again later (a replica killed and never
+  // restarted leaves its requests to the others).
+  const bool shared_database = config->database.backend == "postgresql";
+  constexpr int64_t kInterruptedAfterSeconds = 600;
+  auto interrupted_before = [shared_database] {
+    const int64_t now = static_cast<int64_t>(std::time(nullptr));
+    return shared_database ? now - kInterruptedAfterSeconds : now + 1;
+  };
+  auto interrupted = (*ca)->ResolveInterrupted(interrupted_before());
   if (!interrupted.ok()) return Fail(interrupted.status());
   if (*interrupted > 0) {
     service::log::Warn("requests interrupted by a previous stop failed",
@@ -243,6 +254,7 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
   const auto tick =
       std::min<std::chrono::seconds>({period, checkpoint_period, std::chrono::seconds(5)});
   auto next_checkpoint = std::chrono::steady_clock::now() + checkpoint_period;
+  auto next_interrupted_sweep = std::chrono::steady_clock::now() + std::chrono::minutes(1);
   std::thread maintenance([&] {
     std::unique_lock<std::mutex> lock(maintenance_mu);
     while (!maintenance_cv.wait_for(lock, tick, [&] { return stopping; })) {
@@ -258,6 +270,17 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
       if (auto crl = (*ca)->CurrentCrl(); !crl.ok()) {
         service::log::Error("CRL publication failed",
                             nlohmann::json{{"error", std::string(crl.status().message())}});
+      }
+      if (shared_database && std::chrono::steady_clock::now() >= next_interrupted_sweep) {
+        next_interrupted_sweep = std::chrono::steady_clock::now() + std::chrono::minutes(1);
+        auto swept = (*ca)->ResolveInterrupted(interrupted_before());
+        if (!swept.ok()) {
+          service::log::Error("resolving interrupted requests failed",
+                              nlohmann::json{{"error", std::string(swept.status().message())}});
+        } else if (*swept > 0) {
+          service::log::Warn("requests interrupted on a replica failed",
+                             nlohmann::json{{"count", *swept}});
+        }
       }
       lock.lock();
     }

@@ -495,7 +495,7 @@ absl::Status CertificateAuthority::FailCaSide(RequestRecord& request, const absl
   return out;
 }
 
-absl::StatusOr<int> CertificateAuthority::ResolveInterrupted() {
+absl::StatusOr<int> CertificateAuthority::ResolveInterrupted(int64_t submitted_before) {
   auto pending = store_.ListRequests(Disposition::kPending, std::numeric_limits<int32_t>::max());
   if (!pending.ok()) return pending.status();
   int resolved = 0;
@@ -508,7 +508,7 @@ absl::StatusOr<int> CertificateAuthority::ResolveInterrupted() {
       const TemplateConfig* t = config_.FindTemplate(r.template_name);
       interrupted = t != nullptr && !t->pend;
     }
-    if (!interrupted) continue;
+    if (!interrupted || r.submitted_at >= submitted_before) continue;
     const std::string message =
         "interrupted: the CA stopped while processing the request; submit it again";
     if (auto st = ResolveUnissued(
@@ -516,6 +516,7 @@ absl::StatusOr<int> CertificateAuthority::ResolveInterrupted() {
             {{"system", "request.interrupted",
               json{{"request_id", r.id}, {"requester", r.requester}, {"reason", message}}.dump()}});
         !st.ok()) {
+      if (absl::IsFailedPrecondition(st)) continue;  // resolved by another replica meanwhile
       return st;
     }
     ++resolved;

@@ -91,8 +91,12 @@ class CertificateAuthority {
   // At start: requests left between states by a crash (still marked in
   // process) are failed with reason "interrupted" (the client may submit
   // again) and audited (request.interrupted). Requests taken under
-  // submission stay pending. Returns how many were resolved.
-  absl::StatusOr<int> ResolveInterrupted();
+  // submission stay pending. Only requests submitted before
+  // `submitted_before` count: with several replicas on one database,
+  // another one may be processing a younger request right now. A request
+  // another replica resolves meanwhile is left alone. Returns how many were
+  // resolved.
+  absl::StatusOr<int> ResolveInterrupted(int64_t submitted_before);
 
   // Policy first checks who may enrol for the template (`enrollees`,
   // CERTSRV_E_TEMPLATE_DENIED) and refuses a certificate that would name a

@@ -405,6 +405,11 @@ DaemonHarness::~DaemonHarness() {
 }
 
 std::shared_ptr<grpc::Channel> DaemonHarness::Channel(const std::string& who) const {
+  return Channel(who, target());
+}
+
+std::shared_ptr<grpc::Channel> DaemonHarness::Channel(const std::string& who,
+                                                      const std::string& to) const {
   grpc::SslCredentialsOptions tls;
   tls.pem_root_certs = Slurp(tls_ca_path());
   if (who != "anonymous") {
@@ -415,7 +420,7 @@ std::shared_ptr<grpc::Channel> DaemonHarness::Channel(const std::string& who) co
   grpc::ChannelArguments args;
   args.SetSslTargetNameOverride("localhost");
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 200);
-  return grpc::CreateCustomChannel(target(), grpc::SslCredentials(tls), args);
+  return grpc::CreateCustomChannel(to, grpc::SslCredentials(tls), args);
 }
 
 std::string DaemonHarness::SqlCommand(const std::string& sql) const {

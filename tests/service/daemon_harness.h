@@ -115,6 +115,8 @@ class DaemonHarness {
   std::string target() const { return "127.0.0.1:" + std::to_string(port_); }
   const ClientIdentity& client(const std::string& who) const { return clients_.at(who); }
   std::shared_ptr<grpc::Channel> Channel(const std::string& who) const;
+  // The same to another server (a replica's replica_target(n)).
+  std::shared_ptr<grpc::Channel> Channel(const std::string& who, const std::string& to) const;
   // Paths: the client TLS trust anchor (for the server cert) and the CA cert.
   std::string tls_ca_path() const { return dir_.File("tls/tls-ca.pem"); }
   // The CA of the "untrusted" client (not configured as a client CA).

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <ctime>
 #include <set>
 #include <thread>
 
@@ -441,6 +442,41 @@ TEST_F(ReplicaTest, CliFailsOverToTheFirstServerThatAnswers) {
   EXPECT_NE(r.exit_code, 0) << r.output;
   EXPECT_TRUE(Contains(r.output, "--server localhost: expected HOST:PORT")) << r.output;
   ExpectAuditIntact(StrCat(b_, ",", a_));
+}
+
+// A replica starting up must not fail a request another replica is
+// processing right now: only requests in process for longer than any
+// request takes (10 minutes) are failed as interrupted.
+TEST_F(ReplicaTest, AStartingReplicaFailsOnlyRequestsInProcessForLong) {
+  Start();
+  auto store = OpenHarnessStore(*daemon_);
+  ASSERT_TRUE(store);
+  const int64_t now = static_cast<int64_t>(std::time(nullptr));
+  auto insert = [&](int64_t submitted_at) {
+    service::RequestRecord r;
+    r.requester = daemon_->client("enrollee").principal;
+    r.template_name = "User";
+    r.format = "pkcs10";
+    r.raw = {0x30, 0x00};
+    r.disposition = service::Disposition::kPending;
+    r.disposition_message = service::kRequestInProcess;
+    r.submitted_at = submitted_at;
+    auto id = store->InsertRequest(r);
+    EXPECT_TRUE(id.ok()) << id.status();
+    return id.value_or(0);
+  };
+  const int64_t young = insert(now - 5);    // as if replica A were processing it
+  const int64_t stale = insert(now - 700);  // left by a replica killed long ago
+  auto n = daemon_->StartReplica();
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(Trim(RunCommand(daemon_->SqlCommand(
+                                StrCat("SELECT disposition FROM requests WHERE id = ", young)))
+                     .output),
+            "9");
+  EXPECT_EQ(Trim(RunCommand(daemon_->SqlCommand(
+                                StrCat("SELECT disposition FROM requests WHERE id = ", stale)))
+                     .output),
+            "30");
 }
 
 }  // namespace

@@ -2,6 +2,9 @@
 // tokens. The token is taken away under load (its directory renamed, as an
 // operator or a failing disk would) and brought back; a crash is left in
 // the database the way a kill -9 mid-processing leaves it.
+#include <stdlib.h>
+#include <sys/stat.h>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -24,6 +27,7 @@
 #include "pki/certificate.h"
 #include "pki/private_key_blob.h"
 #include "service/storage/store.h"
+#include "tests/pg_test_util.h"
 #include "tests/service/daemon_harness.h"
 #include "tests/service/kra_cards.h"
 #include "tests/service/rpc_test_util.h"
@@ -129,10 +133,10 @@ class TokenFaultTest : public ::testing::Test {
     return Outcome::kOther;
   }
 
-  // One value from the database, read with the sqlite3 command line.
+  // One value from the database, read with its own command-line client
+  // (sqlite3 or psql).
   std::string Sql(const std::string& query) {
-    auto r = RunCommand(
-        StrCat("sqlite3 -cmd '.timeout 10000' ", daemon_->db_path(), " \"", query, "\""));
+    auto r = RunCommand(daemon_->SqlCommand(query));
     EXPECT_EQ(r.exit_code, 0) << r.output;
     std::string out = r.output;
     while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
@@ -443,6 +447,181 @@ TEST_F(TokenFaultTest, KillsUnderArchivalLoadLoseNothingAcknowledged) {
   EXPECT_TRUE(verdict.ok()) << verdict.problem();
   std::fprintf(stderr, "%d kills: %zu archivals acknowledged of %zu sent; %s interrupted\n", kKills,
                acknowledged.size(), std::min(next.load(), requests.size()),
+               Sql("SELECT count(*) FROM audit WHERE event = 'request.interrupted'").c_str());
+}
+
+// Two replicas on one PostgreSQL database and one token, under archival
+// load through both: one replica is killed with SIGKILL at random moments
+// (20 times) and restarted, and PostgreSQL itself is restarted once, while
+// both serve. Afterwards every archival acknowledged to a client is stored
+// with its certificate and its archived key, which the KRA recovers with its
+// card; no serial twice, no certificate without its key, no request stuck in
+// process, nothing blamed on the clients, and the one audit chain verifies.
+// The database is a private cluster of the test's own (it is restarted),
+// not the shared one.
+class ReplicaFailureTest : public TokenFaultTest {
+ protected:
+  void SetUp() override {
+    if (TestPgConninfo().empty() && !TestPgRequired()) {
+      GTEST_SKIP() << "no PostgreSQL (deploy/test.sh starts one)";
+    }
+    // The cluster runs as an unprivileged user, who must reach its directory.
+    ASSERT_EQ(chmod(pg_.path().c_str(), 0711), 0);
+    cluster_ = pg_.File("cluster");
+    auto started = RunCommand(Cluster("start"));
+    ASSERT_EQ(started.exit_code, 0) << started.output;
+    std::string conninfo = started.output;
+    while (!conninfo.empty() && conninfo.back() == '\n') conninfo.pop_back();
+    ASSERT_EQ(setenv("KEYWARDEN_TEST_PG", conninfo.c_str(), 1), 0);
+    ASSERT_EQ(setenv("KEYWARDEN_TEST_BACKEND", "postgresql", 1), 0);
+    TokenFaultTest::SetUp();
+  }
+  void TearDown() override {
+    daemon_.reset();
+    if (!cluster_.empty()) RunCommand(Cluster("stop"));
+  }
+  std::string Cluster(const std::string& verb) const {
+    return StrCat("KEYWARDEN_PG_PORT=54339 ", KEYWARDEN_SOURCE_DIR, "/deploy/pg-cluster.sh ", verb,
+                  " ", cluster_, " </dev/null 2>&1");
+  }
+
+  TempDir pg_;
+  std::string cluster_;
+};
+
+TEST_F(ReplicaFailureTest, KillsOfOneReplicaAndADatabaseRestartLoseNothingAcknowledged) {
+  ASSERT_TRUE(daemon_->postgres());
+  auto kra = EnrollKraCard(*daemon_, "kra-card-1");
+  ASSERT_TRUE(kra.ok()) << kra.status();
+  ASSERT_TRUE(UseKras(*daemon_, {pki::Sha1Thumbprint(kra->get())}, 1).ok());
+  auto replica = daemon_->StartReplica();
+  ASSERT_TRUE(replica.ok()) << replica.status();
+  constexpr int kKills = 20;
+  const std::vector<std::string> requests = ArchivalRequests(kKills * 7);
+  ASSERT_EQ(requests.size(), static_cast<size_t>(kKills * 7));
+
+  std::shared_mutex restarting;  // held exclusively while replica B is replaced
+  std::string b_target = daemon_->replica_target(*replica);
+  std::atomic<size_t> next{0};
+  std::mutex mu;
+  std::vector<int64_t> acknowledged;
+  std::vector<std::string> wrong;
+  int through_a = 0, through_b = 0;
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 4; ++c) {
+    clients.emplace_back([&, c] {
+      const bool to_b = c % 2 == 1;
+      while (true) {
+        const size_t i = next.fetch_add(1);
+        if (i >= requests.size()) break;
+        std::shared_ptr<grpc::Channel> channel;
+        {
+          std::shared_lock<std::shared_mutex> lock(restarting);
+          channel = to_b ? daemon_->Channel("enrollee", b_target) : daemon_->Channel("enrollee");
+        }
+        auto stub = v1::Enrollment::NewStub(channel);
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+        v1::SubmitRequest in;
+        in.set_request(requests[i]);
+        in.set_template_name("ArchivalUser");
+        v1::EnrollmentResult r;
+        grpc::Status s = stub->Submit(&ctx, in, &r);
+        std::lock_guard<std::mutex> lock(mu);
+        if (s.ok() && r.disposition() == v1::DISPOSITION_ISSUED) {
+          acknowledged.push_back(r.request_id());
+          (to_b ? through_b : through_a)++;
+        } else if (s.error_code() != grpc::StatusCode::UNAVAILABLE &&
+                   s.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
+          // Killed mid-call or the database restarting: UNAVAILABLE (the
+          // CA's fault); anything else is a wrong answer.
+          wrong.push_back(StrCat(static_cast<int>(s.error_code()), " ", s.error_message(),
+                                 " disposition ", static_cast<int>(r.disposition())));
+        }
+        if (!s.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    });
+  }
+  std::mt19937 rng(std::random_device{}());
+  std::uniform_int_distribution<int> pause(100, 700);
+  int current = *replica;
+  for (int k = 0; k < kKills; ++k) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(pause(rng)));
+    if (k == kKills / 2) {
+      // PostgreSQL goes away under both replicas and comes back.
+      auto stop = RunCommand(Cluster("stop"));
+      ASSERT_EQ(stop.exit_code, 0) << stop.output;
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      auto start = RunCommand(Cluster("start"));
+      ASSERT_EQ(start.exit_code, 0) << start.output;
+    }
+    std::unique_lock<std::shared_mutex> lock(restarting);
+    (void)daemon_->StopReplica(current, SIGKILL);
+    auto again = daemon_->StartReplica();
+    ASSERT_TRUE(again.ok()) << "restart after kill " << k + 1 << ": " << again.status();
+    current = *again;
+    b_target = daemon_->replica_target(current);
+  }
+  for (auto& t : clients) t.join();
+
+  EXPECT_TRUE(wrong.empty()) << wrong.size()
+                             << " wrong answers, first: " << (wrong.empty() ? "" : wrong[0]);
+  EXPECT_GT(through_a, 0);
+  EXPECT_GT(through_b, 0);
+  std::set<int64_t> distinct(acknowledged.begin(), acknowledged.end());
+  EXPECT_EQ(distinct.size(), acknowledged.size());
+  for (const int64_t id : acknowledged) {
+    EXPECT_EQ(Sql(StrCat("SELECT count(*) FROM requests r JOIN certificates c ON c.request_id = "
+                         "r.id WHERE r.id = ",
+                         id, " AND r.disposition = 20 AND length(r.archived_key) > 0")),
+              "1")
+        << "acknowledged request " << id;
+  }
+  EXPECT_EQ(Sql("SELECT count(*) - count(DISTINCT serial) FROM certificates"), "0");
+  EXPECT_EQ(Sql("SELECT count(*) FROM certificates c JOIN requests r ON c.request_id = r.id "
+                "WHERE r.template_name = 'ArchivalUser' AND r.archived_key IS NULL"),
+            "0");
+  EXPECT_EQ(Sql(StrCat("SELECT count(*) FROM requests WHERE disposition = 9 AND "
+                       "disposition_message = '",
+                       service::kRequestInProcess, "'")),
+            "0");
+  EXPECT_EQ(Sql("SELECT count(*) FROM requests WHERE disposition = 31"), "0");
+
+  // The KRA recovers every acknowledged archive with its card.
+  size_t recovered = 0;
+  for (const int64_t id : acknowledged) {
+    const std::string serial = Sql(StrCat("SELECT serial FROM requests WHERE id = ", id));
+    auto stub = v1::Officer::NewStub(daemon_->Channel("officer"));
+    grpc::ClientContext ctx;
+    v1::GetArchivedKeyRequest in;
+    in.set_search(serial);
+    in.set_blob(true);
+    v1::GetArchivedKeyResponse out;
+    grpc::Status st = stub->GetArchivedKey(&ctx, in, &out);
+    ASSERT_TRUE(st.ok()) << serial << ": " << st.error_message();
+    const std::string blob = tmp_.File(StrCat("r", id, ".rec"));
+    WriteFile(blob, std::vector<uint8_t>(out.recovery_blob().begin(), out.recovery_blob().end()));
+    auto r = RunCommand(StrCat("KEYWARDEN_PKCS11_MODULE=", SoftHsmFixture::module_path(), " ",
+                               KEYWARDEN_CLI, " recoverkey --card pkcs11:token=kra-card-1",
+                               " --pin-source file:", daemon_->tokens().PinFile("kra-card-1"),
+                               " --ca-cert ", daemon_->ca_cert_path(), " ", blob, " ",
+                               tmp_.File(StrCat("r", id, ".pfx")), " -p pw 2>&1"));
+    EXPECT_EQ(r.exit_code, 0) << serial << ": " << r.output;
+    if (r.exit_code == 0) ++recovered;
+  }
+  EXPECT_EQ(recovered, acknowledged.size());
+
+  auto audit = v1::Audit::NewStub(daemon_->Channel("auditor"));
+  grpc::ClientContext ctx;
+  v1::VerifyAuditResponse verdict;
+  grpc::Status st = audit->VerifyAudit(&ctx, v1::VerifyAuditRequest(), &verdict);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_TRUE(verdict.ok()) << verdict.problem();
+  std::fprintf(stderr,
+               "2 replicas, %d kills of one, 1 PostgreSQL restart: %zu archivals acknowledged "
+               "(%d through A, %d through B) of %zu sent, all %zu recovered with the KRA card; "
+               "%s interrupted\n",
+               kKills, acknowledged.size(), through_a, through_b, requests.size(), recovered,
                Sql("SELECT count(*) FROM audit WHERE event = 'request.interrupted'").c_str());
 }
 
