@@ -31,6 +31,8 @@
 // Usage: archival_bench [--seconds S] [--warmup S] [--concurrency 1,8]
 //                       [--floor-seconds S] [--keys N] [--format blob|pkcs8]
 //                       [--sample K] [--no-floor] [--smoke]
+//                       [--backend sqlite|postgresql] [--replicas N]
+//                       [--pg CONNINFO] [--compare-backends]
 //   --keys    size of the pre-generated requester key pool (default 3000;
 //             a cell that runs out fails, except in --smoke)
 //   --format  what the request carries: blob (the CLI's default) or pkcs8
@@ -38,6 +40,17 @@
 //             client thread always)
 //   --smoke   tiny durations, for ctest: proves the path and the checks,
 //             figures meaningless
+//   --backend the CA database: sqlite (default) or postgresql (a fresh
+//             database on the cluster of --pg CONNINFO or KEYWARDEN_TEST_PG,
+//             a role that may create databases; without one the run is
+//             skipped with exit 77, or fails when KEYWARDEN_REQUIRE_PG=1)
+//   --replicas N keywardend processes on the same configuration, database
+//             and token (N > 1 needs postgresql); client thread t talks to
+//             replica t mod N over a channel of its own
+//   --compare-backends  run sqlite, postgresql x1 and postgresql x2 in
+//             sequence in this process (same key pool size, same client
+//             counts, the floor measured once) and print enroll/s side by
+//             side with the floor
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -50,6 +63,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -114,6 +128,21 @@ struct Options {
   std::string format = "blob";
   bool floor = true;
   bool smoke = false;
+  std::string backend = "sqlite";  // "sqlite" or "postgresql"
+  int replicas = 1;                // keywardend processes on one database and token
+  std::string pg;                  // --pg: the cluster's conninfo (else KEYWARDEN_TEST_PG)
+  bool compare = false;            // --compare-backends
+  bool backend_given = false, replicas_given = false;
+};
+
+// One end-to-end configuration: the CA database and how many keywardend
+// processes share it (and the token).
+struct Config {
+  std::string backend;
+  int replicas = 1;
+  std::string Label() const {
+    return backend == "postgresql" ? StrCat("postgresql x", replicas) : std::string("sqlite");
+  }
 };
 
 // ---------------------------------------------------------------- helpers
@@ -385,6 +414,7 @@ struct Issued {
 };
 
 struct Cell {
+  std::string config;  // Config::Label()
   int concurrency = 0;
   double ops = 0;
   double p50_ms = 0, p99_ms = 0, build_ms = 0;
@@ -401,9 +431,9 @@ struct Client {
 
 // What `keywarden request` does before it builds anything: the exchange
 // certificate and the CA chain from the daemon, the former verified.
-absl::StatusOr<Client> NewClient(DaemonHarness& daemon, int n) {
+absl::StatusOr<Client> NewClient(DaemonHarness& daemon, int n, const std::string& target = "") {
   Client c;
-  c.stub = v1::Enrollment::NewStub(OwnConnection(daemon, "enrollee", n));
+  c.stub = v1::Enrollment::NewStub(OwnConnection(daemon, "enrollee", n, target));
   v1::CertificateChain xchg, ca;
   {
     grpc::ClientContext ctx;
@@ -518,14 +548,36 @@ bool OpensslOpens(service::Store& store, const KraSetup& kras, const TempDir& di
   return true;
 }
 
-Cell RunCell(DaemonHarness& daemon, const KraSetup& kras, const TempDir& dir,
+// The daemon's database as the checks read it: the SQLite file, or the
+// PostgreSQL database the harness made (the daemon made its schema).
+absl::StatusOr<std::unique_ptr<service::Store>> OpenCheckStore(const DaemonHarness& daemon) {
+  if (!daemon.postgres()) return service::OpenSqliteStore(daemon.db_path());
+  service::DatabaseOptions db;
+  db.backend = "postgresql";
+  db.connection = daemon.pg_conninfo();
+  db.pool_size = 2;
+  db.create_schema = false;
+  return service::OpenStore(db);
+}
+
+// utime + stime of every keywardend process serving the CA.
+double DaemonCpuSeconds(const std::vector<pid_t>& pids) {
+  double sum = 0;
+  for (pid_t pid : pids) sum += CpuSeconds(pid);
+  return sum;
+}
+
+// `targets`: one host:port per keywardend; client thread t talks to
+// targets[t % size] only (round robin, a channel of its own).
+Cell RunCell(DaemonHarness& daemon, const std::vector<std::string>& targets,
+             const std::vector<pid_t>& pids, const KraSetup& kras, const TempDir& dir,
              std::vector<Requester>& pool, std::atomic<size_t>& next_key, int concurrency,
              const Options& o, bool openssl_check) {
   Cell cell;
   cell.concurrency = concurrency;
   std::vector<Client> clients;
   for (int t = 0; t < concurrency; ++t) {
-    auto c = NewClient(daemon, t);
+    auto c = NewClient(daemon, t, targets[static_cast<size_t>(t) % targets.size()]);
     if (!c.ok()) {
       cell.error = Message(c.status());
       return cell;
@@ -544,7 +596,7 @@ Cell RunCell(DaemonHarness& daemon, const KraSetup& kras, const TempDir& dir,
   std::vector<int64_t> builds(static_cast<size_t>(concurrency));
   std::atomic<bool> failed{false};
   std::mutex error_mu;
-  const double client_before = CpuSeconds(), daemon_before = CpuSeconds(daemon.pid());
+  const double client_before = CpuSeconds(), daemon_before = DaemonCpuSeconds(pids);
   std::vector<std::thread> threads;
   for (int t = 0; t < concurrency; ++t) {
     threads.emplace_back([&, t] {
@@ -609,7 +661,7 @@ Cell RunCell(DaemonHarness& daemon, const KraSetup& kras, const TempDir& dir,
   }
   for (auto& t : threads) t.join();
   const double client_cpu = CpuSeconds() - client_before;
-  const double daemon_cpu = CpuSeconds(daemon.pid()) - daemon_before;
+  const double daemon_cpu = DaemonCpuSeconds(pids) - daemon_before;
 
   // Checks, after the clock stopped: every certificate is for the key sent;
   // the sampled archives hold that key.
@@ -622,13 +674,29 @@ Cell RunCell(DaemonHarness& daemon, const KraSetup& kras, const TempDir& dir,
     build_total += build_ms[t];
     build_count += builds[t];
   }
+  // Every keywardend that had client threads served some of them.
+  if (!failed && concurrency >= static_cast<int>(targets.size())) {
+    std::vector<int64_t> served(targets.size());
+    for (size_t t = 0; t < issued.size(); ++t) {
+      served[t % targets.size()] += static_cast<int64_t>(issued[t].size());
+    }
+    for (size_t r = 0; r < served.size(); ++r) {
+      if (served[r] == 0) {
+        failed = true;
+        cell.error = StrCat("keywardend ", targets[r], " issued nothing");
+      }
+    }
+  }
   if (!failed) {
-    auto store = service::OpenSqliteStore(daemon.db_path());
+    auto store = OpenCheckStore(daemon);
     if (!store.ok()) {
       failed = true;
       cell.error = Message(store.status());
     }
     bool openssl_done = !openssl_check;
+    // Across replicas too: one request id and one certificate serial each.
+    std::set<int64_t> ids;
+    std::set<std::string> serials;
     for (size_t t = 0; t < issued.size() && !failed; ++t) {
       for (const Issued& i : issued[t]) {
         EVP_PKEY* key = pool[i.key_index].key.get();
@@ -637,6 +705,15 @@ Cell RunCell(DaemonHarness& daemon, const KraSetup& kras, const TempDir& dir,
           failed = true;
           cell.error =
               StrCat("request ", i.request_id, ": the certificate is not for the key sent");
+          break;
+        }
+        const ASN1_INTEGER* serial = X509_get0_serialNumber(cert.get());
+        const std::string serial_bytes(reinterpret_cast<const char*>(ASN1_STRING_get0_data(serial)),
+                                       static_cast<size_t>(ASN1_STRING_length(serial)));
+        if (!ids.insert(i.request_id).second || !serials.insert(serial_bytes).second) {
+          failed = true;
+          cell.error = StrCat("request ", i.request_id,
+                              ": its request id or certificate serial was handed out twice");
           break;
         }
         if (!i.sampled) continue;
@@ -689,6 +766,18 @@ bool ParseArgs(int argc, char** argv, Options& o) {
       o.sample = std::atoi(s);
     } else if (const char* f = value("--format")) {
       o.format = f;
+    } else if (const char* b = value("--backend")) {
+      o.backend = b;
+      o.backend_given = true;
+    } else if (const char* r = value("--replicas")) {
+      char* end = nullptr;
+      const long n = std::strtol(r, &end, 10);
+      o.replicas = end != r && *end == '\0' && n >= 1 && n <= 16 ? static_cast<int>(n) : 0;
+      o.replicas_given = true;
+    } else if (const char* pg = value("--pg")) {
+      o.pg = pg;
+    } else if (a == "--compare-backends") {
+      o.compare = true;
     } else if (a == "--no-floor") {
       o.floor = false;
     } else if (a == "--smoke") {
@@ -697,7 +786,8 @@ bool ParseArgs(int argc, char** argv, Options& o) {
       std::fprintf(stderr,
                    "usage: archival_bench [--seconds S] [--warmup S] [--concurrency 1,8] "
                    "[--floor-seconds S] [--keys N] [--format blob|pkcs8] [--sample K] "
-                   "[--no-floor] [--smoke]\n");
+                   "[--no-floor] [--smoke] [--backend sqlite|postgresql] [--replicas N] "
+                   "[--pg CONNINFO] [--compare-backends]\n");
       return false;
     }
   }
@@ -715,8 +805,33 @@ bool ParseArgs(int argc, char** argv, Options& o) {
     std::fprintf(stderr, "archival_bench: bad arguments\n");
     return false;
   }
+  if (o.backend != "sqlite" && o.backend != "postgresql") {
+    std::fprintf(stderr, "archival_bench: --backend must be sqlite or postgresql, not \"%s\"\n",
+                 o.backend.c_str());
+    return false;
+  }
+  if (o.replicas < 1) {
+    std::fprintf(stderr, "archival_bench: --replicas takes a whole number from 1 to 16\n");
+    return false;
+  }
+  if (o.replicas > 1 && o.backend != "postgresql") {
+    std::fprintf(stderr,
+                 "archival_bench: --replicas %d needs --backend postgresql: an SQLite CA "
+                 "database belongs to one keywardend process, replicas share a PostgreSQL one\n",
+                 o.replicas);
+    return false;
+  }
+  if (o.compare && (o.backend_given || o.replicas_given)) {
+    std::fprintf(stderr,
+                 "archival_bench: --compare-backends runs sqlite, postgresql x1 and postgresql x2 "
+                 "itself; drop --backend and --replicas\n");
+    return false;
+  }
   return true;
 }
+
+// The exit status ctest reads as "skipped" (SKIP_RETURN_CODE).
+constexpr int kSkipped = 77;
 
 int Fail(const std::string& what) {
   std::fprintf(stderr, "archival_bench: %s\n", what.c_str());
@@ -729,58 +844,37 @@ int main(int argc, char** argv) {
   Options o;
   if (!ParseArgs(argc, argv, o)) return 2;
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // Before any thread exists: the harness makes its databases on this cluster.
+  if (!o.pg.empty()) setenv("KEYWARDEN_TEST_PG", o.pg.c_str(), 1);
+
+  std::vector<Config> configs;
+  if (o.compare) {
+    configs = {{"sqlite", 1}, {"postgresql", 1}, {"postgresql", 2}};
+  } else {
+    configs = {{o.backend, o.replicas}};
+  }
+  const bool needs_pg = std::any_of(configs.begin(), configs.end(),
+                                    [](const Config& c) { return c.backend == "postgresql"; });
+  if (needs_pg && keywarden::testing::TestPgConninfo().empty()) {
+    const char* how =
+        "set KEYWARDEN_TEST_PG (or --pg) to the conninfo deploy/pg-cluster.sh start DIR prints";
+    if (keywarden::testing::TestPgRequired()) {
+      return Fail(
+          StrCat("KEYWARDEN_REQUIRE_PG=1 but there is no PostgreSQL cluster for the "
+                 "postgresql configuration: ",
+                 how));
+    }
+    std::fprintf(stderr, "archival_bench: SKIPPED: no PostgreSQL cluster; %s\n", how);
+    return kSkipped;
+  }
 
   TempDir dir;
   auto kras = MakeKras(dir);
   if (!kras.ok()) return Fail(Message(kras.status()));
 
-  // The daemon, with the floor's exchange-type key made on its token first.
-  std::shared_ptr<hsm::Token> token;
-  std::shared_ptr<hsm::TokenKey> xchg;
-  DaemonHarness::Options options;
-  options.extra_toml = kras->toml;
-  options.before_launch = [&](DaemonHarness& h) -> absl::Status {
-    auto uri = hsm::Pkcs11Uri::Parse(SoftHsmFixture::TokenUri(SoftHsmFixture::kCaToken));
-    if (!uri.ok()) return uri.status();
-    hsm::OpenOptions open;
-    open.default_module = SoftHsmFixture::module_path();
-    open.pin = hsm::PinSource::File(h.tokens().PinFile(SoftHsmFixture::kCaToken));
-    open.token.max_sessions = static_cast<size_t>(2 * std::max(cores, 2));
-    auto t = hsm::OpenToken(*uri, open);
-    if (!t.ok()) return t.status();
-    token = *t;
-    hsm::KeySpec spec;  // as ExchangeKeys makes them: decrypt only
-    spec.label = kXchgLabel;
-    spec.usage.sign = false;
-    spec.usage.decrypt = true;
-    auto key = hsm::GenerateKeyPair(token, spec);
-    if (!key.ok()) return key.status();
-    xchg = *key;
-    return absl::OkStatus();
-  };
-  auto started = DaemonHarness::Start(options);
-  if (!started.ok()) return Fail(Message(started.status()));
-  std::unique_ptr<DaemonHarness> daemon = std::move(*started);
-  std::fprintf(stderr, "archival_bench: keywardend pid %d\n", static_cast<int>(daemon->pid()));
-
-  // The KRAs must all be valid, archival enabled.
-  {
-    auto admin = v1::Administration::NewStub(daemon->Channel("admin"));
-    grpc::ClientContext ctx;
-    v1::KeyRecoveryAgents agents;
-    grpc::Status st =
-        admin->ListKeyRecoveryAgents(&ctx, v1::ListKeyRecoveryAgentsRequest(), &agents);
-    if (!st.ok()) return Fail("ListKeyRecoveryAgents: " + st.error_message());
-    int valid = 0;
-    for (const auto& a : agents.agents()) valid += a.state() == "valid" ? 1 : 0;
-    if (valid != kKras || !agents.archival_enabled() ||
-        agents.per_archival() != static_cast<uint32_t>(kPerArchival)) {
-      return Fail(StrCat(valid, " of ", agents.agents_size(), " KRAs valid, archival ",
-                         agents.archival_enabled() ? "enabled" : "disabled"));
-    }
-  }
-
-  // The requesters' key pairs, before any clock runs.
+  // The requesters' key pairs, before any clock runs and before any daemon
+  // starts. Every configuration is a CA of its own with an empty database,
+  // so each uses the same pool from its first key.
   std::vector<Requester> pool(static_cast<size_t>(o.keys));
   {
     std::vector<std::thread> gen;
@@ -796,10 +890,7 @@ int main(int argc, char** argv) {
     }
   }
 
-  // ------------------------------------------------------------ the floor
   FloorContext f;
-  f.token = token;
-  f.xchg = xchg;
   std::vector<FloorOp> floor_ops;
   double floor_us = 0, floor_cores_ops = 0;
   // In-process software work of the daemon's archival path (not token
@@ -807,166 +898,260 @@ int main(int argc, char** argv) {
   std::vector<FloorOp> soft_ops;
   bool floor_ok = true;
   std::string floor_error;
-  if (o.floor) {
-    auto crypto = hsm::CryptoContext::Create();
-    if (!crypto.ok()) return Fail(Message(crypto.status()));
-    f.crypto = *crypto;
-    auto ca = hsm::FindPrivateKey(token, "ca-signing");
-    if (!ca.ok()) return Fail(Message(ca.status()));
-    f.ca = *ca;
-    auto xp = f.crypto->Load(f.xchg);
-    auto cp = f.crypto->Load(f.ca);
-    if (!xp.ok() || !cp.ok()) return Fail("loading the token keys through the provider");
-    f.xchg_pkey = std::move(*xp);
-    f.ca_pkey = std::move(*cp);
-    auto ca_certs = pki::ReadPemCertificates(daemon->ca_cert_path());
-    if (!ca_certs.ok()) return Fail(Message(ca_certs.status()));
-    f.ca_cert = std::move(ca_certs->front());
-    f.ca_public = X509_get0_pubkey(f.ca_cert.get());
-    // A 3DES key's worth of plaintext, encrypted in software to the exchange key.
-    f.xchg_plaintext.resize(24);
-    RAND_bytes(f.xchg_plaintext.data(), 24);
-    {
-      ossl::UniquePtr<EVP_PKEY_CTX> e(
-          EVP_PKEY_CTX_new_from_pkey(nullptr, f.xchg->public_key.get(), nullptr));
-      size_t len = 0;
-      if (!e || EVP_PKEY_encrypt_init(e.get()) != 1 ||
-          EVP_PKEY_CTX_set_rsa_padding(e.get(), RSA_PKCS1_PADDING) != 1 ||
-          EVP_PKEY_encrypt(e.get(), nullptr, &len, f.xchg_plaintext.data(), 24) != 1) {
-        return Fail("encrypting to the exchange-type key");
-      }
-      f.xchg_ciphertext.resize(len);
-      if (EVP_PKEY_encrypt(e.get(), f.xchg_ciphertext.data(), &len, f.xchg_plaintext.data(), 24) !=
-          1) {
-        return Fail("encrypting to the exchange-type key");
-      }
-      f.xchg_ciphertext.resize(len);
-    }
-    auto pkcs8 = pki::ToPkcs8(pool[0].key.get());
-    if (!pkcs8.ok()) return Fail(Message(pkcs8.status()));
-    f.pkcs8 = std::move(*pkcs8);
-    for (const auto& k : kras->kras) f.kra_public.push_back(X509_get0_pubkey(k.cert.get()));
-    f.kra0_private = kras->kras[0].key.get();
-    // A certificate's worth of bytes to sign (the issued ones are ~1 KB).
-    f.tbs.assign(1000, 0x5a);
-    if (!CheckFloorOps(f, &floor_error)) return Fail("floor check: " + floor_error);
-
-    std::vector<uint8_t> scratch;
-    FloorOp dec{"RSA-2048 decrypt, exchange-type token key (EVP_PKEY_decrypt PKCS#1)", 1};
-    floor_ok = floor_ok && TimeOp(&dec, o.floor_seconds, [&] { return TokenDecrypt(f, &scratch); });
-    floor_ops.push_back(dec);
-    FloorOp gen{"SessionKey::Generate(kDes3) + its C_DestroyObject", 1};
-    floor_ok = floor_ok && TimeOp(&gen, o.floor_seconds, [&] {
-                 return hsm::SessionKey::Generate(token, hsm::SymmetricAlgorithm::kDes3).ok();
-               });
-    floor_ops.push_back(gen);
-    {
-      auto cek = hsm::SessionKey::Generate(token, hsm::SymmetricAlgorithm::kDes3);
-      if (!cek.ok()) return Fail(Message(cek.status()));
-      FloorOp enc{
-          StrCat("SessionKey::Encrypt ", f.pkcs8.size(), "-byte PKCS#8 (IV + DES3-CBC-PAD)"), 1};
-      floor_ok = floor_ok &&
-                 TimeOp(&enc, o.floor_seconds, [&] { return cek->Encrypt(f.pkcs8.span()).ok(); });
-      floor_ops.push_back(enc);
-      FloorOp wrap{"SessionKey::WrapTo KRA RSA-2048 (CKM_RSA_PKCS)", kPerArchival};
-      size_t which = 0;
-      floor_ok =
-          floor_ok && TimeOp(&wrap, o.floor_seconds, [&] {
-            return cek
-                ->WrapTo(f.kra_public[which++ % f.kra_public.size()], hsm::WrapMechanism::kRsaPkcs1)
-                .ok();
-          });
-      floor_ops.push_back(wrap);
-    }
-    FloorOp sign{"CA signature on token (EVP_DigestSign SHA-256, RSA PKCS#1)", 2};
-    floor_ok = floor_ok && TimeOp(&sign, o.floor_seconds, [&] { return TokenSign(f, &scratch); });
-    floor_ops.push_back(sign);
-    for (const auto& op : floor_ops) floor_us += op.mean_us * op.per_archival;
-
-    // The whole sequence on one thread per core.
-    {
-      std::atomic<int64_t> done{0};
-      std::atomic<bool> bad{false};
-      const auto start = Clock::now();
-      const auto stop = start + std::chrono::duration<double>(std::max(2 * o.floor_seconds, 0.2));
-      std::vector<std::thread> ts;
-      for (int t = 0; t < cores; ++t) {
-        ts.emplace_back([&] {
-          while (Clock::now() < stop && !bad) {
-            if (!FloorSequence(f)) bad = true;
-            ++done;
-          }
-        });
-      }
-      for (auto& t : ts) t.join();
-      floor_ok = floor_ok && !bad;
-      floor_cores_ops = static_cast<double>(done.load()) /
-                        std::chrono::duration<double>(Clock::now() - start).count();
-    }
-
-    // Software work in the daemon's path, for the profile (1 thread).
-    auto blob = pki::SerializePrivateKeyBlob(pool[0].key.get());
-    if (!blob.ok()) return Fail(Message(blob.status()));
-    FloorOp parse_blob{"ParsePrivateKeyPlaintext(PRIVATEKEYBLOB)", 1};
-    floor_ok = floor_ok && TimeOp(&parse_blob, o.floor_seconds / 2, [&] {
-                 return pki::ParsePrivateKeyPlaintext(blob->span(), nullptr, nullptr).ok();
-               });
-    FloorOp parse_p8{"ParsePrivateKeyPlaintext(PKCS#8)", 1};
-    floor_ok = floor_ok && TimeOp(&parse_p8, o.floor_seconds / 2, [&] {
-                 return pki::ParsePrivateKeyPlaintext(f.pkcs8.span(), nullptr, nullptr).ok();
-               });
-    auto parsed = pki::ParsePrivateKeyPlaintext(blob->span(), nullptr, nullptr);
-    if (!parsed.ok()) return Fail(Message(parsed.status()));
-    FloorOp check{"CheckKeyPairMatches (encrypt/decrypt round trip)", 1};
-    floor_ok = floor_ok && TimeOp(&check, o.floor_seconds / 2, [&] {
-                 return pki::CheckKeyPairMatches(parsed->get(), pool[0].key.get()).ok();
-               });
-    FloorOp to_p8{"ToPkcs8", 1};
-    floor_ok = floor_ok && TimeOp(&to_p8, o.floor_seconds / 2,
-                                  [&] { return pki::ToPkcs8(parsed->get()).ok(); });
-    auto xchg_certs = NewClient(*daemon, 1000);
-    if (!xchg_certs.ok()) return Fail(Message(xchg_certs.status()));
-    auto request =
-        pki::BuildArchivalRequest(pool[0].key.get(), xchg_certs->exchange.get(), RequestOptions(o));
-    if (!request.ok()) return Fail(Message(request.status()));
-    FloorOp parse_cmc{StrCat("ParseCmcRequest (", request->size(), "-byte request)"), 1};
-    floor_ok = floor_ok && TimeOp(&parse_cmc, o.floor_seconds / 2,
-                                  [&] { return pki::ParseCmcRequest(*request).ok(); });
-    FloorOp client_build{"client: BuildArchivalRequest (not daemon work)", 1};
-    floor_ok = floor_ok && TimeOp(&client_build, o.floor_seconds / 2, [&] {
-                 return pki::BuildArchivalRequest(pool[0].key.get(), xchg_certs->exchange.get(),
-                                                  RequestOptions(o))
-                     .ok();
-               });
-    soft_ops = {parse_blob, parse_p8, check, to_p8, parse_cmc, client_build};
-    if (!floor_ok) floor_error = "a floor operation failed";
-  }
-
-  // ----------------------------------------------------------- end to end
   std::vector<Cell> cells;
-  std::atomic<size_t> next_key{0};
-  bool all_ok = floor_ok;
-  bool openssl_check = true;
-  for (int c : o.concurrency) {
-    Cell cell = RunCell(*daemon, *kras, dir, pool, next_key, c, o, openssl_check);
-    openssl_check = openssl_check && !cell.ok;
-    all_ok = all_ok && cell.ok;
-    if (!cell.ok) std::fprintf(stderr, "archival_bench: conc %d: %s\n", c, cell.error.c_str());
-    cells.push_back(cell);
-  }
-  auto stopped = daemon->Stop();
-  if (!stopped.ok()) {
-    std::fprintf(stderr, "archival_bench: %s\n", Message(stopped).c_str());
-    all_ok = false;
+  bool all_ok = true;
+
+  for (size_t ci = 0; ci < configs.size(); ++ci) {
+    const Config& config = configs[ci];
+    const bool measure_floor = ci == 0 && o.floor;
+    // The daemon, with the floor's exchange-type key made on its token first
+    // (the first configuration measures the floor).
+    std::shared_ptr<hsm::Token> token;
+    std::shared_ptr<hsm::TokenKey> xchg;
+    DaemonHarness::Options options;
+    options.extra_toml = kras->toml;
+    options.backend = config.backend;
+    if (measure_floor)
+      options.before_launch = [&](DaemonHarness& h) -> absl::Status {
+        auto uri = hsm::Pkcs11Uri::Parse(SoftHsmFixture::TokenUri(SoftHsmFixture::kCaToken));
+        if (!uri.ok()) return uri.status();
+        hsm::OpenOptions open;
+        open.default_module = SoftHsmFixture::module_path();
+        open.pin = hsm::PinSource::File(h.tokens().PinFile(SoftHsmFixture::kCaToken));
+        open.token.max_sessions = static_cast<size_t>(2 * std::max(cores, 2));
+        auto t = hsm::OpenToken(*uri, open);
+        if (!t.ok()) return t.status();
+        token = *t;
+        hsm::KeySpec spec;  // as ExchangeKeys makes them: decrypt only
+        spec.label = kXchgLabel;
+        spec.usage.sign = false;
+        spec.usage.decrypt = true;
+        auto key = hsm::GenerateKeyPair(token, spec);
+        if (!key.ok()) return key.status();
+        xchg = *key;
+        return absl::OkStatus();
+      };
+    auto started = DaemonHarness::Start(options);
+    if (!started.ok()) return Fail(StrCat(config.Label(), ": ", Message(started.status())));
+    std::unique_ptr<DaemonHarness> daemon = std::move(*started);
+    // Replicas: more keywardend processes on the same configuration, database
+    // and token; client thread t talks to targets[t % replicas].
+    std::vector<std::string> targets = {daemon->target()};
+    std::vector<pid_t> pids = {daemon->pid()};
+    for (int r = 1; r < config.replicas; ++r) {
+      auto n = daemon->StartReplica();
+      if (!n.ok()) return Fail(StrCat(config.Label(), ": ", Message(n.status())));
+      targets.push_back(daemon->replica_target(*n));
+      pids.push_back(daemon->replica_pid(*n));
+    }
+    for (size_t r = 0; r < targets.size(); ++r) {
+      std::fprintf(stderr, "archival_bench: %s: keywardend pid %d on %s\n", config.Label().c_str(),
+                   static_cast<int>(pids[r]), targets[r].c_str());
+    }
+
+    // The KRAs must all be valid, archival enabled.
+    {
+      auto admin = v1::Administration::NewStub(daemon->Channel("admin"));
+      grpc::ClientContext ctx;
+      v1::KeyRecoveryAgents agents;
+      grpc::Status st =
+          admin->ListKeyRecoveryAgents(&ctx, v1::ListKeyRecoveryAgentsRequest(), &agents);
+      if (!st.ok()) return Fail("ListKeyRecoveryAgents: " + st.error_message());
+      int valid = 0;
+      for (const auto& a : agents.agents()) valid += a.state() == "valid" ? 1 : 0;
+      if (valid != kKras || !agents.archival_enabled() ||
+          agents.per_archival() != static_cast<uint32_t>(kPerArchival)) {
+        return Fail(StrCat(valid, " of ", agents.agents_size(), " KRAs valid, archival ",
+                           agents.archival_enabled() ? "enabled" : "disabled"));
+      }
+    }
+
+    // ------------------------------------------------------------ the floor
+    if (measure_floor) {
+      f.token = token;
+      f.xchg = xchg;
+      auto crypto = hsm::CryptoContext::Create();
+      if (!crypto.ok()) return Fail(Message(crypto.status()));
+      f.crypto = *crypto;
+      auto ca = hsm::FindPrivateKey(token, "ca-signing");
+      if (!ca.ok()) return Fail(Message(ca.status()));
+      f.ca = *ca;
+      auto xp = f.crypto->Load(f.xchg);
+      auto cp = f.crypto->Load(f.ca);
+      if (!xp.ok() || !cp.ok()) return Fail("loading the token keys through the provider");
+      f.xchg_pkey = std::move(*xp);
+      f.ca_pkey = std::move(*cp);
+      auto ca_certs = pki::ReadPemCertificates(daemon->ca_cert_path());
+      if (!ca_certs.ok()) return Fail(Message(ca_certs.status()));
+      f.ca_cert = std::move(ca_certs->front());
+      f.ca_public = X509_get0_pubkey(f.ca_cert.get());
+      // A 3DES key's worth of plaintext, encrypted in software to the exchange key.
+      f.xchg_plaintext.resize(24);
+      RAND_bytes(f.xchg_plaintext.data(), 24);
+      {
+        ossl::UniquePtr<EVP_PKEY_CTX> e(
+            EVP_PKEY_CTX_new_from_pkey(nullptr, f.xchg->public_key.get(), nullptr));
+        size_t len = 0;
+        if (!e || EVP_PKEY_encrypt_init(e.get()) != 1 ||
+            EVP_PKEY_CTX_set_rsa_padding(e.get(), RSA_PKCS1_PADDING) != 1 ||
+            EVP_PKEY_encrypt(e.get(), nullptr, &len, f.xchg_plaintext.data(), 24) != 1) {
+          return Fail("encrypting to the exchange-type key");
+        }
+        f.xchg_ciphertext.resize(len);
+        if (EVP_PKEY_encrypt(e.get(), f.xchg_ciphertext.data(), &len, f.xchg_plaintext.data(),
+                             24) != 1) {
+          return Fail("encrypting to the exchange-type key");
+        }
+        f.xchg_ciphertext.resize(len);
+      }
+      auto pkcs8 = pki::ToPkcs8(pool[0].key.get());
+      if (!pkcs8.ok()) return Fail(Message(pkcs8.status()));
+      f.pkcs8 = std::move(*pkcs8);
+      for (const auto& k : kras->kras) f.kra_public.push_back(X509_get0_pubkey(k.cert.get()));
+      f.kra0_private = kras->kras[0].key.get();
+      // A certificate's worth of bytes to sign (the issued ones are ~1 KB).
+      f.tbs.assign(1000, 0x5a);
+      if (!CheckFloorOps(f, &floor_error)) return Fail("floor check: " + floor_error);
+
+      std::vector<uint8_t> scratch;
+      FloorOp dec{"RSA-2048 decrypt, exchange-type token key (EVP_PKEY_decrypt PKCS#1)", 1};
+      floor_ok =
+          floor_ok && TimeOp(&dec, o.floor_seconds, [&] { return TokenDecrypt(f, &scratch); });
+      floor_ops.push_back(dec);
+      FloorOp gen{"SessionKey::Generate(kDes3) + its C_DestroyObject", 1};
+      floor_ok = floor_ok && TimeOp(&gen, o.floor_seconds, [&] {
+                   return hsm::SessionKey::Generate(token, hsm::SymmetricAlgorithm::kDes3).ok();
+                 });
+      floor_ops.push_back(gen);
+      {
+        auto cek = hsm::SessionKey::Generate(token, hsm::SymmetricAlgorithm::kDes3);
+        if (!cek.ok()) return Fail(Message(cek.status()));
+        FloorOp enc{
+            StrCat("SessionKey::Encrypt ", f.pkcs8.size(), "-byte PKCS#8 (IV + DES3-CBC-PAD)"), 1};
+        floor_ok = floor_ok &&
+                   TimeOp(&enc, o.floor_seconds, [&] { return cek->Encrypt(f.pkcs8.span()).ok(); });
+        floor_ops.push_back(enc);
+        FloorOp wrap{"SessionKey::WrapTo KRA RSA-2048 (CKM_RSA_PKCS)", kPerArchival};
+        size_t which = 0;
+        floor_ok = floor_ok && TimeOp(&wrap, o.floor_seconds, [&] {
+                     return cek
+                         ->WrapTo(f.kra_public[which++ % f.kra_public.size()],
+                                  hsm::WrapMechanism::kRsaPkcs1)
+                         .ok();
+                   });
+        floor_ops.push_back(wrap);
+      }
+      FloorOp sign{"CA signature on token (EVP_DigestSign SHA-256, RSA PKCS#1)", 2};
+      floor_ok = floor_ok && TimeOp(&sign, o.floor_seconds, [&] { return TokenSign(f, &scratch); });
+      floor_ops.push_back(sign);
+      for (const auto& op : floor_ops) floor_us += op.mean_us * op.per_archival;
+
+      // The whole sequence on one thread per core.
+      {
+        std::atomic<int64_t> done{0};
+        std::atomic<bool> bad{false};
+        const auto start = Clock::now();
+        const auto stop = start + std::chrono::duration<double>(std::max(2 * o.floor_seconds, 0.2));
+        std::vector<std::thread> ts;
+        for (int t = 0; t < cores; ++t) {
+          ts.emplace_back([&] {
+            while (Clock::now() < stop && !bad) {
+              if (!FloorSequence(f)) bad = true;
+              ++done;
+            }
+          });
+        }
+        for (auto& t : ts) t.join();
+        floor_ok = floor_ok && !bad;
+        floor_cores_ops = static_cast<double>(done.load()) /
+                          std::chrono::duration<double>(Clock::now() - start).count();
+      }
+
+      // Software work in the daemon's path, for the profile (1 thread).
+      auto blob = pki::SerializePrivateKeyBlob(pool[0].key.get());
+      if (!blob.ok()) return Fail(Message(blob.status()));
+      FloorOp parse_blob{"ParsePrivateKeyPlaintext(PRIVATEKEYBLOB)", 1};
+      floor_ok = floor_ok && TimeOp(&parse_blob, o.floor_seconds / 2, [&] {
+                   return pki::ParsePrivateKeyPlaintext(blob->span(), nullptr, nullptr).ok();
+                 });
+      FloorOp parse_p8{"ParsePrivateKeyPlaintext(PKCS#8)", 1};
+      floor_ok = floor_ok && TimeOp(&parse_p8, o.floor_seconds / 2, [&] {
+                   return pki::ParsePrivateKeyPlaintext(f.pkcs8.span(), nullptr, nullptr).ok();
+                 });
+      auto parsed = pki::ParsePrivateKeyPlaintext(blob->span(), nullptr, nullptr);
+      if (!parsed.ok()) return Fail(Message(parsed.status()));
+      FloorOp check{"CheckKeyPairMatches (encrypt/decrypt round trip)", 1};
+      floor_ok = floor_ok && TimeOp(&check, o.floor_seconds / 2, [&] {
+                   return pki::CheckKeyPairMatches(parsed->get(), pool[0].key.get()).ok();
+                 });
+      FloorOp to_p8{"ToPkcs8", 1};
+      floor_ok = floor_ok && TimeOp(&to_p8, o.floor_seconds / 2,
+                                    [&] { return pki::ToPkcs8(parsed->get()).ok(); });
+      auto xchg_certs = NewClient(*daemon, 1000);
+      if (!xchg_certs.ok()) return Fail(Message(xchg_certs.status()));
+      auto request = pki::BuildArchivalRequest(pool[0].key.get(), xchg_certs->exchange.get(),
+                                               RequestOptions(o));
+      if (!request.ok()) return Fail(Message(request.status()));
+      FloorOp parse_cmc{StrCat("ParseCmcRequest (", request->size(), "-byte request)"), 1};
+      floor_ok = floor_ok && TimeOp(&parse_cmc, o.floor_seconds / 2,
+                                    [&] { return pki::ParseCmcRequest(*request).ok(); });
+      FloorOp client_build{"client: BuildArchivalRequest (not daemon work)", 1};
+      floor_ok = floor_ok && TimeOp(&client_build, o.floor_seconds / 2, [&] {
+                   return pki::BuildArchivalRequest(pool[0].key.get(), xchg_certs->exchange.get(),
+                                                    RequestOptions(o))
+                       .ok();
+                 });
+      soft_ops = {parse_blob, parse_p8, check, to_p8, parse_cmc, client_build};
+      if (!floor_ok) floor_error = "a floor operation failed";
+      all_ok = all_ok && floor_ok;
+      // The floor's token handles go before this daemon's token directory.
+      f = FloorContext();
+    }
+
+    // ----------------------------------------------------------- end to end
+    std::atomic<size_t> next_key{0};
+    bool openssl_check = true;  // once per configuration
+    for (int c : o.concurrency) {
+      Cell cell = RunCell(*daemon, targets, pids, *kras, dir, pool, next_key, c, o, openssl_check);
+      cell.config = config.Label();
+      openssl_check = openssl_check && !cell.ok;
+      all_ok = all_ok && cell.ok;
+      if (!cell.ok) {
+        std::fprintf(stderr, "archival_bench: %s conc %d: %s\n", cell.config.c_str(), c,
+                     cell.error.c_str());
+      }
+      cells.push_back(cell);
+    }
+    for (int r = config.replicas - 1; r >= 1; --r) {
+      if (auto st = daemon->StopReplica(r); !st.ok()) {
+        std::fprintf(stderr, "archival_bench: %s: %s\n", config.Label().c_str(),
+                     Message(st).c_str());
+        all_ok = false;
+      }
+    }
+    auto stopped = daemon->Stop();
+    if (!stopped.ok()) {
+      std::fprintf(stderr, "archival_bench: %s: %s\n", config.Label().c_str(),
+                   Message(stopped).c_str());
+      all_ok = false;
+    }
+    token.reset();
+    xchg.reset();
+    daemon.reset();
   }
 
   // ---------------------------------------------------------------- report
+  std::string labels;
+  for (const Config& c : configs) labels += (labels.empty() ? "" : ", ") + c.Label();
   std::printf(
       "\nkeywarden archival_bench%s: %d cores (shared machine: other jobs may run); SoftHSM2 "
-      "token \"%s\"; keywardend a separate process (mTLS on loopback, SQLite synchronous=FULL); "
-      "3 KRAs, 2 per archival, des3-rsa-pkcs1; requests carry a %s, SHA-1, 3DES\n",
+      "token \"%s\"; keywardend separate processes (mTLS on loopback); configurations: %s "
+      "(sqlite = one keywardend, SQLite synchronous=FULL; postgresql xN = N keywardend replicas "
+      "sharing one PostgreSQL database and one token directory, pool_size 8 each, the cluster "
+      "on this machine over a Unix socket, fsync on); 3 KRAs, 2 per archival, des3-rsa-pkcs1; "
+      "requests carry a %s, SHA-1, 3DES\n",
       o.smoke ? " (SMOKE RUN: figures meaningless)" : "", cores, SoftHsmFixture::kCaToken,
-      o.format == "pkcs8" ? "PKCS#8" : "PRIVATEKEYBLOB");
+      labels.c_str(), o.format == "pkcs8" ? "PKCS#8" : "PRIVATEKEYBLOB");
   if (o.floor) {
     std::printf(
         "\nCrypto floor: token operations of one archival, this process, real hsm/ code, "
@@ -994,27 +1179,32 @@ int main(int argc, char** argv) {
   const double floor1 = floor_us > 0 ? 1e6 / floor_us : 0;
   std::printf(
       "\nEnd to end: enrollments/s = issued archival enrollments completing in %.1f s (after %.1f "
-      "s warm-up), each = build the request (client) + Submit; p50/p99 = Submit round trip; "
-      "build = mean client build time. %d pre-generated key pairs (not timed). cpu us = CPU per "
-      "archival of keywardend / of the client (this process). Every response checked ISSUED "
-      "with a certificate for the key sent; 'opened' = stored archives opened with both of "
-      "their KRAs' keys (in-process CMS_decrypt; the first also with `openssl cms -decrypt`) "
-      "to the very key sent.\n",
+      "s warm-up), each = build the request (client) + Submit; client thread t talks to replica "
+      "t mod N over a channel of its own; p50/p99 = Submit round trip; build = mean client "
+      "build time. %d pre-generated key pairs (not timed; the same pool for every "
+      "configuration, each a CA of its own). daemon us / client us = CPU per archival of all "
+      "keywardend processes / of the client (this process); the PostgreSQL server's CPU is in "
+      "neither. Every response checked ISSUED with a certificate for the key sent; 'opened' = "
+      "stored archives read back from the configuration's database and opened with both of "
+      "their KRAs' keys (in-process CMS_decrypt; the first of each configuration also with "
+      "`openssl cms -decrypt`) to the very key sent.\n",
       o.seconds, o.warmup, o.keys);
-  std::printf("%5s %10s %8s %8s %8s %10s %10s %9s %11s %s\n", "conc", "enroll/s", "p50 ms",
-              "p99 ms", "build ms", "daemon us", "client us", "/floor1", "/floor@cores", "checked");
+  std::printf("%-14s %5s %10s %8s %8s %8s %10s %10s %9s %11s %s\n", "config", "conc", "enroll/s",
+              "p50 ms", "p99 ms", "build ms", "daemon us", "client us", "/floor1", "/floor@cores",
+              "checked");
   for (const Cell& c : cells) {
     if (!c.ok) {
-      std::printf("%5d FAILED: %s (no figures)\n", c.concurrency, c.error.c_str());
+      std::printf("%-14s %5d FAILED: %s (no figures)\n", c.config.c_str(), c.concurrency,
+                  c.error.c_str());
       continue;
     }
-    std::printf("%5d %10s %8s %8s %8s %10s %10s %9s %11s %lld issued, %lld opened\n", c.concurrency,
-                Fixed(c.ops, 1).c_str(), Fixed(c.p50_ms, 2).c_str(), Fixed(c.p99_ms, 2).c_str(),
-                Fixed(c.build_ms, 2).c_str(), Fixed(c.daemon_cpu_us, 0).c_str(),
-                Fixed(c.client_cpu_us, 0).c_str(),
-                floor1 > 0 ? Fixed(c.ops / floor1, 3).c_str() : "-",
-                floor_cores_ops > 0 ? Fixed(c.ops / floor_cores_ops, 3).c_str() : "-",
-                static_cast<long long>(c.total), static_cast<long long>(c.sampled));
+    std::printf(
+        "%-14s %5d %10s %8s %8s %8s %10s %10s %9s %11s %lld issued, %lld opened\n",
+        c.config.c_str(), c.concurrency, Fixed(c.ops, 1).c_str(), Fixed(c.p50_ms, 2).c_str(),
+        Fixed(c.p99_ms, 2).c_str(), Fixed(c.build_ms, 2).c_str(), Fixed(c.daemon_cpu_us, 0).c_str(),
+        Fixed(c.client_cpu_us, 0).c_str(), floor1 > 0 ? Fixed(c.ops / floor1, 3).c_str() : "-",
+        floor_cores_ops > 0 ? Fixed(c.ops / floor_cores_ops, 3).c_str() : "-",
+        static_cast<long long>(c.total), static_cast<long long>(c.sampled));
   }
   if (o.floor) {
     std::printf(
@@ -1027,12 +1217,35 @@ int main(int argc, char** argv) {
     for (const Cell& c : cells) {
       if (!c.ok || c.daemon_cpu_us <= 0) continue;
       std::printf(
-          "conc %d: keywardend CPU %.1f ms/archival = %.2f x the floor's %.1f ms of token time; "
-          "CPU-bound ceiling on %d cores: %.0f/s for the daemon alone, %.0f/s with this "
+          "%s conc %d: keywardend CPU %.1f ms/archival = %.2f x the floor's %.1f ms of token "
+          "time; CPU-bound ceiling on %d cores: %.0f/s for the daemon alone, %.0f/s with this "
           "client's %.1f ms too\n",
-          c.concurrency, c.daemon_cpu_us / 1000, c.daemon_cpu_us / floor_us, floor_us / 1000, cores,
-          cores * 1e6 / c.daemon_cpu_us, cores * 1e6 / (c.daemon_cpu_us + c.client_cpu_us),
-          c.client_cpu_us / 1000);
+          c.config.c_str(), c.concurrency, c.daemon_cpu_us / 1000, c.daemon_cpu_us / floor_us,
+          floor_us / 1000, cores, cores * 1e6 / c.daemon_cpu_us,
+          cores * 1e6 / (c.daemon_cpu_us + c.client_cpu_us), c.client_cpu_us / 1000);
+    }
+  }
+  if (configs.size() > 1) {
+    // Side by side: enroll/s by configuration (columns) and client threads.
+    std::printf("\nenroll/s side by side (same key pool, same client counts%s)\n%5s",
+                o.floor ? ", beside the token floor" : "", "conc");
+    for (const Config& c : configs) std::printf(" %14s", c.Label().c_str());
+    if (o.floor) std::printf(" %14s %14s", "floor 1 thread", "floor @cores");
+    std::printf("\n");
+    for (int conc : o.concurrency) {
+      std::printf("%5d", conc);
+      for (const Config& config : configs) {
+        const Cell* found = nullptr;
+        for (const Cell& c : cells) {
+          if (c.config == config.Label() && c.concurrency == conc) found = &c;
+        }
+        std::printf(" %14s",
+                    found == nullptr || !found->ok ? "FAILED" : Fixed(found->ops, 1).c_str());
+      }
+      if (o.floor) {
+        std::printf(" %14s %14s", Fixed(floor1, 1).c_str(), Fixed(floor_cores_ops, 1).c_str());
+      }
+      std::printf("\n");
     }
   }
   std::fflush(stdout);
@@ -1041,10 +1254,6 @@ int main(int argc, char** argv) {
                  floor_error.c_str());
   }
   cells.clear();
-  f = FloorContext();
   pool.clear();
-  token.reset();
-  xchg.reset();
-  daemon.reset();
   return all_ok ? 0 : 1;
 }

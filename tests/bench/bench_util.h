@@ -94,8 +94,11 @@ inline std::string Slurp(const std::string& path) {
 
 // A channel with a TLS connection of its own (distinct channel arguments
 // keep gRPC from sharing one), as client `who` of the harness, connected.
+// `target` (host:port) defaults to the first keywardend; a replica's
+// (DaemonHarness::replica_target) reaches that one instead.
 inline std::shared_ptr<grpc::Channel> OwnConnection(testing::DaemonHarness& daemon,
-                                                    const std::string& who, int n) {
+                                                    const std::string& who, int n,
+                                                    const std::string& target = "") {
   const auto& id = daemon.client(who);
   grpc::SslCredentialsOptions tls;
   tls.pem_root_certs = Slurp(daemon.tls_ca_path());
@@ -104,7 +107,8 @@ inline std::shared_ptr<grpc::Channel> OwnConnection(testing::DaemonHarness& daem
   grpc::ChannelArguments args;
   args.SetSslTargetNameOverride("localhost");
   args.SetInt("keywarden.bench.connection", n);
-  auto channel = grpc::CreateCustomChannel(daemon.target(), grpc::SslCredentials(tls), args);
+  auto channel = grpc::CreateCustomChannel(target.empty() ? daemon.target() : target,
+                                           grpc::SslCredentials(tls), args);
   channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10));
   return channel;
 }

@@ -48,11 +48,19 @@ std::string Slurp(const std::string& path) {
 
 absl::StatusOr<std::unique_ptr<DaemonHarness>> DaemonHarness::Start(const Options& options) {
   std::unique_ptr<DaemonHarness> h(new DaemonHarness());
-  if (const char* backend = std::getenv("KEYWARDEN_TEST_BACKEND");
-      backend != nullptr && std::string(backend) == "postgresql") {
+  std::string backend = options.backend;
+  if (backend.empty()) {
+    const char* env = std::getenv("KEYWARDEN_TEST_BACKEND");
+    backend = env != nullptr && std::string(env) == "postgresql" ? "postgresql" : "sqlite";
+  }
+  if (backend != "sqlite" && backend != "postgresql") {
+    return absl::InvalidArgumentError("DaemonHarness: backend \"" + backend +
+                                      "\" is neither \"sqlite\" nor \"postgresql\"");
+  }
+  if (backend == "postgresql") {
     if (TestPgConninfo().empty()) {
       return absl::FailedPreconditionError(
-          "KEYWARDEN_TEST_BACKEND=postgresql needs a test cluster in KEYWARDEN_TEST_PG "
+          "a PostgreSQL CA database needs a test cluster in KEYWARDEN_TEST_PG "
           "(deploy/test.sh starts one)");
     }
     auto pg = PgTestDatabase::Create();

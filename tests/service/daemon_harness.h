@@ -57,6 +57,9 @@ class DaemonHarness {
     // Runs in the test process right after keywardend was started (at every
     // launch), before the harness waits for it to serve (pid() is set).
     std::function<void(const DaemonHarness&)> while_starting;
+    // The CA database: "" = as KEYWARDEN_TEST_BACKEND says (PostgreSQL when
+    // it is "postgresql", SQLite otherwise), or "sqlite" / "postgresql".
+    std::string backend;
   };
 
   // Principals with a client certificate from the trusted TLS CA:
