@@ -743,8 +743,8 @@ absl::StatusOr<ConnPtr> TakeDaemonLock(PostgresDatabase& db, PostgresLockMode mo
       StrCat("SELECT ", exclusive ? "pg_try_advisory_lock(" : "pg_try_advisory_lock_shared(", key,
              ")"));
   if (!got.ok()) return got.status();
-  description = StrCat("PostgreSQL advisory lock ", key, " (",
-                                         exclusive ? "exclusive" : "shared", ") on ", Describe(c));
+  description = StrCat("PostgreSQL advisory lock ", key, " (", exclusive ? "exclusive" : "shared",
+                       ") on ", Describe(c));
   if (*got == "t") {
     // The lock's connection says who holds it (pg_stat_activity), so the
     // refusal the other side gets names "keywarden restore" or "keywardend".
