@@ -297,6 +297,44 @@ TEST(DaemonCliTest, AFreshDatabaseOnAUsedTokenMakesAnExchangeKeyWithAFreeLabel) 
   ASSERT_TRUE(daemon->Stop().ok());
 }
 
+// --check-config on PostgreSQL: connects with the configured password
+// source, checks the schema, the append-only triggers and the audit chain;
+// on an empty database it says keywardend will create the schema, and
+// creates nothing (psql counts the tables).
+TEST(DaemonCliTest, CheckConfigOnPostgresqlChecksTheDatabaseAndCreatesNothing) {
+  if (TestPgConninfo().empty()) {
+    if (TestPgRequired()) FAIL() << "KEYWARDEN_REQUIRE_PG=1 but KEYWARDEN_TEST_PG is not set";
+    GTEST_SKIP() << "no PostgreSQL test cluster (KEYWARDEN_TEST_PG)";
+  }
+  ASSERT_EQ(setenv("KEYWARDEN_TEST_BACKEND", "postgresql", 1), 0);
+  auto daemon = StartDaemon();
+  ASSERT_EQ(unsetenv("KEYWARDEN_TEST_BACKEND"), 0);
+  ASSERT_NE(daemon, nullptr);
+  ASSERT_TRUE(daemon->postgres());
+  ASSERT_TRUE(daemon->Stop().ok());
+  auto r = CheckConfig(daemon->config_path());
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(Contains(r.output, "ok    database (PostgreSQL): intact")) << r.output;
+
+  auto empty = PgTestDatabase::Create();
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  Rewrite(daemon->config_path(), "connection = \"[^\"]*\"",
+          "connection = \"" + empty->conninfo() + "\"");
+  r = CheckConfig(daemon->config_path());
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(Contains(r.output, "has no keywarden schema yet")) << r.output;
+  auto tables =
+      empty->Query("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'");
+  ASSERT_TRUE(tables.ok()) << tables.status();
+  EXPECT_EQ((*tables)[0][0], "0");
+
+  // A password in the connection string is refused, naming the key to use.
+  Rewrite(daemon->config_path(), "connection = \"", "connection = \"password=secret ");
+  r = CheckConfig(daemon->config_path());
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_FALSE(Contains(r.output, "secret")) << r.output;
+}
+
 // A NOTIFY_SOCKET of our own, as systemd's would be.
 class NotifySocket {
  public:
