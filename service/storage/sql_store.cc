@@ -593,6 +593,21 @@ class SqlTransaction final : public Transaction {
   const bool read_only_;
 };
 
+// Runs one of the unit of work's reads in a read transaction of `db` (one
+// snapshot, no row locks) and returns what it read.
+template <typename T>
+absl::StatusOr<T> ReadOne(sql::Database& db, std::string_view what,
+                          const std::function<absl::StatusOr<T>(SqlTransaction&)>& read) {
+  absl::StatusOr<T> out = absl::UnknownError(StrCat(what, ": not read"));
+  absl::Status st = db.Transact(what, sql::Access::kRead, [&](Session& s) {
+    SqlTransaction t(s, /*read_only=*/true);
+    out = read(t);
+    return out.status();
+  });
+  if (!st.ok()) return st;
+  return out;
+}
+
 }  // namespace
 
 std::string SpkiSha256OfCertificate(const std::vector<uint8_t>& der) {
@@ -687,13 +702,8 @@ absl::StatusOr<int64_t> SqlStore::InsertRequest(const RequestRecord& r, const Au
 }
 
 absl::StatusOr<RequestRecord> SqlStore::GetRequest(int64_t id) {
-  absl::StatusOr<RequestRecord> out = absl::UnknownError("not read");
-  absl::Status st = Read(StrCat("reading request ", id), [&](Session& s) {
-    out = SqlTransaction(s, true).GetRequest(id);
-    return out.status();
-  });
-  if (!st.ok()) return st;
-  return out;
+  return ReadOne<RequestRecord>(*db_, StrCat("reading request ", id),
+                                [&](SqlTransaction& t) { return t.GetRequest(id); });
 }
 
 absl::StatusOr<std::vector<RequestRecord>> SqlStore::ListRequests(
@@ -720,13 +730,9 @@ absl::StatusOr<std::vector<RequestRecord>> SqlStore::ListRequests(
 
 absl::StatusOr<std::vector<RequestRecord>> SqlStore::FindRequestsByKey(
     const std::string& spki_sha256, size_t limit) {
-  absl::StatusOr<std::vector<RequestRecord>> out;
-  absl::Status st = Read("searching requests by public key", [&](Session& s) {
-    out = SqlTransaction(s, true).FindRequestsByKey(spki_sha256, limit);
-    return out.status();
-  });
-  if (!st.ok()) return st;
-  return out;
+  return ReadOne<std::vector<RequestRecord>>(
+      *db_, "searching requests by public key",
+      [&](SqlTransaction& t) { return t.FindRequestsByKey(spki_sha256, limit); });
 }
 
 absl::Status SqlStore::ResolveRequest(int64_t id, Disposition disposition,
@@ -785,24 +791,14 @@ absl::Status SqlStore::InsertCertificate(const CertificateRecord& certificate) {
 }
 
 absl::StatusOr<CertificateRecord> SqlStore::GetCertificate(const std::string& serial) {
-  absl::StatusOr<CertificateRecord> out = absl::UnknownError("not read");
-  absl::Status st = Read(StrCat("reading certificate ", serial), [&](Session& s) {
-    out = SqlTransaction(s, true).GetCertificate(serial);
-    return out.status();
-  });
-  if (!st.ok()) return st;
-  return out;
+  return ReadOne<CertificateRecord>(*db_, StrCat("reading certificate ", serial),
+                                    [&](SqlTransaction& t) { return t.GetCertificate(serial); });
 }
 
 absl::StatusOr<std::vector<CertificateRecord>> SqlStore::FindCertificates(
     const CertificateQuery& query) {
-  absl::StatusOr<std::vector<CertificateRecord>> out;
-  absl::Status st = Read("searching certificates", [&](Session& s) {
-    out = SqlTransaction(s, true).FindCertificates(query);
-    return out.status();
-  });
-  if (!st.ok()) return st;
-  return out;
+  return ReadOne<std::vector<CertificateRecord>>(
+      *db_, "searching certificates", [&](SqlTransaction& t) { return t.FindCertificates(query); });
 }
 
 absl::Status SqlStore::Revoke(const std::string& serial, int reason, UnixTime at) {
