@@ -120,6 +120,37 @@ class TokenFaultTest : public ::testing::Test {
     return out;
   }
 
+  // One archival submission while daemons are being killed: true when it
+  // was issued (its id appended to `acknowledged`). Killed mid-call or the
+  // database restarting gives UNAVAILABLE or a deadline (the CA's fault);
+  // any other answer goes to `wrong`. Both lists are guarded by `mu`.
+  static bool SubmitArchivalUnderKills(const std::shared_ptr<grpc::Channel>& channel,
+                                       const std::string& request, int deadline_seconds,
+                                       std::mutex& mu, std::vector<int64_t>& acknowledged,
+                                       std::vector<std::string>& wrong) {
+    auto stub = v1::Enrollment::NewStub(channel);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(deadline_seconds));
+    v1::SubmitRequest in;
+    in.set_request(request);
+    in.set_template_name("ArchivalUser");
+    v1::EnrollmentResult r;
+    grpc::Status s = stub->Submit(&ctx, in, &r);
+    const bool issued = s.ok() && r.disposition() == v1::DISPOSITION_ISSUED;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (issued) {
+        acknowledged.push_back(r.request_id());
+      } else if (s.error_code() != grpc::StatusCode::UNAVAILABLE &&
+                 s.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
+        wrong.push_back(StrCat(static_cast<int>(s.error_code()), " ", s.error_message(),
+                               " disposition ", static_cast<int>(r.disposition())));
+      }
+    }
+    if (!s.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    return issued;
+  }
+
   static Outcome Classify(const grpc::Status& s, bool issued, std::string* why) {
     if (s.ok() && issued) return Outcome::kIssued;
     if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {
@@ -388,24 +419,7 @@ TEST_F(TokenFaultTest, KillsUnderArchivalLoadLoseNothingAcknowledged) {
           std::shared_lock<std::shared_mutex> lock(restarting);
           channel = daemon_->Channel("enrollee");
         }
-        auto stub = v1::Enrollment::NewStub(channel);
-        grpc::ClientContext ctx;
-        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
-        v1::SubmitRequest in;
-        in.set_request(requests[i]);
-        in.set_template_name("ArchivalUser");
-        v1::EnrollmentResult r;
-        grpc::Status s = stub->Submit(&ctx, in, &r);
-        std::lock_guard<std::mutex> lock(mu);
-        if (s.ok() && r.disposition() == v1::DISPOSITION_ISSUED) {
-          acknowledged.push_back(r.request_id());
-        } else if (s.error_code() != grpc::StatusCode::UNAVAILABLE &&
-                   s.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
-          // Killed mid-call: UNAVAILABLE; anything else is a wrong answer.
-          wrong.push_back(StrCat(static_cast<int>(s.error_code()), " ", s.error_message(),
-                                 " disposition ", static_cast<int>(r.disposition())));
-        }
-        if (!s.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        SubmitArchivalUnderKills(channel, requests[i], 20, mu, acknowledged, wrong);
       }
     });
   }
@@ -509,7 +523,7 @@ TEST_F(ReplicaFailureTest, KillsOfOneReplicaAndADatabaseRestartLoseNothingAcknow
   std::mutex mu;
   std::vector<int64_t> acknowledged;
   std::vector<std::string> wrong;
-  int through_a = 0, through_b = 0;
+  std::atomic<int> through_a{0}, through_b{0};
   std::vector<std::thread> clients;
   for (int c = 0; c < 4; ++c) {
     clients.emplace_back([&, c] {
@@ -522,26 +536,9 @@ TEST_F(ReplicaFailureTest, KillsOfOneReplicaAndADatabaseRestartLoseNothingAcknow
           std::shared_lock<std::shared_mutex> lock(restarting);
           channel = to_b ? daemon_->Channel("enrollee", b_target) : daemon_->Channel("enrollee");
         }
-        auto stub = v1::Enrollment::NewStub(channel);
-        grpc::ClientContext ctx;
-        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-        v1::SubmitRequest in;
-        in.set_request(requests[i]);
-        in.set_template_name("ArchivalUser");
-        v1::EnrollmentResult r;
-        grpc::Status s = stub->Submit(&ctx, in, &r);
-        std::lock_guard<std::mutex> lock(mu);
-        if (s.ok() && r.disposition() == v1::DISPOSITION_ISSUED) {
-          acknowledged.push_back(r.request_id());
+        if (SubmitArchivalUnderKills(channel, requests[i], 30, mu, acknowledged, wrong)) {
           (to_b ? through_b : through_a)++;
-        } else if (s.error_code() != grpc::StatusCode::UNAVAILABLE &&
-                   s.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
-          // Killed mid-call or the database restarting: UNAVAILABLE (the
-          // CA's fault); anything else is a wrong answer.
-          wrong.push_back(StrCat(static_cast<int>(s.error_code()), " ", s.error_message(),
-                                 " disposition ", static_cast<int>(r.disposition())));
         }
-        if (!s.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
       }
     });
   }
@@ -569,8 +566,8 @@ TEST_F(ReplicaFailureTest, KillsOfOneReplicaAndADatabaseRestartLoseNothingAcknow
 
   EXPECT_TRUE(wrong.empty()) << wrong.size()
                              << " wrong answers, first: " << (wrong.empty() ? "" : wrong[0]);
-  EXPECT_GT(through_a, 0);
-  EXPECT_GT(through_b, 0);
+  EXPECT_GT(through_a.load(), 0);
+  EXPECT_GT(through_b.load(), 0);
   std::set<int64_t> distinct(acknowledged.begin(), acknowledged.end());
   EXPECT_EQ(distinct.size(), acknowledged.size());
   for (const int64_t id : acknowledged) {
@@ -631,8 +628,8 @@ TEST_F(ReplicaFailureTest, KillsOfOneReplicaAndADatabaseRestartLoseNothingAcknow
                "2 replicas, %d kills of one, 1 PostgreSQL restart: %zu archivals acknowledged "
                "(%d through A, %d through B) of %zu sent, all %zu recovered with the KRA card; "
                "%s left in process by the kills, %s failed as interrupted\n",
-               kKills, acknowledged.size(), through_a, through_b, requests.size(), recovered,
-               stuck_after_kills.c_str(),
+               kKills, acknowledged.size(), through_a.load(), through_b.load(), requests.size(),
+               recovered, stuck_after_kills.c_str(),
                Sql("SELECT count(*) FROM audit WHERE event = 'request.interrupted'").c_str());
 }
 
