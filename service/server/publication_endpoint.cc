@@ -3,7 +3,9 @@
 #include <httplib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
+#include <cstdio>
 #include <ctime>
 
 #include "hsm/strings.h"
@@ -70,9 +72,15 @@ std::string HttpDate(int64_t unix_seconds) {
   const time_t t = static_cast<time_t>(unix_seconds);
   struct tm tm {};
   gmtime_r(&t, &tm);
+  // Spelled out rather than strftime's %a/%b, which follow the locale.
+  static constexpr const char* kDays[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+  static constexpr const char* kMonths[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
   char buf[64];
-  const size_t n = std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-  return std::string(buf, n);
+  const int n = std::snprintf(buf, sizeof buf, "%s, %02d %s %04d %02d:%02d:%02d GMT",
+                              kDays[tm.tm_wday % 7], tm.tm_mday, kMonths[tm.tm_mon % 12],
+                              tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+  return std::string(buf, n > 0 ? static_cast<size_t>(n) : 0);
 }
 
 absl::StatusOr<PublicationEndpoint::Content> PublicationEndpoint::ContentOf(
@@ -146,9 +154,15 @@ absl::StatusOr<std::unique_ptr<PublicationEndpoint>> PublicationEndpoint::Start(
     s.Get(ExactPath(path), [crl_fn](const httplib::Request&, httplib::Response& res) {
       auto crl = crl_fn();
       if (!crl.ok()) {
-        // The CA's fault (database, token), never the relying party's.
-        log::Warn("publication: no CRL to serve",
-                  nlohmann::json{{"error", std::string(crl.status().message())}});
+        // The CA's fault (database, token), never the relying party's;
+        // logged at most once a minute however many ask meanwhile.
+        static std::atomic<int64_t> last_logged{0};
+        const int64_t now = Now();
+        int64_t last = last_logged.load();
+        if (now - last >= 60 && last_logged.compare_exchange_strong(last, now)) {
+          log::Warn("publication: no CRL to serve",
+                    nlohmann::json{{"error", std::string(crl.status().message())}});
+        }
         res.status = 503;
         res.set_header("Retry-After", "30");
         res.set_content("the CRL is not available right now\n", "text/plain; charset=utf-8");
