@@ -94,8 +94,28 @@ absl::StatusOr<Reply> RunDeny(Client& client, int64_t id, const std::string& rea
   return Reply{ToJson(r), StrCat("Request ", r.request_id(), " denied\n", Describe(r))};
 }
 
+// certutil -revoke SERIAL Unrevoke: releases a certificateHold.
+absl::StatusOr<Reply> RunReleaseHold(Client& client, const std::string& serial) {
+  v1::ReleaseHoldRequest in;
+  in.set_serial(serial);
+  v1::CertificateInfo c;
+  auto ctx = client.Context();
+  if (auto st = client.Check(client.officer().ReleaseHold(ctx.get(), in, &c)); !st.ok()) return st;
+  nlohmann::json j = ToJson(c);
+  j.erase("pem");
+  return Reply{j, StrCat("Certificate ", c.serial(),
+                         " released from certificateHold (unrevoked); a new CRL without it has "
+                         "been published\n",
+                         Describe(c))};
+}
+
+bool IsUnrevoke(const std::string& reason_text) {
+  return AsciiLower(reason_text) == "unrevoke" || reason_text == "-1";
+}
+
 absl::StatusOr<Reply> RunRevoke(Client& client, const std::string& serial,
                                 const std::string& reason_text) {
+  if (IsUnrevoke(reason_text)) return RunReleaseHold(client, serial);
   auto reason = ParseRevocationReason(reason_text);
   if (!reason.ok()) return reason.status();
   v1::RevokeRequest in;
@@ -214,11 +234,29 @@ void RegisterOfficerCommands(CLI::App& app, const Output& out, const ConnectionO
                      "RFC 5280 CRLReason, number or name: 0 unspecified, 1 keyCompromise, "
                      "2 cACompromise, 3 affiliationChanged, 4 superseded, "
                      "5 cessationOfOperation, 6 certificateHold, 8 removeFromCRL, "
-                     "9 privilegeWithdrawn, 10 aACompromise (default unspecified)");
+                     "9 privilegeWithdrawn, 10 aACompromise (default unspecified); or "
+                     "unrevoke (-1) to release a certificateHold, as certutil -revoke SERIAL "
+                     "Unrevoke");
   revoke->callback([&out, &conn, &action, revoke_serial, revoke_reason] {
     action = WithClient(out, conn, [revoke_serial, revoke_reason](Client& c) {
       return RunRevoke(c, *revoke_serial, *revoke_reason);
     });
+  });
+
+  auto unrevoke_serial = std::make_shared<std::string>();
+  CLI::App* unrevoke = officer->add_subcommand(
+      "unrevoke",
+      "Release a certificateHold (certutil -revoke SERIAL Unrevoke; the same as revoke SERIAL "
+      "--reason unrevoke) and publish a new CRL without it at once");
+  unrevoke
+      ->add_option("SERIAL", *unrevoke_serial, "Serial number in hex (spaces and colons allowed)")
+      ->required();
+  unrevoke->footer(
+      "Only a certificate revoked with reason certificateHold (6) can be released; any other\n"
+      "revocation is final (0x80094003 CERTSRV_E_BAD_REQUESTSTATUS).");
+  unrevoke->callback([&out, &conn, &action, unrevoke_serial] {
+    action = WithClient(
+        out, conn, [unrevoke_serial](Client& c) { return RunReleaseHold(c, *unrevoke_serial); });
   });
 
   auto f = std::make_shared<FindOptions>();

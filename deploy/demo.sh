@@ -95,6 +95,10 @@ tls_crl
 echo "TLS CA, its CRL, server and client certificates in $tls"
 
 step "Starting keywardend (SQLite, SoftHSM2, mutual TLS on 127.0.0.1)"
+# The publication listener's port goes into every certificate's URLs, so it
+# is fixed before the daemon starts: a free one, asked of the kernel.
+pub_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+pub="http://127.0.0.1:$pub_port"
 cat > "$work/keywarden.toml" <<TOML
 [ca]
 name = "keywarden Demo CA"
@@ -115,6 +119,13 @@ tls_certificate = "tls/server.pem"
 tls_key = "tls/server.key"
 client_ca = ["tls/tls-ca.pem"]
 client_crls = ["tls/tls-ca.crl"]
+
+# Where relying parties find the CRL and the CA certificate: written into
+# every certificate, served by keywardend itself over plain HTTP.
+[publication]
+listen = "127.0.0.1:$pub_port"
+crl_urls = ["$pub/pki/demo-ca.crl"]
+ca_issuers_urls = ["$pub/pki/demo-ca.crt"]
 
 # Each role: a subject *and* the client CA that must have issued it.
 [[role]]
@@ -214,6 +225,23 @@ pending_id=$(as alice --json submit "$work/laptop.csr" --template PendingUser |
 as officer officer list --pending
 as officer officer approve "$pending_id" --out "$work/laptop.pem"
 openssl verify -CAfile "$work/ca.pem" "$work/laptop.pem"
+
+step "Published revocation: the URLs in alice's certificate, the CRL fetched from them"
+openssl x509 -in "$work/alice.pem" -noout -ext crlDistributionPoints,authorityInfoAccess
+curl -sS -D - -o "$work/published.crl" "$pub/pki/demo-ca.crl" | grep -iE '^(HTTP|content-type|last-modified|expires)'
+openssl crl -inform DER -in "$work/published.crl" -noout -issuer -lastupdate -nextupdate
+# openssl downloads the CRL from the certificate's distribution point itself.
+openssl verify -crl_check -crl_download -CAfile "$work/ca.pem" "$work/alice.pem"
+
+step "A certificateHold, and its release (certutil -revoke SERIAL Unrevoke)"
+serial=$(openssl x509 -in "$work/alice.pem" -noout -serial | cut -d= -f2)
+as officer officer revoke "$serial" --reason certificateHold
+if openssl verify -crl_check -crl_download -CAfile "$work/ca.pem" "$work/alice.pem"; then
+  echo "demo: a held certificate passed the CRL check" >&2
+  exit 1
+fi
+as officer officer unrevoke "$serial"
+openssl verify -crl_check -crl_download -CAfile "$work/ca.pem" "$work/alice.pem"
 
 step "The officer revokes alice's first certificate; the CRL says so"
 serial=$(openssl x509 -in "$work/alice.pem" -noout -serial | cut -d= -f2)

@@ -22,6 +22,7 @@ const std::vector<MethodPolicy>& MethodTable() {
       {"/keywarden.v1.Officer/Approve", {R::kCertificateManager}, true},
       {"/keywarden.v1.Officer/Deny", {R::kCertificateManager}, true},
       {"/keywarden.v1.Officer/Revoke", {R::kCertificateManager}, true},
+      {"/keywarden.v1.Officer/ReleaseHold", {R::kCertificateManager}, true},
       {"/keywarden.v1.Officer/FindCertificates", {R::kCertificateManager}, true},
       {"/keywarden.v1.Officer/GetArchivedKey", {R::kCertificateManager}, true},
       // Administration: CA Administrators.

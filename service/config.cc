@@ -35,6 +35,7 @@
 #include "hsm/pin.h"
 #include "hsm/strings.h"
 #include "hsm/uri.h"
+#include "service/publication_url.h"
 #include "service/signing/algorithm.h"
 #include "service/storage/postgres_database.h"
 
@@ -575,6 +576,63 @@ absl::Status ReadMetrics(const Section& s, Config::Metrics& m) {
   return absl::OkStatus();
 }
 
+absl::Status ReadListen(const Section& s, const std::string& listen, const char* example) {
+  const size_t colon = listen.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    return s.Invalid("listen",
+                     StrCat("\"", listen, "\" is not HOST:PORT (e.g. \"", example, "\")"));
+  }
+  const std::string port = listen.substr(colon + 1);
+  const bool digits = !port.empty() && port.size() <= 5 &&
+                      port.find_first_not_of("0123456789") == std::string::npos;
+  if (!digits || std::stoi(port) > 65535) {
+    return s.Invalid("listen", StrCat("the port \"", port, "\" is not a number from 0 to 65535"));
+  }
+  return absl::OkStatus();
+}
+
+// At most this many URLs of each kind (each goes into every certificate).
+constexpr size_t kMaxPublicationUrls = 8;
+
+absl::Status ReadPublication(const Section& s, Config::Publication& p) {
+  KW_RETURN_IF_ERROR(s.CheckKeys({"listen", "crl_urls", "ca_issuers_urls"}));
+  KW_RETURN_IF_ERROR(s.ReadString("listen", p.listen));
+  if (s.Has("listen")) KW_RETURN_IF_ERROR(ReadListen(s, p.listen, "0.0.0.0:8080"));
+  std::map<std::string, std::string> paths;  // path -> the key that serves it
+  for (auto [key, urls] :
+       {std::pair<const char*, std::vector<std::string>*>{"crl_urls", &p.crl_urls},
+        {"ca_issuers_urls", &p.ca_issuers_urls}}) {
+    std::vector<uint32_t> lines;
+    KW_RETURN_IF_ERROR(s.ReadStrings(key, *urls, &lines));
+    if (urls->size() > kMaxPublicationUrls) {
+      return s.Invalid(key,
+                       StrCat("lists ", urls->size(), " URLs; the limit is ", kMaxPublicationUrls));
+    }
+    for (size_t i = 0; i < urls->size(); ++i) {
+      auto url = ParsePublicationUrl((*urls)[i]);
+      if (!url.ok()) return s.InvalidAt(lines[i], key, std::string(url.status().message()));
+      for (size_t j = 0; j < i; ++j) {
+        if ((*urls)[j] == (*urls)[i]) {
+          return s.InvalidAt(lines[i], key, StrCat("\"", (*urls)[i], "\" is listed twice"));
+        }
+      }
+      // One path, one document: the listener answers a path with the CRL or
+      // the CA certificate, never either.
+      if (auto [it, inserted] = paths.emplace(url->path, key); !inserted && it->second != key) {
+        return s.InvalidAt(lines[i], key,
+                           StrCat("the path \"", url->path, "\" is also in ", s.KeyPath(it->second),
+                                  "; the CRL and the CA certificate need paths of their own"));
+      }
+    }
+  }
+  if (!p.listen.empty() && p.crl_urls.empty() && p.ca_issuers_urls.empty()) {
+    return s.Invalid("listen",
+                     "is set but neither crl_urls nor ca_issuers_urls is: the listener would "
+                     "serve nothing");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ReadKra(const Section& s, Config::Kra& k) {
   KW_RETURN_IF_ERROR(s.CheckKeys({"certificates", "count", "crls", "trust"}));
   std::vector<uint32_t> lines;
@@ -932,7 +990,7 @@ absl::Status ReadRoot(const Context& ctx, const toml::table& root, Config& confi
   Section top(ctx, &root, "");
   KW_RETURN_IF_ERROR(
       top.CheckKeys({"ca", "hsm", "exchange", "database", "server", "crl", "kra", "flags", "role",
-                     "template", "signing", "audit", "account", "log", "metrics"}));
+                     "template", "signing", "audit", "account", "log", "metrics", "publication"}));
 
   // Sections in the order of the example file, so the first error reported
   // is usually the first one in the file.
@@ -951,6 +1009,8 @@ absl::Status ReadRoot(const Context& ctx, const toml::table& root, Config& confi
       {"audit", [](const Section& s, Config& c) { return ReadAudit(s, c.audit); }},
       {"log", [](const Section& s, Config& c) { return ReadLog(s, c.log); }},
       {"metrics", [](const Section& s, Config& c) { return ReadMetrics(s, c.metrics); }},
+      {"publication",
+       [](const Section& s, Config& c) { return ReadPublication(s, c.publication); }},
   };
   for (const auto& section : kSections) {
     absl::StatusOr<Section> s = top.Table(section.name);

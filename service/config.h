@@ -220,6 +220,18 @@ struct Config {
     std::string listen;
   } metrics;
 
+  // [publication]: where relying parties find this CA's CRL and
+  // certificate (RFC 5280). Every certificate the CA issues (and its
+  // exchange certificates) carries crl_urls as cRLDistributionPoints and
+  // ca_issuers_urls as authorityInfoAccess caIssuers; with `listen` the
+  // daemon serves both itself over plain HTTP at the URLs' paths
+  // (service/server/publication_endpoint.h). URLs: service/publication_url.h.
+  struct Publication {
+    std::string listen;  // "HOST:PORT"; empty: the daemon serves nothing (copied elsewhere)
+    std::vector<std::string> crl_urls;         // <= 8, http:// only
+    std::vector<std::string> ca_issuers_urls;  // <= 8, http:// only
+  } publication;
+
   // Lookup helpers.
   const TemplateConfig* FindTemplate(std::string_view name_or_oid) const;
   // Every role bound to this subject, through any issuer: what some

@@ -35,6 +35,7 @@
 #include "service/observe/log.h"
 #include "service/observe/metrics.h"
 #include "service/server/http_endpoint.h"
+#include "service/server/publication_endpoint.h"
 #include "service/server/readiness.h"
 #include "service/server/server.h"
 #include "service/server/signing_service.h"
@@ -232,6 +233,17 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
     service::metrics::SetCollector(service::DaemonGauges(**ca, *readiness));
   }
 
+  // [publication] listen: the CRL and the CA certificate for relying parties.
+  std::unique_ptr<service::PublicationEndpoint> publication;
+  if (!config->publication.listen.empty()) {
+    auto content = service::PublicationEndpoint::ContentOf(*config, **ca);
+    if (!content.ok()) return Fail(content.status());
+    auto started =
+        service::PublicationEndpoint::Start(config->publication.listen, std::move(*content));
+    if (!started.ok()) return Fail(started.status());
+    publication = std::move(*started);
+  }
+
   const std::string host = config->server.listen.substr(0, config->server.listen.rfind(':'));
   {
     size_t valid = 0;
@@ -242,6 +254,10 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
                              {"kras_configured", (*ca)->KraStatuses().size()}};
     if (http) {
       fields["metrics"] = "http://" + http->host() + ":" + std::to_string(http->port());
+    }
+    if (publication) {
+      fields["publication"] =
+          "http://" + publication->host() + ":" + std::to_string(publication->port());
     }
     service::log::Info("started", fields);
   }

@@ -144,6 +144,10 @@ absl::StatusOr<std::unique_ptr<CertificateAuthority>> CertificateAuthority::Open
                                std::move(*pkey), pki::SignatureOptions{});
   if (!issuer.ok()) return issuer.status();
   ca->issuer_ = std::move(*issuer);
+  // Where relying parties find the CRL and this certificate ([publication]).
+  auto publication = PublicationExtensions(config.publication);
+  if (!publication.ok()) return publication.status();
+  ca->issuer_->SetPublicationExtensions(std::move(*publication));
   if (auto st = ca->CheckAuditAtStart(); !st.ok()) return st;
 
   auto trust = ClientTrust::Load(config, ca->certificate(), ca->clock_);
@@ -1372,6 +1376,75 @@ absl::StatusOr<CertificateRecord> CertificateAuthority::Revoke(const std::string
   return store_.GetCertificate(normalized);
 }
 
+absl::Status CertificateAuthority::RefreshDoorRevocations() {
+  const uint64_t mark = trust_->OwnRevocationsMark();
+  auto revoked = store_.RevokedCertificates(clock_());
+  if (!revoked.ok()) return revoked.status();
+  auto carried = CarriedRevocations(store_);
+  if (!carried.ok()) return carried.status();
+  auto door = RevocationsOf(*carried);
+  for (auto& [serial, r] : RevocationsOf(*revoked)) door.insert_or_assign(serial, r);
+  trust_->ReplaceOwnRevocations(door, mark);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CertificateRecord> CertificateAuthority::ReleaseHold(const std::string& officer,
+                                                                    const std::string& serial) {
+  const std::string normalized = NormalizeSerial(serial);
+  if (normalized.empty() || normalized.find_first_not_of("0123456789abcdef") != std::string::npos) {
+    return Error(hresult::kInvalidArg,
+                 StrCat("\"", Echo(serial, 128), "\" is not a hexadecimal serial number"));
+  }
+  // What the officer is told when the certificate cannot be released; the
+  // store checks again under the row lock.
+  auto existing = store_.GetCertificate(normalized);
+  if (!existing.ok()) {
+    if (absl::IsNotFound(existing.status())) {
+      return Error(hresult::kNotFound,
+                   StrCat("no certificate with serial ", normalized, " was issued by this CA"));
+    }
+    return existing.status();
+  }
+  auto refuse = [&](const CertificateRecord& c) {
+    return Error(
+        hresult::kBadRequestStatus,
+        c.revoked ? StrCat("certificate ", normalized, " is revoked with reason ",
+                           CrlReasonName(c.revocation_reason),
+                           "; only a certificateHold can be released (unrevoked)")
+                  : StrCat("certificate ", normalized,
+                           " is not revoked; only a certificateHold can be released (unrevoked)"));
+  };
+  if (!existing->revoked || existing->revocation_reason != 6) return refuse(*existing);
+
+  const uint64_t mark = trust_->OwnRevocationsMark();
+  std::optional<CertificateRecord> before;
+  absl::Status st = store_.Transact(
+      StrCat("releasing the hold on certificate ", normalized),
+      [&](Transaction& t) -> absl::Status {
+        auto released = t.ReleaseHold(normalized);
+        if (!released.ok()) return released.status();
+        before = *released;
+        auto audited = t.AppendAudit(
+            {officer, "certificate.hold_released",
+             json{{"serial", normalized}, {"held_since", released->revoked_at}}.dump()},
+            clock_());
+        return audited.status();
+      });
+  if (!st.ok()) {
+    // Changed since it was read (released or revoked again meanwhile).
+    if (absl::IsFailedPrecondition(st) && !IsDatabaseFault(st)) {
+      auto now = store_.GetCertificate(normalized);
+      if (now.ok()) return refuse(*now);
+    }
+    return st;
+  }
+  // Let in again at the door (unless revoked again since `mark`).
+  trust_->ReleaseOwnRevocation(normalized, mark);
+  // The next CRL no longer lists it; published now, like a revocation.
+  if (auto crl = PublishCrl(officer); !crl.ok()) return crl.status();
+  return store_.GetCertificate(normalized);
+}
+
 namespace {
 
 constexpr char kCrlLease[] = "crl";
@@ -1400,11 +1473,9 @@ absl::Status CertificateAuthority::AdoptStoredCrlLocked(bool force) {
   info.this_update = j.value("this_update", int64_t{0});
   info.next_update = j.value("next_update", int64_t{0});
   if (info.der.empty() || (crl_ && info.number <= crl_->number)) return absl::OkStatus();
-  // Published by another replica, perhaps after a revocation made there:
-  // refuse those certificates at this replica's door too.
-  auto revoked = store_.RevokedCertificates(clock_());
-  if (!revoked.ok()) return revoked.status();
-  trust_->AddOwnRevocations(RevocationsOf(*revoked));
+  // Published by another replica, perhaps after a revocation (or the
+  // release of a hold) made there: the door here follows the database.
+  if (auto st = RefreshDoorRevocations(); !st.ok()) return st;
   crl_ = std::move(info);
   return absl::OkStatus();
 }
@@ -1460,9 +1531,9 @@ absl::StatusOr<CrlInfo> CertificateAuthority::PublishCrl(const std::string& who)
 
 absl::StatusOr<CrlInfo> CertificateAuthority::PublishCrlLocked(const std::string& who) {
   const int64_t now = clock_();
+  const uint64_t mark = trust_->OwnRevocationsMark();
   auto revoked = store_.RevokedCertificates(now);
   if (!revoked.ok()) return revoked.status();
-  trust_->AddOwnRevocations(RevocationsOf(*revoked));
   std::vector<RevokedEntry> entries;
   std::set<std::string> listed;
   for (const auto& r : *revoked) {
@@ -1474,9 +1545,15 @@ absl::StatusOr<CrlInfo> CertificateAuthority::PublishCrlLocked(const std::string
   // known, so for good).
   auto carried = CarriedRevocations(store_);
   if (!carried.ok()) return carried.status();
-  trust_->AddOwnRevocations(RevocationsOf(*carried));
   for (const auto& r : *carried) {
     if (listed.insert(r.serial).second) entries.push_back({r.serial, r.revoked_at, r.reason});
+  }
+  // The door refuses exactly what this CRL lists (and whatever was revoked
+  // since the database was read).
+  {
+    auto door = RevocationsOf(*carried);
+    for (auto& [serial, r] : RevocationsOf(*revoked)) door.insert_or_assign(serial, r);
+    trust_->ReplaceOwnRevocations(door, mark);
   }
   // Derived from time (boulder's way) and above every number handed out or
   // carried over by a restore: never repeats, even after a restore.

@@ -112,6 +112,14 @@ class CertificateAuthority {
                                      const std::string& reason);
   absl::StatusOr<CertificateRecord> Revoke(const std::string& officer, const std::string& serial,
                                            int reason);
+  // Releases a certificateHold (certutil -revoke SERIAL Unrevoke): the
+  // certificate is valid again, the door lets its holder in again, and a
+  // new CRL (without it) is published at once. Only a hold can be released
+  // (CERTSRV_E_BAD_REQUESTSTATUS naming the reason otherwise); NOT_FOUND
+  // (CRYPT_E_NOT_FOUND) for a serial this CA did not issue. The release
+  // and its audit record (certificate.hold_released) are one transaction.
+  absl::StatusOr<CertificateRecord> ReleaseHold(const std::string& officer,
+                                                const std::string& serial);
 
   // The current CRL: the newest one in the store (another replica's
   // included, looked up at most once a second), re-issued at half-life by
@@ -306,6 +314,10 @@ class CertificateAuthority {
   // crl_ (published by another replica), with the revocations behind it;
   // looks at most once a second unless `force`.
   absl::Status AdoptStoredCrlLocked(bool force);
+  // The door's set of this CA's revocations becomes the database's
+  // (revoked certificates and carried revocations), keeping any revocation
+  // made while it was read.
+  absl::Status RefreshDoorRevocations();
   absl::StatusOr<CrlInfo> PublishCrlLocked(const std::string& who);
   std::mutex crl_mu_;
   std::chrono::steady_clock::time_point crl_checked_{};

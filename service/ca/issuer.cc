@@ -9,6 +9,7 @@
 #include "hsm/strings.h"
 #include "pki/alt_names.h"
 #include "pki/der.h"
+#include "pki/publication_extensions.h"
 #include "service/authz.h"
 #include "service/errors.h"
 
@@ -123,6 +124,26 @@ absl::StatusOr<std::vector<RawExtension>> TemplateExtensions(const Config& confi
       }
       out.push_back({pki::kSmimeCapabilitiesOid, std::move(*caps)});
     }
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<RawExtension>> PublicationExtensions(const Config::Publication& p) {
+  std::vector<RawExtension> out;
+  if (!p.crl_urls.empty()) {
+    auto value = pki::CrlDistributionPointsValue(p.crl_urls);
+    if (value.empty()) {
+      return absl::InternalError("publication.crl_urls: the cRLDistributionPoints do not encode");
+    }
+    out.push_back({pki::kCrlDistributionPointsOid, std::move(value)});
+  }
+  if (!p.ca_issuers_urls.empty()) {
+    auto value = pki::AuthorityInfoAccessValue(p.ca_issuers_urls);
+    if (value.empty()) {
+      return absl::InternalError(
+          "publication.ca_issuers_urls: the authorityInfoAccess does not encode");
+    }
+    out.push_back({pki::kAuthorityInfoAccessOid, std::move(value)});
   }
   return out;
 }
@@ -258,7 +279,17 @@ absl::StatusOr<ossl::UniquePtr<X509>> Issuer::IssueCertificate(const Certificate
       !pki::AddExtension(cert.get(), ca_.get(), NID_authority_key_identifier, "keyid:always")) {
     return OpenSslError("issue: extensions", absl::StatusCode::kInvalidArgument);
   }
-  for (const RawExtension& e : spec.extensions) {
+  std::vector<const RawExtension*> extensions;
+  for (const RawExtension& e : spec.extensions) extensions.push_back(&e);
+  for (const RawExtension& e : publication_) {
+    // A spec that brings its own (none does today) keeps it.
+    if (std::none_of(spec.extensions.begin(), spec.extensions.end(),
+                     [&](const RawExtension& s) { return s.oid == e.oid; })) {
+      extensions.push_back(&e);
+    }
+  }
+  for (const RawExtension* ep : extensions) {
+    const RawExtension& e = *ep;
     if (!pki::AddRawExtension(cert.get(), e.oid.c_str(), e.value, e.critical)) {
       return OpenSslError(StrCat("issue: extension ", e.oid), absl::StatusCode::kInvalidArgument);
     }

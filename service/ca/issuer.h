@@ -59,6 +59,12 @@ class Issuer {
   OSSL_LIB_CTX* libctx() const { return libctx_; }
   const char* properties() const { return properties_.empty() ? nullptr : properties_.c_str(); }
 
+  // Extensions every certificate issued from now on carries after the
+  // spec's own: where relying parties find this issuer's CRL and
+  // certificate (PublicationExtensions). Set once, before issuing.
+  void SetPublicationExtensions(std::vector<RawExtension> extensions) {
+    publication_ = std::move(extensions);
+  }
   absl::StatusOr<ossl::UniquePtr<X509>> IssueCertificate(const CertificateSpec& spec) const;
   absl::StatusOr<ossl::UniquePtr<X509_CRL>> IssueCrl(const std::vector<RevokedEntry>& revoked,
                                                      int64_t crl_number, int64_t this_update,
@@ -74,7 +80,13 @@ class Issuer {
   ossl::UniquePtr<EVP_PKEY> key_;
   ossl::UniquePtr<EVP_PKEY> ca_public_;  // software copy, for checking
   pki::SignatureOptions signature_;
+  std::vector<RawExtension> publication_;
 };
+
+// [publication]'s cRLDistributionPoints and authorityInfoAccess (caIssuers)
+// extensions, non-critical (RFC 5280), for the URLs configured; none when
+// none are. INTERNAL if a URL (checked by the configuration) does not encode.
+absl::StatusOr<std::vector<RawExtension>> PublicationExtensions(const Config::Publication& p);
 
 // What template `t` adds to a certificate for `request` beyond its key
 // usages: the subjectAltName (t.san: from the [[account]] of `owner`, or the

@@ -85,6 +85,7 @@ const std::vector<FieldLimit>& RequestFieldLimits() {
       {"keywarden.v1.GetArchivedKeyRequest.search", 1 * KiB},
       {"keywarden.v1.DenyRequest.reason", 1 * KiB},
       {"keywarden.v1.RevokeRequest.serial", 128},
+      {"keywarden.v1.ReleaseHoldRequest.serial", 128},
       {"keywarden.v1.FindCertificatesRequest.serial", 128},
       {"keywarden.v1.FindCertificatesRequest.sha1", 128},
       {"keywarden.v1.FindCertificatesRequest.common_name", 1 * KiB},

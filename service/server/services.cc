@@ -166,6 +166,15 @@ class OfficerService final : public v1::Officer::Service {
     return Status::OK;
   }
 
+  Status ReleaseHold(ServerContext* context, const v1::ReleaseHoldRequest* in,
+                     v1::CertificateInfo* out) override {
+    KW_AUTHORIZE_IN("/keywarden.v1.Officer/ReleaseHold", in);
+    auto c = ca_.ReleaseHold(caller.principal, in->serial());
+    if (!c.ok()) return ToGrpc(c.status());
+    Fill(*c, out);
+    return Status::OK;
+  }
+
   Status FindCertificates(ServerContext* context, const v1::FindCertificatesRequest* in,
                           v1::FindCertificatesResponse* out) override {
     KW_AUTHORIZE_IN("/keywarden.v1.Officer/FindCertificates", in);

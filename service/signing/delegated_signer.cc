@@ -97,6 +97,14 @@ absl::StatusOr<std::shared_ptr<hsm::Token>> TokenFor(
   return *found;
 }
 
+// True when `cert` is byte for byte the CA certificate of [ca] certificate.
+bool IsThisCasCertificate(const Config& config, X509* cert) {
+  if (config.ca.certificate.empty()) return false;
+  auto ca = pki::ReadPemCertificates(config.ca.certificate);
+  return ca.ok() && !ca->empty() &&
+         pki::CertificateDer(ca->front().get()) == pki::CertificateDer(cert);
+}
+
 // The key's certificate (and chain): from the configured file, else a
 // certificate object on the token with the key's label/id and public key.
 absl::Status LoadCertificate(const SigningKeyConfig& kc, SigningKey& key) {
@@ -242,6 +250,15 @@ absl::StatusOr<std::unique_ptr<DelegatedSigner>> DelegatedSigner::Open(
       if (!issuer.ok()) {
         return absl::Status(issuer.status().code(),
                             StrCat(Describe(*key), ": ", issuer.status().message()));
+      }
+      // Issued under this CA's own certificate: the CA's CRL and
+      // certificate are what relying parties need, so [publication]'s URLs
+      // go in. Under another issuer they would send verifiers to a CRL
+      // that is not its issuer's, so none go in (DECISIONS.md).
+      if (IsThisCasCertificate(config, key->certificate.get())) {
+        auto publication = PublicationExtensions(config.publication);
+        if (!publication.ok()) return publication.status();
+        (*issuer)->SetPublicationExtensions(std::move(*publication));
       }
       key->issuer = std::move(*issuer);
     }

@@ -458,6 +458,31 @@ class SqlTransaction final : public Transaction {
         .status();
   }
 
+  absl::StatusOr<CertificateRecord> ReleaseHold(const std::string& serial) override {
+    const std::string what = StrCat("releasing the hold on certificate ", serial);
+    auto rows = s_.Query(what,
+                         StrCat("SELECT ", kCertificateColumns,
+                                " FROM certificates c WHERE c.serial = ?1", ForUpdate(s_)),
+                         {serial});
+    if (!rows.ok()) return rows.status();
+    if (rows->empty())
+      return absl::NotFoundError(StrCat(what, ": no certificate with that serial"));
+    CertificateRecord before = ReadCertificate(rows->front());
+    if (!before.revoked) return absl::FailedPreconditionError(StrCat(what, ": it is not revoked"));
+    if (before.revocation_reason != 6) {
+      return absl::FailedPreconditionError(
+          StrCat(what, ": it is revoked with CRLReason ", before.revocation_reason,
+                 ", not certificateHold (6); only a hold can be released"));
+    }
+    auto updated = s_.Execute(what,
+                              "UPDATE certificates SET revoked = 0, revocation_reason = 0, "
+                              "revoked_at = 0 WHERE serial = ?1 AND revoked = 1 AND "
+                              "revocation_reason = 6",
+                              {serial});
+    if (!updated.ok()) return updated.status();
+    return before;
+  }
+
   absl::Status PutSetting(const std::string& name, const std::string& value) override {
     if (name.empty()) return absl::InvalidArgumentError("setting a value: the name is empty");
     return s_

@@ -190,6 +190,12 @@ class Transaction {
   virtual absl::StatusOr<std::vector<CertificateRecord>> FindCertificates(
       const CertificateQuery& query) = 0;
   virtual absl::Status Revoke(const std::string& serial, int reason, UnixTime at) = 0;
+  // Releases a certificateHold (RFC 5280 CRLReason 6; certutil -revoke
+  // SERIAL Unrevoke): the certificate is no longer revoked. Reads and locks
+  // the row first: NOT_FOUND for an unknown serial, FAILED_PRECONDITION
+  // when it is not revoked or revoked for another reason (only a hold can
+  // be released). Returns the row as it was before.
+  virtual absl::StatusOr<CertificateRecord> ReleaseHold(const std::string& serial) = 0;
   virtual absl::Status PutSetting(const std::string& name, const std::string& value) = 0;
   virtual absl::StatusOr<std::string> GetSetting(const std::string& name) = 0;
   virtual absl::StatusOr<int64_t> NextCounter(const std::string& name) = 0;

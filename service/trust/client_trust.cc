@@ -359,7 +359,40 @@ absl::Status ClientTrust::CheckRevocation(const PeerIdentity& peer) {
 
 void ClientTrust::AddOwnRevocations(const std::map<std::string, Revocation>& revoked) {
   std::unique_lock lock(mu_);
-  own_.insert(revoked.begin(), revoked.end());
+  const uint64_t mark = ++own_mark_;
+  for (const auto& [serial, r] : revoked) {
+    own_.insert({serial, r});
+    own_added_[serial] = mark;
+  }
+}
+
+uint64_t ClientTrust::OwnRevocationsMark() {
+  std::shared_lock lock(mu_);
+  return own_mark_;
+}
+
+void ClientTrust::ReplaceOwnRevocations(const std::map<std::string, Revocation>& all,
+                                        uint64_t mark) {
+  std::unique_lock lock(mu_);
+  std::map<std::string, Revocation> own = all;
+  std::map<std::string, uint64_t> added;
+  for (const auto& entry : all) added[entry.first] = mark;
+  // Added after the database was read: kept, whatever the read said.
+  for (const auto& [serial, when] : own_added_) {
+    if (when <= mark) continue;
+    if (auto it = own_.find(serial); it != own_.end()) own.insert_or_assign(serial, it->second);
+    added[serial] = when;
+  }
+  own_ = std::move(own);
+  own_added_ = std::move(added);
+}
+
+void ClientTrust::ReleaseOwnRevocation(const std::string& serial, uint64_t mark) {
+  std::unique_lock lock(mu_);
+  auto it = own_added_.find(serial);
+  if (it != own_added_.end() && it->second > mark) return;  // revoked again since
+  own_.erase(serial);
+  if (it != own_added_.end()) own_added_.erase(it);
 }
 
 }  // namespace keywarden::service

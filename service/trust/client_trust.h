@@ -72,15 +72,27 @@ class ClientTrust {
   // (CRYPT_E_REVOCATION_OFFLINE, a CA-side condition: UNAVAILABLE).
   absl::Status CheckRevocation(const PeerIdentity& peer);
 
-  // This CA's revocations (serial -> when, why): all of them at start and at
-  // every CRL publication, one at each revocation before its CRL is made.
-  // Revocation is final here, so entries are only ever added (a publication
-  // that read the database just before a revocation cannot undo it).
+  // This CA's revocations (serial -> when, why): all of them at start, one
+  // at each revocation before its CRL is made, and the database's whole set
+  // at every CRL publication or adoption (ReplaceOwnRevocations). Every
+  // addition is numbered, so a set read from the database before a
+  // revocation was added can never drop it; only a released certificateHold
+  // leaves the set.
   struct Revocation {
     int64_t revoked_at = 0;
     int reason = 0;
   };
   void AddOwnRevocations(const std::map<std::string, Revocation>& revoked);
+  // The number of the newest addition: take it *before* reading the
+  // database, and hand it to ReplaceOwnRevocations / ReleaseOwnRevocation.
+  uint64_t OwnRevocationsMark();
+  // The set becomes `all` (read from the database after `mark` was taken)
+  // plus every entry added after `mark` (a revocation made meanwhile).
+  void ReplaceOwnRevocations(const std::map<std::string, Revocation>& all, uint64_t mark);
+  // A released certificateHold: `serial` leaves the set unless it was added
+  // again after `mark` (taken before the release was committed: a
+  // revocation made after the release stays).
+  void ReleaseOwnRevocation(const std::string& serial, uint64_t mark);
 
   // Reads the CRL files again; one line per file saying what was loaded or
   // why not. Also called by CheckRevocation, at most once a second, when a
@@ -109,6 +121,8 @@ class ClientTrust {
   std::shared_mutex mu_;  // guards anchors_, own_, crls_, crl_stamps_
   std::shared_ptr<const Anchors> anchors_;
   std::map<std::string, Revocation> own_;
+  std::map<std::string, uint64_t> own_added_;  // serial -> number of its addition
+  uint64_t own_mark_ = 0;                      // the newest addition's number
   std::map<std::string, std::vector<std::shared_ptr<const LoadedCrl>>> crls_;  // by issuer sha256
   std::map<std::string, std::pair<int64_t, int64_t>> crl_stamps_;  // path -> (size, mtime ns)
   std::atomic<int64_t> last_stat_{0};

@@ -123,6 +123,11 @@ TEST(ConfigExampleTest, ParsesWithTheDocumentedValues) {
   EXPECT_EQ(c->crl.validity, 7 * kDay);
   EXPECT_EQ(c->log.format, "text");
   EXPECT_EQ(c->metrics.listen, "127.0.0.1:9464");
+  EXPECT_EQ(c->publication.listen, "0.0.0.0:8080");
+  EXPECT_EQ(c->publication.crl_urls,
+            std::vector<std::string>{"http://pki.example.com/keywarden/ca.crl"});
+  EXPECT_EQ(c->publication.ca_issuers_urls,
+            std::vector<std::string>{"http://pki.example.com/keywarden/ca.crt"});
 
   EXPECT_EQ(c->kra.certificates,
             (std::vector<std::string>{"/etc/keywarden/kra/alice-kra.pem",
@@ -247,6 +252,10 @@ TEST(ConfigTest, MinimalConfigGetsTheDocumentedDefaults) {
   EXPECT_TRUE(c->templates.empty());
   EXPECT_EQ(c->log.format, "text");
   EXPECT_EQ(c->metrics.listen, "");  // no metrics listener unless asked for
+  // No URLs in certificates and no publication listener unless asked for.
+  EXPECT_TRUE(c->publication.crl_urls.empty());
+  EXPECT_TRUE(c->publication.ca_issuers_urls.empty());
+  EXPECT_EQ(c->publication.listen, "");
 }
 
 TEST(ConfigTest, LogFormatAndMetricsListenAreRead) {
@@ -274,6 +283,97 @@ TEST(ConfigStrictTest, MetricsListenMustBeHostAndPort) {
   EXPECT_EQ(ErrorOf(MinimalPlus("[metrics]\nlisten = \"127.0.0.1:http\"\n")),
             "keywarden.toml:18: key \"metrics.listen\": the port \"http\" is not a number "
             "from 0 to 65535");
+}
+
+TEST(ConfigTest, PublicationUrlsAndListenAreRead) {
+  absl::StatusOr<Config> c = Parse(MinimalPlus(
+      "[publication]\nlisten = \"[::1]:0\"\ncrl_urls = [\"http://pki.example.com/a%20b.crl\", "
+      "\"http://10.0.0.1:8080/ca.crl\", \"http://[2001:db8::1]/ca.crl\"]\n"
+      "ca_issuers_urls = [\"http://pki.example.com/x/ca.crt\"]\n"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->publication.listen, "[::1]:0");
+  EXPECT_EQ(c->publication.crl_urls, (std::vector<std::string>{"http://pki.example.com/a%20b.crl",
+                                                               "http://10.0.0.1:8080/ca.crl",
+                                                               "http://[2001:db8::1]/ca.crl"}));
+  EXPECT_EQ(c->publication.ca_issuers_urls,
+            std::vector<std::string>{"http://pki.example.com/x/ca.crt"});
+  // URLs without a listener: in certificates, served by someone else.
+  c = Parse(MinimalPlus("[publication]\ncrl_urls = [\"http://pki.example.com/ca.crl\"]\n"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->publication.listen, "");
+}
+
+TEST(ConfigStrictTest, PublicationUrlsAreHttpUrlsOfFilesEachOnce) {
+  auto crl = [](const std::string& url) {
+    return ErrorOf(MinimalPlus("[publication]\ncrl_urls = [\"" + url + "\"]\n"));
+  };
+  const std::string at = "keywarden.toml:18: key \"publication.crl_urls\": ";
+  EXPECT_THAT(crl("https://pki.example.com/ca.crl"),
+              StartsWith(at + "\"https://pki.example.com/ca.crl\" uses https"));
+  EXPECT_THAT(crl("ldap:///CN=ca,CN=CDP?certificateRevocationList"),
+              StartsWith(at + "\"ldap:///CN=ca,CN=CDP?certificateRevocationList\" is not an "
+                              "http:// URL"));
+  EXPECT_EQ(crl("http://pki.example.com"),
+            at + "\"http://pki.example.com\" has no path (e.g. http://pki.example.com/ca.crl)");
+  EXPECT_EQ(crl("http://pki.example.com/"),
+            at + "\"http://pki.example.com/\" names a directory, not a file (its path ends with "
+                 "\"/\")");
+  EXPECT_EQ(crl("http://pki.example.com/ca.crl?v=1"),
+            at + "\"http://pki.example.com/ca.crl?v=1\" has a query (\"?\"): name a file");
+  EXPECT_EQ(crl("http://pki.example.com/ca.crl#x"),
+            at + "\"http://pki.example.com/ca.crl#x\" has a fragment (\"#\")");
+  EXPECT_EQ(crl("http://pki.example.com/../ca.crl"),
+            at + "\"http://pki.example.com/../ca.crl\" has a \".\" or \"..\" path segment");
+  EXPECT_EQ(crl("http://pki.example.com//ca.crl"),
+            at + "\"http://pki.example.com//ca.crl\" has an empty path segment (\"//\")");
+  EXPECT_EQ(crl("http://pki.example.com/ca crl"),
+            at + "\"http://pki.example.com/ca crl\" holds a space, a control or a non-ASCII "
+                 "character (percent-encode it)");
+  EXPECT_EQ(crl("http://pki.example.com/ca%2.crl"),
+            at + "\"http://pki.example.com/ca%2.crl\" has a \"%\" not followed by two "
+                 "hexadecimal digits");
+  EXPECT_EQ(crl("http://pki.example.com/<ca>.crl"),
+            at + "\"http://pki.example.com/<ca>.crl\" has the character '<' in its path "
+                 "(percent-encode it)");
+  EXPECT_EQ(crl("http://pki.example.com:0/ca.crl"),
+            at + "\"http://pki.example.com:0/ca.crl\" has a port that is not a number from 1 to "
+                 "65535");
+  EXPECT_EQ(crl("http://pki.example.com:80x/ca.crl"),
+            at + "\"http://pki.example.com:80x/ca.crl\" has a port that is not a number from 1 "
+                 "to 65535");
+  EXPECT_EQ(crl("http://user@pki.example.com/ca.crl"),
+            at + "\"http://user@pki.example.com/ca.crl\" holds user information (\"@\")");
+  EXPECT_EQ(crl("http:///ca.crl"), at + "\"http:///ca.crl\" has no host");
+  EXPECT_EQ(crl("http://pki_example.com/ca.crl"),
+            at + "\"http://pki_example.com/ca.crl\" has a host with the character '_'");
+  EXPECT_THAT(crl("http://pki.example.com/" + std::string(1100, 'a')),
+              HasSubstr("characters long; the limit is 1024"));
+
+  // Each URL once; one path, one document; at most 8; a listener serves something.
+  EXPECT_EQ(ErrorOf(MinimalPlus("[publication]\ncrl_urls = [\"http://a.example/ca.crl\",\n"
+                                "  \"http://a.example/ca.crl\"]\n")),
+            "keywarden.toml:19: key \"publication.crl_urls\": \"http://a.example/ca.crl\" is "
+            "listed twice");
+  EXPECT_EQ(ErrorOf(MinimalPlus("[publication]\ncrl_urls = [\"http://a.example/ca\"]\n"
+                                "ca_issuers_urls = [\"http://b.example/ca\"]\n")),
+            "keywarden.toml:19: key \"publication.ca_issuers_urls\": the path \"/ca\" is also in "
+            "publication.crl_urls; the CRL and the CA certificate need paths of their own");
+  std::string nine;
+  for (int i = 0; i < 9; ++i) nine += StrCat(i ? ", " : "", "\"http://a.example/", i, ".crl\"");
+  EXPECT_EQ(ErrorOf(MinimalPlus("[publication]\ncrl_urls = [" + nine + "]\n")),
+            "keywarden.toml:18: key \"publication.crl_urls\": lists 9 URLs; the limit is 8");
+  EXPECT_EQ(ErrorOf(MinimalPlus("[publication]\nlisten = \"0.0.0.0:8080\"\n")),
+            "keywarden.toml:18: key \"publication.listen\": is set but neither crl_urls nor "
+            "ca_issuers_urls is: the listener would serve nothing");
+  EXPECT_EQ(ErrorOf(MinimalPlus("[publication]\nlisten = \"8080\"\n")),
+            "keywarden.toml:18: key \"publication.listen\": \"8080\" is not HOST:PORT (e.g. "
+            "\"0.0.0.0:8080\")");
+  EXPECT_THAT(ErrorOf(MinimalPlus("[publication]\nocsp_urls = []\n")),
+              StartsWith("keywarden.toml:18: unknown key \"publication.ocsp_urls\" (expected one "
+                         "of: listen, crl_urls, ca_issuers_urls)"));
+  EXPECT_EQ(ErrorOf(MinimalPlus("[publication]\ncrl_urls = \"http://a.example/ca.crl\"\n")),
+            "keywarden.toml:18: key \"publication.crl_urls\": expected an array of strings, got "
+            "a string");
 }
 
 TEST(ConfigTest, TemplateWithOnlyANameAndItsEnrolleesGetsTheDocumentedDefaults) {

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
 #include <ctime>
 #include <set>
 #include <thread>
@@ -477,6 +478,98 @@ TEST_F(ReplicaTest, AStartingReplicaFailsOnlyRequestsInProcessForLong) {
                                 StrCat("SELECT disposition FROM requests WHERE id = ", stale)))
                      .output),
             "30");
+}
+
+// Every replica serves the newest CRL at the publication URLs (read from
+// the shared database), and a certificateHold released through one replica
+// lets the client in at the other's door and leaves the CRL both serve.
+TEST_F(ReplicaTest, BothServeTheNewestCrlAndAHoldReleasedThroughOneIsLiftedAtTheOther) {
+  DaemonHarness::Options options;
+  options.trust_own_ca = true;
+  options.extra_clients.emplace("root", "CN=root admin,O=keywarden test");
+  // Port 0: each replica on this host listens where it can (the log says
+  // where); in production each replica is a host of its own behind the URL.
+  options.extra_toml = R"(
+[publication]
+listen = "127.0.0.1:0"
+crl_urls = ["http://pki.example.com/pki/ca.crl"]
+ca_issuers_urls = ["http://pki.example.com/pki/ca.crt"]
+
+[[role]]
+principal = "CN=root admin,O=keywarden test"
+issuer = "tls/tls-ca.pem"
+roles = ["ca-administrator", "enrollee"]
+
+[[role]]
+principal = "CN=officer2,O=keywarden test"
+issuer = "ca.pem"
+roles = ["certificate-manager"]
+
+[[template]]
+name = "ClientAuth"
+extended_key_usage = ["clientAuth"]
+key_types = ["ec"]
+min_key_bits = 256
+enrollees = ["enrollee"]
+)";
+  Start(options);
+  auto listener = [](const std::string& log_path) {
+    const std::string log = Trim(RunCommand("cat " + log_path).output);
+    const size_t at = log.find("publication");
+    const size_t url = log.find("http://127.0.0.1:", at == std::string::npos ? 0 : at);
+    if (at == std::string::npos || url == std::string::npos) return std::string();
+    size_t end = url + 17;
+    while (end < log.size() && std::isdigit(static_cast<unsigned char>(log[end])) != 0) ++end;
+    return log.substr(url, end - url);
+  };
+  const std::string http_a = listener(daemon_->log_path());
+  const std::string http_b = listener(daemon_->replica_log_path(1));
+  ASSERT_FALSE(http_a.empty());
+  ASSERT_FALSE(http_b.empty());
+  ASSERT_NE(http_a, http_b);
+  // The CRL each one serves, as openssl reads it (PEM written by openssl).
+  auto served = [&](const std::string& base) {
+    const std::string der = tmp_.File(StrCat("served-", counter_++, ".crl"));
+    auto r = RunCommand(StrCat("curl -sf -m 10 -o ", der, " ", base, "/pki/ca.crl"));
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return RunCommand(StrCat("openssl crl -inform DER -noout -text -in ", der)).output;
+  };
+
+  // officer2: a client certificate from this CA, let in at B.
+  const std::string key = daemon_->dir().File("tls/officer2.key");
+  const std::string csr = tmp_.File("officer2.csr");
+  auto r =
+      RunCommand(StrCat("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+                        "-subj '/O=keywarden test/CN=officer2' -keyout ",
+                        key, " -out ", csr));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string cert = daemon_->dir().File("tls/officer2.pem");
+  r = Kw("root", a_, StrCat("submit ", csr, " --template ClientAuth --out ", cert));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  daemon_->AddClient("officer2", {"CN=officer2,O=keywarden test", cert, key});
+  ASSERT_EQ(Kw("officer2", b_, "officer list").exit_code, 0);
+  const std::string serial = SerialOf(cert).substr(7);
+
+  // Held through A: refused at B, listed by both.
+  r = Kw("officer", a_, StrCat("officer revoke ", serial, " --reason certificateHold"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  r = Kw("officer2", b_, "officer list");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(Contains(served(http_a), "Serial Number: " + serial));
+  EXPECT_TRUE(Contains(served(http_b), "Serial Number: " + serial));
+
+  // Released through A: let in at B again, listed by neither.
+  r = Kw("officer", a_, StrCat("officer unrevoke ", serial));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  r = Kw("officer2", b_, "officer list");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  const std::string from_a = served(http_a), from_b = served(http_b);
+  EXPECT_FALSE(Contains(from_a, serial)) << from_a;
+  EXPECT_FALSE(Contains(from_b, serial)) << from_b;
+  EXPECT_TRUE(Contains(from_b, "No Revoked Certificates")) << from_b;
+  ExpectAuditIntact(StrCat(a_, ",", b_));
 }
 
 }  // namespace

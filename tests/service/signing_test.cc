@@ -591,6 +591,52 @@ TEST_F(SigningTest, CertificatesIssuedFromACsrPassOpensslVerify) {
 
 // One key, one owner (issue 13): a key this CA certified to someone is not
 // certified for anyone else through a signing alias either.
+// [publication]'s URLs go into a certificate issued under this CA's own
+// certificate (an alias of the CA key), never into one issued under
+// another issuer's (whose CRL this CA does not publish).
+TEST_F(SigningTest, IssuedUnderTheCaCertificateTheCertificateCarriesThePublicationUrls) {
+  daemon_.reset();
+  Start(StrCat("\n[[signing.keys]]\nalias = \"ca\"\n",
+               "key = \"pkcs11:token=keywarden-ca;object=ca-signing;type=private\"\n",
+               "certificate = \"ca.pem\"\nalgorithms = [\"rsa-pkcs1-sha256\"]\n",
+               "principals = [\"", kSigner, "\"]\ntemplates = [\"User\"]\n\n",
+               "[publication]\ncrl_urls = [\"http://pki.example.com/kw/ca.crl\"]\n",
+               "ca_issuers_urls = [\"http://pki.example.com/kw/ca.crt\"]\n"));
+  ASSERT_NE(daemon_, nullptr);
+  const std::string key = tmp_.File("p.key"), csr = tmp_.File("p.der");
+  auto r =
+      RunCommand(StrCat("openssl req -new -newkey rsa:2048 -nodes -subj "
+                        "'/CN=published user/O=keywarden test' -keyout ",
+                        key, " -outform DER -out ", csr));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const std::string alias : {"ca", "rsa"}) {
+    SCOPED_TRACE(alias);
+    grpc::ClientContext ctx;
+    v1::IssueCertificateRequest in;
+    in.set_alias(alias);
+    in.set_template_name("User");
+    in.set_csr(Slurp(csr));
+    v1::IssuedCertificate out;
+    grpc::Status st = Stub("signer")->IssueCertificate(&ctx, in, &out);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    auto cert = CertFromDer(out.certificate());
+    ASSERT_NE(cert, nullptr);
+    const std::string pem = tmp_.File(alias + "-published.pem");
+    WriteFile(pem, ToPem(cert.get()));
+    auto text = RunCommand("openssl x509 -noout -text -in " + pem);
+    ASSERT_EQ(text.exit_code, 0) << text.output;
+    const bool under_ca = alias == "ca";
+    EXPECT_EQ(Contains(text.output, "URI:http://pki.example.com/kw/ca.crl"), under_ca)
+        << text.output;
+    EXPECT_EQ(Contains(text.output, "CA Issuers - URI:http://pki.example.com/kw/ca.crt"), under_ca)
+        << text.output;
+    if (under_ca) {
+      auto v = RunCommand("openssl verify -CAfile " + daemon_->ca_cert_path() + " " + pem);
+      EXPECT_EQ(v.exit_code, 0) << v.output;
+    }
+  }
+}
+
 TEST_F(SigningTest, IssueCertificateRefusesAKeyTheCaCertifiedToSomeoneElse) {
   const std::string key = tmp_.File("alice.key"), csr = tmp_.File("alice.der");
   auto r =

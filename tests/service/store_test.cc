@@ -681,6 +681,56 @@ TEST_P(StoreTest, RevokeAndListForTheCrl) {
   EXPECT_EQ(Serials(store().RevokedCertificates(200000)), V{});
 }
 
+// certutil -revoke SERIAL Unrevoke: only a certificateHold is released,
+// and a failed release inside a unit of work keeps nothing of it.
+TEST_P(StoreTest, OnlyAHoldIsReleasedAndTheReleaseLeavesTheCrl) {
+  for (const char* serial : {"0b01", "0b02", "0b03"}) {
+    CertificateRecord c = MakeCertificate(serial, StrCat("CN=", serial));
+    c.not_after = 100000;
+    ASSERT_TRUE(store().InsertCertificate(c).ok());
+  }
+  ASSERT_TRUE(store().Revoke("0b01", 6, 2000).ok());  // certificateHold
+  ASSERT_TRUE(store().Revoke("0b02", 1, 2000).ok());  // keyCompromise
+  auto release = [&](const std::string& serial) -> absl::StatusOr<CertificateRecord> {
+    absl::StatusOr<CertificateRecord> out = absl::UnknownError("not run");
+    absl::Status st = store().Transact("release", [&](Transaction& t) -> absl::Status {
+      out = t.ReleaseHold(serial);
+      return out.status();
+    });
+    if (!st.ok()) return st;
+    return out;
+  };
+  auto compromised = release("0b02");
+  EXPECT_EQ(compromised.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(MessageHas(compromised.status(), "not certificateHold"));
+  auto valid = release("0b03");
+  EXPECT_EQ(valid.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(MessageHas(valid.status(), "not revoked"));
+  EXPECT_EQ(release("ffff").status().code(), absl::StatusCode::kNotFound);
+
+  using V = std::vector<std::string>;
+  EXPECT_EQ(Serials(store().RevokedCertificates(3000)), (V{"0b01", "0b02"}));
+  auto held = release("0b01");
+  ASSERT_TRUE(held.ok()) << held.status();
+  EXPECT_EQ(held->revocation_reason, 6);  // the row as it was
+  EXPECT_EQ(held->revoked_at, 2000);
+  EXPECT_EQ(Serials(store().RevokedCertificates(3000)), V{"0b02"});
+  auto now = store().GetCertificate("0b01");
+  ASSERT_TRUE(now.ok());
+  EXPECT_FALSE(now->revoked);
+  EXPECT_EQ(now->revocation_reason, 0);
+  EXPECT_EQ(release("0b01").status().code(), absl::StatusCode::kFailedPrecondition);
+
+  // Released in a unit of work that then fails: still held.
+  ASSERT_TRUE(store().Revoke("0b01", 6, 2500).ok());
+  absl::Status failed = store().Transact("release, then fail", [&](Transaction& t) -> absl::Status {
+    if (auto r = t.ReleaseHold("0b01"); !r.ok()) return r.status();
+    return absl::AbortedError("changed my mind");
+  });
+  EXPECT_EQ(failed.code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(Serials(store().RevokedCertificates(3000)), (V{"0b01", "0b02"}));
+}
+
 TEST_P(StoreTest, SettingsAndCounters) {
   EXPECT_EQ(store().GetSetting("exchange.serial").status().code(), absl::StatusCode::kNotFound);
   ASSERT_TRUE(store().PutSetting("exchange.serial", "0a1b").ok());
