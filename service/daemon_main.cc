@@ -23,6 +23,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/synchronization/mutex.h"
+#include "hsm/log_sink.h"
 #include "hsm/open.h"
 #include "hsm/provider/provider.h"
 #include "hsm/strings.h"
@@ -116,6 +117,15 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
   if (!config.ok()) return Fail(config.status());
   service::log::Init(config->log.format == "json" ? service::log::Format::kJson
                                                   : service::log::Format::kText);
+  // The hsm layer's own lines (a token down or back) through the same log.
+  hsm::SetLogSink([](hsm::LogLevel level, std::string_view message, const hsm::LogFields& fields) {
+    nlohmann::json f = nlohmann::json::object();
+    for (const auto& [key, value] : fields) f[key] = value;
+    service::log::Write(level == hsm::LogLevel::kError     ? service::log::Level::kError
+                        : level == hsm::LogLevel::kWarning ? service::log::Level::kWarning
+                                                           : service::log::Level::kInfo,
+                        message, f);
+  });
   config->audit.accept_broken = accept_broken_audit;
   if (config->database.backend == "sqlite") {
     if (auto st = service::EnsureStateDirectory(config->database.path); !st.ok()) return Fail(st);
@@ -205,6 +215,9 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
       [ca_ptr](const std::string& spki, const std::string& subject, const std::string& principal) {
         return ca_ptr->CheckKeyOwner(spki, subject, principal, /*archiving=*/false);
       });
+  // The archival self-test (seed: event 86) before any request is served;
+  // a failure refuses archival only (0x80090019), everything else serves.
+  (*ca)->RunArchivalSelfTest("start");
   std::vector<std::unique_ptr<grpc::Service>> extra;
   extra.push_back(service::MakeSigningService(**ca, **signer));
   (*signer)->StartPeriodicFlush(config->signing.audit_interval);
@@ -215,9 +228,11 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
   // Token faults: recovery in the background, hsm.unavailable /
   // hsm.recovered audited and logged. Health is Readiness's (below).
   auto token_watch = std::make_unique<service::TokenWatch>(
-      *token, nullptr, [ca_ptr](const std::string& event, const std::string& details) {
+      *token, nullptr,
+      [ca_ptr](const std::string& event, const std::string& details) {
         ca_ptr->Audit("system", event, details);
-      });
+      },
+      [ca_ptr] { ca_ptr->RunArchivalSelfTest("token recovered"); });
 
   // Readiness (token, database, KRAs) drives gRPC health and /readyz.
   auto readiness = std::make_unique<service::Readiness>(*token, **store, **ca,
