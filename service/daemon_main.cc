@@ -115,8 +115,9 @@ void Checkpoint(service::CertificateAuthority& ca, const char* when) {
 int Run(const std::string& config_path, const std::string& port_file, bool accept_broken_audit) {
   auto config = service::LoadConfig(config_path);
   if (!config.ok()) return Fail(config.status());
-  service::log::Init(config->log.format == "json" ? service::log::Format::kJson
-                                                  : service::log::Format::kText);
+  service::log::Init(config->log.format == "json"      ? service::log::Format::kJson
+                     : config->log.format == "journal" ? service::log::Format::kJournal
+                                                       : service::log::Format::kText);
   // The hsm layer's own lines (a token down or back) through the same log.
   hsm::SetLogSink([](hsm::LogLevel level, std::string_view message, const hsm::LogFields& fields) {
     nlohmann::json f = nlohmann::json::object();
