@@ -355,16 +355,31 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
   }
   maintenance_cv.notify_all();
   maintenance.join();
+  const auto stop_started = std::chrono::steady_clock::now();
   service::metrics::SetCollector(nullptr);
   http.reset();
   readiness.reset();
   token_watch.reset();
-  server->server->Shutdown();
+  // Health says NOT_SERVING from now on (load balancers stop sending), then
+  // the server stops taking calls: unary calls in flight get up to 1 s to
+  // finish; after that every call still open (a backup stream whose client
+  // stopped reading, a slow client) is cancelled. A handler that is
+  // cancelled still runs to its end (its database writes commit or roll
+  // back as one transaction); only its answer is lost, so nothing the
+  // client was told is lost.
+  if (auto* health = server->server->GetHealthCheckService(); health != nullptr) {
+    health->Shutdown();
+  }
+  server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   (*signer)->Stop();  // the last signature counts go to the audit log
   (*ca)->Audit("system", "service.stopped", nlohmann::json{{"signal", SignalName(sig)}}.dump());
   // The last word: the head, service.stopped included, signed by the CA.
   Checkpoint(**ca, "at stop");
-  service::log::Info("stopped", nlohmann::json{{"signal", SignalName(sig)}});
+  service::log::Info(
+      "stopped", nlohmann::json{{"signal", SignalName(sig)},
+                                {"stop_ms", std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                std::chrono::steady_clock::now() - stop_started)
+                                                .count()}});
   return 0;
 }
 
