@@ -422,7 +422,8 @@ int main(int argc, char** argv) {
           "  --port-file FILE       write the port served to FILE once serving\n"
           "  --accept-broken-audit  start even if the audit log does not verify (recorded\n"
           "                         in the audit log as audit.broken_accepted)\n"
-          "  --check-config         check the configuration, its files, the token login,\n"
+          "  --check-config         check the configuration, its files, the token login\n"
+          "                         (and its archival self-test),\n"
           "                         the database and the KRAs, then exit (0: usable);\n"
           "                         writes nothing to the token or the database\n"
           "  -V, --version          print the version and exit\n");
