@@ -8,6 +8,7 @@
 
 #include <openssl/rand.h>
 
+#include "hsm/selftest.h"
 #include "tests/hsm/token_fixture.h"
 
 namespace keywarden::testing {
@@ -368,6 +369,36 @@ TEST_F(TokenKeysTest, PerFunctionStatsCountCallsErrorsByCkrAndLatency) {
   EXPECT_GE(other_after.seconds - other_before.seconds, 0.030);
   const uint64_t fast_before = other_before.buckets.empty() ? 0 : other_before.buckets[b25];
   EXPECT_EQ(other_after.buckets[b25], fast_before) << "a 30 ms call counted at or below 25 ms";
+}
+
+// The daemon's archival self-test on a token whose pool lends one session
+// ([hsm] max_sessions = 1): it passes (it never holds two sessions at once),
+// and with RSA-3072 exchange keys the key pair it makes is 3072 bits.
+TEST_F(TokenKeysTest, ArchivalSelfTestPassesWithOneSessionAndTheExchangeKeySize) {
+  ca_.reset();
+  auto uri = hsm::Pkcs11Uri::Parse("pkcs11:token=keywarden-ca");
+  hsm::OpenOptions options;
+  options.default_module = SoftHsmFixture::module_path();
+  options.pin = hsm::PinSource::File(fixture_->PinFile(SoftHsmFixture::kCaToken));
+  options.token.max_sessions = 1;
+  options.token.acquire_timeout = std::chrono::milliseconds(2000);
+  auto token = hsm::OpenToken(*uri, options);
+  ASSERT_TRUE(token.ok()) << token.status();
+  hsm::SelfTestOptions st;
+  st.archival_only = true;
+  st.exchange_bits = 3072;
+  const auto checks = hsm::RunSelfTest(*token, st);
+  EXPECT_TRUE(hsm::SelfTestPassed(checks)) << hsm::SelfTestFailures(checks);
+  EXPECT_EQ(hsm::SelfTestFailures(checks), "");
+  bool pair_3072 = false, skipped_second_session = false;
+  for (const auto& c : checks) {
+    pair_3072 |=
+        c.name == "RSA-3072 key pair (session object)" && c.result == hsm::CheckResult::kPass;
+    skipped_second_session |=
+        c.name == "key visible from another session" && c.result == hsm::CheckResult::kSkip;
+  }
+  EXPECT_TRUE(pair_3072);
+  EXPECT_TRUE(skipped_second_session);
 }
 
 }  // namespace
