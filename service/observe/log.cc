@@ -91,9 +91,11 @@ void GrpcLog(gpr_log_func_args* args) {
                       : args->severity == GPR_LOG_SEVERITY_INFO ? Level::kInfo
                                                                 : Level::kDebug;
   std::string source = args->file != nullptr ? args->file : "";
-  source += ":" + std::to_string(args->line);
-  Write(level, std::string("grpc: ") + (args->message != nullptr ? args->message : ""),
-        nlohmann::json{{"source", source}});
+  source += ':';  // not ":" + std::to_string(...): GCC 12 -O3 warns (-Wrestrict)
+  source += std::to_string(args->line);
+  std::string text = "grpc: ";
+  if (args->message != nullptr) text += args->message;
+  Write(level, text, nlohmann::json{{"source", source}});
 }
 
 int Priority(Level level) {
