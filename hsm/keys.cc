@@ -165,6 +165,22 @@ absl::StatusOr<KeyAlgorithm> ParseKeyAlgorithm(std::string_view name) {
       "key algorithm \"", name, "\": expected rsa2048, rsa3072, rsa4096, ec-p256 or ec-p384"));
 }
 
+size_t KeyAlgorithmBits(KeyAlgorithm a) {
+  switch (a) {
+    case KeyAlgorithm::kRsa2048:
+      return 2048;
+    case KeyAlgorithm::kRsa3072:
+      return 3072;
+    case KeyAlgorithm::kRsa4096:
+      return 4096;
+    case KeyAlgorithm::kEcP256:
+      return 256;
+    case KeyAlgorithm::kEcP384:
+      return 384;
+  }
+  return 0;
+}
+
 std::string KeyAlgorithmName(KeyAlgorithm a) {
   switch (a) {
     case KeyAlgorithm::kRsa2048:

@@ -24,6 +24,8 @@ enum class KeyType { kRsa, kEc };
 // "rsa2048", "rsa3072", "rsa4096", "ec-p256", "ec-p384" (also "p256"...).
 absl::StatusOr<KeyAlgorithm> ParseKeyAlgorithm(std::string_view name);
 std::string KeyAlgorithmName(KeyAlgorithm algorithm);
+// The RSA modulus or EC field size: 2048, 3072, 4096, 256, 384.
+size_t KeyAlgorithmBits(KeyAlgorithm algorithm);
 
 struct KeyUsage {
   bool sign = true;

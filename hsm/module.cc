@@ -1,8 +1,11 @@
 #include "hsm/module.h"
 #include "hsm/strings.h"
 
+#include <algorithm>
+#include <array>
 #include <climits>
 #include <cstdlib>
+#include <iterator>
 #include <map>
 #include <mutex>
 
@@ -111,8 +114,178 @@ absl::StatusOr<std::shared_ptr<Module>> Module::Load(std::string_view spec) {
   return module;
 }
 
+namespace {
+
+// Every PKCS#11 2.40 function name, sorted (binary search); a name not here
+// is counted as "other" (the last slot).
+constexpr const char* kFunctionNames[] = {
+    "C_CancelFunction",
+    "C_CloseAllSessions",
+    "C_CloseSession",
+    "C_CopyObject",
+    "C_CreateObject",
+    "C_Decrypt",
+    "C_DecryptDigestUpdate",
+    "C_DecryptFinal",
+    "C_DecryptInit",
+    "C_DecryptUpdate",
+    "C_DecryptVerifyUpdate",
+    "C_DeriveKey",
+    "C_DestroyObject",
+    "C_Digest",
+    "C_DigestEncryptUpdate",
+    "C_DigestFinal",
+    "C_DigestInit",
+    "C_DigestKey",
+    "C_DigestUpdate",
+    "C_Encrypt",
+    "C_EncryptFinal",
+    "C_EncryptInit",
+    "C_EncryptUpdate",
+    "C_Finalize",
+    "C_FindObjects",
+    "C_FindObjectsFinal",
+    "C_FindObjectsInit",
+    "C_GenerateKey",
+    "C_GenerateKeyPair",
+    "C_GenerateRandom",
+    "C_GetAttributeValue",
+    "C_GetFunctionList",
+    "C_GetFunctionStatus",
+    "C_GetInfo",
+    "C_GetMechanismInfo",
+    "C_GetMechanismList",
+    "C_GetObjectSize",
+    "C_GetOperationState",
+    "C_GetSessionInfo",
+    "C_GetSlotInfo",
+    "C_GetSlotList",
+    "C_GetTokenInfo",
+    "C_InitPIN",
+    "C_InitToken",
+    "C_Initialize",
+    "C_Login",
+    "C_Logout",
+    "C_OpenSession",
+    "C_SeedRandom",
+    "C_SetAttributeValue",
+    "C_SetOperationState",
+    "C_SetPIN",
+    "C_Sign",
+    "C_SignEncryptUpdate",
+    "C_SignFinal",
+    "C_SignInit",
+    "C_SignRecover",
+    "C_SignRecoverInit",
+    "C_SignUpdate",
+    "C_UnwrapKey",
+    "C_Verify",
+    "C_VerifyFinal",
+    "C_VerifyInit",
+    "C_VerifyRecover",
+    "C_VerifyRecoverInit",
+    "C_VerifyUpdate",
+    "C_WaitForSlotEvent",
+    "C_WrapKey",
+};
+constexpr size_t kFunctionCount = sizeof kFunctionNames / sizeof kFunctionNames[0];
+
+// Latency bucket bounds (seconds): a SoftHSM2 call takes microseconds, a
+// network HSM's milliseconds, an RSA key generation seconds.
+constexpr double kLatencyBounds[] = {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                                     0.005,   0.01,   0.025,   0.05,   0.1,   0.25,
+                                     0.5,     1,      2.5,     5,      10};
+constexpr size_t kBucketCount = sizeof kLatencyBounds / sizeof kLatencyBounds[0];
+
+size_t FunctionIndex(const char* name) {
+  const std::string_view n(name != nullptr ? name : "");
+  size_t lo = 0, hi = kFunctionCount;
+  while (lo < hi) {
+    const size_t mid = (lo + hi) / 2;
+    const int c = n.compare(kFunctionNames[mid]);
+    if (c == 0) return mid;
+    if (c < 0) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  return kFunctionCount;  // "other"
+}
+
+}  // namespace
+
+// One slot per function name (and "other"): counts, errors, latency
+// buckets (not cumulative; the last one is +Inf) and the latency sum in
+// nanoseconds, all relaxed atomics.
+struct Module::PerFunction {
+  std::atomic<uint64_t> calls{0};
+  std::atomic<uint64_t> errors{0};
+  std::atomic<uint64_t> nanoseconds{0};
+  std::array<std::atomic<uint64_t>, kBucketCount + 1> buckets{};
+};
+
+void Module::Counted(const char* name, CK_RV rv, std::chrono::nanoseconds took) const {
+  const size_t i = FunctionIndex(name);
+  PerFunction& f = per_function_[i];
+  f.calls.fetch_add(1, std::memory_order_relaxed);
+  const uint64_t ns = static_cast<uint64_t>(std::max<int64_t>(took.count(), 0));
+  f.nanoseconds.fetch_add(ns, std::memory_order_relaxed);
+  const double seconds = static_cast<double>(ns) / 1e9;
+  size_t b = 0;
+  while (b < kBucketCount && seconds > kLatencyBounds[b]) ++b;
+  f.buckets[b].fetch_add(1, std::memory_order_relaxed);
+  if (rv != CKR_OK) {
+    call_errors_.fetch_add(1, std::memory_order_relaxed);
+    f.errors.fetch_add(1, std::memory_order_relaxed);
+    std::lock_guard<std::mutex> lock(errors_mu_);
+    ++errors_[{i, rv}];
+  }
+}
+
+const std::vector<double>& Module::LatencyBuckets() {
+  static const auto* bounds =
+      new std::vector<double>(std::begin(kLatencyBounds), std::end(kLatencyBounds));
+  return *bounds;
+}
+
+std::vector<Module::FunctionStats> Module::function_stats() const {
+  std::vector<FunctionStats> out;
+  for (size_t i = 0; i <= kFunctionCount; ++i) {
+    const PerFunction& f = per_function_[i];
+    if (f.calls.load(std::memory_order_relaxed) == 0) continue;
+    FunctionStats s;
+    s.function = i < kFunctionCount ? kFunctionNames[i] : "other";
+    s.errors = f.errors.load(std::memory_order_relaxed);
+    s.seconds = static_cast<double>(f.nanoseconds.load(std::memory_order_relaxed)) / 1e9;
+    // The count is the buckets' total (read once each), so the +Inf bucket
+    // is never below a finite one while calls go on.
+    uint64_t cumulative = 0;
+    for (size_t b = 0; b <= kBucketCount; ++b) {
+      cumulative += f.buckets[b].load(std::memory_order_relaxed);
+      if (b < kBucketCount) s.buckets.push_back(cumulative);
+    }
+    s.calls = cumulative;
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+std::vector<Module::ErrorCount> Module::error_counts() const {
+  std::vector<ErrorCount> out;
+  std::lock_guard<std::mutex> lock(errors_mu_);
+  for (const auto& [key, count] : errors_) {
+    out.push_back({key.first < kFunctionCount ? kFunctionNames[key.first] : "other",
+                   RvName(key.second), count});
+  }
+  return out;
+}
+
 Module::Module(std::string path, void* handle, CK_FUNCTION_LIST* fn)
-    : path_(std::move(path)), handle_(handle), fn_(fn) {}
+    : per_function_(new PerFunction[kFunctionCount + 1]),
+      path_(std::move(path)),
+      handle_(handle),
+      fn_(fn) {}
 
 Module::~Module() {
   CK_RV rv = fn_->C_Finalize(nullptr);

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
@@ -57,14 +58,18 @@ class Module {
   // Calls one PKCS#11 function, tracing it when enabled. Calls run
   // concurrently, never during Reinitialize().
   //   CK_RV rv = module.Call("C_Sign", fn->C_Sign, session, ...);
+  // Each call is counted per function with its latency (relaxed atomics:
+  // no lock on the hot path); a return value other than CKR_OK is counted
+  // per function and CKR name (a small lock, on the error path only).
   template <typename F, typename... Args>
   CK_RV Call(const char* name, F f, Args... args) const {
     std::shared_lock<std::shared_mutex> calls(calls_mu_);
     calls_.fetch_add(1, std::memory_order_relaxed);
-    if (!trace_) return Counted(f(args...));
-    auto start = std::chrono::steady_clock::now();
-    CK_RV rv = Counted(f(args...));
-    TraceLine(name, rv, std::chrono::steady_clock::now() - start);
+    const auto start = std::chrono::steady_clock::now();
+    const CK_RV rv = f(args...);
+    const auto took = std::chrono::steady_clock::now() - start;
+    Counted(name, rv, took);
+    if (trace_) TraceLine(name, rv, took);
     return rv;
   }
 
@@ -72,6 +77,26 @@ class Module {
   // (for metrics).
   uint64_t calls() const { return calls_.load(std::memory_order_relaxed); }
   uint64_t call_errors() const { return call_errors_.load(std::memory_order_relaxed); }
+
+  // Per-function statistics (for metrics): the upper bounds of the latency
+  // buckets in seconds (the last bucket, +Inf, is implied).
+  static const std::vector<double>& LatencyBuckets();
+  struct FunctionStats {
+    std::string function;  // "C_Sign"; "other" for a name not in PKCS#11 3.0
+    uint64_t calls = 0;
+    uint64_t errors = 0;
+    std::vector<uint64_t> buckets;  // per LatencyBuckets() bound, cumulative
+    double seconds = 0;             // the sum of the latencies
+  };
+  // The functions called at least once, in name order.
+  std::vector<FunctionStats> function_stats() const;
+  struct ErrorCount {
+    std::string function;
+    std::string rv;  // RvName: "CKR_MECHANISM_INVALID"
+    uint64_t count = 0;
+  };
+  // Return values other than CKR_OK, per function and value, in name order.
+  std::vector<ErrorCount> error_counts() const;
 
   // C_Finalize + C_Initialize: after a token fault, the only way SoftHSM2
   // (and many HSM libraries) forget a token's broken state. Every session,
@@ -84,12 +109,13 @@ class Module {
   uint64_t generation() const { return generation_.load(); }
 
  private:
-  CK_RV Counted(CK_RV rv) const {
-    if (rv != CKR_OK) call_errors_.fetch_add(1, std::memory_order_relaxed);
-    return rv;
-  }
+  void Counted(const char* name, CK_RV rv, std::chrono::nanoseconds took) const;
   mutable std::atomic<uint64_t> calls_{0};
   mutable std::atomic<uint64_t> call_errors_{0};
+  struct PerFunction;                            // module.cc: one slot per PKCS#11 function name
+  std::unique_ptr<PerFunction[]> per_function_;  // [function] ("other" last)
+  mutable std::mutex errors_mu_;
+  mutable std::map<std::pair<size_t, CK_RV>, uint64_t> errors_;  // (function, rv) -> count
 
   Module(std::string path, void* handle, CK_FUNCTION_LIST* fn);
   void TraceLine(const char* name, CK_RV rv, std::chrono::nanoseconds took) const;

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <functional>
 #include <optional>
+#include <string_view>
 
 #include "hsm/keys.h"
 #include "hsm/status.h"
@@ -74,24 +75,28 @@ class Run {
   std::vector<SelfTestCheck> Go() {
     Mechanisms();
     if (!options_.live) return std::move(checks_);
-    auto session = token_->Acquire();
-    if (!session.ok()) {
-      Add(kTokenRole, "open a session", CheckResult::kFail, RvOf(session.status()),
-          std::string(session.status().message()));
-      return std::move(checks_);
+    {
+      auto session = token_->Acquire();
+      if (!session.ok()) {
+        Add(kTokenRole, "open a session", CheckResult::kFail, RvOf(session.status()),
+            std::string(session.status().message()));
+        return std::move(checks_);
+      }
+      if (!LoginState(*session)) return std::move(checks_);
+      if (!options_.archival_only) Sessions();
+      Random(*session);
+      RsaKeyPair(*session);
+      if (!options_.archival_only) EcKeyPair(*session);
+      for (CK_OBJECT_HANDLE h : created_) {
+        session->Call("C_DestroyObject", session->fn()->C_DestroyObject, session->handle(), h);
+      }
     }
-    if (!LoginState(*session)) return std::move(checks_);
-    if (!options_.archival_only) Sessions();
-    Random(*session);
-    RsaKeyPair(*session);
+    // With the session given back: the content key takes one of its own
+    // (a daemon with [hsm] max_sessions = 1 runs this too).
     ArchivalRoundTrip(SymmetricAlgorithm::kDes3, WrapMechanism::kRsaPkcs1,
                       options_.archival_scheme != "des3-rsa-pkcs1");
     ArchivalRoundTrip(SymmetricAlgorithm::kAes256, WrapMechanism::kRsaOaepSha1,
                       options_.archival_scheme != "aes256-rsa-oaep");
-    if (!options_.archival_only) EcKeyPair(*session);
-    for (CK_OBJECT_HANDLE h : created_) {
-      session->Call("C_DestroyObject", session->fn()->C_DestroyObject, session->handle(), h);
-    }
     return std::move(checks_);
   }
 
@@ -137,6 +142,10 @@ class Run {
       if (options_.archival_only && !n.archival) continue;
       const std::string what = StrCat(n.name, " ", n.operation);
       const bool optional = Optional(n);
+      // The exchange key's size is configured; the archival wrap is to KRAs.
+      const CK_ULONG key_bits = n.key_bits != 0 && std::string_view(n.role) == kExchange
+                                    ? options_.exchange_bits
+                                    : n.key_bits;
       if (std::find(list.begin(), list.end(), n.mechanism) == list.end()) {
         Add(n.role, what, CheckResult::kFail, CKR_MECHANISM_INVALID, "not in the mechanism list",
             !optional);
@@ -150,16 +159,15 @@ class Run {
       } else if ((info.flags & n.flag) == 0) {
         Add(n.role, what, CheckResult::kFail, CKR_OK,
             StrCat("listed, but its flags do not allow ", n.operation), !optional);
-      } else if (n.key_bits != 0 && (info.ulMinKeySize > n.key_bits ||
-                                     (info.ulMaxKeySize != 0 && info.ulMaxKeySize < n.key_bits))) {
+      } else if (key_bits != 0 && (info.ulMinKeySize > key_bits ||
+                                   (info.ulMaxKeySize != 0 && info.ulMaxKeySize < key_bits))) {
         Add(n.role, what, CheckResult::kFail, CKR_OK,
-            StrCat("key sizes ", info.ulMinKeySize, "..", info.ulMaxKeySize, " exclude ",
-                   n.key_bits),
+            StrCat("key sizes ", info.ulMinKeySize, "..", info.ulMaxKeySize, " exclude ", key_bits),
             !optional);
       } else {
         Add(n.role, what, CheckResult::kPass, CKR_OK,
-            n.key_bits != 0 ? StrCat("key sizes ", info.ulMinKeySize, "..", info.ulMaxKeySize)
-                            : std::string(),
+            key_bits != 0 ? StrCat("key sizes ", info.ulMinKeySize, "..", info.ulMaxKeySize)
+                          : std::string(),
             !optional);
       }
     }
@@ -211,7 +219,7 @@ class Run {
     RAND_bytes(id->data(), static_cast<int>(id->size()));
     static const uint8_t kF4[] = {0x01, 0x00, 0x01};
     static const uint8_t kP256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
-    CK_ULONG bits = 2048;
+    CK_ULONG bits = rsa ? options_.exchange_bits : 0;
     std::vector<CK_ATTRIBUTE> pub = {Attr(CKA_TOKEN, kFalse), Attr(CKA_VERIFY, kTrue),
                                      Attr(CKA_ID, id->data(), id->size())};
     std::vector<CK_ATTRIBUTE> priv = {
@@ -232,8 +240,8 @@ class Run {
     CK_RV rv = s.Call("C_GenerateKeyPair", s.fn()->C_GenerateKeyPair, s.handle(), &mech, pub.data(),
                       static_cast<CK_ULONG>(pub.size()), priv.data(),
                       static_cast<CK_ULONG>(priv.size()), &hpub, &hpriv);
-    const std::string name =
-        rsa ? "RSA-2048 key pair (session object)" : "EC P-256 key pair (session object)";
+    const std::string name = rsa ? StrCat("RSA-", bits, " key pair (session object)")
+                                 : "EC P-256 key pair (session object)";
     if (rv != CKR_OK) {
       Add(role, name, CheckResult::kFail, rv, "C_GenerateKeyPair failed", rsa);
       return std::nullopt;
@@ -275,8 +283,12 @@ class Run {
           std::string(pub.status().message()));
       return;
     }
-    // Another session sees the key (the daemon's sessions share keys).
-    {
+    // Another session sees the key (the daemon's sessions share keys);
+    // a pool of one session cannot lend a second while this one is held.
+    if (token_->pool_stats().max_sessions < 2) {
+      Add(kTokenRole, "key visible from another session", CheckResult::kSkip, CKR_OK,
+          "one session configured");
+    } else {
       auto other = token_->Acquire();
       std::optional<std::vector<CK_OBJECT_HANDLE>> found;
       absl::Status why = other.status();
@@ -424,8 +436,11 @@ class Run {
           std::string(ct.status().message()), !optional);
       return;
     }
-    ossl::UniquePtr<EVP_PKEY> kra(EVP_RSA_gen(2048));
-    auto wrapped = kra ? key->WrapTo(kra.get(), wrap)
+    // One software KRA key for both schemes (an RSA key generation each is slow).
+    if (!kra_) kra_.reset(EVP_RSA_gen(2048));
+    EVP_PKEY* kra = kra_.get();
+    auto wrapped = kra != nullptr
+                       ? key->WrapTo(kra, wrap)
                        : absl::StatusOr<std::vector<uint8_t>>(absl::InternalError("EVP_RSA_gen"));
     if (!wrapped.ok()) {
       Add(kArchival, name, CheckResult::kFail, RvOf(wrapped.status()),
@@ -435,7 +450,7 @@ class Run {
     // Software: unwrap, then decrypt the content.
     std::vector<uint8_t> cek(512);  // RSA decryption wants room for a whole block
     size_t cek_len = cek.size();
-    ossl::UniquePtr<EVP_PKEY_CTX> d(EVP_PKEY_CTX_new(kra.get(), nullptr));
+    ossl::UniquePtr<EVP_PKEY_CTX> d(EVP_PKEY_CTX_new(kra, nullptr));
     bool ok =
         d && EVP_PKEY_decrypt_init(d.get()) == 1 &&
         EVP_PKEY_CTX_set_rsa_padding(d.get(), wrap == WrapMechanism::kRsaPkcs1
@@ -466,6 +481,7 @@ class Run {
   SelfTestOptions options_;
   std::vector<SelfTestCheck> checks_;
   std::vector<CK_OBJECT_HANDLE> created_;
+  ossl::UniquePtr<EVP_PKEY> kra_;
 };
 
 }  // namespace
@@ -490,6 +506,24 @@ std::vector<SelfTestCheck> RunSelfTest(const std::shared_ptr<Token>& token,
 bool SelfTestPassed(const std::vector<SelfTestCheck>& checks) {
   return std::none_of(checks.begin(), checks.end(), [](const SelfTestCheck& c) {
     return c.required && c.result == CheckResult::kFail;
+  });
+}
+
+std::string SelfTestFailures(const std::vector<SelfTestCheck>& checks) {
+  std::string out;
+  for (const SelfTestCheck& c : checks) {
+    if (!c.required || c.result != CheckResult::kFail) continue;
+    if (!out.empty()) out += "; ";
+    out += c.name;
+    if (c.rv != CKR_OK) out += StrCat(" -> ", RvName(c.rv));
+    if (!c.detail.empty()) out += StrCat(" (", c.detail, ")");
+  }
+  return out;
+}
+
+bool SelfTestMetTokenFault(const std::vector<SelfTestCheck>& checks) {
+  return std::any_of(checks.begin(), checks.end(), [](const SelfTestCheck& c) {
+    return c.required && c.result == CheckResult::kFail && IsTokenFault(c.rv);
   });
 }
 

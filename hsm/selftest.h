@@ -42,6 +42,9 @@ struct SelfTestOptions {
   std::string archival_scheme = "des3-rsa-pkcs1";
   // Sessions the daemon will open at most ([hsm] max_sessions).
   size_t sessions_needed = 0;
+  // The RSA modulus size of the exchange key ([exchange] key_algorithm):
+  // the key size the exchange mechanisms must allow and the live key pair's.
+  CK_ULONG exchange_bits = 2048;
 };
 
 std::vector<SelfTestCheck> RunSelfTest(const std::shared_ptr<Token>& token,
@@ -49,5 +52,13 @@ std::vector<SelfTestCheck> RunSelfTest(const std::shared_ptr<Token>& token,
 
 // True when no required check failed.
 bool SelfTestPassed(const std::vector<SelfTestCheck>& checks);
+
+// The required checks that failed, one "<name> -> <CKR_...> (<detail>)"
+// each, joined with "; " (empty when none failed).
+std::string SelfTestFailures(const std::vector<SelfTestCheck>& checks);
+
+// True when a required check failed with a token fault (IsTokenFault: the
+// token went away meanwhile): the run says nothing about the mechanisms.
+bool SelfTestMetTokenFault(const std::vector<SelfTestCheck>& checks);
 
 }  // namespace keywarden::hsm

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "hsm/log_sink.h"
 #include "hsm/status.h"
 
 namespace keywarden::hsm {
@@ -227,8 +228,8 @@ void Token::ReportFault(const absl::Status& why, uint64_t session_generation) {
   }
   session_free_.notify_all();  // waiters in Acquire fail fast
   if (went_down) {
-    std::fprintf(stderr, "keywarden: token \"%s\" is unavailable: %s\n", label().c_str(),
-                 reason.c_str());
+    Log(LogLevel::kError, StrCat("token \"", label(), "\" is unavailable"),
+        {{"token", label()}, {"reason", reason}});
     Notify(false, reason);
   }
 }
@@ -342,7 +343,8 @@ absl::Status Token::Recover() {
     const std::string detail =
         StrCat("token \"", label(), "\" is back: module re-initialised, token found in slot ",
                slot->slot, login_wanted ? ", logged in again" : "");
-    std::fprintf(stderr, "keywarden: %s\n", detail.c_str());
+    Log(LogLevel::kInfo, StrCat("token \"", label(), "\" is back"),
+        {{"token", label()}, {"detail", detail}});
     Notify(true, detail);
   }
   return absl::OkStatus();

@@ -555,7 +555,7 @@ absl::Status ReadAudit(const Section& s, Config::Audit& a) {
 
 absl::Status ReadLog(const Section& s, Config::Log& l) {
   KW_RETURN_IF_ERROR(s.CheckKeys({"format"}));
-  return s.ReadChoice("format", {"text", "json"}, l.format);
+  return s.ReadChoice("format", {"text", "json", "journal"}, l.format);
 }
 
 absl::Status ReadMetrics(const Section& s, Config::Metrics& m) {

@@ -210,7 +210,9 @@ struct Config {
 
   struct Log {
     // The operational log on stderr (not the audit log): "text" (one
-    // key=value line per event) or "json" (one JSON object per line).
+    // key=value line per event), "json" (one JSON object per line) or
+    // "journal" (systemd's journal, natively, with KEYWARDEN_* fields; also
+    // chosen by itself when stderr is the journal's stream).
     std::string format = "text";
   } log;
 

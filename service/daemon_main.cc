@@ -23,6 +23,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/synchronization/mutex.h"
+#include "hsm/log_sink.h"
 #include "hsm/open.h"
 #include "hsm/provider/provider.h"
 #include "hsm/strings.h"
@@ -115,8 +116,18 @@ void Checkpoint(service::CertificateAuthority& ca, const char* when) {
 int Run(const std::string& config_path, const std::string& port_file, bool accept_broken_audit) {
   auto config = service::LoadConfig(config_path);
   if (!config.ok()) return Fail(config.status());
-  service::log::Init(config->log.format == "json" ? service::log::Format::kJson
-                                                  : service::log::Format::kText);
+  service::log::Init(config->log.format == "json"      ? service::log::Format::kJson
+                     : config->log.format == "journal" ? service::log::Format::kJournal
+                                                       : service::log::Format::kText);
+  // The hsm layer's own lines (a token down or back) through the same log.
+  hsm::SetLogSink([](hsm::LogLevel level, std::string_view message, const hsm::LogFields& fields) {
+    nlohmann::json f = nlohmann::json::object();
+    for (const auto& [key, value] : fields) f[key] = value;
+    service::log::Write(level == hsm::LogLevel::kError     ? service::log::Level::kError
+                        : level == hsm::LogLevel::kWarning ? service::log::Level::kWarning
+                                                           : service::log::Level::kInfo,
+                        message, f);
+  });
   config->audit.accept_broken = accept_broken_audit;
   if (config->database.backend == "sqlite") {
     if (auto st = service::EnsureStateDirectory(config->database.path); !st.ok()) return Fail(st);
@@ -206,6 +217,9 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
       [ca_ptr](const std::string& spki, const std::string& subject, const std::string& principal) {
         return ca_ptr->CheckKeyOwner(spki, subject, principal, /*archiving=*/false);
       });
+  // The archival self-test (seed: event 86) before any request is served;
+  // a failure refuses archival only (0x80090019), everything else serves.
+  (*ca)->RunArchivalSelfTest("start");
   std::vector<std::unique_ptr<grpc::Service>> extra;
   extra.push_back(service::MakeSigningService(**ca, **signer));
   (*signer)->StartPeriodicFlush(config->signing.audit_interval);
@@ -216,9 +230,11 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
   // Token faults: recovery in the background, hsm.unavailable /
   // hsm.recovered audited and logged. Health is Readiness's (below).
   auto token_watch = std::make_unique<service::TokenWatch>(
-      *token, nullptr, [ca_ptr](const std::string& event, const std::string& details) {
+      *token, nullptr,
+      [ca_ptr](const std::string& event, const std::string& details) {
         ca_ptr->Audit("system", event, details);
-      });
+      },
+      [ca_ptr] { ca_ptr->RunArchivalSelfTest("token recovered"); });
 
   // Readiness (token, database, KRAs) drives gRPC health and /readyz.
   auto readiness = std::make_unique<service::Readiness>(*token, **store, **ca,
@@ -355,16 +371,31 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
   }
   maintenance_cv.notify_all();
   maintenance.join();
+  const auto stop_started = std::chrono::steady_clock::now();
   service::metrics::SetCollector(nullptr);
   http.reset();
   readiness.reset();
   token_watch.reset();
-  server->server->Shutdown();
+  // Health says NOT_SERVING from now on (load balancers stop sending), then
+  // the server stops taking calls: unary calls in flight get up to 1 s to
+  // finish; after that every call still open (a backup stream whose client
+  // stopped reading, a slow client) is cancelled. A handler that is
+  // cancelled still runs to its end (its database writes commit or roll
+  // back as one transaction); only its answer is lost, so nothing the
+  // client was told is lost.
+  if (auto* health = server->server->GetHealthCheckService(); health != nullptr) {
+    health->Shutdown();
+  }
+  server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   (*signer)->Stop();  // the last signature counts go to the audit log
   (*ca)->Audit("system", "service.stopped", nlohmann::json{{"signal", SignalName(sig)}}.dump());
   // The last word: the head, service.stopped included, signed by the CA.
   Checkpoint(**ca, "at stop");
-  service::log::Info("stopped", nlohmann::json{{"signal", SignalName(sig)}});
+  service::log::Info(
+      "stopped", nlohmann::json{{"signal", SignalName(sig)},
+                                {"stop_ms", std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                std::chrono::steady_clock::now() - stop_started)
+                                                .count()}});
   return 0;
 }
 
@@ -407,7 +438,8 @@ int main(int argc, char** argv) {
           "  --port-file FILE       write the port served to FILE once serving\n"
           "  --accept-broken-audit  start even if the audit log does not verify (recorded\n"
           "                         in the audit log as audit.broken_accepted)\n"
-          "  --check-config         check the configuration, its files, the token login,\n"
+          "  --check-config         check the configuration, its files, the token login\n"
+          "                         (and its archival self-test),\n"
           "                         the database and the KRAs, then exit (0: usable);\n"
           "                         writes nothing to the token or the database\n"
           "  -V, --version          print the version and exit\n");

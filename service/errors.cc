@@ -18,6 +18,7 @@ const HResult* const kAll[] = {
     &hresult::kBadRequestKeyArchival,
     &hresult::kArchivedKeyRequired,
     &hresult::kArchivedKeyUnexpected,
+    &hresult::kKeysetNotDefined,
     &hresult::kNoDecryptCert,
     &hresult::kBadData,
     &hresult::kBadKey,

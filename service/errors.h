@@ -45,6 +45,13 @@ inline constexpr HResult kArchivedKeyUnexpected{
     "The request includes a private key for archival by the server, but key archival is not "
     "enabled for the specified certificate template.",
     absl::StatusCode::kInvalidArgument};
+// The CA's token cannot do what archival needs (seed: event 86, "Certificate
+// Authority CSP Not Supported for Key Archival Functions"): the CA's side.
+inline constexpr HResult kKeysetNotDefined{
+    0x80090019, "NTE_KEYSET_NOT_DEF",
+    "Certificate Services could not use the provider specified in the registry for encryption "
+    "keys. The keyset is not defined.",
+    absl::StatusCode::kFailedPrecondition};
 // The submitted private key (key verification, seed: "Key Verification").
 inline constexpr HResult kNoDecryptCert{
     0x8009200c, "CRYPT_E_NO_DECRYPT_CERT",

@@ -27,6 +27,41 @@ std::vector<uint8_t> Sha1(std::span<const uint8_t> data) {
 
 }  // namespace
 
+KeyArchiver::SelfTest KeyArchiver::RunSelfTest(CK_ULONG exchange_bits) {
+  hsm::SelfTestOptions options;
+  options.archival_only = true;
+  options.live = true;
+  options.archival_scheme = scheme_;
+  options.exchange_bits = exchange_bits;
+  SelfTest run;
+  run.checks = hsm::RunSelfTest(token_, options);
+  const bool passed = hsm::SelfTestPassed(run.checks);
+  run.state = passed ? SelfTest::State::kPassed : SelfTest::State::kFailed;
+  run.failures = hsm::SelfTestFailures(run.checks);
+  std::lock_guard<std::mutex> lock(self_test_mu_);
+  // A token that went away meanwhile says nothing about its mechanisms.
+  if (passed || !hsm::SelfTestMetTokenFault(run.checks)) self_test_ = run;
+  return run;
+}
+
+KeyArchiver::SelfTest KeyArchiver::self_test() const {
+  std::lock_guard<std::mutex> lock(self_test_mu_);
+  return self_test_;
+}
+
+absl::Status KeyArchiver::SelfTestRefusal() const {
+  std::lock_guard<std::mutex> lock(self_test_mu_);
+  if (self_test_.state != SelfTest::State::kFailed) return absl::OkStatus();
+  absl::Status st = Error(
+      hresult::kKeysetNotDefined,
+      StrCat("the archival self-test of token \"", token_->label(), "\" failed (",
+             self_test_.failures, "); key archival (", scheme_,
+             ") is refused until the token passes it (keywarden token selftest --archival-only); "
+             "keywarden does not switch to another provider"));
+  st.SetPayload(hsm::kMechanismRefusedPayload, absl::Cord("1"));
+  return st;
+}
+
 absl::StatusOr<std::shared_ptr<EVP_PKEY>> KeyArchiver::ExchangeKey(const ExchangeCertificate& x) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = exchange_keys_.find(x.serial);
@@ -119,6 +154,7 @@ absl::StatusOr<ArchivedKey> KeyArchiver::ArchiveSubmitted(
   }
   // Nothing is spent on KRAs or the token when archival is not possible.
   if (auto usable = kras_.Usable(); !usable.ok()) return usable;
+  if (auto refused = SelfTestRefusal(); !refused.ok()) return refused;
   auto plaintext = Decrypt(encrypted_key);
   if (!plaintext.ok()) return plaintext.status();
   bool was_blob = false;
@@ -143,6 +179,7 @@ absl::StatusOr<ArchivedKey> KeyArchiver::ArchiveKey(EVP_PKEY* private_key,
     return Error(hresult::kBadAlgorithm, "key archival is for RSA keys; this key is not RSA");
   }
   if (auto usable = kras_.Usable(); !usable.ok()) return usable;
+  if (auto refused = SelfTestRefusal(); !refused.ok()) return refused;
   return Archive(private_key, certificate_public, {});
 }
 

@@ -25,6 +25,7 @@
 #include "absl/status/statusor.h"
 #include "hsm/ossl.h"
 #include "hsm/provider/provider.h"
+#include "hsm/selftest.h"
 #include "hsm/token.h"
 #include "service/archival/kra_registry.h"
 #include "service/ca/exchange.h"
@@ -55,6 +56,25 @@ class KeyArchiver {
   // the certificate's public key the same way.
   absl::StatusOr<ArchivedKey> ArchiveKey(EVP_PKEY* private_key, EVP_PKEY* certificate_public);
 
+  // The archival self-test (seed: events 86/88): the archival subset of
+  // `keywarden token selftest` on the CA token (the configured scheme's
+  // content key and CBC, the wrap to a KRA, the exchange key's size and
+  // decryption), run at start and after a token outage is recovered.
+  struct SelfTest {
+    enum class State { kNotRun, kPassed, kFailed } state = State::kNotRun;
+    std::string failures;  // SelfTestFailures: "<check> -> <CKR_...> (...)"; ...
+    std::vector<hsm::SelfTestCheck> checks;
+  };
+  // Runs it and keeps its verdict, except when a token fault interrupted
+  // it (then the previous verdict stays; the run after recovery decides).
+  SelfTest RunSelfTest(CK_ULONG exchange_bits);
+  SelfTest self_test() const;
+  // OK unless the last self-test failed: then the seed's event 86 error
+  // (0x80090019 NTE_KEYSET_NOT_DEF, FAILED_PRECONDITION, marked as a
+  // mechanism refusal: the CA's side, never the client's) naming the
+  // failed checks. Every archival is refused with it.
+  absl::Status SelfTestRefusal() const;
+
  private:
   // Decrypts the submitted ContentInfo with the matching exchange key.
   absl::StatusOr<hsm::SecretBytes> Decrypt(std::span<const uint8_t> encrypted_key);
@@ -68,6 +88,8 @@ class KeyArchiver {
   ExchangeKeys& exchange_;
   KraRegistry& kras_;
   std::string scheme_;
+  mutable std::mutex self_test_mu_;
+  SelfTest self_test_;
   std::mutex mu_;
   std::map<std::string, std::shared_ptr<EVP_PKEY>> exchange_keys_;  // by exchange serial
 };

@@ -17,6 +17,7 @@
 
 #include "absl/strings/cord.h"
 
+#include "hsm/keys.h"
 #include "hsm/status.h"
 #include "hsm/strings.h"
 #include "hsm/token.h"
@@ -199,6 +200,74 @@ absl::StatusOr<std::unique_ptr<CertificateAuthority>> CertificateAuthority::Open
                  {"token", ca->token_->label()}}
                 .dump());
   return ca;
+}
+
+void CertificateAuthority::RunArchivalSelfTest(const std::string& when) {
+  CK_ULONG bits = 2048;
+  if (auto a = hsm::ParseKeyAlgorithm(config_.exchange.key_algorithm); a.ok()) {
+    bits = static_cast<CK_ULONG>(hsm::KeyAlgorithmBits(*a));
+  }
+  const KeyArchiver::SelfTest before = archiver_->self_test();
+  const KeyArchiver::SelfTest run = archiver_->RunSelfTest(bits);
+  const KeyArchiver::SelfTest now = archiver_->self_test();
+  json checks = json::array();
+  for (const hsm::SelfTestCheck& c : run.checks) {
+    if (c.result != hsm::CheckResult::kFail || !c.required) continue;
+    checks.push_back({{"check", c.name},
+                      {"rv", c.rv == CKR_OK ? std::string() : hsm::RvName(c.rv)},
+                      {"detail", c.detail}});
+  }
+  if (run.state == KeyArchiver::SelfTest::State::kPassed) {
+    log::Info("archival self-test passed", json{{"token", token_->label()},
+                                                {"when", when},
+                                                {"scheme", config_.flags.archival_scheme},
+                                                {"checks", run.checks.size()}});
+    if (before.state == KeyArchiver::SelfTest::State::kFailed) {
+      Audit("system", "archival.selftest_passed",
+            json{{"token", token_->label()}, {"when", when}}.dump());
+    }
+    return;
+  }
+  if (now.state != KeyArchiver::SelfTest::State::kFailed) {
+    // A token fault interrupted the run: the run after recovery decides.
+    log::Warn("archival self-test interrupted by a token fault",
+              json{{"token", token_->label()}, {"when", when}, {"failed", run.failures}});
+    return;
+  }
+  // The seed's event 86, then what event 88 would have said: keywarden
+  // never falls back to a software provider for archival.
+  log::Error(
+      "Certificate Services could not use the provider specified in the registry for encryption "
+      "keys. The keyset is not defined. 0x80090019 (-2146893799)",
+      json{{"event", 86},
+           {"token", token_->label()},
+           {"when", when},
+           {"scheme", config_.flags.archival_scheme},
+           {"failed", run.failures},
+           {"checks", checks}});
+  log::Warn(
+      "Certificate Services did not switch to a default provider for encryption keys: key "
+      "archival is refused until the token passes the archival self-test; everything else is "
+      "served",
+      json{{"event", 88}, {"token", token_->label()}});
+  Audit("system", "archival.selftest_failed",
+        json{{"token", token_->label()},
+             {"when", when},
+             {"scheme", config_.flags.archival_scheme},
+             {"hresult", "0x80090019"},
+             {"checks", checks}}
+            .dump());
+}
+
+absl::Status CertificateAuthority::ArchivalSelfTestRefusal() const {
+  return archiver_->SelfTestRefusal();
+}
+
+bool CertificateAuthority::ArchivalConfigured() const {
+  for (const auto& t : config_.templates) {
+    if (t.archival != ArchivalPolicy::kNone) return true;
+  }
+  return false;
 }
 
 std::vector<std::vector<uint8_t>> CertificateAuthority::ChainDer() const {
@@ -484,8 +553,11 @@ absl::Status CertificateAuthority::DenyWith(RequestRecord& request, const absl::
 
 absl::Status CertificateAuthority::FailCaSide(RequestRecord& request, const absl::Status& why) {
   const std::string message(why.message());
+  // The CA's own HRESULT, when it has one (0x80090019: the archival
+  // self-test failed), is recorded with the failure.
+  const uint32_t code = HResultOf(why).value_or(0);
   (void)ResolveUnissued(
-      request, Disposition::kFailed, message, 0, "system",
+      request, Disposition::kFailed, message, code, "system",
       {{"system", "request.failed", json{{"request_id", request.id}, {"reason", message}}.dump()}});
   // A mechanism the token cannot do stays FAILED_PRECONDITION (sending it
   // again does not help); anything else on the CA's side is UNAVAILABLE.
@@ -495,6 +567,8 @@ absl::Status CertificateAuthority::FailCaSide(RequestRecord& request, const absl
       StrCat("request ", request.id, " failed on the CA's side: ", message));
   if (hsm::IsHsmFault(why)) out.SetPayload(hsm::kTokenFaultPayload, absl::Cord("1"));
   if (mechanism) out.SetPayload(hsm::kMechanismRefusedPayload, absl::Cord("1"));
+  if (auto p = why.GetPayload("type.keywarden/hresult"))
+    out.SetPayload("type.keywarden/hresult", *p);
   if (IsDatabaseFault(why)) out = MarkDatabaseFault(std::move(out));
   return out;
 }

@@ -143,6 +143,17 @@ class CertificateAuthority {
   std::vector<KraStatus> KraStatuses() const { return kras_->Status(); }
   size_t KrasPerArchival() const { return kras_->per_archival(); }
   absl::Status KraUsable() const { return kras_->Usable(); }
+  // The archival self-test (seed: events 86/88; KeyArchiver::RunSelfTest):
+  // run at start and after a token outage is recovered (`when` says which).
+  // A failure is logged (the event 86 line, with the failed mechanisms and
+  // their CKR values) and audited (archival.selftest_failed); a pass after
+  // a failure is audited too (archival.selftest_passed). From then on, and
+  // until a run passes, every archival is refused with 0x80090019.
+  void RunArchivalSelfTest(const std::string& when);
+  // OK, or the refusal archival gets now (ArchivalSelfTestRefusal).
+  absl::Status ArchivalSelfTestRefusal() const;
+  // True when a template archives keys (archival allowed or required).
+  bool ArchivalConfigured() const;
   std::vector<KraStatus> ReloadKras(const std::string& who);
 
   // What the CA reloads at run time (SIGHUP): the KRA certificates and their

@@ -10,6 +10,7 @@
 #include "hsm/keys.h"
 #include "hsm/open.h"
 #include "hsm/provider/provider.h"
+#include "hsm/selftest.h"
 #include "hsm/strings.h"
 #include "pki/certificate.h"
 #include "service/archival/kra_registry.h"
@@ -328,6 +329,41 @@ void CheckSigning(const Config& config, std::shared_ptr<hsm::CryptoContext> cryp
   }
 }
 
+// The archival self-test the daemon runs at start (seed: event 86): live,
+// on session objects only (nothing is written to the token).
+void CheckArchivalSelfTest(const Config& config, std::shared_ptr<hsm::Token> token,
+                           Report& report) {
+  const std::string what = "archival self-test";
+  if (token == nullptr) {
+    report.Skip(what, "not run: the CA token did not open");
+    return;
+  }
+  hsm::SelfTestOptions options;
+  options.archival_only = true;
+  options.archival_scheme = config.flags.archival_scheme;
+  if (auto a = hsm::ParseKeyAlgorithm(config.exchange.key_algorithm); a.ok()) {
+    options.exchange_bits = static_cast<CK_ULONG>(hsm::KeyAlgorithmBits(*a));
+  }
+  const auto checks = hsm::RunSelfTest(token, options);
+  if (hsm::SelfTestPassed(checks)) {
+    report.Ok(what, StrCat(checks.size(), " checks passed on token \"", token->label(), "\" (",
+                           config.flags.archival_scheme, ")"));
+    return;
+  }
+  bool needed = !config.kra.certificates.empty();
+  for (const auto& t : config.templates) needed = needed || t.archival != ArchivalPolicy::kNone;
+  const std::string why = StrCat(
+      "Certificate Services could not use the provider specified in the registry for "
+      "encryption keys. The keyset is not defined. 0x80090019 (-2146893799): token \"",
+      token->label(), "\" failed ", hsm::SelfTestFailures(checks), " (",
+      config.flags.archival_scheme, "); keywardend would refuse key archival");
+  if (needed) {
+    report.Fail(what, why);
+  } else {
+    report.Skip(what, why + " (not needed: no KRA and no template archives)");
+  }
+}
+
 }  // namespace
 
 int CheckConfig(const std::string& config_path, FILE* out) {
@@ -353,6 +389,7 @@ int CheckConfig(const std::string& config_path, FILE* out) {
     std::unique_ptr<Store> store = CheckDatabase(*config, ca_cert.get(), report);
     CheckKras(*config, store.get(), ca_cert.get(), report);
     if (crypto.ok()) CheckSigning(*config, *crypto, token, report);
+    CheckArchivalSelfTest(*config, token, report);
   }
   if (report.failures() == 0) {
     std::fprintf(out, "keywardend: %s is usable (nothing was written)\n", config_path.c_str());

@@ -1,6 +1,12 @@
 #include "service/observe/log.h"
 
 #include <grpc/support/log.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <systemd/sd-journal.h>
+
+#include <cstdio>
+#include <cstdlib>
 
 #include <memory>
 #include <mutex>
@@ -14,6 +20,7 @@ namespace {
 
 std::mutex g_mu;
 Format g_format = Format::kText;
+bool g_journal = false;  // lines go to the journal natively
 
 std::shared_ptr<spdlog::logger> Logger() {
   static std::shared_ptr<spdlog::logger> logger = [] {
@@ -84,12 +91,84 @@ void GrpcLog(gpr_log_func_args* args) {
                       : args->severity == GPR_LOG_SEVERITY_INFO ? Level::kInfo
                                                                 : Level::kDebug;
   std::string source = args->file != nullptr ? args->file : "";
-  source += ":" + std::to_string(args->line);
-  Write(level, std::string("grpc: ") + (args->message != nullptr ? args->message : ""),
-        nlohmann::json{{"source", source}});
+  source += ':';  // not ":" + std::to_string(...): GCC 12 -O3 warns (-Wrestrict)
+  source += std::to_string(args->line);
+  std::string text = "grpc: ";
+  if (args->message != nullptr) text += args->message;
+  Write(level, text, nlohmann::json{{"source", source}});
+}
+
+int Priority(Level level) {
+  switch (level) {
+    case Level::kDebug:
+      return 7;
+    case Level::kInfo:
+      return 6;
+    case Level::kWarning:
+      return 4;
+    case Level::kError:
+      return 3;
+  }
+  return 6;
+}
+
+// A journal field name from a field's: KEYWARDEN_ + upper case, [A-Z0-9_].
+std::string JournalName(const std::string& key) {
+  std::string out = "KEYWARDEN_";
+  for (unsigned char c : key) {
+    if (c >= 'a' && c <= 'z') {
+      out += static_cast<char>(c - 'a' + 'A');
+    } else if ((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_') {
+      out += static_cast<char>(c);
+    } else {
+      out += '_';
+    }
+  }
+  return out.substr(0, 64);  // journald's limit on a field name
+}
+
+// One entry to the journal; false when it was not taken.
+bool SendToJournal(const std::vector<std::string>& entry) {
+  std::vector<iovec> iov;
+  iov.reserve(entry.size());
+  for (const std::string& f : entry) {
+    iov.push_back(iovec{const_cast<char*>(f.data()), f.size()});
+  }
+  return sd_journal_sendv(iov.data(), static_cast<int>(iov.size())) >= 0;
 }
 
 }  // namespace
+
+bool StderrIsJournal() {
+  const char* stream = std::getenv("JOURNAL_STREAM");
+  if (stream == nullptr) return false;
+  unsigned long long dev = 0, ino = 0;
+  char extra = 0;
+  if (std::sscanf(stream, "%llu:%llu%c", &dev, &ino, &extra) != 2) return false;
+  struct stat st {};
+  if (fstat(2, &st) != 0) return false;
+  return static_cast<unsigned long long>(st.st_dev) == dev &&
+         static_cast<unsigned long long>(st.st_ino) == ino;
+}
+
+std::vector<std::string> JournalFields(Level level, std::string_view message,
+                                       const nlohmann::json& fields,
+                                       const std::string& json_message) {
+  std::vector<std::string> out;
+  std::string text = TextBody(message, fields);
+  constexpr std::string_view kPrefix = "keywardend: ";
+  if (text.rfind(kPrefix, 0) == 0) text.erase(0, kPrefix.size());
+  out.push_back("MESSAGE=" + (json_message.empty() ? text : json_message));
+  out.push_back("PRIORITY=" + std::to_string(Priority(level)));
+  out.push_back("SYSLOG_IDENTIFIER=keywardend");
+  if (fields.is_object()) {
+    for (const auto& [key, value] : fields.items()) {
+      out.push_back(JournalName(key) + "=" +
+                    (value.is_string() ? value.get_ref<const std::string&>() : Dump(value)));
+    }
+  }
+  return out;
+}
 
 std::string TextBody(std::string_view message, const nlohmann::json& fields) {
   std::string out = "keywardend: " + OneLine(message);
@@ -111,6 +190,7 @@ void Init(Format format) {
   {
     std::lock_guard<std::mutex> lock(g_mu);
     g_format = format;
+    g_journal = format == Format::kJournal || StderrIsJournal();
     // JSON: the whole line is one object; spdlog supplies time and level.
     Logger()->set_pattern(format == Format::kJson
                               ? R"({"time":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l",%v})"
@@ -122,9 +202,26 @@ void Init(Format format) {
 
 void Write(Level level, std::string_view message, const nlohmann::json& fields) {
   Format format;
+  bool journal;
   {
     std::lock_guard<std::mutex> lock(g_mu);
     format = g_format;
+    journal = g_journal;
+  }
+  if (journal) {
+    std::string json_message;
+    if (format == Format::kJson) {
+      nlohmann::json line = nlohmann::json::object();
+      line["msg"] = std::string(message);
+      if (fields.is_object()) {
+        for (const auto& [key, value] : fields.items()) {
+          if (key != "msg" && key != "time" && key != "level") line[key] = value;
+        }
+      }
+      json_message = Dump(line);
+    }
+    if (SendToJournal(JournalFields(level, message, fields, json_message))) return;
+    // Not taken (no journald): the line goes to stderr as below.
   }
   std::string body;
   if (format == Format::kJson) {

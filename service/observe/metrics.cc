@@ -166,18 +166,22 @@ std::string Render() {
     struct Collected {
       std::string help;
       bool counter = false;
+      bool histogram = false;
       std::vector<std::string> lines;
     };
     std::map<std::string, Collected> gauges;
     for (const Sample& s : collector()) {
-      auto& g = gauges[s.name];
+      auto& g = gauges[s.histogram.empty() ? s.name : s.histogram];
       if (g.help.empty()) g.help = s.help;
       g.counter = s.counter;
+      g.histogram = !s.histogram.empty();
       g.lines.push_back(s.name + Braced(RenderLabels(s.labels)) + " " + Number(s.value));
     }
     for (const auto& [name, g] : gauges) {
       out += "# HELP " + name + " " + g.help + "\n# TYPE " + name +
-             (g.counter ? " counter\n" : " gauge\n");
+             (g.histogram ? " histogram\n"
+              : g.counter ? " counter\n"
+                          : " gauge\n");
       for (const auto& line : g.lines) out += line + "\n";
     }
   }

@@ -37,6 +37,10 @@ struct Sample {
   Labels labels;
   double value = 0;
   bool counter = false;  // a total kept elsewhere (TYPE counter), else a gauge
+  // A histogram's sample kept elsewhere: `name` is "<family>_bucket" (with
+  // an "le" label), "<family>_sum" or "<family>_count"; the samples are
+  // rendered together under "# TYPE <family> histogram".
+  std::string histogram = {};
 };
 using Collector = std::function<std::vector<Sample>()>;
 void SetCollector(Collector collector);  // replaces; null: none

@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "hsm/strings.h"
 #include "service/errors.h"
 #include "service/observe/log.h"
 
@@ -100,6 +101,21 @@ Readiness::Check CheckKras(CertificateAuthority& ca) {
   return c;
 }
 
+// The archival self-test (seed: event 86): when it failed, archival is
+// refused with 0x80090019 until a run passes (after a token recovery).
+Readiness::Check CheckArchival(CertificateAuthority& ca) {
+  Readiness::Check c{"archival", false, ""};
+  if (!ca.ArchivalConfigured()) {
+    c.ok = true;
+    c.detail = "not needed (no template allows archival)";
+    return c;
+  }
+  absl::Status st = ca.ArchivalSelfTestRefusal();
+  c.ok = st.ok();
+  if (!st.ok()) c.detail = std::string(st.message());
+  return c;
+}
+
 }  // namespace
 
 const std::vector<std::pair<std::string, bool>>& Readiness::Services() {
@@ -141,6 +157,7 @@ Readiness::State Readiness::Evaluate() {
   s.checks.push_back(CheckToken(*token_));
   s.checks.push_back(CheckDatabase(store_));
   s.checks.push_back(CheckKras(ca_));
+  s.checks.push_back(CheckArchival(ca_));
   s.ready = true;
   for (const auto& c : s.checks) s.ready = s.ready && c.ok;
   return s;
@@ -161,7 +178,8 @@ void Readiness::Apply(const State& state) {
   const bool base = state.checks[0].ok && state.checks[1].ok;
   if (health_ != nullptr) {
     for (const auto& [name, needs_kras] : Services()) {
-      health_->SetServingStatus(name, base && (!needs_kras || state.checks[2].ok));
+      health_->SetServingStatus(
+          name, base && (!needs_kras || (state.checks[2].ok && state.checks[3].ok)));
     }
   }
   nlohmann::json fields = nlohmann::json::object();
@@ -236,6 +254,48 @@ metrics::Collector DaemonGauges(CertificateAuthority& ca, const Readiness& readi
                    {},
                    static_cast<double>(token.module().call_errors()),
                    true});
+    // Per PKCS#11 function: calls, return values other than CKR_OK, latency.
+    const auto& bounds = hsm::Module::LatencyBuckets();
+    for (const auto& f : token.module().function_stats()) {
+      out.push_back({"keywarden_pkcs11_function_calls_total",
+                     "PKCS#11 calls to the CA token's module, by function.",
+                     {{"function", f.function}},
+                     static_cast<double>(f.calls),
+                     true});
+      constexpr char kFamily[] = "keywarden_pkcs11_call_duration_seconds";
+      constexpr char kHelp[] = "PKCS#11 call latency on the CA token's module, by function.";
+      for (size_t i = 0; i < bounds.size(); ++i) {
+        char le[32];
+        std::snprintf(le, sizeof le, "%g", bounds[i]);
+        out.push_back({StrCat(kFamily, "_bucket"),
+                       kHelp,
+                       {{"function", f.function}, {"le", le}},
+                       static_cast<double>(f.buckets[i]),
+                       false,
+                       kFamily});
+      }
+      out.push_back({StrCat(kFamily, "_bucket"),
+                     kHelp,
+                     {{"function", f.function}, {"le", "+Inf"}},
+                     static_cast<double>(f.calls),
+                     false,
+                     kFamily});
+      out.push_back(
+          {StrCat(kFamily, "_sum"), kHelp, {{"function", f.function}}, f.seconds, false, kFamily});
+      out.push_back({StrCat(kFamily, "_count"),
+                     kHelp,
+                     {{"function", f.function}},
+                     static_cast<double>(f.calls),
+                     false,
+                     kFamily});
+    }
+    for (const auto& e : token.module().error_counts()) {
+      out.push_back({"keywarden_pkcs11_function_errors_total",
+                     "PKCS#11 calls that did not return CKR_OK, by function and return value.",
+                     {{"function", e.function}, {"rv", e.rv}},
+                     static_cast<double>(e.count),
+                     true});
+    }
     const auto now = static_cast<double>(std::time(nullptr));
     if (auto x = ca.CurrentExchange(); x.ok()) {
       out.push_back({"keywarden_exchange_certificate_expiry_seconds",

@@ -5,10 +5,12 @@
 //               away fails here even when no client calls);
 //   database  - the CA database answers a read;
 //   kras      - enough KRAs are usable for archival (only when a template
-//               allows archival; otherwise not needed).
+//               allows archival; otherwise not needed);
+//   archival  - the CA token passed the archival self-test (the seed's
+//               event 86 when not; only when a template allows archival).
 // The result drives /readyz (service/server/http_endpoint.h) and the gRPC
 // health service: "" (the whole server) and keywarden.v1.Enrollment are
-// SERVING only when all three pass; the other keywarden services
+// SERVING only when all four pass; the other keywarden services
 // (Officer, Administration, Audit, Backup, Signing) need the token and the
 // database. Changes are logged ("ready" / "not ready" with the failed checks).
 #pragma once
@@ -33,7 +35,7 @@ namespace keywarden::service {
 class Readiness {
  public:
   struct Check {
-    std::string name;  // "token", "database", "kras"
+    std::string name;  // "token", "database", "kras", "archival"
     bool ok = false;
     std::string detail;  // why not (or "not needed")
   };
@@ -54,7 +56,8 @@ class Readiness {
   State Current() const;
   const std::shared_ptr<hsm::Token>& token() const { return token_; }
 
-  // The gRPC service names whose health is set, with whether each needs KRAs.
+  // The gRPC service names whose health is set, with whether each needs
+  // archival (KRAs and the archival self-test).
   static const std::vector<std::pair<std::string, bool>>& Services();
 
  private:

@@ -10,8 +10,11 @@
 namespace keywarden::service {
 
 TokenWatch::TokenWatch(std::shared_ptr<hsm::Token> token, grpc::HealthCheckServiceInterface* health,
-                       AuditFn audit)
-    : token_(std::move(token)), health_(health), audit_(std::move(audit)) {
+                       AuditFn audit, std::function<void()> recovered)
+    : token_(std::move(token)),
+      health_(health),
+      audit_(std::move(audit)),
+      recovered_(std::move(recovered)) {
   token_->SetAvailabilityListener([this](bool up, const std::string& detail) {
     std::lock_guard<std::mutex> lock(mu_);
     events_.push_back(Event{up, detail});
@@ -56,6 +59,7 @@ void TokenWatch::Run() {
       }
       audit_(e.up ? "hsm.recovered" : "hsm.unavailable",
              json{{"token", token_->label()}, {e.up ? "detail" : "reason", e.detail}}.dump());
+      if (e.up && recovered_) recovered_();
     }
     // Recovery is tried here too, so the token comes back with no client
     // calling (the token's backoff paces the attempts).

@@ -25,8 +25,10 @@ class TokenWatch {
   using AuditFn = std::function<void(const std::string& event, const std::string& details_json)>;
 
   // Starts watching; `health` may be null (no health service).
+  // `recovered`, if set, runs on the watch's thread after each recovery
+  // (the daemon runs the archival self-test again there).
   TokenWatch(std::shared_ptr<hsm::Token> token, grpc::HealthCheckServiceInterface* health,
-             AuditFn audit);
+             AuditFn audit, std::function<void()> recovered = nullptr);
   ~TokenWatch();  // stops
   TokenWatch(const TokenWatch&) = delete;
   TokenWatch& operator=(const TokenWatch&) = delete;
@@ -37,6 +39,7 @@ class TokenWatch {
   std::shared_ptr<hsm::Token> token_;
   grpc::HealthCheckServiceInterface* health_;
   AuditFn audit_;
+  std::function<void()> recovered_;
   std::mutex mu_;
   std::condition_variable cv_;
   struct Event {

@@ -1,11 +1,14 @@
 // Tokens, sessions and keys on real SoftHSM2 tokens, checked where possible
 // with independent tools (pkcs11-tool from OpenSC).
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <thread>
 
 #include <openssl/rand.h>
 
+#include "hsm/selftest.h"
 #include "tests/hsm/token_fixture.h"
 
 namespace keywarden::testing {
@@ -292,6 +295,110 @@ TEST_F(TokenKeysTest, TraceShowsCallsButNeverThePin) {
   EXPECT_NE(text.find("C_OpenSession = CKR_OK"), std::string::npos) << text;
   EXPECT_NE(text.find("C_Login = CKR_OK"), std::string::npos) << text;
   EXPECT_EQ(text.find(pin), std::string::npos) << text;
+}
+
+// hsm::Module's per-function statistics (the metrics keywardend exports):
+// calls per function name, return values other than CKR_OK by CKR name,
+// and latency buckets. The expected values are independent: PKCS#11's own
+// return code for a slot that does not exist, and sleeps of a known length.
+TEST_F(TokenKeysTest, PerFunctionStatsCountCallsErrorsByCkrAndLatency) {
+  hsm::Module& module = ca_->module();
+  auto stats_of = [&](const std::string& function) {
+    for (const auto& f : module.function_stats()) {
+      if (f.function == function) return f;
+    }
+    return hsm::Module::FunctionStats{function, 0, 0, {}, 0};
+  };
+  auto errors_of = [&](const std::string& function, const std::string& rv) -> uint64_t {
+    for (const auto& e : module.error_counts()) {
+      if (e.function == function && e.rv == rv) return e.count;
+    }
+    return 0;
+  };
+  // Signatures through the provider: C_SignInit once each.
+  auto key = Generate(KeyAlgorithm::kRsa2048, "stats");
+  auto pkey = Load(key);
+  const auto init_before = stats_of("C_SignInit");
+  const auto sign_before = stats_of("C_Sign");
+  for (int i = 0; i < 10; ++i) {
+    ossl::UniquePtr<EVP_MD_CTX> ctx(EVP_MD_CTX_new());
+    size_t len = 512;
+    std::vector<uint8_t> sig(len);
+    const unsigned char msg[] = "stats";
+    ASSERT_EQ(EVP_DigestSignInit_ex(ctx.get(), nullptr, "SHA256", crypto_->libctx(), nullptr,
+                                    pkey.get(), nullptr),
+              1);
+    ASSERT_EQ(EVP_DigestSign(ctx.get(), sig.data(), &len, msg, sizeof msg), 1);
+  }
+  const auto init_after = stats_of("C_SignInit");
+  const auto sign_after = stats_of("C_Sign");
+  EXPECT_EQ(init_after.calls - init_before.calls, 10u);
+  EXPECT_GE(sign_after.calls - sign_before.calls, 10u);
+  EXPECT_EQ(sign_after.errors, sign_before.errors);
+  // The histogram is cumulative and its last finite bucket never exceeds the count.
+  ASSERT_EQ(sign_after.buckets.size(), hsm::Module::LatencyBuckets().size());
+  for (size_t i = 1; i < sign_after.buckets.size(); ++i) {
+    EXPECT_LE(sign_after.buckets[i - 1], sign_after.buckets[i]);
+  }
+  EXPECT_LE(sign_after.buckets.back(), sign_after.calls);
+  EXPECT_GT(sign_after.seconds, sign_before.seconds);
+
+  // An error by its CKR name: no token sits in slot 0xdeadbeef (PKCS#11:
+  // CKR_SLOT_ID_INVALID, 0x03).
+  const uint64_t slot_errors = errors_of("C_GetTokenInfo", "CKR_SLOT_ID_INVALID");
+  CK_TOKEN_INFO info{};
+  EXPECT_EQ(module.Call("C_GetTokenInfo", module.functions()->C_GetTokenInfo,
+                        static_cast<CK_SLOT_ID>(0xdeadbeef), &info),
+            static_cast<CK_RV>(0x03));
+  EXPECT_EQ(errors_of("C_GetTokenInfo", "CKR_SLOT_ID_INVALID"), slot_errors + 1);
+
+  // Latency: a call of ~30 ms lands above the 25 ms bound; a name PKCS#11
+  // does not have is counted as "other".
+  const auto& bounds = hsm::Module::LatencyBuckets();
+  const size_t b25 =
+      static_cast<size_t>(std::find(bounds.begin(), bounds.end(), 0.025) - bounds.begin());
+  ASSERT_LT(b25, bounds.size());
+  const auto other_before = stats_of("other");
+  const CK_RV rv = module.Call("C_NotAFunction", [] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    return static_cast<CK_RV>(CKR_OK);
+  });
+  EXPECT_EQ(rv, static_cast<CK_RV>(CKR_OK));
+  const auto other_after = stats_of("other");
+  EXPECT_EQ(other_after.calls, other_before.calls + 1);
+  EXPECT_GE(other_after.seconds - other_before.seconds, 0.030);
+  const uint64_t fast_before = other_before.buckets.empty() ? 0 : other_before.buckets[b25];
+  EXPECT_EQ(other_after.buckets[b25], fast_before) << "a 30 ms call counted at or below 25 ms";
+}
+
+// The daemon's archival self-test on a token whose pool lends one session
+// ([hsm] max_sessions = 1): it passes (it never holds two sessions at once),
+// and with RSA-3072 exchange keys the key pair it makes is 3072 bits.
+TEST_F(TokenKeysTest, ArchivalSelfTestPassesWithOneSessionAndTheExchangeKeySize) {
+  ca_.reset();
+  auto uri = hsm::Pkcs11Uri::Parse("pkcs11:token=keywarden-ca");
+  hsm::OpenOptions options;
+  options.default_module = SoftHsmFixture::module_path();
+  options.pin = hsm::PinSource::File(fixture_->PinFile(SoftHsmFixture::kCaToken));
+  options.token.max_sessions = 1;
+  options.token.acquire_timeout = std::chrono::milliseconds(2000);
+  auto token = hsm::OpenToken(*uri, options);
+  ASSERT_TRUE(token.ok()) << token.status();
+  hsm::SelfTestOptions st;
+  st.archival_only = true;
+  st.exchange_bits = 3072;
+  const auto checks = hsm::RunSelfTest(*token, st);
+  EXPECT_TRUE(hsm::SelfTestPassed(checks)) << hsm::SelfTestFailures(checks);
+  EXPECT_EQ(hsm::SelfTestFailures(checks), "");
+  bool pair_3072 = false, skipped_second_session = false;
+  for (const auto& c : checks) {
+    pair_3072 |=
+        c.name == "RSA-3072 key pair (session object)" && c.result == hsm::CheckResult::kPass;
+    skipped_second_session |=
+        c.name == "key visible from another session" && c.result == hsm::CheckResult::kSkip;
+  }
+  EXPECT_TRUE(pair_3072);
+  EXPECT_TRUE(skipped_second_session);
 }
 
 }  // namespace

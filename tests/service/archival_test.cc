@@ -12,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -927,6 +928,128 @@ subject = "principal"
   EXPECT_EQ(audited("archival.key_discarded", kept), 0u);
   // The earlier ones stay discarded.
   EXPECT_EQ(key_columns(denied), "1|1|1|1\n");
+}
+
+// The seed's event 86: a CA token that cannot do what archival needs. The
+// SoftHSM2 configuration the daemon starts with disables 3DES CBC (the
+// Windows scheme's content cipher); the ceremony made the CA with the full
+// token. Archival is refused with 0x80090019 (the CA's side: the request is
+// failed, never denied), non-archival enrollment still issues, health takes
+// Enrollment out, --check-config says it; once the token is back from an
+// outage with 3DES enabled again, the self-test runs again and archival
+// works without a restart.
+TEST_F(ArchivalTest, ATokenFailingTheArchivalSelfTestRefusesArchivalOnlyWithEvent86) {
+  MakeKras(1);
+  DaemonHarness::Options options;
+  options.extra_toml = KraToml(1, kra_paths_);
+  std::string full_conf;
+  options.before_launch = [&full_conf](DaemonHarness& h) {
+    const std::vector<uint8_t> bytes = ReadFile(h.tokens().conf_path());
+    full_conf.assign(bytes.begin(), bytes.end());
+    // SoftHSM2 2.6.1 skips the first name of a "-" list: CKM_MD5 stands there.
+    WriteFile(h.tokens().conf_path(),
+              full_conf + "\nslots.mechanisms = -CKM_MD5,CKM_DES3_CBC_PAD,CKM_DES3_CBC\n");
+    return absl::OkStatus();
+  };
+  ASSERT_NO_FATAL_FAILURE(Start(options));
+  constexpr char kEvent86[] =
+      "Certificate Services could not use the provider specified in the registry for encryption "
+      "keys. The keyset is not defined.";
+  // The event line, with the failed mechanism and its CKR value.
+  ASSERT_TRUE(daemon_->WaitForLog(StrCat(kEvent86, " 0x80090019 (-2146893799)"), 1).ok());
+  ASSERT_TRUE(daemon_->WaitForLog("CKM_DES3_CBC_PAD encrypt -> CKR_MECHANISM_INVALID", 1).ok());
+  ASSERT_TRUE(
+      daemon_->WaitForLog("did not switch to a default provider for encryption keys", 1).ok());
+  EXPECT_EQ(AuditEvents("archival.selftest_failed").size(), 1u);
+
+  // An archival request: refused with the seed's message and code, as the
+  // CA's fault (FAILED_PRECONDITION, recorded as failed, not denied).
+  auto exchange = Exchange();
+  ASSERT_TRUE(exchange);
+  Requester r = NewRequester("");
+  v1::EnrollmentResult refused;
+  grpc::Status st =
+      Submit(ArchivalRequest(r, BlobOf(r.key.get()), exchange.get()), "ArchivalUser", &refused);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+  EXPECT_EQ(DetailOf(st).hresult(), 0x80090019u) << st.error_message();
+  EXPECT_EQ(DetailOf(st).symbol(), "NTE_KEYSET_NOT_DEF");
+  EXPECT_TRUE(Contains(st.error_message(), kEvent86)) << st.error_message();
+  EXPECT_TRUE(Contains(st.error_message(), "failed on the CA's side")) << st.error_message();
+  EXPECT_TRUE(Contains(st.error_message(), "CKM_DES3_CBC_PAD encrypt -> CKR_MECHANISM_INVALID"))
+      << st.error_message();
+  EXPECT_TRUE(refused.certificate().empty());
+  {
+    auto store = OpenStore();
+    auto failed = store->ListRequests(service::Disposition::kFailed, 10);
+    ASSERT_TRUE(failed.ok());
+    ASSERT_EQ(failed->size(), 1u);
+    EXPECT_EQ(failed->front().status_code, 0x80090019u);
+    EXPECT_FALSE(failed->front().archived_key.has_value());
+    auto denied = store->ListRequests(service::Disposition::kDenied, 10);
+    ASSERT_TRUE(denied.ok());
+    EXPECT_TRUE(denied->empty()) << "a CA-side fault must not deny the request";
+    service::CertificateQuery q;
+    q.request_id = failed->front().id;
+    EXPECT_TRUE(store->FindCertificates(q)->empty());
+  }
+
+  // Everything else is served: a request without archival is issued, and
+  // its certificate verifies (openssl) under the CA's.
+  Requester plain = NewRequester("");
+  v1::EnrollmentResult issued;
+  st = Submit(plain.csr, "User", &issued);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(issued.disposition(), v1::DISPOSITION_ISSUED) << issued.message();
+  {
+    const unsigned char* p = reinterpret_cast<const unsigned char*>(issued.certificate().data());
+    ossl::UniquePtr<X509> cert(
+        d2i_X509(nullptr, &p, static_cast<long>(issued.certificate().size())));
+    ASSERT_TRUE(cert);
+    WriteFile(tmp_.File("issued.pem"), ToPem(cert.get()));
+    auto verify = RunCommand(
+        StrCat("openssl verify -CAfile ", daemon_->ca_cert_path(), " ", tmp_.File("issued.pem")));
+    EXPECT_EQ(verify.exit_code, 0) << verify.output;
+  }
+  // Health: Enrollment (which archives) and the whole server are out; the
+  // services that do not archive serve.
+  auto channel = daemon_->Channel("nobody");
+  EXPECT_EQ(HealthOf(channel, "keywarden.v1.Enrollment"), 2);
+  EXPECT_EQ(HealthOf(channel, ""), 2);
+  EXPECT_EQ(HealthOf(channel, "keywarden.v1.Officer"), 1);
+  EXPECT_EQ(HealthOf(channel, "keywarden.v1.Signing"), 1);
+
+  // --check-config runs the same self-test and reports it.
+  auto check = RunCommand(
+      StrCat(KEYWARDEN_DAEMON, " --config ", daemon_->config_path(), " --check-config 2>&1"));
+  EXPECT_EQ(check.exit_code, 1) << check.output;
+  EXPECT_TRUE(Contains(check.output, StrCat("FAIL  archival self-test: ", kEvent86)))
+      << check.output;
+  EXPECT_TRUE(Contains(check.output, "CKM_DES3_CBC_PAD encrypt -> CKR_MECHANISM_INVALID"))
+      << check.output;
+
+  // 3DES back in the configuration; the token goes away and comes back (the
+  // module is re-initialised and reads its configuration again): the
+  // self-test runs again after the recovery and archival works.
+  WriteFile(daemon_->tokens().conf_path(), full_conf);
+  const std::string tokens = daemon_->tokens().dir() + "/tokens";
+  ASSERT_EQ(std::rename(tokens.c_str(), (tokens + ".away").c_str()), 0);
+  ASSERT_TRUE(daemon_->WaitForLog("token unavailable", 1).ok());
+  ASSERT_EQ(std::rename((tokens + ".away").c_str(), tokens.c_str()), 0);
+  ASSERT_TRUE(daemon_->WaitForLog("archival self-test passed", 1, std::chrono::seconds(60)).ok());
+  EXPECT_EQ(AuditEvents("archival.selftest_passed").size(), 1u);
+  int health = -1;
+  for (int i = 0; i < 50 && health != 1; ++i) {
+    health = HealthOf(channel, "keywarden.v1.Enrollment");
+    if (health != 1) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(health, 1);
+  Requester again = NewRequester("");
+  v1::EnrollmentResult archived;
+  st = Submit(ArchivalRequest(again, BlobOf(again.key.get()), exchange.get()), "ArchivalUser",
+              &archived);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(archived.disposition(), v1::DISPOSITION_ISSUED) << archived.message();
 }
 
 }  // namespace

@@ -264,11 +264,14 @@ TEST(ConfigTest, LogFormatAndMetricsListenAreRead) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->log.format, "json");
   EXPECT_EQ(c->metrics.listen, "[::1]:0");
+  auto journal = Parse(MinimalPlus("[log]\nformat = \"journal\"\n"));
+  ASSERT_TRUE(journal.ok()) << journal.status();
+  EXPECT_EQ(journal->log.format, "journal");
 }
 
-TEST(ConfigStrictTest, LogFormatMustBeTextOrJson) {
+TEST(ConfigStrictTest, LogFormatMustBeTextJsonOrJournal) {
   EXPECT_EQ(ErrorOf(MinimalPlus("[log]\nformat = \"xml\"\n")),
-            "keywarden.toml:18: key \"log.format\": \"xml\" is not one of: text, json");
+            "keywarden.toml:18: key \"log.format\": \"xml\" is not one of: text, json, journal");
   EXPECT_THAT(ErrorOf(MinimalPlus("[log]\nlevel = \"debug\"\n")),
               StartsWith("keywarden.toml:18: unknown key \"log.level\" (expected one of: format)"));
 }

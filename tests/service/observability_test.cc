@@ -522,5 +522,91 @@ TEST_F(ObservabilityTest, ReadyzAndHealthPerServiceFollowTheTokenAndTheKras) {
   EXPECT_EQ(HealthOf(channel, "keywarden.v1.Officer"), 1);
 }
 
+// PKCS#11 per-function metrics move with the calls a signature makes; the
+// hsm layer's token down / back lines go through the daemon's log, as JSON.
+TEST_F(ObservabilityTest, Pkcs11MetricsPerFunctionAndTokenLinesInTheJsonLog) {
+  ASSERT_NO_FATAL_FAILURE(Start("json", ""));
+  const std::string sign_calls = "keywarden_pkcs11_function_calls_total{function=\"C_Sign\"}";
+  const std::string sign_count =
+      "keywarden_pkcs11_call_duration_seconds_count{function=\"C_Sign\"}";
+  const std::string sign_inf =
+      "keywarden_pkcs11_call_duration_seconds_bucket{function=\"C_Sign\",le=\"+Inf\"}";
+  const std::string sign_sum = "keywarden_pkcs11_call_duration_seconds_sum{function=\"C_Sign\"}";
+  Http first = Get(base_ + "/metrics");
+  ASSERT_EQ(first.status, 200);
+  auto before = ParseMetrics(first.body);
+
+  // A certificate: one signature on the token.
+  ossl::UniquePtr<EVP_PKEY> key;
+  const std::string csr = MakeRequestDer("metrics user", 2048, &key);
+  auto stub = v1::Enrollment::NewStub(daemon_->Channel("enrollee"));
+  grpc::ClientContext ctx;
+  v1::SubmitRequest in;
+  in.set_request(csr);
+  in.set_template_name("User");
+  v1::EnrollmentResult result;
+  grpc::Status st = stub->Submit(&ctx, in, &result);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(result.disposition(), v1::DISPOSITION_ISSUED) << result.message();
+
+  Http second = Get(base_ + "/metrics");
+  ASSERT_EQ(second.status, 200);
+  auto after = ParseMetrics(second.body);
+  std::printf("C_Sign calls: %g -> %g, latency sum %g s\n", Value(before, sign_calls),
+              Value(after, sign_calls), Value(after, sign_sum));
+  EXPECT_GE(Value(after, sign_calls), Value(before, sign_calls) + 1) << second.body;
+  EXPECT_EQ(Value(after, sign_count), Value(after, sign_calls));
+  EXPECT_EQ(Value(after, sign_inf), Value(after, sign_count));
+  EXPECT_GT(Value(after, sign_sum), Value(before, sign_sum));
+  // The exposition parses with the Prometheus project's own parser, which
+  // sees the latency family as a histogram and the calls as a counter.
+  WriteFile(tmp_.File("pkcs11.txt"), second.body);
+  auto py = RunCommand(
+      StrCat("/usr/bin/python3 -c 'import sys\n"
+             "from prometheus_client.parser import text_string_to_metric_families as parse\n"
+             "fams = {f.name: f for f in parse(open(sys.argv[1]).read())}\n"
+             "h = fams[\"keywarden_pkcs11_call_duration_seconds\"]\n"
+             "c = fams[\"keywarden_pkcs11_function_calls\"]\n"
+             "n = [s.value for s in h.samples if s.name.endswith(\"_count\") and "
+             "s.labels == {\"function\": \"C_Sign\"}]\n"
+             "print(h.type, c.type, int(n[0]))' ",
+             tmp_.File("pkcs11.txt")));
+  EXPECT_EQ(py.exit_code, 0) << py.output;
+  EXPECT_EQ(py.output,
+            StrCat("histogram counter ", static_cast<int>(Value(after, sign_count)), "\n"));
+
+  // The token's directory taken away and back: the hsm layer's own lines
+  // are JSON lines of the daemon's log like the rest.
+  const std::string away = TokenDir() + ".away";
+  ASSERT_EQ(std::rename(TokenDir().c_str(), away.c_str()), 0);
+  ASSERT_TRUE(daemon_->WaitForLog("is unavailable", 1).ok());
+  ASSERT_EQ(std::rename(away.c_str(), TokenDir().c_str()), 0);
+  ASSERT_TRUE(daemon_->WaitForLog("is back", 1, std::chrono::seconds(60)).ok());
+  std::istringstream log(LogText(daemon_->log_path()));
+  std::string line;
+  int down = 0, back = 0;
+  while (std::getline(log, line)) {
+    if (line.find("is unavailable") == std::string::npos &&
+        line.find("is back") == std::string::npos) {
+      continue;
+    }
+    EXPECT_NE(line.rfind("keywarden: ", 0), 0u) << "a plain stderr line: " << line;
+    const auto j = json::parse(line, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << "not JSON: " << line;
+    if (j.value("msg", "") == "token \"keywarden-ca\" is unavailable") {
+      ++down;
+      EXPECT_EQ(j.value("level", ""), "error") << line;
+      EXPECT_EQ(j.value("token", ""), "keywarden-ca") << line;
+      EXPECT_FALSE(j.value("reason", "").empty()) << line;
+    } else if (j.value("msg", "") == "token \"keywarden-ca\" is back") {
+      ++back;
+      EXPECT_EQ(j.value("level", ""), "info") << line;
+      EXPECT_NE(j.value("detail", "").find("module re-initialised"), std::string::npos) << line;
+    }
+  }
+  EXPECT_GE(down, 1);
+  EXPECT_GE(back, 1);
+}
+
 }  // namespace
 }  // namespace keywarden::testing

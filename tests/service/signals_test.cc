@@ -427,5 +427,36 @@ TEST_F(SignalsTest, AStopSignalAfterAReloadStillStopsCleanly) {
   EXPECT_EQ(r.output, "service.reloaded\nservice.stopped\n");
 }
 
+// SIGTERM with clients connected (an idle connection, and a backup stream
+// the client stopped reading) stops promptly: the figure is printed; the
+// bound asserted is generous (a loaded machine), the aim is < 2 s.
+TEST_F(SignalsTest, SigtermWithClientsConnectedStopsPromptly) {
+  DaemonHarness::Options options;
+  options.extra_toml = "\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
+  ASSERT_NO_FATAL_FAILURE(StartDaemon(options));
+  // An idle connection: one call made, the channel kept.
+  auto idle = NewChannel("enrollee");
+  ASSERT_FALSE(ServerCertificateSeenOn(idle).empty());
+  // A server stream the client does not read to its end.
+  auto backup_channel = NewChannel("backup");
+  auto stub = v1::Backup::NewStub(backup_channel);
+  grpc::ClientContext ctx;
+  auto reader = stub->BackupDatabase(&ctx, v1::BackupDatabaseRequest());
+  v1::BackupChunk chunk;
+  ASSERT_TRUE(reader->Read(&chunk));
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_TRUE(daemon_->Stop(SIGTERM).ok());  // exit status 0
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("SIGTERM to exit: %.3f s\n", seconds);
+  EXPECT_LT(seconds, 10.0);
+  EXPECT_TRUE(daemon_->WaitForLog("keywardend: stopped", 1).ok());
+  ctx.TryCancel();
+  auto r = RunCommand("sqlite3 " + daemon_->db_path() +
+                      " \"SELECT event FROM audit ORDER BY seq DESC LIMIT 1\"");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output, "service.stopped\n");
+}
+
 }  // namespace
 }  // namespace keywarden::testing
