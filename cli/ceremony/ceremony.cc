@@ -5,6 +5,7 @@
 #include <openssl/rsa.h>
 #include <openssl/x509v3.h>
 
+#include <unistd.h>
 #include <chrono>
 #include <ctime>
 #include <filesystem>
@@ -267,6 +268,23 @@ absl::StatusOr<ossl::UniquePtr<X509>> MakeKraCertificate(OSSL_LIB_CTX* libctx, h
 
 std::vector<uint8_t> Bytes(const std::string& s) {
   return std::vector<uint8_t>(s.begin(), s.end());
+}
+
+// An output must not exist (not even as a dangling link); the nearest
+// existing directory above it must be writable (missing ones are made).
+absl::Status CheckOutput(const std::string& path) {
+  std::error_code ec;
+  if (fs::symlink_status(path, ec).type() != fs::file_type::not_found) {
+    return absl::AlreadyExistsError(
+        StrCat("refusing to run: the output ", path, " exists (a ceremony never overwrites)"));
+  }
+  fs::path dir = fs::absolute(path).parent_path();
+  while (!dir.empty() && !fs::exists(dir, ec) && dir != dir.parent_path()) dir = dir.parent_path();
+  if (!fs::is_directory(dir, ec) || access(dir.c_str(), W_OK) != 0) {
+    return absl::PermissionDeniedError(StrCat("refusing to run: cannot write ", path, " (",
+                                              dir.string(), " is not a writable directory)"));
+  }
+  return absl::OkStatus();
 }
 
 // One token, logged in with its holder's PIN.
@@ -532,10 +550,7 @@ absl::StatusOr<RunResult> RunCeremony(const CeremonySpec& spec, const RunOptions
   run.Start("preflight", "checking outputs, tokens and key labels");
   json pre = json::object();
   for (const std::string& out : spec.Outputs()) {
-    if (auto st = pki::CheckWritable(out, pki::Overwrite::kRefuse); !st.ok()) {
-      return run.Fail(absl::AlreadyExistsError(
-          StrCat("refusing to run: the output ", out, " exists (a ceremony never overwrites)")));
-    }
+    if (auto st = CheckOutput(out); !st.ok()) return run.Fail(st);
   }
   pre["outputs_checked"] = spec.Outputs().size();
   std::vector<ossl::UniquePtr<X509>> issued, parent_chain;
