@@ -107,12 +107,14 @@ std::string FormatDuration(Seconds d) {
 }
 
 absl::Status ReadCa(const Section& s, Config::Ca& ca) {
-  KW_RETURN_IF_ERROR(s.CheckKeys({"name", "certificate", "chain"}));
+  KW_RETURN_IF_ERROR(s.CheckKeys({"name", "certificate", "chain", "ceremony_transcript"}));
   KW_RETURN_IF_ERROR(s.ReadRequiredString("name", ca.name));
   KW_RETURN_IF_ERROR(s.ReadString("certificate", ca.certificate));
   KW_RETURN_IF_ERROR(s.ReadString("chain", ca.chain));
+  KW_RETURN_IF_ERROR(s.ReadString("ceremony_transcript", ca.ceremony_transcript));
   ca.certificate = s.ctx().ResolvePath(ca.certificate);
   ca.chain = s.ctx().ResolvePath(ca.chain);
+  ca.ceremony_transcript = s.ctx().ResolvePath(ca.ceremony_transcript);
   return absl::OkStatus();
 }
 
