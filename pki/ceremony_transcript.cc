@@ -201,6 +201,7 @@ absl::StatusOr<VerifiedTranscript> VerifyTranscript(const std::string& path,
   v.signer_key_sha256 = SpkiSha256(pub->get());
   if (expected_signer != nullptr && EVP_PKEY_eq(pub->get(), expected_signer) != 1) {
     ERR_clear_error();
+    v.signer_expected = false;
     v.problems.push_back(StrCat("the transcript is signed by the key of ", v.signer_path,
                                 " (SPKI SHA-256 ", v.signer_key_sha256,
                                 "), not by the expected CA key"));

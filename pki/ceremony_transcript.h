@@ -51,6 +51,7 @@ struct VerifiedTranscript {
   std::string signer_path, signer_kind;
   std::string signer_key_sha256;  // SHA-256 of the signer's SubjectPublicKeyInfo
   bool signature_ok = false;
+  bool signer_expected = true;  // false: not the key the caller expected
   std::vector<TranscriptOutputCheck> outputs;
   std::vector<std::string> problems;  // every mismatch, named; empty when all is well
   bool ok() const { return signature_ok && problems.empty(); }

@@ -22,10 +22,10 @@ absl::StatusOr<size_t> RecordCeremonyCertificates(
   };
   auto v = pki::VerifyTranscript(transcript, X509_get0_pubkey(ca_certificate));
   if (!v.ok()) return fail(std::string(v.status().message()));
-  if (!v->signature_ok) return fail("its signature does not verify with this CA's key");
-  for (const std::string& p : v->problems) {
-    if (p.find("not by the expected CA key") != std::string::npos) return fail(p);
+  if (!v->signer_expected) {
+    return fail(StrCat("it is signed by the key of ", v->signer_path, ", not by this CA's key"));
   }
+  if (!v->signature_ok) return fail("its signature does not verify with this CA's key");
   const std::filesystem::path dir = std::filesystem::path(transcript).parent_path();
   size_t recorded = 0;
   for (const pki::TranscriptOutputCheck& c : v->outputs) {

@@ -5,6 +5,7 @@
 // tokens), python3's tomllib (the configuration fragment) and sha256sum.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -14,6 +15,8 @@
 #include "hsm/open.h"
 #include "hsm/provider/provider.h"
 #include "pki/certificate.h"
+#include "service/ca/ceremony_certificates.h"
+#include "service/storage/store.h"
 #include "softhsm-fixtures/fixture.h"
 #include "tests/test_util.h"
 
@@ -322,6 +325,50 @@ TEST_F(CeremonyRunTest, VerifyNamesATamperedTranscriptAndATamperedOutput) {
       Keywarden("ceremony verify " + transcript + " --ca-cert " + tmp_.File("out/kra/bob.pem"));
   EXPECT_EQ(r3.exit_code, 1) << r3.output;
   EXPECT_TRUE(Contains(r3.output, "not by the expected CA key")) << r3.output;
+}
+
+// keywardend ([ca] ceremony_transcript) records the ceremony's KRA
+// certificates only from an intact transcript signed by its own key.
+TEST_F(CeremonyRunTest, DaemonRecordsTheCeremonyKrasOnlyFromAnIntactTranscript) {
+  ASSERT_EQ(Run(Write(RootCeremony())).exit_code, 0);
+  auto store = service::OpenSqliteStore(tmp_.File("ca.db"));
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto ca = pki::ReadPemCertificates(tmp_.File("out/ca.pem"));
+  auto bob = pki::ReadPemCertificates(tmp_.File("out/kra/bob.pem"));
+  ASSERT_TRUE(ca.ok() && bob.ok());
+  std::vector<std::string> events;
+  auto audit = [&](const std::string& event, const std::string&) { events.push_back(event); };
+  const std::string transcript = tmp_.File("out/transcript.json");
+  auto recorded =
+      service::RecordCeremonyCertificates(transcript, ca->front().get(), **store, audit);
+  ASSERT_TRUE(recorded.ok()) << recorded.status();
+  EXPECT_EQ(*recorded, 2u);
+  EXPECT_EQ(events.size(), 2u);
+  // The serial as openssl prints it, lower-case.
+  auto serial = RunCommand("openssl x509 -noout -serial -in " + tmp_.File("out/kra/bob.pem"));
+  std::string hex = serial.output.substr(serial.output.find('=') + 1);
+  hex = hex.substr(0, hex.find('\n'));
+  std::transform(hex.begin(), hex.end(), hex.begin(),
+                 [](unsigned char ch) { return std::tolower(ch); });
+  auto row = (*store)->GetCertificate(hex);
+  ASSERT_TRUE(row.ok()) << row.status() << " " << hex;
+  EXPECT_EQ(row->template_name, "KeyRecoveryAgent");
+  // A second start records nothing new.
+  auto again = service::RecordCeremonyCertificates(transcript, ca->front().get(), **store, audit);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*again, 0u);
+  // Another CA's key: refused.
+  auto other = service::RecordCeremonyCertificates(transcript, bob->front().get(), **store, audit);
+  ASSERT_FALSE(other.ok());
+  EXPECT_TRUE(Contains(std::string(other.status().message()), "not by this CA's key"))
+      << other.status();
+  // A KRA certificate file replaced: refused, naming it.
+  WriteFile(tmp_.File("out/kra/alice.pem"), ReadText(tmp_.File("out/kra/bob.pem")));
+  auto tampered =
+      service::RecordCeremonyCertificates(transcript, ca->front().get(), **store, audit);
+  ASSERT_FALSE(tampered.ok());
+  EXPECT_TRUE(Contains(std::string(tampered.status().message()), "kra/alice.pem has changed"))
+      << tampered.status();
 }
 
 TEST_F(CeremonyRunTest, RoundTripProofFailsWhenACardHoldsTheWrongKey) {
