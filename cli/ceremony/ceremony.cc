@@ -305,8 +305,12 @@ absl::StatusOr<OpenedToken> OpenAndLogin(const std::string& uri_text, const std:
   if (!pin.ok()) return pin.status();
   auto value = pin->Read();
   if (!value.ok()) {
-    return absl::Status(value.status().code(), StrCat("PIN of token \"", (*token)->label(),
-                                                      "\": ", value.status().message()));
+    return absl::Status(
+        value.status().code(),
+        StrCat("PIN of token \"", (*token)->label(), "\" (", holder,
+               "): ", value.status().message(),
+               ". A ceremony asks each holder on the terminal; --automation-pin LABEL=file:PATH "
+               "exists for tests and CI only"));
   }
   if (auto st = (*token)->Login(*value); !st.ok()) return st;
   return OpenedToken{uri_text, holder, std::move(*token)};

@@ -184,6 +184,21 @@ TEST_F(CeremonyRunTest, PinsInTheFileAreRefused) {
   EXPECT_FALSE(Contains(Objects("kra-card-1"), "kra"));
 }
 
+// Without --automation-pin each holder is asked on the terminal; with no
+// terminal (setsid: no controlling tty) the run stops in preflight.
+TEST_F(CeremonyRunTest, PinsAreAskedOnTheTerminalAndNothingIsWrittenWithoutOne) {
+  auto r = RunCommand("KEYWARDEN_PKCS11_MODULE=" + SoftHsmFixture::module_path() + " setsid -w " +
+                      KEYWARDEN_CLI + " ceremony run " + Write(RootCeremony()) + " </dev/null");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_TRUE(Contains(r.output,
+                       "PIN of token \"keywarden-ca\" (CA token): PIN prompt: no "
+                       "terminal"))
+      << r.output;
+  EXPECT_TRUE(Contains(r.output, "Nothing was written")) << r.output;
+  EXPECT_FALSE(Contains(Objects("keywarden-ca"), "ca-root"));
+  EXPECT_FALSE(FileExists(tmp_.File("out")));
+}
+
 TEST_F(CeremonyRunTest, RootCeremonyEndToEndCheckedWithIndependentTools) {
   auto r = Run(Write(RootCeremony()));
   ASSERT_EQ(r.exit_code, 0) << r.output;
