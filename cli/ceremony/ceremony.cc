@@ -700,6 +700,7 @@ absl::StatusOr<RunResult> RunCeremony(const CeremonySpec& spec, const RunOptions
     ca_cert = std::move(*cert);
     run.Done({{"certificate", CertJson(ca_cert.get())},
               {"file", run.Rel(spec.ca.certificate)},
+              {"serial_source", "CA token RNG (C_GenerateRandom)"},
               {"signature_verified", true},
               {"profile_checked", "root CA"},
               {"stored_on_token", true}});
@@ -789,6 +790,7 @@ absl::StatusOr<RunResult> RunCeremony(const CeremonySpec& spec, const RunOptions
                 {"attributes", *card_attrs},
                 {"certificate", CertJson(soft.get())},
                 {"file", run.Rel(c.certificate)},
+                {"serial_source", "CA token RNG (C_GenerateRandom)"},
                 {"signature_verified", true},
                 {"profile_checked", "Key Recovery Agent"},
                 {"stored_on_card", true}});

@@ -461,6 +461,17 @@ request = "sub/ca.csr"
   auto v = Keywarden("ceremony verify " + tmp_.File("sub/transcript.json"));
   EXPECT_EQ(v.exit_code, 0) << v.output;
   EXPECT_TRUE(Contains(v.output, "ca.csr (request")) << v.output;
+  // openssl agrees: the signature verifies with the public key in the request.
+  auto sig = RunCommand(
+      "cd " + tmp_.File("sub") +
+      " && python3 -c 'import json,base64; f=json.load(open(\"transcript.json\")); "
+      "open(\"body.bin\",\"wb\").write(json.dumps(f[\"transcript\"],sort_keys=True,"
+      "separators=(\",\",\":\"),ensure_ascii=False).encode()); "
+      "open(\"sig.bin\",\"wb\").write(base64.b64decode(f[\"signature\"][\"value\"]))' && "
+      "openssl req -in ca.csr -pubkey -noout > pub.pem && "
+      "openssl dgst -sha256 -verify pub.pem -signature sig.bin body.bin && rm body.bin sig.bin "
+      "pub.pem");
+  EXPECT_TRUE(Contains(sig.output, "Verified OK")) << sig.output;
 
   // The parent CA: openssl, in software.
   const std::string d = tmp_.path();
