@@ -6,11 +6,16 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include <iostream>
+
+#include "cli/ceremony/ceremony.h"
+#include "cli/ceremony/ceremony_file.h"
 #include "cli/commands.h"
 #include "hsm/keys.h"
 #include "hsm/open.h"
 #include "hsm/provider/provider.h"
 #include "hsm/strings.h"
+#include "pki/ceremony_transcript.h"
 #include "pki/certificate.h"
 #include "pki/files.h"
 
@@ -168,6 +173,78 @@ absl::StatusOr<nlohmann::json> RunInstall(const InstallOptions& o, std::string& 
       {"subject", subj}, {"sha1", pki::Sha1Thumbprint(cert)}, {"certificate", o.out}};
 }
 
+struct RunOptions {
+  std::string file, module;
+  std::vector<std::string> automation_pins;
+};
+
+// keywarden ceremony run FILE: the whole ceremony the file describes.
+absl::StatusOr<nlohmann::json> RunFile(const RunOptions& o, std::string& text) {
+  auto spec = ceremony::ParseCeremonyFile(o.file);
+  if (!spec.ok()) return spec.status();
+  ceremony::RunOptions run;
+  run.default_module = DefaultModule(o.module);
+  for (const std::string& entry : o.automation_pins) {
+    const size_t eq = entry.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      return absl::InvalidArgumentError(StrCat(
+          "--automation-pin ", entry, ": give TOKEN-LABEL=file:PATH or TOKEN-LABEL=env:NAME"));
+    }
+    run.pins.automation[entry.substr(0, eq)] = entry.substr(eq + 1);
+  }
+  run.progress = [](const std::string& step, const std::string& what) {
+    std::cerr << "== " << step << ": " << what << std::endl;
+  };
+  auto result = ceremony::RunCeremony(*spec, run);
+  if (!result.ok()) return result.status();
+  text = result->text;
+  return result->transcript;
+}
+
+// keywarden ceremony verify TRANSCRIPT: the signature and every output's hash.
+int VerifyFile(const Output& out, const std::string& path, const std::string& ca_cert) {
+  ossl::UniquePtr<EVP_PKEY> expected;
+  if (!ca_cert.empty()) {
+    auto certs = pki::ReadPemCertificates(ca_cert);
+    if (!certs.ok()) return out.Fail(certs.status());
+    expected.reset(EVP_PKEY_dup(X509_get0_pubkey(certs->front().get())));
+  }
+  auto v = pki::VerifyTranscript(path, expected.get());
+  if (!v.ok()) return out.Fail(v.status());
+  nlohmann::json outputs = nlohmann::json::array();
+  std::string text =
+      StrCat("Transcript ", path, " of ceremony \"",
+             v->body.value(nlohmann::json::json_pointer("/ceremony/name"), std::string()), "\"\n");
+  text +=
+      StrCat("  signature: ",
+             v->signature_ok ? "verifies with the key of " : "DOES NOT VERIFY with the key of ",
+             v->signer_path, " (", v->signer_kind, ", SPKI SHA-256 ", v->signer_key_sha256, ")\n");
+  for (const pki::TranscriptOutputCheck& c : v->outputs) {
+    outputs.push_back({{"path", c.path},
+                       {"kind", c.kind},
+                       {"sha256", c.expected_sha256},
+                       {"actual_sha256", c.actual_sha256},
+                       {"ok", c.problem.empty()}});
+    text += StrCat("  ", c.problem.empty() ? "ok        " : "MISMATCH  ", c.path,
+                   c.problem.empty() ? "" : StrCat(": ", c.problem), "\n");
+  }
+  for (const std::string& p : v->problems) {
+    if (p.starts_with("output ")) continue;  // listed above
+    text += StrCat("  PROBLEM: ", p, "\n");
+  }
+  text += v->ok() ? "The transcript is intact and every output matches it.\n"
+                  : "The transcript or its outputs do NOT match.\n";
+  out.Result({{"transcript", path},
+              {"ok", v->ok()},
+              {"signature_ok", v->signature_ok},
+              {"signer", v->signer_path},
+              {"signer_spki_sha256", v->signer_key_sha256},
+              {"outputs", outputs},
+              {"problems", v->problems}},
+             text);
+  return v->ok() ? static_cast<int>(kExitOk) : static_cast<int>(kExitFailed);
+}
+
 }  // namespace
 
 void RegisterCeremonyCommands(CLI::App& app, const Output& out, Action& action) {
@@ -244,6 +321,40 @@ void RegisterCeremonyCommands(CLI::App& app, const Output& out, Action& action) 
       out.Result(*result, text);
       return static_cast<int>(kExitOk);
     };
+  });
+  CLI::App* run = ceremony->add_subcommand(
+      "run",
+      "Run a whole key ceremony from one reviewed file: CA key, root or subordinate "
+      "certificate, KRA keys on smart cards, the daemon's configuration, a round-trip proof "
+      "and a signed transcript");
+  auto ro = std::make_shared<RunOptions>();
+  run->add_option("file", ro->file, "The ceremony file (TOML; see deploy/ceremony.example.toml)")
+      ->required();
+  run->add_option("--module", ro->module,
+                  "PKCS#11 module path or p11-kit name when the file names none (default "
+                  "$KEYWARDEN_PKCS11_MODULE)");
+  run->add_option("--automation-pin", ro->automation_pins,
+                  "TOKEN-LABEL=file:PATH or TOKEN-LABEL=env:NAME: where that token's PIN is "
+                  "read instead of prompting its holder. For tests and CI only, NOT for "
+                  "production ceremonies (each holder types their own PIN). Repeatable");
+  run->callback([&out, &action, ro] {
+    action = [&out, ro] {
+      std::string text;
+      auto result = RunFile(*ro, text);
+      if (!result.ok()) return out.Fail(result.status());
+      out.Result(*result, text);
+      return static_cast<int>(kExitOk);
+    };
+  });
+  CLI::App* verify = ceremony->add_subcommand(
+      "verify", "Check a ceremony transcript: its signature and the SHA-256 of every output");
+  auto transcript = std::make_shared<std::string>();
+  auto expected_ca = std::make_shared<std::string>();
+  verify->add_option("transcript", *transcript, "The transcript (JSON)")->required();
+  verify->add_option("--ca-cert", *expected_ca,
+                     "The CA certificate (PEM) whose key must have signed the transcript");
+  verify->callback([&out, &action, transcript, expected_ca] {
+    action = [&out, transcript, expected_ca] { return VerifyFile(out, *transcript, *expected_ca); };
   });
   root->callback([&out, &action, o] {
     action = [&out, o] {

@@ -4,11 +4,14 @@
 # and three KRA cards), and runs a key ceremony whose results are checked
 # with independent tools.
 #
-# It makes the CA key on the token, signs the root there through
-# keywarden's OpenSSL provider, starts keywardend on loopback (SQLite,
+# The ceremony runs from one file (keywarden ceremony run): the CA key made
+# on the token and the root signed there through keywarden's OpenSSL
+# provider, three Key Recovery Agent keys made on their cards and certified,
+# the daemon's [ca]/[hsm]/[kra] configuration, a round-trip proof (a
+# throwaway key archived to the new KRAs and recovered with each card) and
+# a signed transcript. Then it starts keywardend on loopback (SQLite,
 # mutual TLS), and enrols, approves, revokes and audits through the
-# keywarden CLI. Then the main job: three Key Recovery Agents make keys on
-# their cards and enrol; alice enrols with key archival (Windows-format CMC
+# keywarden CLI. Then the main job: alice enrols with key archival (Windows-format CMC
 # request), encrypts a file and loses her key; the Certificate Manager
 # retrieves the recovery blob; a KRA recovers the key with its card,
 # offline, into a PFX that openssl opens and that decrypts the file.
@@ -32,27 +35,79 @@ step "Making SoftHSM2 tokens in $work/hsm"
 . "$work/hsm/env"
 "$kw" token list
 
-step "Key ceremony: CA key on the HSM, self-signed root through the provider"
-"$kw" ceremony root \
-  --token "pkcs11:token=keywarden-ca" \
-  --pin-source "file:$work/hsm/pins/keywarden-ca.pin" \
-  --key-label ca-root-2026 --key-algorithm rsa3072 \
-  --subject "CN=keywarden Demo Root CA,O=keywarden demo" \
-  --days 3650 --out "$work/ca.pem"
+step "Key ceremony from one reviewed file: CA key, root, three KRA cards, config, proof"
+# One file describes the whole ceremony (deploy/ceremony.example.toml
+# documents every key). It holds no PIN: at a real ceremony each token's
+# holder types theirs at the prompt. The demo has no one at a terminal, so
+# it passes --automation-pin (for tests and CI only, not for production).
+cat > "$work/ceremony.toml" <<'TOML'
+[ceremony]
+name = "keywarden demo root ceremony"
+kind = "root"
+witnesses = ["Demo Witness (audit)", "Demo Inspector (security)"]
+transcript = "ceremony/transcript.json"
+
+[ca]
+name = "keywarden Demo CA"
+token = "pkcs11:token=keywarden-ca"
+key_label = "ca-root-2026"
+key_algorithm = "rsa3072"
+subject = "CN=keywarden Demo Root CA,O=keywarden demo"
+validity_days = 3650
+certificate = "ca.pem"
+
+[kra]
+key_algorithm = "rsa2048"
+validity_days = 730
+count = 2
+
+[[kra.card]]
+token = "pkcs11:token=kra-card-1"
+holder = "KRA 1"
+subject = "CN=KRA 1,O=keywarden demo"
+certificate = "kra/kra1.pem"
+
+[[kra.card]]
+token = "pkcs11:token=kra-card-2"
+holder = "KRA 2"
+subject = "CN=KRA 2,O=keywarden demo"
+certificate = "kra/kra2.pem"
+
+[[kra.card]]
+token = "pkcs11:token=kra-card-3"
+holder = "KRA 3"
+subject = "CN=KRA 3,O=keywarden demo"
+certificate = "kra/kra3.pem"
+
+[config]
+fragment = "keywarden-ceremony.toml"
+hsm_pin_source = "file:hsm/pins/keywarden-ca.pin"
+TOML
+automation_pins=()
+for t in keywarden-ca kra-card-1 kra-card-2 kra-card-3; do
+  automation_pins+=(--automation-pin "$t=file:$work/hsm/pins/$t.pin")
+done
+"$kw" ceremony run "$work/ceremony.toml" "${automation_pins[@]}"
+"$kw" ceremony verify "$work/ceremony/transcript.json" --ca-cert "$work/ca.pem"
 
 step "Independent checks"
-echo "-- openssl verify"
-openssl verify -CAfile "$work/ca.pem" "$work/ca.pem"
+echo "-- openssl verify: the root, and the KRA certificates it issued"
+openssl verify -CAfile "$work/ca.pem" "$work/ca.pem" "$work"/kra/kra{1,2,3}.pem
 echo "-- openssl x509"
 openssl x509 -in "$work/ca.pem" -noout -subject -issuer -dates -ext basicConstraints,keyUsage
-echo "-- pkcs11-tool: the private key is on the token, sensitive and never extractable"
+openssl x509 -in "$work/kra/kra1.pem" -noout -subject -ext keyUsage,extendedKeyUsage
+echo "-- sha256sum: the outputs are those the signed transcript records"
+python3 -c 'import json,sys; [print(o["sha256"] + "  " + o["path"]) for o in
+  json.load(open(sys.argv[1]))["transcript"]["outputs"]]' "$work/ceremony/transcript.json" |
+  (cd "$work/ceremony" && sha256sum -c -)
+echo "-- pkcs11-tool: the private keys are on the token and the cards, never extractable"
 pkcs11-tool --module "$KEYWARDEN_PKCS11_MODULE" --token-label keywarden-ca --login \
   --pin "$(cat "$work/hsm/pins/keywarden-ca.pin")" --list-objects --type privkey
-echo "-- the root key refuses to be made twice"
-if "$kw" ceremony root --token "pkcs11:token=keywarden-ca" \
-  --pin-source "file:$work/hsm/pins/keywarden-ca.pin" --key-label ca-root-2026 \
-  --subject "CN=again" --out "$work/again.pem"; then
-  echo "demo: a second key with the same label was created" >&2
+pkcs11-tool --module "$KEYWARDEN_PKCS11_MODULE" --token-label kra-card-1 --login \
+  --pin "$(cat "$work/hsm/pins/kra-card-1.pin")" --list-objects
+echo "-- the ceremony refuses to run twice (its outputs exist, its key labels are taken)"
+if "$kw" ceremony run "$work/ceremony.toml" "${automation_pins[@]}"; then
+  echo "demo: the ceremony ran a second time" >&2
   exit 1
 fi
 
@@ -99,16 +154,9 @@ step "Starting keywardend (SQLite, SoftHSM2, mutual TLS on 127.0.0.1)"
 # is fixed before the daemon starts: a free one, asked of the kernel.
 pub_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 pub="http://127.0.0.1:$pub_port"
-cat > "$work/keywarden.toml" <<TOML
-[ca]
-name = "keywarden Demo CA"
-certificate = "ca.pem"
-
-[hsm]
-module = "$KEYWARDEN_PKCS11_MODULE"
-token = "pkcs11:token=keywarden-ca"
-pin_source = "file:hsm/pins/keywarden-ca.pin"
-signing_key = "pkcs11:token=keywarden-ca;object=ca-root-2026;type=private"
+# [ca], [hsm] and [kra] are the ceremony's fragment, as written.
+cp "$work/keywarden-ceremony.toml" "$work/keywarden.toml"
+cat >> "$work/keywarden.toml" <<TOML
 
 [database]
 path = "ca.db"
@@ -253,24 +301,7 @@ if openssl verify -crl_check -CAfile "$work/ca.pem" -CRLfile "$work/ca.crl" "$wo
 fi
 openssl verify -crl_check -CAfile "$work/ca.pem" -CRLfile "$work/ca.crl" "$work/laptop.pem"
 
-step "Key Recovery Agents: each makes a key on its card and enrols for a KRA certificate"
-thumbprints=()
-for n in 1 2 3; do
-  card="pkcs11:token=kra-card-$n"
-  pin="file:$work/hsm/pins/kra-card-$n.pin"
-  "$kw" token keygen --token "$card" --pin-source "$pin" --label kra --decrypt
-  "$kw" token csr --token "$card" --pin-source "$pin" --label kra \
-    --subject "CN=KRA $n,O=keywarden demo" --out "$work/kra$n.csr"
-  as kra submit "$work/kra$n.csr" --template KeyRecoveryAgent --out "$work/kra$n.pem"
-  "$kw" token import-cert --token "$card" --pin-source "$pin" --label kra --cert "$work/kra$n.pem"
-  thumbprints+=("$(openssl x509 -in "$work/kra$n.pem" -noout -fingerprint -sha1 |
-    sed 's/.*=//; s/://g' | tr 'A-F' 'a-f')")
-done
-echo "-- the CA Administrator configures them (2 of 3 per archived key) and restarts the CA"
-kill "$daemon"; wait "$daemon" 2>/dev/null || true
-printf '\n[kra]\ncertificates = ["%s", "%s", "%s"]\ncount = 2\n' "${thumbprints[@]}" \
-  >> "$work/keywarden.toml"
-start_daemon
+step "The Key Recovery Agents from the ceremony (2 of 3 per archived key)"
 as admin kra
 
 step "alice enrols with key archival: her new key goes to the CA encrypted to its exchange key"

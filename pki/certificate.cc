@@ -6,6 +6,7 @@
 #include <openssl/rsa.h>
 #include <openssl/sha.h>
 
+#include <algorithm>
 #include <climits>
 
 #include "hsm/status.h"
@@ -148,17 +149,43 @@ std::string FormatName(const X509_NAME* name) {
   return std::string(data, static_cast<size_t>(len));
 }
 
-absl::StatusOr<ossl::UniquePtr<ASN1_INTEGER>> RandomSerial(size_t bytes) {
+namespace {
+
+// Random bytes (from `fill`) as a positive serial of the full length: the
+// sign bit is cleared and a zero first octet drawn again.
+template <typename Fill>
+absl::StatusOr<ossl::UniquePtr<ASN1_INTEGER>> SerialFrom(size_t bytes, Fill fill) {
   if (bytes < 8 || bytes > 20) return absl::InvalidArgumentError("serial: 8 to 20 bytes");
   std::vector<uint8_t> buf(bytes);
   do {
-    if (RAND_bytes(buf.data(), static_cast<int>(buf.size())) != 1) return OpenSslError("serial");
+    if (auto st = fill(buf); !st.ok()) return st;
     buf[0] &= 0x7f;       // positive
   } while (buf[0] == 0);  // keep the full length: no leading zero octet
   ossl::UniquePtr<BIGNUM> bn(BN_bin2bn(buf.data(), static_cast<int>(buf.size()), nullptr));
   ossl::UniquePtr<ASN1_INTEGER> serial(bn ? BN_to_ASN1_INTEGER(bn.get(), nullptr) : nullptr);
   if (!serial) return OpenSslError("serial");
   return serial;
+}
+
+}  // namespace
+
+absl::StatusOr<ossl::UniquePtr<ASN1_INTEGER>> RandomSerial(size_t bytes) {
+  return SerialFrom(bytes, [](std::vector<uint8_t>& buf) {
+    if (RAND_bytes(buf.data(), static_cast<int>(buf.size())) != 1) return OpenSslError("serial");
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<ossl::UniquePtr<ASN1_INTEGER>> TokenRandomSerial(hsm::Token& token, size_t bytes) {
+  return SerialFrom(bytes, [&token](std::vector<uint8_t>& buf) {
+    auto random = token.GenerateRandom(buf.size());
+    if (!random.ok()) return random.status();
+    if (random->size() != buf.size()) {
+      return absl::InternalError("serial: the token returned too few random bytes");
+    }
+    std::copy(random->begin(), random->end(), buf.begin());
+    return absl::OkStatus();
+  });
 }
 
 absl::Status SignCertificate(OSSL_LIB_CTX* libctx, X509* cert, EVP_PKEY* key,
@@ -198,8 +225,13 @@ absl::StatusOr<ossl::UniquePtr<X509>> MakeSelfSignedRoot(OSSL_LIB_CTX* libctx, E
     return absl::InvalidArgumentError("root certificate: validity must be 1 to 36500 days");
   }
   ossl::UniquePtr<X509> cert(X509_new_ex(libctx, nullptr));
-  auto serial = RandomSerial();
-  if (!cert || !serial.ok()) return OpenSslError("root certificate");
+  if (!cert) return OpenSslError("root certificate");
+  absl::StatusOr<ossl::UniquePtr<ASN1_INTEGER>> serial =
+      options.serial != nullptr
+          ? absl::StatusOr<ossl::UniquePtr<ASN1_INTEGER>>(ASN1_INTEGER_dup(options.serial))
+          : RandomSerial();
+  if (!serial.ok()) return serial.status();
+  if (*serial == nullptr) return OpenSslError("root certificate: serial");
   if (!X509_set_version(cert.get(), X509_VERSION_3) ||
       !X509_set_serialNumber(cert.get(), serial->get()) ||
       !X509_set_subject_name(cert.get(), options.subject) ||

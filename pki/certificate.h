@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "hsm/ossl.h"
+#include "hsm/token.h"
 
 namespace keywarden::pki {
 
@@ -31,6 +32,9 @@ std::string CommonNameOfRfc4514(std::string_view dn);
 // A positive random serial of `bytes` bytes (at least 8: 64 bits of entropy
 // minus the sign bit).
 absl::StatusOr<ossl::UniquePtr<ASN1_INTEGER>> RandomSerial(size_t bytes = 16);
+// The same from the token's random number generator (C_GenerateRandom).
+absl::StatusOr<ossl::UniquePtr<ASN1_INTEGER>> TokenRandomSerial(hsm::Token& token,
+                                                                size_t bytes = 16);
 
 struct SignatureOptions {
   std::string digest = "SHA256";
@@ -42,6 +46,7 @@ struct RootCaOptions {
   int validity_days = 3650;
   int path_length = -1;  // -1: no pathLenConstraint
   SignatureOptions signature;
+  const ASN1_INTEGER* serial = nullptr;  // copied; null: RandomSerial()
 };
 
 // A self-signed CA certificate: v3, random serial, basicConstraints

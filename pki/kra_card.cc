@@ -75,12 +75,22 @@ absl::StatusOr<std::unique_ptr<KraCard>> KraCard::Open(const hsm::Pkcs11Uri& uri
   if (!module.ok()) return module.status();
   auto token = hsm::Token::Open(*module, uri);
   if (!token.ok()) return token.status();
+  return Create(std::move(*token), uri.object_label(), uri.object_id());
+}
+
+absl::StatusOr<std::unique_ptr<KraCard>> KraCard::FromToken(std::shared_ptr<hsm::Token> token) {
+  return Create(std::move(token), "", {});
+}
+
+absl::StatusOr<std::unique_ptr<KraCard>> KraCard::Create(std::shared_ptr<hsm::Token> token,
+                                                         const std::string& label,
+                                                         const std::vector<uint8_t>& id) {
   auto crypto = hsm::CryptoContext::Create();
   if (!crypto.ok()) return crypto.status();
   std::unique_ptr<KraCard> card(new KraCard());
-  card->token_ = std::move(*token);
+  card->token_ = std::move(token);
   card->crypto_ = std::move(*crypto);
-  auto certs = ReadCardCertificates(*card->token_, uri.object_label(), uri.object_id());
+  auto certs = ReadCardCertificates(*card->token_, label, id);
   if (!certs.ok()) return certs.status();
   card->certs_ = std::move(*certs);
   return card;

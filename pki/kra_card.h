@@ -53,6 +53,11 @@ class KraCard {
   static absl::StatusOr<std::unique_ptr<KraCard>> Open(const hsm::Pkcs11Uri& uri,
                                                        const std::string& default_module);
 
+  // A card already open (and possibly logged in), e.g. during a key
+  // ceremony that has just made its key: no second PIN entry. Every
+  // certificate on it is read.
+  static absl::StatusOr<std::unique_ptr<KraCard>> FromToken(std::shared_ptr<hsm::Token> token);
+
   const std::string& label() const { return token_->label(); }
   const std::vector<CardCertificate>& certificates() const { return certs_; }
 
@@ -72,6 +77,9 @@ class KraCard {
 
  private:
   KraCard() = default;
+  static absl::StatusOr<std::unique_ptr<KraCard>> Create(std::shared_ptr<hsm::Token> token,
+                                                         const std::string& label,
+                                                         const std::vector<uint8_t>& id);
   absl::StatusOr<EVP_PKEY*> KeyFor(const CardCertificate& cert);
 
   std::shared_ptr<hsm::Token> token_;

@@ -120,6 +120,9 @@ struct Config {
     std::string name;         // required
     std::string certificate;  // PEM file of the CA certificate (required to serve)
     std::string chain;        // optional PEM file: issuers above the CA, leaf-most first
+    // optional: the signed transcript of the key ceremony that made the CA
+    // key; the KRA certificates it lists are recorded in the database.
+    std::string ceremony_transcript;
   } ca;
 
   struct Hsm {

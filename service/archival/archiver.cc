@@ -7,10 +7,10 @@
 
 #include "hsm/status.h"
 #include "hsm/strings.h"
-#include "hsm/symmetric.h"
 #include "hsm/token.h"
 #include "pki/certificate.h"
 #include "pki/envelope.h"
+#include "pki/key_archive.h"
 #include "pki/private_key_blob.h"
 #include "service/ca/issuer.h"
 #include "service/errors.h"
@@ -196,39 +196,15 @@ absl::StatusOr<ArchivedKey> KeyArchiver::Archive(EVP_PKEY* private_key, EVP_PKEY
 
   auto kras = kras_.Select();
   if (!kras.ok()) return kras.status();
-  const bool modern = scheme_ == "aes256-rsa-oaep";
-  absl::StatusOr<pki::EncryptedContent> content;
-  std::vector<pki::KeyTransRecipient> recipients;
-  {
-    // One session for the whole archive: the content key lives in it and
-    // dies with it. Nothing else is leased while it is held.
-    auto cek = hsm::SessionKey::Generate(
-        token_, modern ? hsm::SymmetricAlgorithm::kAes256 : hsm::SymmetricAlgorithm::kDes3);
-    if (!cek.ok()) return cek.status();
-    auto ct = cek->Encrypt(pkcs8->span());
-    pkcs8->Clear();
-    if (!ct.ok()) return ct.status();
-    content = pki::EncryptedContent{
-        modern ? pki::ContentCipher::kAes256Cbc : pki::ContentCipher::kDes3Cbc, std::move(ct->iv),
-        std::move(ct->data)};
-    for (const auto& cert : kras->certificates) {
-      auto wrapped =
-          cek->WrapTo(X509_get0_pubkey(cert.get()),
-                      modern ? hsm::WrapMechanism::kRsaOaepSha1 : hsm::WrapMechanism::kRsaPkcs1);
-      if (!wrapped.ok()) {
-        return absl::Status(wrapped.status().code(), StrCat("wrapping the archive key to KRA ",
-                                                            pki::Sha1Thumbprint(cert.get()), ": ",
-                                                            wrapped.status().message()));
-      }
-      recipients.push_back(pki::KeyTransRecipient{
-          cert.get(), modern ? pki::KeyTransport::kRsaOaepSha1 : pki::KeyTransport::kRsaPkcs1,
-          std::move(*wrapped)});
-    }
-  }
-  auto envelope = pki::BuildEnvelopedData(recipients, *content);
+  const pki::ArchivalScheme scheme = scheme_ == "aes256-rsa-oaep"
+                                         ? pki::ArchivalScheme::kAes256RsaOaep
+                                         : pki::ArchivalScheme::kDes3RsaPkcs1;
+  std::vector<X509*> certificates;
+  for (const auto& cert : kras->certificates) certificates.push_back(cert.get());
+  auto envelope = pki::EnvelopeToKras(token_, *pkcs8, certificates, scheme);
   if (!envelope.ok()) return envelope.status();
   ArchivedKey out;
-  out.scheme = modern ? "aes256-rsa-oaep" : "des3-rsa-pkcs1";
+  out.scheme = pki::ArchivalSchemeName(scheme);
   out.kra_sha1 = kras->sha1;
   if (hash.empty()) {
     // Manual archival has no request hash: record the archive's own SHA-1.

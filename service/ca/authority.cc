@@ -30,6 +30,7 @@
 #include "pki/recovery_blob.h"
 #include "service/authz.h"
 #include "service/bounded.h"
+#include "service/ca/ceremony_certificates.h"
 #include "service/ca/crl_state.h"
 #include "service/ca/lease.h"
 #include "service/errors.h"
@@ -170,6 +171,15 @@ absl::StatusOr<std::unique_ptr<CertificateAuthority>> CertificateAuthority::Open
                                      });
   if (auto st = ca->exchange_->Load(); !st.ok()) return st;
   if (auto x = ca->exchange_->Current(); !x.ok()) return x.status();
+
+  if (!config.ca.ceremony_transcript.empty()) {
+    auto recorded =
+        RecordCeremonyCertificates(config.ca.ceremony_transcript, ca->certificate(), store,
+                                   [self](const std::string& event, const std::string& details) {
+                                     self->Audit("system", event, details);
+                                   });
+    if (!recorded.ok()) return recorded.status();
+  }
 
   std::vector<X509*> chain;
   for (const auto& c : ca->chain_) chain.push_back(c.get());
