@@ -614,4 +614,54 @@ absl::StatusOr<Contribution> OpenContribution(std::span<const uint8_t> der,
       std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data), static_cast<size_t>(len)));
 }
 
+absl::StatusOr<std::vector<uint8_t>> MakeThresholdArchive(
+    const ArchiveSpec& spec, const std::vector<X509*>& kras, std::span<const uint8_t> plaintext,
+    const std::function<absl::Status(std::span<uint8_t>)>& random) {
+  const int n = static_cast<int>(kras.size());
+  if (spec.k < 2 || spec.k > n) {
+    return absl::FailedPreconditionError(
+        StrCat("threshold ", spec.k, " needs 2 <= k <= the ", n, " KRAs selected"));
+  }
+  hsm::SecretBytes content_key(ContentKeyLength(spec.cipher));
+  std::vector<uint8_t> iv(spec.cipher == ContentCipher::kDes3Cbc ? 8 : 16);
+  if (auto s = random(std::span<uint8_t>(content_key.data(), content_key.size())); !s.ok()) {
+    return s;
+  }
+  if (auto s = random(iv); !s.ok()) return s;
+  auto content = EncryptContent(spec.cipher, content_key.span(), iv, plaintext);
+  if (!content.ok()) return content.status();
+  auto shares = shamir::Split(content_key.span(), spec.k, n, random);
+  if (!shares.ok()) return shares.status();
+  std::vector<ShareRecipient> recipients;
+  for (int i = 0; i < n; ++i) {
+    const shamir::Share& share = (*shares)[static_cast<size_t>(i)];
+    X509* cert = kras[static_cast<size_t>(i)];
+    ShareRecipient r;
+    r.certificate = cert;
+    r.transport = spec.transport;
+    r.index = share.index;
+    auto encrypted = EncryptShare(cert != nullptr ? X509_get0_pubkey(cert) : nullptr,
+                                  spec.transport, share.value.span());
+    if (!encrypted.ok()) {
+      return absl::Status(
+          encrypted.status().code(),
+          StrCat("encrypting share ", i + 1, " to KRA \"",
+                 cert != nullptr ? NameText(Der(X509_get_subject_name(cert), i2d_X509_NAME))
+                                 : std::string("(none)"),
+                 "\": ", encrypted.status().message()));
+    }
+    r.encrypted_share = std::move(*encrypted);
+    r.commitment = CommitTo(spec.k, n, share.index, share.value.span());
+    recipients.push_back(std::move(r));
+  }
+  // A fault in the sharing must be found now, never at recovery.
+  auto combined =
+      shamir::Combine(std::span<const shamir::Share>(shares->data(), static_cast<size_t>(spec.k)));
+  if (!combined.ok() || combined->size() != content_key.size() ||
+      CRYPTO_memcmp(combined->data(), content_key.data(), content_key.size()) != 0) {
+    return absl::InternalError("threshold archive: the shares do not give the content key back");
+  }
+  return BuildThresholdEnvelopedData(spec.k, recipients, *content);
+}
+
 }  // namespace keywarden::pki::threshold

@@ -47,6 +47,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -133,6 +134,19 @@ absl::StatusOr<EncryptedContent> EncryptContent(ContentCipher cipher,
 absl::StatusOr<hsm::SecretBytes> DecryptContent(const EncryptedContent& content,
                                                 std::span<const uint8_t> content_key);
 size_t ContentKeyLength(ContentCipher cipher);  // 24 or 32
+
+// A whole threshold archive of `plaintext` (the PKCS#8 key) for `kras`
+// (n = kras.size(), share i to kras[i-1]): content key, IV and polynomial
+// coefficients all from `random` (the daemon: the token's RNG). Before it
+// returns, the first k shares are combined and must give the content key.
+struct ArchiveSpec {
+  int k = 2;
+  ContentCipher cipher = ContentCipher::kDes3Cbc;
+  KeyTransport transport = KeyTransport::kRsaPkcs1;
+};
+absl::StatusOr<std::vector<uint8_t>> MakeThresholdArchive(
+    const ArchiveSpec& spec, const std::vector<X509*>& kras, std::span<const uint8_t> plaintext,
+    const std::function<absl::Status(std::span<uint8_t>)>& random);
 
 // A share handed from a contributing KRA to the coordinator.
 struct Contribution {
