@@ -162,6 +162,10 @@ struct RecoverOptions {
   std::vector<std::string> trust;
   OutputPassword password;
   bool legacy = false;
+  // Threshold archives (docs/THRESHOLD.md).
+  std::string contribute_to;        // KRA (SHA-1 or subject) to seal this card's share to
+  std::string share_out;            // --out: the sealed share
+  std::vector<std::string> shares;  // contributions sealed to this card
 };
 
 absl::StatusOr<std::vector<ossl::UniquePtr<X509>>> ReadAnchors(
@@ -277,18 +281,33 @@ struct Recovered {
 
 // Recovers one opened blob with the card (logging in on first use) and
 // writes the PFX.
-absl::StatusOr<Recovered> RecoverWithCard(const std::string& blob_path,
-                                          const pki::RecoveryBlob& blob, CardSession& s,
-                                          const hsm::SecretString& password,
-                                          pki::Pkcs12Protection protection,
-                                          const std::string& out_path) {
+// `shares`: the contributions for a threshold archive (file name, bytes).
+absl::StatusOr<Recovered> RecoverWithCard(
+    const std::string& blob_path, const pki::RecoveryBlob& blob, CardSession& s,
+    const hsm::SecretString& password, pki::Pkcs12Protection protection,
+    const std::string& out_path,
+    const std::vector<std::pair<std::string, std::vector<uint8_t>>>& shares = {}) {
   auto match = s.card->Match(blob);
   if (!match.ok()) return WithFile(blob_path, match.status());
   if (!s.card->logged_in()) {
     if (auto st = s.card->Login(*s.pin); !st.ok()) return st;
   }
   Recovered r;
-  auto key = s.card->Recover(blob, &r.timing);
+  absl::StatusOr<pki::RecoveredKey> key = absl::UnknownError("unset");
+  if (blob.threshold) {
+    std::vector<std::vector<uint8_t>> contributions;
+    std::vector<std::string> names;
+    for (const auto& [name, bytes] : shares) {
+      names.push_back(name);
+      contributions.push_back(bytes);
+    }
+    key = s.card->RecoverThreshold(blob, contributions, names, &r.timing);
+  } else if (!shares.empty()) {
+    key = absl::InvalidArgumentError(
+        "--shares is for threshold archives; this one is recovered by any one of its KRAs");
+  } else {
+    key = s.card->Recover(blob, &r.timing);
+  }
   if (!key.ok()) return WithFile(blob_path, key.status());
   auto start = Clock::now();
   pki::Pkcs12Entry entry;
@@ -314,8 +333,16 @@ absl::StatusOr<Recovered> RecoverWithCard(const std::string& blob_path,
             {"archived_format", key->was_private_key_blob ? "PRIVATEKEYBLOB" : "PKCS#8"},
             {"protection", ProtectionName(protection)},
             {"chain_certificates", blob.user_chain.size()}};
+  if (blob.threshold) {
+    r.json["threshold"] = {
+        {"k", blob.threshold->k}, {"n", blob.threshold->n}, {"shares_used", shares.size() + 1}};
+  }
   r.text = StrCat("Card \"", s.card->label(), "\": KRA \"", Subject(kra), "\" (SHA-1 ",
                   pki::Sha1Thumbprint(kra), ")\n",
+                  blob.threshold ? StrCat("  threshold archive: ", shares.size() + 1, " shares of ",
+                                          blob.threshold->n, " combined (", blob.threshold->k,
+                                          " needed), each checked against its commitment\n")
+                                 : "",
                   Expired(kra) ? StrCat("  note: this KRA certificate expired ", NotAfter(kra),
                                         "; that does not matter for recovery\n")
                                : "",
@@ -331,6 +358,67 @@ constexpr char kKraStatusNote[] =
     "KRA certificates are not checked for expiry or revocation: the private key on the card is "
     "what decrypts.";
 
+constexpr size_t kMaxContributionBytes = 64 * 1024;
+
+// recoverkey BLOB --contribute-to KRA --card URI --out SHARE: this card's
+// share of a threshold archive, sealed to the coordinating KRA.
+int RunContribute(const RecoverOptions& o, const Output& out, const std::string& path,
+                  const pki::RecoveryBlob& blob, nlohmann::json j, std::string text) {
+  if (o.args.size() != 1) {
+    return out.Fail(absl::InvalidArgumentError(
+        "--contribute-to writes a share, not a PFX: recoverkey BLOB --contribute-to KRA "
+        "--card URI --out SHARE"));
+  }
+  if (o.share_out.empty()) {
+    return out.Fail(absl::InvalidArgumentError("--contribute-to needs --out SHARE"));
+  }
+  if (auto st = pki::CheckWritable(o.share_out, pki::Overwrite::kRefuse); !st.ok()) {
+    return out.Fail(st);
+  }
+  if (!blob.threshold) {
+    return out.Fail(absl::FailedPreconditionError(
+        StrCat(path, ": not a threshold archive; any one of its KRAs recovers it alone")));
+  }
+  X509* coordinator = nullptr;
+  std::vector<std::string> holders;
+  for (const auto& r : blob.recipients) {
+    if (r.certificate == nullptr) continue;
+    holders.push_back(StrCat("\"", Subject(r.certificate), "\" (SHA-1 ",
+                             pki::Sha1Thumbprint(r.certificate), ")"));
+    if (absl::EqualsIgnoreCase(pki::Sha1Thumbprint(r.certificate), o.contribute_to) ||
+        Subject(r.certificate) == o.contribute_to) {
+      coordinator = r.certificate;
+    }
+  }
+  if (coordinator == nullptr) {
+    return out.Fail(absl::NotFoundError(
+        StrCat("--contribute-to ", o.contribute_to,
+               ": no KRA of this archive has that SHA-1 or subject. Its KRAs:\n  ",
+               StrJoin(holders, "\n  "))));
+  }
+  auto card = OpenCard(o);
+  if (!card.ok()) return out.Fail(card.status());
+  if (auto match = card->card->Match(blob); !match.ok()) {
+    return out.Fail(WithFile(path, match.status()));
+  }
+  if (auto st = card->card->Login(*card->pin); !st.ok()) return out.Fail(st);
+  auto sealed = card->card->Contribute(blob, coordinator);
+  if (!sealed.ok()) return out.Fail(WithFile(path, sealed.status()));
+  if (auto st = pki::WriteFileAtomically(o.share_out, *sealed, pki::Overwrite::kRefuse, 0600);
+      !st.ok()) {
+    return out.Fail(st);
+  }
+  j["contribution"] = {{"output", o.share_out},
+                       {"coordinator", Subject(coordinator)},
+                       {"coordinator_sha1", pki::Sha1Thumbprint(coordinator)},
+                       {"card", card->card->label()}};
+  text += StrCat("Card \"", card->card->label(), "\": share decrypted on the card and sealed to \"",
+                 Subject(coordinator), "\"\n  wrote ", o.share_out,
+                 " (only that KRA's card can open it; give it to that KRA)\n");
+  out.Result(j, text);
+  return kExitOk;
+}
+
 int RunRecoverOne(const RecoverOptions& o, const Output& out) {
   if (o.args.empty() || o.args.size() > 2) {
     return out.Fail(absl::InvalidArgumentError(
@@ -343,13 +431,26 @@ int RunRecoverOne(const RecoverOptions& o, const Output& out) {
   if (!blob.ok()) return out.Fail(blob.status());
   nlohmann::json j = BlobJson(*blob);
   std::string text = BlobText(path, *blob);
-  if (o.args.size() == 1) {  // show only: no card, nothing written
+  if (o.args.size() == 1 && o.contribute_to.empty()) {  // show only: no card, nothing written
     out.Result(j, text);
     return kExitOk;
   }
+  if (!o.contribute_to.empty()) return RunContribute(o, out, path, *blob, j, text);
   const std::string& out_path = o.args[1];
   if (auto st = pki::CheckWritable(out_path, pki::Overwrite::kRefuse); !st.ok()) {
     return out.Fail(st);
+  }
+  // Contributions are read before the card is touched: a missing file
+  // costs no PIN.
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> shares;
+  for (const std::string& f : o.shares) {
+    auto bytes = pki::ReadFileBytes(f);
+    if (!bytes.ok()) return out.Fail(bytes.status());
+    if (bytes->size() > kMaxContributionBytes) {
+      return out.Fail(absl::InvalidArgumentError(
+          StrCat(f, ": ", bytes->size(), " bytes is too large for a share contribution")));
+    }
+    shares.emplace_back(f, std::move(*bytes));
   }
   // The card first (no PIN needed to match it), so that a wrong card is
   // reported before anyone types a password; then the password; then the PIN.
@@ -363,7 +464,7 @@ int RunRecoverOne(const RecoverOptions& o, const Output& out) {
   if (!password.ok()) return out.Fail(password.status());
   const auto protection =
       o.legacy ? pki::Pkcs12Protection::kLegacy3Des : pki::Pkcs12Protection::kAes256Pbkdf2;
-  auto r = RecoverWithCard(path, *blob, *card, *password, protection, out_path);
+  auto r = RecoverWithCard(path, *blob, *card, *password, protection, out_path, shares);
   if (!r.ok()) return out.Fail(r.status());
   j["recovered"] = r->json;
   j["note"] = kKraStatusNote;
@@ -914,6 +1015,16 @@ void RegisterRecoveryCommands(CLI::App& app, const Output& out, Action& action) 
                    "PEM file of CA certificate(s) the blob's signature must chain to "
                    "(repeatable; required)")
       ->allow_extra_args(false);
+  recover->add_option("--contribute-to", ro->contribute_to,
+                      "Threshold archives: seal this card's share to the coordinating KRA "
+                      "(SHA-1 thumbprint or subject of one of the blob's KRA certificates); "
+                      "writes --out instead of a PFX");
+  recover->add_option("--out", ro->share_out, "--contribute-to: file for the sealed share");
+  recover
+      ->add_option("--shares", ro->shares,
+                   "Threshold archives: the shares other KRAs sealed to this card "
+                   "(comma-separated files); this card's own share is added")
+      ->delimiter(',');
   AddOutputPasswordOptions(recover, ro->password, "the PFX file(s)");
   recover->add_flag("--legacy", ro->legacy,
                     "Protect the PFX with 3DES and a SHA-1 MAC for old importers (default "

@@ -28,7 +28,7 @@ command -v "$cxx" >/dev/null || { echo "fuzz: $cxx not found (deploy/install-dep
 build="$root/build-fuzz"
 targets=(cmc_fuzzer private_key_blob_fuzzer request_fuzzer name_fuzzer pkcs12_fuzzer
   recovery_blob_fuzzer trust_files_fuzzer exchange_certificate_fuzzer config_fuzzer
-  encrypted_key_fuzzer key_file_fuzzer)
+  encrypted_key_fuzzer key_file_fuzzer threshold_fuzzer)
 start=$(date +%s)
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" -DKEYWARDEN_WERROR=ON \
@@ -139,6 +139,8 @@ openssl rsa -in "$mk/u.key" -outform MSBLOB -out "$k/key.blob" 2>/dev/null
 cp "$mk/e.key" "$k/ec.pem"
 cp "$seeds/pkcs12_fuzzer/aes.pfx" "$seeds/pkcs12_fuzzer/3des.pfx" "$k/"
 cp "$mk/x.pem" "$k/cert.pem"
+# A 2-of-3 threshold archive and a share contribution (tests/pki/threshold_test.cc wrote them).
+cp "$root/tests/fuzz/seeds/threshold/"* "$seeds/threshold_fuzzer/"
 openssl x509 -in "$mk/x.pem" -outform DER -out "$k/cert.der"
 openssl pkey -in "$mk/u.key" -pubout -out "$k/pub.pem"
 

@@ -35,8 +35,12 @@ const Bytes kVersion0 = {0x02, 0x01, 0x00};
 }  // namespace
 
 absl::StatusOr<std::vector<uint8_t>> BuildEnvelopedData(
-    const std::vector<KeyTransRecipient>& recipients, const EncryptedContent& content) {
+    const std::vector<KeyTransRecipient>& recipients, const EncryptedContent& content,
+    const char* content_type) {
   if (recipients.empty()) return absl::InvalidArgumentError("envelope: no recipient");
+  if (Oid(content_type).empty()) {
+    return absl::InvalidArgumentError("envelope: the content type is not an OID");
+  }
   const size_t iv_size = content.cipher == ContentCipher::kDes3Cbc ? 8 : 16;
   if (content.iv.size() != iv_size) {
     return absl::InvalidArgumentError(StrCat("envelope: IV must be ", iv_size, " bytes"));
@@ -76,7 +80,7 @@ absl::StatusOr<std::vector<uint8_t>> BuildEnvelopedData(
                                                                       : "2.16.840.1.101.3.4.1.42"),
                         Tlv(0x04, content.iv)}));
   const Bytes encrypted_content_info =
-      Tlv(0x30, Concat({Oid("1.2.840.113549.1.7.1"), cipher_alg, Tlv(0x80, content.ciphertext)}));
+      Tlv(0x30, Concat({Oid(content_type), cipher_alg, Tlv(0x80, content.ciphertext)}));
   const Bytes enveloped =
       Tlv(0x30, Concat({kVersion0, Tlv(0x31, recipient_set), encrypted_content_info}));
   return Tlv(0x30, Concat({Oid("1.2.840.113549.1.7.3"), Tlv(0xa0, enveloped)}));

@@ -38,8 +38,12 @@ struct EncryptedContent {
 // The DER ContentInfo { envelopedData, EnvelopedData }. RecipientInfos are
 // a DER SET OF, so they are sorted by encoding (the order KRAs were chosen
 // in is kept by the caller, e.g. in the database row).
+// `content_type`: the encryptedContentInfo's contentType (id-data unless
+// the content is a keywarden structure, pki/threshold.h).
+inline constexpr char kIdDataOid[] = "1.2.840.113549.1.7.1";
 absl::StatusOr<std::vector<uint8_t>> BuildEnvelopedData(
-    const std::vector<KeyTransRecipient>& recipients, const EncryptedContent& content);
+    const std::vector<KeyTransRecipient>& recipients, const EncryptedContent& content,
+    const char* content_type = kIdDataOid);
 
 // A DER CMS ContentInfo read into `libctx` (whose providers, chosen by
 // `propq`, then do its cryptography); nullptr if it does not parse. d2i

@@ -1,5 +1,7 @@
 #include "pki/kra_card.h"
 
+#include <openssl/crypto.h>
+
 #include <chrono>
 
 #include <openssl/err.h>
@@ -175,52 +177,12 @@ absl::StatusOr<EVP_PKEY*> KraCard::KeyFor(const CardCertificate& cert) {
   return keys_.back().second.get();
 }
 
-absl::StatusOr<RecoveredKey> KraCard::Recover(const RecoveryBlob& blob, RecoveryTiming* timing) {
-  auto match = Match(blob);
-  if (!match.ok()) return match.status();
-  if (login_failure_) return *login_failure_;
-  if (!token_->logged_in()) {
-    return absl::FailedPreconditionError(StrCat("card \"", label(), "\": not logged in"));
-  }
-  const CardCertificate& kra = **match;
-  auto key = KeyFor(kra);
-  if (!key.ok()) return key.status();
+namespace {
 
-  RecoveryTiming local;
-  RecoveryTiming& t = timing != nullptr ? *timing : local;
-  ossl::UniquePtr<CMS_ContentInfo> cms =
-      ReadContentInfo(blob.enveloped_data, crypto_->libctx(), hsm::kTokenKeyProperties);
-  if (!cms) {
-    return absl::DataLossError("recovery: the blob's EnvelopedData is not a DER CMS ContentInfo");
-  }
-
-  // Report decryption failures instead of OpenSSL's default of carrying on
-  // with a random key (a defence for online oracles; this is the card
-  // holder's own offline tool, where a clear error matters).
-  CMS_decrypt(cms.get(), nullptr, nullptr, nullptr, nullptr, CMS_DEBUG_DECRYPT);
-
-  // The content-encryption key, decrypted by the card's private key.
-  auto start = Clock::now();
-  if (CMS_decrypt_set1_pkey_and_peer(cms.get(), *key, kra.certificate.get(), nullptr) != 1) {
-    return hsm::OpenSslError(
-        StrCat("recovery: card \"", label(), "\" could not decrypt the ",
-               "content key with the key of \"", Subject(kra.certificate.get()), "\""),
-        absl::StatusCode::kDataLoss);
-  }
-  t.card = Since(start);
-
-  // The archived key, decrypted in software into memory that is wiped.
-  start = Clock::now();
-  ossl::UniquePtr<BIO> out(BIO_new(BIO_s_secmem()));
-  if (!out || CMS_decrypt(cms.get(), nullptr, nullptr, nullptr, out.get(),
-                          CMS_BINARY | CMS_DEBUG_DECRYPT) != 1) {
-    return hsm::OpenSslError("recovery: decrypt the archived key", absl::StatusCode::kDataLoss);
-  }
-  char* data = nullptr;
-  const long len = BIO_get_mem_data(out.get(), &data);
-  hsm::SecretBytes plaintext(
-      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data), static_cast<size_t>(len)));
-  out.reset();
+// The decrypted archive parsed and checked against the user certificate.
+absl::StatusOr<RecoveredKey> FinishRecovery(const RecoveryBlob& blob, const CardCertificate& kra,
+                                            hsm::SecretBytes plaintext, RecoveryTiming& t,
+                                            Clock::time_point start) {
   RecoveredKey recovered;
   auto parsed = ParsePrivateKeyPlaintext(plaintext.span(), &recovered.was_private_key_blob,
                                          &recovered.ai_key_alg);
@@ -245,6 +207,198 @@ absl::StatusOr<RecoveredKey> KraCard::Recover(const RecoveryBlob& blob, Recovery
   t.verify = Since(start);
   recovered.kra = &kra;
   return recovered;
+}
+
+}  // namespace
+
+absl::StatusOr<std::pair<const CardCertificate*, EVP_PKEY*>> KraCard::Ready(
+    const RecoveryBlob& blob) {
+  auto match = Match(blob);
+  if (!match.ok()) return match.status();
+  if (login_failure_) return *login_failure_;
+  if (!token_->logged_in()) {
+    return absl::FailedPreconditionError(StrCat("card \"", label(), "\": not logged in"));
+  }
+  auto key = KeyFor(**match);
+  if (!key.ok()) return key.status();
+  return std::pair<const CardCertificate*, EVP_PKEY*>(*match, *key);
+}
+
+absl::StatusOr<RecoveredKey> KraCard::Recover(const RecoveryBlob& blob, RecoveryTiming* timing) {
+  if (blob.threshold) {
+    return absl::FailedPreconditionError(
+        StrCat("this archive needs ", blob.threshold->k, " of its ", blob.threshold->n,
+               " KRAs: the other KRAs each run `keywarden recoverkey BLOB --contribute-to "
+               "<this KRA> --card URI --out SHARE`, then this KRA runs `keywarden recoverkey BLOB "
+               "OUT.pfx --card URI --shares SHARE1,...`"));
+  }
+  auto ready = Ready(blob);
+  if (!ready.ok()) return ready.status();
+  const CardCertificate& kra = *ready->first;
+  auto key = ready->second;
+
+  RecoveryTiming local;
+  RecoveryTiming& t = timing != nullptr ? *timing : local;
+  ossl::UniquePtr<CMS_ContentInfo> cms =
+      ReadContentInfo(blob.enveloped_data, crypto_->libctx(), hsm::kTokenKeyProperties);
+  if (!cms) {
+    return absl::DataLossError("recovery: the blob's EnvelopedData is not a DER CMS ContentInfo");
+  }
+
+  // Report decryption failures instead of OpenSSL's default of carrying on
+  // with a random key (a defence for online oracles; this is the card
+  // holder's own offline tool, where a clear error matters).
+  CMS_decrypt(cms.get(), nullptr, nullptr, nullptr, nullptr, CMS_DEBUG_DECRYPT);
+
+  // The content-encryption key, decrypted by the card's private key.
+  auto start = Clock::now();
+  if (CMS_decrypt_set1_pkey_and_peer(cms.get(), key, kra.certificate.get(), nullptr) != 1) {
+    return hsm::OpenSslError(
+        StrCat("recovery: card \"", label(), "\" could not decrypt the ",
+               "content key with the key of \"", Subject(kra.certificate.get()), "\""),
+        absl::StatusCode::kDataLoss);
+  }
+  t.card = Since(start);
+
+  // The archived key, decrypted in software into memory that is wiped.
+  start = Clock::now();
+  ossl::UniquePtr<BIO> out(BIO_new(BIO_s_secmem()));
+  if (!out || CMS_decrypt(cms.get(), nullptr, nullptr, nullptr, out.get(),
+                          CMS_BINARY | CMS_DEBUG_DECRYPT) != 1) {
+    return hsm::OpenSslError("recovery: decrypt the archived key", absl::StatusCode::kDataLoss);
+  }
+  char* data = nullptr;
+  const long len = BIO_get_mem_data(out.get(), &data);
+  hsm::SecretBytes plaintext(
+      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data), static_cast<size_t>(len)));
+  out.reset();
+  return FinishRecovery(blob, kra, std::move(plaintext), t, start);
+}
+
+absl::StatusOr<std::pair<const threshold::ShareEntry*, hsm::SecretBytes>> KraCard::OwnShare(
+    const RecoveryBlob& blob, const CardCertificate& kra, EVP_PKEY* key) {
+  const threshold::ShareEntry* mine = nullptr;
+  for (const threshold::ShareEntry& e : blob.threshold->shares) {
+    if (e.Names(kra.certificate.get())) mine = &e;
+  }
+  if (mine == nullptr) {
+    return absl::NotFoundError(StrCat("card \"", label(), "\": certificate \"",
+                                      Subject(kra.certificate.get()), "\" holds no share"));
+  }
+  auto share = threshold::DecryptShare(key, *blob.threshold, *mine, crypto_->libctx(),
+                                       hsm::kTokenKeyProperties);
+  if (!share.ok()) {
+    return absl::Status(share.status().code(),
+                        StrCat("card \"", label(), "\": ", share.status().message()));
+  }
+  return std::pair<const threshold::ShareEntry*, hsm::SecretBytes>(mine, std::move(*share));
+}
+
+absl::StatusOr<std::vector<uint8_t>> KraCard::Contribute(const RecoveryBlob& blob,
+                                                         X509* coordinator) {
+  if (!blob.threshold) {
+    return absl::FailedPreconditionError(
+        "this archive is not a threshold archive: any one of its KRAs recovers it alone "
+        "(keywarden recoverkey BLOB OUT.pfx --card URI)");
+  }
+  const threshold::ShareEntry* theirs = nullptr;
+  for (const threshold::ShareEntry& e : blob.threshold->shares) {
+    if (e.Names(coordinator)) theirs = &e;
+  }
+  if (theirs == nullptr) {
+    return absl::NotFoundError(
+        StrCat("the coordinator \"", Subject(coordinator), "\" holds no share of this archive"));
+  }
+  auto ready = Ready(blob);
+  if (!ready.ok()) return ready.status();
+  if (theirs->Names(ready->first->certificate.get())) {
+    return absl::InvalidArgumentError(
+        "the coordinator is this card's own KRA: contribute to another KRA of the archive");
+  }
+  auto own = OwnShare(blob, *ready->first, ready->second);
+  if (!own.ok()) return own.status();
+  threshold::Contribution c;
+  c.archive_digest = threshold::ArchiveDigest(blob.enveloped_data);
+  c.index = own->first->index;
+  c.contributor_issuer = own->first->issuer;
+  c.contributor_serial = own->first->serial;
+  c.share = std::move(own->second);
+  // Sealed with the transport the archive uses for the coordinator's own
+  // share: the coordinator's card is known to do it.
+  return threshold::SealContribution(c, coordinator, theirs->transport);
+}
+
+absl::StatusOr<RecoveredKey> KraCard::RecoverThreshold(
+    const RecoveryBlob& blob, const std::vector<std::vector<uint8_t>>& contributions,
+    const std::vector<std::string>& names, RecoveryTiming* timing) {
+  if (!blob.threshold) {
+    return absl::FailedPreconditionError(
+        "this archive is not a threshold archive: recover it without --shares");
+  }
+  const threshold::ThresholdEnvelope& env = *blob.threshold;
+  auto ready = Ready(blob);
+  if (!ready.ok()) return ready.status();
+  const CardCertificate& kra = *ready->first;
+  RecoveryTiming local;
+  RecoveryTiming& t = timing != nullptr ? *timing : local;
+
+  auto start = Clock::now();
+  auto own = OwnShare(blob, kra, ready->second);
+  if (!own.ok()) return own.status();
+  std::vector<shamir::Share> shares;
+  shares.push_back({own->first->index, std::move(own->second)});
+  const auto digest = threshold::ArchiveDigest(blob.enveloped_data);
+  for (size_t i = 0; i < contributions.size(); ++i) {
+    const std::string name = i < names.size() ? names[i] : StrCat("contribution ", i + 1);
+    auto c = threshold::OpenContribution(contributions[i], ready->second, kra.certificate.get(),
+                                         crypto_->libctx(), hsm::kTokenKeyProperties);
+    if (!c.ok()) {
+      return absl::Status(c.status().code(), StrCat(name, ": ", c.status().message()));
+    }
+    if (CRYPTO_memcmp(c->archive_digest.data(), digest.data(), digest.size()) != 0) {
+      return absl::InvalidArgumentError(
+          StrCat(name, ": it is a share of another archive, not of this blob"));
+    }
+    const threshold::ShareEntry* entry = env.ByIndex(c->index);
+    if (entry == nullptr || entry->issuer != c->contributor_issuer ||
+        entry->serial != c->contributor_serial) {
+      return absl::InvalidArgumentError(StrCat(name, ": share ", static_cast<int>(c->index),
+                                               " is not held by the KRA that sealed it"));
+    }
+    for (const shamir::Share& have : shares) {
+      if (have.index == c->index) {
+        return absl::InvalidArgumentError(StrCat(name, ": ", entry->Describe(), " is given twice"));
+      }
+    }
+    const threshold::Commitment commitment =
+        threshold::CommitTo(env.k, env.n, c->index, c->share.span());
+    if (c->share.size() != threshold::ContentKeyLength(env.content.cipher) ||
+        CRYPTO_memcmp(commitment.data(), entry->commitment.data(), commitment.size()) != 0) {
+      return absl::DataLossError(
+          StrCat(name, ": ", entry->Describe(), " does not match its commitment (a bad share)"));
+    }
+    shares.push_back({c->index, std::move(c->share)});
+  }
+  if (shares.size() < static_cast<size_t>(env.k)) {
+    std::vector<std::string> missing;
+    for (const threshold::ShareEntry& e : env.shares) {
+      bool have = false;
+      for (const shamir::Share& s : shares) have = have || s.index == e.index;
+      if (!have) missing.push_back(e.Describe());
+    }
+    return absl::FailedPreconditionError(
+        StrCat("this archive needs ", env.k, " shares and ", shares.size(),
+               " were given: ", env.k - static_cast<int>(shares.size()),
+               " more needed, from any of:\n  ", StrJoin(missing, "\n  ")));
+  }
+  t.card = Since(start);
+  start = Clock::now();
+  auto content_key = shamir::Combine(shares);
+  if (!content_key.ok()) return content_key.status();
+  auto plaintext = threshold::DecryptContent(env.content, content_key->span());
+  content_key->Clear();
+  if (!plaintext.ok()) return plaintext.status();
+  return FinishRecovery(blob, kra, std::move(*plaintext), t, start);
 }
 
 }  // namespace keywarden::pki

@@ -22,6 +22,8 @@
 #include "hsm/token.h"
 #include "hsm/uri.h"
 #include "pki/recovery_blob.h"
+#include "pki/shamir.h"
+#include "pki/threshold.h"
 
 namespace keywarden::pki {
 
@@ -72,8 +74,24 @@ class KraCard {
   absl::Status Login(const hsm::PinSource& pin);
   bool logged_in() const { return token_->logged_in(); }
 
-  // Recovers the archived key in `blob` with the card (after Login).
+  // Recovers the archived key in `blob` with the card (after Login). A
+  // threshold archive (blob.threshold) is refused here, naming how many
+  // KRAs are needed: it is recovered with RecoverThreshold.
   absl::StatusOr<RecoveredKey> Recover(const RecoveryBlob& blob, RecoveryTiming* timing = nullptr);
+
+  // Threshold archives (pki/threshold.h, docs/THRESHOLD.md), after Login.
+  // Contribute: this card's share, decrypted on the card and sealed to the
+  // coordinating KRA's certificate (one of the blob's share holders, not
+  // this card's); the plaintext share never leaves this process.
+  absl::StatusOr<std::vector<uint8_t>> Contribute(const RecoveryBlob& blob, X509* coordinator);
+  // RecoverThreshold: this card's share plus the contributions sealed to it
+  // (each named by `names[i]` in messages), each checked against the
+  // archive and its commitment, combined, and the key checked against the
+  // user certificate. Fewer than k good shares: FAILED_PRECONDITION naming
+  // how many more are needed and which KRAs hold them.
+  absl::StatusOr<RecoveredKey> RecoverThreshold(
+      const RecoveryBlob& blob, const std::vector<std::vector<uint8_t>>& contributions,
+      const std::vector<std::string>& names, RecoveryTiming* timing = nullptr);
 
  private:
   KraCard() = default;
@@ -81,6 +99,11 @@ class KraCard {
                                                          const std::string& label,
                                                          const std::vector<uint8_t>& id);
   absl::StatusOr<EVP_PKEY*> KeyFor(const CardCertificate& cert);
+  // Match + login check + the card's key, for a decryption.
+  absl::StatusOr<std::pair<const CardCertificate*, EVP_PKEY*>> Ready(const RecoveryBlob& blob);
+  // This card's share of a threshold archive, decrypted on the card.
+  absl::StatusOr<std::pair<const threshold::ShareEntry*, hsm::SecretBytes>> OwnShare(
+      const RecoveryBlob& blob, const CardCertificate& kra, EVP_PKEY* key);
 
   std::shared_ptr<hsm::Token> token_;
   std::shared_ptr<hsm::CryptoContext> crypto_;

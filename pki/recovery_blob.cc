@@ -250,7 +250,23 @@ absl::StatusOr<std::vector<uint8_t>> BuildRecoveryBlob(OSSL_LIB_CTX* libctx, con
     return bad("the EnvelopedData has no recipient");
   }
   std::vector<bool> kra_used(in.kra_certificates.size(), false);
-  for (int i = 0; i < sk_CMS_RecipientInfo_num(infos); ++i) {
+  // A threshold archive's recipients are keywarden shares (pki/threshold.h).
+  const bool is_threshold = threshold::IsThresholdEnvelope(in.enveloped_data);
+  if (is_threshold) {
+    auto env = threshold::ParseThresholdEnvelope(in.enveloped_data);
+    if (!env.ok()) return bad(std::string(env.status().message()));
+    for (const threshold::ShareEntry& share : env->shares) {
+      bool found = false;
+      for (size_t k = 0; k < in.kra_certificates.size(); ++k) {
+        if (share.Names(in.kra_certificates[k])) kra_used[k] = found = true;
+      }
+      if (!found) {
+        return absl::NotFoundError(StrCat("recovery blob: no KRA certificate given for ",
+                                          share.Describe(), " (Cannot find object or property)"));
+      }
+    }
+  }
+  for (int i = 0; !is_threshold && i < sk_CMS_RecipientInfo_num(infos); ++i) {
     CMS_RecipientInfo* ri = sk_CMS_RecipientInfo_value(infos, i);
     if (CMS_RecipientInfo_type(ri) != CMS_RECIPINFO_TRANS) {
       return bad("the EnvelopedData has a recipient that is not key transport");
@@ -580,7 +596,32 @@ absl::StatusOr<RecoveryBlob> ParseRecoveryBlob(
   }
   blob.enveloped_data = std::move(envelope);
   blob.content_cipher = ContentCipherOf(blob.enveloped_data);
-  for (int i = 0; i < sk_CMS_RecipientInfo_num(infos); ++i) {
+  if (threshold::IsThresholdEnvelope(blob.enveloped_data)) {
+    auto shares = threshold::ParseThresholdEnvelope(blob.enveloped_data);
+    if (!shares.ok()) {
+      return Fail(RecoveryBlobError::kNotEnveloped, absl::StatusCode::kDataLoss,
+                  std::string(shares.status().message()));
+    }
+    for (const threshold::ShareEntry& share : shares->shares) {
+      RecoveryRecipient r;
+      const unsigned char* in = share.issuer.data();
+      r.issuer.reset(d2i_X509_NAME(nullptr, &in, static_cast<long>(share.issuer.size())));
+      in = share.serial.data();
+      r.serial.reset(d2i_ASN1_INTEGER(nullptr, &in, static_cast<long>(share.serial.size())));
+      if (!r.issuer || !r.serial) {
+        ERR_clear_error();
+        return Fail(RecoveryBlobError::kNotEnveloped, absl::StatusCode::kDataLoss,
+                    StrCat("threshold ", share.Describe(), ": unreadable KRA name"));
+      }
+      r.key_transport =
+          StrCat("threshold share ", share.index, " of ", shares->n, " (", shares->k, " needed), ",
+                 share.transport == KeyTransport::kRsaPkcs1 ? "rsaEncryption" : "rsaesOaep");
+      r.share_index = share.index;
+      blob.recipients.push_back(std::move(r));
+    }
+    blob.threshold = std::move(*shares);
+  }
+  for (int i = 0; !blob.threshold && i < sk_CMS_RecipientInfo_num(infos); ++i) {
     CMS_RecipientInfo* ri = sk_CMS_RecipientInfo_value(infos, i);
     RecoveryRecipient r;
     if (CMS_RecipientInfo_type(ri) != CMS_RECIPINFO_TRANS) {

@@ -37,6 +37,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "hsm/ossl.h"
+#include "pki/threshold.h"
 
 namespace keywarden::pki {
 
@@ -93,6 +94,7 @@ struct RecoveryRecipient {
   ossl::UniquePtr<ASN1_INTEGER> serial;
   std::vector<uint8_t> subject_key_id;  // for a subjectKeyIdentifier recipient
   std::string key_transport;            // "rsaEncryption", "rsaesOaep", ...
+  int share_index = 0;                  // threshold archives: the share this KRA holds
   X509* certificate = nullptr;          // its KRA certificate in the blob, owned by
                                         // RecoveryBlob::kra_certificates; null if absent
 
@@ -113,6 +115,9 @@ struct RecoveryBlob {
   std::string content_cipher;                       // "des-ede3-cbc", "aes-256-cbc", ...
   std::string digest;                               // the signature's digest, "sha256"
   std::optional<time_t> signing_time;
+  // Set for a threshold archive (k >= 2 KRAs needed; pki/threshold.h);
+  // then `recipients` lists its shares in the same order.
+  std::optional<threshold::ThresholdEnvelope> threshold;
 };
 
 struct RecoveryBlobVerifyOptions {

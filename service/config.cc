@@ -357,7 +357,7 @@ absl::Status ReadPublication(const Section& s, Config::Publication& p) {
 }
 
 absl::Status ReadKra(const Section& s, Config::Kra& k) {
-  KW_RETURN_IF_ERROR(s.CheckKeys({"certificates", "count", "crls", "trust"}));
+  KW_RETURN_IF_ERROR(s.CheckKeys({"certificates", "count", "threshold", "crls", "trust"}));
   std::vector<uint32_t> lines;
   KW_RETURN_IF_ERROR(s.ReadStrings("certificates", k.certificates, &lines));
   for (size_t i = 0; i < k.certificates.size(); ++i) {
@@ -371,6 +371,11 @@ absl::Status ReadKra(const Section& s, Config::Kra& k) {
     // than or equal to the number of available KRA certificates."
     return s.Invalid("count", StrCat("is ", k.count, " but only ", k.certificates.size(),
                                      " KRA certificate(s) are listed"));
+  }
+  KW_RETURN_IF_ERROR(s.ReadInt("threshold", 1, 255, k.threshold));
+  if (k.threshold > k.count) {
+    return s.Invalid("threshold", StrCat("is ", k.threshold, " but count is ", k.count,
+                                         ": recovery would need more KRAs than hold a share"));
   }
   for (auto [key, files] : {std::pair{"crls", &k.crls}, std::pair{"trust", &k.trust}}) {
     std::vector<uint32_t> file_lines;

@@ -177,6 +177,9 @@ struct Config {
   struct Kra {
     std::vector<std::string> certificates;  // PEM files or SHA-1 thumbprints of issued certs
     int count = 1;                          // N per archival; 1..len(certificates)
+    // k of those N needed to recover (docs/THRESHOLD.md); 1..count. 1: any
+    // one KRA recovers (Windows-format archives); k >= 2: threshold archives.
+    int threshold = 1;
     // Revocation and chain material for KRA certificates issued by other
     // CAs (this CA's own database answers for the KRAs it issued): CRL files
     // (PEM or DER) and issuer certificates (PEM). A foreign KRA without a

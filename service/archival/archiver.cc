@@ -12,6 +12,7 @@
 #include "pki/envelope.h"
 #include "pki/key_archive.h"
 #include "pki/private_key_blob.h"
+#include "pki/threshold.h"
 #include "service/ca/issuer.h"
 #include "service/errors.h"
 
@@ -199,6 +200,19 @@ absl::StatusOr<ArchivedKey> KeyArchiver::Archive(EVP_PKEY* private_key, EVP_PKEY
   const pki::ArchivalScheme scheme = scheme_ == "aes256-rsa-oaep"
                                          ? pki::ArchivalScheme::kAes256RsaOaep
                                          : pki::ArchivalScheme::kDes3RsaPkcs1;
+  if (threshold_ >= 2) {
+    const bool modern = scheme == pki::ArchivalScheme::kAes256RsaOaep;
+    auto envelope = ThresholdEnvelope(*pkcs8, kras->certificates, modern);
+    pkcs8->Clear();
+    if (!envelope.ok()) return envelope.status();
+    ArchivedKey out;
+    out.scheme = StrCat(pki::ArchivalSchemeName(scheme), "-threshold-", threshold_, "of",
+                        kras->certificates.size());
+    out.kra_sha1 = kras->sha1;
+    out.encrypted_key_hash = hash.empty() ? Sha1(*envelope) : std::move(hash);
+    out.envelope = std::move(*envelope);
+    return out;
+  }
   std::vector<X509*> certificates;
   for (const auto& cert : kras->certificates) certificates.push_back(cert.get());
   auto envelope = pki::EnvelopeToKras(token_, *pkcs8, certificates, scheme);
@@ -213,6 +227,26 @@ absl::StatusOr<ArchivedKey> KeyArchiver::Archive(EVP_PKEY* private_key, EVP_PKEY
   out.encrypted_key_hash = std::move(hash);
   out.envelope = std::move(*envelope);
   return out;
+}
+
+absl::StatusOr<std::vector<uint8_t>> KeyArchiver::ThresholdEnvelope(
+    const hsm::SecretBytes& pkcs8, const std::vector<std::shared_ptr<X509>>& kras, bool modern) {
+  pki::threshold::ArchiveSpec spec;
+  spec.k = threshold_;
+  spec.cipher = modern ? pki::ContentCipher::kAes256Cbc : pki::ContentCipher::kDes3Cbc;
+  spec.transport = modern ? pki::KeyTransport::kRsaOaepSha1 : pki::KeyTransport::kRsaPkcs1;
+  std::vector<X509*> certs;
+  for (const auto& c : kras) certs.push_back(c.get());
+  // Every random byte (content key, IV, polynomial coefficients) comes
+  // from the token's RNG.
+  return pki::threshold::MakeThresholdArchive(
+      spec, certs, pkcs8.span(), [this](std::span<uint8_t> out) -> absl::Status {
+        auto bytes = token_->GenerateRandom(out.size());
+        if (!bytes.ok()) return bytes.status();
+        std::copy(bytes->begin(), bytes->end(), out.begin());
+        OPENSSL_cleanse(bytes->data(), bytes->size());
+        return absl::OkStatus();
+      });
 }
 
 }  // namespace keywarden::service

@@ -36,13 +36,17 @@ namespace keywarden::service {
 class KeyArchiver {
  public:
   // `scheme`: "des3-rsa-pkcs1" (Windows, default) or "aes256-rsa-oaep".
+  // `threshold`: [kra] threshold; 1 makes Windows-format archives (the
+  // content key wrapped whole to each KRA on the token), k >= 2 threshold
+  // archives (pki/threshold.h, docs/THRESHOLD.md).
   KeyArchiver(std::shared_ptr<hsm::Token> token, std::shared_ptr<hsm::CryptoContext> crypto,
-              ExchangeKeys& exchange, KraRegistry& kras, std::string scheme)
+              ExchangeKeys& exchange, KraRegistry& kras, std::string scheme, int threshold = 1)
       : token_(std::move(token)),
         crypto_(std::move(crypto)),
         exchange_(exchange),
         kras_(kras),
-        scheme_(std::move(scheme)) {}
+        scheme_(std::move(scheme)),
+        threshold_(threshold) {}
 
   // A CMC request's encrypted key (the whole 1.3.6.1.4.1.311.21.13
   // ContentInfo) for a request whose public key is `request_public`.
@@ -82,12 +86,16 @@ class KeyArchiver {
   absl::StatusOr<ArchivedKey> Archive(EVP_PKEY* private_key, EVP_PKEY* public_key,
                                       std::vector<uint8_t> hash);
   absl::StatusOr<std::shared_ptr<EVP_PKEY>> ExchangeKey(const ExchangeCertificate& x);
+  // The k >= 2 envelope of `pkcs8` to the selected KRAs.
+  absl::StatusOr<std::vector<uint8_t>> ThresholdEnvelope(
+      const hsm::SecretBytes& pkcs8, const std::vector<std::shared_ptr<X509>>& kras, bool modern);
 
   std::shared_ptr<hsm::Token> token_;
   std::shared_ptr<hsm::CryptoContext> crypto_;
   ExchangeKeys& exchange_;
   KraRegistry& kras_;
   std::string scheme_;
+  int threshold_ = 1;
   mutable std::mutex self_test_mu_;
   SelfTest self_test_;
   std::mutex mu_;

@@ -190,7 +190,7 @@ absl::StatusOr<std::unique_ptr<CertificateAuthority>> CertificateAuthority::Open
       });
   ca->kras_->Load("system (service start)");
   ca->archiver_ = std::make_unique<KeyArchiver>(ca->token_, ca->crypto_, *ca->exchange_, *ca->kras_,
-                                                config.flags.archival_scheme);
+                                                config.flags.archival_scheme, config.kra.threshold);
 
   if (auto saved = store.GetSetting(kCrlSetting); saved.ok()) {
     auto j = json::parse(*saved, nullptr, false);

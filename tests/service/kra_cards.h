@@ -87,12 +87,12 @@ inline absl::StatusOr<ossl::UniquePtr<X509>> EnrollKraCard(DaemonHarness& daemon
 // Stops the daemon, configures these KRAs by thumbprint with `count` per
 // archival, and starts it again.
 inline absl::Status UseKras(DaemonHarness& daemon, const std::vector<std::string>& thumbprints,
-                            int count) {
+                            int count, int threshold = 1) {
   if (auto st = daemon.Stop(); !st.ok()) return st;
   {
     std::ofstream config(daemon.config_path(), std::ios::app);
     config << "\n[kra]\ncertificates = [\"" << StrJoin(thumbprints, "\", \"")
-           << "\"]\ncount = " << count << "\n";
+           << "\"]\ncount = " << count << "\nthreshold = " << threshold << "\n";
     if (!config) return absl::InternalError("cannot append [kra] to " + daemon.config_path());
   }
   return daemon.Restart();

@@ -45,7 +45,7 @@ class RecoveryTest : public ::testing::Test {
       kra_serial_.push_back(SerialOf(cert->get()));
       cards_.push_back(card);
     }
-    ASSERT_TRUE(UseKras(*daemon_, kra_sha1_, 2).ok());
+    ASSERT_TRUE(UseKras(*daemon_, kra_sha1_, count_, threshold_).ok());
   }
 
   std::string Connection(const std::string& who) const {
@@ -105,6 +105,8 @@ class RecoveryTest : public ::testing::Test {
     return std::stoi(Sql(StrCat("SELECT count(*) FROM audit WHERE event = '", event, "'", where)));
   }
 
+  int count_ = 2;
+  int threshold_ = 1;
   TempDir tmp_;
   std::unique_ptr<DaemonHarness> daemon_;
   std::vector<std::string> cards_;
@@ -357,6 +359,140 @@ TEST_F(RecoveryTest, SeveralMatchesAreAmbiguousAndVerboseWritesARecoveryScript) 
   auto missing = Kw("officer", StrCat("getkey nobody-here ", tmp_.File("y.rec")));
   EXPECT_NE(missing.exit_code, 0);
   EXPECT_TRUE(Contains(missing.output, "0x80092004")) << missing.output;
+}
+
+// [kra] threshold = 2 of count = 3 (issue 17): the daemon archives to all
+// three KRAs as a threshold archive; no card alone recovers; every pair
+// does, through a share one KRA seals to the other; the recovered key
+// decrypts what was encrypted to the user (checked with openssl).
+class ThresholdRecoveryTest : public RecoveryTest {
+ protected:
+  ThresholdRecoveryTest() {
+    count_ = 3;
+    threshold_ = 2;
+  }
+  // Enrols with archival, encrypts a secret to the certificate, loses the
+  // key, and retrieves the recovery blob as the Certificate Manager.
+  void ArchiveAndRetrieve(const std::string& name, std::string* blob, std::string* secret_p7m,
+                          std::string* cert) {
+    *cert = tmp_.File(name + ".pem");
+    const std::string key = tmp_.File(name + ".key");
+    auto enrol = Kw("enrollee", StrCat("request --template ArchivalUser --cert-out ", *cert,
+                                       " --key-out ", key));
+    ASSERT_EQ(enrol.exit_code, 0) << enrol.output;
+    WriteFile(tmp_.File(name + ".txt"), "the quarterly numbers of " + name + "\n");
+    *secret_p7m = tmp_.File(name + ".p7m");
+    auto enc = RunCommand(StrCat("openssl cms -encrypt -aes256 -in ", tmp_.File(name + ".txt"),
+                                 " -out ", *secret_p7m, " ", *cert));
+    ASSERT_EQ(enc.exit_code, 0) << enc.output;
+    std::remove(key.c_str());
+    std::string serial = RunCommand(StrCat("openssl x509 -noout -serial -in ", *cert)).output;
+    serial = serial.substr(serial.find('=') + 1);
+    while (!serial.empty() && serial.back() == '\n') serial.pop_back();
+    *blob = tmp_.File(name + ".rec");
+    auto get = Kw("officer", StrCat("getkey ", serial, " ", *blob));
+    ASSERT_EQ(get.exit_code, 0) << get.output;
+  }
+  // The PFX's key decrypts the secret (openssl, independently of keywarden).
+  void ExpectDecrypts(const std::string& pfx, const std::string& secret_p7m,
+                      const std::string& cert, const std::string& name) {
+    auto key = RunCommand(StrCat("openssl pkcs12 -in ", pfx,
+                                 " -passin 'pass:pfx pw' -nodes -nocerts -out ",
+                                 tmp_.File("recovered.key")));
+    ASSERT_EQ(key.exit_code, 0) << key.output;
+    auto dec = RunCommand(StrCat("openssl cms -decrypt -in ", secret_p7m, " -inkey ",
+                                 tmp_.File("recovered.key"), " -recip ", cert));
+    ASSERT_EQ(dec.exit_code, 0) << dec.output;
+    EXPECT_TRUE(Contains(dec.output, "the quarterly numbers of " + name)) << dec.output;
+  }
+};
+
+TEST_F(ThresholdRecoveryTest, NoCardAloneRecoversAndEveryPairDoes) {
+  std::string blob, p7m, cert;
+  ArchiveAndRetrieve("alice", &blob, &p7m, &cert);
+  // The blob verifies with openssl, and its content is an EnvelopedData
+  // whose recipients are keywarden threshold shares.
+  auto verify =
+      RunCommand(StrCat("openssl cms -verify -binary -purpose any -inform DER -in ", blob,
+                        " -CAfile ", daemon_->ca_cert_path(), " -out ", tmp_.File("inner.der")));
+  ASSERT_EQ(verify.exit_code, 0) << verify.output;
+  auto inner =
+      RunCommand(StrCat("openssl cms -cmsout -print -inform DER -in ", tmp_.File("inner.der")));
+  EXPECT_TRUE(Contains(inner.output, "d.ori")) << inner.output;
+  EXPECT_TRUE(Contains(inner.output, "2.25.56147068238476046464733690741334488612.1"))
+      << inner.output;
+  EXPECT_FALSE(Contains(inner.output, "d.ktri")) << "no KRA holds the whole content key";
+
+  // One card alone: refused, naming how many more shares and from whom.
+  for (size_t i = 0; i < cards_.size(); ++i) {
+    auto alone = Recover(cards_[i],
+                         StrCat(blob, " ", tmp_.File(StrCat("alone", i, ".pfx")), " -p 'pfx pw'"));
+    EXPECT_NE(alone.exit_code, 0) << alone.output;
+    EXPECT_TRUE(Contains(alone.output, "needs 2 shares and 1 were given")) << alone.output;
+    EXPECT_TRUE(Contains(alone.output, "1 more needed")) << alone.output;
+    EXPECT_FALSE(std::ifstream(tmp_.File(StrCat("alone", i, ".pfx"))).good());
+  }
+
+  // Every ordered pair: the contributor seals its share to the coordinator.
+  for (size_t c = 0; c < cards_.size(); ++c) {
+    for (size_t d = 0; d < cards_.size(); ++d) {
+      if (c == d) continue;
+      const std::string share = tmp_.File(StrCat("share-", d, "-to-", c, ".p7m"));
+      auto give =
+          Recover(cards_[d], StrCat(blob, " --contribute-to ", kra_sha1_[c], " --out ", share));
+      ASSERT_EQ(give.exit_code, 0) << give.output;
+      // Only the coordinator's card opens it: a third card's share
+      // submitted with it is refused.
+      const std::string pfx = tmp_.File(StrCat("pair-", c, "-", d, ".pfx"));
+      auto r = Recover(cards_[c], StrCat(blob, " ", pfx, " --shares ", share, " -p 'pfx pw'"));
+      ASSERT_EQ(r.exit_code, 0) << cards_[c] << " with " << cards_[d] << ": " << r.output;
+      EXPECT_TRUE(Contains(r.output, "2 shares of 3 combined")) << r.output;
+      ExpectDecrypts(pfx, p7m, cert, "alice");
+      if (c == 0 && d == 1) {
+        // The same share opened by another card: not sealed to it.
+        auto wrong = Recover(cards_[2], StrCat(blob, " ", tmp_.File("wrong.pfx"), " --shares ",
+                                               share, " -p 'pfx pw'"));
+        EXPECT_NE(wrong.exit_code, 0) << wrong.output;
+        EXPECT_TRUE(Contains(wrong.output, share)) << "names the share file: " << wrong.output;
+        // A share given twice counts once.
+        auto twice = Recover(cards_[c], StrCat(blob, " ", tmp_.File("twice.pfx"), " --shares ",
+                                               share, ",", share, " -p 'pfx pw'"));
+        EXPECT_NE(twice.exit_code, 0) << twice.output;
+        EXPECT_TRUE(Contains(twice.output, "given twice")) << twice.output;
+        // A damaged share file is named.
+        std::vector<uint8_t> bytes = ReadFile(share);
+        bytes[bytes.size() / 2] ^= 0x01;
+        WriteFile(tmp_.File("damaged.p7m"), bytes);
+        auto damaged = Recover(cards_[c], StrCat(blob, " ", tmp_.File("damaged.pfx"), " --shares ",
+                                                 tmp_.File("damaged.p7m"), " -p 'pfx pw'"));
+        EXPECT_NE(damaged.exit_code, 0) << damaged.output;
+        EXPECT_TRUE(Contains(damaged.output, "damaged.p7m")) << damaged.output;
+        // Contributing to oneself is refused.
+        auto self = Recover(cards_[c], StrCat(blob, " --contribute-to ", kra_sha1_[c], " --out ",
+                                              tmp_.File("self.p7m")));
+        EXPECT_NE(self.exit_code, 0) << self.output;
+      }
+    }
+  }
+}
+
+TEST_F(ThresholdRecoveryTest, AShareOfAnotherArchiveIsRefused) {
+  std::string blob1, p7m1, cert1, blob2, p7m2, cert2;
+  ArchiveAndRetrieve("alice", &blob1, &p7m1, &cert1);
+  ArchiveAndRetrieve("alice2", &blob2, &p7m2, &cert2);
+  const std::string share = tmp_.File("share-of-2.p7m");
+  auto give =
+      Recover(cards_[1], StrCat(blob2, " --contribute-to ", kra_sha1_[0], " --out ", share));
+  ASSERT_EQ(give.exit_code, 0) << give.output;
+  auto r = Recover(cards_[0],
+                   StrCat(blob1, " ", tmp_.File("x.pfx"), " --shares ", share, " -p 'pfx pw'"));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(Contains(r.output, "another archive")) << r.output;
+  // With the right blob the same share works.
+  auto ok = Recover(cards_[0],
+                    StrCat(blob2, " ", tmp_.File("y.pfx"), " --shares ", share, " -p 'pfx pw'"));
+  ASSERT_EQ(ok.exit_code, 0) << ok.output;
+  ExpectDecrypts(tmp_.File("y.pfx"), p7m2, cert2, "alice2");
 }
 
 }  // namespace
