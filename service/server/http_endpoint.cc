@@ -4,72 +4,34 @@
 
 #include "hsm/strings.h"
 #include "service/observe/metrics.h"
+#include "service/server/http_listener.h"
 
 namespace keywarden::service {
 
 absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(const std::string& listen,
                                                                   ReadinessFn readiness) {
-  const size_t colon = listen.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == listen.size()) {
-    return absl::InvalidArgumentError(StrCat("metrics.listen \"", listen, "\" is not HOST:PORT"));
-  }
-  std::string host = listen.substr(0, colon);
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  int port = 0;
-  try {
-    size_t used = 0;
-    port = std::stoi(listen.substr(colon + 1), &used);
-    if (used != listen.size() - colon - 1 || port < 0 || port > 65535) throw std::out_of_range("");
-  } catch (const std::exception&) {
-    return absl::InvalidArgumentError(
-        StrCat("metrics.listen \"", listen, "\": the port is not a number from 0 to 65535"));
-  }
-
+  auto listener = HttpListener::Start("metrics", listen, 4096, [&](httplib::Server& s) {
+    s.Get("/metrics", [](const httplib::Request&, httplib::Response& res) {
+      res.set_content(metrics::Render(), "text/plain; version=0.0.4; charset=utf-8");
+    });
+    s.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
+      res.set_content("ok\n", "text/plain; charset=utf-8");
+    });
+    s.Get("/readyz", [readiness](const httplib::Request&, httplib::Response& res) {
+      const Readiness::State state = readiness();
+      std::string body = state.ready ? "ready\n" : "not ready\n";
+      for (const auto& c : state.checks) {
+        body += c.name + ": " + (c.ok ? "ok" : "FAILED") +
+                (c.detail.empty() ? "" : " - " + c.detail) + "\n";
+      }
+      res.status = state.ready ? 200 : 503;
+      res.set_content(body, "text/plain; charset=utf-8");
+    });
+  });
+  if (!listener.ok()) return listener.status();
   std::unique_ptr<HttpEndpoint> self(new HttpEndpoint());
-  self->server_ = std::make_unique<httplib::Server>();
-  httplib::Server& s = *self->server_;
-  s.set_read_timeout(5, 0);
-  s.set_write_timeout(5, 0);
-  s.set_keep_alive_max_count(10);
-  s.set_payload_max_length(4096);
-  s.Get("/metrics", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content(metrics::Render(), "text/plain; version=0.0.4; charset=utf-8");
-  });
-  s.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content("ok\n", "text/plain; charset=utf-8");
-  });
-  s.Get("/readyz", [readiness](const httplib::Request&, httplib::Response& res) {
-    const Readiness::State state = readiness();
-    std::string body = state.ready ? "ready\n" : "not ready\n";
-    for (const auto& c : state.checks) {
-      body += c.name + ": " + (c.ok ? "ok" : "FAILED") +
-              (c.detail.empty() ? "" : " - " + c.detail) + "\n";
-    }
-    res.status = state.ready ? 200 : 503;
-    res.set_content(body, "text/plain; charset=utf-8");
-  });
-
-  if (port == 0) {
-    port = s.bind_to_any_port(host);
-    if (port < 0) port = 0;
-  } else if (!s.bind_to_port(host, port)) {
-    port = 0;
-  }
-  if (port == 0) {
-    return absl::UnavailableError(StrCat("the metrics listener cannot listen on ", listen,
-                                         " (address in use, or not an address of this host)"));
-  }
-  self->host_ = host;
-  self->port_ = port;
-  self->thread_ = std::thread([server = self->server_.get()] { server->listen_after_bind(); });
+  self->listener_ = std::move(*listener);
   return self;
-}
-
-HttpEndpoint::~HttpEndpoint() {
-  if (server_) server_->stop();
-  if (thread_.joinable()) thread_.join();
 }
 
 }  // namespace keywarden::service

@@ -10,14 +10,10 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include <thread>
 
 #include "absl/status/statusor.h"
+#include "service/server/http_listener.h"
 #include "service/server/readiness.h"
-
-namespace httplib {
-class Server;
-}
 
 namespace keywarden::service {
 
@@ -27,19 +23,16 @@ class HttpEndpoint {
   // `listen`: "HOST:PORT" ("[v6]:PORT"); port 0 picks a free one.
   static absl::StatusOr<std::unique_ptr<HttpEndpoint>> Start(const std::string& listen,
                                                              ReadinessFn readiness);
-  ~HttpEndpoint();  // stops listening
+  ~HttpEndpoint() = default;  // stops listening
   HttpEndpoint(const HttpEndpoint&) = delete;
   HttpEndpoint& operator=(const HttpEndpoint&) = delete;
 
-  const std::string& host() const { return host_; }
-  int port() const { return port_; }
+  const std::string& host() const { return listener_->host(); }
+  int port() const { return listener_->port(); }
 
  private:
   HttpEndpoint() = default;
-  std::unique_ptr<httplib::Server> server_;
-  std::string host_;
-  int port_ = 0;
-  std::thread thread_;
+  std::unique_ptr<HttpListener> listener_;
 };
 
 }  // namespace keywarden::service

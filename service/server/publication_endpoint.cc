@@ -13,6 +13,7 @@
 #include "service/ca/issuer.h"
 #include "service/observe/log.h"
 #include "service/publication_url.h"
+#include "service/server/http_listener.h"
 
 namespace keywarden::service {
 namespace {
@@ -104,109 +105,70 @@ absl::StatusOr<PublicationEndpoint::Content> PublicationEndpoint::ContentOf(
 
 absl::StatusOr<std::unique_ptr<PublicationEndpoint>> PublicationEndpoint::Start(
     const std::string& listen, Content content) {
-  const size_t colon = listen.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == listen.size()) {
-    return absl::InvalidArgumentError(
-        StrCat("publication.listen \"", listen, "\" is not HOST:PORT"));
-  }
-  std::string host = listen.substr(0, colon);
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  int port = 0;
-  try {
-    size_t used = 0;
-    port = std::stoi(listen.substr(colon + 1), &used);
-    if (used != listen.size() - colon - 1 || port < 0 || port > 65535) throw std::out_of_range("");
-  } catch (const std::exception&) {
-    return absl::InvalidArgumentError(
-        StrCat("publication.listen \"", listen, "\": the port is not a number from 0 to 65535"));
-  }
   if (content.ca_certificate.empty()) {
     return absl::InvalidArgumentError("publication: no CA certificate to serve");
   }
 
-  std::unique_ptr<PublicationEndpoint> self(new PublicationEndpoint());
-  self->server_ = std::make_unique<httplib::Server>();
-  httplib::Server& s = *self->server_;
-  // Relying parties are anyone: small requests, short timeouts, no bodies.
-  s.set_read_timeout(5, 0);
-  s.set_write_timeout(5, 0);
-  s.set_keep_alive_max_count(10);
-  s.set_payload_max_length(1024);
-  // Only GET and HEAD (httplib answers HEAD with the GET handler, without
-  // the body); the rest is 405 whatever the path.
-  s.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
-    if (req.method == "GET" || req.method == "HEAD")
-      return httplib::Server::HandlerResponse::Unhandled;
-    res.status = 405;
-    res.set_header("Allow", "GET, HEAD");
-    res.set_content("method not allowed: only GET and HEAD\n", "text/plain; charset=utf-8");
-    return httplib::Server::HandlerResponse::Handled;
-  });
-  s.set_error_handler([](const httplib::Request&, httplib::Response& res) {
-    if (res.status == 404) res.set_content("not found\n", "text/plain; charset=utf-8");
-  });
+  auto listener = HttpListener::Start("publication", listen, 1024, [&](httplib::Server& s) {
+    // Relying parties are anyone: small requests, short timeouts, no bodies.
+    // Only GET and HEAD (httplib answers HEAD with the GET handler, without
+    // the body); the rest is 405 whatever the path.
+    s.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
+      if (req.method == "GET" || req.method == "HEAD")
+        return httplib::Server::HandlerResponse::Unhandled;
+      res.status = 405;
+      res.set_header("Allow", "GET, HEAD");
+      res.set_content("method not allowed: only GET and HEAD\n", "text/plain; charset=utf-8");
+      return httplib::Server::HandlerResponse::Handled;
+    });
+    s.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+      if (res.status == 404) res.set_content("not found\n", "text/plain; charset=utf-8");
+    });
 
-  auto crl_fn = std::move(content.crl);
-  for (const auto& path : content.crl_paths) {
-    // Registered as exact literal paths (httplib patterns are regexes).
-    s.Get(ExactPath(path), [crl_fn](const httplib::Request&, httplib::Response& res) {
-      auto crl = crl_fn();
-      if (!crl.ok()) {
-        // The CA's fault (database, token), never the relying party's;
-        // logged at most once a minute however many ask meanwhile.
-        static std::atomic<int64_t> last_logged{0};
-        const int64_t now = Now();
-        int64_t last = last_logged.load();
-        if (now - last >= 60 && last_logged.compare_exchange_strong(last, now)) {
-          log::Warn("publication: no CRL to serve",
-                    nlohmann::json{{"error", std::string(crl.status().message())}});
+    auto crl_fn = std::move(content.crl);
+    for (const auto& path : content.crl_paths) {
+      // Registered as exact literal paths (httplib patterns are regexes).
+      s.Get(ExactPath(path), [crl_fn](const httplib::Request&, httplib::Response& res) {
+        auto crl = crl_fn();
+        if (!crl.ok()) {
+          // The CA's fault (database, token), never the relying party's;
+          // logged at most once a minute however many ask meanwhile.
+          static std::atomic<int64_t> last_logged{0};
+          const int64_t now = Now();
+          int64_t last = last_logged.load();
+          if (now - last >= 60 && last_logged.compare_exchange_strong(last, now)) {
+            log::Warn("publication: no CRL to serve",
+                      nlohmann::json{{"error", std::string(crl.status().message())}});
+          }
+          res.status = 503;
+          res.set_header("Retry-After", "30");
+          res.set_content("the CRL is not available right now\n", "text/plain; charset=utf-8");
+          return;
         }
-        res.status = 503;
-        res.set_header("Retry-After", "30");
-        res.set_content("the CRL is not available right now\n", "text/plain; charset=utf-8");
-        return;
-      }
-      const int64_t now = Now();
-      res.set_header("Last-Modified", HttpDate(crl->this_update));
-      res.set_header("Expires", HttpDate(crl->next_update));
-      res.set_header("Cache-Control",
-                     StrCat("public, max-age=", std::max<int64_t>(0, crl->next_update - now)));
-      res.set_header("ETag", StrCat("\"", crl->number, "\""));
-      res.set_content(Body(crl->der), kCrlType);
-    });
-  }
-  const std::string cert = Body(content.ca_certificate);
-  const int64_t not_before = content.ca_not_before;
-  for (const auto& path : content.ca_issuers_paths) {
-    s.Get(ExactPath(path), [cert, not_before](const httplib::Request&, httplib::Response& res) {
-      res.set_header("Last-Modified", HttpDate(not_before));
-      res.set_header("Expires", HttpDate(Now() + kCaCertificateMaxAge));
-      res.set_header("Cache-Control", StrCat("public, max-age=", kCaCertificateMaxAge));
-      res.set_content(cert, kCertType);
-    });
-  }
-
-  if (port == 0) {
-    port = s.bind_to_any_port(host);
-    if (port < 0) port = 0;
-  } else if (!s.bind_to_port(host, port)) {
-    port = 0;
-  }
-  if (port == 0) {
-    return absl::UnavailableError(StrCat("the publication listener cannot listen on ", listen,
-                                         " (address in use, or not an address of this host)"));
-  }
-  self->host_ = host;
-  self->port_ = port;
-  self->thread_ = std::thread([server = self->server_.get()] { server->listen_after_bind(); });
+        const int64_t now = Now();
+        res.set_header("Last-Modified", HttpDate(crl->this_update));
+        res.set_header("Expires", HttpDate(crl->next_update));
+        res.set_header("Cache-Control",
+                       StrCat("public, max-age=", std::max<int64_t>(0, crl->next_update - now)));
+        res.set_header("ETag", StrCat("\"", crl->number, "\""));
+        res.set_content(Body(crl->der), kCrlType);
+      });
+    }
+    const std::string cert = Body(content.ca_certificate);
+    const int64_t not_before = content.ca_not_before;
+    for (const auto& path : content.ca_issuers_paths) {
+      s.Get(ExactPath(path), [cert, not_before](const httplib::Request&, httplib::Response& res) {
+        res.set_header("Last-Modified", HttpDate(not_before));
+        res.set_header("Expires", HttpDate(Now() + kCaCertificateMaxAge));
+        res.set_header("Cache-Control", StrCat("public, max-age=", kCaCertificateMaxAge));
+        res.set_content(cert, kCertType);
+      });
+    }
+  });
+  if (!listener.ok()) return listener.status();
+  std::unique_ptr<PublicationEndpoint> self(new PublicationEndpoint());
+  self->listener_ = std::move(*listener);
   return self;
-}
-
-PublicationEndpoint::~PublicationEndpoint() {
-  if (server_) server_->stop();
-  if (thread_.joinable()) thread_.join();
 }
 
 }  // namespace keywarden::service

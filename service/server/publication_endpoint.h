@@ -13,15 +13,11 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "service/ca/authority.h"
-
-namespace httplib {
-class Server;
-}
+#include "service/server/http_listener.h"
 
 namespace keywarden::service {
 
@@ -40,19 +36,16 @@ class PublicationEndpoint {
                                                                     Content content);
   // The paths of `config`'s URLs, the CA's CRL and certificate.
   static absl::StatusOr<Content> ContentOf(const Config& config, CertificateAuthority& ca);
-  ~PublicationEndpoint();  // stops listening
+  ~PublicationEndpoint() = default;  // stops listening
   PublicationEndpoint(const PublicationEndpoint&) = delete;
   PublicationEndpoint& operator=(const PublicationEndpoint&) = delete;
 
-  const std::string& host() const { return host_; }
-  int port() const { return port_; }
+  const std::string& host() const { return listener_->host(); }
+  int port() const { return listener_->port(); }
 
  private:
   PublicationEndpoint() = default;
-  std::unique_ptr<httplib::Server> server_;
-  std::string host_;
-  int port_ = 0;
-  std::thread thread_;
+  std::unique_ptr<HttpListener> listener_;
 };
 
 // RFC 9110 IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT".
