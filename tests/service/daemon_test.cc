@@ -18,15 +18,6 @@ namespace {
 
 namespace v1 = keywarden::v1;
 
-std::string DerToPem(const std::string& der, const char* label) {
-  ossl::UniquePtr<BIO> b64(BIO_new(BIO_s_mem()));
-  PEM_write_bio(b64.get(), label, "", reinterpret_cast<const unsigned char*>(der.data()),
-                static_cast<long>(der.size()));
-  char* data = nullptr;
-  long len = BIO_get_mem_data(b64.get(), &data);
-  return std::string(data, static_cast<size_t>(len));
-}
-
 class DaemonTest : public ::testing::Test {
  protected:
   void SetUp() override { StartDaemon(DaemonHarness::Options()); }

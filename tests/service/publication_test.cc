@@ -48,35 +48,6 @@ int FreePort() {
   return port;
 }
 
-std::string DerToPem(const std::string& der, const char* label) {
-  ossl::UniquePtr<BIO> bio(BIO_new(BIO_s_mem()));
-  PEM_write_bio(bio.get(), label, "", reinterpret_cast<const unsigned char*>(der.data()),
-                static_cast<long>(der.size()));
-  char* data = nullptr;
-  long len = BIO_get_mem_data(bio.get(), &data);
-  return std::string(data, static_cast<size_t>(len));
-}
-
-// A PKCS#10 for `subject` (RFC 4514) with a fresh P-256 key.
-std::string Csr(const std::string& subject, ossl::UniquePtr<EVP_PKEY>* key) {
-  key->reset(EVP_EC_gen("P-256"));
-  ossl::UniquePtr<X509_REQ> req(X509_REQ_new());
-  auto name = pki::ParseName(subject);
-  EXPECT_TRUE(name.ok()) << name.status();
-  X509_REQ_set_subject_name(req.get(), name->get());
-  X509_REQ_set_pubkey(req.get(), key->get());
-  X509_REQ_sign(req.get(), key->get(), EVP_sha256());
-  unsigned char* der = nullptr;
-  const int len = i2d_X509_REQ(req.get(), &der);
-  std::string out(reinterpret_cast<char*>(der), static_cast<size_t>(len));
-  OPENSSL_free(der);
-  return out;
-}
-
-uint32_t HResult(const grpc::Status& st) {
-  return DetailOf(st).hresult();
-}
-
 struct Http {
   int status = 0;  // 0: no answer
   std::string headers;
@@ -179,7 +150,7 @@ enrollees = ["enrollee"]
   std::string Enrol(const std::string& who, const std::string& subject, const std::string& as) {
     ossl::UniquePtr<EVP_PKEY> key;
     v1::EnrollmentResult out;
-    grpc::Status st = Submit(who, Csr(subject, &key), "ClientAuth", &out);
+    grpc::Status st = Submit(who, MakeEcRequestDer(subject, &key), "ClientAuth", &out);
     EXPECT_TRUE(st.ok()) << st.error_message();
     const unsigned char* p = reinterpret_cast<const unsigned char*>(out.certificate().data());
     ossl::UniquePtr<X509> cert(d2i_X509(nullptr, &p, static_cast<long>(out.certificate().size())));
@@ -411,13 +382,13 @@ TEST_F(PublicationTest, OnlyAHoldCanBeReleasedAndOnlyByACertificateManager) {
   // keyCompromise is final.
   grpc::Status st = ReleaseHold("officer", compromised);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
-  EXPECT_EQ(HResult(st), 0x80094003u) << st.error_message();
+  EXPECT_EQ(HResultOf(st), 0x80094003u) << st.error_message();
   EXPECT_TRUE(Contains(st.error_message(), "keyCompromise")) << st.error_message();
   EXPECT_TRUE(Contains(st.error_message(), "only a certificateHold can be released"))
       << st.error_message();
   // Not revoked at all; unknown; not a serial.
   st = ReleaseHold("officer", valid);
-  EXPECT_EQ(HResult(st), 0x80094003u) << st.error_message();
+  EXPECT_EQ(HResultOf(st), 0x80094003u) << st.error_message();
   EXPECT_TRUE(Contains(st.error_message(), "is not revoked")) << st.error_message();
   st = ReleaseHold("officer", "0badc0de");
   EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND) << st.error_message();
@@ -442,7 +413,7 @@ TEST_F(PublicationTest, OnlyAHoldCanBeReleasedAndOnlyByACertificateManager) {
   ASSERT_TRUE(st.ok()) << st.error_message();
   EXPECT_FALSE(info.revoked());
   st = ReleaseHold("officer", held);
-  EXPECT_EQ(HResult(st), 0x80094003u) << st.error_message();
+  EXPECT_EQ(HResultOf(st), 0x80094003u) << st.error_message();
   // The CLI says the same.
   const std::string conn =
       StrCat(" --server ", daemon_->target(), " --server-ca ", daemon_->tls_ca_path(),
@@ -462,7 +433,7 @@ TEST_F(PublicationTest, AReleasedHoldLetsTheClientInAgain) {
   ASSERT_TRUE(Revoke(serial, 6).ok());
   grpc::Status st = ListRequests("officer2");
   EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAUTHENTICATED) << st.error_message();
-  EXPECT_EQ(HResult(st), 0x800b010cu);
+  EXPECT_EQ(HResultOf(st), 0x800b010cu);
   EXPECT_TRUE(Contains(st.error_message(), "certificateHold")) << st.error_message();
 
   ASSERT_TRUE(ReleaseHold("officer", serial).ok());

@@ -12,6 +12,7 @@
 
 #include "hsm/strings.h"
 #include "tests/service/daemon_harness.h"
+#include "tests/service/rpc_test_util.h"
 
 #ifndef KEYWARDEN_PROTO_DIR
 #error "KEYWARDEN_PROTO_DIR must be the proto/ directory"
@@ -27,15 +28,6 @@ namespace {
 // python3 earlier on PATH (pyenv, a venv) may not see.
 std::string Python() {
   return access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
-}
-
-std::string DerToPem(const std::string& der, const char* label) {
-  ossl::UniquePtr<BIO> bio(BIO_new(BIO_s_mem()));
-  PEM_write_bio(bio.get(), label, "", reinterpret_cast<const unsigned char*>(der.data()),
-                static_cast<long>(der.size()));
-  char* data = nullptr;
-  long len = BIO_get_mem_data(bio.get(), &data);
-  return std::string(data, static_cast<size_t>(len));
 }
 
 std::string Base64Decode(const std::string& b64) {

@@ -13,11 +13,13 @@
 #include <grpcpp/grpcpp.h>
 #include <openssl/cms.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
 #include "hsm/ossl.h"
 #include "keywarden/v1/keywarden.pb.h"
+#include "pki/certificate.h"
 
 namespace keywarden::testing {
 
@@ -29,6 +31,37 @@ inline v1::ErrorDetail DetailOf(const grpc::Status& status) {
     rpc.details(0).UnpackTo(&detail);
   }
   return detail;
+}
+
+// The HRESULT a failed call's ErrorDetail carries (0 if none).
+inline uint32_t HResultOf(const grpc::Status& status) {
+  return DetailOf(status).hresult();
+}
+
+// PEM text of `der` under `label` ("CERTIFICATE", "X509 CRL").
+inline std::string DerToPem(const std::string& der, const char* label) {
+  ossl::UniquePtr<BIO> bio(BIO_new(BIO_s_mem()));
+  PEM_write_bio(bio.get(), label, "", reinterpret_cast<const unsigned char*>(der.data()),
+                static_cast<long>(der.size()));
+  char* data = nullptr;
+  long len = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<size_t>(len));
+}
+
+// A PKCS#10 for `subject` (RFC 4514) with a fresh P-256 key.
+inline std::string MakeEcRequestDer(const std::string& subject, ossl::UniquePtr<EVP_PKEY>* key) {
+  key->reset(EVP_EC_gen("P-256"));
+  ossl::UniquePtr<X509_REQ> req(X509_REQ_new());
+  auto name = pki::ParseName(subject);
+  if (!name.ok()) return "";
+  X509_REQ_set_subject_name(req.get(), name->get());
+  X509_REQ_set_pubkey(req.get(), key->get());
+  X509_REQ_sign(req.get(), key->get(), EVP_sha256());
+  unsigned char* der = nullptr;
+  const int len = i2d_X509_REQ(req.get(), &der);
+  std::string out(reinterpret_cast<char*>(der), static_cast<size_t>(len));
+  OPENSSL_free(der);
+  return out;
 }
 
 // A PKCS#10 built with the OpenSSL API: `subject` may be empty (as Windows

@@ -61,26 +61,6 @@ extended_key_usage = ["1.3.6.1.4.1.311.21.6"]
 enrollees = ["CN=bob,O=keywarden test"]
 )";
 
-// A PKCS#10 for `subject` (RFC 4514) with a fresh P-256 key.
-std::string Csr(const std::string& subject, ossl::UniquePtr<EVP_PKEY>* key) {
-  key->reset(EVP_EC_gen("P-256"));
-  ossl::UniquePtr<X509_REQ> req(X509_REQ_new());
-  auto name = pki::ParseName(subject);
-  EXPECT_TRUE(name.ok()) << name.status();
-  X509_REQ_set_subject_name(req.get(), name->get());
-  X509_REQ_set_pubkey(req.get(), key->get());
-  X509_REQ_sign(req.get(), key->get(), EVP_sha256());
-  unsigned char* der = nullptr;
-  const int len = i2d_X509_REQ(req.get(), &der);
-  std::string out(reinterpret_cast<char*>(der), static_cast<size_t>(len));
-  OPENSSL_free(der);
-  return out;
-}
-
-uint32_t HResult(const grpc::Status& st) {
-  return DetailOf(st).hresult();
-}
-
 class TrustTest : public ::testing::Test {
  protected:
   void Start(DaemonHarness::Options options = {}) {
@@ -107,7 +87,7 @@ class TrustTest : public ::testing::Test {
   grpc::Status Enrol(const std::string& who, const std::string& subject, const std::string& as,
                      v1::EnrollmentResult* out) {
     ossl::UniquePtr<EVP_PKEY> key;
-    grpc::Status st = Submit(who, Csr(subject, &key), "ClientAuth", out);
+    grpc::Status st = Submit(who, MakeEcRequestDer(subject, &key), "ClientAuth", out);
     if (!st.ok() || out->disposition() != v1::DISPOSITION_ISSUED) return st;
     const unsigned char* p = reinterpret_cast<const unsigned char*>(out->certificate().data());
     ossl::UniquePtr<X509> cert(d2i_X509(nullptr, &p, static_cast<long>(out->certificate().size())));
@@ -179,7 +159,7 @@ TEST_F(TrustTest, AnEnrolleeCannotEnrolACertificateNamingAConfiguredPrincipal) {
     v1::EnrollmentResult out;
     grpc::Status st = Enrol("enrollee", subject, "stolen", &out);
     EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << subject;
-    EXPECT_EQ(HResult(st), 0x80070005u) << subject;
+    EXPECT_EQ(HResultOf(st), 0x80070005u) << subject;
     EXPECT_TRUE(Contains(st.error_message(), "the certificate would name \"" + subject + "\""))
         << st.error_message();
     EXPECT_TRUE(Contains(st.error_message(), "only a CA Administrator")) << st.error_message();
@@ -224,7 +204,7 @@ TEST_F(TrustTest, ACertificateWithAnOfficersSubjectFromAnotherIssuerGetsNoRole) 
   EXPECT_TRUE(GetCaCertificate("fake-officer").ok());   // authenticated...
   st = ListRequests(daemon_->Channel("fake-officer"));  // ...with no role
   EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
-  EXPECT_EQ(HResult(st), 0x80070005u);
+  EXPECT_EQ(HResultOf(st), 0x80070005u);
   // The real officer still is one.
   EXPECT_TRUE(ListRequests(daemon_->Channel("officer")).ok());
 }
@@ -242,7 +222,7 @@ TEST_F(TrustTest, ARevokedOfficerIsRefusedOnItsNextCallWithoutARestart) {
   // The same connection, the very next call.
   st = ListRequests(channel);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAUTHENTICATED) << st.error_message();
-  EXPECT_EQ(HResult(st), 0x800b010cu);
+  EXPECT_EQ(HResultOf(st), 0x800b010cu);
   EXPECT_TRUE(Contains(st.error_message(), "revoked by CN=keywarden Test CA,O=keywarden test on "))
       << st.error_message();
   EXPECT_TRUE(Contains(st.error_message(), "reason keyCompromise")) << st.error_message();
@@ -273,7 +253,7 @@ TEST_F(TrustTest, AClientRevokedOnItsCasCrlIsRefusedOnceTheFileChanges) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAUTHENTICATED) << st.error_message();
-  EXPECT_EQ(HResult(st), 0x800b010cu);
+  EXPECT_EQ(HResultOf(st), 0x800b010cu);
   EXPECT_TRUE(Contains(st.error_message(), "revoked by CN=keywarden test TLS CA"))
       << st.error_message();
   // Nobody else is affected.
@@ -287,7 +267,7 @@ TEST_F(TrustTest, AClientCaWithoutACurrentCrlIsRefusedAsACaSideCondition) {
   ASSERT_NO_FATAL_FAILURE(Start(options));
   grpc::Status st = GetCaCertificate("enrollee");
   EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
-  EXPECT_EQ(HResult(st), 0x80092013u);
+  EXPECT_EQ(HResultOf(st), 0x80092013u);
   EXPECT_TRUE(Contains(st.error_message(), "no current CRL of CN=keywarden test TLS CA"))
       << st.error_message();
   // A client of this CA itself needs no file: its revocations are live.
@@ -306,7 +286,7 @@ TEST_F(TrustTest, AnExpiredCrlStopsBeingCurrent) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
-  EXPECT_EQ(HResult(st), 0x80092013u);
+  EXPECT_EQ(HResultOf(st), 0x80092013u);
 }
 
 TEST_F(TrustTest, AClientCaMayBeDeclaredUsableWithoutACrl) {
@@ -367,12 +347,13 @@ TEST_F(TrustTest, EachTemplateSaysWhoMayEnrolForIt) {
   ASSERT_NO_FATAL_FAILURE(Start());
   for (const std::string tmpl : {"Restricted", "KeyRecoveryAgent"}) {
     ossl::UniquePtr<EVP_PKEY> key;
-    const std::string csr = tmpl == "KeyRecoveryAgent" ? MakeRequestDer("KRA", 2048, &key)
-                                                       : Csr("CN=alice,O=keywarden test", &key);
+    const std::string csr = tmpl == "KeyRecoveryAgent"
+                                ? MakeRequestDer("KRA", 2048, &key)
+                                : MakeEcRequestDer("CN=alice,O=keywarden test", &key);
     v1::EnrollmentResult out;
     grpc::Status st = Submit("enrollee", csr, tmpl, &out);
     EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << tmpl;
-    EXPECT_EQ(HResult(st), 0x80094012u) << tmpl;
+    EXPECT_EQ(HResultOf(st), 0x80094012u) << tmpl;
     EXPECT_TRUE(Contains(st.error_message(),
                          "CN=alice,O=keywarden test may not enrol for template " + tmpl))
         << st.error_message();
@@ -380,7 +361,7 @@ TEST_F(TrustTest, EachTemplateSaysWhoMayEnrolForIt) {
   // bob is listed for both.
   ossl::UniquePtr<EVP_PKEY> key;
   v1::EnrollmentResult out;
-  grpc::Status st = Submit("enrollee2", Csr("CN=ignored", &key), "Restricted", &out);
+  grpc::Status st = Submit("enrollee2", MakeEcRequestDer("CN=ignored", &key), "Restricted", &out);
   ASSERT_TRUE(st.ok()) << st.error_message();
   EXPECT_EQ(out.disposition(), v1::DISPOSITION_ISSUED) << out.message();
   // The refusals are on record as denied requests.
