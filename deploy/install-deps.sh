@@ -23,6 +23,8 @@ packages=(
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev python3 python3-grpcio python3-grpc-tools
   python3-prometheus-client
+  # the issuance benchmark compares keywardend with cfssl serve (tests/bench/issue_bench.cc)
+  golang-cfssl
   # the install and package test: man pages rendered, the unit verified
   man-db groff-base bsdextrautils systemd
 )
