@@ -840,6 +840,7 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
   CertificateSpec spec;
   spec.subject = subject.get();
   spec.public_key = pub;
+  spec.spki = X509_REQ_get_X509_PUBKEY(parsed->req.get());
   spec.not_before = now - 60;
   spec.not_after = now + t->validity.count();
   spec.key_usage = t->key_usage;

@@ -248,6 +248,48 @@ absl::Status Issuer::SignAndCheck(X509* cert) const {
   return absl::OkStatus();
 }
 
+namespace {
+
+// Copies `from` (algorithm, parameters, key bits) into `cert`'s
+// SubjectPublicKeyInfo, without decoding or encoding the key.
+bool CopySpki(const X509_PUBKEY* from, X509* cert) {
+  const unsigned char* bits = nullptr;
+  int bits_len = 0;
+  X509_ALGOR* alg = nullptr;
+  if (X509_PUBKEY_get0_param(nullptr, &bits, &bits_len, &alg, from) != 1 || alg == nullptr ||
+      bits_len <= 0) {
+    return false;
+  }
+  const ASN1_OBJECT* oid = nullptr;
+  int ptype = V_ASN1_UNDEF;
+  const void* pval = nullptr;
+  X509_ALGOR_get0(&oid, &ptype, &pval, alg);
+  ossl::UniquePtr<ASN1_OBJECT> oid_copy(OBJ_dup(oid));
+  void* pval_copy = nullptr;
+  if (ptype == V_ASN1_OBJECT) {
+    pval_copy = OBJ_dup(static_cast<const ASN1_OBJECT*>(pval));
+  } else if (ptype != V_ASN1_UNDEF && ptype != V_ASN1_NULL) {
+    pval_copy = ASN1_STRING_dup(static_cast<const ASN1_STRING*>(pval));  // SEQUENCE etc.
+  }
+  auto* key_copy = static_cast<unsigned char*>(OPENSSL_memdup(bits, static_cast<size_t>(bits_len)));
+  const bool copied = oid_copy && key_copy != nullptr &&
+                      (pval_copy != nullptr || ptype == V_ASN1_UNDEF || ptype == V_ASN1_NULL);
+  if (copied && X509_PUBKEY_set0_param(X509_get_X509_PUBKEY(cert), oid_copy.get(), ptype, pval_copy,
+                                       key_copy, bits_len) == 1) {
+    oid_copy.release();  // owned by the certificate now, as are the others
+    return true;
+  }
+  if (ptype == V_ASN1_OBJECT) {
+    ASN1_OBJECT_free(static_cast<ASN1_OBJECT*>(pval_copy));
+  } else {
+    ASN1_STRING_free(static_cast<ASN1_STRING*>(pval_copy));
+  }
+  OPENSSL_free(key_copy);
+  return false;
+}
+
+}  // namespace
+
 absl::StatusOr<ossl::UniquePtr<X509>> Issuer::IssueCertificate(const CertificateSpec& spec) const {
   if (spec.subject == nullptr || spec.public_key == nullptr) {
     return absl::InvalidArgumentError("issue: no subject or public key");
@@ -266,7 +308,8 @@ absl::StatusOr<ossl::UniquePtr<X509>> Issuer::IssueCertificate(const Certificate
       !X509_set_issuer_name(cert.get(), X509_get_subject_name(ca_.get())) ||
       !ASN1_TIME_set(X509_getm_notBefore(cert.get()), static_cast<time_t>(spec.not_before)) ||
       !ASN1_TIME_set(X509_getm_notAfter(cert.get()), static_cast<time_t>(not_after)) ||
-      !X509_set_pubkey(cert.get(), spec.public_key)) {
+      !(spec.spki != nullptr ? CopySpki(spec.spki, cert.get())
+                             : X509_set_pubkey(cert.get(), spec.public_key) == 1)) {
     return OpenSslError("issue: certificate fields");
   }
   std::string ku = StrJoin(spec.key_usage, ",");

@@ -28,6 +28,13 @@ struct RawExtension {
 struct CertificateSpec {
   const X509_NAME* subject = nullptr;
   EVP_PKEY* public_key = nullptr;
+  // The request's SubjectPublicKeyInfo of `public_key`, as parsed (a
+  // PKCS#10's): copied into the certificate as it is, the exact key the
+  // request proved possession of. Null: `public_key` is encoded, which with
+  // OpenSSL 3.0's encoder and decoder costs more than the rest of building
+  // the certificate. The certificate returned then has no decoded key
+  // (X509_get0_pubkey is null): use `public_key`, or its DER.
+  const X509_PUBKEY* spki = nullptr;
   int64_t not_before = 0;                       // unix seconds
   int64_t not_after = 0;                        // clipped to the CA's own notAfter
   std::vector<std::string> key_usage;           // names as in the configuration
