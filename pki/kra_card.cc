@@ -404,6 +404,8 @@ absl::StatusOr<RecoveredKey> KraCard::RecoverThreshold(
   start = Clock::now();
   auto content_key = shamir::Combine(shares);
   if (!content_key.ok()) return content_key.status();
+  t.combine = Since(start);
+  start = Clock::now();
   auto plaintext = threshold::DecryptContent(env.content, content_key->span());
   content_key->Clear();
   if (!plaintext.ok()) return plaintext.status();
