@@ -654,6 +654,21 @@ TEST_F(ThresholdThreeOfFiveTest, EveryThreeCardsRecoverAndNoTwoDo) {
   EXPECT_EQ(ori, 5u) << inner.output;
   EXPECT_FALSE(Contains(inner.output, "d.ktri")) << inner.output;
   EXPECT_TRUE(Contains(inner.output, pki::threshold::kThresholdShareOid)) << inner.output;
+  // Without a card, recoverkey shows k and n and the five share holders.
+  auto show = RunCommand(
+      StrCat(KEYWARDEN_CLI, " recoverkey ", blob, " --ca-cert ", daemon_->ca_cert_path()));
+  ASSERT_EQ(show.exit_code, 0) << show.output;
+  EXPECT_TRUE(Contains(show.output, "a threshold archive: 3 of these 5 KRAs' cards are needed"))
+      << show.output;
+  for (const std::string& sha1 : kra_sha1_) {
+    EXPECT_TRUE(Contains(show.output, sha1)) << show.output;
+  }
+  auto show_json = RunCommand(
+      StrCat(KEYWARDEN_CLI, " --json recoverkey ", blob, " --ca-cert ", daemon_->ca_cert_path()));
+  ASSERT_EQ(show_json.exit_code, 0) << show_json.output;
+  EXPECT_TRUE(Contains(show_json.output, "\"threshold\":{\"k\":3,\"n\":5}") ||
+              Contains(show_json.output, "\"threshold\": {\n"))
+      << show_json.output;
 
   const size_t n = cards_.size();
   // Alone.
