@@ -480,6 +480,7 @@ int RunRecoverOne(const RecoverOptions& o, const Output& out) {
                          {"key_decrypt", r->timing.decrypt},
                          {"key_check", r->timing.verify},
                          {"pfx_write", r->write_seconds}};
+  if (blob->threshold) j["timing_seconds"]["combine"] = r->timing.combine;
   text += r->text + StrCat("  (", kKraStatusNote, ")\n");
   if (generated) {
     j["password"] = std::string(password->view());
