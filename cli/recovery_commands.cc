@@ -207,31 +207,39 @@ nlohmann::json BlobJson(const pki::RecoveryBlob& b) {
     kras.push_back(k);
   }
   X509* u = b.user_certificate.get();
-  return {{"user",
-           {{"subject", Subject(u)},
-            {"serial", SerialHex(u)},
-            {"sha1", pki::Sha1Thumbprint(u)},
-            {"not_after", NotAfter(u)}}},
-          {"signer", Subject(b.signer.get())},
-          {"signing_time", b.signing_time ? TimeText(*b.signing_time) : ""},
-          {"content_cipher", b.content_cipher},
-          {"kras", kras}};
+  nlohmann::json j = {{"user",
+                       {{"subject", Subject(u)},
+                        {"serial", SerialHex(u)},
+                        {"sha1", pki::Sha1Thumbprint(u)},
+                        {"not_after", NotAfter(u)}}},
+                      {"signer", Subject(b.signer.get())},
+                      {"signing_time", b.signing_time ? TimeText(*b.signing_time) : ""},
+                      {"content_cipher", b.content_cipher},
+                      {"kras", kras}};
+  if (b.threshold) j["threshold"] = {{"k", b.threshold->k}, {"n", b.threshold->n}};
+  return j;
 }
 
 std::string BlobText(const std::string& path, const pki::RecoveryBlob& b) {
   X509* u = b.user_certificate.get();
   std::string anchor =
       b.signer_chain.empty() ? Subject(b.signer.get()) : Subject(b.signer_chain.back().get());
-  std::string text =
-      StrCat("Recovery blob ", path, "\n", "  signed by:    \"", Subject(b.signer.get()),
-             "\" (signature verified, chains to trusted \"", anchor, "\")",
-             b.signing_time ? StrCat(" on ", TimeText(*b.signing_time)) : "", "\n",
-             "  user:         \"", Subject(u), "\"\n", "                serial ", SerialHex(u),
-             ", SHA-1 ", pki::Sha1Thumbprint(u), ", valid until ", NotAfter(u), "\n",
-             "  archived key: ", b.content_cipher.empty() ? "?" : b.content_cipher,
-             ", encrypted to ", b.recipients.size(), " KRA(s):\n");
+  std::string text = StrCat(
+      "Recovery blob ", path, "\n", "  signed by:    \"", Subject(b.signer.get()),
+      "\" (signature verified, chains to trusted \"", anchor, "\")",
+      b.signing_time ? StrCat(" on ", TimeText(*b.signing_time)) : "", "\n", "  user:         \"",
+      Subject(u), "\"\n", "                serial ", SerialHex(u), ", SHA-1 ",
+      pki::Sha1Thumbprint(u), ", valid until ", NotAfter(u), "\n",
+      "  archived key: ", b.content_cipher.empty() ? "?" : b.content_cipher, ", encrypted to ",
+      b.recipients.size(), " KRA(s)",
+      b.threshold ? StrCat(", a threshold archive: ", b.threshold->k, " of these ", b.threshold->n,
+                           " KRAs' cards are needed (one coordinates with --shares, ",
+                           b.threshold->k - 1, " seal their shares to it with --contribute-to)")
+                  : std::string(),
+      ":\n");
   for (const auto& r : b.recipients) {
-    text += StrCat("    ", r.Describe(),
+    text += StrCat("    ", b.threshold ? StrCat("share ", r.share_index, ": ") : std::string(),
+                   r.Describe(),
                    r.certificate != nullptr && Expired(r.certificate)
                        ? StrCat(" [certificate expired ", NotAfter(r.certificate), "]")
                        : "",
@@ -472,6 +480,7 @@ int RunRecoverOne(const RecoverOptions& o, const Output& out) {
                          {"key_decrypt", r->timing.decrypt},
                          {"key_check", r->timing.verify},
                          {"pfx_write", r->write_seconds}};
+  if (blob->threshold) j["timing_seconds"]["combine"] = r->timing.combine;
   text += r->text + StrCat("  (", kKraStatusNote, ")\n");
   if (generated) {
     j["password"] = std::string(password->view());
@@ -990,7 +999,10 @@ void RegisterRecoveryCommands(CLI::App& app, const Output& out, Action& action) 
   CLI::App* recover = app.add_subcommand(
       "recoverkey",
       "Decrypt a recovery blob with a KRA smart card and write the user's key as a PKCS#12 "
-      "(offline: no connection to keywardend)");
+      "(offline: no connection to keywardend). Threshold archives ([kra] threshold = k >= 2, "
+      "docs/THRESHOLD.md) need k cards: k - 1 KRAs each run `recoverkey BLOB --contribute-to "
+      "KRA --card URI --out SHARE`, then the coordinating KRA runs `recoverkey BLOB OUT.pfx "
+      "--card URI --shares SHARE1,...`");
   recover
       ->add_option("args", ro->args,
                    "BLOB [OUT.pfx]: without OUT.pfx the blob is only verified and shown; with "

@@ -384,7 +384,16 @@ absl::StatusOr<RecoveredKey> KraCard::RecoverThreshold(
     for (const threshold::ShareEntry& e : env.shares) {
       bool have = false;
       for (const shamir::Share& s : shares) have = have || s.index == e.index;
-      if (!have) missing.push_back(e.Describe());
+      if (have) continue;
+      // The KRA by subject and SHA-1 when the blob carries its certificate
+      // (what a card holder recognises), else by issuer and serial.
+      std::string who = e.Describe();
+      for (const RecoveryRecipient& r : blob.recipients) {
+        if (r.share_index == e.index && r.certificate != nullptr) {
+          who = StrCat("share ", static_cast<int>(e.index), " of KRA ", r.Describe());
+        }
+      }
+      missing.push_back(std::move(who));
     }
     return absl::FailedPreconditionError(
         StrCat("this archive needs ", env.k, " shares and ", shares.size(),
@@ -395,6 +404,8 @@ absl::StatusOr<RecoveredKey> KraCard::RecoverThreshold(
   start = Clock::now();
   auto content_key = shamir::Combine(shares);
   if (!content_key.ok()) return content_key.status();
+  t.combine = Since(start);
+  start = Clock::now();
   auto plaintext = threshold::DecryptContent(env.content, content_key->span());
   content_key->Clear();
   if (!plaintext.ok()) return plaintext.status();

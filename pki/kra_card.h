@@ -35,7 +35,9 @@ struct CardCertificate {
 
 // Where the time of one recovery went (seconds).
 struct RecoveryTiming {
-  double card = 0;     // the content-encryption key decrypted on the card
+  double card = 0;     // the content-encryption key decrypted on the card (threshold:
+                       // this card's share and the contributions opened on it)
+  double combine = 0;  // threshold: the shares combined into the content key
   double decrypt = 0;  // the archived key decrypted and parsed (software)
   double verify = 0;   // key pair check against the user certificate
 };

@@ -28,6 +28,16 @@ const std::vector<FixtureToken>& SoftHsmFixture::StandardTokens() {
   return *tokens;
 }
 
+const std::vector<FixtureToken>& SoftHsmFixture::FiveKraCards() {
+  static const auto* tokens = [] {
+    auto* all = new std::vector<FixtureToken>(StandardTokens());
+    all->push_back({kKraCard4, "kra4-so-pin", "kra4-user-pin"});
+    all->push_back({kKraCard5, "kra5-so-pin", "kra5-user-pin"});
+    return all;
+  }();
+  return *tokens;
+}
+
 std::string SoftHsmFixture::module_path() {
   const char* env = std::getenv("KEYWARDEN_PKCS11_MODULE");
   return env != nullptr && *env != '\0' ? env : KEYWARDEN_SOFTHSM_MODULE;

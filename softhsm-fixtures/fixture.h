@@ -17,12 +17,18 @@ struct FixtureToken {
 
 class SoftHsmFixture {
  public:
-  // The CA HSM token and three KRA cards, as make-tokens.sh makes by default.
+  // The CA HSM token and three KRA cards (kra-card-1..3): what most tests
+  // need, and quicker to make than the full set.
   static const std::vector<FixtureToken>& StandardTokens();
+  // The standard tokens plus kra-card-4 and kra-card-5 (threshold 3-of-5
+  // tests): the full set make-tokens.sh makes without token arguments.
+  static const std::vector<FixtureToken>& FiveKraCards();
   static constexpr char kCaToken[] = "keywarden-ca";
   static constexpr char kKraCard1[] = "kra-card-1";
   static constexpr char kKraCard2[] = "kra-card-2";
   static constexpr char kKraCard3[] = "kra-card-3";
+  static constexpr char kKraCard4[] = "kra-card-4";
+  static constexpr char kKraCard5[] = "kra-card-5";
 
   // Makes the tokens in a new directory under $TMPDIR and sets SOFTHSM2_CONF
   // for this process. Call before the SoftHSM2 module is first loaded.

@@ -7,8 +7,8 @@
 #   DIR/env                shell lines to source: SOFTHSM2_CONF, KEYWARDEN_PKCS11_MODULE
 #
 # Usage: make-tokens.sh DIR [LABEL:SO_PIN:USER_PIN ...]
-# Without token arguments it makes the standard set: the CA HSM token and
-# three KRA smart cards (see README.md in this folder for labels and PINs).
+# Without token arguments it makes the full set: the CA HSM token and five
+# KRA smart cards (see README.md in this folder for labels and PINs).
 # Tokens are found later by label (or serial), never by slot number:
 # SoftHSM2 renumbers slots after every --init-token.
 set -euo pipefail
@@ -26,6 +26,8 @@ if [ ${#tokens[@]} -eq 0 ]; then
     "kra-card-1:kra1-so-pin:kra1-user-pin"
     "kra-card-2:kra2-so-pin:kra2-user-pin"
     "kra-card-3:kra3-so-pin:kra3-user-pin"
+    "kra-card-4:kra4-so-pin:kra4-user-pin"
+    "kra-card-5:kra5-so-pin:kra5-user-pin"
   )
 fi
 

@@ -3,6 +3,7 @@
 // and archives it to round-robin KRAs. Every archive is opened with the
 // independent `openssl cms -decrypt` and a KRA key in software; every
 // refusal is checked for its code, for nothing issued, and for its audit.
+#include <openssl/bn.h>
 #include <openssl/cms.h>
 #include <openssl/pem.h>
 #include <openssl/pkcs12.h>
@@ -22,6 +23,8 @@
 #include "hsm/strings.h"
 #include "keywarden/v1/keywarden.grpc.pb.h"
 #include "pki/certificate.h"
+#include "pki/cmc.h"
+#include "pki/der.h"
 #include "pki/private_key_blob.h"
 #include "service/ca/issuer.h"
 #include "service/storage/store.h"
@@ -38,6 +41,44 @@ using service::ArchivedKey;
 
 std::string Str(const std::vector<uint8_t>& v) {
   return std::string(v.begin(), v.end());
+}
+
+// The ASN.1 shape of DER, for comparing layouts: every tag, nested; OIDs
+// spelled out; the first INTEGER of a SEQUENCE (a version) with its value;
+// OCTET STRINGs up to 16 bytes (IVs) with their length; a Name (SEQUENCE
+// of SETs) as "Name"; other values dropped (keys, serials, ciphertext).
+std::string AsnShape(std::span<const uint8_t> der) {
+  auto hex = [](uint8_t tag) {
+    char b[3];
+    std::snprintf(b, sizeof b, "%02x", tag);
+    return std::string(b);
+  };
+  std::string out;
+  pki::DerReader r(der);
+  pki::DerElement e;
+  bool first = true;
+  while (r.Next(&e)) {
+    if ((e.tag & 0x20) != 0) {
+      pki::DerReader inner(e.contents);
+      pki::DerElement child;
+      if (e.tag == 0x30 && inner.Next(&child) && child.tag == 0x31) {
+        out += "Name ";
+      } else {
+        out += StrCat(hex(e.tag), "{ ", AsnShape(e.contents), "} ");
+      }
+    } else if (e.tag == 0x06) {
+      out += StrCat("OID(", pki::OidToText(e.contents), ") ");
+    } else if (e.tag == 0x02 && first && e.contents.size() == 1) {
+      out += StrCat("INT(", static_cast<int>(e.contents[0]), ") ");
+    } else if (e.tag == 0x04 && e.contents.size() <= 16) {
+      out += StrCat("OCTETS(", e.contents.size(), ") ");
+    } else {
+      out += StrCat(hex(e.tag), " ");
+    }
+    first = false;
+  }
+  if (!r.empty()) out += "(not DER)";
+  return out;
 }
 
 // An archival requester: its key pair and the pieces of its request.
@@ -361,6 +402,41 @@ TEST_F(ArchivalTest, WindowsVectorsArchiveWithTheVectorExchangeKey) {
         d2i_X509(nullptr, &c, static_cast<long>(result.certificate().size())));
     ASSERT_TRUE(cert);
     EXPECT_TRUE(SameKey(pkcs8, X509_get0_pubkey(cert.get()))) << name;
+    // k = 1 (no [kra] threshold) keeps the Windows layout: the stored
+    // archive has exactly the ASN.1 shape of the EnvelopedData the Windows
+    // client itself made for the CA (ContentInfo envelopedData, version 0,
+    // one KeyTransRecipientInfo v0 by issuerAndSerialNumber, rsaEncryption
+    // with NULL, id-data, des-ede3-cbc with an 8-byte IV, [0] IMPLICIT
+    // ciphertext), which is what the seed's "Recovery BLOB Structure" shows.
+    auto cmc = pki::ParseCmcRequest(request);
+    ASSERT_TRUE(cmc.ok()) << name << ": " << cmc.status();
+    ASSERT_TRUE(cmc->encrypted_key.has_value()) << name;
+    const std::string windows_shape = AsnShape(*cmc->encrypted_key);
+    EXPECT_NE(windows_shape.find("OID(1.2.840.113549.3.7) OCTETS(8)"), std::string::npos)
+        << windows_shape;
+    EXPECT_EQ(AsnShape(row->archived_key->envelope), windows_shape) << name;
+
+    // And the recovery blob around it: openssl verifies the CA signature
+    // and the signed content is the stored archive byte for byte.
+    auto officer = v1::Officer::NewStub(daemon_->Channel("officer"));
+    grpc::ClientContext ctx;
+    v1::GetArchivedKeyRequest in;
+    ossl::UniquePtr<BIGNUM> serial_bn(
+        ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert.get()), nullptr));
+    char* serial_hex = BN_bn2hex(serial_bn.get());
+    in.set_search(serial_hex);
+    OPENSSL_free(serial_hex);
+    in.set_blob(true);
+    v1::GetArchivedKeyResponse got;
+    grpc::Status gst = officer->GetArchivedKey(&ctx, in, &got);
+    ASSERT_TRUE(gst.ok()) << name << ": " << gst.error_message();
+    const std::string blob_path = tmp_.File(StrCat(name, ".rec"));
+    WriteFile(blob_path, got.recovery_blob());
+    auto verify =
+        RunCommand(StrCat("openssl cms -verify -binary -purpose any -inform DER -in ", blob_path,
+                          " -CAfile ", daemon_->ca_cert_path(), " -out ", blob_path, ".inner"));
+    ASSERT_EQ(verify.exit_code, 0) << name << ": " << verify.output;
+    EXPECT_EQ(ReadFile(blob_path + ".inner"), row->archived_key->envelope) << name;
   }
   // A request encrypted to another CA's exchange certificate names it.
   v1::EnrollmentResult result;

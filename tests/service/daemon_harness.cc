@@ -67,7 +67,8 @@ absl::StatusOr<std::unique_ptr<DaemonHarness>> DaemonHarness::Start(const Option
     if (!pg.ok()) return pg.status();
     h->pg_ = std::make_unique<PgTestDatabase>(*std::move(pg));
   }
-  auto tokens = SoftHsmFixture::Create();
+  auto tokens = SoftHsmFixture::Create(options.tokens.empty() ? SoftHsmFixture::StandardTokens()
+                                                              : options.tokens);
   if (!tokens.ok()) return tokens.status();
   h->tokens_ = std::move(*tokens);
   const std::string module = SoftHsmFixture::module_path();

@@ -60,6 +60,9 @@ class DaemonHarness {
     // The CA database: "" = as KEYWARDEN_TEST_BACKEND says (PostgreSQL when
     // it is "postgresql", SQLite otherwise), or "sqlite" / "postgresql".
     std::string backend;
+    // The SoftHSM2 tokens made for this daemon: StandardTokens() when empty
+    // (SoftHsmFixture::FiveKraCards() for the threshold 3-of-5 tests).
+    std::vector<FixtureToken> tokens;
   };
 
   // Principals with a client certificate from the trusted TLS CA:
