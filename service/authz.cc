@@ -41,6 +41,7 @@ const std::vector<MethodPolicy>& MethodTable() {
       // Signing: Signers; each alias also lists the principals that may use it
       // (checked by the signing service, refusals audited).
       {"/keywarden.v1.Signing/SignDigest", {R::kSigner}},
+      {"/keywarden.v1.Signing/SignDigests", {R::kSigner}},
       {"/keywarden.v1.Signing/SignData", {R::kSigner}},
       {"/keywarden.v1.Signing/GetSigningKey", {R::kSigner}},
       {"/keywarden.v1.Signing/ListSigningKeys", {R::kSigner}},

@@ -98,6 +98,8 @@ const std::vector<FieldLimit>& RequestFieldLimits() {
       // Signing
       {"keywarden.v1.SignDigestRequest.alias", 256},
       {"keywarden.v1.SignDigestRequest.digest", 64},
+      {"keywarden.v1.SignDigestsRequest.alias", 256},
+      {"keywarden.v1.SignDigestsRequest.digests", 64},  // each; at most kMaxSignDigests of them
       {"keywarden.v1.SignDataRequest.alias", 256},
       {"keywarden.v1.SignDataRequest.data", 1 * MiB},
       {"keywarden.v1.GetSigningKeyRequest.alias", 256},

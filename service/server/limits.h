@@ -25,6 +25,11 @@ struct FieldLimit {
 const std::vector<FieldLimit>& RequestFieldLimits();
 inline constexpr size_t kDefaultFieldLimit = 256;
 
+// Signing/SignDigests: the most digests one call may carry (each is limited
+// by the table). More are refused as E_INVALIDARG and audited
+// (signing.refused) before anything is signed.
+inline constexpr size_t kMaxSignDigests = 256;
+
 // The largest legitimate request message: the largest field (1 MiB: a PFX,
 // SignData's data) and room for the others. Larger messages are refused by
 // gRPC itself (RESOURCE_EXHAUSTED, "Received message larger than max").

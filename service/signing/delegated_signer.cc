@@ -268,11 +268,45 @@ absl::StatusOr<std::unique_ptr<DelegatedSigner>> DelegatedSigner::Open(
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (i >= already_open || used[i]) signer->tokens_.push_back(tokens[i]);
   }
+  // SignDigests helpers: with the calling thread, one per core ([server]
+  // threads when set). Idle unless a batch is being signed.
+  if (!signer->keys_.empty()) {
+    const size_t cores = config.server.threads > 0
+                             ? static_cast<size_t>(config.server.threads)
+                             : std::max<size_t>(1, std::thread::hardware_concurrency());
+    for (size_t i = 1; i < cores; ++i) {
+      signer->helpers_.emplace_back([s = signer.get()] { s->HelperLoop(); });
+    }
+  }
   return signer;
 }
 
 DelegatedSigner::~DelegatedSigner() {
   Stop();
+}
+
+void DelegatedSigner::PostHelpers(size_t n, const std::function<void()>& task) {
+  {
+    std::lock_guard<std::mutex> lock(helpers_mu_);
+    if (helpers_stopping_) return;
+    n = std::min(n, helpers_.size());
+    for (size_t i = 0; i < n; ++i) helper_tasks_.push_back(task);
+  }
+  for (size_t i = 0; i < n; ++i) helpers_cv_.notify_one();
+}
+
+void DelegatedSigner::HelperLoop() {
+  for (;;) {
+    std::function<void()> task;
+    {
+      std::unique_lock<std::mutex> lock(helpers_mu_);
+      helpers_cv_.wait(lock, [this] { return helpers_stopping_ || !helper_tasks_.empty(); });
+      if (helpers_stopping_) return;
+      task = std::move(helper_tasks_.back());
+      helper_tasks_.pop_back();
+    }
+    task();
+  }
 }
 
 const SigningKey* DelegatedSigner::Find(std::string_view alias) const {
@@ -476,6 +510,86 @@ absl::Status DelegatedSigner::SignDigest(const std::string& principal, std::stri
   return absl::OkStatus();
 }
 
+absl::Status DelegatedSigner::SignDigests(const std::string& principal, std::string_view alias,
+                                          std::optional<Algorithm> algorithm,
+                                          std::span<const std::span<const uint8_t>> digests,
+                                          std::optional<int> pss_salt_length, size_t max_digests,
+                                          std::vector<std::string>* signatures) {
+  constexpr std::string_view kRpc = "SignDigests";
+  signatures->clear();
+  const SigningKey* key = nullptr;
+  int who = -1, salt = 0;
+  if (auto st = CheckSign(principal, kRpc, alias, algorithm, pss_salt_length, &key, &who, &salt);
+      !st.ok()) {
+    return st;
+  }
+  const AlgorithmInfo& a = Info(*algorithm);
+  if (digests.empty()) {
+    return Refuse(principal, kRpc, alias, Error(hresult::kInvalidArg, "no digests to sign"),
+                  *algorithm);
+  }
+  if (digests.size() > max_digests) {
+    return Refuse(principal, kRpc, alias,
+                  Error(hresult::kInvalidArg, StrCat(digests.size(), " digests in one call; the ",
+                                                     "limit is ", max_digests)),
+                  *algorithm);
+  }
+  for (size_t i = 0; i < digests.size(); ++i) {
+    if (digests[i].size() != a.digest_size) {
+      return Refuse(
+          principal, kRpc, alias,
+          Error(hresult::kBadLen, StrCat("digests[", i, "]: a ", a.name, " digest is ",
+                                         a.digest_size, " bytes; got ", digests[i].size())),
+          *algorithm);
+    }
+  }
+
+  // Every thread that joins takes the next digest until none is left; the
+  // caller does not return before each taken digest is done, and a helper
+  // that comes late takes none (it touches only the shared counters).
+  struct Batch {
+    std::atomic<size_t> next{0};
+    std::atomic<bool> failed{false};
+    std::mutex mu;
+    std::condition_variable cv;
+    size_t done = 0;
+    absl::Status error;
+  };
+  const size_t n = digests.size();
+  signatures->assign(n, std::string());
+  auto batch = std::make_shared<Batch>();
+  const AlgorithmInfo* info = &a;
+  std::string* out = signatures->data();
+  auto run = [this, batch, key, info, salt, digests, out, n] {
+    for (;;) {
+      const size_t i = batch->next.fetch_add(1, std::memory_order_relaxed);
+      if (i >= n) return;
+      absl::Status st;
+      if (!batch->failed.load(std::memory_order_relaxed)) {
+        st = SignPrepared(*key, *info, digests[i], salt, &out[i]);
+        if (!st.ok()) batch->failed = true;
+      }
+      std::lock_guard<std::mutex> lock(batch->mu);
+      if (!st.ok() && batch->error.ok()) batch->error = st;
+      if (++batch->done == n) batch->cv.notify_all();
+    }
+  };
+  if (n > 1) PostHelpers(n - 1, run);
+  run();
+  {
+    std::unique_lock<std::mutex> lock(batch->mu);
+    batch->cv.wait(lock, [&] { return batch->done == n; });
+  }
+  if (!batch->error.ok()) {
+    signatures->clear();
+    return batch->error;
+  }
+  key->usage[static_cast<size_t>(who) * kAlgorithmCount + static_cast<size_t>(a.id)].fetch_add(
+      n, std::memory_order_relaxed);
+  metrics::Add(metrics::kSignatures, {{"kind", "delegated"}}, static_cast<double>(n));
+  return absl::OkStatus();
+}
+
 absl::Status DelegatedSigner::SignData(const std::string& principal, std::string_view alias,
                                        std::optional<Algorithm> algorithm,
                                        std::span<const uint8_t> data,
@@ -649,6 +763,16 @@ void DelegatedSigner::Stop() {
   }
   stop_cv_.notify_all();
   if (flusher_.joinable()) flusher_.join();
+  // A batch still running finishes on its caller's thread.
+  {
+    std::lock_guard<std::mutex> lock(helpers_mu_);
+    helpers_stopping_ = true;
+    helper_tasks_.clear();
+  }
+  helpers_cv_.notify_all();
+  for (auto& t : helpers_) {
+    if (t.joinable()) t.join();
+  }
   FlushUsage();
 }
 

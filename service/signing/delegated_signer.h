@@ -122,6 +122,19 @@ class DelegatedSigner {
   absl::Status SignDigest(const std::string& principal, std::string_view alias,
                           std::optional<Algorithm> algorithm, std::span<const uint8_t> digest,
                           std::optional<int> pss_salt_length, std::string* signature);
+  // Many digests with one key, algorithm and salt length: (*signatures)[i]
+  // signs digests[i]. All or nothing: the count (1..max_digests), the
+  // policy and every digest's length are checked before anything is signed
+  // (a refusal names the first bad digest, "digests[i]"); the digests are
+  // then signed in parallel, this thread and the batch helpers (one per
+  // core less one) each taking the next unsigned digest, every signature
+  // verified as SignDigest's; a failure returns no signature. Each returned
+  // signature is counted in the usage records.
+  absl::Status SignDigests(const std::string& principal, std::string_view alias,
+                           std::optional<Algorithm> algorithm,
+                           std::span<const std::span<const uint8_t>> digests,
+                           std::optional<int> pss_salt_length, size_t max_digests,
+                           std::vector<std::string>* signatures);
   absl::Status SignData(const std::string& principal, std::string_view alias,
                         std::optional<Algorithm> algorithm, std::span<const uint8_t> data,
                         std::optional<int> pss_salt_length, std::string* signature);
@@ -171,6 +184,10 @@ class DelegatedSigner {
   void ReleaseContexts(const SigningKey& key, const AlgorithmInfo& algorithm,
                        SigningKey::Contexts contexts, bool reuse);
 
+  // Runs `task` on up to `n` idle helper threads (none are started for it).
+  void PostHelpers(size_t n, const std::function<void()>& task);
+  void HelperLoop();
+
   std::shared_ptr<hsm::CryptoContext> crypto_;
   AuditSink audit_;
   KeyOwnerCheck key_owner_check_;
@@ -187,6 +204,13 @@ class DelegatedSigner {
   std::condition_variable stop_cv_;
   bool stopping_ = false;
   std::thread flusher_;
+
+  // Batch helpers (SignDigests): one per core less one, started by Open.
+  std::mutex helpers_mu_;
+  std::condition_variable helpers_cv_;
+  std::vector<std::function<void()>> helper_tasks_;
+  bool helpers_stopping_ = false;
+  std::vector<std::thread> helpers_;
 };
 
 }  // namespace keywarden::service::signing

@@ -278,6 +278,73 @@ TEST_F(DelegatedSignerTest, ConcurrentSignaturesAreAllValidAndAllCounted) {
   EXPECT_EQ(counted, kThreads * kEach);
 }
 
+// Batches from several threads at once, more threads than helpers (four
+// helpers configured whatever the machine's cores): every signature is in
+// its digest's place and verifies, each is counted once, and a stop while
+// batches run loses none of them.
+TEST_F(DelegatedSignerTest, ConcurrentBatchesSignEveryDigestInPlaceAndCountEach) {
+  config_.server.threads = 5;
+  OpenRsaAndEc();
+  constexpr int kThreads = 6, kBatches = 6, kDigests = 40;
+  std::atomic<int> good{0}, bad{0}, failed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      const bool rsa = t % 3 == 0;
+      const char* alias = rsa ? "rsa" : "ec";
+      const Algorithm alg = rsa ? Algorithm::kRsaPssSha384 : Algorithm::kEcdsaSha256;
+      EVP_PKEY* pub = signer_->Find(alias)->token_key->public_key.get();
+      for (int b = 0; b < kBatches; ++b) {
+        std::vector<std::vector<uint8_t>> digests;
+        for (int i = 0; i < kDigests; ++i) {
+          digests.push_back(Hash(Info(alg).digest, StrCat(t, "/", b, "/", i)));
+        }
+        std::vector<std::span<const uint8_t>> spans(digests.begin(), digests.end());
+        std::vector<std::string> sigs;
+        if (!signer_->SignDigests(kAlice, alias, alg, spans, std::nullopt, 256, &sigs).ok() ||
+            sigs.size() != digests.size()) {
+          ++failed;
+          continue;
+        }
+        for (size_t i = 0; i < sigs.size(); ++i) {
+          (Verifies(pub, alg, digests[i], sigs[i]) ? good : bad)++;
+        }
+        // A signature in another digest's place does not verify.
+        if (Verifies(pub, alg, digests[0], sigs[1])) ++bad;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_EQ(good.load(), kThreads * kBatches * kDigests);
+
+  // Stop while two batches run: they finish on their callers' threads.
+  std::vector<std::thread> late;
+  std::atomic<int> late_good{0};
+  for (int t = 0; t < 2; ++t) {
+    late.emplace_back([&] {
+      std::vector<std::vector<uint8_t>> digests(100, Hash("SHA256", "late"));
+      std::vector<std::span<const uint8_t>> spans(digests.begin(), digests.end());
+      std::vector<std::string> sigs;
+      if (signer_
+              ->SignDigests(kAlice, "ec", Algorithm::kEcdsaSha256, spans, std::nullopt, 256, &sigs)
+              .ok() &&
+          sigs.size() == 100) {
+        ++late_good;
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  signer_->Stop();
+  for (auto& t : late) t.join();
+  EXPECT_EQ(late_good.load(), 2);
+  signer_->FlushUsage();
+  int64_t counted = 0;
+  for (const auto& u : Events("signing.usage")) counted += u.details["signatures"].get<int64_t>();
+  EXPECT_EQ(counted, kThreads * kBatches * kDigests + 2 * 100);
+}
+
 TEST_F(DelegatedSignerTest, KeysShareTheCaTokenAndAnotherTokenLogsInOnce) {
   ASSERT_NE(Generate(hsm::KeyAlgorithm::kEcP256, "on-ca"), nullptr);
   auto card = OpenToken(SoftHsmFixture::kKraCard1);

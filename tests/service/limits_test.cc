@@ -76,7 +76,7 @@ TEST(LimitsTableTest, EveryStringAndBytesFieldOfEveryRequestHasALimit) {
     }
   }
   for (const auto& l : limited) EXPECT_EQ(seen.count(l), 1u) << "not a request field: " << l;
-  EXPECT_EQ(seen.size(), 24u);
+  EXPECT_EQ(seen.size(), 26u);
 }
 
 TEST(BoundedTest, EchoCutsAtACharacterAndEscapesWhatIsNotUtf8) {
@@ -181,26 +181,37 @@ TEST_F(LimitsTest, EveryFieldOverItsLimitIsRefusedNamingTheFieldNotTheValue) {
     ASSERT_FALSE(method.empty());
     std::unique_ptr<google::protobuf::Message> msg(
         factory->GetPrototype(field->containing_type())->New());
-    msg->GetReflection()->SetString(msg.get(), field, std::string(limit.max_bytes + 1, 'Z'));
+    // A repeated field (SignDigestsRequest.digests): one value, named with its index.
+    const bool repeated = field->is_repeated();
+    if (repeated) {
+      msg->GetReflection()->AddString(msg.get(), field, std::string(limit.max_bytes + 1, 'Z'));
+    } else {
+      msg->GetReflection()->SetString(msg.get(), field, std::string(limit.max_bytes + 1, 'Z'));
+    }
     const grpc::Status st =
         CallRaw(daemon_->Channel(PrincipalFor(service_name)), method, msg->SerializeAsString());
     EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method << st.error_message();
     const std::string expected =
-        StrCat(field->containing_type()->name(), ".", field->name(), " is ", limit.max_bytes + 1,
-               " bytes; the limit is ", limit.max_bytes, " bytes");
+        StrCat(field->containing_type()->name(), ".", field->name(), repeated ? "[0]" : "", " is ",
+               limit.max_bytes + 1, " bytes; the limit is ", limit.max_bytes, " bytes");
     EXPECT_NE(st.error_message().find(expected), std::string::npos) << st.error_message();
     EXPECT_EQ(st.error_message().find("ZZZZ"), std::string::npos);
     EXPECT_LT(st.error_message().size(), 200u);
     EXPECT_EQ(DetailOf(st).hresult(), 0x80070057u);
     // At the limit the same field passes the check (whatever the RPC then says).
-    msg->GetReflection()->SetString(msg.get(), field, std::string(limit.max_bytes, 'Z'));
+    if (repeated) {
+      msg->GetReflection()->SetRepeatedString(msg.get(), field, 0,
+                                              std::string(limit.max_bytes, 'Z'));
+    } else {
+      msg->GetReflection()->SetString(msg.get(), field, std::string(limit.max_bytes, 'Z'));
+    }
     const grpc::Status at =
         CallRaw(daemon_->Channel(PrincipalFor(service_name)), method, msg->SerializeAsString());
     EXPECT_EQ(at.error_message().find("the limit is"), std::string::npos) << at.error_message();
     EXPECT_EQ(at.error_message().find(std::string(200, 'Z')), std::string::npos);
     ++checked;
   }
-  EXPECT_EQ(checked, 24u);
+  EXPECT_EQ(checked, 26u);
   // The over-limit calls left no record; the at-limit ones at most a bounded one each.
   const auto after = Audit();
   for (size_t i = records_before; i < after.size(); ++i) {

@@ -773,6 +773,174 @@ TEST_F(SigningTest, UsageIsFlushedPeriodicallyAsOneRecordPerPrincipalAndKey) {
   EXPECT_LE(details["from"].get<int64_t>(), details["to"].get<int64_t>());
 }
 
+// --- Batches (SignDigests) -------------------------------------------------------
+
+// Every signature of a batch verifies with the openssl command line against
+// its own data, in the order of the digests (a signature in another place
+// does not verify), with PKCS#1 v1.5, PSS and ECDSA; each is counted.
+TEST_F(SigningTest, BatchSignaturesVerifyWithOpensslEachAgainstItsOwnDigest) {
+  struct Case {
+    std::string alias, who;
+    const Alg* alg;
+    int count;
+  };
+  const Case cases[] = {{"rsa", "signer", &kRsaAlgs[0], 24},
+                        {"rsa", "signer", &kRsaAlgs[4], 5},
+                        {"ec", "signer2", &kEcAlgs[0], 24}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(StrCat(c.alias, " ", c.alg->name));
+    const std::string pub = PublicKeyFile(c.who, c.alias);
+    auto stub = Stub(c.who);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    v1::SignDigestsRequest in;
+    in.set_alias(c.alias);
+    in.set_algorithm(c.alg->id);
+    std::vector<std::string> data_files;
+    for (int i = 0; i < c.count; ++i) {
+      const std::string data = StrCat("batch ", c.alias, " ", c.alg->name, " message ", i, "\n");
+      data_files.push_back(tmp_.File(StrCat("batch-", c.alias, "-", c.alg->name, "-", i, ".txt")));
+      WriteFile(data_files.back(), data);
+      in.add_digests(Digest(c.alg->digest, data));
+    }
+    v1::SignDigestsResponse out;
+    grpc::Status st = stub->SignDigests(&ctx, in, &out);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    ASSERT_EQ(out.signatures_size(), c.count);
+    const std::string sigopts =
+        c.alg->pss ? StrCat(" -sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:", c.alg->size)
+                   : "";
+    for (int i = 0; i < c.count; ++i) {
+      const std::string sig = tmp_.File(StrCat("batch-sig-", c.alias, "-", i, ".bin"));
+      WriteFile(sig, out.signatures(i));
+      auto v = RunCommand(StrCat("openssl dgst -", c.alg->digest, " -verify ", pub, sigopts,
+                                 " -signature ", sig, " ", data_files[static_cast<size_t>(i)]));
+      EXPECT_EQ(v.exit_code, 0) << i << ": " << v.output;
+      EXPECT_NE(v.output.find("Verified OK"), std::string::npos) << v.output;
+      // The same signature against the next message's data does not verify.
+      auto wrong = RunCommand(StrCat("openssl dgst -", c.alg->digest, " -verify ", pub, sigopts,
+                                     " -signature ", sig, " ",
+                                     data_files[static_cast<size_t>((i + 1) % c.count)]));
+      EXPECT_NE(wrong.exit_code, 0) << i << ": " << wrong.output;
+      if (!c.alg->ec) {
+        EXPECT_EQ(out.signatures(i).size(), 256u);
+      }
+    }
+  }
+  Restart();
+  const auto records = Audit();
+  EXPECT_EQ(Counted(records, kSigner, "rsa"), 24 + 5);
+  EXPECT_EQ(Counted(records, kSigner2, "ec"), 24);
+}
+
+// Each refusal of a batch is a clear error, audited, and signs nothing: a
+// principal without the role, an alias the principal may not use, an
+// unknown alias, a digest of the wrong length among good ones, too many
+// digests, none.
+TEST_F(SigningTest, BatchRefusalsAreAuditedAndSignNothing) {
+  const std::string good(32, '\x42');
+  auto batch = [&](const std::string& who, const std::string& alias,
+                   const std::vector<std::string>& digests, v1::SignDigestsResponse* out,
+                   v1::SignatureAlgorithm alg = v1::SIGNATURE_ALGORITHM_RSA_PKCS1_SHA256) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    v1::SignDigestsRequest in;
+    in.set_alias(alias);
+    in.set_algorithm(alg);
+    for (const auto& d : digests) in.add_digests(d);
+    return Stub(who)->SignDigests(&ctx, in, out);
+  };
+  constexpr auto kPkcs1 = v1::SIGNATURE_ALGORITHM_RSA_PKCS1_SHA256;
+  std::vector<std::string> one_short(8, good);
+  one_short[5] = std::string(20, 'x');
+  struct Case {
+    std::string who, alias;
+    std::vector<std::string> digests;
+    v1::SignatureAlgorithm alg;
+    grpc::StatusCode code;
+    uint32_t hresult;
+    std::string words;
+  };
+  const Case cases[] = {
+      {"signer",
+       "card",
+       {good, good},
+       kPkcs1,
+       grpc::StatusCode::PERMISSION_DENIED,
+       0x80070005,
+       "may not use signing key \"card\""},
+      {"signer",
+       "nope",
+       {good},
+       kPkcs1,
+       grpc::StatusCode::NOT_FOUND,
+       0x80090016,
+       "no signing key has the alias \"nope\""},
+      {"signer", "rsa", one_short, kPkcs1, grpc::StatusCode::INVALID_ARGUMENT, 0x80090004,
+       "digests[5]: a rsa-pkcs1-sha256 digest is 32 bytes; got 20"},
+      {"signer", "rsa", std::vector<std::string>(257, good), kPkcs1,
+       grpc::StatusCode::INVALID_ARGUMENT, 0x80070057, "257 digests in one call; the limit is 256"},
+      // Another algorithm: refusals of the same principal, alias, HRESULT and
+      // algorithm within a minute share one audit record.
+      {"signer",
+       "rsa",
+       {},
+       v1::SIGNATURE_ALGORITHM_RSA_PKCS1_SHA384,
+       grpc::StatusCode::INVALID_ARGUMENT,
+       0x80070057,
+       "no digests to sign"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.words);
+    v1::SignDigestsResponse out;
+    grpc::Status st = batch(c.who, c.alias, c.digests, &out, c.alg);
+    EXPECT_EQ(st.error_code(), c.code) << st.error_message();
+    EXPECT_NE(st.error_message().find(c.words), std::string::npos) << st.error_message();
+    EXPECT_EQ(DetailOf(st).hresult(), c.hresult) << st.error_message();
+    EXPECT_EQ(out.signatures_size(), 0);
+  }
+  // Without the Signer role the method table refuses.
+  v1::SignDigestsResponse denied;
+  grpc::Status st = batch("enrollee", "rsa", {good}, &denied);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+  EXPECT_NE(st.error_message().find("needs the role signer"), std::string::npos)
+      << st.error_message();
+  EXPECT_EQ(denied.signatures_size(), 0);
+  // The limit is 256: 256 good digests are signed.
+  v1::SignDigestsResponse full;
+  ASSERT_TRUE(batch("signer", "rsa", std::vector<std::string>(256, good), &full).ok());
+  EXPECT_EQ(full.signatures_size(), 256);
+
+  Restart();
+  const auto records = Audit();
+  std::vector<nlohmann::json> refused;
+  int role_denied = 0;
+  for (const auto& r : records) {
+    if (r.event() == "authz.denied" && r.details().find("SignDigests") != std::string::npos) {
+      ++role_denied;
+    }
+    if (r.event() != "signing.refused") continue;
+    EXPECT_EQ(r.principal(), kSigner);
+    refused.push_back(nlohmann::json::parse(r.details()));
+  }
+  EXPECT_EQ(role_denied, 1) << [&] {
+    std::string all;
+    for (const auto& r : records) all += r.event() + " " + r.principal() + " " + r.details() + "\n";
+    return all;
+  }();
+  ASSERT_EQ(refused.size(), std::size(cases));
+  for (size_t i = 0; i < std::size(cases); ++i) {
+    EXPECT_EQ(refused[i]["rpc"], "SignDigests");
+    EXPECT_EQ(refused[i]["alias"], cases[i].alias);
+    EXPECT_EQ(refused[i]["hresult"].get<uint32_t>(), cases[i].hresult);
+    EXPECT_NE(refused[i]["reason"].get<std::string>().find(cases[i].words), std::string::npos)
+        << refused[i].dump();
+  }
+  // Nothing was signed but the 256: the usage records count exactly those.
+  EXPECT_EQ(Counted(records, kSigner, "rsa"), 256);
+  EXPECT_EQ(Counted(records, kSigner, "card"), 0);
+}
+
 // --- Python ----------------------------------------------------------------------
 
 TEST_F(SigningTest, ThePythonGrpcioClientCanSign) {
