@@ -600,7 +600,8 @@ TEST(KeyIndexMigration, SchemaThreeBackfillsTheKeyHashOfStoredCertificates) {
 
   auto store = service::OpenSqliteStore(path);
   ASSERT_TRUE(store.ok()) << store.status();
-  EXPECT_EQ((*store)->admin().SchemaVersion(), 4);  // 3 (key hashes), then 4 (e-mail)
+  EXPECT_EQ((*store)->admin().SchemaVersion(),
+            5);  // 3 (key hashes), 4 (e-mail), 5 (archive history)
   auto cert = (*store)->GetCertificate(serial);
   ASSERT_TRUE(cert.ok()) << cert.status();
   EXPECT_EQ(cert->spki_sha256, expected.output.substr(0, 64));

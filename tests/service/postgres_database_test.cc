@@ -897,7 +897,7 @@ TEST_F(PostgresDatabaseTest, SchemaAppliesAndAuditIsAppendOnly) {
                               {int64_t{kPostgresSchemaVersion}})
                      .status();
                }).ok());
-  EXPECT_EQ(Scalar("SELECT version FROM keywarden_schema"), "4");
+  EXPECT_EQ(Scalar("SELECT version FROM keywarden_schema"), "5");
   // Every table and column of SQLite schema version 4, by name.
   EXPECT_EQ(Scalar("SELECT string_agg(table_name || '.' || column_name, ',' ORDER BY table_name, "
                    "ordinal_position) FROM information_schema.columns WHERE table_schema = "

@@ -1427,7 +1427,7 @@ TEST(SqliteStoreTest, MigrationToVersion4BackfillsUpnAndEmailFromTheStoredCertif
   {
     auto store = OpenSqliteStore(db);
     ASSERT_TRUE(store.ok()) << store.status();
-    EXPECT_EQ((*store)->admin().SchemaVersion(), 4);
+    EXPECT_EQ((*store)->admin().SchemaVersion(), 5);
     CertificateRecord c = MakeCertificate("0a01", "CN=Frank");
     c.der = testing::ReadFile(der);
     c.upn = "";  // as every version before 4 stored it
@@ -1442,7 +1442,7 @@ TEST(SqliteStoreTest, MigrationToVersion4BackfillsUpnAndEmailFromTheStoredCertif
                   .ok());
   auto store = OpenSqliteStore(db);
   ASSERT_TRUE(store.ok()) << store.status();
-  EXPECT_EQ((*store)->admin().SchemaVersion(), 4);
+  EXPECT_EQ((*store)->admin().SchemaVersion(), 5);
   auto frank = (*store)->GetCertificate("0a01");
   ASSERT_TRUE(frank.ok()) << frank.status();
   EXPECT_EQ(frank->upn, "frank@corp.example");
