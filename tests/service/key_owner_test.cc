@@ -583,7 +583,8 @@ TEST(KeyIndexMigration, SchemaThreeBackfillsTheKeyHashOfStoredCertificates) {
   }
   auto downgrade = RunCommand(StrCat(
       "sqlite3 ", path,
-      " 'DROP INDEX certificates_by_email; ALTER TABLE certificates DROP COLUMN email; "
+      " 'DROP TABLE archive_history; DROP INDEX certificates_by_email; ALTER TABLE certificates "
+      "DROP COLUMN email; "
       "DROP INDEX certificates_by_key; DROP INDEX requests_by_key; "
       "ALTER TABLE certificates DROP COLUMN spki_sha256; ALTER TABLE requests DROP COLUMN "
       "spki_sha256; ALTER TABLE requests DROP COLUMN request_sha256; PRAGMA user_version = 2;'"));
