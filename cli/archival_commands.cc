@@ -1,6 +1,7 @@
 // Key archival administration (CA Administrator):
 //   keywarden kra [list]       the configured KRAs and the state of each
 //   keywarden kra reload       validate them again (files, CRLs, database)
+//   keywarden kra rewrap       KRA rollover (cli/rewrap_commands.cc)
 //   (importpfx, certutil -importKMS, is in import_commands.cc)
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
@@ -234,6 +235,8 @@ void RegisterArchivalCommands(CLI::App& app, const Output& out, const Connection
           return KraReply(result, "Key Recovery Agents (validated again)");
         });
       });
+
+  RegisterKraRewrap(kra, out, conn, action);
 
   struct GetKeyOptions {
     std::string search;

@@ -35,6 +35,9 @@ void RegisterAuditCommands(CLI::App& app, const Output& out, const ConnectionOpt
 // kra (list/reload) and getkey: key archival and recovery on the daemon.
 void RegisterArchivalCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
                               Action& action);
+// kra rewrap: KRA rollover (cli/rewrap_commands.cc), a subcommand of `kra`.
+void RegisterKraRewrap(CLI::App* kra, const Output& out, const ConnectionOptions& conn,
+                       Action& action);
 // importpfx: archive the keys of PKCS#12 files (certutil -importKMS), in bulk.
 void RegisterImportCommands(CLI::App& app, const Output& out, const ConnectionOptions& conn,
                             Action& action);

@@ -301,7 +301,10 @@ absl::StatusOr<std::shared_ptr<TokenKey>> GenerateKeyPair(std::shared_ptr<Token>
       Attr(CKA_EXTRACTABLE, kFalse),
       Attr(CKA_SIGN, sign),
       Attr(CKA_DECRYPT, decrypt),
-      Attr(CKA_UNWRAP, kFalse),
+      // A decryption key may also unwrap: KRA rollover unwraps an archive's
+      // content key into a sensitive session object on the card instead of
+      // decrypting it into host memory (keywarden kra rewrap).
+      Attr(CKA_UNWRAP, decrypt),
       Attr(CKA_DERIVE, kFalse),
       Attr(CKA_LABEL, label.data(), label.size()),
   };

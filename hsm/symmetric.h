@@ -34,6 +34,22 @@ class SessionKey {
  public:
   static absl::StatusOr<SessionKey> Generate(std::shared_ptr<Token> token,
                                              SymmetricAlgorithm algorithm);
+  // KRA rollover (keywarden kra rewrap): a content key wrapped to an RSA
+  // key of this token, unwrapped ON the token (C_UnwrapKey) into a session
+  // object that is sensitive and extractable only by wrapping. `unwrapping_key`:
+  // the private key (it needs CKA_UNWRAP). The token's refusal (e.g.
+  // CKR_KEY_FUNCTION_NOT_PERMITTED for a key made without CKA_UNWRAP) is
+  // returned as FAILED_PRECONDITION with the PKCS#11 code in the message.
+  static absl::StatusOr<SessionKey> Unwrap(std::shared_ptr<Token> token, KeyHandle& unwrapping_key,
+                                           WrapMechanism mechanism,
+                                           std::span<const uint8_t> wrapped,
+                                           SymmetricAlgorithm algorithm);
+  // The fallback when the token cannot unwrap: a key value (decrypted on the
+  // token with C_Decrypt, held only in wiped memory by the caller) made a
+  // session object of the same kind, so wrapping still happens on the token.
+  static absl::StatusOr<SessionKey> Import(std::shared_ptr<Token> token,
+                                           std::span<const uint8_t> value,
+                                           SymmetricAlgorithm algorithm);
   SessionKey(SessionKey&& other) noexcept;
   SessionKey& operator=(SessionKey&&) = delete;
   SessionKey(const SessionKey&) = delete;

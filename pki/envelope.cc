@@ -48,6 +48,22 @@ absl::StatusOr<std::vector<uint8_t>> BuildEnvelopedData(
   if (content.ciphertext.empty() || content.ciphertext.size() % iv_size != 0) {
     return absl::InvalidArgumentError("envelope: ciphertext is not whole cipher blocks");
   }
+  const Bytes cipher_alg =
+      Tlv(0x30, Concat({Oid(content.cipher == ContentCipher::kDes3Cbc ? "1.2.840.113549.3.7"
+                                                                      : "2.16.840.1.101.3.4.1.42"),
+                        Tlv(0x04, content.iv)}));
+  const Bytes encrypted_content_info =
+      Tlv(0x30, Concat({Oid(content_type), cipher_alg, Tlv(0x80, content.ciphertext)}));
+  return BuildEnvelopedDataAround(recipients, encrypted_content_info);
+}
+
+absl::StatusOr<std::vector<uint8_t>> BuildEnvelopedDataAround(
+    const std::vector<KeyTransRecipient>& recipients,
+    std::span<const uint8_t> encrypted_content_info) {
+  if (recipients.empty()) return absl::InvalidArgumentError("envelope: no recipient");
+  if (encrypted_content_info.empty() || encrypted_content_info[0] != 0x30) {
+    return absl::InvalidArgumentError("envelope: the encryptedContentInfo is not a SEQUENCE");
+  }
   std::vector<Bytes> infos;
   for (const KeyTransRecipient& r : recipients) {
     if (r.certificate == nullptr || r.encrypted_key.empty()) {
@@ -75,14 +91,9 @@ absl::StatusOr<std::vector<uint8_t>> BuildEnvelopedData(
   Bytes recipient_set;
   for (const Bytes& i : infos) recipient_set.insert(recipient_set.end(), i.begin(), i.end());
 
-  const Bytes cipher_alg =
-      Tlv(0x30, Concat({Oid(content.cipher == ContentCipher::kDes3Cbc ? "1.2.840.113549.3.7"
-                                                                      : "2.16.840.1.101.3.4.1.42"),
-                        Tlv(0x04, content.iv)}));
-  const Bytes encrypted_content_info =
-      Tlv(0x30, Concat({Oid(content_type), cipher_alg, Tlv(0x80, content.ciphertext)}));
   const Bytes enveloped =
-      Tlv(0x30, Concat({kVersion0, Tlv(0x31, recipient_set), encrypted_content_info}));
+      Tlv(0x30, Concat({kVersion0, Tlv(0x31, recipient_set),
+                        Bytes(encrypted_content_info.begin(), encrypted_content_info.end())}));
   return Tlv(0x30, Concat({Oid("1.2.840.113549.1.7.3"), Tlv(0xa0, enveloped)}));
 }
 

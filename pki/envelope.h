@@ -45,6 +45,13 @@ absl::StatusOr<std::vector<uint8_t>> BuildEnvelopedData(
     const std::vector<KeyTransRecipient>& recipients, const EncryptedContent& content,
     const char* content_type = kIdDataOid);
 
+// The same ContentInfo around an encryptedContentInfo given whole (its DER
+// TLV, kept byte for byte): KRA rollover (pki/rewrap.h) replaces only the
+// recipients of an archive.
+absl::StatusOr<std::vector<uint8_t>> BuildEnvelopedDataAround(
+    const std::vector<KeyTransRecipient>& recipients,
+    std::span<const uint8_t> encrypted_content_info);
+
 // A DER CMS ContentInfo read into `libctx` (whose providers, chosen by
 // `propq`, then do its cryptography); nullptr if it does not parse. d2i
 // frees the object it was given when parsing fails, so the pointer is

@@ -2,6 +2,8 @@
 
 #include <openssl/crypto.h>
 
+#include <sys/mman.h>
+
 #include <chrono>
 
 #include <openssl/err.h>
@@ -10,9 +12,11 @@
 #include "hsm/module.h"
 #include "hsm/status.h"
 #include "hsm/strings.h"
+#include "hsm/symmetric.h"
 #include "pki/certificate.h"
 #include "pki/envelope.h"
 #include "pki/private_key_blob.h"
+#include "pki/rewrap.h"
 
 namespace keywarden::pki {
 namespace {
@@ -173,6 +177,7 @@ absl::StatusOr<EVP_PKEY*> KraCard::KeyFor(const CardCertificate& cert) {
   }
   auto pkey = crypto_->Load(*key);
   if (!pkey.ok()) return pkey.status();
+  token_keys_.emplace_back(&cert, *key);
   keys_.emplace_back(&cert, std::move(*pkey));
   return keys_.back().second.get();
 }
@@ -410,6 +415,105 @@ absl::StatusOr<RecoveredKey> KraCard::RecoverThreshold(
   content_key->Clear();
   if (!plaintext.ok()) return plaintext.status();
   return FinishRecovery(blob, kra, std::move(*plaintext), t, start);
+}
+
+absl::StatusOr<RewrapResult> KraCard::Rewrap(const RecoveryBlob& blob,
+                                             const std::vector<X509*>& new_kras) {
+  if (blob.threshold) {
+    return absl::FailedPreconditionError(
+        StrCat("this is a threshold archive (", blob.threshold->k, " of ", blob.threshold->n,
+               " KRAs): keywarden kra rewrap does not re-split threshold archives yet; it is "
+               "left as it is"));
+  }
+  if (new_kras.empty()) return absl::InvalidArgumentError("rewrap: no new KRA certificate");
+  auto env = ParseArchiveEnvelope(blob.enveloped_data);
+  if (!env.ok()) return env.status();
+  if (env->threshold) {
+    return absl::FailedPreconditionError("rewrap: threshold archives are not rewrapped");
+  }
+  auto ready = Ready(blob);
+  if (!ready.ok()) return ready.status();
+  const CardCertificate& kra = *ready->first;
+  const ArchiveRecipient* mine = nullptr;
+  for (const ArchiveRecipient& r : env->recipients) {
+    if (r.Names(kra.certificate.get())) mine = &r;
+  }
+  if (mine == nullptr) {
+    return absl::NotFoundError(StrCat("card \"", label(), "\": the archive has no recipient for \"",
+                                      Subject(kra.certificate.get()), "\""));
+  }
+  std::shared_ptr<hsm::TokenKey> token_key;
+  for (auto& [c, k] : token_keys_) {
+    if (c == &kra) token_key = k;
+  }
+  if (!token_key) return absl::InternalError("rewrap: the card key was not loaded");
+  const hsm::SymmetricAlgorithm algorithm = env->cipher == ContentCipher::kDes3Cbc
+                                                ? hsm::SymmetricAlgorithm::kDes3
+                                                : hsm::SymmetricAlgorithm::kAes256;
+  const hsm::WrapMechanism mechanism = mine->transport == KeyTransport::kRsaPkcs1
+                                           ? hsm::WrapMechanism::kRsaPkcs1
+                                           : hsm::WrapMechanism::kRsaOaepSha1;
+  RewrapResult result;
+  result.kra = &kra;
+  std::optional<hsm::SessionKey> cek;
+  auto unwrapped = hsm::SessionKey::Unwrap(token_, *token_key->handle, mechanism,
+                                           mine->encrypted_key, algorithm);
+  if (unwrapped.ok()) {
+    cek.emplace(std::move(*unwrapped));
+  } else if (absl::IsFailedPrecondition(unwrapped.status())) {
+    // The card's key may decrypt but not unwrap (made without CKA_UNWRAP):
+    // decrypt the content key on the card into a locked stack buffer, make it
+    // a session object on the card again at once, and wipe the buffer.
+    result.unwrapped_on_card = false;
+    unsigned char buffer[512];
+    const bool locked = mlock(buffer, sizeof buffer) == 0;
+    size_t len = sizeof buffer;
+    ossl::UniquePtr<EVP_PKEY_CTX> ctx(
+        EVP_PKEY_CTX_new_from_pkey(crypto_->libctx(), ready->second, hsm::kTokenKeyProperties));
+    const bool decrypted =
+        ctx && EVP_PKEY_decrypt_init(ctx.get()) == 1 &&
+        EVP_PKEY_CTX_set_rsa_padding(ctx.get(), mechanism == hsm::WrapMechanism::kRsaPkcs1
+                                                    ? RSA_PKCS1_PADDING
+                                                    : RSA_PKCS1_OAEP_PADDING) == 1 &&
+        EVP_PKEY_decrypt(ctx.get(), buffer, &len, mine->encrypted_key.data(),
+                         mine->encrypted_key.size()) == 1 &&
+        len <= sizeof buffer;
+    absl::StatusOr<hsm::SessionKey> imported =
+        decrypted
+            ? hsm::SessionKey::Import(token_, std::span<const uint8_t>(buffer, len), algorithm)
+            : absl::StatusOr<hsm::SessionKey>(hsm::OpenSslError(
+                  StrCat("rewrap: card \"", label(),
+                         "\" could not decrypt the content key with the key of \"",
+                         Subject(kra.certificate.get()), "\""),
+                  absl::StatusCode::kDataLoss));
+    OPENSSL_cleanse(buffer, sizeof buffer);
+    if (locked) munlock(buffer, sizeof buffer);
+    if (!imported.ok()) return imported.status();
+    cek.emplace(std::move(*imported));
+  } else {
+    return unwrapped.status();
+  }
+  std::vector<KeyTransRecipient> recipients;
+  for (X509* cert : new_kras) {
+    auto wrapped = cek->WrapTo(X509_get0_pubkey(cert), mechanism);
+    if (!wrapped.ok()) {
+      return absl::Status(
+          wrapped.status().code(),
+          StrCat("rewrap: wrapping the content key to KRA \"", Subject(cert), "\" (SHA-1 ",
+                 Sha1Thumbprint(cert), "): ", wrapped.status().message()));
+    }
+    recipients.push_back(KeyTransRecipient{cert, mine->transport, std::move(*wrapped)});
+  }
+  auto envelope = BuildRewrappedEnvelope(env->encrypted_content_info, recipients);
+  if (!envelope.ok()) return envelope.status();
+  // The result must read back as the same archive with the new recipients.
+  auto check = ParseArchiveEnvelope(*envelope);
+  if (!check.ok() || check->encrypted_content_info != env->encrypted_content_info ||
+      check->recipients.size() != new_kras.size()) {
+    return absl::InternalError("rewrap: the new envelope does not read back as the same archive");
+  }
+  result.envelope = std::move(*envelope);
+  return result;
 }
 
 }  // namespace keywarden::pki

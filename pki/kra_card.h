@@ -42,6 +42,17 @@ struct RecoveryTiming {
   double verify = 0;   // key pair check against the user certificate
 };
 
+// What a rewrap made (KraCard::Rewrap).
+struct RewrapResult {
+  std::vector<uint8_t> envelope;         // the archive with its new recipients
+  const CardCertificate* kra = nullptr;  // the card certificate whose recipient was opened
+  // true: the content key was unwrapped on the card (C_UnwrapKey) and never
+  // left it. false: the card's key could not unwrap (no CKA_UNWRAP), so it
+  // was decrypted on the card into locked, wiped host memory, made a session
+  // object again at once and wrapped there (docs/DECISIONS.md, "rewrap").
+  bool unwrapped_on_card = true;
+};
+
 struct RecoveredKey {
   ossl::UniquePtr<EVP_PKEY> key;         // the user's private key (software)
   bool was_private_key_blob = false;     // the archive held a CAPI PRIVATEKEYBLOB, not PKCS#8
@@ -95,6 +106,16 @@ class KraCard {
       const RecoveryBlob& blob, const std::vector<std::vector<uint8_t>>& contributions,
       const std::vector<std::string>& names, RecoveryTiming* timing = nullptr);
 
+  // KRA rollover (keywarden kra rewrap), after Login: the content key of
+  // `blob`'s archive, opened with this card's recipient, is wrapped on the
+  // card (C_WrapKey) to each of `new_kras` with the key transport the
+  // archive already uses; the encryptedContentInfo is copied byte for byte.
+  // The archived private key is never decrypted. A threshold archive is
+  // refused (FAILED_PRECONDITION): rewrap of threshold archives is not done.
+  // The new KRA certificates are the caller's to check (EKU, validity,
+  // chain): this only needs their RSA keys.
+  absl::StatusOr<RewrapResult> Rewrap(const RecoveryBlob& blob, const std::vector<X509*>& new_kras);
+
  private:
   KraCard() = default;
   static absl::StatusOr<std::unique_ptr<KraCard>> Create(std::shared_ptr<hsm::Token> token,
@@ -111,6 +132,7 @@ class KraCard {
   std::shared_ptr<hsm::CryptoContext> crypto_;
   std::vector<CardCertificate> certs_;
   std::vector<std::pair<const CardCertificate*, ossl::UniquePtr<EVP_PKEY>>> keys_;
+  std::vector<std::pair<const CardCertificate*, std::shared_ptr<hsm::TokenKey>>> token_keys_;
   std::optional<absl::Status> login_failure_;
 };
 

@@ -25,6 +25,9 @@ const std::vector<MethodPolicy>& MethodTable() {
       {"/keywarden.v1.Officer/ReleaseHold", {R::kCertificateManager}, true},
       {"/keywarden.v1.Officer/FindCertificates", {R::kCertificateManager}, true},
       {"/keywarden.v1.Officer/GetArchivedKey", {R::kCertificateManager}, true},
+      // KRA rollover: the Certificate Manager who fetched the blob hands the
+      // rewrapped archive back (keywarden kra rewrap).
+      {"/keywarden.v1.Officer/RewrapArchivedKey", {R::kCertificateManager}, true},
       // Administration: CA Administrators.
       {"/keywarden.v1.Administration/GetCaStatus", {R::kCaAdministrator}},
       {"/keywarden.v1.Administration/RenewExchangeCertificate", {R::kCaAdministrator}},

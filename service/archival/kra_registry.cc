@@ -397,4 +397,20 @@ absl::StatusOr<KraSelection> KraRegistry::Select() {
   return out;
 }
 
+KraSelection KraRegistry::Valid() {
+  auto snap = Current();
+  if (snap && snap->first_expiry != 0 && snap->first_expiry <= clock_()) {
+    Load("system (a KRA certificate expired)");
+    snap = Current();
+  }
+  KraSelection out;
+  if (!snap) return out;
+  for (size_t i = 0; i < snap->certificates.size(); ++i) {
+    if (!snap->certificates[i] || snap->status[i].state != KraState::kValid) continue;
+    out.certificates.push_back(snap->certificates[i]);
+    out.sha1.push_back(snap->status[i].sha1);
+  }
+  return out;
+}
+
 }  // namespace keywarden::service

@@ -98,6 +98,11 @@ class KraRegistry {
   // a reload first, so an expired certificate is never used.
   absl::StatusOr<KraSelection> Select();
 
+  // KRA rollover (keywarden kra rewrap): every KRA valid now, in
+  // configuration order, with its SHA-1. Like Select, a KRA that expired
+  // since the last load triggers a reload first.
+  KraSelection Valid();
+
   // A KRA certificate by SHA-1 thumbprint (hex), for recovery: every KRA
   // certificate ever loaded is kept in the database (setting
   // "kra.certificate.<sha1>"), so archives stay recoverable after a KRA is

@@ -215,6 +215,25 @@ class CertificateAuthority {
   };
   absl::StatusOr<RecoveryBlobResult> GetRecoveryBlob(const std::string& who,
                                                      const std::string& search);
+  // KRA rollover (service/ca/rewrap.cc; keywarden kra rewrap). The KRAs an
+  // archive may be rewrapped to: every KRA of this CA valid now.
+  KraSelection RewrapTargets() { return kras_->Valid(); }
+  // Replaces the recipients of request `request_id`'s archive with those of
+  // `envelope`, which must be the stored archive (its SHA-256 is
+  // `previous_sha256`) with the encryptedContentInfo byte for byte and
+  // every recipient a KRA valid now (at least [kra] count of them, each
+  // once, with the archive's key transport). The old envelope goes to the
+  // archive history; the rewrap, or the refusal, is audited. Threshold
+  // archives are refused (not done).
+  struct RewrapResult {
+    int64_t request_id = 0;
+    std::vector<std::string> previous_kra_sha1;
+    std::vector<std::string> kra_sha1;
+    int64_t history_version = 0;
+  };
+  absl::StatusOr<RewrapResult> RewrapArchivedKey(const std::string& who, int64_t request_id,
+                                                 const std::vector<uint8_t>& previous_sha256,
+                                                 const std::vector<uint8_t>& envelope);
   // One line per candidate, as certutil -getkey lists them.
   static std::string DescribeCandidate(const RecoveryCandidate& c);
 

@@ -92,6 +92,9 @@ const std::vector<FieldLimit>& RequestFieldLimits() {
       {"keywarden.v1.FindCertificatesRequest.upn", 1 * KiB},
       {"keywarden.v1.FindCertificatesRequest.subject_contains", 1 * KiB},
       {"keywarden.v1.FindCertificatesRequest.email", 1 * KiB},
+      // KRA rollover: a rewrapped archive (the stored one plus new recipients).
+      {"keywarden.v1.RewrapArchivedKeyRequest.previous_sha256", 32},
+      {"keywarden.v1.RewrapArchivedKeyRequest.enveloped_data", 64 * KiB},
       // Administration
       {"keywarden.v1.ImportArchivedKeyRequest.pfx", 1 * MiB},
       {"keywarden.v1.ImportArchivedKeyRequest.password", 1 * KiB, /*no_nul=*/true},

@@ -232,6 +232,29 @@ class OfficerService final : public v1::Officer::Service {
     if (!result.ok()) return ToGrpc(result.status());
     fill(result->candidate);
     out->set_recovery_blob(std::string(result->blob.begin(), result->blob.end()));
+    if (in->rewrap_targets()) {
+      for (const auto& cert : ca_.RewrapTargets().certificates) {
+        unsigned char* der = nullptr;
+        const int len = i2d_X509(cert.get(), &der);
+        if (len <= 0) return ToGrpc(absl::InternalError("encoding a KRA certificate"));
+        out->add_rewrap_kras(std::string(reinterpret_cast<char*>(der), static_cast<size_t>(len)));
+        OPENSSL_free(der);
+      }
+    }
+    return Status::OK;
+  }
+
+  Status RewrapArchivedKey(ServerContext* context, const v1::RewrapArchivedKeyRequest* in,
+                           v1::RewrapArchivedKeyResponse* out) override {
+    KW_AUTHORIZE_IN("/keywarden.v1.Officer/RewrapArchivedKey", in);
+    const std::vector<uint8_t> previous(in->previous_sha256().begin(), in->previous_sha256().end());
+    const std::vector<uint8_t> envelope(in->enveloped_data().begin(), in->enveloped_data().end());
+    auto r = ca_.RewrapArchivedKey(caller.principal, in->request_id(), previous, envelope);
+    if (!r.ok()) return ToGrpc(r.status());
+    out->set_request_id(r->request_id);
+    for (const auto& sha1 : r->kra_sha1) out->add_kra_sha1(sha1);
+    for (const auto& sha1 : r->previous_kra_sha1) out->add_previous_kra_sha1(sha1);
+    out->set_history_version(r->history_version);
     return Status::OK;
   }
 

@@ -1,6 +1,7 @@
 // The CA store's schema in PostgreSQL: the same tables, columns and
-// meanings as SQLite schema version 4 (kMigrations in sqlite_store.cc),
-// created in one go. The store runs kPostgresSchema inside one transaction
+// meanings as SQLite schema version 5 (kMigrations in sqlite_store.cc),
+// created in one go; a database of an older version is brought up with
+// kPostgresMigrations. The store runs kPostgresSchema inside one transaction
 // holding LockForTransaction(sql::kMigrationLock), then records
 // kPostgresSchemaVersion in keywarden_schema.
 //
@@ -18,7 +19,7 @@
 
 namespace keywarden::service {
 
-inline constexpr int kPostgresSchemaVersion = 4;
+inline constexpr int kPostgresSchemaVersion = 5;
 
 inline constexpr char kPostgresSchema[] = R"sql(
 CREATE TABLE keywarden_schema (
@@ -99,6 +100,19 @@ CREATE TABLE audit_checkpoints (
   der BYTEA NOT NULL
 );
 
+-- KRA rollover (keywarden kra rewrap): the envelope an archive had before
+-- each rewrap, with its KRAs (schema version 5).
+CREATE TABLE archive_history (
+  request_id BIGINT NOT NULL REFERENCES requests (id),
+  version BIGINT NOT NULL,
+  replaced_at BIGINT NOT NULL,
+  replaced_by TEXT NOT NULL,
+  archived_key BYTEA NOT NULL,
+  archival_scheme TEXT NOT NULL,
+  kra_sha1 TEXT NOT NULL,
+  PRIMARY KEY (request_id, version)
+);
+
 -- Keeps bugs in this process from rewriting history. Someone who owns the
 -- tables can drop these; the hash chain catches that. TG_ARGV[0] is the
 -- message, as SQLite's RAISE(ABORT, ...) gives it.
@@ -120,6 +134,29 @@ CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
 CREATE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoints
   FOR EACH STATEMENT EXECUTE FUNCTION keywarden_append_only('audit checkpoints are append-only');
 )sql";
+
+// Migrations of an existing database, applied in order (each inside the
+// migration transaction) from its version up to kPostgresSchemaVersion.
+// Version 4 is the oldest a PostgreSQL database was created with.
+struct PostgresMigration {
+  int version;  // the version it brings the database to
+  const char* sql;
+};
+inline constexpr int kPostgresOldestSchemaVersion = 4;
+inline constexpr PostgresMigration kPostgresMigrations[] = {
+    {5, R"sql(
+CREATE TABLE archive_history (
+  request_id BIGINT NOT NULL REFERENCES requests (id),
+  version BIGINT NOT NULL,
+  replaced_at BIGINT NOT NULL,
+  replaced_by TEXT NOT NULL,
+  archived_key BYTEA NOT NULL,
+  archival_scheme TEXT NOT NULL,
+  kra_sha1 TEXT NOT NULL,
+  PRIMARY KEY (request_id, version)
+);
+)sql"},
+};
 
 // The function every append-only trigger runs (pg_proc.proname).
 inline constexpr char kPostgresAppendOnlyFunction[] = "keywarden_append_only";

@@ -68,8 +68,21 @@ class PostgresStore final : public SqlStore, public StoreAdmin {
                    kPostgresSchemaVersion, ") at first start"));
       }
       if (version != 0) {
-        return absl::FailedPreconditionError(StrCat(
-            what, ": schema version ", version, " has no migration to ", kPostgresSchemaVersion));
+        if (version < kPostgresOldestSchemaVersion) {
+          return absl::FailedPreconditionError(StrCat(
+              what, ": schema version ", version, " has no migration to ", kPostgresSchemaVersion));
+        }
+        for (const PostgresMigration& m : kPostgresMigrations) {
+          if (m.version <= version) continue;
+          if (auto st = s.Execute(StrCat(what, " to schema version ", m.version), m.sql);
+              !st.ok()) {
+            return st.status();
+          }
+        }
+        return s
+            .Execute(what, "UPDATE keywarden_schema SET version = ?1",
+                     {int64_t{kPostgresSchemaVersion}})
+            .status();
       }
       if (auto st = s.Execute(what, kPostgresSchema); !st.ok()) return st.status();
       return s
@@ -225,8 +238,9 @@ absl::StatusOr<PostgresReplaceReport> ReplacePostgresContents(const DatabaseOpti
         }
         // Drop and create again: the audit tables refuse DELETE and TRUNCATE.
         if (auto dropped = s.Execute(what,
-                                     "DROP TABLE IF EXISTS audit_checkpoints, audit, settings, "
-                                     "certificates, requests, keywarden_schema CASCADE");
+                                     "DROP TABLE IF EXISTS archive_history, audit_checkpoints, "
+                                     "audit, settings, certificates, requests, keywarden_schema "
+                                     "CASCADE");
             !dropped.ok()) {
           return dropped.status();
         }

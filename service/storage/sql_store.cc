@@ -366,6 +366,67 @@ class SqlTransaction final : public Transaction {
     return absl::OkStatus();
   }
 
+  absl::StatusOr<int64_t> ReplaceArchivedKey(int64_t id, const std::vector<uint8_t>& expected,
+                                             const std::vector<uint8_t>& envelope,
+                                             const std::vector<std::string>& kra_sha1,
+                                             const std::string& replaced_by, UnixTime at) override {
+    const std::string what = StrCat("rewrapping the archived key of request ", id);
+    ArchivedKey key;
+    key.envelope = envelope;
+    key.kra_sha1 = kra_sha1;
+    if (absl::Status s = ValidateArchivedKey(key, what); !s.ok()) return s;
+    absl::StatusOr<RequestRecord> current = GetRequest(id);  // locks the row (PostgreSQL)
+    if (!current.ok()) return current.status();
+    if (!current->archived_key) {
+      return absl::FailedPreconditionError(StrCat(what, ": the request has no archived key"));
+    }
+    if (current->archived_key->envelope != expected) {
+      return absl::FailedPreconditionError(
+          StrCat(what,
+                 ": its archive changed since it was read (rewrapped meanwhile?); "
+                 "nothing was stored: fetch it again"));
+    }
+    auto versions = s_.Query(
+        what, "SELECT coalesce(max(version), 0) FROM archive_history WHERE request_id = ?1", {id});
+    if (!versions.ok()) return versions.status();
+    const int64_t version = (versions->empty() ? 0 : versions->front().Int(0)) + 1;
+    auto kept =
+        s_.Execute(what,
+                   "INSERT INTO archive_history (request_id, version, replaced_at, replaced_by, "
+                   "archived_key, archival_scheme, kra_sha1) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                   {id, version, at, replaced_by, Bytes{current->archived_key->envelope},
+                    current->archived_key->scheme, StrJoin(current->archived_key->kra_sha1, ",")});
+    if (!kept.ok()) return kept.status();
+    auto changed =
+        s_.Execute(what, "UPDATE requests SET archived_key = ?1, kra_sha1 = ?2 WHERE id = ?3",
+                   {Bytes{envelope}, StrJoin(kra_sha1, ","), id});
+    if (!changed.ok()) return changed.status();
+    if (*changed != 1) return absl::InternalError(StrCat(what, ": the row was not updated"));
+    return version;
+  }
+
+  absl::StatusOr<std::vector<ArchiveHistoryRecord>> ArchiveHistory(int64_t id) {
+    auto rows = s_.Query(StrCat("reading the archive history of request ", id),
+                         "SELECT request_id, version, replaced_at, replaced_by, archived_key, "
+                         "archival_scheme, kra_sha1 FROM archive_history WHERE request_id = ?1 "
+                         "ORDER BY version",
+                         {id});
+    if (!rows.ok()) return rows.status();
+    std::vector<ArchiveHistoryRecord> out;
+    for (const Row& r : *rows) {
+      ArchiveHistoryRecord h;
+      h.request_id = r.Int(0);
+      h.version = r.Int(1);
+      h.replaced_at = r.Int(2);
+      h.replaced_by = r.Text(3);
+      h.envelope = r.Blob(4);
+      h.scheme = r.Text(5);
+      h.kra_sha1 = SplitCommas(r.Text(6));
+      out.push_back(std::move(h));
+    }
+    return out;
+  }
+
   absl::Status SetPendingMessage(int64_t id, const std::string& message) override {
     const std::string what = StrCat("updating pending request ", id);
     if (absl::Status s = CheckPending(id, what); !s.ok()) return s;
@@ -674,6 +735,9 @@ absl::Status CopyAllRows(sql::Session& from, sql::Session& to) {
       {"settings", "name, value", "name", 2},
       {"audit", "seq, time, principal, event, details, prev_hash, hash", "seq", 7},
       {"audit_checkpoints", "number, seq, der", "number", 3},
+      {"archive_history",
+       "request_id, version, replaced_at, replaced_by, archived_key, archival_scheme, kra_sha1",
+       "request_id, version", 7},
   };
   for (const Table& t : kTables) {
     const std::string what = StrCat("copying table ", t.name);
@@ -792,6 +856,36 @@ absl::Status SqlStore::RecordIssued(int64_t request_id, const CertificateRecord&
     }
     return absl::OkStatus();
   });
+}
+
+absl::StatusOr<int64_t> SqlStore::ReplaceArchivedKey(int64_t request_id,
+                                                     const std::vector<uint8_t>& expected,
+                                                     const std::vector<uint8_t>& envelope,
+                                                     const std::vector<std::string>& kra_sha1,
+                                                     const std::string& replaced_by, UnixTime at,
+                                                     const std::vector<AuditEntry>& audit) {
+  int64_t version = 0;
+  absl::Status st = Transact(StrCat("rewrapping the archived key of request ", request_id),
+                             [&](Transaction& t) -> absl::Status {
+                               auto v = t.ReplaceArchivedKey(request_id, expected, envelope,
+                                                             kra_sha1, replaced_by, at);
+                               if (!v.ok()) return v.status();
+                               version = *v;
+                               for (const AuditEntry& entry : audit) {
+                                 if (auto appended = t.AppendAudit(entry, at); !appended.ok()) {
+                                   return appended.status();
+                                 }
+                               }
+                               return absl::OkStatus();
+                             });
+  if (!st.ok()) return st;
+  return version;
+}
+
+absl::StatusOr<std::vector<ArchiveHistoryRecord>> SqlStore::ArchiveHistory(int64_t request_id) {
+  return ReadOne<std::vector<ArchiveHistoryRecord>>(
+      *db_, StrCat("reading the archive history of request ", request_id),
+      [&](SqlTransaction& t) { return t.ArchiveHistory(request_id); });
 }
 
 absl::Status SqlStore::AttachArchivedKey(int64_t id, const ArchivedKey& key) {

@@ -34,6 +34,13 @@ class SqlStore : public Store {
                             const std::string& resolved_by, UnixTime at,
                             const std::vector<AuditEntry>& audit) override;
   absl::Status AttachArchivedKey(int64_t id, const ArchivedKey& key) override;
+  absl::StatusOr<int64_t> ReplaceArchivedKey(int64_t request_id,
+                                             const std::vector<uint8_t>& expected,
+                                             const std::vector<uint8_t>& envelope,
+                                             const std::vector<std::string>& kra_sha1,
+                                             const std::string& replaced_by, UnixTime at,
+                                             const std::vector<AuditEntry>& audit) override;
+  absl::StatusOr<std::vector<ArchiveHistoryRecord>> ArchiveHistory(int64_t request_id) override;
   absl::Status SetPendingMessage(int64_t id, const std::string& message, UnixTime at,
                                  const std::vector<AuditEntry>& audit) override;
 

@@ -155,9 +155,23 @@ ALTER TABLE certificates ADD COLUMN email TEXT NOT NULL DEFAULT '';
 CREATE INDEX certificates_by_email ON certificates (email);
 )sql",
      BackfillAltNames},
+    {5, R"sql(
+-- KRA rollover (keywarden kra rewrap): the envelope an archive had before
+-- each rewrap, with its KRAs, so no archive is ever lost to a rewrap.
+CREATE TABLE archive_history (
+  request_id INTEGER NOT NULL REFERENCES requests (id),
+  version INTEGER NOT NULL,     -- 1, 2, ... per request
+  replaced_at INTEGER NOT NULL,
+  replaced_by TEXT NOT NULL,
+  archived_key BLOB NOT NULL,   -- the CMS EnvelopedData that was replaced
+  archival_scheme TEXT NOT NULL,
+  kra_sha1 TEXT NOT NULL,       -- comma-joined hex thumbprints
+  PRIMARY KEY (request_id, version)
+);
+)sql"},
 };
 
-constexpr int kSchemaVersion = 4;
+constexpr int kSchemaVersion = 5;
 
 // The triggers that keep the audit log append-only, as created above.
 struct AuditTrigger {

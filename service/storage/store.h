@@ -45,6 +45,18 @@ struct ArchivedKey {
   std::vector<uint8_t> encrypted_key_hash;  // the request's 1.3.6.1.4.1.311.21.21 value
 };
 
+// An archive as it was before a KRA rollover replaced its recipients
+// (keywarden kra rewrap): kept so that the old KRAs' envelope is never lost.
+struct ArchiveHistoryRecord {
+  int64_t request_id = 0;
+  int64_t version = 0;  // 1 for the first envelope replaced, 2 for the next...
+  UnixTime replaced_at = 0;
+  std::string replaced_by;        // principal that submitted the rewrap
+  std::vector<uint8_t> envelope;  // the envelope that was replaced
+  std::string scheme;
+  std::vector<std::string> kra_sha1;  // its KRAs
+};
+
 struct RequestRecord {
   int64_t id = 0;         // assigned by InsertRequest
   std::string requester;  // authenticated principal that submitted it
@@ -185,6 +197,17 @@ class Transaction {
                                     const std::string& resolved_by, UnixTime at) = 0;
   virtual absl::Status AttachArchivedKey(int64_t request_id, const ArchivedKey& key) = 0;
   virtual absl::Status SetPendingMessage(int64_t request_id, const std::string& message) = 0;
+  // KRA rollover: the archived key of request `request_id` gets `envelope`
+  // and `kra_sha1`; the envelope it had goes to the archive history.
+  // FAILED_PRECONDITION (nothing written) unless it holds exactly
+  // `expected` (someone else rewrapped it meanwhile). Returns the history
+  // version written.
+  virtual absl::StatusOr<int64_t> ReplaceArchivedKey(int64_t request_id,
+                                                     const std::vector<uint8_t>& expected,
+                                                     const std::vector<uint8_t>& envelope,
+                                                     const std::vector<std::string>& kra_sha1,
+                                                     const std::string& replaced_by,
+                                                     UnixTime at) = 0;
   virtual absl::Status InsertCertificate(const CertificateRecord& certificate) = 0;
   virtual absl::StatusOr<CertificateRecord> GetCertificate(const std::string& serial) = 0;
   virtual absl::StatusOr<std::vector<CertificateRecord>> FindCertificates(
@@ -287,6 +310,17 @@ class Store {
 
   // -- certificates
   // A certificate not tied to a request (the CA's own, exchange certificates).
+  // KRA rollover (Transaction::ReplaceArchivedKey) with `audit` appended in
+  // the same transaction (timed `at`).
+  virtual absl::StatusOr<int64_t> ReplaceArchivedKey(int64_t request_id,
+                                                     const std::vector<uint8_t>& expected,
+                                                     const std::vector<uint8_t>& envelope,
+                                                     const std::vector<std::string>& kra_sha1,
+                                                     const std::string& replaced_by, UnixTime at,
+                                                     const std::vector<AuditEntry>& audit) = 0;
+  // The envelopes a request's archive had before each rewrap, oldest first.
+  virtual absl::StatusOr<std::vector<ArchiveHistoryRecord>> ArchiveHistory(int64_t request_id) = 0;
+
   virtual absl::Status InsertCertificate(const CertificateRecord& certificate) = 0;
   virtual absl::StatusOr<CertificateRecord> GetCertificate(const std::string& serial) = 0;
   virtual absl::StatusOr<std::vector<CertificateRecord>> FindCertificates(

@@ -4,11 +4,14 @@
 
 #include <gtest/gtest.h>
 
+#include "hsm/keys.h"
 #include "hsm/module.h"
+#include "hsm/open.h"
 #include "pki/certificate.h"
 #include "pki/kra_card.h"
 #include "pki/private_key_blob.h"
 #include "pki/recovery_blob.h"
+#include "pki/rewrap.h"
 #include "tests/recovery_fixture.h"
 #include "tests/test_util.h"
 
@@ -157,6 +160,81 @@ TEST_F(KraCardTest, ObjectInTheUriNarrowsTheCard) {
   EXPECT_TRUE((*card)->certificates().empty());
   EXPECT_NE((*card)->Match(BlobFor({0})).status().ToString().find("holds no certificate"),
             std::string::npos);
+}
+
+// KRA rollover (pki::KraCard::Rewrap): card 1 moves an archive to card 3;
+// the encrypted content is unchanged, card 3 alone recovers the key, card 1
+// no longer can. Both schemes; then a card key without CKA_UNWRAP (the
+// locked-memory fallback).
+TEST_F(KraCardTest, RewrapMovesTheArchiveToTheNewKraOnly) {
+  for (auto [alg, wrap] :
+       {std::pair{hsm::SymmetricAlgorithm::kDes3, hsm::WrapMechanism::kRsaPkcs1},
+        std::pair{hsm::SymmetricAlgorithm::kAes256, hsm::WrapMechanism::kRsaOaepSha1}}) {
+    auto old_envelope = pki_->Archive(user_, {0, 1}, alg, wrap);
+    ASSERT_TRUE(old_envelope.ok()) << old_envelope.status();
+    auto der = pki_->Blob(user_, *old_envelope, {0, 1});
+    ASSERT_TRUE(der.ok()) << der.status();
+    auto blob = pki::ParseRecoveryBlob(*der, anchors_);
+    ASSERT_TRUE(blob.ok()) << blob.status();
+    auto card1 = Card(SoftHsmFixture::kKraCard1);
+    ASSERT_TRUE(card1->Login(Pin(SoftHsmFixture::kKraCard1)).ok());
+    auto r = card1->Rewrap(*blob, {pki_->kras()[2].cert.get()});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_TRUE(r->unwrapped_on_card);
+    auto before = pki::ParseArchiveEnvelope(*old_envelope);
+    auto after = pki::ParseArchiveEnvelope(r->envelope);
+    ASSERT_TRUE(before.ok() && after.ok());
+    EXPECT_EQ(after->encrypted_content_info, before->encrypted_content_info);
+    ASSERT_EQ(after->recipients.size(), 1u);
+    EXPECT_TRUE(after->recipients[0].Names(pki_->kras()[2].cert.get()));
+
+    auto new_der = pki_->Blob(user_, r->envelope, {2});
+    ASSERT_TRUE(new_der.ok()) << new_der.status();
+    auto new_blob = pki::ParseRecoveryBlob(*new_der, anchors_);
+    ASSERT_TRUE(new_blob.ok()) << new_blob.status();
+    auto card3 = Card(SoftHsmFixture::kKraCard3);
+    ASSERT_TRUE(card3->Login(Pin(SoftHsmFixture::kKraCard3)).ok());
+    auto key = card3->Recover(*new_blob);
+    ASSERT_TRUE(key.ok()) << key.status();
+    EXPECT_EQ(EVP_PKEY_eq(key->key.get(), user_.key.get()), 1);
+    EXPECT_EQ(card1->Recover(*new_blob).status().code(), absl::StatusCode::kNotFound);
+  }
+}
+
+TEST_F(KraCardTest, RewrapWithACardKeyThatCannotUnwrapFallsBackAndStillRecovers) {
+  {  // Card 1's key as older cards have it: CKA_UNWRAP false.
+    auto uri = hsm::Pkcs11Uri::Parse(SoftHsmFixture::TokenUri(SoftHsmFixture::kKraCard1));
+    ASSERT_TRUE(uri.ok());
+    hsm::OpenOptions open;
+    open.default_module = SoftHsmFixture::module_path();
+    open.pin = Pin(SoftHsmFixture::kKraCard1);
+    auto token = hsm::OpenToken(*uri, open);
+    ASSERT_TRUE(token.ok()) << token.status();
+    auto session = (*token)->Acquire(hsm::Access::kReadWrite);
+    ASSERT_TRUE(session.ok()) << session.status();
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    auto keys = hsm::FindObjects(*session, {hsm::Attr(CKA_CLASS, cls)});
+    ASSERT_TRUE(keys.ok() && keys->size() == 1u);
+    CK_ATTRIBUTE off = hsm::Attr(CKA_UNWRAP, hsm::kFalse);
+    CK_RV rv = session->Call("C_SetAttributeValue", session->fn()->C_SetAttributeValue,
+                             session->handle(), keys->front(), &off, CK_ULONG{1});
+    if (rv != CKR_OK) GTEST_SKIP() << "the token does not let CKA_UNWRAP be changed: " << rv;
+  }
+  auto blob = BlobFor({0});
+  auto card1 = Card(SoftHsmFixture::kKraCard1);
+  ASSERT_TRUE(card1->Login(Pin(SoftHsmFixture::kKraCard1)).ok());
+  auto r = card1->Rewrap(blob, {pki_->kras()[1].cert.get()});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->unwrapped_on_card);
+  auto der = pki_->Blob(user_, r->envelope, {1});
+  ASSERT_TRUE(der.ok()) << der.status();
+  auto new_blob = pki::ParseRecoveryBlob(*der, anchors_);
+  ASSERT_TRUE(new_blob.ok()) << new_blob.status();
+  auto card2 = Card(SoftHsmFixture::kKraCard2);
+  ASSERT_TRUE(card2->Login(Pin(SoftHsmFixture::kKraCard2)).ok());
+  auto key = card2->Recover(*new_blob);
+  ASSERT_TRUE(key.ok()) << key.status();
+  EXPECT_EQ(EVP_PKEY_eq(key->key.get(), user_.key.get()), 1);
 }
 
 }  // namespace

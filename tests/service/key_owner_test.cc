@@ -583,7 +583,8 @@ TEST(KeyIndexMigration, SchemaThreeBackfillsTheKeyHashOfStoredCertificates) {
   }
   auto downgrade = RunCommand(StrCat(
       "sqlite3 ", path,
-      " 'DROP INDEX certificates_by_email; ALTER TABLE certificates DROP COLUMN email; "
+      " 'DROP TABLE archive_history; DROP INDEX certificates_by_email; ALTER TABLE certificates "
+      "DROP COLUMN email; "
       "DROP INDEX certificates_by_key; DROP INDEX requests_by_key; "
       "ALTER TABLE certificates DROP COLUMN spki_sha256; ALTER TABLE requests DROP COLUMN "
       "spki_sha256; ALTER TABLE requests DROP COLUMN request_sha256; PRAGMA user_version = 2;'"));
@@ -600,7 +601,8 @@ TEST(KeyIndexMigration, SchemaThreeBackfillsTheKeyHashOfStoredCertificates) {
 
   auto store = service::OpenSqliteStore(path);
   ASSERT_TRUE(store.ok()) << store.status();
-  EXPECT_EQ((*store)->admin().SchemaVersion(), 4);  // 3 (key hashes), then 4 (e-mail)
+  EXPECT_EQ((*store)->admin().SchemaVersion(),
+            5);  // 3 (key hashes), 4 (e-mail), 5 (archive history)
   auto cert = (*store)->GetCertificate(serial);
   ASSERT_TRUE(cert.ok()) << cert.status();
   EXPECT_EQ(cert->spki_sha256, expected.output.substr(0, 64));

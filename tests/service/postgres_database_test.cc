@@ -774,7 +774,7 @@ TEST_F(PostgresDatabaseTest, ReplaceContentsRefusesAForeignDatabaseAndFillsAnEmp
   EXPECT_EQ(Scalar("SELECT value FROM settings WHERE name = 'crl.number'"), "42");
   EXPECT_EQ(Scalar("SELECT count(*) FROM settings WHERE name LIKE 'lease%'"), "0");
   EXPECT_EQ(loaded->leases_dropped, 1);
-  EXPECT_EQ(Scalar("SELECT max(version) FROM keywarden_schema"), "4");
+  EXPECT_EQ(Scalar("SELECT max(version) FROM keywarden_schema"), "5");
   EXPECT_EQ(Scalar("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal AND tgname LIKE "
                    "'audit%'"),
             "6");
@@ -840,7 +840,7 @@ TEST_F(PostgresDatabaseTest, MigrationUnderTheLockRunsOnceForTwoReplicas) {
   EXPECT_TRUE(sa.ok()) << sa;
   EXPECT_TRUE(sb.ok()) << sb;
   EXPECT_EQ(created.load(), 1);
-  EXPECT_EQ(Scalar("SELECT count(*) || ':' || max(version) FROM keywarden_schema"), "1:4");
+  EXPECT_EQ(Scalar("SELECT count(*) || ':' || max(version) FROM keywarden_schema"), "1:5");
 }
 
 // deploy/pg-cluster.sh makes members of kw_password_users authenticate
@@ -897,7 +897,7 @@ TEST_F(PostgresDatabaseTest, SchemaAppliesAndAuditIsAppendOnly) {
                               {int64_t{kPostgresSchemaVersion}})
                      .status();
                }).ok());
-  EXPECT_EQ(Scalar("SELECT version FROM keywarden_schema"), "4");
+  EXPECT_EQ(Scalar("SELECT version FROM keywarden_schema"), "5");
   // Every table and column of SQLite schema version 4, by name.
   EXPECT_EQ(Scalar("SELECT string_agg(table_name || '.' || column_name, ',' ORDER BY table_name, "
                    "ordinal_position) FROM information_schema.columns WHERE table_schema = "

@@ -541,6 +541,100 @@ TEST_P(StoreTest, AuditRecordsCommitWithTheirStateChangeOrNotAtAll) {
   EXPECT_EQ(store().GetRequest(second)->disposition, Disposition::kPending);
 }
 
+// KRA rollover: the archive gets its new envelope and KRAs, the old ones go
+// to the history (versions 1, 2, ...), and a stale expectation changes nothing.
+TEST_P(StoreTest, RewrapReplacesTheArchiveAndKeepsTheOldOneInTheHistory) {
+  int64_t id = Submit("alice");
+  const ArchivedKey key = MakeArchivedKey();
+  ASSERT_TRUE(
+      store().RecordIssued(id, MakeCertificate("0e01", "CN=alice"), key, "policy", 10).ok());
+  const std::vector<uint8_t> second = {0x30, 0x03, 0x02, 0x01, 0x07};
+  const std::vector<uint8_t> third = {0x30, 0x03, 0x02, 0x01, 0x09};
+  const std::vector<std::string> kras2 = {std::string(40, 'c')};
+  const std::vector<std::string> kras3 = {std::string(40, 'd'), std::string(40, 'e')};
+
+  // The stored envelope is not what the rewrap was made from: refused.
+  absl::StatusOr<int64_t> stale = store().ReplaceArchivedKey(
+      id, second, third, kras3, "CN=officer", 20, {{"CN=officer", "archival.key_rewrapped", "{}"}});
+  EXPECT_EQ(stale.status().code(), absl::StatusCode::kFailedPrecondition) << stale.status();
+  EXPECT_TRUE(store().ArchiveHistory(id)->empty());
+  ExpectSameArchivedKey(store().GetRequest(id)->archived_key, key);
+  const size_t audit_before = store().ReadAudit(1, 1000)->size();
+
+  absl::StatusOr<int64_t> v1 =
+      store().ReplaceArchivedKey(id, key.envelope, second, kras2, "CN=officer", 20,
+                                 {{"CN=officer", "archival.key_rewrapped", "{\"n\":1}"}});
+  ASSERT_TRUE(v1.ok()) << v1.status();
+  EXPECT_EQ(*v1, 1);
+  absl::StatusOr<int64_t> v2 =
+      store().ReplaceArchivedKey(id, second, third, kras3, "CN=other", 30, {});
+  ASSERT_TRUE(v2.ok()) << v2.status();
+  EXPECT_EQ(*v2, 2);
+  EXPECT_EQ(store().ReadAudit(1, 1000)->size(), audit_before + 1);
+
+  absl::StatusOr<RequestRecord> r = store().GetRequest(id);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->archived_key->envelope, third);
+  EXPECT_EQ(r->archived_key->kra_sha1, kras3);
+  EXPECT_EQ(r->archived_key->scheme, key.scheme);
+  EXPECT_EQ(r->archived_key->encrypted_key_hash, key.encrypted_key_hash);
+
+  absl::StatusOr<std::vector<ArchiveHistoryRecord>> h = store().ArchiveHistory(id);
+  ASSERT_TRUE(h.ok()) << h.status();
+  ASSERT_EQ(h->size(), 2u);
+  EXPECT_EQ((*h)[0].version, 1);
+  EXPECT_EQ((*h)[0].envelope, key.envelope);
+  EXPECT_EQ((*h)[0].kra_sha1, key.kra_sha1);
+  EXPECT_EQ((*h)[0].scheme, key.scheme);
+  EXPECT_EQ((*h)[0].replaced_by, "CN=officer");
+  EXPECT_EQ((*h)[0].replaced_at, 20);
+  EXPECT_EQ((*h)[1].version, 2);
+  EXPECT_EQ((*h)[1].envelope, second);
+  EXPECT_EQ((*h)[1].kra_sha1, kras2);
+  EXPECT_EQ((*h)[1].replaced_by, "CN=other");
+
+  // A request without an archived key, and an unknown one.
+  int64_t plain = Submit("bob");
+  EXPECT_EQ(store().ReplaceArchivedKey(plain, {}, second, kras2, "CN=o", 40, {}).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store().ReplaceArchivedKey(999999, {}, second, kras2, "CN=o", 40, {}).status().code(),
+            absl::StatusCode::kNotFound);
+
+  // The history survives a backup.
+  const std::string path = dir_.File("history-backup.db");
+  ASSERT_TRUE(store().admin().Backup(path).ok());
+  auto copy = GetParam().open_backup(path);
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  EXPECT_EQ((*copy)->ArchiveHistory(id)->size(), 2u);
+}
+
+// A database of schema version 4 (before the archive history) is migrated.
+TEST_P(StoreTest, Schema4DatabaseGetsTheArchiveHistory) {
+  EXPECT_EQ(store().admin().SchemaVersion(), 5);
+  int64_t id = Submit("alice");
+  const ArchivedKey key = MakeArchivedKey();
+  ASSERT_TRUE(
+      store().RecordIssued(id, MakeCertificate("0f01", "CN=alice"), key, "policy", 10).ok());
+  Close();
+  const bool sqlite = GetParam().name == "Sqlite";
+  ASSERT_TRUE(GetParam()
+                  .tamper(dir_.path(), sqlite
+                                           ? "DROP TABLE archive_history; PRAGMA user_version = 4;"
+                                           : "DROP TABLE archive_history; DELETE FROM "
+                                             "keywarden_schema; INSERT INTO keywarden_schema "
+                                             "(version) VALUES (4);")
+                  .ok());
+  auto reopened = GetParam().open(dir_.path());
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  EXPECT_EQ((*reopened)->admin().SchemaVersion(), 5);
+  ExpectSameArchivedKey((*reopened)->GetRequest(id)->archived_key, key);
+  EXPECT_TRUE((*reopened)->ArchiveHistory(id)->empty());
+  auto v = (*reopened)->ReplaceArchivedKey(id, key.envelope, {0x30, 0x00}, {std::string(40, 'c')},
+                                           "CN=officer", 20, {});
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ((*reopened)->ArchiveHistory(id)->size(), 1u);
+}
+
 TEST_P(StoreTest, ArchivedKeyRoundTrips) {
   int64_t id = Submit("alice");
   ArchivedKey key = MakeArchivedKey();
@@ -1427,7 +1521,7 @@ TEST(SqliteStoreTest, MigrationToVersion4BackfillsUpnAndEmailFromTheStoredCertif
   {
     auto store = OpenSqliteStore(db);
     ASSERT_TRUE(store.ok()) << store.status();
-    EXPECT_EQ((*store)->admin().SchemaVersion(), 4);
+    EXPECT_EQ((*store)->admin().SchemaVersion(), 5);
     CertificateRecord c = MakeCertificate("0a01", "CN=Frank");
     c.der = testing::ReadFile(der);
     c.upn = "";  // as every version before 4 stored it
@@ -1437,12 +1531,13 @@ TEST(SqliteStoreTest, MigrationToVersion4BackfillsUpnAndEmailFromTheStoredCertif
   // Back to what a version-3 database holds: no email column, upn empty
   // (never filled before version 4).
   ASSERT_TRUE(RawSqlite(db,
-                        "DROP INDEX certificates_by_email; ALTER TABLE certificates DROP COLUMN "
+                        "DROP TABLE archive_history; DROP INDEX certificates_by_email; ALTER TABLE "
+                        "certificates DROP COLUMN "
                         "email; UPDATE certificates SET upn = ''; PRAGMA user_version = 3;")
                   .ok());
   auto store = OpenSqliteStore(db);
   ASSERT_TRUE(store.ok()) << store.status();
-  EXPECT_EQ((*store)->admin().SchemaVersion(), 4);
+  EXPECT_EQ((*store)->admin().SchemaVersion(), 5);
   auto frank = (*store)->GetCertificate("0a01");
   ASSERT_TRUE(frank.ok()) << frank.status();
   EXPECT_EQ(frank->upn, "frank@corp.example");
