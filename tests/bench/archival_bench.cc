@@ -102,6 +102,7 @@ namespace ossl = keywarden::ossl;
 namespace service = keywarden::service;
 using keywarden::StrCat;
 using keywarden::bench::CpuSeconds;
+using keywarden::bench::Fixed;
 using keywarden::bench::FlagValue;
 using keywarden::bench::IntList;
 using keywarden::bench::OwnConnection;
@@ -146,12 +147,6 @@ struct Config {
 };
 
 // ---------------------------------------------------------------- helpers
-
-std::string Fixed(double v, int decimals) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
-  return buf;
-}
 
 std::string Message(const absl::Status& st) {
   return std::string(st.message());

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
@@ -79,6 +80,13 @@ inline std::vector<int> IntList(const std::string& list) {
     rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
   }
   return out;
+}
+
+// `v` with `decimals` digits after the point, for the tables.
+inline std::string Fixed(double v, int decimals) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
+  return buf;
 }
 
 // A certificate from DER as an RPC carries it; null if it does not parse.

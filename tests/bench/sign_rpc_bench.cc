@@ -65,6 +65,7 @@ namespace v1 = keywarden::v1;
 namespace ossl = keywarden::ossl;
 using keywarden::StrCat;
 using keywarden::bench::CpuSeconds;
+using keywarden::bench::Fixed;
 using keywarden::bench::FlagValue;
 using keywarden::bench::IntList;
 using keywarden::bench::OwnConnection;
@@ -452,12 +453,6 @@ bool ParseArgs(int argc, char** argv, Options& o) {
     return false;
   }
   return true;
-}
-
-std::string Fixed(double v, int decimals) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
-  return buf;
 }
 
 }  // namespace
