@@ -41,12 +41,7 @@ class RestoreFixture : public ::testing::Test {
     daemon_ = std::move(*d);
   }
 
-  std::string Connection(const std::string& who) const {
-    const ClientIdentity& id = daemon_->client(who);
-    return StrCat(" --server ", daemon_->target(), " --client-cert ", id.cert_path,
-                  " --client-key ", id.key_path, " --server-ca ", daemon_->tls_ca_path(),
-                  " --server-name localhost ");
-  }
+  std::string Connection(const std::string& who) const { return daemon_->CliConnection(who); }
 
   CommandResult Kw(const std::string& who, const std::string& args) const {
     return RunCommand(StrCat(KEYWARDEN_CLI, Connection(who), args));

@@ -118,6 +118,13 @@ class DaemonHarness {
   std::string target() const { return "127.0.0.1:" + std::to_string(port_); }
   const ClientIdentity& client(const std::string& who) const { return clients_.at(who); }
   std::shared_ptr<grpc::Channel> Channel(const std::string& who) const;
+  // The keywarden CLI's options to reach this daemon as `who` (mutual TLS),
+  // with a space before and after.
+  std::string CliConnection(const std::string& who) const {
+    const ClientIdentity& id = client(who);
+    return StrCat(" --server ", target(), " --client-cert ", id.cert_path, " --client-key ",
+                  id.key_path, " --server-ca ", tls_ca_path(), " --server-name localhost ");
+  }
   // The same to another server (a replica's replica_target(n)).
   std::shared_ptr<grpc::Channel> Channel(const std::string& who, const std::string& to) const;
   // Paths: the client TLS trust anchor (for the server cert) and the CA cert.

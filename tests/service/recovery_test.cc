@@ -55,12 +55,7 @@ class RecoveryTest : public ::testing::Test {
     ASSERT_TRUE(UseKras(*daemon_, kra_sha1_, count_, threshold_).ok());
   }
 
-  std::string Connection(const std::string& who) const {
-    const ClientIdentity& id = daemon_->client(who);
-    return StrCat(" --server ", daemon_->target(), " --client-cert ", id.cert_path,
-                  " --client-key ", id.key_path, " --server-ca ", daemon_->tls_ca_path(),
-                  " --server-name localhost ");
-  }
+  std::string Connection(const std::string& who) const { return daemon_->CliConnection(who); }
   CommandResult Kw(const std::string& who, const std::string& args) const {
     return RunCommand(StrCat(KEYWARDEN_CLI, Connection(who), args));
   }
