@@ -44,6 +44,9 @@ namespace keywarden::service {
 
 namespace {
 
+// The largest EC field size of the curves OpenSSL offers for certificates (P-521).
+constexpr int kLargestEcFieldBits = 521;
+
 using strict_toml::Choices;
 using strict_toml::Context;
 using strict_toml::JoinChoices;
@@ -502,6 +505,15 @@ absl::Status ReadTemplate(const Section& s, TemplateConfig& t) {
   KW_RETURN_IF_ERROR(s.ReadInt("min_key_bits", 256, 16384, t.min_key_bits));
   KW_RETURN_IF_ERROR(s.ReadStringSet("key_types", {"rsa", "ec"}, nullptr, "", t.key_types));
   if (t.key_types.empty()) return s.Invalid("key_types", "needs at least one key type");
+  if (std::find(t.key_types.begin(), t.key_types.end(), "rsa") == t.key_types.end() &&
+      t.min_key_bits > kLargestEcFieldBits) {
+    // min_key_bits defaults to 2048: an EC-only template must lower it.
+    return s.Invalid("min_key_bits",
+                     StrCat(t.min_key_bits, " bits, but the template takes only EC keys (at most ",
+                            kLargestEcFieldBits,
+                            " bits, P-521), so no request could pass: set min_key_bits to the "
+                            "smallest curve size accepted, e.g. 256"));
+  }
   KW_RETURN_IF_ERROR(s.ReadBool("pend", t.pend));
   std::string archival = t.archival == ArchivalPolicy::kRequired  ? "required"
                          : t.archival == ArchivalPolicy::kAllowed ? "allowed"
