@@ -25,6 +25,30 @@
 
 namespace keywarden::testing {
 
+// Configuration for tests of clients whose TLS certificate this CA issues
+// (Options::trust_own_ca; add client "root" with the root admin's subject):
+// "CN=root admin" (TLS CA) administers and enrols; "CN=officer2" (issued by
+// this CA, so client_ca has ca.pem too) is a Certificate Manager; template
+// ClientAuth issues EC client certificates to enrollees.
+inline constexpr char kOwnCaClientsToml[] = R"(
+[[role]]
+principal = "CN=root admin,O=keywarden test"
+issuer = "tls/tls-ca.pem"
+roles = ["ca-administrator", "enrollee"]
+
+[[role]]
+principal = "CN=officer2,O=keywarden test"
+issuer = "ca.pem"
+roles = ["certificate-manager"]
+
+[[template]]
+name = "ClientAuth"
+extended_key_usage = ["clientAuth"]
+key_types = ["ec"]
+min_key_bits = 256
+enrollees = ["enrollee"]
+)";
+
 struct ClientIdentity {
   std::string principal;  // RFC 4514 subject, as the daemon sees it
   std::string cert_path;  // PEM

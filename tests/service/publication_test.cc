@@ -72,24 +72,8 @@ crl_urls = [")",
                base_, R"(/pki/keywarden%20test.crl", "http://crl.example.com/kw.crl"]
 ca_issuers_urls = [")",
                base_, R"(/pki/ca.crt"]
-
-[[role]]
-principal = "CN=root admin,O=keywarden test"
-issuer = "tls/tls-ca.pem"
-roles = ["ca-administrator", "enrollee"]
-
-[[role]]
-principal = "CN=officer2,O=keywarden test"
-issuer = "ca.pem"
-roles = ["certificate-manager"]
-
-[[template]]
-name = "ClientAuth"
-extended_key_usage = ["clientAuth"]
-key_types = ["ec"]
-min_key_bits = 256
-enrollees = ["enrollee"]
-)");
+)",
+               kOwnCaClientsToml);
     auto d = DaemonHarness::Start(options);
     ASSERT_TRUE(d.ok()) << d.status();
     daemon_ = std::move(*d);
@@ -194,17 +178,7 @@ enrollees = ["enrollee"]
   }
 
   std::vector<v1::AuditRecord> Audit(const std::string& event) {
-    auto stub = v1::Audit::NewStub(daemon_->Channel("auditor"));
-    grpc::ClientContext ctx;
-    v1::ReadAuditRequest in;
-    in.set_limit(10000);
-    v1::ReadAuditResponse out;
-    EXPECT_TRUE(stub->ReadAudit(&ctx, in, &out).ok());
-    std::vector<v1::AuditRecord> found;
-    for (const auto& r : out.records()) {
-      if (r.event() == event) found.push_back(r);
-    }
-    return found;
+    return AuditRecordsViaRpc(daemon_->Channel("auditor"), event);
   }
 
   // openssl verify fetching the CRL itself from the certificate's CDP.

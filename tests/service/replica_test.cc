@@ -349,24 +349,7 @@ TEST_F(ReplicaTest, AClientRevokedThroughOneReplicaIsRefusedByTheOther) {
   DaemonHarness::Options options;
   options.trust_own_ca = true;
   options.extra_clients.emplace("root", "CN=root admin,O=keywarden test");
-  options.extra_toml = R"(
-[[role]]
-principal = "CN=root admin,O=keywarden test"
-issuer = "tls/tls-ca.pem"
-roles = ["ca-administrator", "enrollee"]
-
-[[role]]
-principal = "CN=officer2,O=keywarden test"
-issuer = "ca.pem"
-roles = ["certificate-manager"]
-
-[[template]]
-name = "ClientAuth"
-extended_key_usage = ["clientAuth"]
-key_types = ["ec"]
-min_key_bits = 256
-enrollees = ["enrollee"]
-)";
+  options.extra_toml = kOwnCaClientsToml;
   Start(options);
   const std::string key = daemon_->dir().File("tls/officer2.key");
   const std::string csr = tmp_.File("officer2.csr");
@@ -494,24 +477,7 @@ TEST_F(ReplicaTest, BothServeTheNewestCrlAndAHoldReleasedThroughOneIsLiftedAtThe
 listen = "127.0.0.1:0"
 crl_urls = ["http://pki.example.com/pki/ca.crl"]
 ca_issuers_urls = ["http://pki.example.com/pki/ca.crt"]
-
-[[role]]
-principal = "CN=root admin,O=keywarden test"
-issuer = "tls/tls-ca.pem"
-roles = ["ca-administrator", "enrollee"]
-
-[[role]]
-principal = "CN=officer2,O=keywarden test"
-issuer = "ca.pem"
-roles = ["certificate-manager"]
-
-[[template]]
-name = "ClientAuth"
-extended_key_usage = ["clientAuth"]
-key_types = ["ec"]
-min_key_bits = 256
-enrollees = ["enrollee"]
-)";
+)" + std::string(kOwnCaClientsToml);
   Start(options);
   auto listener = [](const std::string& log_path) {
     const std::string log = Trim(RunCommand("cat " + log_path).output);

@@ -6,11 +6,14 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
 #include <openssl/cms.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -18,6 +21,7 @@
 #include <openssl/x509v3.h>
 
 #include "hsm/ossl.h"
+#include "keywarden/v1/keywarden.grpc.pb.h"
 #include "keywarden/v1/keywarden.pb.h"
 #include "pki/certificate.h"
 
@@ -31,6 +35,25 @@ inline v1::ErrorDetail DetailOf(const grpc::Status& status) {
     rpc.details(0).UnpackTo(&detail);
   }
   return detail;
+}
+
+// The audit records of `event` (of the newest 10000), read through the
+// Audit RPC on `auditor`'s channel, as a client sees them (store_peek.h's
+// HarnessAuditEvents reads the store itself). A failed read fails the test.
+inline std::vector<v1::AuditRecord> AuditRecordsViaRpc(
+    const std::shared_ptr<grpc::Channel>& auditor, const std::string& event) {
+  auto stub = v1::Audit::NewStub(auditor);
+  grpc::ClientContext ctx;
+  v1::ReadAuditRequest in;
+  in.set_limit(10000);
+  v1::ReadAuditResponse out;
+  const grpc::Status st = stub->ReadAudit(&ctx, in, &out);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  std::vector<v1::AuditRecord> found;
+  for (const auto& r : out.records()) {
+    if (r.event() == event) found.push_back(r);
+  }
+  return found;
 }
 
 // The HRESULT a failed call's ErrorDetail carries (0 if none).

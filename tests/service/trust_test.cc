@@ -27,25 +27,7 @@ constexpr char kOfficer2[] = "CN=officer2,O=keywarden test";
 constexpr char kRootAdmin[] = "CN=root admin,O=keywarden test";
 
 // Principals and templates these tests add to the harness's own.
-constexpr char kTrustToml[] = R"(
-[[role]]
-principal = "CN=root admin,O=keywarden test"
-issuer = "tls/tls-ca.pem"
-roles = ["ca-administrator", "enrollee"]
-
-[[role]]
-# An officer whose certificate this CA issues (client_ca has ca.pem too).
-principal = "CN=officer2,O=keywarden test"
-issuer = "ca.pem"
-roles = ["certificate-manager"]
-
-[[template]]
-name = "ClientAuth"
-extended_key_usage = ["clientAuth"]
-key_types = ["ec"]
-min_key_bits = 256
-enrollees = ["enrollee"]
-
+const std::string kTrustToml = std::string(kOwnCaClientsToml) + R"(
 [[template]]
 name = "Restricted"
 extended_key_usage = ["emailProtection"]
@@ -115,17 +97,7 @@ class TrustTest : public ::testing::Test {
   }
 
   std::vector<v1::AuditRecord> Audit(const std::string& event) {
-    auto stub = v1::Audit::NewStub(daemon_->Channel("auditor"));
-    grpc::ClientContext ctx;
-    v1::ReadAuditRequest in;
-    in.set_limit(10000);
-    v1::ReadAuditResponse out;
-    EXPECT_TRUE(stub->ReadAudit(&ctx, in, &out).ok());
-    std::vector<v1::AuditRecord> found;
-    for (const auto& r : out.records()) {
-      if (r.event() == event) found.push_back(r);
-    }
-    return found;
+    return AuditRecordsViaRpc(daemon_->Channel("auditor"), event);
   }
 
   grpc::Status Revoke(const std::string& serial, int reason) {
