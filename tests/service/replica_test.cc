@@ -78,6 +78,22 @@ class ReplicaTest : public ::testing::Test {
                              " --server-name localhost ", args, " 2>&1"));
   }
 
+  // officer2 (kOwnCaClientsToml): a key made with openssl, a ClientAuth
+  // certificate from this CA through A for root, and a client of the harness.
+  void EnrolOfficer2() {
+    const std::string key = daemon_->dir().File("tls/officer2.key");
+    const std::string csr = tmp_.File("officer2.csr");
+    auto r =
+        RunCommand(StrCat("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+                          "-subj '/O=keywarden test/CN=officer2' -keyout ",
+                          key, " -out ", csr));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const std::string cert = daemon_->dir().File("tls/officer2.pem");
+    r = Kw("root", a_, StrCat("submit ", csr, " --template ClientAuth --out ", cert));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    daemon_->AddClient("officer2", {"CN=officer2,O=keywarden test", cert, key});
+  }
+
   // The serial (openssl's hex) of the exchange certificate `servers` hands out.
   std::string XchgSerial(const std::string& servers) {
     const std::string out = tmp_.File(StrCat("xchg-", counter_++, ".pem"));
@@ -351,18 +367,9 @@ TEST_F(ReplicaTest, AClientRevokedThroughOneReplicaIsRefusedByTheOther) {
   options.extra_clients.emplace("root", "CN=root admin,O=keywarden test");
   options.extra_toml = kOwnCaClientsToml;
   Start(options);
-  const std::string key = daemon_->dir().File("tls/officer2.key");
-  const std::string csr = tmp_.File("officer2.csr");
-  auto r =
-      RunCommand(StrCat("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
-                        "-subj '/O=keywarden test/CN=officer2' -keyout ",
-                        key, " -out ", csr));
-  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_NO_FATAL_FAILURE(EnrolOfficer2());
   const std::string cert = daemon_->dir().File("tls/officer2.pem");
-  r = Kw("root", a_, StrCat("submit ", csr, " --template ClientAuth --out ", cert));
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  daemon_->AddClient("officer2", {"CN=officer2,O=keywarden test", cert, key});
-  r = Kw("officer2", b_, "officer list");
+  auto r = Kw("officer2", b_, "officer list");
   ASSERT_EQ(r.exit_code, 0) << r.output;
 
   const std::string serial = SerialOf(cert).substr(7);
@@ -502,18 +509,10 @@ ca_issuers_urls = ["http://pki.example.com/pki/ca.crt"]
   };
 
   // officer2: a client certificate from this CA, let in at B.
-  const std::string key = daemon_->dir().File("tls/officer2.key");
-  const std::string csr = tmp_.File("officer2.csr");
-  auto r =
-      RunCommand(StrCat("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
-                        "-subj '/O=keywarden test/CN=officer2' -keyout ",
-                        key, " -out ", csr));
-  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_NO_FATAL_FAILURE(EnrolOfficer2());
   const std::string cert = daemon_->dir().File("tls/officer2.pem");
-  r = Kw("root", a_, StrCat("submit ", csr, " --template ClientAuth --out ", cert));
+  auto r = Kw("officer2", b_, "officer list");
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  daemon_->AddClient("officer2", {"CN=officer2,O=keywarden test", cert, key});
-  ASSERT_EQ(Kw("officer2", b_, "officer list").exit_code, 0);
   const std::string serial = SerialOf(cert).substr(7);
 
   // Held through A: refused at B, listed by both.
