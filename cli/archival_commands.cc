@@ -113,7 +113,32 @@ std::string CandidateText(const v1::ArchivedKeyCandidate& c) {
   rows.push_back({"Archive", c.scheme()});
   std::vector<std::string> kras(c.kra_sha1().begin(), c.kra_sha1().end());
   rows.push_back({"KRA hashes", StrJoin(kras, ", ")});
-  return KeyValues(rows);
+  std::string text = KeyValues(rows);
+  // With --history: the envelopes KRA rollovers replaced, oldest first.
+  for (const auto& h : c.history()) {
+    std::vector<std::string> old_kras(h.kra_sha1().begin(), h.kra_sha1().end());
+    text += StrCat(
+        "  Replaced envelope ", h.version(), " (getkey --from-history ", h.version(), ")\n",
+        KeyValues({{"    Replaced", StrCat(FormatTime(h.replaced_at()), " by ", h.replaced_by())},
+                   {"    Archive", h.scheme()},
+                   {"    KRA hashes", StrJoin(old_kras, ", ")},
+                   {"    SHA-256", h.envelope_sha256()}}));
+  }
+  return text;
+}
+
+nlohmann::json HistoryJson(const v1::ArchivedKeyCandidate& k) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& h : k.history()) {
+    list.push_back(
+        {{"version", h.version()},
+         {"replaced_at", FormatIsoTime(h.replaced_at())},
+         {"replaced_by", h.replaced_by()},
+         {"scheme", h.scheme()},
+         {"kra_sha1", std::vector<std::string>(h.kra_sha1().begin(), h.kra_sha1().end())},
+         {"envelope_sha256", h.envelope_sha256()}});
+  }
+  return list;
 }
 
 // One candidate for --json: what an operator needs to choose, dates in
@@ -131,7 +156,8 @@ nlohmann::json CandidateJson(const v1::ArchivedKeyCandidate& k) {
           {"not_after", FormatIsoTime(cert.not_after())},
           {"sha1", cert.sha1()},
           {"scheme", k.scheme()},
-          {"kra_sha1", std::vector<std::string>(k.kra_sha1().begin(), k.kra_sha1().end())}};
+          {"kra_sha1", std::vector<std::string>(k.kra_sha1().begin(), k.kra_sha1().end())},
+          {"history", HistoryJson(k)}};
 }
 
 // A complete recovery script, like the seed's `certutil -v -getkey` batch
@@ -242,6 +268,8 @@ void RegisterArchivalCommands(CLI::App& app, const Output& out, const Connection
     std::string search;
     std::string out;
     bool verbose = false;
+    bool history = false;
+    int64_t from_history = 0;
   };
   auto gk = std::make_shared<GetKeyOptions>();
   CLI::App* getkey = app.add_subcommand(
@@ -259,14 +287,33 @@ void RegisterArchivalCommands(CLI::App& app, const Output& out, const Connection
                      "keys and the KRAs that can decrypt each are listed");
   getkey->add_flag("-v,--verbose", gk->verbose,
                    "Print a complete recovery script (getkey, recoverkey, mergepfx, clean-up)");
+  getkey->add_flag("--history", gk->history,
+                   "Also list the envelopes KRA rollovers (keywarden kra rewrap) replaced, with "
+                   "their KRAs, oldest first");
+  getkey
+      ->add_option("--from-history", gk->from_history,
+                   "Write the recovery blob of this replaced envelope (a version --history "
+                   "lists) instead of the current one, for the KRAs it was encrypted to")
+      ->check(CLI::PositiveNumber);
   getkey->callback([&out, &conn, &action, gk] {
     action = WithClient(out, conn, [&out, gk](Client& c) -> absl::StatusOr<Reply> {
+      if (gk->from_history != 0 && gk->out.empty()) {
+        return absl::InvalidArgumentError(
+            "--from-history writes a recovery blob: give the blob file to write (OUT)");
+      }
+      if (gk->from_history != 0 && gk->verbose) {
+        return absl::InvalidArgumentError(
+            "--from-history and -v cannot be combined: the recovery script is for the current "
+            "envelopes");
+      }
       if (!gk->out.empty()) {
         if (auto st = pki::CheckWritable(gk->out, pki::Overwrite::kRefuse); !st.ok()) return st;
       }
       v1::GetArchivedKeyRequest request;
       request.set_search(gk->search);
       request.set_blob(!gk->out.empty());
+      request.set_history(gk->history || gk->from_history != 0);
+      request.set_history_version(gk->from_history);
       v1::GetArchivedKeyResponse result;
       auto ctx = c.Context();
       if (auto st = c.Check(c.officer().GetArchivedKey(ctx.get(), request, &result)); !st.ok()) {
@@ -324,8 +371,12 @@ void RegisterArchivalCommands(CLI::App& app, const Output& out, const Connection
           return st;
         }
         reply.json["file"] = gk->out;
-        text += StrCat("Recovery blob written to ", gk->out, " (", blob.size(),
-                       " bytes, encrypted to the KRAs listed)\n");
+        if (gk->from_history != 0) reply.json["history_version"] = gk->from_history;
+        text += StrCat("Recovery blob written to ", gk->out, " (", blob.size(), " bytes, ",
+                       gk->from_history != 0 ? StrCat("replaced envelope ", gk->from_history,
+                                                      ", encrypted to the KRAs listed under it")
+                                             : std::string("encrypted to the KRAs listed"),
+                       ")\n");
       }
       if (gk->verbose) {
         const std::string script = RecoveryScript(gk->search, candidates);

@@ -1119,7 +1119,11 @@ std::string CertificateAuthority::DescribeCandidate(const RecoveryCandidate& c) 
 }
 
 absl::StatusOr<CertificateAuthority::RecoveryBlobResult> CertificateAuthority::GetRecoveryBlob(
-    const std::string& who, const std::string& search) {
+    const std::string& who, const std::string& search, int64_t history_version) {
+  if (history_version < 0) {
+    return Error(hresult::kInvalidArg, StrCat("history version ", history_version,
+                                              " is negative (0: the current envelope)"));
+  }
   std::vector<std::string> tried;
   auto candidates = FindArchivedKeys(search, &tried);
   if (!candidates.ok()) return candidates.status();
@@ -1137,6 +1141,27 @@ absl::StatusOr<CertificateAuthority::RecoveryBlobResult> CertificateAuthority::G
   }
   RecoveryBlobResult result{std::move(candidates->front()), {}};
   const RecoveryCandidate& c = result.candidate;
+  // The envelope to wrap: the current one, or one a KRA rollover replaced.
+  const std::vector<uint8_t>* envelope = &c.request.archived_key->envelope;
+  const std::vector<std::string>* kra_sha1 = &c.request.archived_key->kra_sha1;
+  std::vector<ArchiveHistoryRecord> history;
+  if (history_version > 0) {
+    auto read = store_.ArchiveHistory(c.request.id);
+    if (!read.ok()) return read.status();
+    history = std::move(*read);
+    auto it = std::find_if(history.begin(), history.end(), [&](const ArchiveHistoryRecord& h) {
+      return h.version == history_version;
+    });
+    if (it == history.end()) {
+      return Error(hresult::kNotFound,
+                   StrCat("the archive of request ", c.request.id, " has no history version ",
+                          history_version, " (it has ", history.size(),
+                          history.size() == 1 ? " replaced envelope" : " replaced envelopes",
+                          "; list them with the history flag, `keywarden getkey --history`)"));
+    }
+    envelope = &it->envelope;
+    kra_sha1 = &it->kra_sha1;
+  }
   const unsigned char* p = c.certificate.der.data();
   ossl::UniquePtr<X509> user(d2i_X509(nullptr, &p, static_cast<long>(c.certificate.der.size())));
   if (!user)
@@ -1144,12 +1169,12 @@ absl::StatusOr<CertificateAuthority::RecoveryBlobResult> CertificateAuthority::G
         StrCat("certificate ", c.certificate.serial, " in the database does not parse"));
   std::vector<std::shared_ptr<X509>> kras;
   std::vector<X509*> kra_ptrs;
-  for (const std::string& sha1 : c.request.archived_key->kra_sha1) {
+  for (const std::string& sha1 : *kra_sha1) {
     auto cert = kras_->FindCertificate(sha1);
     if (!cert.ok()) {
-      Audit(who, "archival.key_retrieval_failed",
-            json{{"request_id", c.request.id}, {"reason", std::string(cert.status().message())}}
-                .dump());
+      json details{{"request_id", c.request.id}, {"reason", std::string(cert.status().message())}};
+      if (history_version > 0) details["history_version"] = history_version;
+      Audit(who, "archival.key_retrieval_failed", details.dump());
       return cert.status();
     }
     kras.push_back(*cert);
@@ -1165,7 +1190,7 @@ absl::StatusOr<CertificateAuthority::RecoveryBlobResult> CertificateAuthority::G
     for (const auto& x : chain_) in.user_chain.push_back(x.get());
   }
   in.kra_certificates = kra_ptrs;
-  in.enveloped_data = c.request.archived_key->envelope;
+  in.enveloped_data = *envelope;
   auto blob = pki::BuildRecoveryBlob(issuer_->libctx(), issuer_->properties(), in);
   if (!blob.ok()) {
     if (absl::IsNotFound(blob.status())) {
@@ -1176,13 +1201,13 @@ absl::StatusOr<CertificateAuthority::RecoveryBlobResult> CertificateAuthority::G
   // seed event 787: "Certificate Services retrieved an archived key." The
   // blob leaves only once this record is committed (fail closed): a
   // retrieval nobody can see later must not happen.
+  json retrieved{{"request_id", c.request.id},
+                 {"serial", c.certificate.serial},
+                 {"subject", c.certificate.subject},
+                 {"kra_sha1", *kra_sha1}};
+  if (history_version > 0) retrieved["history_version"] = history_version;
   if (auto audited =
-          AuditCommitted(who, "archival.key_retrieved",
-                         json{{"request_id", c.request.id},
-                              {"serial", c.certificate.serial},
-                              {"subject", c.certificate.subject},
-                              {"kra_sha1", c.request.archived_key->kra_sha1}}
-                             .dump(),
+          AuditCommitted(who, "archival.key_retrieved", retrieved.dump(),
                          StrCat("the archived key of request ", c.request.id, " was not released"));
       !audited.ok()) {
     return audited;

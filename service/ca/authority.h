@@ -213,8 +213,11 @@ class CertificateAuthority {
     RecoveryCandidate candidate;
     std::vector<uint8_t> blob;
   };
+  // `history_version` > 0: the blob wraps that earlier envelope of the
+  // archive history (0x80092004 if there is none) for its old KRAs.
   absl::StatusOr<RecoveryBlobResult> GetRecoveryBlob(const std::string& who,
-                                                     const std::string& search);
+                                                     const std::string& search,
+                                                     int64_t history_version = 0);
   // KRA rollover (service/ca/rewrap.cc; keywarden kra rewrap). The KRAs an
   // archive may be rewrapped to: every KRA of this CA valid now.
   KraSelection RewrapTargets() { return kras_->Valid(); }

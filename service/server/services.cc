@@ -1,6 +1,7 @@
 #include "service/server/services.h"
 
 #include <openssl/crypto.h>
+#include <openssl/sha.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -210,27 +211,49 @@ class OfficerService final : public v1::Officer::Service {
   Status GetArchivedKey(ServerContext* context, const v1::GetArchivedKeyRequest* in,
                         v1::GetArchivedKeyResponse* out) override {
     KW_AUTHORIZE_IN("/keywarden.v1.Officer/GetArchivedKey", in);
-    auto fill = [out](const CertificateAuthority::RecoveryCandidate& c) {
+    if (!in->blob() && in->history_version() != 0) {
+      return ToGrpc(Error(hresult::kInvalidArg,
+                          "GetArchivedKeyRequest.history_version is set without blob: it chooses "
+                          "the envelope of the recovery blob"));
+    }
+    auto fill = [this, out, in](const CertificateAuthority::RecoveryCandidate& c) -> absl::Status {
       auto* k = out->add_candidates();
       Fill(c.certificate, k->mutable_certificate());
       k->set_request_id(c.request.id);
       k->set_requester(c.request.requester);
       for (const auto& sha1 : c.request.archived_key->kra_sha1) k->add_kra_sha1(sha1);
       k->set_scheme(c.request.archived_key->scheme);
+      if (!in->history()) return absl::OkStatus();
+      auto history = ca_.store().ArchiveHistory(c.request.id);
+      if (!history.ok()) return history.status();
+      for (const ArchiveHistoryRecord& h : *history) {
+        auto* e = k->add_history();
+        e->set_version(h.version);
+        e->set_replaced_at(h.replaced_at);
+        e->set_replaced_by(h.replaced_by);
+        e->set_scheme(h.scheme);
+        for (const auto& sha1 : h.kra_sha1) e->add_kra_sha1(sha1);
+        unsigned char digest[SHA256_DIGEST_LENGTH];
+        SHA256(h.envelope.data(), h.envelope.size(), digest);
+        e->set_envelope_sha256(HexString(std::span<const uint8_t>(digest, sizeof digest)));
+      }
+      return absl::OkStatus();
     };
     if (!in->blob()) {
       std::vector<std::string> tried;
       auto found = ca_.FindArchivedKeys(in->search(), &tried);
       if (!found.ok()) return ToGrpc(found.status());
-      for (const auto& c : *found) fill(c);
+      for (const auto& c : *found) {
+        if (auto st = fill(c); !st.ok()) return ToGrpc(st);
+      }
       if (found->empty()) {
         for (const auto& t : tried) out->add_searched(Echo(t, 1024));
       }
       return Status::OK;
     }
-    auto result = ca_.GetRecoveryBlob(caller.principal, in->search());
+    auto result = ca_.GetRecoveryBlob(caller.principal, in->search(), in->history_version());
     if (!result.ok()) return ToGrpc(result.status());
-    fill(result->candidate);
+    if (auto st = fill(result->candidate); !st.ok()) return ToGrpc(st);
     out->set_recovery_blob(std::string(result->blob.begin(), result->blob.end()));
     if (in->rewrap_targets()) {
       for (const auto& cert : ca_.RewrapTargets().certificates) {

@@ -11,10 +11,12 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "hsm/strings.h"
 #include "keywarden/v1/keywarden.grpc.pb.h"
@@ -235,6 +237,65 @@ TEST_F(RewrapTest, RewrappedArchiveRecoversWithTheNewKraAloneAndNotWithTheOld) {
   EXPECT_EQ(again.exit_code, 0) << again.output;
   EXPECT_TRUE(Contains(again.output, "already encrypted to the current KRAs")) << again.output;
   EXPECT_EQ(Sql("SELECT count(*)" + where), "1");
+}
+
+// The archive history is readable through getkey: --history lists the
+// replaced envelope with its KRAs and SHA-256 (checked with openssl dgst);
+// --from-history 1 releases a CA-signed blob of the old envelope that the
+// old KRA's card still recovers; a version that does not exist is refused.
+TEST_F(RewrapTest, GetkeyListsTheHistoryAndReleasesTheReplacedEnvelopeForTheOldKras) {
+  ArchiveAlice();
+  Blob("old");
+  SwitchKras({kra_sha1_[2]}, 1);
+  auto rewrap = Rewrap(cards_[0], StrCat("--search ", serial_));
+  ASSERT_EQ(rewrap.exit_code, 0) << rewrap.output;
+
+  auto dgst = RunCommand(StrCat("openssl dgst -sha256 -r ", tmp_.File("old.der")));
+  ASSERT_EQ(dgst.exit_code, 0) << dgst.output;
+  const std::string old_sha256 = dgst.output.substr(0, 64);
+
+  auto listed = Kw("officer", StrCat("--json getkey --history ", serial_));
+  ASSERT_EQ(listed.exit_code, 0) << listed.output;
+  auto j = nlohmann::json::parse(listed.output.substr(listed.output.find('{')));
+  ASSERT_EQ(j["candidates"].size(), 1u) << listed.output;
+  const auto& history = j["candidates"][0]["history"];
+  ASSERT_EQ(history.size(), 1u) << listed.output;
+  EXPECT_EQ(history[0]["version"], 1);
+  EXPECT_EQ(history[0]["replaced_by"], "CN=officer,O=keywarden test");
+  EXPECT_EQ(history[0]["envelope_sha256"], old_sha256);
+  const auto old_kras = history[0]["kra_sha1"].get<std::vector<std::string>>();
+  EXPECT_EQ(old_kras.size(), 2u);
+  EXPECT_TRUE(std::find(old_kras.begin(), old_kras.end(), kra_sha1_[0]) != old_kras.end());
+  EXPECT_TRUE(std::find(old_kras.begin(), old_kras.end(), kra_sha1_[1]) != old_kras.end());
+  EXPECT_EQ(j["candidates"][0]["kra_sha1"], nlohmann::json::array({kra_sha1_[2]}));
+  auto text = Kw("officer", StrCat("getkey --history ", serial_));
+  EXPECT_TRUE(Contains(text.output, "Replaced envelope 1")) << text.output;
+  EXPECT_TRUE(Contains(text.output, old_sha256)) << text.output;
+
+  // The replaced envelope, signed by the CA, for the old KRAs.
+  const std::string hist_blob = tmp_.File("hist.rec");
+  auto get = Kw("officer", StrCat("getkey --from-history 1 ", serial_, " ", hist_blob));
+  ASSERT_EQ(get.exit_code, 0) << get.output;
+  auto verify =
+      RunCommand(StrCat("openssl cms -verify -binary -purpose any -inform DER -in ", hist_blob,
+                        " -CAfile ", daemon_->ca_cert_path(), " -out ", tmp_.File("hist.der")));
+  ASSERT_EQ(verify.exit_code, 0) << verify.output;
+  EXPECT_EQ(ReadFile(tmp_.File("hist.der")), ReadFile(tmp_.File("old.der")));
+  ExpectRecovers(cards_[1], hist_blob);
+
+  // No version 2; --from-history without a file; a Recovery Agent may not.
+  auto missing =
+      Kw("officer", StrCat("getkey --from-history 2 ", serial_, " ", tmp_.File("none.rec")));
+  EXPECT_NE(missing.exit_code, 0) << missing.output;
+  EXPECT_TRUE(Contains(missing.output, "no history version 2")) << missing.output;
+  EXPECT_FALSE(std::ifstream(tmp_.File("none.rec")).good());
+  auto no_file = Kw("officer", StrCat("getkey --from-history 1 ", serial_));
+  EXPECT_NE(no_file.exit_code, 0) << no_file.output;
+  EXPECT_TRUE(Contains(no_file.output, "give the blob file")) << no_file.output;
+
+  const std::string audit = Sql(
+      "SELECT details FROM audit WHERE event = 'archival.key_retrieved' ORDER BY seq DESC LIMIT 1");
+  EXPECT_TRUE(Contains(audit, "\"history_version\":1")) << audit;
 }
 
 TEST_F(RewrapTest, EncryptedToSelectsEveryArchiveOfThatKra) {
