@@ -187,6 +187,19 @@ class ThresholdRewrapTest : public ::testing::Test {
     if (give.exit_code != 0) return give;
     return Recover(to, StrCat(blob, " ", pfx, " --shares ", share, " -p 'pfx pw'"));
   }
+  // Each of `from` seals its share of `blob` to card `to`; card `to`
+  // recovers with them.
+  CommandResult RecoverWith(const std::string& blob, const std::vector<size_t>& from, size_t to,
+                            const std::string& pfx) {
+    std::vector<std::string> files;
+    for (size_t c : from) {
+      files.push_back(tmp_.File(StrCat("share-", ++counter_)));
+      auto give =
+          Recover(c, StrCat(blob, " --contribute-to ", kra_sha1_[to], " --out ", files.back()));
+      if (give.exit_code != 0) return give;
+    }
+    return Recover(to, StrCat(blob, " ", pfx, " --shares ", StrJoin(files, ","), " -p 'pfx pw'"));
+  }
   std::string NewDir(const std::string& name) {
     const std::string dir = tmp_.File(name);
     std::filesystem::create_directories(dir);
@@ -233,6 +246,10 @@ TEST_F(ThresholdRewrapTest, TwoOldCardsRewrapToANewSetEveryNewPairRecoversAndOld
   auto rewrap = Rewrap(1, StrCat("--json --search ", alice.serial, " --shares-dir ", d1));
   ASSERT_EQ(rewrap.exit_code, 0) << rewrap.output;
   EXPECT_TRUE(Contains(rewrap.output, "\"rewrapped\"")) << rewrap.output;
+  EXPECT_TRUE(Contains(rewrap.output, "\"shares_combined\": 2") ||
+              Contains(rewrap.output, "\"shares_combined\":2"))
+      << rewrap.output;
+  EXPECT_TRUE(Contains(rewrap.output, "-threshold-2of3")) << rewrap.output;
 
   // openssl: the new blob verifies (in Blob) and the encrypted content, IV
   // and algorithm are the old ones; the recipients are keywarden shares.
@@ -320,6 +337,52 @@ TEST_F(ThresholdRewrapTest, ToOneKraTheRewrapMakesKeyTransportRecipients) {
   const std::string scheme =
       Sql(StrCat("SELECT archival_scheme FROM requests WHERE id = ", alice.request_id));
   EXPECT_FALSE(Contains(scheme, "threshold")) << scheme;
+}
+
+// k = 1 -> threshold: a Windows-form archive (card 1 alone) moves to 3 of 5
+// when the CA's [kra] threshold is raised; one card does it, and afterwards
+// three cards are needed.
+TEST_F(ThresholdRewrapTest, AnArchiveOfOneKraMovesToThreeOfFive) {
+  SwitchKras({0}, 1, 1);
+  const Archived alice = Archive("alice");
+  Blob(alice, "old");
+  const std::string old_print = Print("old");
+  ASSERT_FALSE(Contains(old_print, th::kThresholdShareOid)) << old_print;
+  SwitchKras({0, 1, 2, 3, 4}, 5, 3);
+
+  auto rewrap = Rewrap(0, StrCat("--search ", alice.serial));
+  ASSERT_EQ(rewrap.exit_code, 0) << rewrap.output;
+  EXPECT_TRUE(Contains(rewrap.output, "split afresh, 3 of 5 needed")) << rewrap.output;
+  const std::string new_blob = Blob(alice, "new");
+  const std::string new_print = Print("new");
+  EXPECT_EQ(EncryptedContentText(new_print), EncryptedContentText(old_print));
+  EXPECT_TRUE(Contains(new_print, th::kThresholdShareOid)) << new_print;
+  auto env = th::ParseThresholdEnvelope(ReadFile(tmp_.File("new.der")));
+  ASSERT_TRUE(env.ok()) << env.status();
+  EXPECT_EQ(env->k, 3);
+  EXPECT_EQ(env->n, 5);
+
+  // Card 1 alone no longer recovers from the new blob; two cards do not
+  // either; three do (two different triples).
+  auto alone = Recover(0, StrCat(new_blob, " ", tmp_.File("alone.pfx"), " -p 'pfx pw'"));
+  EXPECT_NE(alone.exit_code, 0) << alone.output;
+  auto two = RecoverWith(new_blob, {1}, 0, tmp_.File("two.pfx"));
+  EXPECT_NE(two.exit_code, 0) << two.output;
+  EXPECT_TRUE(Contains(two.output, "needs 3 shares and 2 were given")) << two.output;
+  for (auto [from, to] :
+       std::vector<std::pair<std::vector<size_t>, size_t>>{{{2, 3}, 4}, {{0, 4}, 1}}) {
+    const std::string pfx = tmp_.File(StrCat("three-", to, ".pfx"));
+    auto r = RecoverWith(new_blob, from, to, pfx);
+    ASSERT_EQ(r.exit_code, 0) << cards_[to] << ": " << r.output;
+    ExpectDecrypts(pfx, alice);
+  }
+  EXPECT_TRUE(Sql(StrCat("SELECT archival_scheme FROM requests WHERE id = ", alice.request_id))
+                  .ends_with("-threshold-3of5"));
+  // The history keeps the k = 1 envelope: card 1 still opens that one
+  // (docs/THRESHOLD.md: retire the old cards for the upgrade to count).
+  EXPECT_EQ(
+      Sql(StrCat("SELECT count(*) FROM archive_history WHERE request_id = ", alice.request_id)),
+      "1");
 }
 
 TEST_F(ThresholdRewrapTest, EveryMalformedThresholdRewrapIsRefusedAuditedAndStoresNothing) {
