@@ -10,7 +10,12 @@
 //      a --crl given for another issuer);
 //   3. the card unwraps the content key into a session object and wraps it
 //      to each new KRA (pki::KraCard::Rewrap); the archived private key is
-//      never decrypted; the encrypted content stays byte for byte;
+//      never decrypted; the encrypted content stays byte for byte. The new
+//      envelope takes the CA's current form (rewrap_threshold k'): k' >= 2
+//      a fresh split (docs/THRESHOLD.md, "Rewrap"). A threshold archive
+//      needs k cards: k - 1 KRAs run this with --contribute-to KRA
+//      --out-dir DIR (ContributeForRewrap), the coordinator with
+//      --shares-dir DIR,... (pki::KraCard::RewrapThreshold);
 //   4. Officer/RewrapArchivedKey: the CA checks and stores it, keeping the
 //      old envelope in its archive history.
 #include <openssl/err.h>
@@ -442,6 +447,9 @@ absl::StatusOr<Reply> RunRewrap(Client& c, const RewrapOptions& o) {
         contributions.push_back(bytes);
       }
       rewrapped = (*card)->RewrapThreshold(*blob, contributions, names, target_ptrs, target_k);
+    } else if (!share_files.empty()) {
+      rewrapped = absl::InvalidArgumentError(
+          "--shares is for threshold archives; this one is rewrapped by any one of its KRAs");
     } else {
       rewrapped = (*card)->Rewrap(*blob, target_ptrs, target_k);
     }
