@@ -416,6 +416,15 @@ absl::StatusOr<Reply> RunRewrap(Client& c, const RewrapOptions& o) {
       results.push_back(item);
       continue;
     }
+    if (!o.contribute_to.empty() && !blob->threshold) {
+      ++skipped;
+      item["result"] = "no contribution needed";
+      text += StrCat(name,
+                     ": not a threshold archive, no contribution needed (any one of its KRAs "
+                     "rewraps it alone)\n");
+      results.push_back(item);
+      continue;
+    }
     if (!(*card)->logged_in()) {
       auto match = (*card)->Match(*blob);
       if (!match.ok()) {
@@ -500,8 +509,8 @@ absl::StatusOr<Reply> RunRewrap(Client& c, const RewrapOptions& o) {
   }
   if (!o.contribute_to.empty()) {
     text += StrCat(archives->size(), " archive(s): ", contributed, " share(s) sealed to ",
-                   o.contribute_to, " in ", o.out_dir, ", ", skipped, " already current, ", failed,
-                   " failed\n");
+                   o.contribute_to, " in ", o.out_dir, ", ", skipped,
+                   " already current or not threshold, ", failed, " failed\n");
   } else {
     text += StrCat(archives->size(), " archive(s): ", done, " rewrapped, ", skipped,
                    " already current, ", failed, " failed\n");
