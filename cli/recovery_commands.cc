@@ -19,6 +19,7 @@
 
 #include "absl/strings/match.h"
 #include "cli/commands.h"
+#include "cli/share_files.h"
 #include "hsm/pin.h"
 #include "hsm/status.h"
 #include "hsm/strings.h"
@@ -163,9 +164,10 @@ struct RecoverOptions {
   OutputPassword password;
   bool legacy = false;
   // Threshold archives (docs/THRESHOLD.md).
-  std::string contribute_to;        // KRA (SHA-1 or subject) to seal this card's share to
-  std::string share_out;            // --out: the sealed share
-  std::vector<std::string> shares;  // contributions sealed to this card
+  std::string contribute_to;             // KRA (SHA-1 or subject) to seal this card's share to
+  std::string share_out;                 // --out: the sealed share
+  std::vector<std::string> shares;       // contributions sealed to this card
+  std::vector<std::string> shares_dirs;  // --batch: directories of NAME.DIGEST.kwshare
 };
 
 absl::StatusOr<std::vector<ossl::UniquePtr<X509>>> ReadAnchors(
@@ -366,8 +368,6 @@ constexpr char kKraStatusNote[] =
     "KRA certificates are not checked for expiry or revocation: the private key on the card is "
     "what decrypts.";
 
-constexpr size_t kMaxContributionBytes = 64 * 1024;
-
 // recoverkey BLOB --contribute-to KRA --card URI --out SHARE: this card's
 // share of a threshold archive, sealed to the coordinating KRA.
 int RunContribute(const RecoverOptions& o, const Output& out, const std::string& path,
@@ -550,7 +550,113 @@ class ProgressBar {
   bool on_;
 };
 
+// recoverkey --batch BLOB|DIR... --contribute-to KRA --card URI --out-dir DIR:
+// this card's share of every threshold blob, each sealed to the coordinating
+// KRA and written as DIR/STEM.DIGEST.kwshare (cli/share_files.h), so that
+// the coordinator's --shares-dir finds each blob's shares by its archive
+// digest and a share cannot be taken for another archive's.
+int RunContributeBatch(const RecoverOptions& o, const Output& out) {
+  if (o.out_dir.empty()) {
+    return out.Fail(absl::InvalidArgumentError(
+        "--batch --contribute-to needs --out-dir DIR for the sealed shares"));
+  }
+  if (!o.shares.empty() || !o.shares_dirs.empty()) {
+    return out.Fail(absl::InvalidArgumentError(
+        "--contribute-to (this KRA gives its shares) and --shares/--shares-dir (this KRA "
+        "coordinates) exclude each other"));
+  }
+  struct stat dst {};
+  if (stat(o.out_dir.c_str(), &dst) != 0 || !S_ISDIR(dst.st_mode)) {
+    return out.Fail(absl::NotFoundError(StrCat("--out-dir ", o.out_dir, ": not a directory")));
+  }
+  auto anchors = ReadAnchors(o.trust);
+  if (!anchors.ok()) return out.Fail(anchors.status());
+  auto inputs = BatchInputs(o.args);
+  if (!inputs.ok()) return out.Fail(inputs.status());
+  auto card = OpenCard(o);
+  if (!card.ok()) return out.Fail(card.status());
+  nlohmann::json done = nlohmann::json::array(), failed = nlohmann::json::array();
+  std::vector<std::string> failures, written;
+  absl::Status fatal;
+  size_t i = 0;
+  for (; i < inputs->size(); ++i) {
+    const std::string& in = (*inputs)[i];
+    auto blob = OpenBlob(in, *anchors);
+    absl::StatusOr<std::string> file = absl::UnknownError("unset");
+    X509* coordinator = nullptr;
+    if (!blob.ok()) {
+      file = blob.status();
+    } else if (!blob->threshold) {
+      file = absl::FailedPreconditionError(
+          StrCat(in, ": not a threshold archive; any one of its KRAs recovers it alone"));
+    } else {
+      for (const auto& r : blob->recipients) {
+        if (r.certificate == nullptr) continue;
+        if (absl::EqualsIgnoreCase(pki::Sha1Thumbprint(r.certificate), o.contribute_to) ||
+            Subject(r.certificate) == o.contribute_to) {
+          coordinator = r.certificate;
+        }
+      }
+      if (coordinator == nullptr) {
+        file = absl::NotFoundError(
+            StrCat(in, ": --contribute-to ", o.contribute_to, " holds no share of this archive"));
+      } else if (auto match = card->card->Match(*blob); !match.ok()) {
+        file = WithFile(in, match.status());
+      } else if (auto st = card->card->Login(*card->pin); !st.ok()) {
+        fatal = st;  // one login attempt per run
+        failed.push_back({{"blob", in}, {"error", std::string(st.message())}});
+        failures.push_back(StrCat("  ", st.message()));
+        ++i;
+        break;
+      } else {
+        auto sealed = card->card->Contribute(*blob, coordinator);
+        const std::string target =
+            StrCat(o.out_dir, "/", ContributionFileName(Stem(in), blob->enveloped_data));
+        if (!sealed.ok()) {
+          file = WithFile(in, sealed.status());
+        } else if (auto w =
+                       pki::WriteFileAtomically(target, *sealed, pki::Overwrite::kRefuse, 0600);
+                   !w.ok()) {
+          file = w;
+        } else {
+          file = target;
+        }
+      }
+    }
+    if (file.ok()) {
+      done.push_back({{"blob", in},
+                      {"share", *file},
+                      {"coordinator", Subject(coordinator)},
+                      {"coordinator_sha1", pki::Sha1Thumbprint(coordinator)}});
+      written.push_back(StrCat("  ", in, " -> ", *file));
+      continue;
+    }
+    failed.push_back({{"blob", in}, {"error", std::string(file.status().message())}});
+    failures.push_back(StrCat("  ", file.status().message()));
+  }
+  const size_t not_attempted = inputs->size() - i;
+  nlohmann::json j = {{"contributed", done},
+                      {"failed", failed},
+                      {"not_attempted", not_attempted},
+                      {"card", card->card->label()},
+                      {"out_dir", o.out_dir}};
+  std::string text = StrCat("Sealed ", done.size(), " of ", inputs->size(), " share(s) to ",
+                            o.contribute_to, " into ", o.out_dir, " with card \"",
+                            card->card->label(), "\" (give the directory to that KRA)\n");
+  if (!written.empty()) text += StrJoin(written, "\n") + "\n";
+  if (!failures.empty()) {
+    text += StrCat(failed.size(), " failed:\n", StrJoin(failures, "\n"), "\n");
+  }
+  if (not_attempted > 0) {
+    text += StrCat(not_attempted, " not attempted: the card login failed and is never retried\n");
+  }
+  out.Result(j, text);
+  if (!fatal.ok() && !out.json) std::cerr << "keywarden: " << fatal.message() << std::endl;
+  return failed.empty() ? kExitOk : kExitFailed;
+}
+
 int RunRecoverBatch(const RecoverOptions& o, const Output& out) {
+  if (!o.contribute_to.empty()) return RunContributeBatch(o, out);
   if (o.out_dir.empty()) {
     return out.Fail(absl::InvalidArgumentError("--batch needs --out-dir DIR for the PFX files"));
   }
@@ -579,6 +685,10 @@ int RunRecoverBatch(const RecoverOptions& o, const Output& out) {
     return out.Fail(absl::AlreadyExistsError(
         StrCat("refusing to start: output files would clash:\n  ", StrJoin(clashes, "\n  "))));
   }
+  // Threshold blobs: the contributions, by archive digest (read before the
+  // card is touched).
+  auto share_dirs = ReadShareDirectories(o.shares_dirs);
+  if (!share_dirs.ok()) return out.Fail(share_dirs.status());
   auto card = OpenCard(o);
   if (!card.ok()) return out.Fail(card.status());
   bool generated = false;
@@ -601,7 +711,8 @@ int RunRecoverBatch(const RecoverOptions& o, const Output& out) {
     auto blob = OpenBlob(in, *anchors);
     parse_s += Since(t0);
     absl::StatusOr<Recovered> r =
-        blob.ok() ? RecoverWithCard(in, *blob, *card, *password, protection, outputs[i])
+        blob.ok() ? RecoverWithCard(in, *blob, *card, *password, protection, outputs[i],
+                                    share_dirs->For(blob->enveloped_data))
                   : absl::StatusOr<Recovered>(blob.status());
     if (r.ok()) {
       card_s += r->timing.card;
@@ -650,6 +761,11 @@ int RunRecoverBatch(const RecoverOptions& o, const Output& out) {
   }
   if (not_attempted > 0) {
     text += StrCat(not_attempted, " not attempted: the card login failed and is never retried\n");
+  }
+  if (const auto unused = share_dirs->Unused(); !unused.empty() && not_attempted == 0) {
+    j["shares_not_used"] = unused;
+    text += StrCat("Contributions for no blob of this batch (not used):\n  ",
+                   StrJoin(unused, "\n  "), "\n");
   }
   char figures[256];
   std::snprintf(figures, sizeof figures,
@@ -1011,7 +1127,8 @@ void RegisterRecoveryCommands(CLI::App& app, const Output& out, Action& action) 
   recover->add_flag("--batch", ro->batch,
                     "Recover many blobs in one run (one card login), PFX files in --out-dir");
   recover->add_option("--out-dir", ro->out_dir,
-                      "--batch: directory for the PFX files (NAME.pfx for blob NAME.ext)");
+                      "--batch: directory for the PFX files (NAME.pfx for blob NAME.ext); with "
+                      "--contribute-to: for the sealed shares (NAME.DIGEST.kwshare)");
   recover->add_option(
       "--card", ro->card,
       "PKCS#11 URI of the KRA smart card, e.g. pkcs11:token=kra-card-1 (object=/id= "
@@ -1030,8 +1147,15 @@ void RegisterRecoveryCommands(CLI::App& app, const Output& out, Action& action) 
   recover->add_option("--contribute-to", ro->contribute_to,
                       "Threshold archives: seal this card's share to the coordinating KRA "
                       "(SHA-1 thumbprint or subject of one of the blob's KRA certificates); "
-                      "writes --out instead of a PFX");
+                      "writes --out instead of a PFX (--batch: one share per blob into --out-dir)");
   recover->add_option("--out", ro->share_out, "--contribute-to: file for the sealed share");
+  recover
+      ->add_option("--shares-dir", ro->shares_dirs,
+                   "--batch, threshold archives: directories of the shares other KRAs sealed to "
+                   "this card with --batch --contribute-to (STEM.DIGEST.kwshare, matched to each "
+                   "blob by its archive SHA-256); comma-separated or repeated")
+      ->delimiter(',')
+      ->allow_extra_args(false);
   recover
       ->add_option("--shares", ro->shares,
                    "Threshold archives: the shares other KRAs sealed to this card "

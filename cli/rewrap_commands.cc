@@ -10,7 +10,12 @@
 //      a --crl given for another issuer);
 //   3. the card unwraps the content key into a session object and wraps it
 //      to each new KRA (pki::KraCard::Rewrap); the archived private key is
-//      never decrypted; the encrypted content stays byte for byte;
+//      never decrypted; the encrypted content stays byte for byte. The new
+//      envelope takes the CA's current form (rewrap_threshold k'): k' >= 2
+//      a fresh split (docs/THRESHOLD.md, "Rewrap"). A threshold archive
+//      needs k cards: k - 1 KRAs run this with --contribute-to KRA
+//      --out-dir DIR (ContributeForRewrap), the coordinator with
+//      --shares-dir DIR,... (pki::KraCard::RewrapThreshold);
 //   4. Officer/RewrapArchivedKey: the CA checks and stores it, keeping the
 //      old envelope in its archive history.
 #include <openssl/err.h>
@@ -22,9 +27,12 @@
 #include <ctime>
 #include <set>
 
+#include <sys/stat.h>
+
 #include "cli/client.h"
 #include "cli/commands.h"
 #include "cli/format.h"
+#include "cli/share_files.h"
 #include "hsm/pin.h"
 #include "hsm/strings.h"
 #include "hsm/uri.h"
@@ -47,6 +55,12 @@ struct RewrapOptions {
   std::string pin_source;
   std::vector<std::string> trust;
   std::vector<std::string> crls;
+  // Threshold archives (docs/THRESHOLD.md, "Rewrap"): the coordinator's
+  // contributions, and a contributor's side.
+  std::vector<std::string> shares;       // contribution files (one archive)
+  std::vector<std::string> shares_dirs;  // directories of NAME.DIGEST.kwshare
+  std::string contribute_to;             // KRA (SHA-1 or subject) to seal this card's share to
+  std::string out_dir;                   // where --contribute-to writes
 };
 
 std::string Subject(X509* cert) {
@@ -176,6 +190,43 @@ absl::StatusOr<std::vector<v1::ArchivedKeyCandidate>> SelectArchives(Client& c,
   return out;
 }
 
+// kra rewrap --contribute-to KRA --out-dir DIR: this card's share of a
+// threshold archive sealed to the coordinating KRA (one of the archive's
+// share holders, by SHA-1 or subject), written as DIR/SERIAL.DIGEST.kwshare.
+// Returns the file written.
+absl::StatusOr<std::string> ContributeForRewrap(pki::KraCard& card, const pki::RecoveryBlob& blob,
+                                                const RewrapOptions& o, const std::string& serial) {
+  if (!blob.threshold) {
+    return absl::FailedPreconditionError(
+        "not a threshold archive: no contribution is needed (one of its KRAs rewraps it alone)");
+  }
+  X509* coordinator = nullptr;
+  std::vector<std::string> holders;
+  for (const auto& r : blob.recipients) {
+    if (r.certificate == nullptr) continue;
+    holders.push_back(StrCat("\"", Subject(r.certificate), "\" (SHA-1 ",
+                             pki::Sha1Thumbprint(r.certificate), ")"));
+    if (AsciiLower(pki::Sha1Thumbprint(r.certificate)) == AsciiLower(o.contribute_to) ||
+        Subject(r.certificate) == o.contribute_to) {
+      coordinator = r.certificate;
+    }
+  }
+  if (coordinator == nullptr) {
+    return absl::NotFoundError(StrCat("--contribute-to ", o.contribute_to,
+                                      ": no KRA of this archive has that SHA-1 or subject. Its "
+                                      "KRAs:\n  ",
+                                      StrJoin(holders, "\n  ")));
+  }
+  auto sealed = card.Contribute(blob, coordinator);
+  if (!sealed.ok()) return sealed.status();
+  const std::string file =
+      StrCat(o.out_dir, "/", ContributionFileName(serial, blob.enveloped_data));
+  if (auto st = pki::WriteFileAtomically(file, *sealed, pki::Overwrite::kRefuse, 0600); !st.ok()) {
+    return st;
+  }
+  return file;
+}
+
 absl::StatusOr<Reply> RunRewrap(Client& c, const RewrapOptions& o) {
   if (o.search.empty() && o.encrypted_to.empty()) {
     return absl::InvalidArgumentError(
@@ -185,6 +236,40 @@ absl::StatusOr<Reply> RunRewrap(Client& c, const RewrapOptions& o) {
   if (o.card.empty()) {
     return absl::InvalidArgumentError(
         "give the KRA smart card with --card PKCS11-URI (e.g. pkcs11:token=kra-card-1)");
+  }
+  if (!o.contribute_to.empty() && o.out_dir.empty()) {
+    return absl::InvalidArgumentError(
+        "--contribute-to needs --out-dir DIR for the sealed shares (one NAME.DIGEST.kwshare per "
+        "threshold archive)");
+  }
+  if (!o.contribute_to.empty() && (!o.shares.empty() || !o.shares_dirs.empty())) {
+    return absl::InvalidArgumentError(
+        "--contribute-to (this KRA gives its shares) and --shares/--shares-dir (this KRA "
+        "coordinates) exclude each other");
+  }
+  if (!o.out_dir.empty()) {
+    struct stat st {};
+    if (stat(o.out_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      return absl::NotFoundError(StrCat("--out-dir ", o.out_dir, ": not a directory"));
+    }
+  }
+  // Contributions are read before the card is touched: a missing file costs
+  // no PIN.
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> share_files;
+  for (const std::string& f : o.shares) {
+    auto bytes = pki::ReadFileBytes(f);
+    if (!bytes.ok()) return bytes.status();
+    if (bytes->size() > kMaxContributionBytes) {
+      return absl::InvalidArgumentError(
+          StrCat(f, ": ", bytes->size(), " bytes is too large for a share contribution"));
+    }
+    share_files.emplace_back(f, std::move(*bytes));
+  }
+  ShareDirectories share_dirs;
+  if (!o.shares_dirs.empty()) {
+    auto read = ReadShareDirectories(o.shares_dirs);
+    if (!read.ok()) return read.status();
+    share_dirs = std::move(*read);
   }
   if (o.trust.empty()) {
     return absl::InvalidArgumentError(
@@ -231,11 +316,17 @@ absl::StatusOr<Reply> RunRewrap(Client& c, const RewrapOptions& o) {
 
   auto archives = SelectArchives(c, o);
   if (!archives.ok()) return archives.status();
+  if (!share_files.empty() && archives->size() > 1) {
+    return absl::InvalidArgumentError(
+        StrCat("--shares are the contributions for one archive, but ", archives->size(),
+               " are selected: give --shares-dir DIR (contributions written with kra rewrap "
+               "--contribute-to KRA --out-dir DIR) instead"));
+  }
 
   Reply reply;
   nlohmann::json results = nlohmann::json::array();
   std::string text;
-  size_t done = 0, skipped = 0, failed = 0;
+  size_t done = 0, skipped = 0, failed = 0, contributed = 0;
   for (const auto& k : *archives) {
     const std::string name =
         StrCat("request ", k.request_id(), " (serial ", k.certificate().serial(), ", \"",
@@ -303,14 +394,34 @@ absl::StatusOr<Reply> RunRewrap(Client& c, const RewrapOptions& o) {
     item["kra_sha1"] = target_sha1;
     std::vector<std::string> current(k.kra_sha1().begin(), k.kra_sha1().end());
     item["previous_kra_sha1"] = current;
+    // The CA's form now ([kra] threshold; 0 from a CA before this field: 1).
+    const int target_k = std::max(1, res.rewrap_threshold());
+    const int current_k = blob->threshold ? blob->threshold->k : 1;
+    item["threshold"] = target_k;
+    item["previous_threshold"] = current_k;
+    if (target_k >= 2 && static_cast<size_t>(target_k) > target_ptrs.size()) {
+      fail(absl::FailedPreconditionError(
+          StrCat("the CA's [kra] threshold is ", target_k, " but only ", target_ptrs.size(),
+                 " of its KRAs are valid now (keywarden kra list)")));
+      continue;
+    }
     auto sorted = [](std::vector<std::string> v) {
       std::sort(v.begin(), v.end());
       return v;
     };
-    if (sorted(current) == sorted(target_sha1)) {
+    if (sorted(current) == sorted(target_sha1) && current_k == target_k) {
       ++skipped;
       item["result"] = "unchanged";
       text += StrCat(name, ": already encrypted to the current KRAs\n");
+      results.push_back(item);
+      continue;
+    }
+    if (!o.contribute_to.empty() && !blob->threshold) {
+      ++skipped;
+      item["result"] = "no contribution needed";
+      text += StrCat(name,
+                     ": not a threshold archive, no contribution needed (any one of its KRAs "
+                     "rewraps it alone)\n");
       results.push_back(item);
       continue;
     }
@@ -322,7 +433,35 @@ absl::StatusOr<Reply> RunRewrap(Client& c, const RewrapOptions& o) {
       }
       if (absl::Status st = (*card)->Login(*pin); !st.ok()) return st;  // one attempt, ever
     }
-    auto rewrapped = (*card)->Rewrap(*blob, target_ptrs);
+    if (!o.contribute_to.empty()) {
+      auto written = ContributeForRewrap(**card, *blob, o, k.certificate().serial());
+      if (!written.ok()) {
+        fail(written.status());
+        continue;
+      }
+      ++contributed;
+      item["result"] = "contributed";
+      item["share"] = *written;
+      text += StrCat(name, ": share sealed to ", o.contribute_to, ": ", *written, "\n");
+      results.push_back(item);
+      continue;
+    }
+    absl::StatusOr<pki::RewrapResult> rewrapped = absl::UnknownError("unset");
+    if (blob->threshold) {
+      auto given = !share_files.empty() ? share_files : share_dirs.For(blob->enveloped_data);
+      std::vector<std::vector<uint8_t>> contributions;
+      std::vector<std::string> names;
+      for (const auto& [file, bytes] : given) {
+        names.push_back(file);
+        contributions.push_back(bytes);
+      }
+      rewrapped = (*card)->RewrapThreshold(*blob, contributions, names, target_ptrs, target_k);
+    } else if (!share_files.empty()) {
+      rewrapped = absl::InvalidArgumentError(
+          "--shares is for threshold archives; this one is rewrapped by any one of its KRAs");
+    } else {
+      rewrapped = (*card)->Rewrap(*blob, target_ptrs, target_k);
+    }
     if (!rewrapped.ok()) {
       fail(rewrapped.status());
       continue;
@@ -342,20 +481,48 @@ absl::StatusOr<Reply> RunRewrap(Client& c, const RewrapOptions& o) {
     item["result"] = "rewrapped";
     item["history_version"] = stored.history_version();
     item["unwrapped_on_card"] = rewrapped->unwrapped_on_card;
+    item["scheme"] = stored.scheme();
+    if (rewrapped->combined_shares > 0) item["shares_combined"] = rewrapped->combined_shares;
     std::vector<std::string> now(stored.kra_sha1().begin(), stored.kra_sha1().end());
     item["kra_sha1"] = now;
+    const std::string how =
+        rewrapped->combined_shares > 0
+            ? StrCat(" (", rewrapped->combined_shares,
+                     " shares checked against their commitments and combined in locked, wiped "
+                     "memory; ",
+                     target_k >= 2 ? StrCat("split afresh, ", target_k, " of ", now.size(),
+                                            " needed, randomness from the card")
+                                   : std::string("wrapped to each KRA"),
+                     ")")
+        : target_k >= 2 ? StrCat(
+                              " (content key decrypted on the card into locked, wiped memory "
+                              "and split afresh, ",
+                              target_k, " of ", now.size(), " needed)")
+        : rewrapped->unwrapped_on_card
+            ? std::string(" (content key unwrapped on the card)")
+            : std::string(
+                  " (the card key cannot unwrap: content key decrypted into locked, wiped "
+                  "memory)");
     text += StrCat(name, ": rewrapped from ", StrJoin(current, ", "), " to ", StrJoin(now, ", "),
-                   rewrapped->unwrapped_on_card
-                       ? " (content key unwrapped on the card)"
-                       : " (the card key cannot unwrap: content key decrypted into locked, "
-                         "wiped memory)",
-                   "\n");
+                   how, "\n");
     results.push_back(item);
   }
-  text += StrCat(archives->size(), " archive(s): ", done, " rewrapped, ", skipped,
-                 " already current, ", failed, " failed\n");
+  if (!o.contribute_to.empty()) {
+    text += StrCat(archives->size(), " archive(s): ", contributed, " share(s) sealed to ",
+                   o.contribute_to, " in ", o.out_dir, ", ", skipped,
+                   " already current or not threshold, ", failed, " failed\n");
+  } else {
+    text += StrCat(archives->size(), " archive(s): ", done, " rewrapped, ", skipped,
+                   " already current, ", failed, " failed\n");
+  }
+  const std::vector<std::string> unused = share_dirs.Unused();
+  if (!unused.empty()) {
+    text += StrCat("not used (for no archive rewrapped here):\n  ", StrJoin(unused, "\n  "), "\n");
+  }
   reply.json = {
       {"archives", results}, {"rewrapped", done}, {"unchanged", skipped}, {"failed", failed}};
+  if (!o.contribute_to.empty()) reply.json["contributed"] = contributed;
+  if (!unused.empty()) reply.json["shares_not_used"] = unused;
   reply.text = text;
   if (failed > 0) reply.exit_code = kExitFailed;
   return reply;
@@ -370,8 +537,10 @@ void RegisterKraRewrap(CLI::App* kra, const Output& out, const ConnectionOptions
       "rewrap",
       "KRA rollover: re-encrypt the content key of archived keys to the KRAs the CA uses now, "
       "with this KRA's card (run as a Certificate Manager; the archived private key is never "
-      "decrypted; the CA keeps the old envelope in its history; threshold archives are not "
-      "rewrapped)");
+      "decrypted; the CA keeps the old envelope in its history). The new envelope takes the CA's "
+      "current form ([kra] threshold). A threshold archive needs k of its KRAs: k - 1 run "
+      "`kra rewrap --search ... --card URI --contribute-to COORDINATOR --out-dir DIR`, the "
+      "coordinator runs `kra rewrap --search ... --card URI --shares-dir DIR1,...`");
   cmd->add_option("--search", o->search,
                   "Archives matching this getkey search token (serial, SHA-1, request id, CN, "
                   "UPN, ...); repeatable");
@@ -389,6 +558,24 @@ void RegisterKraRewrap(CLI::App* kra, const Output& out, const ConnectionOptions
                   "PEM file of CA certificate(s) the blobs and the new KRA certificates must "
                   "chain to (repeatable; required)")
       ->allow_extra_args(false);
+  cmd->add_option("--shares", o->shares,
+                  "Threshold archives, this KRA coordinating (one archive): the shares k - 1 "
+                  "other KRAs of it sealed to this card (comma-separated or repeated)")
+      ->delimiter(',')
+      ->allow_extra_args(false);
+  cmd->add_option("--shares-dir", o->shares_dirs,
+                  "Threshold archives, this KRA coordinating (any number): directories of "
+                  "contributions written by kra rewrap --contribute-to (NAME.DIGEST.kwshare, "
+                  "matched to each archive by its SHA-256); comma-separated or repeated")
+      ->delimiter(',')
+      ->allow_extra_args(false);
+  cmd->add_option("--contribute-to", o->contribute_to,
+                  "Threshold archives, this KRA contributing: seal this card's share of each "
+                  "selected archive to the coordinating KRA (SHA-1 or subject of its "
+                  "certificate) instead of rewrapping; needs --out-dir")
+      ->allow_extra_args(false);
+  cmd->add_option("--out-dir", o->out_dir,
+                  "--contribute-to: directory for the sealed shares (SERIAL.DIGEST.kwshare)");
   cmd->add_option("--crl", o->crls,
                   "CRL (DER or PEM) of the issuer of a KRA certificate not issued by this CA "
                   "(repeatable; this CA's own CRL is fetched)")

@@ -214,6 +214,81 @@ absl::StatusOr<RecoveredKey> FinishRecovery(const RecoveryBlob& blob, const Card
   return recovered;
 }
 
+// Keeps a secret's pages out of swap while it lives (best effort: without
+// CAP_IPC_LOCK or with a small RLIMIT_MEMLOCK the memory is still wiped).
+class MemoryLock {
+ public:
+  MemoryLock(const void* data, size_t size) : data_(data), size_(size) {
+    locked_ = size_ > 0 && mlock(data_, size_) == 0;
+  }
+  ~MemoryLock() {
+    if (locked_) munlock(data_, size_);
+  }
+  MemoryLock(const MemoryLock&) = delete;
+  MemoryLock& operator=(const MemoryLock&) = delete;
+
+ private:
+  const void* data_;
+  size_t size_;
+  bool locked_ = false;
+};
+
+// A rewrap's content key (in the rewrapping KRA's locked, wiped memory) to
+// `new_kras` in the CA's current form: threshold >= 2 a fresh split with
+// coefficients from the card's RNG (threshold::ResplitContentKey), else one
+// KeyTransRecipientInfo per KRA (the k = 1 form). The encryptedContentInfo
+// is copied byte for byte and the result must read back as the same
+// archive in that form.
+absl::StatusOr<std::vector<uint8_t>> WrapContentKey(std::span<const uint8_t> content_key,
+                                                    std::span<const uint8_t> eci,
+                                                    KeyTransport transport,
+                                                    const std::vector<X509*>& new_kras,
+                                                    int threshold, hsm::Token& card) {
+  absl::StatusOr<std::vector<uint8_t>> envelope = absl::UnknownError("unset");
+  if (threshold >= 2) {
+    envelope = threshold::ResplitContentKey(
+        threshold, new_kras, transport, content_key, eci,
+        [&card](std::span<uint8_t> out) -> absl::Status {
+          auto bytes = card.GenerateRandom(out.size());  // C_GenerateRandom on the card
+          if (!bytes.ok()) return bytes.status();
+          if (bytes->size() != out.size()) {
+            return absl::InternalError("the card's RNG returned a short block");
+          }
+          std::copy(bytes->begin(), bytes->end(), out.begin());
+          OPENSSL_cleanse(bytes->data(), bytes->size());
+          return absl::OkStatus();
+        });
+  } else {
+    std::vector<KeyTransRecipient> recipients;
+    for (X509* cert : new_kras) {
+      auto wrapped = threshold::EncryptShare(X509_get0_pubkey(cert), transport, content_key);
+      if (!wrapped.ok()) {
+        return absl::Status(
+            wrapped.status().code(),
+            StrCat("rewrap: encrypting the content key to KRA \"", Subject(cert), "\" (SHA-1 ",
+                   Sha1Thumbprint(cert), "): ", wrapped.status().message()));
+      }
+      recipients.push_back(KeyTransRecipient{cert, transport, std::move(*wrapped)});
+    }
+    envelope = BuildRewrappedEnvelope(eci, recipients);
+  }
+  if (!envelope.ok()) return envelope.status();
+  auto check = ParseArchiveEnvelope(*envelope);
+  bool same = check.ok() && check->encrypted_content_info.size() == eci.size() &&
+              std::equal(eci.begin(), eci.end(), check->encrypted_content_info.begin()) &&
+              check->threshold == (threshold >= 2);
+  if (same && threshold >= 2) {
+    auto t = threshold::ParseThresholdEnvelope(*envelope);
+    same = t.ok() && t->k == threshold && t->n == static_cast<int>(new_kras.size());
+  } else if (same) {
+    same = check->recipients.size() == new_kras.size();
+  }
+  if (!same) {
+    return absl::InternalError("rewrap: the new envelope does not read back as the same archive");
+  }
+  return envelope;
+}
+
 }  // namespace
 
 absl::StatusOr<std::pair<const CardCertificate*, EVP_PKEY*>> KraCard::Ready(
@@ -333,23 +408,18 @@ absl::StatusOr<std::vector<uint8_t>> KraCard::Contribute(const RecoveryBlob& blo
   return threshold::SealContribution(c, coordinator, theirs->transport);
 }
 
-absl::StatusOr<RecoveredKey> KraCard::RecoverThreshold(
+absl::StatusOr<KraCard::Combined> KraCard::CombineShares(
     const RecoveryBlob& blob, const std::vector<std::vector<uint8_t>>& contributions,
-    const std::vector<std::string>& names, RecoveryTiming* timing) {
-  if (!blob.threshold) {
-    return absl::FailedPreconditionError(
-        "this archive is not a threshold archive: recover it without --shares");
-  }
+    const std::vector<std::string>& names, RecoveryTiming& t) {
   const threshold::ThresholdEnvelope& env = *blob.threshold;
   auto ready = Ready(blob);
   if (!ready.ok()) return ready.status();
   const CardCertificate& kra = *ready->first;
-  RecoveryTiming local;
-  RecoveryTiming& t = timing != nullptr ? *timing : local;
 
   auto start = Clock::now();
   auto own = OwnShare(blob, kra, ready->second);
   if (!own.ok()) return own.status();
+  const KeyTransport own_transport = own->first->transport;
   std::vector<shamir::Share> shares;
   shares.push_back({own->first->index, std::move(own->second)});
   const auto digest = threshold::ArchiveDigest(blob.enveloped_data);
@@ -410,22 +480,87 @@ absl::StatusOr<RecoveredKey> KraCard::RecoverThreshold(
   auto content_key = shamir::Combine(shares);
   if (!content_key.ok()) return content_key.status();
   t.combine = Since(start);
-  start = Clock::now();
-  auto plaintext = threshold::DecryptContent(env.content, content_key->span());
-  content_key->Clear();
+  Combined out;
+  out.kra = &kra;
+  out.transport = own_transport;
+  out.content_key = std::move(*content_key);
+  return out;
+}
+
+absl::StatusOr<RecoveredKey> KraCard::RecoverThreshold(
+    const RecoveryBlob& blob, const std::vector<std::vector<uint8_t>>& contributions,
+    const std::vector<std::string>& names, RecoveryTiming* timing) {
+  if (!blob.threshold) {
+    return absl::FailedPreconditionError(
+        "this archive is not a threshold archive: recover it without --shares");
+  }
+  RecoveryTiming local;
+  RecoveryTiming& t = timing != nullptr ? *timing : local;
+  auto combined = CombineShares(blob, contributions, names, t);
+  if (!combined.ok()) return combined.status();
+  MemoryLock lock(combined->content_key.data(), combined->content_key.size());
+  const auto start = Clock::now();
+  auto plaintext = threshold::DecryptContent(blob.threshold->content, combined->content_key.span());
+  combined->content_key.Clear();
   if (!plaintext.ok()) return plaintext.status();
-  return FinishRecovery(blob, kra, std::move(*plaintext), t, start);
+  return FinishRecovery(blob, *combined->kra, std::move(*plaintext), t, start);
+}
+
+absl::StatusOr<RewrapResult> KraCard::RewrapThreshold(
+    const RecoveryBlob& blob, const std::vector<std::vector<uint8_t>>& contributions,
+    const std::vector<std::string>& names, const std::vector<X509*>& new_kras, int threshold) {
+  if (!blob.threshold) {
+    return absl::FailedPreconditionError(
+        "this archive is not a threshold archive: one of its KRAs rewraps it alone (no --shares)");
+  }
+  if (new_kras.empty()) return absl::InvalidArgumentError("rewrap: no new KRA certificate");
+  if (threshold < 1 || (threshold >= 2 && static_cast<size_t>(threshold) > new_kras.size())) {
+    return absl::FailedPreconditionError(StrCat("rewrap: the CA's threshold ", threshold,
+                                                " needs 1 <= k <= the ", new_kras.size(),
+                                                " KRAs valid now"));
+  }
+  auto env = ParseArchiveEnvelope(blob.enveloped_data);
+  if (!env.ok()) return env.status();
+  RecoveryTiming t;
+  // The old shares (this card's and the contributions sealed to it) are
+  // checked against their commitments and combined; the content key lives
+  // only in locked, wiped memory here and the archived key is never
+  // decrypted.
+  auto combined = CombineShares(blob, contributions, names, t);
+  if (!combined.ok()) return combined.status();
+  MemoryLock lock(combined->content_key.data(), combined->content_key.size());
+  if (combined->content_key.size() != threshold::ContentKeyLength(blob.threshold->content.cipher)) {
+    return absl::DataLossError("rewrap: the combined content key has the wrong length");
+  }
+  auto envelope = WrapContentKey(combined->content_key.span(), env->encrypted_content_info,
+                                 combined->transport, new_kras, threshold, *token_);
+  combined->content_key.Clear();
+  if (!envelope.ok()) return envelope.status();
+  RewrapResult result;
+  result.kra = combined->kra;
+  result.unwrapped_on_card = false;
+  result.combined_shares = contributions.size() + 1;
+  result.threshold = threshold;
+  result.envelope = std::move(*envelope);
+  return result;
 }
 
 absl::StatusOr<RewrapResult> KraCard::Rewrap(const RecoveryBlob& blob,
-                                             const std::vector<X509*>& new_kras) {
+                                             const std::vector<X509*>& new_kras, int threshold) {
   if (blob.threshold) {
-    return absl::FailedPreconditionError(
-        StrCat("this is a threshold archive (", blob.threshold->k, " of ", blob.threshold->n,
-               " KRAs): keywarden kra rewrap does not re-split threshold archives yet; it is "
-               "left as it is"));
+    return absl::FailedPreconditionError(StrCat(
+        "this is a threshold archive (", blob.threshold->k, " of ", blob.threshold->n,
+        " KRAs): ", blob.threshold->k - 1,
+        " other KRA(s) of it each seal their share to this card's KRA (keywarden recoverkey BLOB "
+        "--contribute-to KRA --card URI --out SHARE) and this KRA rewraps with --shares "
+        "SHARE1,..."));
   }
   if (new_kras.empty()) return absl::InvalidArgumentError("rewrap: no new KRA certificate");
+  if (threshold < 1 || (threshold >= 2 && static_cast<size_t>(threshold) > new_kras.size())) {
+    return absl::FailedPreconditionError(StrCat("rewrap: the CA's threshold ", threshold,
+                                                " needs 1 <= k <= the ", new_kras.size(),
+                                                " KRAs valid now"));
+  }
   auto env = ParseArchiveEnvelope(blob.enveloped_data);
   if (!env.ok()) return env.status();
   if (env->threshold) {
@@ -455,6 +590,43 @@ absl::StatusOr<RewrapResult> KraCard::Rewrap(const RecoveryBlob& blob,
                                            : hsm::WrapMechanism::kRsaOaepSha1;
   RewrapResult result;
   result.kra = &kra;
+  result.threshold = threshold;
+  if (threshold >= 2) {
+    // k = 1 -> threshold (the CA's [kra] threshold was raised): the shares
+    // are computed on the host, so the content key is decrypted on the card
+    // into locked, wiped memory, split there and wiped (docs/THRESHOLD.md,
+    // "Rewrap"). The archived key is never decrypted.
+    result.unwrapped_on_card = false;
+    hsm::SecretBytes content_key(512);
+    MemoryLock lock(content_key.data(), content_key.size());
+    size_t len = content_key.size();
+    ossl::UniquePtr<EVP_PKEY_CTX> ctx(
+        EVP_PKEY_CTX_new_from_pkey(crypto_->libctx(), ready->second, hsm::kTokenKeyProperties));
+    if (!ctx || EVP_PKEY_decrypt_init(ctx.get()) != 1 ||
+        EVP_PKEY_CTX_set_rsa_padding(ctx.get(), mechanism == hsm::WrapMechanism::kRsaPkcs1
+                                                    ? RSA_PKCS1_PADDING
+                                                    : RSA_PKCS1_OAEP_PADDING) != 1 ||
+        EVP_PKEY_decrypt(ctx.get(), content_key.data(), &len, mine->encrypted_key.data(),
+                         mine->encrypted_key.size()) != 1 ||
+        len > content_key.size()) {
+      return hsm::OpenSslError(StrCat("rewrap: card \"", label(),
+                                      "\" could not decrypt the content key with the key of \"",
+                                      Subject(kra.certificate.get()), "\""),
+                               absl::StatusCode::kDataLoss);
+    }
+    content_key.Truncate(len);
+    if (len != threshold::ContentKeyLength(env->cipher)) {
+      return absl::DataLossError(StrCat("rewrap: the content key is ", len, " bytes, not the ",
+                                        threshold::ContentKeyLength(env->cipher),
+                                        " of the archive's cipher"));
+    }
+    auto envelope = WrapContentKey(content_key.span(), env->encrypted_content_info, mine->transport,
+                                   new_kras, threshold, *token_);
+    content_key.Clear();
+    if (!envelope.ok()) return envelope.status();
+    result.envelope = std::move(*envelope);
+    return result;
+  }
   std::optional<hsm::SessionKey> cek;
   auto unwrapped = hsm::SessionKey::Unwrap(token_, *token_key->handle, mechanism,
                                            mine->encrypted_key, algorithm);

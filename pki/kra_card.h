@@ -51,6 +51,12 @@ struct RewrapResult {
   // was decrypted on the card into locked, wiped host memory, made a session
   // object again at once and wrapped there (docs/DECISIONS.md, "rewrap").
   bool unwrapped_on_card = true;
+  // The form made: 1 key-transport recipients, k >= 2 a fresh threshold
+  // split (threshold::ResplitContentKey).
+  int threshold = 1;
+  // A threshold archive: the shares combined (this card's and the
+  // contributions); 0 for a k = 1 archive.
+  size_t combined_shares = 0;
 };
 
 struct RecoveredKey {
@@ -107,14 +113,27 @@ class KraCard {
       const std::vector<std::string>& names, RecoveryTiming* timing = nullptr);
 
   // KRA rollover (keywarden kra rewrap), after Login: the content key of
-  // `blob`'s archive, opened with this card's recipient, is wrapped on the
-  // card (C_WrapKey) to each of `new_kras` with the key transport the
-  // archive already uses; the encryptedContentInfo is copied byte for byte.
-  // The archived private key is never decrypted. A threshold archive is
-  // refused (FAILED_PRECONDITION): rewrap of threshold archives is not done.
+  // `blob`'s k = 1 archive, opened with this card's recipient, goes to
+  // `new_kras` in the CA's current form (`threshold`, [kra] threshold):
+  // k = 1: wrapped on the card (C_WrapKey) to each new KRA with the key
+  // transport the archive already uses; k >= 2: decrypted on the card into
+  // locked, wiped memory and split afresh (threshold::ResplitContentKey,
+  // coefficients from the card's RNG). The encryptedContentInfo is copied
+  // byte for byte; the archived private key is never decrypted. A
+  // threshold archive is refused here (FAILED_PRECONDITION): RewrapThreshold.
   // The new KRA certificates are the caller's to check (EKU, validity,
   // chain): this only needs their RSA keys.
-  absl::StatusOr<RewrapResult> Rewrap(const RecoveryBlob& blob, const std::vector<X509*>& new_kras);
+  absl::StatusOr<RewrapResult> Rewrap(const RecoveryBlob& blob, const std::vector<X509*>& new_kras,
+                                      int threshold = 1);
+  // The same for a threshold archive: this card's share and the k - 1
+  // contributions sealed to it are opened, checked against their
+  // commitments and combined (as RecoverThreshold) into the content key,
+  // in locked, wiped memory; it goes to `new_kras` in the form `threshold`
+  // gives, as Rewrap. Fewer than k good shares: FAILED_PRECONDITION naming
+  // the KRAs that are missing.
+  absl::StatusOr<RewrapResult> RewrapThreshold(
+      const RecoveryBlob& blob, const std::vector<std::vector<uint8_t>>& contributions,
+      const std::vector<std::string>& names, const std::vector<X509*>& new_kras, int threshold);
 
  private:
   KraCard() = default;
@@ -127,6 +146,18 @@ class KraCard {
   // This card's share of a threshold archive, decrypted on the card.
   absl::StatusOr<std::pair<const threshold::ShareEntry*, hsm::SecretBytes>> OwnShare(
       const RecoveryBlob& blob, const CardCertificate& kra, EVP_PKEY* key);
+
+  // The content key of a threshold archive from this card's share and the
+  // contributions (RecoverThreshold, RewrapThreshold); the caller wipes it.
+  struct Combined {
+    const CardCertificate* kra = nullptr;
+    KeyTransport transport = KeyTransport::kRsaPkcs1;  // of this card's share
+    hsm::SecretBytes content_key;
+  };
+  absl::StatusOr<Combined> CombineShares(const RecoveryBlob& blob,
+                                         const std::vector<std::vector<uint8_t>>& contributions,
+                                         const std::vector<std::string>& names,
+                                         RecoveryTiming& timing);
 
   std::shared_ptr<hsm::Token> token_;
   std::shared_ptr<hsm::CryptoContext> crypto_;

@@ -233,17 +233,16 @@ Commitment CommitTo(int k, int n, uint8_t index, std::span<const uint8_t> share)
   return out;
 }
 
-absl::StatusOr<std::vector<uint8_t>> BuildThresholdEnvelopedData(
-    int k, const std::vector<ShareRecipient>& recipients, const EncryptedContent& content) {
+absl::StatusOr<std::vector<uint8_t>> BuildThresholdEnvelopedDataAround(
+    int k, const std::vector<ShareRecipient>& recipients,
+    std::span<const uint8_t> encrypted_content_info) {
   const int n = static_cast<int>(recipients.size());
   if (k < 2 || n < k || n > shamir::kMaxShares) {
     return absl::InvalidArgumentError(
         StrCat("threshold archive: ", k, " of ", n, " is not 2 <= k <= n <= 255"));
   }
-  const size_t block = content.cipher == ContentCipher::kDes3Cbc ? 8 : 16;
-  if (content.iv.size() != block || content.ciphertext.empty() ||
-      content.ciphertext.size() % block != 0) {
-    return absl::InvalidArgumentError("threshold archive: the content is not IV + whole blocks");
+  if (encrypted_content_info.empty()) {
+    return absl::InvalidArgumentError("threshold archive: no encryptedContentInfo");
   }
   std::set<int> indexes;
   std::vector<Bytes> infos;
@@ -268,6 +267,22 @@ absl::StatusOr<std::vector<uint8_t>> BuildThresholdEnvelopedData(
   std::sort(infos.begin(), infos.end());  // DER SET OF: ascending by encoding
   Bytes recipient_set;
   for (const Bytes& i : infos) recipient_set.insert(recipient_set.end(), i.begin(), i.end());
+  // RFC 5652 §6.1: version 3 when any RecipientInfo is an ori.
+  const Bytes enveloped =
+      Tlv(der::kSequence,
+          Concat({der::SmallInteger(3), Tlv(der::kSet, recipient_set),
+                  Bytes(encrypted_content_info.begin(), encrypted_content_info.end())}));
+  return Tlv(der::kSequence,
+             Concat({Oid(kEnvelopedDataOid), Tlv(der::ContextConstructed(0), enveloped)}));
+}
+
+absl::StatusOr<std::vector<uint8_t>> BuildThresholdEnvelopedData(
+    int k, const std::vector<ShareRecipient>& recipients, const EncryptedContent& content) {
+  const size_t block = content.cipher == ContentCipher::kDes3Cbc ? 8 : 16;
+  if (content.iv.size() != block || content.ciphertext.empty() ||
+      content.ciphertext.size() % block != 0) {
+    return absl::InvalidArgumentError("threshold archive: the content is not IV + whole blocks");
+  }
   const Bytes cipher_alg =
       Tlv(der::kSequence,
           Concat({Oid(content.cipher == ContentCipher::kDes3Cbc ? kDes3CbcOid : kAes256CbcOid),
@@ -275,12 +290,7 @@ absl::StatusOr<std::vector<uint8_t>> BuildThresholdEnvelopedData(
   const Bytes encrypted_content_info =
       Tlv(der::kSequence,
           Concat({Oid(kIdDataOid), cipher_alg, Tlv(der::ContextPrimitive(0), content.ciphertext)}));
-  // RFC 5652 §6.1: version 3 when any RecipientInfo is an ori.
-  const Bytes enveloped =
-      Tlv(der::kSequence,
-          Concat({der::SmallInteger(3), Tlv(der::kSet, recipient_set), encrypted_content_info}));
-  return Tlv(der::kSequence,
-             Concat({Oid(kEnvelopedDataOid), Tlv(der::ContextConstructed(0), enveloped)}));
+  return BuildThresholdEnvelopedDataAround(k, recipients, encrypted_content_info);
 }
 
 bool ShareEntry::Names(X509* certificate) const {
@@ -662,6 +672,56 @@ absl::StatusOr<std::vector<uint8_t>> MakeThresholdArchive(
     return absl::InternalError("threshold archive: the shares do not give the content key back");
   }
   return BuildThresholdEnvelopedData(spec.k, recipients, *content);
+}
+
+absl::StatusOr<std::vector<uint8_t>> ResplitContentKey(
+    int k, const std::vector<X509*>& kras, KeyTransport transport,
+    std::span<const uint8_t> content_key, std::span<const uint8_t> encrypted_content_info,
+    const std::function<absl::Status(std::span<uint8_t>)>& random) {
+  const int n = static_cast<int>(kras.size());
+  if (k < 2 || k > n || n > shamir::kMaxShares) {
+    return absl::FailedPreconditionError(
+        StrCat("threshold ", k, " needs 2 <= k <= the ", n, " KRAs to rewrap to"));
+  }
+  auto shares = shamir::Split(content_key, k, n, random);
+  if (!shares.ok()) return shares.status();
+  std::vector<ShareRecipient> recipients;
+  for (int i = 0; i < n; ++i) {
+    const shamir::Share& share = (*shares)[static_cast<size_t>(i)];
+    X509* cert = kras[static_cast<size_t>(i)];
+    ShareRecipient r;
+    r.certificate = cert;
+    r.transport = transport;
+    r.index = share.index;
+    auto encrypted = EncryptShare(cert != nullptr ? X509_get0_pubkey(cert) : nullptr, transport,
+                                  share.value.span());
+    if (!encrypted.ok()) {
+      return absl::Status(
+          encrypted.status().code(),
+          StrCat("encrypting new share ", i + 1, " to KRA \"",
+                 cert != nullptr ? NameText(Der(X509_get_subject_name(cert), i2d_X509_NAME))
+                                 : std::string("(none)"),
+                 "\": ", encrypted.status().message()));
+    }
+    r.encrypted_share = std::move(*encrypted);
+    r.commitment = CommitTo(k, n, share.index, share.value.span());
+    recipients.push_back(std::move(r));
+  }
+  // Every window of k consecutive shares (all n of them, cyclically) must
+  // give the content key back: a fault in the sharing is found now.
+  for (int start = 0; start < n; ++start) {
+    std::vector<shamir::Share> subset;
+    for (int j = 0; j < k; ++j) {
+      const shamir::Share& s = (*shares)[static_cast<size_t>((start + j) % n)];
+      subset.push_back({s.index, s.value});
+    }
+    auto combined = shamir::Combine(subset);
+    if (!combined.ok() || combined->size() != content_key.size() ||
+        CRYPTO_memcmp(combined->data(), content_key.data(), content_key.size()) != 0) {
+      return absl::InternalError("rewrap: the new shares do not give the content key back");
+    }
+  }
+  return BuildThresholdEnvelopedDataAround(k, recipients, encrypted_content_info);
 }
 
 }  // namespace keywarden::pki::threshold

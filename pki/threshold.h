@@ -81,6 +81,12 @@ struct ShareRecipient {
 absl::StatusOr<std::vector<uint8_t>> BuildThresholdEnvelopedData(
     int k, const std::vector<ShareRecipient>& recipients, const EncryptedContent& content);
 
+// The same, around an encryptedContentInfo given whole (its DER TLV, kept
+// byte for byte): the rewrap of an archive (keywarden kra rewrap).
+absl::StatusOr<std::vector<uint8_t>> BuildThresholdEnvelopedDataAround(
+    int k, const std::vector<ShareRecipient>& recipients,
+    std::span<const uint8_t> encrypted_content_info);
+
 // One share's recipient as read from an archive.
 struct ShareEntry {
   uint8_t index = 0;
@@ -146,6 +152,18 @@ struct ArchiveSpec {
 };
 absl::StatusOr<std::vector<uint8_t>> MakeThresholdArchive(
     const ArchiveSpec& spec, const std::vector<X509*>& kras, std::span<const uint8_t> plaintext,
+    const std::function<absl::Status(std::span<uint8_t>)>& random);
+
+// KRA rollover to a threshold form: `content_key` (combined or unwrapped
+// by the rewrapping KRAs, in their wiped memory) split afresh into
+// n = kras.size() shares with threshold k (coefficients from `random`: the
+// card's C_GenerateRandom), share i encrypted to kras[i-1] with
+// `transport`, fresh commitments, around `encrypted_content_info`
+// unchanged. Every cyclic window of k shares is combined and must give the
+// content key back before this returns.
+absl::StatusOr<std::vector<uint8_t>> ResplitContentKey(
+    int k, const std::vector<X509*>& kras, KeyTransport transport,
+    std::span<const uint8_t> content_key, std::span<const uint8_t> encrypted_content_info,
     const std::function<absl::Status(std::span<uint8_t>)>& random);
 
 // A share handed from a contributing KRA to the coordinator.

@@ -221,6 +221,9 @@ class CertificateAuthority {
   // KRA rollover (service/ca/rewrap.cc; keywarden kra rewrap). The KRAs an
   // archive may be rewrapped to: every KRA of this CA valid now.
   KraSelection RewrapTargets() { return kras_->Valid(); }
+  // The form a rewrap must take: [kra] threshold (1: key-transport
+  // recipients; k >= 2: a threshold split with that k).
+  int RewrapThreshold() const { return config_.kra.threshold; }
   // Replaces the recipients of request `request_id`'s archive with those of
   // `envelope`, which must be the stored archive (its SHA-256 is
   // `previous_sha256`) with the encryptedContentInfo byte for byte and
@@ -233,6 +236,7 @@ class CertificateAuthority {
     std::vector<std::string> previous_kra_sha1;
     std::vector<std::string> kra_sha1;
     int64_t history_version = 0;
+    std::string scheme;  // of the new envelope ("...-threshold-KofN" for a threshold split)
   };
   absl::StatusOr<RewrapResult> RewrapArchivedKey(const std::string& who, int64_t request_id,
                                                  const std::vector<uint8_t>& previous_sha256,

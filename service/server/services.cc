@@ -256,6 +256,7 @@ class OfficerService final : public v1::Officer::Service {
     if (auto st = fill(result->candidate); !st.ok()) return ToGrpc(st);
     out->set_recovery_blob(std::string(result->blob.begin(), result->blob.end()));
     if (in->rewrap_targets()) {
+      out->set_rewrap_threshold(ca_.RewrapThreshold());
       for (const auto& cert : ca_.RewrapTargets().certificates) {
         unsigned char* der = nullptr;
         const int len = i2d_X509(cert.get(), &der);
@@ -278,6 +279,7 @@ class OfficerService final : public v1::Officer::Service {
     for (const auto& sha1 : r->kra_sha1) out->add_kra_sha1(sha1);
     for (const auto& sha1 : r->previous_kra_sha1) out->add_previous_kra_sha1(sha1);
     out->set_history_version(r->history_version);
+    out->set_scheme(r->scheme);
     return Status::OK;
   }
 

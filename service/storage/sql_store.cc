@@ -369,6 +369,7 @@ class SqlTransaction final : public Transaction {
   absl::StatusOr<int64_t> ReplaceArchivedKey(int64_t id, const std::vector<uint8_t>& expected,
                                              const std::vector<uint8_t>& envelope,
                                              const std::vector<std::string>& kra_sha1,
+                                             const std::string& scheme,
                                              const std::string& replaced_by, UnixTime at) override {
     const std::string what = StrCat("rewrapping the archived key of request ", id);
     ArchivedKey key;
@@ -398,8 +399,11 @@ class SqlTransaction final : public Transaction {
                     current->archived_key->scheme, StrJoin(current->archived_key->kra_sha1, ",")});
     if (!kept.ok()) return kept.status();
     auto changed =
-        s_.Execute(what, "UPDATE requests SET archived_key = ?1, kra_sha1 = ?2 WHERE id = ?3",
-                   {Bytes{envelope}, StrJoin(kra_sha1, ","), id});
+        s_.Execute(what,
+                   "UPDATE requests SET archived_key = ?1, kra_sha1 = ?2, archival_scheme = ?3 "
+                   "WHERE id = ?4",
+                   {Bytes{envelope}, StrJoin(kra_sha1, ","),
+                    scheme.empty() ? current->archived_key->scheme : scheme, id});
     if (!changed.ok()) return changed.status();
     if (*changed != 1) return absl::InternalError(StrCat(what, ": the row was not updated"));
     return version;
@@ -858,17 +862,15 @@ absl::Status SqlStore::RecordIssued(int64_t request_id, const CertificateRecord&
   });
 }
 
-absl::StatusOr<int64_t> SqlStore::ReplaceArchivedKey(int64_t request_id,
-                                                     const std::vector<uint8_t>& expected,
-                                                     const std::vector<uint8_t>& envelope,
-                                                     const std::vector<std::string>& kra_sha1,
-                                                     const std::string& replaced_by, UnixTime at,
-                                                     const std::vector<AuditEntry>& audit) {
+absl::StatusOr<int64_t> SqlStore::ReplaceArchivedKey(
+    int64_t request_id, const std::vector<uint8_t>& expected, const std::vector<uint8_t>& envelope,
+    const std::vector<std::string>& kra_sha1, const std::string& scheme,
+    const std::string& replaced_by, UnixTime at, const std::vector<AuditEntry>& audit) {
   int64_t version = 0;
   absl::Status st = Transact(StrCat("rewrapping the archived key of request ", request_id),
                              [&](Transaction& t) -> absl::Status {
                                auto v = t.ReplaceArchivedKey(request_id, expected, envelope,
-                                                             kra_sha1, replaced_by, at);
+                                                             kra_sha1, scheme, replaced_by, at);
                                if (!v.ok()) return v.status();
                                version = *v;
                                for (const AuditEntry& entry : audit) {

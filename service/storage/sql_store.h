@@ -38,6 +38,7 @@ class SqlStore : public Store {
                                              const std::vector<uint8_t>& expected,
                                              const std::vector<uint8_t>& envelope,
                                              const std::vector<std::string>& kra_sha1,
+                                             const std::string& scheme,
                                              const std::string& replaced_by, UnixTime at,
                                              const std::vector<AuditEntry>& audit) override;
   absl::StatusOr<std::vector<ArchiveHistoryRecord>> ArchiveHistory(int64_t request_id) override;

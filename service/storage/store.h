@@ -197,17 +197,17 @@ class Transaction {
                                     const std::string& resolved_by, UnixTime at) = 0;
   virtual absl::Status AttachArchivedKey(int64_t request_id, const ArchivedKey& key) = 0;
   virtual absl::Status SetPendingMessage(int64_t request_id, const std::string& message) = 0;
-  // KRA rollover: the archived key of request `request_id` gets `envelope`
-  // and `kra_sha1`; the envelope it had goes to the archive history.
+  // KRA rollover: the archived key of request `request_id` gets `envelope`,
+  // `kra_sha1` and `scheme` (empty: the scheme is kept; a threshold rewrap
+  // changes "...-threshold-KofN"); the envelope it had goes to the archive
+  // history with its scheme and KRAs.
   // FAILED_PRECONDITION (nothing written) unless it holds exactly
   // `expected` (someone else rewrapped it meanwhile). Returns the history
   // version written.
-  virtual absl::StatusOr<int64_t> ReplaceArchivedKey(int64_t request_id,
-                                                     const std::vector<uint8_t>& expected,
-                                                     const std::vector<uint8_t>& envelope,
-                                                     const std::vector<std::string>& kra_sha1,
-                                                     const std::string& replaced_by,
-                                                     UnixTime at) = 0;
+  virtual absl::StatusOr<int64_t> ReplaceArchivedKey(
+      int64_t request_id, const std::vector<uint8_t>& expected,
+      const std::vector<uint8_t>& envelope, const std::vector<std::string>& kra_sha1,
+      const std::string& scheme, const std::string& replaced_by, UnixTime at) = 0;
   virtual absl::Status InsertCertificate(const CertificateRecord& certificate) = 0;
   virtual absl::StatusOr<CertificateRecord> GetCertificate(const std::string& serial) = 0;
   virtual absl::StatusOr<std::vector<CertificateRecord>> FindCertificates(
@@ -316,6 +316,7 @@ class Store {
                                                      const std::vector<uint8_t>& expected,
                                                      const std::vector<uint8_t>& envelope,
                                                      const std::vector<std::string>& kra_sha1,
+                                                     const std::string& scheme,
                                                      const std::string& replaced_by, UnixTime at,
                                                      const std::vector<AuditEntry>& audit) = 0;
   // The envelopes a request's archive had before each rewrap, oldest first.

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "pki/rewrap.h"
 #include "pki/shamir.h"
 #include "tests/test_util.h"
 
@@ -25,12 +26,12 @@ struct Kra {
   ossl::UniquePtr<X509> cert;
 };
 
-std::vector<Kra> MakeKras(int n) {
+std::vector<Kra> MakeKras(int n, const std::string& prefix = "KRA ") {
   std::vector<Kra> out;
   for (int i = 0; i < n; ++i) {
     Kra k;
     k.key = testing::SoftwareRsaKey(2048);
-    k.cert = testing::SelfSignedCa(nullptr, k.key.get(), "KRA " + std::to_string(i + 1));
+    k.cert = testing::SelfSignedCa(nullptr, k.key.get(), prefix + std::to_string(i + 1));
     out.push_back(std::move(k));
   }
   return out;
@@ -126,6 +127,56 @@ TEST(ThresholdArchiveTest, AnyTwoOfThreeRecoverTheContent) {
     EXPECT_FALSE(DecryptContent(env->content, one->span()).ok() &&
                  std::equal(one->data(), one->data() + one->size(), b.content_key.data()));
   }
+}
+
+// A rewrap (ResplitContentKey): the content key of a 2-of-3 archive split
+// afresh into 3 of 4 to other KRAs around the same encryptedContentInfo
+// bytes; every triple of the new KRAs decrypts the original plaintext and
+// the new commitments match; the old KRAs hold no share.
+TEST(ThresholdArchiveTest, ResplitKeepsTheContentAndEveryNewTripleRecovers) {
+  const auto old_kras = MakeKras(3);
+  const auto new_kras = MakeKras(4, "New KRA ");
+  Built b = BuildArchive(old_kras, 2, KeyTransport::kRsaOaepSha1);
+  auto old_parsed = ParseArchiveEnvelope(b.der);
+  ASSERT_TRUE(old_parsed.ok()) << old_parsed.status();
+  std::vector<X509*> targets;
+  for (const Kra& k : new_kras) targets.push_back(k.cert.get());
+  auto der = ResplitContentKey(3, targets, KeyTransport::kRsaOaepSha1, b.content_key.span(),
+                               old_parsed->encrypted_content_info, OpenSslRandom());
+  ASSERT_TRUE(der.ok()) << der.status();
+  auto parsed = ParseArchiveEnvelope(*der);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->encrypted_content_info, old_parsed->encrypted_content_info);
+  auto env = ParseThresholdEnvelope(*der);
+  ASSERT_TRUE(env.ok()) << env.status();
+  EXPECT_EQ(env->k, 3);
+  EXPECT_EQ(env->n, 4);
+  std::vector<shamir::Share> decrypted;
+  for (const ShareEntry& e : env->shares) {
+    for (const Kra& k : old_kras) EXPECT_FALSE(e.Names(k.cert.get()));
+    auto share = DecryptShare(KraOf(new_kras, e).key.get(), *env, e, nullptr, nullptr);
+    ASSERT_TRUE(share.ok()) << share.status();  // includes the commitment check
+    decrypted.push_back({e.index, std::move(*share)});
+  }
+  for (size_t skip = 0; skip < 4; ++skip) {
+    std::vector<shamir::Share> three;
+    for (size_t i = 0; i < 4; ++i) {
+      if (i != skip) three.push_back(decrypted[i]);
+    }
+    auto key = shamir::Combine(three);
+    ASSERT_TRUE(key.ok());
+    auto plain = DecryptContent(env->content, key->span());
+    ASSERT_TRUE(plain.ok()) << plain.status();
+    ASSERT_EQ(plain->size(), b.plaintext.size());
+    EXPECT_TRUE(std::equal(b.plaintext.begin(), b.plaintext.end(), plain->data()));
+  }
+  // Bad parameters: k above n, k = 1.
+  EXPECT_FALSE(ResplitContentKey(5, targets, KeyTransport::kRsaOaepSha1, b.content_key.span(),
+                                 old_parsed->encrypted_content_info, OpenSslRandom())
+                   .ok());
+  EXPECT_FALSE(ResplitContentKey(1, targets, KeyTransport::kRsaOaepSha1, b.content_key.span(),
+                                 old_parsed->encrypted_content_info, OpenSslRandom())
+                   .ok());
 }
 
 TEST(ThresholdArchiveTest, OpensslReadsTheEnvelopeAndItsOtherRecipientInfos) {

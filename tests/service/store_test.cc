@@ -554,20 +554,21 @@ TEST_P(StoreTest, RewrapReplacesTheArchiveAndKeepsTheOldOneInTheHistory) {
   const std::vector<std::string> kras3 = {std::string(40, 'd'), std::string(40, 'e')};
 
   // The stored envelope is not what the rewrap was made from: refused.
-  absl::StatusOr<int64_t> stale = store().ReplaceArchivedKey(
-      id, second, third, kras3, "CN=officer", 20, {{"CN=officer", "archival.key_rewrapped", "{}"}});
+  absl::StatusOr<int64_t> stale =
+      store().ReplaceArchivedKey(id, second, third, kras3, "", "CN=officer", 20,
+                                 {{"CN=officer", "archival.key_rewrapped", "{}"}});
   EXPECT_EQ(stale.status().code(), absl::StatusCode::kFailedPrecondition) << stale.status();
   EXPECT_TRUE(store().ArchiveHistory(id)->empty());
   ExpectSameArchivedKey(store().GetRequest(id)->archived_key, key);
   const size_t audit_before = store().ReadAudit(1, 1000)->size();
 
   absl::StatusOr<int64_t> v1 =
-      store().ReplaceArchivedKey(id, key.envelope, second, kras2, "CN=officer", 20,
+      store().ReplaceArchivedKey(id, key.envelope, second, kras2, "", "CN=officer", 20,
                                  {{"CN=officer", "archival.key_rewrapped", "{\"n\":1}"}});
   ASSERT_TRUE(v1.ok()) << v1.status();
   EXPECT_EQ(*v1, 1);
-  absl::StatusOr<int64_t> v2 =
-      store().ReplaceArchivedKey(id, second, third, kras3, "CN=other", 30, {});
+  absl::StatusOr<int64_t> v2 = store().ReplaceArchivedKey(
+      id, second, third, kras3, "des3-rsa-pkcs1-threshold-2of2", "CN=other", 30, {});
   ASSERT_TRUE(v2.ok()) << v2.status();
   EXPECT_EQ(*v2, 2);
   EXPECT_EQ(store().ReadAudit(1, 1000)->size(), audit_before + 1);
@@ -576,7 +577,7 @@ TEST_P(StoreTest, RewrapReplacesTheArchiveAndKeepsTheOldOneInTheHistory) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->archived_key->envelope, third);
   EXPECT_EQ(r->archived_key->kra_sha1, kras3);
-  EXPECT_EQ(r->archived_key->scheme, key.scheme);
+  EXPECT_EQ(r->archived_key->scheme, "des3-rsa-pkcs1-threshold-2of2");  // a threshold rewrap
   EXPECT_EQ(r->archived_key->encrypted_key_hash, key.encrypted_key_hash);
 
   absl::StatusOr<std::vector<ArchiveHistoryRecord>> h = store().ArchiveHistory(id);
@@ -591,14 +592,17 @@ TEST_P(StoreTest, RewrapReplacesTheArchiveAndKeepsTheOldOneInTheHistory) {
   EXPECT_EQ((*h)[1].version, 2);
   EXPECT_EQ((*h)[1].envelope, second);
   EXPECT_EQ((*h)[1].kra_sha1, kras2);
+  EXPECT_EQ((*h)[1].scheme, key.scheme);  // the first rewrap kept it
   EXPECT_EQ((*h)[1].replaced_by, "CN=other");
 
   // A request without an archived key, and an unknown one.
   int64_t plain = Submit("bob");
-  EXPECT_EQ(store().ReplaceArchivedKey(plain, {}, second, kras2, "CN=o", 40, {}).status().code(),
-            absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(store().ReplaceArchivedKey(999999, {}, second, kras2, "CN=o", 40, {}).status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(
+      store().ReplaceArchivedKey(plain, {}, second, kras2, "", "CN=o", 40, {}).status().code(),
+      absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(
+      store().ReplaceArchivedKey(999999, {}, second, kras2, "", "CN=o", 40, {}).status().code(),
+      absl::StatusCode::kNotFound);
 
   // The history survives a backup.
   const std::string path = dir_.File("history-backup.db");
@@ -630,7 +634,7 @@ TEST_P(StoreTest, Schema4DatabaseGetsTheArchiveHistory) {
   ExpectSameArchivedKey((*reopened)->GetRequest(id)->archived_key, key);
   EXPECT_TRUE((*reopened)->ArchiveHistory(id)->empty());
   auto v = (*reopened)->ReplaceArchivedKey(id, key.envelope, {0x30, 0x00}, {std::string(40, 'c')},
-                                           "CN=officer", 20, {});
+                                           "", "CN=officer", 20, {});
   ASSERT_TRUE(v.ok()) << v.status();
   EXPECT_EQ((*reopened)->ArchiveHistory(id)->size(), 1u);
 }
