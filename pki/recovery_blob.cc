@@ -32,6 +32,14 @@ absl::Status Malformed(std::string_view message) {
   return Fail(RecoveryBlobError::kMalformed, absl::StatusCode::kDataLoss, message);
 }
 
+// Another reference to a certificate the blob already holds: X509_dup
+// would re-encode and re-decode it (its public key through OpenSSL 3's
+// decoders, the most expensive part of opening a blob).
+ossl::UniquePtr<X509> Shared(X509* cert) {
+  X509_up_ref(cert);
+  return ossl::UniquePtr<X509>(cert);
+}
+
 template <typename T, typename F>
 Bytes Der(T* object, F i2d) {
   unsigned char* der = nullptr;
@@ -341,7 +349,8 @@ absl::StatusOr<std::vector<uint8_t>> BuildRecoveryBlob(OSSL_LIB_CTX* libctx, con
   // that every certificate has its place (a user chain with a stranger in
   // it is the caller's mistake, found here rather than by the KRA).
   std::vector<ossl::UniquePtr<X509>> anchor;
-  anchor.push_back(SoftwareCopy(in.ca_certificate));
+  anchor.push_back(in.ca_certificate_software != nullptr ? Shared(in.ca_certificate_software)
+                                                         : SoftwareCopy(in.ca_certificate));
   auto check = ParseRecoveryBlob(out, anchor);
   if (!check.ok()) {
     return absl::InternalError(
@@ -487,11 +496,11 @@ absl::StatusOr<RecoveryBlob> ParseRecoveryBlob(
                 StrCat("signed by \"", Subject(signer),
                        "\", which does not chain to a trusted CA certificate: ", why));
   }
-  blob.signer.reset(X509_dup(signer));
+  blob.signer = Shared(signer);
   {
     CertStack chain(X509_STORE_CTX_get1_chain(ctx.get()));
     for (int i = 1; chain && i < sk_X509_num(chain.get()); ++i) {
-      blob.signer_chain.emplace_back(X509_dup(sk_X509_value(chain.get(), i)));
+      blob.signer_chain.push_back(Shared(sk_X509_value(chain.get(), i)));
     }
   }
 
@@ -553,7 +562,7 @@ absl::StatusOr<RecoveryBlob> ParseRecoveryBlob(
   for (int i = 0; i < sk_X509_num(certs.get()); ++i) {
     X509* c = sk_X509_value(certs.get(), i);
     if (Sha1(c) == user_hash) {
-      blob.user_certificate.reset(X509_dup(c));
+      blob.user_certificate = Shared(c);
       break;
     }
   }
@@ -679,7 +688,7 @@ absl::StatusOr<RecoveryBlob> ParseRecoveryBlob(
   };
   place(blob.user_certificate.get());
   for (X509* c : issuers_of(blob.user_certificate.get())) {
-    blob.user_chain.emplace_back(X509_dup(c));
+    blob.user_chain.push_back(Shared(c));
     place(c);
   }
   place(blob.signer.get());
@@ -688,7 +697,7 @@ absl::StatusOr<RecoveryBlob> ParseRecoveryBlob(
     X509* c = sk_X509_value(certs.get(), i);
     for (RecoveryRecipient& r : blob.recipients) {
       if (r.certificate == nullptr && r.Matches(c)) {
-        blob.kra_certificates.emplace_back(X509_dup(c));
+        blob.kra_certificates.push_back(Shared(c));
         r.certificate = blob.kra_certificates.back().get();
         place(c);
         for (X509* issuer : issuers_of(c)) place(issuer);

@@ -47,7 +47,11 @@ struct RecoveryBlobInput {
   // The CA signing key: a token key (hsm::CryptoContext::Load) or software.
   EVP_PKEY* ca_key = nullptr;
   X509* ca_certificate = nullptr;  // the certificate of ca_key
-  std::vector<X509*> ca_chain;     // issuers of ca_certificate towards the root (may be empty)
+  // Optional: ca_certificate decoded in software (pki::SoftwareCopy), the
+  // anchor the blob is checked against before it is returned; made per
+  // call when null. A caller that builds many blobs passes one it keeps.
+  X509* ca_certificate_software = nullptr;
+  std::vector<X509*> ca_chain;  // issuers of ca_certificate towards the root (may be empty)
   X509* user_certificate = nullptr;
   // The user certificate's issuers (may be empty). They must be its real
   // issuers: after a CA key renewal, the old CA certificate. A certificate
