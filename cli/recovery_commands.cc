@@ -1110,7 +1110,8 @@ void RegisterRecoveryCommands(CLI::App& app, const Output& out, Action& action) 
                    "--batch: blob files and/or directories of blobs")
       ->required();
   recover->add_flag("--batch", ro->batch,
-                    "Recover many blobs in one run (one card login), PFX files in --out-dir");
+                    "Recover many blobs in one run (one card login; the card decrypts on one "
+                    "thread while a worker per core writes the PFX files into --out-dir)");
   recover->add_option("--out-dir", ro->out_dir,
                       "--batch: directory for the PFX files (NAME.pfx for blob NAME.ext)");
   recover->add_option(
