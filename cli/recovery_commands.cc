@@ -352,7 +352,7 @@ absl::StatusOr<Recovered> WriteRecoveredPfx(const std::string& blob_path,
   auto pfx = pki::BuildPkcs12({entry}, password, {protection, 0});
   if (!pfx.ok()) return WithFile(blob_path, pfx.status());
   if (auto st = pki::WriteFileAtomically(out_path, *pfx, pki::Overwrite::kRefuse, 0600); !st.ok()) {
-    return st;
+    return WithFile(blob_path, st);
   }
   r.write_seconds = Since(start);
   X509* kra = key->kra->certificate.get();

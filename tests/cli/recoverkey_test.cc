@@ -407,8 +407,10 @@ TEST_F(RecoverKeyCliTest, BatchKeyFailingInAPfxWorkerIsNamedAndTheOthersAreWritt
   EXPECT_EQ(j["recovered"][1]["output"], tmp_.File("out/u3.pfx"));
   ASSERT_EQ(j["failed"].size(), 1u) << r.output;
   EXPECT_EQ(j["failed"][0]["blob"], tmp_.File("blobs/u2.rec"));
-  EXPECT_NE(j["failed"][0]["error"].get<std::string>().find("u2.pfx"), std::string::npos)
-      << r.output;
+  // The message names the blob and the file that could not be written.
+  const std::string error = j["failed"][0]["error"].get<std::string>();
+  EXPECT_NE(error.find("u2.rec: "), std::string::npos) << r.output;
+  EXPECT_NE(error.find("u2.pfx"), std::string::npos) << r.output;
   EXPECT_EQ(j["not_attempted"], 0);
   EXPECT_GE(j["pfx_workers"].get<int>(), 1);
   for (const char* n : {"u1", "u3"}) {
