@@ -11,6 +11,7 @@
 #include "hsm/status.h"
 #include "hsm/strings.h"
 #include "pki/certificate.h"
+#include "pki/fast_kdf.h"
 
 namespace keywarden::pki {
 namespace {
@@ -58,6 +59,11 @@ absl::StatusOr<std::vector<uint8_t>> BuildPkcs12(const std::vector<Pkcs12Entry>&
   const int cert_nid = key_nid;
   const EVP_MD* mac_md = legacy ? EVP_sha1() : EVP_sha256();
   CPassword pass(password);
+  // The three PBKDF2/PKCS#12-KDF derivations of the default protection run
+  // in pki/fast_kdf.h's provider (same results, ~2.5 x faster); everything
+  // else, and the legacy protection, in OpenSSL's default provider.
+  OSSL_LIB_CTX* libctx = legacy ? nullptr : FastKdfContext();
+  const char* propq = libctx != nullptr ? kFastKdfProperties : nullptr;
 
   STACK_OF(PKCS12_SAFEBAG)* cert_raw = nullptr;
   STACK_OF(PKCS12_SAFEBAG)* key_raw = nullptr;
@@ -106,7 +112,7 @@ absl::StatusOr<std::vector<uint8_t>> BuildPkcs12(const std::vector<Pkcs12Entry>&
     }
     if (auto st = add_cert(e.certificate, keyid, keyid_len, e.friendly_name); !st.ok()) return st;
     PKCS12_SAFEBAG* kbag =
-        PKCS12_add_key_ex(&key_raw, e.key, 0, iter, key_nid, pass.c_str(), nullptr, nullptr);
+        PKCS12_add_key_ex(&key_raw, e.key, 0, iter, key_nid, pass.c_str(), libctx, propq);
     key_bags.release();
     key_bags.reset(key_raw);
     if (kbag == nullptr) return OpenSslError("PKCS#12: key bag");
@@ -127,8 +133,8 @@ absl::StatusOr<std::vector<uint8_t>> BuildPkcs12(const std::vector<Pkcs12Entry>&
 
   STACK_OF(PKCS7)* safes_raw = nullptr;
   std::unique_ptr<STACK_OF(PKCS7), SafesDeleter> safes;
-  if (PKCS12_add_safe_ex(&safes_raw, cert_bags.get(), cert_nid, iter, pass.c_str(), nullptr,
-                         nullptr) != 1) {
+  if (PKCS12_add_safe_ex(&safes_raw, cert_bags.get(), cert_nid, iter, pass.c_str(), libctx,
+                         propq) != 1) {
     safes.reset(safes_raw);
     return OpenSslError("PKCS#12: certificate safe");
   }
@@ -137,7 +143,7 @@ absl::StatusOr<std::vector<uint8_t>> BuildPkcs12(const std::vector<Pkcs12Entry>&
   if (PKCS12_add_safe_ex(&safes_raw, key_bags.get(), -1, 0, nullptr, nullptr, nullptr) != 1) {
     return OpenSslError("PKCS#12: key safe");
   }
-  std::unique_ptr<PKCS12, P12Deleter> p12(PKCS12_add_safes_ex(safes.get(), 0, nullptr, nullptr));
+  std::unique_ptr<PKCS12, P12Deleter> p12(PKCS12_add_safes_ex(safes.get(), 0, libctx, propq));
   if (!p12) return OpenSslError("PKCS#12: assemble");
   if (PKCS12_set_mac(p12.get(), pass.c_str(), -1, nullptr, 0, iter, mac_md) != 1) {
     return OpenSslError("PKCS#12: MAC");

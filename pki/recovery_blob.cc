@@ -32,6 +32,14 @@ absl::Status Malformed(std::string_view message) {
   return Fail(RecoveryBlobError::kMalformed, absl::StatusCode::kDataLoss, message);
 }
 
+// Another reference to a certificate the blob already holds: X509_dup
+// would re-encode and re-decode it (its public key through OpenSSL 3's
+// decoders, the most expensive part of opening a blob).
+ossl::UniquePtr<X509> Shared(X509* cert) {
+  X509_up_ref(cert);
+  return ossl::UniquePtr<X509>(cert);
+}
+
 template <typename T, typename F>
 Bytes Der(T* object, F i2d) {
   unsigned char* der = nullptr;
@@ -156,6 +164,144 @@ std::string ChainError(X509_STORE_CTX* ctx) {
   X509* at = X509_STORE_CTX_get_current_cert(ctx);
   return StrCat(X509_verify_cert_error_string(err),
                 at != nullptr ? StrCat(" (at \"", Subject(at), "\")") : std::string());
+}
+
+// The blob just made, checked before it leaves without opening it as a KRA
+// does (ParseRecoveryBlob decodes every certificate's public key again
+// through OpenSSL 3's decoders, ~20 % of a daemon's retrieval). In the DER
+// that will leave: the eContent is `content`; the signature over the
+// signed attributes, as encoded, verifies with `ca_public` (software); the
+// signed messageDigest is the digest of that content. In memory: every
+// certificate of `certs` whose issuer (by name) is also there verifies
+// with that issuer's key (`ca_certificate` with `ca_public`), so a user
+// chain with the wrong CA certificate in it is found here, not by the KRA;
+// and every certificate is the user's, the CA's, a KRA's or an issuer of
+// the user's or a KRA's (ParseRecoveryBlob's step 7).
+// Any failure (or a structure this walk does not know) falls back to the
+// full ParseRecoveryBlob, whose verdict then decides.
+bool BuiltBlobVerifies(std::span<const uint8_t> der, std::span<const uint8_t> content,
+                       const std::string& digest, EVP_PKEY* ca_public, X509* ca_certificate,
+                       X509* user_certificate, const std::vector<X509*>& kra_certificates,
+                       const std::vector<X509*>& certs) {
+  DerReader top(der);
+  DerElement ci, oid, explicit0, sd, version, algs, encap;
+  if (!top.Expect(der::kSequence, &ci) || !top.empty()) return false;
+  DerReader r(ci.contents);
+  if (!r.Expect(der::kOid, &oid) || !r.Expect(der::ContextConstructed(0), &explicit0)) return false;
+  DerReader e(explicit0.contents);
+  if (!e.Expect(der::kSequence, &sd)) return false;
+  DerReader s(sd.contents);
+  if (!s.Expect(der::kInteger, &version) || !s.Expect(der::kSet, &algs) ||
+      !s.Expect(der::kSequence, &encap)) {
+    return false;
+  }
+  // encapContentInfo { eContentType, [0] EXPLICIT OCTET STRING eContent }
+  DerReader ec(encap.contents);
+  DerElement ctype, ex0, octets;
+  if (!ec.Expect(der::kOid, &ctype) || !ec.Expect(der::ContextConstructed(0), &ex0)) return false;
+  DerReader eo(ex0.contents);
+  if (!eo.Expect(der::kOctetString, &octets) || !eo.empty() ||
+      !std::equal(octets.contents.begin(), octets.contents.end(), content.begin(), content.end())) {
+    return false;
+  }
+  // [0] certificates and [1] crls are skipped; then signerInfos, one signer.
+  DerElement el, signer_infos;
+  while (s.Next(&el)) {
+    if (el.tag == der::kSet) {
+      signer_infos = el;
+      break;
+    }
+  }
+  if (signer_infos.tag != der::kSet) return false;
+  DerReader sis(signer_infos.contents);
+  DerElement si, sv, sid, dalg, attrs, salg, sig;
+  if (!sis.Expect(der::kSequence, &si) || !sis.empty()) return false;
+  DerReader sr(si.contents);
+  if (!sr.Expect(der::kInteger, &sv) || !sr.Next(&sid) || !sr.Expect(der::kSequence, &dalg) ||
+      !sr.Expect(der::ContextConstructed(0), &attrs) || !sr.Expect(der::kSequence, &salg) ||
+      !sr.Expect(der::kOctetString, &sig)) {
+    return false;
+  }
+  // The signature covers the attributes with their SET tag (RFC 5652 5.4).
+  Bytes signed_attrs(attrs.whole.begin(), attrs.whole.end());
+  signed_attrs[0] = der::kSet;
+  ossl::UniquePtr<EVP_MD_CTX> verify(EVP_MD_CTX_new());
+  if (!verify ||
+      EVP_DigestVerifyInit_ex(verify.get(), nullptr, digest.c_str(), nullptr, nullptr, ca_public,
+                              nullptr) != 1 ||
+      EVP_DigestVerify(verify.get(), sig.contents.data(), sig.contents.size(), signed_attrs.data(),
+                       signed_attrs.size()) != 1) {
+    ERR_clear_error();
+    return false;
+  }
+  // messageDigest (1.2.840.113549.1.9.4) among the verified attributes.
+  std::span<const uint8_t> signed_digest;
+  DerReader ar(attrs.contents);
+  while (!ar.empty()) {
+    DerElement attr, aoid, values, value;
+    if (!ar.Expect(der::kSequence, &attr)) return false;
+    DerReader aa(attr.contents);
+    if (!aa.Expect(der::kOid, &aoid) || !aa.Expect(der::kSet, &values)) return false;
+    if (OidToText(aoid.contents) != "1.2.840.113549.1.9.4") continue;
+    DerReader v(values.contents);
+    if (!signed_digest.empty() || !v.Expect(der::kOctetString, &value) || !v.empty()) return false;
+    signed_digest = value.contents;
+  }
+  unsigned char computed[EVP_MAX_MD_SIZE];
+  unsigned int computed_len = 0;
+  ossl::UniquePtr<EVP_MD> md(EVP_MD_fetch(nullptr, digest.c_str(), nullptr));
+  if (!md ||
+      EVP_Digest(content.data(), content.size(), computed, &computed_len, md.get(), nullptr) != 1 ||
+      signed_digest.size() != computed_len ||
+      std::memcmp(signed_digest.data(), computed, computed_len) != 0) {
+    ERR_clear_error();
+    return false;
+  }
+  // Every certificate with its issuer at hand verifies with it.
+  for (X509* c : certs) {
+    bool named = false, verified = false;
+    for (X509* issuer : certs) {
+      if (X509_NAME_cmp(X509_get_subject_name(issuer), X509_get_issuer_name(c)) != 0) continue;
+      EVP_PKEY* key = X509_cmp(issuer, ca_certificate) == 0 ? ca_public : X509_get0_pubkey(issuer);
+      if (key == nullptr) continue;
+      named = true;
+      if (X509_verify(c, key) == 1) {
+        verified = true;
+        break;
+      }
+    }
+    ERR_clear_error();
+    if (named && !verified) return false;
+  }
+  // Every certificate has its place, as ParseRecoveryBlob's step 7 sorts
+  // them: the user's and its issuers, the CA's, the KRAs' and their issuers.
+  std::vector<X509*> placed;
+  auto issuers_of = [&](X509* c) {
+    for (int depth = 0; depth < 10; ++depth) {
+      if (X509_check_issued(c, c) == X509_V_OK) break;  // self-signed: the root
+      X509* next = nullptr;
+      for (X509* candidate : certs) {
+        if (next == nullptr && X509_check_issued(candidate, c) == X509_V_OK) next = candidate;
+      }
+      if (next == nullptr || std::find(placed.begin(), placed.end(), next) != placed.end()) break;
+      placed.push_back(next);
+      c = next;
+    }
+  };
+  placed.push_back(user_certificate);
+  issuers_of(user_certificate);
+  placed.push_back(ca_certificate);
+  for (X509* kra : kra_certificates) {
+    placed.push_back(kra);
+    issuers_of(kra);
+  }
+  ERR_clear_error();
+  for (X509* c : certs) {
+    bool found = false;
+    for (X509* p : placed) found = found || X509_cmp(p, c) == 0;
+    if (!found) return false;
+  }
+  return true;
 }
 
 }  // namespace
@@ -337,11 +483,21 @@ absl::StatusOr<std::vector<uint8_t>> BuildRecoveryBlob(OSSL_LIB_CTX* libctx, con
   Bytes out = Der(cms.get(), i2d_CMS_ContentInfo);
   if (out.empty()) return OpenSslError("recovery blob: encode");
 
-  // Verify what was made, in software, as a KRA will: the signature, and
-  // that every certificate has its place (a user chain with a stranger in
-  // it is the caller's mistake, found here rather than by the KRA).
+  // Verify what was made, in software: with the caller's software copy of
+  // the CA certificate, the signature, the digest and the certificates as
+  // BuiltBlobVerifies does; otherwise (or if that does not pass) as a KRA
+  // will, the signature and that every certificate has its place (a user
+  // chain with a stranger in it is the caller's mistake, found here rather
+  // than by the KRA).
+  if (in.ca_certificate_software != nullptr &&
+      BuiltBlobVerifies(out, in.enveloped_data, in.digest,
+                        X509_get0_pubkey(in.ca_certificate_software), in.ca_certificate,
+                        in.user_certificate, in.kra_certificates, certs.certs())) {
+    return out;
+  }
   std::vector<ossl::UniquePtr<X509>> anchor;
-  anchor.push_back(SoftwareCopy(in.ca_certificate));
+  anchor.push_back(in.ca_certificate_software != nullptr ? Shared(in.ca_certificate_software)
+                                                         : SoftwareCopy(in.ca_certificate));
   auto check = ParseRecoveryBlob(out, anchor);
   if (!check.ok()) {
     return absl::InternalError(
@@ -487,11 +643,11 @@ absl::StatusOr<RecoveryBlob> ParseRecoveryBlob(
                 StrCat("signed by \"", Subject(signer),
                        "\", which does not chain to a trusted CA certificate: ", why));
   }
-  blob.signer.reset(X509_dup(signer));
+  blob.signer = Shared(signer);
   {
     CertStack chain(X509_STORE_CTX_get1_chain(ctx.get()));
     for (int i = 1; chain && i < sk_X509_num(chain.get()); ++i) {
-      blob.signer_chain.emplace_back(X509_dup(sk_X509_value(chain.get(), i)));
+      blob.signer_chain.push_back(Shared(sk_X509_value(chain.get(), i)));
     }
   }
 
@@ -553,7 +709,7 @@ absl::StatusOr<RecoveryBlob> ParseRecoveryBlob(
   for (int i = 0; i < sk_X509_num(certs.get()); ++i) {
     X509* c = sk_X509_value(certs.get(), i);
     if (Sha1(c) == user_hash) {
-      blob.user_certificate.reset(X509_dup(c));
+      blob.user_certificate = Shared(c);
       break;
     }
   }
@@ -679,7 +835,7 @@ absl::StatusOr<RecoveryBlob> ParseRecoveryBlob(
   };
   place(blob.user_certificate.get());
   for (X509* c : issuers_of(blob.user_certificate.get())) {
-    blob.user_chain.emplace_back(X509_dup(c));
+    blob.user_chain.push_back(Shared(c));
     place(c);
   }
   place(blob.signer.get());
@@ -688,7 +844,7 @@ absl::StatusOr<RecoveryBlob> ParseRecoveryBlob(
     X509* c = sk_X509_value(certs.get(), i);
     for (RecoveryRecipient& r : blob.recipients) {
       if (r.certificate == nullptr && r.Matches(c)) {
-        blob.kra_certificates.emplace_back(X509_dup(c));
+        blob.kra_certificates.push_back(Shared(c));
         r.certificate = blob.kra_certificates.back().get();
         place(c);
         for (X509* issuer : issuers_of(c)) place(issuer);

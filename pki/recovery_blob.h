@@ -47,7 +47,16 @@ struct RecoveryBlobInput {
   // The CA signing key: a token key (hsm::CryptoContext::Load) or software.
   EVP_PKEY* ca_key = nullptr;
   X509* ca_certificate = nullptr;  // the certificate of ca_key
-  std::vector<X509*> ca_chain;     // issuers of ca_certificate towards the root (may be empty)
+  // Optional: ca_certificate decoded in software (pki::SoftwareCopy), kept
+  // by a caller that builds many blobs (keywardend). With it, the blob is
+  // checked in its DER before it is returned (the CA signature over the
+  // signed attributes with this certificate's key, the signed digest of
+  // the content, every certificate against its issuer in the blob) rather
+  // than opened whole as a KRA does; if that check does not pass, the full
+  // ParseRecoveryBlob decides. Without it, ParseRecoveryBlob against a
+  // software copy made per call.
+  X509* ca_certificate_software = nullptr;
+  std::vector<X509*> ca_chain;  // issuers of ca_certificate towards the root (may be empty)
   X509* user_certificate = nullptr;
   // The user certificate's issuers (may be empty). They must be its real
   // issuers: after a CA key renewal, the old CA certificate. A certificate
@@ -66,8 +75,10 @@ struct RecoveryBlobInput {
 // Signs the recovery blob with input.ca_key in `libctx` (pass the token
 // key's CryptoContext libctx and hsm::kTokenKeyProperties for a token
 // key). Certificates appearing in several lists are included once. Before
-// the DER is returned it is opened with ParseRecoveryBlob, trusting
-// input.ca_certificate, exactly as a KRA will (INTERNAL if that fails).
+// the DER is returned its CA signature is verified in software (see
+// ca_certificate_software; otherwise it is opened with ParseRecoveryBlob,
+// trusting input.ca_certificate, exactly as a KRA will): INTERNAL if that
+// fails, and nothing is returned.
 // InvalidArgument for bad input; NotFound when a recipient of the envelope
 // has no certificate in kra_certificates.
 absl::StatusOr<std::vector<uint8_t>> BuildRecoveryBlob(OSSL_LIB_CTX* libctx, const char* propq,

@@ -1183,6 +1183,7 @@ absl::StatusOr<CertificateAuthority::RecoveryBlobResult> CertificateAuthority::G
   pki::RecoveryBlobInput in;
   in.ca_key = issuer_->signing_key();
   in.ca_certificate = certificate();
+  in.ca_certificate_software = issuer_->ca_certificate_software();
   for (const auto& x : chain_) in.ca_chain.push_back(x.get());
   in.user_certificate = user.get();
   if (c.certificate.template_name != kForeignTemplate) {

@@ -218,6 +218,7 @@ absl::StatusOr<std::unique_ptr<Issuer>> Issuer::Create(OSSL_LIB_CTX* libctx, con
     return absl::FailedPreconditionError(
         "the CA certificate's public key does not match the CA signing key on the token");
   }
+  issuer->ca_software_ = std::move(decoded);
   issuer->ca_ = std::move(ca_certificate);
   issuer->key_ = std::move(signing_key);
   issuer->signature_ = std::move(signature);

@@ -59,6 +59,8 @@ class Issuer {
                                                         pki::SignatureOptions signature);
 
   X509* ca_certificate() const { return ca_.get(); }
+  // ca_certificate() re-decoded in software (pki::SoftwareCopy), made once.
+  X509* ca_certificate_software() const { return ca_software_.get(); }
   int64_t ca_not_after() const;
   // For other CA-signed structures (CMC responses, recovery blobs): the
   // signing key and where to fetch algorithms for it.
@@ -86,6 +88,7 @@ class Issuer {
   ossl::UniquePtr<X509> ca_;
   ossl::UniquePtr<EVP_PKEY> key_;
   ossl::UniquePtr<EVP_PKEY> ca_public_;  // software copy, for checking
+  ossl::UniquePtr<X509> ca_software_;    // the CA certificate decoded in software
   pki::SignatureOptions signature_;
   std::vector<RawExtension> publication_;
 };

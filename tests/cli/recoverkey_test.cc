@@ -10,6 +10,8 @@
 
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include "hsm/strings.h"
 #include "pki/certificate.h"
 #include "tests/recovery_fixture.h"
@@ -378,6 +380,79 @@ TEST_F(RecoverKeyCliTest, BatchRecoversADirectoryWithOneLoginAndListsFailures) {
                          tmp_.File("out") + " " + CardArgs(SoftHsmFixture::kKraCard1) + " -p pw");
   EXPECT_EQ(again.exit_code, 3) << again.output;
   EXPECT_NE(again.output.find("refusing to start"), std::string::npos) << again.output;
+}
+
+TEST_F(RecoverKeyCliTest, BatchKeyFailingInAPfxWorkerIsNamedAndTheOthersAreWritten) {
+  // The card stage of u2 succeeds; its PFX cannot be written (a dangling
+  // symlink takes the name after the up-front check saw nothing there), so
+  // it fails on a worker thread while u1 and u3 are written.
+  std::filesystem::create_directory(tmp_.File("blobs"));
+  std::filesystem::create_directory(tmp_.File("out"));
+  std::vector<RecoveryUser> users;
+  for (const char* name : {"u1", "u2", "u3"}) {
+    users.push_back(MakeUser(std::string("User ") + name, name));
+    ASSERT_TRUE(Blob(users.back(), {0}, tmp_.File(std::string("blobs/") + name + ".rec")));
+  }
+  std::filesystem::create_symlink(tmp_.File("nowhere/u2.pfx"), tmp_.File("out/u2.pfx"));
+
+  auto r = Keywarden("--json recoverkey --batch " + tmp_.File("blobs") + " --out-dir " +
+                     tmp_.File("out") + " " + CardArgs(SoftHsmFixture::kKraCard1) + " -p batchpw");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  const size_t json_at = r.output.find('{');
+  ASSERT_NE(json_at, std::string::npos) << r.output;
+  const auto j = nlohmann::json::parse(r.output.substr(json_at), nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.output;
+  ASSERT_EQ(j["recovered"].size(), 2u) << r.output;
+  EXPECT_EQ(j["recovered"][0]["output"], tmp_.File("out/u1.pfx"));
+  EXPECT_EQ(j["recovered"][1]["output"], tmp_.File("out/u3.pfx"));
+  ASSERT_EQ(j["failed"].size(), 1u) << r.output;
+  EXPECT_EQ(j["failed"][0]["blob"], tmp_.File("blobs/u2.rec"));
+  // The message names the blob and the file that could not be written.
+  const std::string error = j["failed"][0]["error"].get<std::string>();
+  EXPECT_NE(error.find("u2.rec: "), std::string::npos) << r.output;
+  EXPECT_NE(error.find("u2.pfx"), std::string::npos) << r.output;
+  EXPECT_EQ(j["not_attempted"], 0);
+  EXPECT_GE(j["pfx_workers"].get<int>(), 1);
+  for (const char* n : {"u1", "u3"}) {
+    const std::string pfx = tmp_.File(std::string("out/") + n + ".pfx");
+    ASSERT_TRUE(std::filesystem::exists(pfx)) << pfx;
+    const std::string key = PfxKey(pfx, "batchpw", tmp_.File(std::string(n) + ".recovered.key"));
+    EXPECT_EQ(Modulus("openssl rsa -noout -modulus -in " + key),
+              Modulus("openssl x509 -noout -modulus -in " + tmp_.File(std::string(n) + ".pem")));
+  }
+  // Nothing was written through the link, and no temporary file is left.
+  EXPECT_FALSE(std::filesystem::exists(tmp_.File("nowhere/u2.pfx")));
+  size_t files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(tmp_.File("out"))) {
+    (void)e;
+    ++files;
+  }
+  EXPECT_EQ(files, 3u);  // u1.pfx, u3.pfx and the symlink
+}
+
+TEST_F(RecoverKeyCliTest, BatchOfManyBlobsWritesEveryKeyToItsOwnFile) {
+  // More blobs than workers and queue slots: every PFX holds the key of the
+  // blob it is named after, whatever order the workers finish in.
+  std::filesystem::create_directory(tmp_.File("blobs"));
+  std::filesystem::create_directory(tmp_.File("out"));
+  constexpr int kUsers = 9;
+  for (int i = 0; i < kUsers; ++i) {
+    const std::string n = "m" + std::to_string(i);
+    auto u = MakeUser("Many " + n, n);
+    ASSERT_TRUE(Blob(u, {0}, tmp_.File("blobs/" + n + ".rec")));
+  }
+  auto r = Keywarden("recoverkey --batch " + tmp_.File("blobs") + " --out-dir " + tmp_.File("out") +
+                     " " + CardArgs(SoftHsmFixture::kKraCard1) + " -p manypw");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("Recovered 9 of 9"), std::string::npos) << r.output;
+  for (int i = 0; i < kUsers; ++i) {
+    const std::string n = "m" + std::to_string(i);
+    const std::string key =
+        PfxKey(tmp_.File("out/" + n + ".pfx"), "manypw", tmp_.File(n + ".recovered.key"));
+    EXPECT_EQ(Modulus("openssl rsa -noout -modulus -in " + key),
+              Modulus("openssl x509 -noout -modulus -in " + tmp_.File(n + ".pem")))
+        << n;
+  }
 }
 
 TEST_F(RecoverKeyCliTest, BatchShowsAProgressBarOnATerminalOnly) {

@@ -131,6 +131,84 @@ TEST_F(RecoveryBlobTest, ParseGivesUserCertificateKrasAndTheStoredEnvelope) {
   }
 }
 
+// What keywardend passes: the software copy of the CA certificate, which
+// makes BuildRecoveryBlob check the blob in its DER instead of opening it
+// as a KRA does. The blob must be the same to a KRA, and a check that fails
+// must still release nothing.
+class BuiltBlobCheckTest : public RecoveryBlobTest {
+ protected:
+  pki::RecoveryBlobInput Input(X509* software_ca) {
+    pki::RecoveryBlobInput in;
+    in.ca_key = pki_->ca_key();
+    in.ca_certificate = pki_->ca_cert();
+    in.ca_certificate_software = software_ca;
+    in.user_certificate = user_.cert.get();
+    in.user_chain = {pki_->ca_cert()};
+    in.kra_certificates = {pki_->kras().at(0).cert.get(), pki_->kras().at(1).cert.get()};
+    in.enveloped_data = envelope_;
+    return in;
+  }
+  absl::StatusOr<std::vector<uint8_t>> Build(const pki::RecoveryBlobInput& in) {
+    return pki::BuildRecoveryBlob(pki_->crypto()->libctx(), hsm::kTokenKeyProperties, in);
+  }
+  // A self-signed certificate named like the CA, with another key.
+  ossl::UniquePtr<X509> Impostor() {
+    impostor_key_.reset(EVP_RSA_gen(2048));
+    pki::RootCaOptions options;
+    options.subject = X509_get_subject_name(pki_->ca_cert());
+    auto cert = pki::MakeSelfSignedRoot(nullptr, impostor_key_.get(), options);
+    EXPECT_TRUE(cert.ok()) << cert.status();
+    return cert.ok() ? std::move(*cert) : nullptr;
+  }
+  ossl::UniquePtr<EVP_PKEY> impostor_key_;
+};
+
+TEST_F(BuiltBlobCheckTest, WithTheSoftwareCaCertificateTheBlobOpensAsAKraExpects) {
+  ossl::UniquePtr<X509> software = pki::SoftwareCopy(pki_->ca_cert());
+  ASSERT_TRUE(software);
+  auto der = Build(Input(software.get()));
+  ASSERT_TRUE(der.ok()) << der.status();
+  auto blob = Parse(*der);
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  EXPECT_EQ(X509_cmp(blob->user_certificate.get(), user_.cert.get()), 0);
+  EXPECT_EQ(blob->enveloped_data, envelope_);
+  EXPECT_EQ(blob->kra_certificates.size(), 2u);
+  // openssl, independently, verifies the signature against the CA.
+  WriteFile(tmp_.File("fast.p7"), *der);
+  WriteFile(tmp_.File("fast-ca.pem"), ToPem(pki_->ca_cert()));
+  auto r =
+      RunCommand("openssl cms -verify -binary -inform DER -in " + tmp_.File("fast.p7") +
+                 " -CAfile " + tmp_.File("fast-ca.pem") + " -out " + tmp_.File("fast.content"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(ReadFile(tmp_.File("fast.content")), envelope_);
+}
+
+TEST_F(BuiltBlobCheckTest, ASoftwareCaCertificateOfAnotherKeyReleasesNothing) {
+  // The signature does not verify with it: the DER check fails, and the
+  // full check that follows, anchored on that certificate, fails too.
+  ossl::UniquePtr<X509> impostor = Impostor();
+  ASSERT_TRUE(impostor);
+  auto der = Build(Input(impostor.get()));
+  ASSERT_FALSE(der.ok());
+  EXPECT_EQ(der.status().code(), absl::StatusCode::kInternal) << der.status();
+  EXPECT_NE(der.status().message().find("the blob just made does not verify"), std::string::npos)
+      << der.status();
+}
+
+TEST_F(BuiltBlobCheckTest, AUserChainWithAStrangerNamedLikeTheCaIsFoundBeforeRelease) {
+  // After a CA key renewal the user's issuer must be the old CA
+  // certificate; a certificate of the CA's name that did not sign the user
+  // certificate is refused by the daemon, not left for the KRA to find.
+  ossl::UniquePtr<X509> software = pki::SoftwareCopy(pki_->ca_cert());
+  ossl::UniquePtr<X509> impostor = Impostor();
+  ASSERT_TRUE(software && impostor);
+  pki::RecoveryBlobInput in = Input(software.get());
+  in.user_chain = {impostor.get()};
+  auto der = Build(in);
+  ASSERT_FALSE(der.ok());
+  EXPECT_EQ(der.status().code(), absl::StatusCode::kInternal) << der.status();
+}
+
 TEST_F(RecoveryBlobTest, OpensslVerifiesTheBlobAndDecryptsTheInnerEnvelopeWithAKraKey) {
   // Outer: the CA signature, chained to the CA certificate.
   auto verify = RunCommand("openssl cms -verify -binary -inform DER -in " + tmp_.File("blob.der") +
