@@ -5,6 +5,7 @@
 #include "pki/private_key_blob.h"
 
 #include <algorithm>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -14,6 +15,7 @@
 
 #include <gtest/gtest.h>
 #include <openssl/core_names.h>
+#include <openssl/encoder.h>
 
 #include "hsm/strings.h"
 #include "pki/cmc.h"
@@ -491,6 +493,67 @@ TEST(PrivateKeyBlobTest, PlaintextAcceptsPkcs8Rsa) {
   EXPECT_TRUE(
       FailsWith(pki::ParsePrivateKeyPlaintext(std::vector<uint8_t>{0x42, 0}, nullptr, nullptr),
                 "neither a PRIVATEKEYBLOB"));
+}
+
+// OpenSSL's own PKCS#8 encoder, for comparison with ToPkcs8's direct writer.
+std::vector<uint8_t> EncoderPkcs8(EVP_PKEY* key) {
+  std::unique_ptr<OSSL_ENCODER_CTX, decltype(&OSSL_ENCODER_CTX_free)> ctx(
+      OSSL_ENCODER_CTX_new_for_pkey(key, EVP_PKEY_KEYPAIR, "DER", "PrivateKeyInfo", nullptr),
+      OSSL_ENCODER_CTX_free);
+  unsigned char* der = nullptr;
+  size_t len = 0;
+  if (!ctx || OSSL_ENCODER_to_data(ctx.get(), &der, &len) != 1) return {};
+  std::vector<uint8_t> out(der, der + len);
+  OPENSSL_clear_free(der, len);
+  return out;
+}
+
+TEST(PrivateKeyBlobTest, ToPkcs8WritesTheBytesOfOpenSslAndTheWindowsVector) {
+  // The vector's PKCS#8 (byte-identical to `openssl pkcs8 -topk8 -nocrypt`
+  // of it): parsed and written again, the very same bytes.
+  const auto der = Vector("ca-exchange-key.pk8.der");
+  ASSERT_EQ(der.size(), 1216u);
+  auto ca = pki::ParsePrivateKeyPlaintext(der, nullptr, nullptr);
+  ASSERT_TRUE(ca.ok()) << ca.status();
+  auto p8 = pki::ToPkcs8(ca->get());
+  ASSERT_TRUE(p8.ok()) << p8.status();
+  EXPECT_EQ(std::vector<uint8_t>(p8->span().begin(), p8->span().end()), der);
+
+  // Generated keys of several sizes (lengths under and over 128 and 256
+  // bytes, numbers with and without a leading 0x00), e = 3 and 65537, and
+  // a Windows blob's key: the same bytes as OpenSSL's encoder.
+  std::vector<ossl::UniquePtr<EVP_PKEY>> keys;
+  for (int bits : {512, 1024, 2048, 3072}) keys.push_back(SoftwareRsaKey(bits));
+  {
+    ossl::UniquePtr<EVP_PKEY_CTX> ctx(EVP_PKEY_CTX_new_from_name(nullptr, "RSA", nullptr));
+    ossl::UniquePtr<BIGNUM> three(BN_new());
+    BN_set_word(three.get(), 3);
+    EVP_PKEY* raw = nullptr;
+    ASSERT_TRUE(ctx && EVP_PKEY_keygen_init(ctx.get()) == 1 &&
+                EVP_PKEY_CTX_set_rsa_keygen_bits(ctx.get(), 1536) == 1 &&
+                EVP_PKEY_CTX_set1_rsa_keygen_pubexp(ctx.get(), three.get()) == 1 &&
+                EVP_PKEY_keygen(ctx.get(), &raw) == 1);
+    keys.emplace_back(raw);
+  }
+  Archived a = DecryptArchived("user-enroll-3.der");
+  auto windows = pki::ParsePrivateKeyBlob(a.blob, nullptr);
+  ASSERT_TRUE(windows.ok()) << windows.status();
+  keys.push_back(std::move(*windows));
+  for (const auto& key : keys) {
+    ASSERT_TRUE(key);
+    auto mine = pki::ToPkcs8(key.get());
+    ASSERT_TRUE(mine.ok()) << mine.status();
+    const std::vector<uint8_t> theirs = EncoderPkcs8(key.get());
+    ASSERT_FALSE(theirs.empty());
+    EXPECT_EQ(std::vector<uint8_t>(mine->span().begin(), mine->span().end()), theirs)
+        << EVP_PKEY_get_bits(key.get()) << "-bit key";
+  }
+  // Other keys still go through OpenSSL's encoder.
+  ossl::UniquePtr<EVP_PKEY> ec(EVP_EC_gen("P-256"));
+  auto ec_p8 = pki::ToPkcs8(ec.get());
+  ASSERT_TRUE(ec_p8.ok()) << ec_p8.status();
+  EXPECT_EQ(std::vector<uint8_t>(ec_p8->span().begin(), ec_p8->span().end()),
+            EncoderPkcs8(ec.get()));
 }
 
 TEST(PrivateKeyBlobTest, PlaintextRefusesEcAndInconsistentPkcs8) {
