@@ -701,6 +701,27 @@ TEST(PrivateKeyBlobTest, Pkcs8ChecksNameTheBadNumber) {
   ASSERT_TRUE(bad_coefficient.ok()) << bad_coefficient.status();
   EXPECT_TRUE(FailsWith(pki::ParsePrivateKeyPlaintext(bad_coefficient->span(), nullptr, nullptr),
                         "not consistent: coefficient is not prime2^-1 mod prime1"));
+  // The coefficient plus prime1 is still an inverse of prime2 mod prime1,
+  // but not the one in [0, prime1) the format holds.
+  BN_sub_word(k[7].get(), 1);
+  ASSERT_EQ(BN_add(k[7].get(), k[7].get(), k[3].get()), 1);
+  auto unreduced = from_numbers({k[0].get(), k[1].get(), k[2].get(), k[3].get(), k[4].get(),
+                                 k[5].get(), k[6].get(), k[7].get()});
+  ASSERT_TRUE(unreduced.ok()) << unreduced.status();
+  EXPECT_TRUE(FailsWith(pki::ParsePrivateKeyPlaintext(unreduced->span(), nullptr, nullptr),
+                        "not consistent: coefficient is not prime2^-1 mod prime1"));
+  // d + (p-1) still gives e*d = 1 mod p-1 but not mod q-1 (e*(p-1) is
+  // not 0 mod q-1): refused as not 1 mod lcm(p-1, q-1).
+  ASSERT_EQ(BN_sub(k[7].get(), k[7].get(), k[3].get()), 1);
+  ossl::UniquePtr<BIGNUM> d_plus(BN_dup(k[2].get()));
+  ossl::UniquePtr<BIGNUM> p_minus_1(BN_dup(k[3].get()));
+  ASSERT_EQ(BN_sub_word(p_minus_1.get(), 1), 1);
+  ASSERT_EQ(BN_add(d_plus.get(), d_plus.get(), p_minus_1.get()), 1);
+  auto bad_d = from_numbers({k[0].get(), k[1].get(), d_plus.get(), k[3].get(), k[4].get(),
+                             k[5].get(), k[6].get(), k[7].get()});
+  ASSERT_TRUE(bad_d.ok()) << bad_d.status();
+  EXPECT_TRUE(FailsWith(pki::ParsePrivateKeyPlaintext(bad_d->span(), nullptr, nullptr),
+                        "privateExponent * pubexp is not 1 mod lcm(prime1 - 1, prime2 - 1)"));
 
   // p = a*b (a, b prime), q prime; d, the CRT values and the coefficient
   // computed from them exactly as for a real key.
