@@ -34,7 +34,8 @@ Bytes Attribute(const char* oid, const Bytes& value) {
 
 absl::StatusOr<std::vector<uint8_t>> BuildCmcResponse(OSSL_LIB_CTX* libctx, const char* propq,
                                                       EVP_PKEY* ca_key, X509* ca_certificate,
-                                                      const CmcResponseSpec& spec) {
+                                                      const CmcResponseSpec& spec,
+                                                      X509* ca_software) {
   if (spec.request_body_part < 0) return absl::InvalidArgumentError("negative body part id");
   const uint64_t part = static_cast<uint64_t>(spec.request_body_part);
 
@@ -103,14 +104,15 @@ absl::StatusOr<std::vector<uint8_t>> BuildCmcResponse(OSSL_LIB_CTX* libctx, cons
   OPENSSL_free(out);
   // Verify what was made, in software, before it leaves (as for
   // certificates, CRLs and recovery blobs).
-  if (absl::Status check = VerifyCmcResponse(der, ca_certificate); !check.ok()) {
+  if (absl::Status check = VerifyCmcResponse(der, ca_certificate, ca_software); !check.ok()) {
     return absl::InternalError(
         StrCat("CMC response: the response just signed does not verify: ", check.message()));
   }
   return der;
 }
 
-absl::Status VerifyCmcResponse(std::span<const uint8_t> der, X509* ca_certificate) {
+absl::Status VerifyCmcResponse(std::span<const uint8_t> der, X509* ca_certificate,
+                               X509* ca_software) {
   if (ca_certificate == nullptr) {
     return absl::InvalidArgumentError("CMC response: no CA certificate to verify it with");
   }
@@ -142,14 +144,19 @@ absl::Status VerifyCmcResponse(std::span<const uint8_t> der, X509* ca_certificat
   // Only the CA certificate given here may be the signer (CMS_NOINTERN: the
   // certificates inside the message are not searched for it), and its public
   // key is decoded afresh, so a token key object plays no part.
-  ossl::UniquePtr<X509> ca = SoftwareCopy(ca_certificate);
+  ossl::UniquePtr<X509> copy;
+  X509* ca = ca_software;
+  if (ca == nullptr) {
+    copy = SoftwareCopy(ca_certificate);
+    ca = copy.get();
+  }
   ossl::UniquePtr<STACK_OF(X509)> certs(sk_X509_new_null());
-  if (!ca || !certs || sk_X509_push(certs.get(), ca.get()) <= 0) {
+  if (ca == nullptr || !certs || sk_X509_push(certs.get(), ca) <= 0) {
     return hsm::OpenSslError("CMC response: prepare the CA certificate");
   }
   const unsigned flags = CMS_BINARY | CMS_NOINTERN | CMS_NO_SIGNER_CERT_VERIFY;
   const int ok = CMS_verify(cms.get(), certs.get(), nullptr, nullptr, nullptr, flags);
-  sk_X509_pop(certs.get());  // `ca` owns the certificate
+  sk_X509_pop(certs.get());  // not the stack's to free
   if (ok != 1) {
     const unsigned long err = ERR_peek_last_error();
     char text[256] = {0};

@@ -961,7 +961,7 @@ absl::StatusOr<std::vector<uint8_t>> CertificateAuthority::CmcResponseFor(
   spec.certificates.push_back(certificate());
   for (const auto& c : chain_) spec.certificates.push_back(c.get());
   auto der = pki::BuildCmcResponse(issuer_->libctx(), issuer_->properties(), issuer_->signing_key(),
-                                   certificate(), spec);
+                                   certificate(), spec, issuer_->ca_software_copy());
   if (!der.ok()) {
     // A CA-side fault (token, signature check), never the client's.
     return absl::InternalError(StrCat("the CA could not make the CMC response for request ",

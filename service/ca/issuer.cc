@@ -219,6 +219,7 @@ absl::StatusOr<std::unique_ptr<Issuer>> Issuer::Create(OSSL_LIB_CTX* libctx, con
         "the CA certificate's public key does not match the CA signing key on the token");
   }
   issuer->ca_ = std::move(ca_certificate);
+  issuer->ca_software_ = std::move(decoded);
   issuer->key_ = std::move(signing_key);
   issuer->signature_ = std::move(signature);
   return issuer;

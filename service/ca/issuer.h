@@ -63,6 +63,9 @@ class Issuer {
   // For other CA-signed structures (CMC responses, recovery blobs): the
   // signing key and where to fetch algorithms for it.
   EVP_PKEY* signing_key() const { return key_.get(); }
+  // The CA certificate decoded from its DER in software (its public key no
+  // token object), made once: what the CA's own signatures are checked with.
+  X509* ca_software_copy() const { return ca_software_.get(); }
   OSSL_LIB_CTX* libctx() const { return libctx_; }
   const char* properties() const { return properties_.empty() ? nullptr : properties_.c_str(); }
 
@@ -85,6 +88,7 @@ class Issuer {
   std::string properties_;
   ossl::UniquePtr<X509> ca_;
   ossl::UniquePtr<EVP_PKEY> key_;
+  ossl::UniquePtr<X509> ca_software_;    // software copy of ca_, for checking
   ossl::UniquePtr<EVP_PKEY> ca_public_;  // software copy, for checking
   pki::SignatureOptions signature_;
   std::vector<RawExtension> publication_;

@@ -658,6 +658,48 @@ TEST(PrivateKeyBlobTest, KeyVerificationRefusesAForeignKey) {
   ASSERT_TRUE(key.ok()) << key.status();
   EXPECT_TRUE(FailsWith(pki::CheckKeyPairMatches(key->get(), two.request.pkcs10.public_key()),
                         "does not belong"));
+  // Each Windows key decrypts for its own request.
+  for (const Archived* a : {&one, &two}) {
+    auto own = pki::ParsePrivateKeyBlob(a->blob, nullptr);
+    ASSERT_TRUE(own.ok()) << own.status();
+    EXPECT_TRUE(pki::CheckKeyPairMatches(own->get(), a->request.pkcs10.public_key()).ok());
+  }
+}
+
+// With the CRT numbers (as every blob and PKCS#8 key has them) the
+// decryption is done with them: a wrong exponent1, exponent2 or
+// coefficient makes it give another number, whatever d is.
+TEST(PrivateKeyBlobTest, KeyVerificationDecryptsWithTheCrtNumbers) {
+  auto mine = SoftwareRsaKey(2048);
+  const char* names[] = {OSSL_PKEY_PARAM_RSA_N,         OSSL_PKEY_PARAM_RSA_E,
+                         OSSL_PKEY_PARAM_RSA_D,         OSSL_PKEY_PARAM_RSA_FACTOR1,
+                         OSSL_PKEY_PARAM_RSA_FACTOR2,   OSSL_PKEY_PARAM_RSA_EXPONENT1,
+                         OSSL_PKEY_PARAM_RSA_EXPONENT2, OSSL_PKEY_PARAM_RSA_COEFFICIENT1};
+  for (int wrong : {-1, 5, 6, 7}) {
+    ossl::UniquePtr<OSSL_PARAM_BLD> bld(OSSL_PARAM_BLD_new());
+    std::vector<ossl::UniquePtr<BIGNUM>> keep;
+    for (int i = 0; i < 8; ++i) {
+      keep.push_back(KeyNumber(mine.get(), names[i]));
+      ASSERT_TRUE(keep.back()) << names[i];
+      if (i == wrong) BN_add_word(keep.back().get(), 2);
+      OSSL_PARAM_BLD_push_BN(bld.get(), names[i], keep.back().get());
+    }
+    ossl::UniquePtr<OSSL_PARAM> params(OSSL_PARAM_BLD_to_param(bld.get()));
+    ossl::UniquePtr<EVP_PKEY_CTX> ctx(EVP_PKEY_CTX_new_from_name(nullptr, "RSA", nullptr));
+    EVP_PKEY* raw = nullptr;
+    ASSERT_EQ(EVP_PKEY_fromdata_init(ctx.get()), 1);
+    ASSERT_EQ(EVP_PKEY_fromdata(ctx.get(), &raw, EVP_PKEY_KEYPAIR, params.get()), 1);
+    ossl::UniquePtr<EVP_PKEY> key(raw);
+    if (wrong < 0) {
+      for (int round = 0; round < 20; ++round) {
+        EXPECT_TRUE(pki::CheckKeyPairMatches(key.get(), mine.get()).ok());
+      }
+    } else {
+      EXPECT_TRUE(FailsWith(pki::CheckKeyPairMatches(key.get(), mine.get()),
+                            "the private key does not decrypt what the public key encrypted"))
+          << names[wrong];
+    }
+  }
 }
 
 // A PKCS#8 RSA key gets the blob's consistency checks, which name the bad
