@@ -198,7 +198,7 @@ absl::StatusOr<CmcRequest> ParseCmcRequest(std::span<const uint8_t> input, bool 
   if (seen != nullptr) {
     seen->pkcs10_parsed = true;
     seen->subject = FormatName(X509_REQ_get_subject_name(out.pkcs10.req.get()));
-    seen->spki_sha256 = SpkiSha256(out.pkcs10.public_key());
+    seen->spki_sha256 = out.pkcs10.spki_sha256();
     seen->template_name = out.pkcs10.template_name;
     seen->template_oid = out.pkcs10.template_oid;
     seen->carries_encrypted_key = out.encrypted_key_hash.has_value();

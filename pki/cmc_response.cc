@@ -21,6 +21,36 @@ using der::Oid;
 using der::SmallInteger;
 using der::Tlv;
 
+// The ContentInfo `der` (a SignedData) with its certificates field left
+// out, every other byte as it was; empty if `der` is not laid out so. The
+// signature covers the signed attributes (whose messageDigest covers the
+// content), never the certificates, so this copy verifies exactly when
+// `der` does -- without decoding the certificates' public keys, which
+// OpenSSL 3.0 makes the dearest part of a CMS decode.
+Bytes WithoutCertificates(std::span<const uint8_t> der) {
+  DerReader outer(der);
+  DerElement content_info, type, explicit0, signed_data, e;
+  if (!outer.Expect(der::kSequence, &content_info) || !outer.empty()) return {};
+  DerReader ci(content_info.contents);
+  if (!ci.Expect(der::kOid, &type) || !ci.Expect(der::ContextConstructed(0), &explicit0) ||
+      !ci.empty()) {
+    return {};
+  }
+  DerReader wrapper(explicit0.contents);
+  if (!wrapper.Expect(der::kSequence, &signed_data) || !wrapper.empty()) return {};
+  DerReader fields(signed_data.contents);
+  Bytes kept;
+  while (!fields.empty()) {
+    if (!fields.Next(&e)) return {};
+    if (e.tag == der::ContextConstructed(0)) continue;  // certificates [0] IMPLICIT
+    kept.insert(kept.end(), e.whole.begin(), e.whole.end());
+  }
+  Bytes inner = Tlv(der::ContextConstructed(0), Tlv(der::kSequence, kept));
+  Bytes body(type.whole.begin(), type.whole.end());
+  body.insert(body.end(), inner.begin(), inner.end());
+  return Tlv(der::kSequence, body);
+}
+
 Bytes Utf8(const std::string& s) {
   return Tlv(der::kUtf8String,
              std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(s.data()), s.size()));
@@ -34,7 +64,8 @@ Bytes Attribute(const char* oid, const Bytes& value) {
 
 absl::StatusOr<std::vector<uint8_t>> BuildCmcResponse(OSSL_LIB_CTX* libctx, const char* propq,
                                                       EVP_PKEY* ca_key, X509* ca_certificate,
-                                                      const CmcResponseSpec& spec) {
+                                                      const CmcResponseSpec& spec,
+                                                      X509* ca_software) {
   if (spec.request_body_part < 0) return absl::InvalidArgumentError("negative body part id");
   const uint64_t part = static_cast<uint64_t>(spec.request_body_part);
 
@@ -102,15 +133,22 @@ absl::StatusOr<std::vector<uint8_t>> BuildCmcResponse(OSSL_LIB_CTX* libctx, cons
   std::vector<uint8_t> der(out, out + len);
   OPENSSL_free(out);
   // Verify what was made, in software, before it leaves (as for
-  // certificates, CRLs and recovery blobs).
-  if (absl::Status check = VerifyCmcResponse(der, ca_certificate); !check.ok()) {
+  // certificates, CRLs and recovery blobs): its very bytes, but for the
+  // certificates it carries, which the signature does not cover.
+  const Bytes signed_part = WithoutCertificates(der);
+  if (absl::Status check =
+          VerifyCmcResponse(signed_part.empty() ? std::span<const uint8_t>(der)
+                                                : std::span<const uint8_t>(signed_part),
+                            ca_certificate, ca_software);
+      !check.ok()) {
     return absl::InternalError(
         StrCat("CMC response: the response just signed does not verify: ", check.message()));
   }
   return der;
 }
 
-absl::Status VerifyCmcResponse(std::span<const uint8_t> der, X509* ca_certificate) {
+absl::Status VerifyCmcResponse(std::span<const uint8_t> der, X509* ca_certificate,
+                               X509* ca_software) {
   if (ca_certificate == nullptr) {
     return absl::InvalidArgumentError("CMC response: no CA certificate to verify it with");
   }
@@ -142,14 +180,19 @@ absl::Status VerifyCmcResponse(std::span<const uint8_t> der, X509* ca_certificat
   // Only the CA certificate given here may be the signer (CMS_NOINTERN: the
   // certificates inside the message are not searched for it), and its public
   // key is decoded afresh, so a token key object plays no part.
-  ossl::UniquePtr<X509> ca = SoftwareCopy(ca_certificate);
+  ossl::UniquePtr<X509> copy;
+  X509* ca = ca_software;
+  if (ca == nullptr) {
+    copy = SoftwareCopy(ca_certificate);
+    ca = copy.get();
+  }
   ossl::UniquePtr<STACK_OF(X509)> certs(sk_X509_new_null());
-  if (!ca || !certs || sk_X509_push(certs.get(), ca.get()) <= 0) {
+  if (ca == nullptr || !certs || sk_X509_push(certs.get(), ca) <= 0) {
     return hsm::OpenSslError("CMC response: prepare the CA certificate");
   }
   const unsigned flags = CMS_BINARY | CMS_NOINTERN | CMS_NO_SIGNER_CERT_VERIFY;
   const int ok = CMS_verify(cms.get(), certs.get(), nullptr, nullptr, nullptr, flags);
-  sk_X509_pop(certs.get());  // `ca` owns the certificate
+  sk_X509_pop(certs.get());  // not the stack's to free
   if (ok != 1) {
     const unsigned long err = ERR_peek_last_error();
     char text[256] = {0};

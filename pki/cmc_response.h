@@ -46,16 +46,24 @@ struct CmcResponseSpec {
 // provider: pass its libctx and property query) for `ca_certificate`. The
 // response is verified with VerifyCmcResponse before it is returned; one
 // that does not verify is an INTERNAL error (a CA-side fault), never output.
+// `ca_software` (may be null): a copy of `ca_certificate` decoded in
+// software, as VerifyCmcResponse takes it.
 absl::StatusOr<std::vector<uint8_t>> BuildCmcResponse(OSSL_LIB_CTX* libctx, const char* propq,
                                                       EVP_PKEY* ca_key, X509* ca_certificate,
-                                                      const CmcResponseSpec& spec);
+                                                      const CmcResponseSpec& spec,
+                                                      X509* ca_software = nullptr);
 
 // Checks a CMC Full PKI Response in software, as a client would: a DER CMS
 // SignedData of id-cct-PKIResponse with exactly one signer, whose signature
 // (over the signed attributes, and the content's messageDigest) verifies
 // with the public key of `ca_certificate`, the only signer accepted. The
 // error says what is wrong (DATA_LOSS for a signature that does not verify).
-absl::Status VerifyCmcResponse(std::span<const uint8_t> der, X509* ca_certificate);
+// The signature is checked with a copy of `ca_certificate` decoded afresh
+// from its DER, or with `ca_software` when given: a copy the caller decoded
+// the same way (pki::SoftwareCopy) and keeps, so that a CA making many
+// responses does not decode its own certificate for each.
+absl::Status VerifyCmcResponse(std::span<const uint8_t> der, X509* ca_certificate,
+                               X509* ca_software = nullptr);
 
 // certreq -accept's check: VerifyCmcResponse, and the response carries
 // `issued` (DER) among its certificates. The error names what is missing.

@@ -173,6 +173,11 @@ std::string Sha256Hex(std::span<const uint8_t> data) {
   return out;
 }
 
+const std::string& Pkcs10Request::spki_sha256() const {
+  if (spki_sha256_.empty()) spki_sha256_ = SpkiSha256(public_key());
+  return spki_sha256_;
+}
+
 std::string SpkiSha256(EVP_PKEY* key) {
   if (key == nullptr) return {};
   unsigned char* der = nullptr;

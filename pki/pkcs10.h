@@ -26,6 +26,12 @@ struct Pkcs10Request {
   bool empty_subject = false;
 
   EVP_PKEY* public_key() const { return X509_REQ_get0_pubkey(req.get()); }
+  // SpkiSha256(public_key()), computed on first use and kept: a submission
+  // needs it three times, and OpenSSL 3.0 encodes a key slowly.
+  const std::string& spki_sha256() const;
+
+ private:
+  mutable std::string spki_sha256_;
 };
 
 // Which check a refused request failed, carried as a payload on the status

@@ -429,7 +429,7 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Submit(const Requester& 
   // given), so that the row tells a Certificate Manager what was asked for.
   r.template_name = ResolveTemplateName(config_, template_hint, parsed->pkcs10.template_oid,
                                         parsed->pkcs10.template_name);
-  r.spki_sha256 = pki::SpkiSha256(parsed->pkcs10.public_key());
+  r.spki_sha256 = parsed->pkcs10.spki_sha256();
   r.request_sha256 = request_sha256;
   r.format = format;
   // The encrypted key is never stored: the CA's own exchange key opens it.
@@ -695,7 +695,7 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
   // One key, one owner: checked before anything is archived, at submission
   // and again at approval (another certificate may have been issued since).
   std::string same_key_as;
-  const std::string key_hash = pki::SpkiSha256(pub);
+  const std::string key_hash = parsed->spki_sha256();
   const bool archiving_key = carries_key && !request.archived_key;
   auto refuse_key = [&](const absl::Status& st) -> absl::StatusOr<EnrollmentOutcome> {
     if (!HResultOf(st)) return FailCaSide(request, st);  // the store, not the request
@@ -961,7 +961,7 @@ absl::StatusOr<std::vector<uint8_t>> CertificateAuthority::CmcResponseFor(
   spec.certificates.push_back(certificate());
   for (const auto& c : chain_) spec.certificates.push_back(c.get());
   auto der = pki::BuildCmcResponse(issuer_->libctx(), issuer_->properties(), issuer_->signing_key(),
-                                   certificate(), spec);
+                                   certificate(), spec, issuer_->ca_certificate_software());
   if (!der.ok()) {
     // A CA-side fault (token, signature check), never the client's.
     return absl::InternalError(StrCat("the CA could not make the CMC response for request ",

@@ -59,7 +59,9 @@ class Issuer {
                                                         pki::SignatureOptions signature);
 
   X509* ca_certificate() const { return ca_.get(); }
-  // ca_certificate() re-decoded in software (pki::SoftwareCopy), made once.
+  // The CA certificate decoded from its DER in software (pki::SoftwareCopy:
+  // its public key no token object), made once: what the CA's own
+  // signatures are checked with.
   X509* ca_certificate_software() const { return ca_software_.get(); }
   int64_t ca_not_after() const;
   // For other CA-signed structures (CMC responses, recovery blobs): the
@@ -87,8 +89,8 @@ class Issuer {
   std::string properties_;
   ossl::UniquePtr<X509> ca_;
   ossl::UniquePtr<EVP_PKEY> key_;
+  ossl::UniquePtr<X509> ca_software_;    // software copy of ca_, for checking
   ossl::UniquePtr<EVP_PKEY> ca_public_;  // software copy, for checking
-  ossl::UniquePtr<X509> ca_software_;    // the CA certificate decoded in software
   pki::SignatureOptions signature_;
   std::vector<RawExtension> publication_;
 };

@@ -29,12 +29,17 @@
 //   whole sequence is also run on one thread per core.
 //
 // Usage: archival_bench [--seconds S] [--warmup S] [--concurrency 1,8]
-//                       [--floor-seconds S] [--keys N] [--format blob|pkcs8]
+//                       [--floor-seconds S] [--keys N] [--key-file PEM]
+//                       [--format blob|pkcs8]
 //                       [--sample K] [--no-floor] [--smoke]
 //                       [--backend sqlite|postgresql] [--replicas N]
 //                       [--pg CONNINFO] [--compare-backends]
 //   --keys    size of the pre-generated requester key pool (default 3000;
 //             a cell that runs out fails, except in --smoke)
+//   --key-file PEM file the pool's keys are read from (as many as it
+//             holds) and written back to (when keys had to be generated):
+//             repeated runs skip key generation. Every run is a new CA, so
+//             a key used in an earlier run is new to it.
 //   --format  what the request carries: blob (the CLI's default) or pkcs8
 //   --sample  open every K-th stored archive (default 10; the first of each
 //             client thread always)
@@ -125,6 +130,7 @@ struct Options {
   double floor_seconds = 1.5;
   std::vector<int> concurrency = {1, 8};
   int keys = 3000;
+  std::string key_file;  // --key-file: the pool's keys kept between runs
   int sample = 10;
   std::string format = "blob";
   bool floor = true;
@@ -757,6 +763,8 @@ bool ParseArgs(int argc, char** argv, Options& o) {
       o.concurrency = IntList(c);
     } else if (const char* k = value("--keys")) {
       o.keys = std::atoi(k);
+    } else if (const char* kf = value("--key-file")) {
+      o.key_file = kf;
     } else if (const char* s = value("--sample")) {
       o.sample = std::atoi(s);
     } else if (const char* f = value("--format")) {
@@ -778,11 +786,12 @@ bool ParseArgs(int argc, char** argv, Options& o) {
     } else if (a == "--smoke") {
       o.smoke = true;
     } else {
-      std::fprintf(stderr,
-                   "usage: archival_bench [--seconds S] [--warmup S] [--concurrency 1,8] "
-                   "[--floor-seconds S] [--keys N] [--format blob|pkcs8] [--sample K] "
-                   "[--no-floor] [--smoke] [--backend sqlite|postgresql] [--replicas N] "
-                   "[--pg CONNINFO] [--compare-backends]\n");
+      std::fprintf(
+          stderr,
+          "usage: archival_bench [--seconds S] [--warmup S] [--concurrency 1,8] "
+          "[--floor-seconds S] [--keys N] [--key-file PEM] [--format blob|pkcs8] "
+          "[--sample K] [--no-floor] [--smoke] [--backend sqlite|postgresql] [--replicas N] "
+          "[--pg CONNINFO] [--compare-backends]\n");
       return false;
     }
   }
@@ -871,17 +880,44 @@ int main(int argc, char** argv) {
   // starts. Every configuration is a CA of its own with an empty database,
   // so each uses the same pool from its first key.
   std::vector<Requester> pool(static_cast<size_t>(o.keys));
+  // --key-file: keys read from it first (a key is used once per CA, and
+  // every run is a new CA), the rest generated and the whole pool written
+  // back, so that repeated runs do not wait minutes for RSA key generation.
+  size_t from_file = 0;
+  if (!o.key_file.empty()) {
+    if (FILE* in = std::fopen(o.key_file.c_str(), "r")) {
+      while (from_file < pool.size()) {
+        EVP_PKEY* k = PEM_read_PrivateKey(in, nullptr, nullptr, nullptr);
+        if (k == nullptr) break;
+        pool[from_file++].key.reset(k);
+      }
+      ERR_clear_error();
+      std::fclose(in);
+    }
+  }
   {
     std::vector<std::thread> gen;
     std::atomic<size_t> next{0};
     for (int t = 0; t < cores; ++t) {
       gen.emplace_back([&] {
-        for (size_t i = next++; i < pool.size(); i = next++) pool[i].key.reset(EVP_RSA_gen(2048));
+        for (size_t i = next++; i < pool.size(); i = next++) {
+          if (i >= from_file) pool[i].key.reset(EVP_RSA_gen(2048));
+        }
       });
     }
     for (auto& t : gen) t.join();
     for (const auto& r : pool) {
       if (!r.key) return Fail("RSA key generation failed");
+    }
+    if (!o.key_file.empty() && from_file < pool.size()) {
+      FILE* out = std::fopen(o.key_file.c_str(), "w");
+      bool written = out != nullptr;
+      for (const auto& r : pool) {
+        written = written &&
+                  PEM_write_PrivateKey(out, r.key.get(), nullptr, nullptr, 0, nullptr, nullptr);
+      }
+      if (out != nullptr) written = std::fclose(out) == 0 && written;
+      if (!written) return Fail("cannot write the key file " + o.key_file);
     }
   }
 

@@ -85,6 +85,35 @@ TEST(CmcResponseTest, AResponseSignedByAnotherKeyIsRefused) {
   EXPECT_FALSE(st.ok()) << "a response signed by another key verified";
 }
 
+// BuildCmcResponse checks its own signature before the response leaves,
+// with the caller's software copy of the CA certificate when given: a
+// signature that does not verify with it (here: the copy of another CA of
+// the same name) makes an INTERNAL error, never output. The response
+// carries certificates (the issued one and the CA's), which the signature
+// does not cover; the check is the same with them there.
+TEST(CmcResponseTest, BuildRefusesWhatDoesNotVerify) {
+  Signed ca = MakeResponse("CMC Test CA");
+  Signed other = MakeResponse("CMC Test CA");
+  auto leaf_key = SoftwareRsaKey(2048);
+  auto leaf = SelfSignedCa(nullptr, leaf_key.get(), "Leaf");
+  ossl::UniquePtr<X509> software = SoftwareCopy(ca.cert.get());
+  ossl::UniquePtr<X509> wrong = SoftwareCopy(other.cert.get());
+  CmcResponseSpec spec;
+  spec.status = CmcStatus::kSuccess;
+  spec.status_string = "Issued";
+  spec.issued = leaf.get();
+  spec.certificates = {leaf.get(), ca.cert.get()};
+  for (X509* copy : {static_cast<X509*>(nullptr), software.get()}) {
+    auto good = BuildCmcResponse(nullptr, nullptr, ca.key.get(), ca.cert.get(), spec, copy);
+    ASSERT_TRUE(good.ok()) << good.status();
+    EXPECT_TRUE(VerifyCmcResponseCarries(*good, ca.cert.get(), CertificateDer(leaf.get())).ok());
+  }
+  auto bad = BuildCmcResponse(nullptr, nullptr, ca.key.get(), ca.cert.get(), spec, wrong.get());
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInternal) << bad.status();
+  EXPECT_NE(bad.status().message().find("does not verify"), std::string::npos) << bad.status();
+}
+
 TEST(CmcResponseTest, NotASignedPkiResponseIsRefused) {
   Signed s = MakeResponse("CMC Test CA");
   EXPECT_FALSE(VerifyCmcResponse({}, s.cert.get()).ok());

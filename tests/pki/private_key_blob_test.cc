@@ -5,6 +5,7 @@
 #include "pki/private_key_blob.h"
 
 #include <algorithm>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -14,6 +15,7 @@
 
 #include <gtest/gtest.h>
 #include <openssl/core_names.h>
+#include <openssl/encoder.h>
 
 #include "hsm/strings.h"
 #include "pki/cmc.h"
@@ -493,6 +495,67 @@ TEST(PrivateKeyBlobTest, PlaintextAcceptsPkcs8Rsa) {
                 "neither a PRIVATEKEYBLOB"));
 }
 
+// OpenSSL's own PKCS#8 encoder, for comparison with ToPkcs8's direct writer.
+std::vector<uint8_t> EncoderPkcs8(EVP_PKEY* key) {
+  std::unique_ptr<OSSL_ENCODER_CTX, decltype(&OSSL_ENCODER_CTX_free)> ctx(
+      OSSL_ENCODER_CTX_new_for_pkey(key, EVP_PKEY_KEYPAIR, "DER", "PrivateKeyInfo", nullptr),
+      OSSL_ENCODER_CTX_free);
+  unsigned char* der = nullptr;
+  size_t len = 0;
+  if (!ctx || OSSL_ENCODER_to_data(ctx.get(), &der, &len) != 1) return {};
+  std::vector<uint8_t> out(der, der + len);
+  OPENSSL_clear_free(der, len);
+  return out;
+}
+
+TEST(PrivateKeyBlobTest, ToPkcs8WritesTheBytesOfOpenSslAndTheWindowsVector) {
+  // The vector's PKCS#8 (byte-identical to `openssl pkcs8 -topk8 -nocrypt`
+  // of it): parsed and written again, the very same bytes.
+  const auto der = Vector("ca-exchange-key.pk8.der");
+  ASSERT_EQ(der.size(), 1216u);
+  auto ca = pki::ParsePrivateKeyPlaintext(der, nullptr, nullptr);
+  ASSERT_TRUE(ca.ok()) << ca.status();
+  auto p8 = pki::ToPkcs8(ca->get());
+  ASSERT_TRUE(p8.ok()) << p8.status();
+  EXPECT_EQ(std::vector<uint8_t>(p8->span().begin(), p8->span().end()), der);
+
+  // Generated keys of several sizes (lengths under and over 128 and 256
+  // bytes, numbers with and without a leading 0x00), e = 3 and 65537, and
+  // a Windows blob's key: the same bytes as OpenSSL's encoder.
+  std::vector<ossl::UniquePtr<EVP_PKEY>> keys;
+  for (int bits : {512, 1024, 2048, 3072}) keys.push_back(SoftwareRsaKey(bits));
+  {
+    ossl::UniquePtr<EVP_PKEY_CTX> ctx(EVP_PKEY_CTX_new_from_name(nullptr, "RSA", nullptr));
+    ossl::UniquePtr<BIGNUM> three(BN_new());
+    BN_set_word(three.get(), 3);
+    EVP_PKEY* raw = nullptr;
+    ASSERT_TRUE(ctx && EVP_PKEY_keygen_init(ctx.get()) == 1 &&
+                EVP_PKEY_CTX_set_rsa_keygen_bits(ctx.get(), 1536) == 1 &&
+                EVP_PKEY_CTX_set1_rsa_keygen_pubexp(ctx.get(), three.get()) == 1 &&
+                EVP_PKEY_keygen(ctx.get(), &raw) == 1);
+    keys.emplace_back(raw);
+  }
+  Archived a = DecryptArchived("user-enroll-3.der");
+  auto windows = pki::ParsePrivateKeyBlob(a.blob, nullptr);
+  ASSERT_TRUE(windows.ok()) << windows.status();
+  keys.push_back(std::move(*windows));
+  for (const auto& key : keys) {
+    ASSERT_TRUE(key);
+    auto mine = pki::ToPkcs8(key.get());
+    ASSERT_TRUE(mine.ok()) << mine.status();
+    const std::vector<uint8_t> theirs = EncoderPkcs8(key.get());
+    ASSERT_FALSE(theirs.empty());
+    EXPECT_EQ(std::vector<uint8_t>(mine->span().begin(), mine->span().end()), theirs)
+        << EVP_PKEY_get_bits(key.get()) << "-bit key";
+  }
+  // Other keys still go through OpenSSL's encoder.
+  ossl::UniquePtr<EVP_PKEY> ec(EVP_EC_gen("P-256"));
+  auto ec_p8 = pki::ToPkcs8(ec.get());
+  ASSERT_TRUE(ec_p8.ok()) << ec_p8.status();
+  EXPECT_EQ(std::vector<uint8_t>(ec_p8->span().begin(), ec_p8->span().end()),
+            EncoderPkcs8(ec.get()));
+}
+
 TEST(PrivateKeyBlobTest, PlaintextRefusesEcAndInconsistentPkcs8) {
   ossl::UniquePtr<EVP_PKEY> ec(EVP_EC_gen("P-256"));
   ASSERT_TRUE(ec);
@@ -595,6 +658,48 @@ TEST(PrivateKeyBlobTest, KeyVerificationRefusesAForeignKey) {
   ASSERT_TRUE(key.ok()) << key.status();
   EXPECT_TRUE(FailsWith(pki::CheckKeyPairMatches(key->get(), two.request.pkcs10.public_key()),
                         "does not belong"));
+  // Each Windows key decrypts for its own request.
+  for (const Archived* a : {&one, &two}) {
+    auto own = pki::ParsePrivateKeyBlob(a->blob, nullptr);
+    ASSERT_TRUE(own.ok()) << own.status();
+    EXPECT_TRUE(pki::CheckKeyPairMatches(own->get(), a->request.pkcs10.public_key()).ok());
+  }
+}
+
+// With the CRT numbers (as every blob and PKCS#8 key has them) the
+// decryption is done with them: a wrong exponent1, exponent2 or
+// coefficient makes it give another number, whatever d is.
+TEST(PrivateKeyBlobTest, KeyVerificationDecryptsWithTheCrtNumbers) {
+  auto mine = SoftwareRsaKey(2048);
+  const char* names[] = {OSSL_PKEY_PARAM_RSA_N,         OSSL_PKEY_PARAM_RSA_E,
+                         OSSL_PKEY_PARAM_RSA_D,         OSSL_PKEY_PARAM_RSA_FACTOR1,
+                         OSSL_PKEY_PARAM_RSA_FACTOR2,   OSSL_PKEY_PARAM_RSA_EXPONENT1,
+                         OSSL_PKEY_PARAM_RSA_EXPONENT2, OSSL_PKEY_PARAM_RSA_COEFFICIENT1};
+  for (int wrong : {-1, 5, 6, 7}) {
+    ossl::UniquePtr<OSSL_PARAM_BLD> bld(OSSL_PARAM_BLD_new());
+    std::vector<ossl::UniquePtr<BIGNUM>> keep;
+    for (int i = 0; i < 8; ++i) {
+      keep.push_back(KeyNumber(mine.get(), names[i]));
+      ASSERT_TRUE(keep.back()) << names[i];
+      if (i == wrong) BN_add_word(keep.back().get(), 2);
+      OSSL_PARAM_BLD_push_BN(bld.get(), names[i], keep.back().get());
+    }
+    ossl::UniquePtr<OSSL_PARAM> params(OSSL_PARAM_BLD_to_param(bld.get()));
+    ossl::UniquePtr<EVP_PKEY_CTX> ctx(EVP_PKEY_CTX_new_from_name(nullptr, "RSA", nullptr));
+    EVP_PKEY* raw = nullptr;
+    ASSERT_EQ(EVP_PKEY_fromdata_init(ctx.get()), 1);
+    ASSERT_EQ(EVP_PKEY_fromdata(ctx.get(), &raw, EVP_PKEY_KEYPAIR, params.get()), 1);
+    ossl::UniquePtr<EVP_PKEY> key(raw);
+    if (wrong < 0) {
+      for (int round = 0; round < 20; ++round) {
+        EXPECT_TRUE(pki::CheckKeyPairMatches(key.get(), mine.get()).ok());
+      }
+    } else {
+      EXPECT_TRUE(FailsWith(pki::CheckKeyPairMatches(key.get(), mine.get()),
+                            "the private key does not decrypt what the public key encrypted"))
+          << names[wrong];
+    }
+  }
 }
 
 // A PKCS#8 RSA key gets the blob's consistency checks, which name the bad
@@ -638,6 +743,27 @@ TEST(PrivateKeyBlobTest, Pkcs8ChecksNameTheBadNumber) {
   ASSERT_TRUE(bad_coefficient.ok()) << bad_coefficient.status();
   EXPECT_TRUE(FailsWith(pki::ParsePrivateKeyPlaintext(bad_coefficient->span(), nullptr, nullptr),
                         "not consistent: coefficient is not prime2^-1 mod prime1"));
+  // The coefficient plus prime1 is still an inverse of prime2 mod prime1,
+  // but not the one in [0, prime1) the format holds.
+  BN_sub_word(k[7].get(), 1);
+  ASSERT_EQ(BN_add(k[7].get(), k[7].get(), k[3].get()), 1);
+  auto unreduced = from_numbers({k[0].get(), k[1].get(), k[2].get(), k[3].get(), k[4].get(),
+                                 k[5].get(), k[6].get(), k[7].get()});
+  ASSERT_TRUE(unreduced.ok()) << unreduced.status();
+  EXPECT_TRUE(FailsWith(pki::ParsePrivateKeyPlaintext(unreduced->span(), nullptr, nullptr),
+                        "not consistent: coefficient is not prime2^-1 mod prime1"));
+  // d + (p-1) still gives e*d = 1 mod p-1 but not mod q-1 (e*(p-1) is
+  // not 0 mod q-1): refused as not 1 mod lcm(p-1, q-1).
+  ASSERT_EQ(BN_sub(k[7].get(), k[7].get(), k[3].get()), 1);
+  ossl::UniquePtr<BIGNUM> d_plus(BN_dup(k[2].get()));
+  ossl::UniquePtr<BIGNUM> p_minus_1(BN_dup(k[3].get()));
+  ASSERT_EQ(BN_sub_word(p_minus_1.get(), 1), 1);
+  ASSERT_EQ(BN_add(d_plus.get(), d_plus.get(), p_minus_1.get()), 1);
+  auto bad_d = from_numbers({k[0].get(), k[1].get(), d_plus.get(), k[3].get(), k[4].get(),
+                             k[5].get(), k[6].get(), k[7].get()});
+  ASSERT_TRUE(bad_d.ok()) << bad_d.status();
+  EXPECT_TRUE(FailsWith(pki::ParsePrivateKeyPlaintext(bad_d->span(), nullptr, nullptr),
+                        "privateExponent * pubexp is not 1 mod lcm(prime1 - 1, prime2 - 1)"));
 
   // p = a*b (a, b prime), q prime; d, the CRT values and the coefficient
   // computed from them exactly as for a real key.

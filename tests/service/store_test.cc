@@ -21,8 +21,11 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
 
 #include "hsm/strings.h"
+#include "service/storage/sql_store.h"
 #include "service/storage/store.h"
 #include "tests/pg_test_util.h"
 #include "tests/test_util.h"
@@ -1704,6 +1707,64 @@ TEST(DispositionTest, Names) {
   EXPECT_STREQ(DispositionName(Disposition::kIssued), "issued");
   EXPECT_STREQ(DispositionName(Disposition::kDenied), "denied");
   EXPECT_STREQ(DispositionName(Disposition::kFailed), "failed");
+}
+
+}  // namespace
+}  // namespace keywarden::service
+
+namespace keywarden::service {
+namespace {
+
+// The SPKI hash the certificate index keeps is read by walking the DER;
+// OpenSSL's decode and re-encode of the SubjectPublicKeyInfo must give the
+// same hash, for v3 and v1 certificates, RSA and EC keys.
+std::string OpenSslSpkiSha256(const std::vector<uint8_t>& der) {
+  const unsigned char* p = der.data();
+  ossl::UniquePtr<X509> cert(d2i_X509(nullptr, &p, static_cast<long>(der.size())));
+  if (!cert) return {};
+  unsigned char* spki = nullptr;
+  const int len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert.get()), &spki);
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_Digest(spki, static_cast<size_t>(len), md, &n, EVP_sha256(), nullptr);
+  OPENSSL_free(spki);
+  return HexString({md, n});
+}
+
+TEST(SpkiSha256OfCertificateTest, SameAsOpenSslDecodeForV1AndV3Certificates) {
+  std::vector<ossl::UniquePtr<EVP_PKEY>> keys;
+  keys.push_back(testing::SoftwareRsaKey(2048));
+  keys.emplace_back(EVP_EC_gen("P-256"));
+  for (const auto& key : keys) {
+    for (long version : {X509_VERSION_1, X509_VERSION_3}) {
+      ossl::UniquePtr<X509> cert(X509_new());
+      ASSERT_TRUE(cert && key);
+      X509_set_version(cert.get(), version);
+      ASN1_INTEGER_set(X509_get_serialNumber(cert.get()), 0x1234);
+      X509_NAME_add_entry_by_txt(X509_get_subject_name(cert.get()), "CN", MBSTRING_ASC,
+                                 reinterpret_cast<const unsigned char*>("spki"), -1, -1, 0);
+      X509_set_issuer_name(cert.get(), X509_get_subject_name(cert.get()));
+      X509_gmtime_adj(X509_getm_notBefore(cert.get()), 0);
+      X509_gmtime_adj(X509_getm_notAfter(cert.get()), 3600);
+      X509_set_pubkey(cert.get(), key.get());
+      ASSERT_GT(X509_sign(cert.get(), key.get(), EVP_sha256()), 0);
+      unsigned char* raw = nullptr;
+      const int len = i2d_X509(cert.get(), &raw);
+      ASSERT_GT(len, 0);
+      std::vector<uint8_t> der(raw, raw + len);
+      OPENSSL_free(raw);
+      const std::string expected = OpenSslSpkiSha256(der);
+      ASSERT_EQ(expected.size(), 64u);
+      EXPECT_EQ(SpkiSha256OfCertificate(der), expected) << "version " << version;
+      // Not a certificate: no hash.
+      std::vector<uint8_t> cut(der.begin(), der.end() - 1);
+      EXPECT_EQ(SpkiSha256OfCertificate(cut), "");
+      std::vector<uint8_t> longer = der;
+      longer.push_back(0);
+      EXPECT_EQ(SpkiSha256OfCertificate(longer), "");
+    }
+  }
+  EXPECT_EQ(SpkiSha256OfCertificate({}), "");
 }
 
 }  // namespace
