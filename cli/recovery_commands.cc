@@ -597,6 +597,27 @@ class ProgressBar {
 // KRA and written as DIR/STEM.DIGEST.kwshare (cli/share_files.h), so that
 // the coordinator's --shares-dir finds each blob's shares by its archive
 // digest and a share cannot be taken for another archive's.
+// What every --batch run checks and reads first: --out-dir is a
+// directory, the trust anchors, the blob files (BatchInputs).
+struct BatchStart {
+  std::vector<ossl::UniquePtr<X509>> anchors;
+  std::vector<std::string> inputs;
+};
+absl::StatusOr<BatchStart> StartBatch(const RecoverOptions& o) {
+  struct stat dst {};
+  if (stat(o.out_dir.c_str(), &dst) != 0 || !S_ISDIR(dst.st_mode)) {
+    return absl::NotFoundError(StrCat("--out-dir ", o.out_dir, ": not a directory"));
+  }
+  BatchStart b;
+  auto anchors = ReadAnchors(o.trust);
+  if (!anchors.ok()) return anchors.status();
+  b.anchors = std::move(*anchors);
+  auto inputs = BatchInputs(o.args);
+  if (!inputs.ok()) return inputs.status();
+  b.inputs = std::move(*inputs);
+  return b;
+}
+
 int RunContributeBatch(const RecoverOptions& o, const Output& out) {
   if (o.out_dir.empty()) {
     return out.Fail(absl::InvalidArgumentError(
@@ -607,14 +628,10 @@ int RunContributeBatch(const RecoverOptions& o, const Output& out) {
         "--contribute-to (this KRA gives its shares) and --shares/--shares-dir (this KRA "
         "coordinates) exclude each other"));
   }
-  struct stat dst {};
-  if (stat(o.out_dir.c_str(), &dst) != 0 || !S_ISDIR(dst.st_mode)) {
-    return out.Fail(absl::NotFoundError(StrCat("--out-dir ", o.out_dir, ": not a directory")));
-  }
-  auto anchors = ReadAnchors(o.trust);
-  if (!anchors.ok()) return out.Fail(anchors.status());
-  auto inputs = BatchInputs(o.args);
-  if (!inputs.ok()) return out.Fail(inputs.status());
+  auto batch = StartBatch(o);
+  if (!batch.ok()) return out.Fail(batch.status());
+  auto* anchors = &batch->anchors;
+  auto* inputs = &batch->inputs;
   auto card = OpenCard(o);
   if (!card.ok()) return out.Fail(card.status());
   nlohmann::json done = nlohmann::json::array(), failed = nlohmann::json::array();
@@ -702,14 +719,10 @@ int RunRecoverBatch(const RecoverOptions& o, const Output& out) {
   if (o.out_dir.empty()) {
     return out.Fail(absl::InvalidArgumentError("--batch needs --out-dir DIR for the PFX files"));
   }
-  struct stat dst {};
-  if (stat(o.out_dir.c_str(), &dst) != 0 || !S_ISDIR(dst.st_mode)) {
-    return out.Fail(absl::NotFoundError(StrCat("--out-dir ", o.out_dir, ": not a directory")));
-  }
-  auto anchors = ReadAnchors(o.trust);
-  if (!anchors.ok()) return out.Fail(anchors.status());
-  auto inputs = BatchInputs(o.args);
-  if (!inputs.ok()) return out.Fail(inputs.status());
+  auto batch = StartBatch(o);
+  if (!batch.ok()) return out.Fail(batch.status());
+  auto* anchors = &batch->anchors;
+  auto* inputs = &batch->inputs;
 
   // Every output name is decided, and checked free, before the card is used.
   std::vector<std::string> outputs;

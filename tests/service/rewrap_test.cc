@@ -23,31 +23,13 @@
 #include "pki/certificate.h"
 #include "tests/service/daemon_harness.h"
 #include "tests/service/kra_cards.h"
+#include "tests/service/rewrap_test_util.h"
 #include "tests/service/rpc_test_util.h"
 
 namespace keywarden::testing {
 namespace {
 
 namespace v1 = keywarden::v1;
-
-std::string Trim(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ' || s.back() == '\r')) s.pop_back();
-  return s;
-}
-
-std::string Sha256(const std::vector<uint8_t>& data) {
-  unsigned char md[32];
-  unsigned int len = 0;
-  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
-  return std::string(reinterpret_cast<char*>(md), len);
-}
-
-// The part of `openssl cms -cmsout -print` from "encryptedContentInfo:" to
-// the end: what openssl reads as the encrypted content, IV and algorithm.
-std::string EncryptedContentText(const std::string& print) {
-  const size_t at = print.find("encryptedContentInfo:");
-  return at == std::string::npos ? "" : print.substr(at);
-}
 
 class RewrapTest : public ::testing::Test {
  protected:
@@ -104,14 +86,8 @@ class RewrapTest : public ::testing::Test {
                              " --pin-source file:", daemon_->tokens().PinFile(card), " --ca-cert ",
                              daemon_->ca_cert_path(), " ", args));
   }
-  std::string Sql(const std::string& sql) const {
-    auto r = RunCommand(daemon_->SqlCommand(sql));
-    EXPECT_EQ(r.exit_code, 0) << sql << "\n" << r.output;
-    return Trim(r.output);
-  }
-  int AuditCount(const std::string& event) const {
-    return std::stoi(Sql(StrCat("SELECT count(*) FROM audit WHERE event = '", event, "'")));
-  }
+  std::string Sql(const std::string& sql) const { return SqlValue(*daemon_, sql); }
+  int AuditCount(const std::string& event) const { return AuditEventCount(*daemon_, event); }
 
   // Enrols "alice" with archival, encrypts a secret to her certificate and
   // loses the key. Sets cert_, serial_, p7m_.
@@ -128,7 +104,7 @@ class RewrapTest : public ::testing::Test {
     ASSERT_EQ(enc.exit_code, 0) << enc.output;
     std::remove(key.c_str());
     serial_ = RunCommand(StrCat("openssl x509 -noout -serial -in ", cert_)).output;
-    serial_ = Trim(serial_.substr(serial_.find('=') + 1));
+    serial_ = TrimLine(serial_.substr(serial_.find('=') + 1));
     request_id_ = std::stoll(Sql(StrCat(
         "SELECT request_id FROM certificates WHERE lower(serial) = '", AsciiLower(serial_), "'")));
   }
@@ -170,7 +146,7 @@ class RewrapTest : public ::testing::Test {
     grpc::ClientContext ctx;
     v1::RewrapArchivedKeyRequest in;
     in.set_request_id(request_id_);
-    in.set_previous_sha256(Sha256(previous));
+    in.set_previous_sha256(Sha256Raw(previous));
     in.set_enveloped_data(std::string(envelope.begin(), envelope.end()));
     v1::RewrapArchivedKeyResponse out;
     return stub->RewrapArchivedKey(&ctx, in, &out);

@@ -35,6 +35,7 @@
 #include "pki/threshold.h"
 #include "tests/service/daemon_harness.h"
 #include "tests/service/kra_cards.h"
+#include "tests/service/rewrap_test_util.h"
 #include "tests/service/rpc_test_util.h"
 
 namespace keywarden::testing {
@@ -42,23 +43,6 @@ namespace {
 
 namespace v1 = keywarden::v1;
 namespace th = pki::threshold;
-
-std::string Trim(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ' || s.back() == '\r')) s.pop_back();
-  return s;
-}
-
-std::string Sha256(const std::vector<uint8_t>& data) {
-  unsigned char md[32];
-  unsigned int len = 0;
-  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
-  return std::string(reinterpret_cast<char*>(md), len);
-}
-
-std::string EncryptedContentText(const std::string& print) {
-  const size_t at = print.find("encryptedContentInfo:");
-  return at == std::string::npos ? "" : print.substr(at);
-}
 
 struct Archived {
   std::string name, cert, p7m, serial;
@@ -119,14 +103,8 @@ class ThresholdRewrapTest : public ::testing::Test {
                              KEYWARDEN_CLI, daemon_->CliConnection("officer"), " kra rewrap",
                              CardArgs(card), args));
   }
-  std::string Sql(const std::string& sql) const {
-    auto r = RunCommand(daemon_->SqlCommand(sql));
-    EXPECT_EQ(r.exit_code, 0) << sql << "\n" << r.output;
-    return Trim(r.output);
-  }
-  int AuditCount(const std::string& event) const {
-    return std::stoi(Sql(StrCat("SELECT count(*) FROM audit WHERE event = '", event, "'")));
-  }
+  std::string Sql(const std::string& sql) const { return SqlValue(*daemon_, sql); }
+  int AuditCount(const std::string& event) const { return AuditEventCount(*daemon_, event); }
 
   Archived Archive(const std::string& name) {
     Archived a;
@@ -143,7 +121,7 @@ class ThresholdRewrapTest : public ::testing::Test {
     EXPECT_EQ(enc.exit_code, 0) << enc.output;
     std::remove(key.c_str());
     a.serial = RunCommand(StrCat("openssl x509 -noout -serial -in ", a.cert)).output;
-    a.serial = Trim(a.serial.substr(a.serial.find('=') + 1));
+    a.serial = TrimLine(a.serial.substr(a.serial.find('=') + 1));
     a.request_id = std::stoll(Sql(StrCat(
         "SELECT request_id FROM certificates WHERE lower(serial) = '", AsciiLower(a.serial), "'")));
     return a;
@@ -211,7 +189,7 @@ class ThresholdRewrapTest : public ::testing::Test {
     grpc::ClientContext ctx;
     v1::RewrapArchivedKeyRequest in;
     in.set_request_id(a.request_id);
-    in.set_previous_sha256(Sha256(previous));
+    in.set_previous_sha256(Sha256Raw(previous));
     in.set_enveloped_data(std::string(envelope.begin(), envelope.end()));
     v1::RewrapArchivedKeyResponse out;
     return stub->RewrapArchivedKey(&ctx, in, &out);
