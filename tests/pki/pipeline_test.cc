@@ -97,7 +97,7 @@ TEST(PipelineTest, FailedItemsSkipTheSecondStageAndAStopEndsTheRun) {
   EXPECT_EQ(second_calls, (std::vector<int>{0, 1, 1, 0, 1, 1, 0, 0, 0, 0}));
 }
 
-TEST(PipelineTest, NothingToDoReturnsAtOnce) {
+TEST(PipelineTest, ZeroItemsCallsNeitherStage) {
   bool called = false;
   EXPECT_EQ(RunPipeline<int>(
                 0, {},

@@ -111,22 +111,9 @@ class RewrapTest : public ::testing::Test {
   // getkey into `name`.rec; the verified inner envelope into `name`.der
   // (openssl cms -verify against the CA certificate).
   std::string Blob(const std::string& name) {
-    const std::string blob = tmp_.File(name + ".rec");
-    std::remove(blob.c_str());
-    auto get = Kw("officer", StrCat("getkey ", serial_, " ", blob));
-    EXPECT_EQ(get.exit_code, 0) << get.output;
-    auto verify = RunCommand(StrCat("openssl cms -verify -binary -purpose any -inform DER -in ",
-                                    blob, " -CAfile ", daemon_->ca_cert_path(), " -out ",
-                                    tmp_.File(name + ".der")));
-    EXPECT_EQ(verify.exit_code, 0) << verify.output;
-    return blob;
+    return GetVerifiedBlob(*daemon_, tmp_, serial_, name);
   }
-  std::string Print(const std::string& name) {
-    auto p =
-        RunCommand(StrCat("openssl cms -cmsout -print -inform DER -in ", tmp_.File(name + ".der")));
-    EXPECT_EQ(p.exit_code, 0) << p.output;
-    return p.output;
-  }
+  std::string Print(const std::string& name) { return CmsPrint(tmp_, name); }
   void ExpectRecovers(const std::string& card, const std::string& blob) {
     const std::string pfx = tmp_.File(card + ".pfx");
     auto r = Recover(card, StrCat(blob, " ", pfx, " -p 'pfx pw'"));

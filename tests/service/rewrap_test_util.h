@@ -5,6 +5,7 @@
 
 #include <openssl/evp.h>
 
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,31 @@ inline std::string SqlValue(const DaemonHarness& daemon, const std::string& sql)
 inline int AuditEventCount(const DaemonHarness& daemon, const std::string& event) {
   return std::stoi(
       SqlValue(daemon, StrCat("SELECT count(*) FROM audit WHERE event = '", event, "'")));
+}
+
+// getkey SERIAL into `dir`/`name`.rec as the officer, then `openssl cms
+// -verify` against the CA certificate, the inner envelope into
+// `dir`/`name`.der. Returns the blob's path.
+inline std::string GetVerifiedBlob(const DaemonHarness& daemon, const TempDir& dir,
+                                   const std::string& serial, const std::string& name) {
+  const std::string blob = dir.File(name + ".rec");
+  std::remove(blob.c_str());
+  auto get = RunCommand(
+      StrCat(KEYWARDEN_CLI, daemon.CliConnection("officer"), "getkey ", serial, " ", blob));
+  EXPECT_EQ(get.exit_code, 0) << get.output;
+  auto verify =
+      RunCommand(StrCat("openssl cms -verify -binary -purpose any -inform DER -in ", blob,
+                        " -CAfile ", daemon.ca_cert_path(), " -out ", dir.File(name + ".der")));
+  EXPECT_EQ(verify.exit_code, 0) << verify.output;
+  return blob;
+}
+
+// `openssl cms -cmsout -print` of `dir`/`name`.der.
+inline std::string CmsPrint(const TempDir& dir, const std::string& name) {
+  auto p =
+      RunCommand(StrCat("openssl cms -cmsout -print -inform DER -in ", dir.File(name + ".der")));
+  EXPECT_EQ(p.exit_code, 0) << p.output;
+  return p.output;
 }
 
 }  // namespace keywarden::testing

@@ -129,22 +129,9 @@ class ThresholdRewrapTest : public ::testing::Test {
   // getkey into `file`.rec; the inner envelope, verified by openssl cms
   // -verify against the CA certificate, into `file`.der.
   std::string Blob(const Archived& a, const std::string& file) {
-    const std::string blob = tmp_.File(file + ".rec");
-    std::remove(blob.c_str());
-    auto get = Kw("officer", StrCat("getkey ", a.serial, " ", blob));
-    EXPECT_EQ(get.exit_code, 0) << get.output;
-    auto verify = RunCommand(StrCat("openssl cms -verify -binary -purpose any -inform DER -in ",
-                                    blob, " -CAfile ", daemon_->ca_cert_path(), " -out ",
-                                    tmp_.File(file + ".der")));
-    EXPECT_EQ(verify.exit_code, 0) << verify.output;
-    return blob;
+    return GetVerifiedBlob(*daemon_, tmp_, a.serial, file);
   }
-  std::string Print(const std::string& file) {
-    auto p =
-        RunCommand(StrCat("openssl cms -cmsout -print -inform DER -in ", tmp_.File(file + ".der")));
-    EXPECT_EQ(p.exit_code, 0) << p.output;
-    return p.output;
-  }
+  std::string Print(const std::string& file) { return CmsPrint(tmp_, file); }
   // The PFX's key decrypts what was encrypted to the user (openssl).
   void ExpectDecrypts(const std::string& pfx, const Archived& a) {
     const std::string key = tmp_.File("recovered.key");
