@@ -1161,6 +1161,34 @@ absl::StatusOr<CertificateAuthority::RecoveryBlobResult> CertificateAuthority::G
     }
     envelope = &it->envelope;
     kra_sha1 = &it->kra_sha1;
+    // A rollover may have been made to retire a compromised KRA: the
+    // envelope it replaced is never released again once one of its KRA
+    // certificates is revoked (in this CA's database, or on its issuer's
+    // CRL while still configured). Expired KRAs still recover (the seed).
+    const std::vector<KraStatus> configured = kras_->Status();
+    for (const std::string& sha1 : *kra_sha1) {
+      bool revoked = std::any_of(configured.begin(), configured.end(), [&](const KraStatus& k) {
+        return k.sha1 == sha1 && k.state == KraState::kRevoked;
+      });
+      CertificateQuery q;
+      q.sha1 = sha1;
+      q.limit = 1;
+      auto own = store_.FindCertificates(q);
+      if (!own.ok()) return own.status();
+      if (!own->empty() && own->front().revoked) revoked = true;
+      if (revoked) {
+        const std::string why =
+            StrCat("replaced envelope ", history_version, " of request ", c.request.id,
+                   " is encrypted to KRA certificate ", sha1,
+                   ", which is revoked: it is not released (recover the current envelope)");
+        Audit(
+            who, "archival.key_retrieval_failed",
+            json{
+                {"request_id", c.request.id}, {"history_version", history_version}, {"reason", why}}
+                .dump());
+        return Error(hresult::kCertRevoked, why);
+      }
+    }
   }
   const unsigned char* p = c.certificate.der.data();
   ossl::UniquePtr<X509> user(d2i_X509(nullptr, &p, static_cast<long>(c.certificate.der.size())));

@@ -259,6 +259,23 @@ TEST_F(RewrapTest, GetkeyListsTheHistoryAndReleasesTheReplacedEnvelopeForTheOldK
   const std::string audit = Sql(
       "SELECT details FROM audit WHERE event = 'archival.key_retrieved' ORDER BY seq DESC LIMIT 1");
   EXPECT_TRUE(Contains(audit, "\"history_version\":1")) << audit;
+
+  // Card 1 is compromised: once its KRA certificate is revoked the envelope
+  // it could open is never released again; the current one still is.
+  const std::string card1_serial =
+      Sql(StrCat("SELECT serial FROM certificates WHERE sha1 = '", kra_sha1_[0], "'"));
+  ASSERT_FALSE(card1_serial.empty());
+  auto revoke = Kw("officer", StrCat("officer revoke ", card1_serial, " --reason keyCompromise"));
+  ASSERT_EQ(revoke.exit_code, 0) << revoke.output;
+  const int failed_before = AuditCount("archival.key_retrieval_failed");
+  auto refused =
+      Kw("officer", StrCat("getkey --from-history 1 ", serial_, " ", tmp_.File("gone.rec")));
+  EXPECT_NE(refused.exit_code, 0) << refused.output;
+  EXPECT_TRUE(Contains(refused.output, "0x800b010c")) << refused.output;
+  EXPECT_TRUE(Contains(refused.output, kra_sha1_[0])) << refused.output;
+  EXPECT_FALSE(std::ifstream(tmp_.File("gone.rec")).good());
+  EXPECT_EQ(AuditCount("archival.key_retrieval_failed"), failed_before + 1);
+  ExpectRecovers(cards_[2], Blob("current"));
 }
 
 TEST_F(RewrapTest, EncryptedToSelectsEveryArchiveOfThatKra) {
