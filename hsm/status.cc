@@ -329,10 +329,15 @@ absl::Status OpenSslError(std::string_view what, absl::StatusCode code) {
   unsigned long e;
   const char* data = nullptr;
   int flags = 0;
+  bool token_fault = false;
   while ((e = ERR_get_error_all(nullptr, nullptr, nullptr, &data, &flags)) != 0) {
     std::string one;
+    const bool fault = ERR_GET_LIB(e) == ERR_LIB_USER && ERR_GET_REASON(e) == kTokenFaultReason;
+    token_fault = token_fault || fault;
     if (ERR_GET_LIB(e) == ERR_LIB_USER && data != nullptr && (flags & ERR_TXT_STRING) != 0) {
       one = data;  // keywarden's provider: the message says it all
+      constexpr std::string_view kPrefix = "HSM unavailable: ";
+      if (fault && one.compare(0, kPrefix.size(), kPrefix) == 0) one.erase(0, kPrefix.size());
     } else {
       const char* reason = ERR_reason_error_string(e);
       one = reason != nullptr ? reason : StrCat("OpenSSL error ", e);
@@ -342,8 +347,9 @@ absl::Status OpenSslError(std::string_view what, absl::StatusCode code) {
     if (!reasons.empty()) reasons += "; ";
     reasons += one;
   }
-  if (reasons.empty()) return absl::Status(code, std::string(what));
-  return absl::Status(code, StrCat(what, ": ", reasons));
+  std::string message = reasons.empty() ? std::string(what) : StrCat(what, ": ", reasons);
+  if (token_fault) return HsmUnavailable(message);
+  return absl::Status(code, std::move(message));
 }
 
 }  // namespace keywarden::hsm

@@ -24,8 +24,16 @@ absl::Status Pkcs11Error(std::string_view function, CK_RV rv, std::string_view w
 std::optional<CK_RV> Pkcs11RvOf(const absl::Status& status);
 
 // Drains OpenSSL's error queue into a status message: "<what>: <openssl reason>".
+// When keywarden's provider put a token fault on the queue (kTokenFaultReason),
+// the status is that fault (UNAVAILABLE, marked by HsmUnavailable) whatever
+// `code` says: a CMS or X.509 routine that failed because the token did is
+// the CA's fault, never the data's.
 absl::Status OpenSslError(std::string_view what,
                           absl::StatusCode code = absl::StatusCode::kInternal);
+
+// OpenSSL reason code (library ERR_LIB_USER) with which keywarden's provider
+// reports a token fault.
+inline constexpr int kTokenFaultReason = 0x4b57;
 
 // Token faults: return codes that say the token (or the module, or the
 // CA's own session or key handle) failed, never the data given to it:

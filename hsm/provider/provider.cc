@@ -14,7 +14,10 @@ void RaiseError(const std::string& message) {
 }
 
 void RaiseError(const absl::Status& status) {
-  RaiseError(std::string(status.message()));
+  // A token fault keeps its kind through OpenSSL (OpenSslError turns it
+  // back into UNAVAILABLE, the CA's side), however deep the call was.
+  ERR_raise_data(ERR_LIB_USER, IsHsmFault(status) ? kTokenFaultReason : ERR_R_OPERATION_FAIL, "%s",
+                 std::string(status.message()).c_str());
 }
 
 const EVP_MD* FindDigest(const char* name) {

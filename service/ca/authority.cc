@@ -804,6 +804,13 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
   }
 
   if (t->pend && !approving) {
+    // The response is made (and signed on the token) before anything is
+    // committed: a token fault here leaves the request failed on the CA's
+    // side with nothing attached, so that sending it again works.
+    RequestRecord answered = request;
+    answered.disposition_message = "Taken Under Submission";
+    auto response = CmcResponseFor(answered, std::nullopt, stored->body_part_id);
+    if (!response.ok()) return FailCaSide(request, response.status());
     if (archived_now) {
       if (auto st = store_.AttachArchivedKey(request.id, *request.archived_key); !st.ok()) {
         return st;
@@ -830,8 +837,6 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
       }
     }
     EnrollmentOutcome pending{std::move(request), std::nullopt, {}};
-    auto response = CmcResponseFor(pending.request, std::nullopt, stored->body_part_id);
-    if (!response.ok()) return response.status();
     pending.cmc_response = std::move(*response);
     return pending;
   }
@@ -862,6 +867,18 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
     return cert.status();
   }
   CertificateRecord record = CertificateRecordFor(cert->get(), request.id, t->name);
+  // The CMC response is signed before the issuance is committed: a token
+  // fault here fails the request on the CA's side with nothing issued or
+  // archived, so the client can send the same request again (once
+  // committed, it would be a replay of an archived key).
+  RequestRecord answered = request;
+  answered.disposition = Disposition::kIssued;
+  answered.disposition_message = "Issued";
+  answered.serial = record.serial;
+  answered.resolved_at = now;
+  answered.resolved_by = policy;
+  auto response = CmcResponseFor(answered, record, stored->body_part_id, cert->get());
+  if (!response.ok()) return FailCaSide(request, response.status());
   // The issuance, its archive and their audit records are one transaction:
   // never an issued certificate without its archive or its audit trail.
   std::vector<AuditEntry> audit;
@@ -917,9 +934,6 @@ absl::StatusOr<EnrollmentOutcome> CertificateAuthority::Process(RequestRecord re
   request.resolved_at = now;
   request.resolved_by = policy;
   EnrollmentOutcome issued{std::move(request), std::move(record), {}};
-  auto response =
-      CmcResponseFor(issued.request, issued.certificate, stored->body_part_id, cert->get());
-  if (!response.ok()) return response.status();
   issued.cmc_response = std::move(*response);
   return issued;
 }
@@ -963,9 +977,11 @@ absl::StatusOr<std::vector<uint8_t>> CertificateAuthority::CmcResponseFor(
   auto der = pki::BuildCmcResponse(issuer_->libctx(), issuer_->properties(), issuer_->signing_key(),
                                    certificate(), spec, issuer_->ca_certificate_software());
   if (!der.ok()) {
-    // A CA-side fault (token, signature check), never the client's.
-    return absl::InternalError(StrCat("the CA could not make the CMC response for request ",
-                                      request.id, ": ", der.status().message()));
+    // A CA-side fault (token, signature check), never the client's; a
+    // token fault stays UNAVAILABLE (the client may try again).
+    const std::string why = StrCat("the CA could not make the CMC response for request ",
+                                   request.id, ": ", der.status().message());
+    return hsm::IsHsmFault(der.status()) ? hsm::HsmUnavailable(why) : absl::InternalError(why);
   }
   return std::move(*der);
 }

@@ -118,30 +118,30 @@ absl::StatusOr<std::unique_ptr<DaemonHarness>> DaemonHarness::Start(const Option
     if (auto st = h->WriteTlsCrl(-60, 7 * 24 * 3600); !st.ok()) return st;
   }
 
-  std::string toml =
-      StrCat("[ca]\nname = \"keywarden Test CA\"\ncertificate = \"ca.pem\"\n\n",
-             "[hsm]\nmodule = \"", module, "\"\ntoken = \"pkcs11:token=keywarden-ca\"\n",
-             "pin_source = \"file:", pin_file, "\"\n",
-             "signing_key = "
-             "\"pkcs11:token=keywarden-ca;object=ca-signing;type=private\"\nmax_sessions = 8\n\n",
-             "[exchange]\nvalidity = \"", options.exchange_validity, "\"\noverlap = \"",
-             options.exchange_overlap, "\"\nkey_algorithm = \"rsa2048\"\n\n",
-             h->pg_ ? StrCat("[database]\nbackend = \"postgresql\"\nconnection = \"",
-                             h->pg_->conninfo(), "\"\npool_size = 8\n",
-                             std::getenv("KEYWARDEN_TEST_IN_PROCESS_TIMEOUT") != nullptr
-                                 ? StrCat("in_process_timeout = \"",
-                                          std::getenv("KEYWARDEN_TEST_IN_PROCESS_TIMEOUT"), "\"\n")
-                                 : std::string(),
-                             "\n")
-                    : std::string("[database]\nbackend = \"sqlite\"\npath = \"ca.db\"\n\n"),
-             "[server]\nlisten = \"127.0.0.1:0\"\ntls_certificate = \"tls/server.pem\"\n",
-             "tls_key = \"tls/server.key\"\nclient_ca = [\"tls/tls-ca.pem\"",
-             options.trust_own_ca ? ", \"ca.pem\"" : "", "]\n",
-             options.tls_crl ? "client_crls = [\"tls/tls-ca.crl\"]\n" : "",
-             options.tls_crl_optional ? "client_crl_optional = [\"tls/tls-ca.pem\"]\n" : "", "\n",
-             "[crl]\nvalidity = \"", options.crl_validity, "\"\n\n",
-             "[flags]\nrole_separation = ", options.role_separation ? "true" : "false", "\n",
-             options.extra_flags, "\n\n");
+  std::string toml = StrCat(
+      "[ca]\nname = \"keywarden Test CA\"\ncertificate = \"ca.pem\"\n\n", "[hsm]\nmodule = \"",
+      options.module.empty() ? module : options.module,
+      "\"\ntoken = \"pkcs11:token=keywarden-ca\"\n", "pin_source = \"file:", pin_file, "\"\n",
+      "signing_key = "
+      "\"pkcs11:token=keywarden-ca;object=ca-signing;type=private\"\nmax_sessions = 8\n\n",
+      "[exchange]\nvalidity = \"", options.exchange_validity, "\"\noverlap = \"",
+      options.exchange_overlap, "\"\nkey_algorithm = \"rsa2048\"\n\n",
+      h->pg_ ? StrCat("[database]\nbackend = \"postgresql\"\nconnection = \"", h->pg_->conninfo(),
+                      "\"\npool_size = 8\n",
+                      std::getenv("KEYWARDEN_TEST_IN_PROCESS_TIMEOUT") != nullptr
+                          ? StrCat("in_process_timeout = \"",
+                                   std::getenv("KEYWARDEN_TEST_IN_PROCESS_TIMEOUT"), "\"\n")
+                          : std::string(),
+                      "\n")
+             : std::string("[database]\nbackend = \"sqlite\"\npath = \"ca.db\"\n\n"),
+      "[server]\nlisten = \"127.0.0.1:0\"\ntls_certificate = \"tls/server.pem\"\n",
+      "tls_key = \"tls/server.key\"\nclient_ca = [\"tls/tls-ca.pem\"",
+      options.trust_own_ca ? ", \"ca.pem\"" : "", "]\n",
+      options.tls_crl ? "client_crls = [\"tls/tls-ca.crl\"]\n" : "",
+      options.tls_crl_optional ? "client_crl_optional = [\"tls/tls-ca.pem\"]\n" : "", "\n",
+      "[crl]\nvalidity = \"", options.crl_validity, "\"\n\n",
+      "[flags]\nrole_separation = ", options.role_separation ? "true" : "false", "\n",
+      options.extra_flags, "\n\n");
   const std::vector<std::pair<std::string, std::string>> roles = {
       {"admin", "ca-administrator"}, {"officer", "certificate-manager"},
       {"auditor", "auditor"},        {"backup", "backup-operator"},

@@ -87,6 +87,9 @@ class DaemonHarness {
     // The SoftHSM2 tokens made for this daemon: StandardTokens() when empty
     // (SoftHsmFixture::FiveKraCards() for the threshold 3-of-5 tests).
     std::vector<FixtureToken> tokens;
+    // keywardend's PKCS#11 module ([hsm] module): SoftHSM2 when empty (the
+    // CLI runs the harness makes always use SoftHSM2 itself).
+    std::string module;
   };
 
   // Principals with a client certificate from the trusted TLS CA:

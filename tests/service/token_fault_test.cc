@@ -351,6 +351,125 @@ TEST_F(TokenFaultTest, TokenTakenAwayUnderLoadIsUnavailableNeverDeniedAndBackWit
   std::fprintf(stderr, "%s\n", Sql("SELECT details FROM audit WHERE event LIKE 'hsm.%'").c_str());
 }
 
+// keywardend on the fault module (tests/hsm/fault_module.cc): SoftHSM2
+// underneath, with the token failing at exactly the call a plan names.
+class TokenStepFaultTest : public TokenFaultTest {
+ protected:
+  void SetUp() override {
+    plan_ = plan_dir_.File("plan");
+    WritePlan("");
+    setenv("KEYWARDEN_FAULT_PLAN", plan_.c_str(), 1);  // keywardend inherits it
+    setenv("KEYWARDEN_FAULT_TARGET", SoftHsmFixture::module_path().c_str(), 1);
+    DaemonHarness::Options options;
+    options.extra_toml = kKraTemplateToml;
+    options.module = KEYWARDEN_FAULT_MODULE;
+    auto d = DaemonHarness::Start(options);
+    ASSERT_TRUE(d.ok()) << d.status();
+    daemon_ = std::move(*d);
+  }
+  void TearDown() override {
+    daemon_.reset();
+    unsetenv("KEYWARDEN_FAULT_PLAN");
+    unsetenv("KEYWARDEN_FAULT_TARGET");
+  }
+
+  // Replaces the plan atomically (the module reads it at every call).
+  void WritePlan(const std::string& text) {
+    const std::string tmp = plan_ + ".tmp";
+    {
+      std::ofstream f(tmp, std::ios::trunc);
+      f << text;
+    }
+    ASSERT_EQ(std::rename(tmp.c_str(), plan_.c_str()), 0);
+  }
+  // The faults injected since the last call, one line each.
+  std::vector<std::string> TakeFired() {
+    std::vector<std::string> out;
+    std::ifstream f(plan_ + ".fired");
+    for (std::string line; std::getline(f, line);) out.push_back(line);
+    std::remove((plan_ + ".fired").c_str());
+    return out;
+  }
+
+  TempDir plan_dir_;
+  std::string plan_;
+};
+
+// The token fails (CKR_DEVICE_ERROR) at one exact step of an archival, one
+// step per request: the exchange key's decryption, the fresh key the archive
+// is encrypted under, the certificate's signature and the CMC response's
+// signature. Each time the client hears UNAVAILABLE ("HSM unavailable"), the
+// request is failed with the CA's reason, nothing is issued or archived for
+// it -- and the very same request goes through once the token is back (had
+// the issuance been committed before the response was signed, it would be
+// refused as a replay of an archived key).
+TEST_F(TokenStepFaultTest, ArchivalFailingAtEachTokenStepIsTheCasFaultAndCanBeSentAgain) {
+  auto kra = EnrollKraCard(*daemon_, "kra-card-1");
+  ASSERT_TRUE(kra.ok()) << kra.status();
+  ASSERT_TRUE(UseKras(*daemon_, {pki::Sha1Thumbprint(kra->get())}, 1).ok());
+  struct Step {
+    const char* function;
+    int n;
+    const char* what;
+  };
+  const std::vector<Step> steps = {
+      {"C_DecryptInit", 1, "the exchange key decrypts the archived key"},
+      {"C_Decrypt", 1, "the exchange key decrypts the archived key (C_Decrypt)"},
+      {"C_GenerateKey", 1, "the fresh key the archive is encrypted under"},
+      {"C_SignInit", 1, "the certificate's signature"},
+      {"C_SignInit", 2, "the CMC response's signature"},
+      {"C_Sign", 2, "the CMC response's signature (C_Sign)"},
+  };
+  const std::vector<std::string> requests = ArchivalRequests(static_cast<int>(steps.size()));
+  ASSERT_EQ(requests.size(), steps.size());
+  (void)TakeFired();
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const Step& step = steps[i];
+    SCOPED_TRACE(StrCat(step.function, " #", step.n, ": ", step.what));
+    const std::string last_before = Sql("SELECT coalesce(max(id), 0) FROM requests");
+    WritePlan(StrCat(step.function, " ", step.n, " 0x30\n"));  // CKR_DEVICE_ERROR
+    v1::EnrollmentResult r;
+    grpc::Status s = Submit(requests[i], "ArchivalUser", &r);
+    WritePlan("");
+    const std::vector<std::string> fired = TakeFired();
+    ASSERT_EQ(fired.size(), 1u) << "the fault was not injected once";
+    EXPECT_EQ(fired[0], StrCat(step.function, " ", step.n, " 0x30"));
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+    EXPECT_NE(s.error_message().find("HSM unavailable"), std::string::npos) << s.error_message();
+    const std::string id = Sql("SELECT max(id) FROM requests");
+    ASSERT_EQ(std::stoll(id), std::stoll(last_before) + 1) << "one row for the request";
+    EXPECT_EQ(Sql("SELECT disposition FROM requests WHERE id = " + id), "30");
+    EXPECT_NE(
+        Sql("SELECT disposition_message FROM requests WHERE id = " + id).find("HSM unavailable"),
+        std::string::npos);
+    EXPECT_EQ(Sql("SELECT count(*) FROM requests WHERE id = " + id +
+                  " AND (archived_key IS NOT NULL OR serial IS NOT NULL)"),
+              "0");
+    EXPECT_EQ(Sql("SELECT count(*) FROM certificates WHERE request_id = " + id), "0");
+
+    // The same bytes again, once the token is back (it recovers by itself).
+    grpc::Status again;
+    v1::EnrollmentResult issued;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    do {
+      issued.Clear();
+      again = Submit(requests[i], "ArchivalUser", &issued);
+      if (again.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    } while (std::chrono::steady_clock::now() < deadline);
+    ASSERT_TRUE(again.ok()) << again.error_message();
+    EXPECT_EQ(issued.disposition(), v1::DISPOSITION_ISSUED) << issued.message();
+    EXPECT_FALSE(issued.cmc_response().empty());
+    EXPECT_EQ(Sql(StrCat("SELECT count(*) FROM requests WHERE id = ", issued.request_id(),
+                         " AND disposition = 20 AND archived_key IS NOT NULL")),
+              "1");
+    EXPECT_TRUE(TakeFired().empty());
+  }
+  // Nothing was ever denied: every refusal was the CA's.
+  EXPECT_EQ(Sql("SELECT count(*) FROM requests WHERE disposition = 31"), "0");
+  EXPECT_EQ(Sql("SELECT count(*) FROM audit WHERE event = 'request.denied'"), "0");
+}
+
 // A request a crash left between states (inserted, marked in process, never
 // resolved) is failed "interrupted" at start and audited; one taken under
 // submission for a Certificate Manager stays pending.
