@@ -217,6 +217,12 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
       [ca_ptr](const std::string& spki, const std::string& subject, const std::string& principal) {
         return ca_ptr->CheckKeyOwner(spki, subject, principal, /*archiving=*/false);
       });
+  // What an alias issues under this CA's own certificate is this CA's
+  // certificate: recorded in its database (revocable, on its CRL).
+  (*signer)->SetIssuanceRecorder([ca_ptr](const service::signing::DelegatedSigner::Issuance& i) {
+    return ca_ptr->RecordDelegatedIssuance(i.principal, i.alias, i.template_name, i.request,
+                                           i.certificate, i.audit_details);
+  });
   // The archival self-test (seed: event 86) before any request is served;
   // a failure refuses archival only (0x80090019), everything else serves.
   (*ca)->RunArchivalSelfTest("start");

@@ -36,6 +36,7 @@
 #include "service/errors.h"
 #include "service/observe/log.h"
 #include "service/observe/metrics.h"
+#include "service/storage/sql_store.h"
 
 namespace keywarden::service {
 namespace {
@@ -307,6 +308,52 @@ absl::Status CertificateAuthority::AuditCommitted(const std::string& principal,
              json{{"event", event}, {"error", std::string(st.status().message())}});
   return absl::UnavailableError(
       StrCat(what, ": the CA could not write its audit record (", st.status().message(), ")"));
+}
+
+absl::Status CertificateAuthority::RecordDelegatedIssuance(
+    const std::string& principal, std::string_view alias, const std::string& template_name,
+    std::span<const uint8_t> request, X509* certificate, const std::string& audit_details) {
+  const int64_t now = clock_();
+  CertificateRecord record = CertificateRecordFor(certificate, 0, template_name);
+  RequestRecord r;
+  r.requester = principal;
+  r.template_name = template_name;
+  r.format = "pkcs10";
+  r.raw.assign(request.begin(), request.end());
+  // The certificate's subject: the call may have replaced the request's.
+  r.subject = record.subject;
+  r.spki_sha256 = SpkiSha256OfCertificate(record.der);  // as the store computes it
+  r.request_sha256 = pki::Sha256Hex(request);
+  r.disposition = Disposition::kPending;
+  r.disposition_message = "Issued";
+  r.submitted_at = now;
+  const std::string by = StrCat("signing:", alias);
+  json details = json::parse(audit_details, nullptr, /*allow_exceptions=*/false);
+  if (!details.is_object()) return absl::InternalError("delegated issuance: audit details");
+  absl::Status key_refusal;
+  absl::Status recorded = store_.Transact(
+      StrCat("recording certificate ", record.serial, " issued through signing key ", alias),
+      [&](Transaction& txn) -> absl::Status {
+        key_refusal = absl::OkStatus();
+        if (auto st = txn.Lock(StrCat("key:", r.spki_sha256)); !st.ok()) return st;
+        if (auto st = CheckKeyOwnerIn(txn, r.spki_sha256, r.subject, principal,
+                                      /*archiving=*/false, 0, {}, nullptr);
+            !st.ok()) {
+          key_refusal = st;
+          return st;
+        }
+        auto id = txn.InsertRequest(r);
+        if (!id.ok()) return id.status();
+        CertificateRecord issued = record;
+        issued.request_id = *id;
+        if (auto st = txn.RecordIssued(*id, issued, std::nullopt, by, now); !st.ok()) return st;
+        details["request_id"] = *id;
+        return txn.AppendAudit({principal, "signing.certificate_issued", details.dump()}, now)
+            .status();
+      });
+  if (!recorded.ok() && !key_refusal.ok()) return key_refusal;
+  if (recorded.ok()) metrics::Add(metrics::kSignatures, {{"kind", "certificate"}});
+  return recorded;
 }
 
 absl::Status CertificateAuthority::CheckKeyOwner(const std::string& spki_sha256,

@@ -278,6 +278,19 @@ class CertificateAuthority {
                                bool archiving, int64_t exclude_request,
                                const std::string& exclude_serial, std::string* same_key_as);
 
+  // Records a certificate a delegated signing alias issued under this CA's
+  // own certificate (Signing/IssueCertificate) the way an enrolment is: a
+  // request row from `principal` (the PKCS#10 `request` as received, the
+  // certificate's subject, resolved by "signing:<alias>") and the
+  // certificate issued for it, with the "signing.certificate_issued" audit
+  // record (`audit_details` plus the request id), in one transaction after
+  // the key's owner is checked again under the key's lock. So it can be
+  // revoked, goes on this CA's CRL and holds its key for its owner.
+  absl::Status RecordDelegatedIssuance(const std::string& principal, std::string_view alias,
+                                       const std::string& template_name,
+                                       std::span<const uint8_t> request, X509* certificate,
+                                       const std::string& audit_details);
+
   // Appends to the audit log; a failure to audit is logged loudly.
   void Audit(const std::string& principal, const std::string& event,
              const std::string& details_json);

@@ -255,7 +255,8 @@ absl::StatusOr<std::unique_ptr<DelegatedSigner>> DelegatedSigner::Open(
       // certificate are what relying parties need, so [publication]'s URLs
       // go in. Under another issuer they would send verifiers to a CRL
       // that is not its issuer's, so none go in (DECISIONS.md).
-      if (IsThisCasCertificate(config, key->certificate.get())) {
+      key->under_this_ca = IsThisCasCertificate(config, key->certificate.get());
+      if (key->under_this_ca) {
         auto publication = PublicationExtensions(config.publication);
         if (!publication.ok()) return publication.status();
         (*issuer)->SetPublicationExtensions(std::move(*publication));
@@ -695,6 +696,13 @@ absl::StatusOr<IssuedCertificate> DelegatedSigner::IssueCertificate(
   spec.key_usage = t->key_usage;
   spec.extended_key_usage = t->extended_key_usage;
   spec.extensions = std::move(*extensions);
+  if (key.under_this_ca && !recorder_) {
+    // Fail closed: never a certificate of this CA that its database does not hold.
+    return absl::FailedPreconditionError(
+        StrCat(Describe(key),
+               " issues under this CA's certificate and nothing records what it "
+               "issues in the CA database"));
+  }
   auto cert = key.issuer->IssueCertificate(spec);
   if (!cert.ok()) return cert.status();
 
@@ -702,14 +710,23 @@ absl::StatusOr<IssuedCertificate> DelegatedSigner::IssueCertificate(
   out.serial = SerialHex(cert->get());
   out.chain.push_back(pki::CertificateDer(key.certificate.get()));
   for (const auto& c : key.chain) out.chain.push_back(pki::CertificateDer(c.get()));
-  if (audit_) {
-    audit_(principal, "signing.certificate_issued",
-           json{{"alias", std::string(alias)},
-                {"template", t->name},
-                {"serial", out.serial},
-                {"subject", pki::FormatName(X509_get_subject_name(cert->get()))},
-                {"sha1", pki::Sha1Thumbprint(cert->get())}}
-               .dump());
+  const std::string details = json{
+      {"alias", std::string(alias)},
+      {"template", t->name},
+      {"serial", out.serial},
+      {"subject", pki::FormatName(X509_get_subject_name(cert->get()))},
+      {"sha1", pki::Sha1Thumbprint(
+                   cert->get())}}.dump();
+  if (key.under_this_ca) {
+    // Recorded (revocable, on the CRL, in the one-key-one-owner check)
+    // with its audit record before it leaves; unrecorded, it never does.
+    if (auto st = recorder_(Issuance{principal, alias, t->name, request, cert->get(), details});
+        !st.ok()) {
+      if (!HResultOf(st)) return st;  // the CA database, not the request
+      return refuse(st);
+    }
+  } else if (audit_) {
+    audit_(principal, "signing.certificate_issued", details);
   }
   out.certificate = std::move(*cert);
   return out;

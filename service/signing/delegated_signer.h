@@ -51,7 +51,10 @@ struct SigningKey {
   std::vector<std::string> templates;  // canonical template names
   ossl::UniquePtr<X509> certificate;   // may be null
   std::vector<ossl::UniquePtr<X509>> chain;
-  std::unique_ptr<Issuer> issuer;       // when templates is not empty
+  std::unique_ptr<Issuer> issuer;  // when templates is not empty
+  // The alias's certificate is this CA's ([ca] certificate): what it issues
+  // is this CA's certificate, recorded in its database.
+  bool under_this_ca = false;
   std::vector<uint8_t> public_key_der;  // SubjectPublicKeyInfo
 
   hsm::KeyType type() const { return token_key->type; }
@@ -155,6 +158,25 @@ class DelegatedSigner {
       std::function<absl::Status(const std::string&, const std::string&, const std::string&)>;
   void SetKeyOwnerCheck(KeyOwnerCheck check) { key_owner_check_ = std::move(check); }
 
+  // A certificate IssueCertificate made under this CA's own certificate,
+  // to be recorded before it leaves.
+  struct Issuance {
+    const std::string& principal;
+    std::string_view alias;
+    const std::string& template_name;
+    std::span<const uint8_t> request;  // the PKCS#10 request as received
+    X509* certificate;
+    const std::string& audit_details;  // JSON of the signing.certificate_issued record
+  };
+  // Records an Issuance in the CA database with its audit record, in one
+  // unit of work (the daemon: CertificateAuthority::RecordDelegatedIssuance,
+  // which checks the key's owner again under the key's lock). Without one,
+  // IssueCertificate refuses to issue under this CA's certificate: a
+  // certificate of this CA that its database does not hold could be neither
+  // revoked nor put on its CRL. Set once, before serving.
+  using IssuanceRecorder = std::function<absl::Status(const Issuance&)>;
+  void SetIssuanceRecorder(IssuanceRecorder recorder) { recorder_ = std::move(recorder); }
+
   // Writes one "signing.usage" audit record per (principal, alias) that
   // signed since the last flush, and resets the counters.
   void FlushUsage();
@@ -191,6 +213,7 @@ class DelegatedSigner {
   std::shared_ptr<hsm::CryptoContext> crypto_;
   AuditSink audit_;
   KeyOwnerCheck key_owner_check_;
+  IssuanceRecorder recorder_;
   RefusalLimiter refusals_;
   Clock clock_;
   std::vector<std::shared_ptr<hsm::Token>> tokens_;

@@ -637,6 +637,159 @@ TEST_F(SigningTest, IssuedUnderTheCaCertificateTheCertificateCarriesThePublicati
   }
 }
 
+// A certificate an alias of the CA key issues under this CA's certificate is
+// this CA's certificate like any other: recorded (a request row from the
+// signer, resolved by "signing:ca", and the certificate), so a Certificate
+// Manager can revoke it and it goes on the CRL; and its key is held for its
+// owner (another subject through the alias, or an enrollee, is refused).
+// Under another issuer's certificate nothing goes into this CA's database.
+TEST_F(SigningTest, IssuedUnderTheCaCertificateTheCertificateIsRecordedRevocableAndHoldsItsKey) {
+  daemon_.reset();
+  Start(StrCat("\n[[signing.keys]]\nalias = \"ca\"\n",
+               "key = \"pkcs11:token=keywarden-ca;object=ca-signing;type=private\"\n",
+               "certificate = \"ca.pem\"\nalgorithms = [\"rsa-pkcs1-sha256\"]\n",
+               "principals = [\"", kSigner, "\"]\ntemplates = [\"User\"]\n"));
+  ASSERT_NE(daemon_, nullptr);
+  const std::string key = tmp_.File("d.key"), csr = tmp_.File("d.der");
+  auto r =
+      RunCommand(StrCat("openssl req -new -newkey rsa:2048 -nodes -subj "
+                        "'/CN=delegated user/O=keywarden test' -keyout ",
+                        key, " -outform DER -out ", csr));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string csr_der = Slurp(csr);
+  auto issue = [&](const std::string& alias, const std::string& subject,
+                   v1::IssuedCertificate* out) {
+    grpc::ClientContext ctx;
+    v1::IssueCertificateRequest in;
+    in.set_alias(alias);
+    in.set_template_name("User");
+    in.set_csr(csr_der);
+    in.set_subject(subject);
+    return Stub("signer")->IssueCertificate(&ctx, in, out);
+  };
+  auto find = [&](const std::string& serial) {
+    auto officer = v1::Officer::NewStub(daemon_->Channel("officer"));
+    grpc::ClientContext ctx;
+    v1::FindCertificatesRequest in;
+    in.set_serial(serial);
+    v1::FindCertificatesResponse out;
+    grpc::Status st = officer->FindCertificates(&ctx, in, &out);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return out;
+  };
+
+  v1::IssuedCertificate issued;
+  grpc::Status st = issue("ca", "", &issued);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  auto cert = CertFromDer(issued.certificate());
+  ASSERT_NE(cert, nullptr);
+  const std::string pem = tmp_.File("delegated.pem");
+  WriteFile(pem, ToPem(cert.get()));
+  // The serial as openssl prints it.
+  auto printed = RunCommand("openssl x509 -noout -serial -in " + pem);
+  ASSERT_EQ(printed.exit_code, 0) << printed.output;
+  std::string serial = AsciiLower(printed.output.substr(7));
+  while (!serial.empty() && serial.back() == '\n') serial.pop_back();
+  EXPECT_EQ(issued.serial(), serial);
+
+  // Recorded, with a request row from the signer.
+  v1::FindCertificatesResponse found = find(serial);
+  ASSERT_EQ(found.certificates_size(), 1);
+  const v1::CertificateInfo& info = found.certificates(0);
+  EXPECT_EQ(info.subject(), "O=keywarden test,CN=delegated user");  // RFC 4514: last RDN first
+  EXPECT_EQ(info.template_name(), "User");
+  ASSERT_GT(info.request_id(), 0);
+  {
+    auto officer = v1::Officer::NewStub(daemon_->Channel("officer"));
+    grpc::ClientContext ctx;
+    v1::GetRequestRequest in;
+    in.set_request_id(info.request_id());
+    v1::RequestInfo request;
+    st = officer->GetRequest(&ctx, in, &request);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(request.requester(), kSigner);
+    EXPECT_EQ(request.disposition(), v1::DISPOSITION_ISSUED);
+  }
+  int audited = 0;
+  for (const auto& rec : Audit()) {
+    if (rec.event() == "signing.certificate_issued" && Contains(rec.details(), serial) &&
+        Contains(rec.details(), StrCat("\"request_id\":", info.request_id()))) {
+      ++audited;
+    }
+  }
+  EXPECT_EQ(audited, 1);
+
+  // The key is held for its owner: not for another subject through the
+  // alias, nor for an enrollee.
+  v1::IssuedCertificate other;
+  st = issue("ca", "CN=mallory,O=keywarden test", &other);
+  EXPECT_FALSE(st.ok());
+  EXPECT_EQ(DetailOf(st).hresult(), 0x80092005u) << st.error_message();
+  EXPECT_TRUE(Contains(st.error_message(), StrCat("certificate ", serial))) << st.error_message();
+  EXPECT_TRUE(other.certificate().empty());
+  {
+    auto enrollment = v1::Enrollment::NewStub(daemon_->Channel("enrollee"));
+    grpc::ClientContext ctx;
+    v1::SubmitRequest in;
+    in.set_request(csr_der);
+    in.set_template_name("User");
+    v1::EnrollmentResult out;
+    st = enrollment->Submit(&ctx, in, &out);
+    EXPECT_FALSE(st.ok() && out.disposition() == v1::DISPOSITION_ISSUED);
+    EXPECT_EQ(DetailOf(st).hresult(), 0x80092005u) << st.error_message();
+  }
+
+  // Revocable by a Certificate Manager, and on the next CRL (openssl reads it).
+  {
+    auto officer = v1::Officer::NewStub(daemon_->Channel("officer"));
+    grpc::ClientContext ctx;
+    v1::RevokeRequest in;
+    in.set_serial(serial);
+    in.set_reason(1);  // keyCompromise
+    v1::CertificateInfo out;
+    st = officer->Revoke(&ctx, in, &out);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_TRUE(out.revoked());
+  }
+  {
+    auto admin = v1::Administration::NewStub(daemon_->Channel("admin"));
+    grpc::ClientContext ctx;
+    v1::Crl crl;
+    st = admin->PublishCrl(&ctx, v1::PublishCrlRequest(), &crl);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    WriteFile(tmp_.File("ca.crl"), crl.crl());
+    auto text = RunCommand("openssl crl -inform DER -noout -text -in " + tmp_.File("ca.crl"));
+    ASSERT_EQ(text.exit_code, 0) << text.output;
+    EXPECT_TRUE(Contains(AsciiLower(text.output), StrCat("serial number: ", serial)))
+        << text.output;
+    WriteFile(tmp_.File("ca.crl.pem"), "");
+    auto pem_crl = RunCommand("openssl crl -inform DER -in " + tmp_.File("ca.crl") + " -out " +
+                              tmp_.File("ca.crl.pem"));
+    ASSERT_EQ(pem_crl.exit_code, 0) << pem_crl.output;
+    auto v = RunCommand("openssl verify -crl_check -CAfile " + daemon_->ca_cert_path() +
+                        " -CRLfile " + tmp_.File("ca.crl.pem") + " " + pem);
+    EXPECT_NE(v.exit_code, 0) << v.output;
+    EXPECT_TRUE(Contains(v.output, "certificate revoked")) << v.output;
+  }
+
+  // Under another issuer's certificate (alias "rsa"): not this CA's, not recorded.
+  const std::string key2 = tmp_.File("o.key"), csr2 = tmp_.File("o.der");
+  r =
+      RunCommand(StrCat("openssl req -new -newkey rsa:2048 -nodes -subj "
+                        "'/CN=other issuer user/O=keywarden test' -keyout ",
+                        key2, " -outform DER -out ", csr2));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  grpc::ClientContext ctx;
+  v1::IssueCertificateRequest in;
+  in.set_alias("rsa");
+  in.set_template_name("User");
+  in.set_csr(Slurp(csr2));
+  v1::IssuedCertificate elsewhere;
+  st = Stub("signer")->IssueCertificate(&ctx, in, &elsewhere);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(find(elsewhere.serial()).certificates_size(), 0);
+}
+
 TEST_F(SigningTest, IssueCertificateRefusesAKeyTheCaCertifiedToSomeoneElse) {
   const std::string key = tmp_.File("alice.key"), csr = tmp_.File("alice.der");
   auto r =
