@@ -80,6 +80,7 @@ class Run {
       if (!session.ok()) {
         Add(kTokenRole, "open a session", CheckResult::kFail, RvOf(session.status()),
             std::string(session.status().message()));
+        checks_.back().token_fault = IsHsmFault(session.status());
         return std::move(checks_);
       }
       if (!LoginState(*session)) return std::move(checks_);
@@ -523,7 +524,7 @@ std::string SelfTestFailures(const std::vector<SelfTestCheck>& checks) {
 
 bool SelfTestMetTokenFault(const std::vector<SelfTestCheck>& checks) {
   return std::any_of(checks.begin(), checks.end(), [](const SelfTestCheck& c) {
-    return c.required && c.result == CheckResult::kFail && IsTokenFault(c.rv);
+    return c.required && c.result == CheckResult::kFail && (c.token_fault || IsTokenFault(c.rv));
   });
 }
 

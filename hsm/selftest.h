@@ -30,6 +30,9 @@ struct SelfTestCheck {
   CK_RV rv = CKR_OK;     // the PKCS#11 return value that decided it (CKR_OK when none)
   std::string detail;    // why it failed or was skipped, or what was found
   bool required = true;  // false: only some deployments need it (e.g. EC, OAEP)
+  // The token was unavailable (down, being recovered), not unable: the
+  // check says nothing about its mechanisms.
+  bool token_fault = false;
 };
 
 struct SelfTestOptions {

@@ -105,6 +105,16 @@ bool IsThisCasCertificate(const Config& config, X509* cert) {
          pki::CertificateDer(ca->front().get()) == pki::CertificateDer(cert);
 }
 
+// True when `pub` is the public key of this CA's certificate ([ca] certificate).
+bool IsThisCasKey(const Config& config, EVP_PKEY* pub) {
+  if (config.ca.certificate.empty() || pub == nullptr) return false;
+  auto ca = pki::ReadPemCertificates(config.ca.certificate);
+  if (!ca.ok() || ca->empty()) return false;
+  const bool same = EVP_PKEY_eq(X509_get0_pubkey(ca->front().get()), pub) == 1;
+  ERR_clear_error();
+  return same;
+}
+
 // The key's certificate (and chain): from the configured file, else a
 // certificate object on the token with the key's label/id and public key.
 absl::Status LoadCertificate(const SigningKeyConfig& kc, SigningKey& key) {
@@ -198,6 +208,15 @@ absl::StatusOr<std::unique_ptr<DelegatedSigner>> DelegatedSigner::Open(
                           StrCat("signing key \"", kc.alias, "\": ", token_key.status().message()));
     }
     key->token_key = *token_key;
+    key->ca_key = IsThisCasKey(config, key->token_key->public_key.get());
+    if (key->ca_key && kc.templates.empty()) {
+      // Raw signatures with the CA key would be certificates, CRLs or
+      // anything else this CA signed with no policy and no record.
+      return absl::FailedPreconditionError(
+          StrCat(Describe(*key),
+                 " is this CA's own signing key: it may only issue certificates through "
+                 "templates (set templates), never sign callers' digests or data"));
+    }
     auto pkey = signer->crypto_->Load(key->token_key);
     if (!pkey.ok()) return pkey.status();
     key->pkey = std::move(*pkey);
@@ -362,6 +381,15 @@ absl::Status DelegatedSigner::CheckSign(const std::string& principal, std::strin
   auto found = KeyFor(principal, alias, rpc);
   if (!found.ok()) return found.status();
   const SigningKey* k = *found;
+  if (k->ca_key) {
+    return Refuse(principal, rpc, alias,
+                  Error(hresult::kAccessDenied,
+                        StrCat("signing key \"", alias,
+                               "\" is this CA's own key: it signs only the certificates this CA "
+                               "issues and records (IssueCertificate), never a caller's digest "
+                               "or data")),
+                  algorithm);
+  }
   if (!algorithm) {
     return Refuse(
         principal, rpc, alias,

@@ -55,6 +55,10 @@ struct SigningKey {
   // The alias's certificate is this CA's ([ca] certificate): what it issues
   // is this CA's certificate, recorded in its database.
   bool under_this_ca = false;
+  // The key is this CA's own signing key (the public key of [ca]
+  // certificate): it signs only certificates issued through templates and
+  // recorded, never a caller's digest or data.
+  bool ca_key = false;
   std::vector<uint8_t> public_key_der;  // SubjectPublicKeyInfo
 
   hsm::KeyType type() const { return token_key->type; }

@@ -466,5 +466,94 @@ TEST_F(DelegatedSignerTest, IssuesUnderATemplateWithTheAliasCertificateAsIssuer)
   EXPECT_EQ(Events("signing.refused").size(), 2u);
 }
 
+// An alias of this CA's own key ([ca] certificate's key): never a raw
+// signature (refused at load without templates, refused per call with
+// E_ACCESSDENIED); it issues through templates only, and each certificate
+// is handed to the recorder before it leaves -- without a recorder, or
+// when the recorder fails, nothing is issued.
+TEST_F(DelegatedSignerTest, TheCasOwnKeyNeverSignsRawAndWhatItIssuesIsRecordedFirst) {
+  auto key = Generate(hsm::KeyAlgorithm::kRsa2048, "this-ca");
+  ASSERT_NE(key, nullptr);
+  auto pkey = Load(key);
+  auto ca_cert = SelfSignedCa(crypto_->libctx(), pkey.get(), "This CA");
+  ASSERT_NE(ca_cert, nullptr);
+  WriteFile(tmp_.File("ca.pem"), ToPem(ca_cert.get()));
+  config_.ca.certificate = tmp_.File("ca.pem");
+  service::TemplateConfig t;
+  t.name = "Device";
+  t.key_types = {"rsa", "ec"};
+  t.min_key_bits = 256;
+  t.validity = std::chrono::hours(24);
+  config_.templates = {t};
+  SigningKeyConfig k = Key("ca", "pkcs11:token=keywarden-ca;object=this-ca", {"rsa-pkcs1-sha256"});
+  config_.signing.keys = {k};
+  absl::Status refused = Open();
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.message().find("is this CA's own signing key"), absl::string_view::npos)
+      << refused;
+
+  k.templates = {"Device"};
+  k.certificate = tmp_.File("ca.pem");
+  config_.signing.keys = {k};
+  now_ = time(nullptr);
+  ASSERT_TRUE(Open().ok());
+  const std::vector<uint8_t> digest = Hash("SHA256", "a TBSCertificate, say");
+  std::string sig;
+  absl::Status raw =
+      signer_->SignDigest(kAlice, "ca", Algorithm::kRsaPkcs1Sha256, digest, std::nullopt, &sig);
+  EXPECT_EQ(service::HResultOf(raw), 0x80070005u) << raw;
+  EXPECT_NE(raw.message().find("is this CA's own key"), absl::string_view::npos) << raw;
+  EXPECT_TRUE(sig.empty());
+  raw =
+      signer_->SignData(kAlice, "ca", Algorithm::kRsaPkcs1Sha256, Span("data"), std::nullopt, &sig);
+  EXPECT_EQ(service::HResultOf(raw), 0x80070005u) << raw;
+  EXPECT_TRUE(sig.empty());
+
+  ossl::UniquePtr<EVP_PKEY> device(EVP_EC_gen("P-256"));
+  ossl::UniquePtr<X509_REQ> req(X509_REQ_new());
+  X509_REQ_set_pubkey(req.get(), device.get());
+  X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(req.get()), "CN", MBSTRING_UTF8,
+                             reinterpret_cast<const unsigned char*>("device 9"), -1, -1, 0);
+  ASSERT_GT(X509_REQ_sign(req.get(), device.get(), EVP_sha256()), 0);
+  unsigned char* der = nullptr;
+  const int len = i2d_X509_REQ(req.get(), &der);
+  std::vector<uint8_t> csr(der, der + len);
+  OPENSSL_free(der);
+
+  // No recorder: refused before anything is signed.
+  auto unrecorded = signer_->IssueCertificate(kAlice, "ca", "Device", csr, "");
+  ASSERT_FALSE(unrecorded.ok());
+  EXPECT_NE(unrecorded.status().message().find("nothing records"), absl::string_view::npos)
+      << unrecorded.status();
+
+  // The recorder sees each certificate before it is returned; its refusal
+  // (with an HRESULT) is the caller's answer and audited, its fault is passed on.
+  std::vector<std::string> recorded;
+  absl::Status next = absl::OkStatus();
+  signer_->SetIssuanceRecorder([&](const DelegatedSigner::Issuance& i) {
+    recorded.push_back(StrCat(i.principal, " ", i.alias, " ", i.template_name, " ",
+                              pki::FormatName(X509_get_subject_name(i.certificate)), " ",
+                              i.request.size() == csr.size()));
+    return next;
+  });
+  auto issued = signer_->IssueCertificate(kAlice, "ca", "Device", csr, "");
+  ASSERT_TRUE(issued.ok()) << issued.status();
+  EXPECT_EQ(X509_verify(issued->certificate.get(), key->public_key.get()), 1);
+  ASSERT_EQ(recorded.size(), 1u);
+  EXPECT_EQ(recorded[0], StrCat(kAlice, " ca Device CN=device 9 true"));
+  // The audit record is the recorder's to write (in its transaction).
+  EXPECT_TRUE(Events("signing.certificate_issued").empty());
+
+  next = service::Error(service::hresult::kKeyExists, "held by someone else");
+  auto owned = signer_->IssueCertificate(kAlice, "ca", "Device", csr, "");
+  EXPECT_EQ(service::HResultOf(owned.status()), 0x80092005u) << owned.status();
+  next = absl::UnavailableError("the CA database is down");
+  auto down = signer_->IssueCertificate(kAlice, "ca", "Device", csr, "");
+  EXPECT_EQ(down.status().code(), absl::StatusCode::kUnavailable) << down.status();
+  EXPECT_EQ(recorded.size(), 3u);
+  // Refused: the two raw signatures and the key held by someone else.
+  EXPECT_EQ(Events("signing.refused").size(), 3u);
+}
+
 }  // namespace
 }  // namespace keywarden::testing
