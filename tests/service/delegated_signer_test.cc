@@ -378,6 +378,24 @@ TEST_F(DelegatedSignerTest, KeysShareTheCaTokenAndAnotherTokenLogsInOnce) {
   }
 }
 
+// A PKCS#10 request (DER) for a new EC P-256 key with subject CN=`cn`.
+std::vector<uint8_t> DeviceCsr(const char* cn) {
+  ossl::UniquePtr<EVP_PKEY> device(EVP_EC_gen("P-256"));
+  ossl::UniquePtr<X509_REQ> req(X509_REQ_new());
+  if (!device || !req || X509_REQ_set_pubkey(req.get(), device.get()) != 1 ||
+      X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(req.get()), "CN", MBSTRING_UTF8,
+                                 reinterpret_cast<const unsigned char*>(cn), -1, -1, 0) != 1 ||
+      X509_REQ_sign(req.get(), device.get(), EVP_sha256()) <= 0) {
+    return {};
+  }
+  unsigned char* der = nullptr;
+  const int len = i2d_X509_REQ(req.get(), &der);
+  if (len <= 0) return {};
+  std::vector<uint8_t> csr(der, der + len);
+  OPENSSL_free(der);
+  return csr;
+}
+
 TEST_F(DelegatedSignerTest, OpenRefusesWhatItCannotUseNamingTheAlias) {
   ASSERT_NE(Generate(hsm::KeyAlgorithm::kRsa2048, "rsa-key"), nullptr);
   struct Case {
@@ -436,16 +454,8 @@ TEST_F(DelegatedSignerTest, IssuesUnderATemplateWithTheAliasCertificateAsIssuer)
   now_ = time(nullptr);
   ASSERT_TRUE(Open().ok());
 
-  ossl::UniquePtr<EVP_PKEY> device(EVP_EC_gen("P-256"));
-  ossl::UniquePtr<X509_REQ> req(X509_REQ_new());
-  X509_REQ_set_pubkey(req.get(), device.get());
-  X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(req.get()), "CN", MBSTRING_UTF8,
-                             reinterpret_cast<const unsigned char*>("device 7"), -1, -1, 0);
-  ASSERT_GT(X509_REQ_sign(req.get(), device.get(), EVP_sha256()), 0);
-  unsigned char* der = nullptr;
-  const int len = i2d_X509_REQ(req.get(), &der);
-  std::vector<uint8_t> csr(der, der + len);
-  OPENSSL_free(der);
+  const std::vector<uint8_t> csr = DeviceCsr("device 7");
+  ASSERT_FALSE(csr.empty());
 
   auto issued = signer_->IssueCertificate(kAlice, "issuing", "Device", csr, "");
   ASSERT_TRUE(issued.ok()) << issued.status();
@@ -509,16 +519,8 @@ TEST_F(DelegatedSignerTest, TheCasOwnKeyNeverSignsRawAndWhatItIssuesIsRecordedFi
   EXPECT_EQ(service::HResultOf(raw), 0x80070005u) << raw;
   EXPECT_TRUE(sig.empty());
 
-  ossl::UniquePtr<EVP_PKEY> device(EVP_EC_gen("P-256"));
-  ossl::UniquePtr<X509_REQ> req(X509_REQ_new());
-  X509_REQ_set_pubkey(req.get(), device.get());
-  X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(req.get()), "CN", MBSTRING_UTF8,
-                             reinterpret_cast<const unsigned char*>("device 9"), -1, -1, 0);
-  ASSERT_GT(X509_REQ_sign(req.get(), device.get(), EVP_sha256()), 0);
-  unsigned char* der = nullptr;
-  const int len = i2d_X509_REQ(req.get(), &der);
-  std::vector<uint8_t> csr(der, der + len);
-  OPENSSL_free(der);
+  const std::vector<uint8_t> csr = DeviceCsr("device 9");
+  ASSERT_FALSE(csr.empty());
 
   // No recorder: refused before anything is signed.
   auto unrecorded = signer_->IssueCertificate(kAlice, "ca", "Device", csr, "");

@@ -228,6 +228,38 @@ class SigningTest : public ::testing::Test {
     return path;
   }
 
+  // Signing/IssueCertificate as `who`; `subject` empty keeps the request's.
+  grpc::Status Issue(const std::string& who, const std::string& alias,
+                     const std::string& template_name, const std::string& csr_der,
+                     const std::string& subject, v1::IssuedCertificate* out) {
+    grpc::ClientContext ctx;
+    v1::IssueCertificateRequest in;
+    in.set_alias(alias);
+    in.set_template_name(template_name);
+    in.set_csr(csr_der);
+    in.set_subject(subject);
+    return Stub(who)->IssueCertificate(&ctx, in, out);
+  }
+
+  // A new RSA-2048 key and its PKCS#10 request for `subject` (openssl req,
+  // files `name`.key and `name`.der in tmp_): the request's DER.
+  std::string OpensslCsr(const std::string& name, const std::string& subject) {
+    const std::string key = tmp_.File(name + ".key"), csr = tmp_.File(name + ".der");
+    auto r = RunCommand(StrCat("openssl req -new -newkey rsa:2048 -nodes -subj '", subject,
+                               "' -keyout ", key, " -outform DER -out ", csr));
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return Slurp(csr);
+  }
+
+  // [[signing.keys]] "ca": this CA's own key under its certificate, for the
+  // signer, issuing under template User.
+  static std::string CaAliasToml() {
+    return StrCat("\n[[signing.keys]]\nalias = \"ca\"\n",
+                  "key = \"pkcs11:token=keywarden-ca;object=ca-signing;type=private\"\n",
+                  "certificate = \"ca.pem\"\nalgorithms = [\"rsa-pkcs1-sha256\"]\n",
+                  "principals = [\"", kSigner, "\"]\ntemplates = [\"User\"]\n");
+  }
+
   std::vector<v1::AuditRecord> Audit() {
     auto stub = v1::Audit::NewStub(daemon_->Channel("auditor"));
     grpc::ClientContext ctx;
@@ -509,27 +541,15 @@ TEST_F(SigningTest, PermissionMatrixOfPrincipalsAndAliases) {
 // --- Issuing from a CSR --------------------------------------------------------
 
 TEST_F(SigningTest, CertificatesIssuedFromACsrPassOpensslVerify) {
-  const std::string key = tmp_.File("req.key"), csr = tmp_.File("req.der");
-  auto r =
-      RunCommand(StrCat("openssl req -new -newkey rsa:2048 -nodes -subj "
-                        "'/CN=front end user/O=keywarden test' -keyout ",
-                        key, " -outform DER -out ", csr));
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  const std::string csr_der = Slurp(csr);
+  const std::string csr_der = OpensslCsr("req", "/CN=front end user/O=keywarden test");
 
   for (const auto& [who, alias, subject] :
        std::vector<std::tuple<std::string, std::string, std::string>>{
            {"signer", "rsa", ""},
            {"signer2", "ec", "CN=chosen by the front end,O=keywarden test"}}) {
     SCOPED_TRACE(alias);
-    grpc::ClientContext ctx;
-    v1::IssueCertificateRequest in;
-    in.set_alias(alias);
-    in.set_template_name("User");
-    in.set_csr(csr_der);
-    in.set_subject(subject);
     v1::IssuedCertificate out;
-    grpc::Status st = Stub(who)->IssueCertificate(&ctx, in, &out);
+    grpc::Status st = Issue(who, alias, "User", csr_der, subject, &out);
     ASSERT_TRUE(st.ok()) << st.error_message();
     auto cert = CertFromDer(out.certificate());
     ASSERT_NE(cert, nullptr);
@@ -556,7 +576,6 @@ TEST_F(SigningTest, CertificatesIssuedFromACsrPassOpensslVerify) {
   }
 
   // Refusals: a template the alias does not offer, a broken request, an alias without templates.
-  auto stub = Stub("signer2");
   struct Bad {
     std::string alias, template_name, csr;
     uint32_t hresult;
@@ -567,13 +586,8 @@ TEST_F(SigningTest, CertificatesIssuedFromACsrPassOpensslVerify) {
                                        {"ec", "User", "not a request", 0x8009310b},
                                        {"ec", "User", broken, 0x80090006},
                                        {"card", "User", csr_der, 0x80094800}}) {
-    grpc::ClientContext ctx;
-    v1::IssueCertificateRequest in;
-    in.set_alias(b.alias);
-    in.set_template_name(b.template_name);
-    in.set_csr(b.csr);
     v1::IssuedCertificate out;
-    grpc::Status st = stub->IssueCertificate(&ctx, in, &out);
+    grpc::Status st = Issue("signer2", b.alias, b.template_name, b.csr, "", &out);
     EXPECT_FALSE(st.ok());
     EXPECT_EQ(DetailOf(st).hresult(), b.hresult) << st.error_message();
     EXPECT_TRUE(out.certificate().empty());
@@ -596,28 +610,15 @@ TEST_F(SigningTest, CertificatesIssuedFromACsrPassOpensslVerify) {
 // another issuer's (whose CRL this CA does not publish).
 TEST_F(SigningTest, IssuedUnderTheCaCertificateTheCertificateCarriesThePublicationUrls) {
   daemon_.reset();
-  Start(StrCat("\n[[signing.keys]]\nalias = \"ca\"\n",
-               "key = \"pkcs11:token=keywarden-ca;object=ca-signing;type=private\"\n",
-               "certificate = \"ca.pem\"\nalgorithms = [\"rsa-pkcs1-sha256\"]\n",
-               "principals = [\"", kSigner, "\"]\ntemplates = [\"User\"]\n\n",
-               "[publication]\ncrl_urls = [\"http://pki.example.com/kw/ca.crl\"]\n",
+  Start(StrCat(CaAliasToml(),
+               "\n[publication]\ncrl_urls = [\"http://pki.example.com/kw/ca.crl\"]\n",
                "ca_issuers_urls = [\"http://pki.example.com/kw/ca.crt\"]\n"));
   ASSERT_NE(daemon_, nullptr);
-  const std::string key = tmp_.File("p.key"), csr = tmp_.File("p.der");
-  auto r =
-      RunCommand(StrCat("openssl req -new -newkey rsa:2048 -nodes -subj "
-                        "'/CN=published user/O=keywarden test' -keyout ",
-                        key, " -outform DER -out ", csr));
-  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string csr_der = OpensslCsr("p", "/CN=published user/O=keywarden test");
   for (const std::string alias : {"ca", "rsa"}) {
     SCOPED_TRACE(alias);
-    grpc::ClientContext ctx;
-    v1::IssueCertificateRequest in;
-    in.set_alias(alias);
-    in.set_template_name("User");
-    in.set_csr(Slurp(csr));
     v1::IssuedCertificate out;
-    grpc::Status st = Stub("signer")->IssueCertificate(&ctx, in, &out);
+    grpc::Status st = Issue("signer", alias, "User", csr_der, "", &out);
     ASSERT_TRUE(st.ok()) << st.error_message();
     auto cert = CertFromDer(out.certificate());
     ASSERT_NE(cert, nullptr);
@@ -645,28 +646,9 @@ TEST_F(SigningTest, IssuedUnderTheCaCertificateTheCertificateCarriesThePublicati
 // Under another issuer's certificate nothing goes into this CA's database.
 TEST_F(SigningTest, IssuedUnderTheCaCertificateTheCertificateIsRecordedRevocableAndHoldsItsKey) {
   daemon_.reset();
-  Start(StrCat("\n[[signing.keys]]\nalias = \"ca\"\n",
-               "key = \"pkcs11:token=keywarden-ca;object=ca-signing;type=private\"\n",
-               "certificate = \"ca.pem\"\nalgorithms = [\"rsa-pkcs1-sha256\"]\n",
-               "principals = [\"", kSigner, "\"]\ntemplates = [\"User\"]\n"));
+  Start(CaAliasToml());
   ASSERT_NE(daemon_, nullptr);
-  const std::string key = tmp_.File("d.key"), csr = tmp_.File("d.der");
-  auto r =
-      RunCommand(StrCat("openssl req -new -newkey rsa:2048 -nodes -subj "
-                        "'/CN=delegated user/O=keywarden test' -keyout ",
-                        key, " -outform DER -out ", csr));
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  const std::string csr_der = Slurp(csr);
-  auto issue = [&](const std::string& alias, const std::string& subject,
-                   v1::IssuedCertificate* out) {
-    grpc::ClientContext ctx;
-    v1::IssueCertificateRequest in;
-    in.set_alias(alias);
-    in.set_template_name("User");
-    in.set_csr(csr_der);
-    in.set_subject(subject);
-    return Stub("signer")->IssueCertificate(&ctx, in, out);
-  };
+  const std::string csr_der = OpensslCsr("d", "/CN=delegated user/O=keywarden test");
   auto find = [&](const std::string& serial) {
     auto officer = v1::Officer::NewStub(daemon_->Channel("officer"));
     grpc::ClientContext ctx;
@@ -679,7 +661,7 @@ TEST_F(SigningTest, IssuedUnderTheCaCertificateTheCertificateIsRecordedRevocable
   };
 
   v1::IssuedCertificate issued;
-  grpc::Status st = issue("ca", "", &issued);
+  grpc::Status st = Issue("signer", "ca", "User", csr_der, "", &issued);
   ASSERT_TRUE(st.ok()) << st.error_message();
   auto cert = CertFromDer(issued.certificate());
   ASSERT_NE(cert, nullptr);
@@ -722,7 +704,7 @@ TEST_F(SigningTest, IssuedUnderTheCaCertificateTheCertificateIsRecordedRevocable
   // The key is held for its owner: not for another subject through the
   // alias, nor for an enrollee.
   v1::IssuedCertificate other;
-  st = issue("ca", "CN=mallory,O=keywarden test", &other);
+  st = Issue("signer", "ca", "User", csr_der, "CN=mallory,O=keywarden test", &other);
   EXPECT_FALSE(st.ok());
   EXPECT_EQ(DetailOf(st).hresult(), 0x80092005u) << st.error_message();
   EXPECT_TRUE(Contains(st.error_message(), StrCat("certificate ", serial))) << st.error_message();
@@ -773,31 +755,15 @@ TEST_F(SigningTest, IssuedUnderTheCaCertificateTheCertificateIsRecordedRevocable
   }
 
   // Under another issuer's certificate (alias "rsa"): not this CA's, not recorded.
-  const std::string key2 = tmp_.File("o.key"), csr2 = tmp_.File("o.der");
-  r =
-      RunCommand(StrCat("openssl req -new -newkey rsa:2048 -nodes -subj "
-                        "'/CN=other issuer user/O=keywarden test' -keyout ",
-                        key2, " -outform DER -out ", csr2));
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  grpc::ClientContext ctx;
-  v1::IssueCertificateRequest in;
-  in.set_alias("rsa");
-  in.set_template_name("User");
-  in.set_csr(Slurp(csr2));
   v1::IssuedCertificate elsewhere;
-  st = Stub("signer")->IssueCertificate(&ctx, in, &elsewhere);
+  st = Issue("signer", "rsa", "User", OpensslCsr("o", "/CN=other issuer user/O=keywarden test"), "",
+             &elsewhere);
   ASSERT_TRUE(st.ok()) << st.error_message();
   EXPECT_EQ(find(elsewhere.serial()).certificates_size(), 0);
 }
 
 TEST_F(SigningTest, IssueCertificateRefusesAKeyTheCaCertifiedToSomeoneElse) {
-  const std::string key = tmp_.File("alice.key"), csr = tmp_.File("alice.der");
-  auto r =
-      RunCommand(StrCat("openssl req -new -newkey rsa:2048 -nodes -subj "
-                        "'/CN=alice/O=keywarden test' -keyout ",
-                        key, " -outform DER -out ", csr));
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  const std::string csr_der = Slurp(csr);
+  const std::string csr_der = OpensslCsr("alice", "/CN=alice/O=keywarden test");
   v1::EnrollmentResult enrolled;
   {
     auto enrollment = v1::Enrollment::NewStub(daemon_->Channel("enrollee"));
@@ -816,14 +782,8 @@ TEST_F(SigningTest, IssueCertificateRefusesAKeyTheCaCertifiedToSomeoneElse) {
   ASSERT_EQ(printed.output.rfind("serial=", 0), 0u) << printed.output;
   std::string serial = AsciiLower(printed.output.substr(7));
   while (!serial.empty() && serial.back() == '\n') serial.pop_back();
-  grpc::ClientContext ctx;
-  v1::IssueCertificateRequest in;
-  in.set_alias("rsa");
-  in.set_template_name("User");
-  in.set_csr(csr_der);
-  in.set_subject("CN=mallory,O=keywarden test");
   v1::IssuedCertificate out;
-  grpc::Status st = Stub("signer")->IssueCertificate(&ctx, in, &out);
+  grpc::Status st = Issue("signer", "rsa", "User", csr_der, "CN=mallory,O=keywarden test", &out);
   ASSERT_FALSE(st.ok());
   EXPECT_EQ(DetailOf(st).hresult(), 0x80092005u) << st.error_message();
   EXPECT_NE(st.error_message().find(StrCat("certificate ", serial)), std::string::npos)
