@@ -1,6 +1,6 @@
 // Certificate issuance side by side: keywardend's Signing/IssueCertificate
-// (the issuing key on the SoftHSM2 token, mutual TLS, policy, audit, the
-// SQLite record of every certificate) against what an operator would pick
+// (the issuing key on the SoftHSM2 token, mutual TLS, policy, the key-owner
+// check against the CA database, audit) against what an operator would pick
 // instead, CFSSL's `cfssl serve` (Debian's golang-cfssl) with a software
 // key, through each one's own protocol (gRPC; HTTP+JSON /api/v1/cfssl/sign
 // with keep-alive). In one run, for RSA-2048 and for EC P-256 issuing keys:
@@ -14,7 +14,13 @@
 // only when a call fails or a certificate is wrong.
 //
 // Usage: issue_bench [--seconds S] [--warmup S] [--concurrency 1,4,16]
-//                    [--keys rsa,ec] [--requests N] [--smoke]
+//                    [--keys rsa,ec,ca] [--requests N] [--smoke]
+//   --keys      issuing keys: rsa and ec are roots of their own made on the
+//               token (what they issue is audited, not stored); ca is the
+//               CA's own RSA-2048 key under its certificate, whose
+//               certificates are recorded in the CA database (a request row
+//               and the certificate, in one transaction with the audit
+//               record), against an RSA-2048 CFSSL (default rsa,ec)
 //   --requests  distinct pre-made PKCS#10 requests, used in turn (default 256)
 //   --smoke     tiny durations, for ctest: proves both paths work, figures meaningless
 #include <arpa/inet.h>
@@ -86,7 +92,7 @@ struct Request {
 };
 
 struct IssuerKey {
-  std::string family;  // "rsa" or "ec"
+  std::string family;  // "rsa", "ec" or "ca" (the CA's own RSA-2048 key, recorded)
   std::string title;
   std::string ceremony_algorithm;                    // keywarden ceremony --key-algorithm
   std::string openssl_newkey;                        // for CFSSL's software CA
@@ -380,7 +386,7 @@ bool ParseArgs(int argc, char** argv, Options& o) {
     } else {
       std::fprintf(stderr,
                    "usage: issue_bench [--seconds S] [--warmup S] [--concurrency 1,4,16] "
-                   "[--keys rsa,ec] [--requests N] [--smoke]\n");
+                   "[--keys rsa,ec,ca] [--requests N] [--smoke]\n");
       return false;
     }
   }
@@ -391,8 +397,13 @@ bool ParseArgs(int argc, char** argv, Options& o) {
   }
   const bool bad_level = std::any_of(o.concurrency.begin(), o.concurrency.end(),
                                      [](int c) { return c < 1 || c > 256; });
-  const bool bad_keys =
-      o.keys != "rsa" && o.keys != "ec" && o.keys != "rsa,ec" && o.keys != "ec,rsa";
+  bool bad_keys = o.keys.empty();
+  for (size_t at = 0; at <= o.keys.size() && !bad_keys;) {
+    const size_t end = std::min(o.keys.find(',', at), o.keys.size());
+    const std::string one = o.keys.substr(at, end - at);
+    bad_keys = one != "rsa" && one != "ec" && one != "ca";
+    at = end + 1;
+  }
   if (o.seconds <= 0 || o.warmup < 0 || o.concurrency.empty() || bad_level || bad_keys ||
       o.requests < 1 || o.requests > 100000) {
     std::fprintf(stderr, "issue_bench: bad arguments\n");
@@ -417,6 +428,9 @@ int main(int argc, char** argv) {
     keys.push_back({"ec", "EC P-256", "ec-p256", "ec -pkeyopt ec_paramgen_curve:P-256", 2.0,
                     nullptr, nullptr});
   }
+  if (o.keys.find("ca") != std::string::npos) {
+    keys.push_back({"ca", "RSA CA", "", "rsa:2048", 1.0, nullptr, nullptr});
+  }
 
   // keywardend, with one issuing key per family made on its token by the
   // real ceremony and certified by itself (a root), allowed the User template.
@@ -438,6 +452,15 @@ audit_interval = "1m"
 )";
     for (const IssuerKey& k : keys) {
       const std::string label = "issue-" + k.family;
+      if (k.family == "ca") {
+        // The CA's own key under its own certificate: recorded issuance.
+        toml += StrCat("\n[[signing.keys]]\nalias = \"", label,
+                       "\"\nkey = \"pkcs11:token=", SoftHsmFixture::kCaToken,
+                       ";object=ca-signing;type=private\"\ncertificate = \"", h.ca_cert_path(),
+                       "\"\nalgorithms = [\"rsa-pkcs1-sha256\"]\nprincipals = [\"", kSigner,
+                       "\"]\ntemplates = [\"BenchMail\"]\n");
+        continue;
+      }
       auto r = RunCommand(StrCat(
           "KEYWARDEN_PKCS11_MODULE=", SoftHsmFixture::module_path(), " ", KEYWARDEN_CLI,
           " ceremony root --token pkcs11:token=", SoftHsmFixture::kCaToken,
@@ -471,7 +494,9 @@ audit_interval = "1m"
   std::vector<std::pair<const IssuerKey*, Cell>> rows;
   std::vector<std::unique_ptr<Cfssl>> cfssls;
   for (IssuerKey& k : keys) {
-    k.keywarden_ca = PublicKeyOfPemCert((*daemon)->dir().File("issue-" + k.family + ".pem"));
+    k.keywarden_ca =
+        PublicKeyOfPemCert(k.family == "ca" ? (*daemon)->ca_cert_path()
+                                            : (*daemon)->dir().File("issue-" + k.family + ".pem"));
     auto& cfssl = *cfssls.emplace_back(std::make_unique<Cfssl>());
     std::string error;
     if (!k.keywarden_ca || !cfssl.Start((*daemon)->dir(), k.family, k.openssl_newkey, &error)) {
