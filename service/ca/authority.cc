@@ -377,12 +377,10 @@ absl::Status CertificateAuthority::CheckKeyOwnerIn(Transaction& t, const std::st
   if (spki_sha256.empty()) {
     return absl::InternalError("the request's public key could not be encoded to be looked up");
   }
-  CertificateQuery q;
-  q.spki_sha256 = spki_sha256;
-  q.limit = 100;
-  auto certificates = t.FindCertificates(q);
+  // One query for the certificates and their requests' owners (no bodies).
+  auto certificates = t.FindKeyHolders(spki_sha256, 100);
   if (!certificates.ok()) return certificates.status();
-  for (const CertificateRecord& c : *certificates) {
+  for (const Transaction::KeyHolder& c : *certificates) {
     if (c.serial == exclude_serial) continue;
     if (c.request_id == 0) {
       return Error(hresult::kKeyExists,
@@ -390,14 +388,10 @@ absl::Status CertificateAuthority::CheckKeyOwnerIn(Transaction& t, const std::st
                           c.serial, "; it is never certified to anyone else"));
     }
     const bool foreign = c.template_name == kForeignTemplate;
-    std::string owner_requester;
-    std::optional<ArchivedKey> archived;
-    if (c.request_id != exclude_request) {
-      auto owner = t.GetRequest(c.request_id);
-      if (!owner.ok()) return owner.status();
-      owner_requester = owner->requester;
-      archived = std::move(owner->archived_key);
-    }
+    // The row under processing says nothing of another owner.
+    const bool other_row = c.request_id != exclude_request;
+    const std::string owner_requester = other_row ? c.requester : std::string();
+    const bool archived = other_row && c.archived;
     const bool same_owner =
         c.subject == subject && (requester.empty() || foreign || owner_requester == requester);
     if (!same_owner) {
@@ -408,7 +402,7 @@ absl::Status CertificateAuthority::CheckKeyOwnerIn(Transaction& t, const std::st
                           "); a key is certified to one subject and one requester only, and is "
                           "never archived for anyone else"));
     }
-    if (archiving && archived.has_value()) {
+    if (archiving && archived) {
       return Error(hresult::kKeyExists,
                    StrCat("replay: ", requester.empty() ? std::string("this key") : requester,
                           " already had this key certified and archived (certificate ", c.serial,

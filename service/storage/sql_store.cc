@@ -500,6 +500,26 @@ class SqlTransaction final : public Transaction {
     return ReadCertificates(*rows);
   }
 
+  absl::StatusOr<std::vector<KeyHolder>> FindKeyHolders(const std::string& spki_sha256,
+                                                        size_t limit) override {
+    if (spki_sha256.empty()) return std::vector<KeyHolder>();  // never a match
+    auto rows =
+        s_.Query("searching the holders of a public key",
+                 "SELECT c.serial, coalesce(c.request_id, 0), c.subject, c.template_name, "
+                 "coalesce(r.requester, ''), CASE WHEN r.archived_key IS NULL THEN 0 ELSE 1 END "
+                 "FROM certificates c LEFT JOIN requests r ON r.id = c.request_id "
+                 "WHERE c.spki_sha256 = ?1 ORDER BY c.rowid LIMIT ?2",
+                 {spki_sha256, LimitParameter(limit)});
+    if (!rows.ok()) return rows.status();
+    std::vector<KeyHolder> out;
+    out.reserve(rows->size());
+    for (const auto& row : *rows) {
+      out.push_back(
+          {row.Text(0), row.Int(1), row.Text(2), row.Text(3), row.Text(4), row.Int(5) != 0});
+    }
+    return out;
+  }
+
   absl::Status Revoke(const std::string& serial, int reason, UnixTime at) override {
     const std::string what = StrCat("revoking certificate ", serial);
     // RFC 5280 CRLReason: 0..10, 7 unassigned.

@@ -212,6 +212,20 @@ class Transaction {
   virtual absl::StatusOr<CertificateRecord> GetCertificate(const std::string& serial) = 0;
   virtual absl::StatusOr<std::vector<CertificateRecord>> FindCertificates(
       const CertificateQuery& query) = 0;
+  // The certificates of one public key (SPKI SHA-256, as the store computes
+  // it), oldest first, at most `limit`, with what the one-key-one-owner
+  // check needs of each and of its request, in one query (no certificate
+  // or request bodies).
+  struct KeyHolder {
+    std::string serial;
+    int64_t request_id = 0;  // 0: the CA's own certificate
+    std::string subject;
+    std::string template_name;
+    std::string requester;  // of the request; empty without one
+    bool archived = false;  // the request holds an archived key
+  };
+  virtual absl::StatusOr<std::vector<KeyHolder>> FindKeyHolders(const std::string& spki_sha256,
+                                                                size_t limit) = 0;
   virtual absl::Status Revoke(const std::string& serial, int reason, UnixTime at) = 0;
   // Releases a certificateHold (RFC 5280 CRLReason 6; certutil -revoke
   // SERIAL Unrevoke): the certificate is no longer revoked. Reads and locks
