@@ -97,20 +97,24 @@ absl::StatusOr<std::shared_ptr<hsm::Token>> TokenFor(
   return *found;
 }
 
-// True when `cert` is byte for byte the CA certificate of [ca] certificate.
-bool IsThisCasCertificate(const Config& config, X509* cert) {
-  if (config.ca.certificate.empty()) return false;
+// This CA's certificate ([ca] certificate); null when none is configured
+// or it cannot be read (the daemon does not start without it).
+ossl::UniquePtr<X509> ThisCasCertificate(const Config& config) {
+  if (config.ca.certificate.empty()) return nullptr;
   auto ca = pki::ReadPemCertificates(config.ca.certificate);
-  return ca.ok() && !ca->empty() &&
-         pki::CertificateDer(ca->front().get()) == pki::CertificateDer(cert);
+  if (!ca.ok() || ca->empty()) return nullptr;
+  return std::move(ca->front());
 }
 
-// True when `pub` is the public key of this CA's certificate ([ca] certificate).
-bool IsThisCasKey(const Config& config, EVP_PKEY* pub) {
-  if (config.ca.certificate.empty() || pub == nullptr) return false;
-  auto ca = pki::ReadPemCertificates(config.ca.certificate);
-  if (!ca.ok() || ca->empty()) return false;
-  const bool same = EVP_PKEY_eq(X509_get0_pubkey(ca->front().get()), pub) == 1;
+// True when `cert` is byte for byte this CA's certificate `ca` (may be null).
+bool IsThisCasCertificate(X509* ca, X509* cert) {
+  return ca != nullptr && pki::CertificateDer(ca) == pki::CertificateDer(cert);
+}
+
+// True when `pub` is the public key of this CA's certificate `ca` (may be null).
+bool IsThisCasKey(X509* ca, EVP_PKEY* pub) {
+  if (ca == nullptr || pub == nullptr) return false;
+  const bool same = EVP_PKEY_eq(X509_get0_pubkey(ca), pub) == 1;
   ERR_clear_error();
   return same;
 }
@@ -190,6 +194,7 @@ absl::StatusOr<std::unique_ptr<DelegatedSigner>> DelegatedSigner::Open(
   std::vector<std::shared_ptr<hsm::Token>> tokens = std::move(open_tokens);
   const size_t already_open = tokens.size();
   std::vector<bool> used(already_open, false);
+  const ossl::UniquePtr<X509> this_ca = ThisCasCertificate(config);
   for (const SigningKeyConfig& kc : config.signing.keys) {
     auto uri = hsm::Pkcs11Uri::Parse(kc.key);
     if (!uri.ok()) {
@@ -208,7 +213,7 @@ absl::StatusOr<std::unique_ptr<DelegatedSigner>> DelegatedSigner::Open(
                           StrCat("signing key \"", kc.alias, "\": ", token_key.status().message()));
     }
     key->token_key = *token_key;
-    key->ca_key = IsThisCasKey(config, key->token_key->public_key.get());
+    key->ca_key = IsThisCasKey(this_ca.get(), key->token_key->public_key.get());
     if (key->ca_key && kc.templates.empty()) {
       // Raw signatures with the CA key would be certificates, CRLs or
       // anything else this CA signed with no policy and no record.
@@ -274,7 +279,7 @@ absl::StatusOr<std::unique_ptr<DelegatedSigner>> DelegatedSigner::Open(
       // certificate are what relying parties need, so [publication]'s URLs
       // go in. Under another issuer they would send verifiers to a CRL
       // that is not its issuer's, so none go in (DECISIONS.md).
-      key->under_this_ca = IsThisCasCertificate(config, key->certificate.get());
+      key->under_this_ca = IsThisCasCertificate(this_ca.get(), key->certificate.get());
       if (key->under_this_ca) {
         auto publication = PublicationExtensions(config.publication);
         if (!publication.ok()) return publication.status();
