@@ -14,6 +14,9 @@ namespace keywarden::hsm {
 
 namespace {
 
+// What every token-fault message starts with (HsmUnavailable).
+constexpr std::string_view kHsmUnavailablePrefix = "HSM unavailable: ";
+
 struct RvEntry {
   CK_RV rv;
   const char* name;
@@ -206,10 +209,9 @@ bool IsTokenFault(CK_RV rv) {
 }
 
 absl::Status HsmUnavailable(std::string_view what) {
-  constexpr std::string_view kPrefix = "HSM unavailable: ";
-  absl::Status st(absl::StatusCode::kUnavailable, what.substr(0, kPrefix.size()) == kPrefix
+  absl::Status st(absl::StatusCode::kUnavailable, what.starts_with(kHsmUnavailablePrefix)
                                                       ? std::string(what)
-                                                      : StrCat(kPrefix, what));
+                                                      : StrCat(kHsmUnavailablePrefix, what));
   st.SetPayload(kTokenFaultPayload, absl::Cord("1"));
   return st;
 }
@@ -335,9 +337,13 @@ absl::Status OpenSslError(std::string_view what, absl::StatusCode code) {
     const bool fault = ERR_GET_LIB(e) == ERR_LIB_USER && ERR_GET_REASON(e) == kTokenFaultReason;
     token_fault = token_fault || fault;
     if (ERR_GET_LIB(e) == ERR_LIB_USER && data != nullptr && (flags & ERR_TXT_STRING) != 0) {
-      one = data;  // keywarden's provider: the message says it all
-      constexpr std::string_view kPrefix = "HSM unavailable: ";
-      if (fault && one.compare(0, kPrefix.size(), kPrefix) == 0) one.erase(0, kPrefix.size());
+      // keywarden's provider: the message says it all (a token fault's
+      // prefix is put back once, on the whole message, below).
+      std::string_view text = data;
+      if (fault && text.starts_with(kHsmUnavailablePrefix)) {
+        text.remove_prefix(kHsmUnavailablePrefix.size());
+      }
+      one = std::string(text);
     } else {
       const char* reason = ERR_reason_error_string(e);
       one = reason != nullptr ? reason : StrCat("OpenSSL error ", e);
