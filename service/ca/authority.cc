@@ -377,11 +377,12 @@ absl::Status CertificateAuthority::CheckKeyOwnerIn(Transaction& t, const std::st
   if (spki_sha256.empty()) {
     return absl::InternalError("the request's public key could not be encoded to be looked up");
   }
-  // One query for the certificates and their requests' owners (no bodies).
-  auto certificates = t.FindKeyHolders(spki_sha256, 100);
+  // One query for the kinds of holder of the key (no bodies): a key
+  // certified a thousand times to its owner is one row, so the limit can
+  // never hide an archived or foreign holder behind the others.
+  auto certificates = t.FindKeyHolders(spki_sha256, exclude_request, exclude_serial, 100);
   if (!certificates.ok()) return certificates.status();
   for (const Transaction::KeyHolder& c : *certificates) {
-    if (c.serial == exclude_serial) continue;
     if (c.request_id == 0) {
       return Error(hresult::kKeyExists,
                    StrCat("the request's public key is the key of this CA's own certificate ",
@@ -414,20 +415,17 @@ absl::Status CertificateAuthority::CheckKeyOwnerIn(Transaction& t, const std::st
   }
   // A pending request holding the key archived (left for a Certificate
   // Manager): nobody else may send it, and its owner only once.
-  auto requests = t.FindRequestsByKey(spki_sha256, 100);
+  auto requests = t.FindPendingArchives(spki_sha256, exclude_request, 100);
   if (!requests.ok()) return requests.status();
-  for (const RequestRecord& r : *requests) {
-    if (r.id == exclude_request || r.disposition != Disposition::kPending || !r.archived_key) {
-      continue;
-    }
+  for (const Transaction::PendingArchive& r : *requests) {
     if (!requester.empty() && r.requester != requester) {
       return Error(hresult::kKeyExists,
-                   StrCat("the request's public key is held by pending request ", r.id,
+                   StrCat("the request's public key is held by pending request ", r.request_id,
                           " of another requester; a key is never archived for anyone else"));
     }
     if (archiving) {
       return Error(hresult::kKeyExists,
-                   StrCat("replay: pending request ", r.id, " of ", r.requester,
+                   StrCat("replay: pending request ", r.request_id, " of ", r.requester,
                           " already holds this key archived; a key is archived once"));
     }
   }

@@ -501,15 +501,27 @@ class SqlTransaction final : public Transaction {
   }
 
   absl::StatusOr<std::vector<KeyHolder>> FindKeyHolders(const std::string& spki_sha256,
+                                                        int64_t exclude_request,
+                                                        const std::string& exclude_serial,
                                                         size_t limit) override {
     if (spki_sha256.empty()) return std::vector<KeyHolder>();  // never a match
-    auto rows =
-        s_.Query("searching the holders of a public key",
-                 "SELECT c.serial, coalesce(c.request_id, 0), c.subject, c.template_name, "
-                 "coalesce(r.requester, ''), CASE WHEN r.archived_key IS NULL THEN 0 ELSE 1 END "
-                 "FROM certificates c LEFT JOIN requests r ON r.id = c.request_id "
-                 "WHERE c.spki_sha256 = ?1 ORDER BY c.rowid LIMIT ?2",
-                 {spki_sha256, LimitParameter(limit)});
+    // `kind`: 0 this CA's own certificate, 1 the request under processing,
+    // 2 any other request. The outer join names each group by its earliest
+    // certificate (the same SQL on both backends: no bare columns).
+    auto rows = s_.Query(
+        "searching the holders of a public key",
+        "SELECT c.serial, g.request_id, g.subject, g.template_name, g.requester, g.archived "
+        "FROM (SELECT min(h.pos) AS first_pos, min(h.request_id) AS request_id, h.subject, "
+        "h.template_name, h.requester, h.archived FROM (SELECT c.rowid AS pos, "
+        "coalesce(c.request_id, 0) AS request_id, c.subject, c.template_name, "
+        "coalesce(r.requester, '') AS requester, "
+        "CASE WHEN r.archived_key IS NULL THEN 0 ELSE 1 END AS archived, "
+        "CASE WHEN c.request_id IS NULL THEN 0 WHEN c.request_id = ?2 THEN 1 ELSE 2 END AS kind "
+        "FROM certificates c LEFT JOIN requests r ON r.id = c.request_id "
+        "WHERE c.spki_sha256 = ?1 AND c.serial <> ?3) h "
+        "GROUP BY h.kind, h.subject, h.template_name, h.requester, h.archived) g "
+        "JOIN certificates c ON c.rowid = g.first_pos ORDER BY g.first_pos LIMIT ?4",
+        {spki_sha256, exclude_request, exclude_serial, LimitParameter(limit)});
     if (!rows.ok()) return rows.status();
     std::vector<KeyHolder> out;
     out.reserve(rows->size());
@@ -517,6 +529,23 @@ class SqlTransaction final : public Transaction {
       out.push_back(
           {row.Text(0), row.Int(1), row.Text(2), row.Text(3), row.Text(4), row.Int(5) != 0});
     }
+    return out;
+  }
+
+  absl::StatusOr<std::vector<PendingArchive>> FindPendingArchives(const std::string& spki_sha256,
+                                                                  int64_t exclude_request,
+                                                                  size_t limit) override {
+    if (spki_sha256.empty()) return std::vector<PendingArchive>();  // never a match
+    auto rows = s_.Query("searching pending requests holding a key archived",
+                         "SELECT id, requester FROM requests WHERE spki_sha256 = ?1 AND "
+                         "disposition = ?2 AND archived_key IS NOT NULL AND id <> ?3 "
+                         "ORDER BY id LIMIT ?4",
+                         {spki_sha256, static_cast<int64_t>(Disposition::kPending), exclude_request,
+                          LimitParameter(limit)});
+    if (!rows.ok()) return rows.status();
+    std::vector<PendingArchive> out;
+    out.reserve(rows->size());
+    for (const auto& row : *rows) out.push_back({row.Int(0), row.Text(1)});
     return out;
   }
 

@@ -47,16 +47,40 @@ absl::StatusCode CodeForSqlite(int rc) {
   }
 }
 
-// A prepared statement with its parameters bound.
+// A prepared statement with its parameters bound: one kept in `cache` (reset
+// and its bindings cleared when this is done with it), or one of its own.
 class Statement {
  public:
-  Statement(sqlite3* db, std::string_view what) : db_(db), what_(what) {}
-  ~Statement() { sqlite3_finalize(stmt_); }
+  Statement(sqlite3* db, std::string_view what, StatementCache* cache)
+      : db_(db), what_(what), cache_(cache) {}
+  ~Statement() {
+    if (stmt_ == nullptr) return;
+    if (kept_) {
+      sqlite3_reset(stmt_);
+      sqlite3_clear_bindings(stmt_);
+    } else {
+      sqlite3_finalize(stmt_);
+    }
+  }
   Statement(const Statement&) = delete;
   Statement& operator=(const Statement&) = delete;
 
   absl::Status Prepare(std::string_view sql, const std::vector<sql::Value>& params) {
-    int rc = sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt_, nullptr);
+    int rc = SQLITE_OK;
+    if (sqlite3_stmt* kept = cache_ != nullptr ? cache_->Find(sql) : nullptr;
+        kept != nullptr && sqlite3_stmt_busy(kept) == 0) {
+      stmt_ = kept;
+      kept_ = true;
+    } else if (cache_ != nullptr && kept == nullptr && cache_->HasRoom()) {
+      rc = sqlite3_prepare_v3(db_, sql.data(), static_cast<int>(sql.size()),
+                              SQLITE_PREPARE_PERSISTENT, &stmt_, nullptr);
+      if (rc == SQLITE_OK && stmt_ != nullptr) {
+        cache_->Keep(sql, stmt_);
+        kept_ = true;
+      }
+    } else {
+      rc = sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt_, nullptr);
+    }
     if (rc != SQLITE_OK) return Error(db_, rc, what_);
     if (stmt_ == nullptr) return absl::InvalidArgumentError(StrCat(what_, ": no statement"));
     for (size_t i = 0; i < params.size() && rc == SQLITE_OK; ++i) {
@@ -119,13 +143,25 @@ class Statement {
  private:
   sqlite3* db_;
   std::string_view what_;
+  StatementCache* cache_;
   sqlite3_stmt* stmt_ = nullptr;
+  bool kept_ = false;
 };
 
-// A session inside SqliteDatabase::Transact.
-using TransactionSession = ConnectionSession;
-
 }  // namespace
+
+StatementCache::~StatementCache() {
+  for (auto& [sql, statement] : statements_) sqlite3_finalize(statement);
+}
+
+sqlite3_stmt* StatementCache::Find(std::string_view sql) const {
+  auto it = statements_.find(sql);
+  return it == statements_.end() ? nullptr : it->second;
+}
+
+void StatementCache::Keep(std::string_view sql, sqlite3_stmt* statement) {
+  statements_.emplace(std::string(sql), statement);
+}
 
 absl::Status Error(sqlite3* db, int rc, std::string_view what) {
   std::string detail = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
@@ -177,14 +213,14 @@ absl::Status ErrnoError(int err, std::string_view what) {
 
 absl::StatusOr<std::vector<sql::Row>> ConnectionSession::Query(
     std::string_view what, std::string_view sql, const std::vector<sql::Value>& params) {
-  Statement s(db_, what);
+  Statement s(db_, what, cache_);
   if (absl::Status st = s.Prepare(sql, params); !st.ok()) return st;
   return s.Rows();
 }
 
 absl::StatusOr<int64_t> ConnectionSession::Execute(std::string_view what, std::string_view sql,
                                                    const std::vector<sql::Value>& params) {
-  Statement s(db_, what);
+  Statement s(db_, what, cache_);
   if (absl::Status st = s.Prepare(sql, params); !st.ok()) return st;
   if (auto rows = s.Rows(); !rows.ok()) return rows.status();
   return static_cast<int64_t>(sqlite3_changes64(db_));
@@ -226,9 +262,14 @@ absl::Status SqliteDatabase::Transact(std::string_view what, sql::Access access,
   std::lock_guard<std::mutex> lock(mu_);
   ScopedTransaction txn(db_.get());
   if (absl::Status s = txn.Begin(what, access); !s.ok()) return s;
-  TransactionSession session(db_.get());
+  ConnectionSession session(db_.get(), &statements_);
   if (absl::Status s = fn(session); !s.ok()) return s;
   return txn.Commit(what);
+}
+
+size_t SqliteDatabase::KeptStatements() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return statements_.size();
 }
 
 absl::Status SqliteDatabase::WithConnection(const std::function<absl::Status(sqlite3*)>& fn) {

@@ -224,8 +224,26 @@ class Transaction {
     std::string requester;  // of the request; empty without one
     bool archived = false;  // the request holds an archived key
   };
+  // One row per kind of holder: certificates of the key grouped by
+  // everything the owner check decides on (this CA's own certificate or
+  // not, whether the request is `exclude_request`, subject, template,
+  // requester, archived), each named by its earliest certificate (serial
+  // and request), earliest kind first. However often a key was certified to
+  // its one owner, that is one or two rows, so neither a long history nor
+  // `limit` can hide an archived or foreign holder. `exclude_serial`'s
+  // certificate is left out.
   virtual absl::StatusOr<std::vector<KeyHolder>> FindKeyHolders(const std::string& spki_sha256,
+                                                                int64_t exclude_request,
+                                                                const std::string& exclude_serial,
                                                                 size_t limit) = 0;
+  // Pending requests (left for a Certificate Manager) that hold `spki`'s
+  // private key archived: their ids and requesters only, oldest first.
+  struct PendingArchive {
+    int64_t request_id = 0;
+    std::string requester;
+  };
+  virtual absl::StatusOr<std::vector<PendingArchive>> FindPendingArchives(
+      const std::string& spki_sha256, int64_t exclude_request, size_t limit) = 0;
   virtual absl::Status Revoke(const std::string& serial, int reason, UnixTime at) = 0;
   // Releases a certificateHold (RFC 5280 CRLReason 6; certutil -revoke
   // SERIAL Unrevoke): the certificate is no longer revoked. Reads and locks

@@ -21,6 +21,7 @@
 #include "service/storage/postgres_database.h"
 #include "service/storage/store.h"
 #include "tests/cli/restore_fixture.h"
+#include "tests/pg_test_util.h"
 #include "tests/service/daemon_harness.h"
 
 #ifndef KEYWARDEN_CLI
@@ -60,7 +61,14 @@ std::string StateSql(int64_t seq) {
 class PgRestoreTest : public RestoreFixture {
  protected:
   void SetUp() override {
+    // Like every PostgreSQL test: skipped without a test cluster, failed
+    // when one is required (CI).
+    if (keywarden::testing::TestPgConninfo().empty()) {
+      if (keywarden::testing::TestPgRequired()) FAIL() << "KEYWARDEN_REQUIRE_PG=1 but no cluster";
+      GTEST_SKIP() << "no PostgreSQL test cluster (KEYWARDEN_TEST_PG)";
+    }
     RestoreFixture::SetUp();
+    if (HasFatalFailure()) return;
     ASSERT_TRUE(daemon_->postgres()) << "run with KEYWARDEN_TEST_BACKEND=postgresql";
   }
 

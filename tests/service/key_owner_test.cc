@@ -280,6 +280,41 @@ TEST_F(KeyOwnerTest, SamePrincipalReplayIsReportedAsReplayAndRenewalWithTheSameK
   EXPECT_TRUE(named) << "request.issued of the renewal does not name " << serial;
 }
 
+// The owner check reads the holders of a key by kind, not certificate by
+// certificate up to a limit: an archive issued after more than a hundred
+// renewals of the same key (the old limit) is still seen, and the replay of
+// its request is refused.
+TEST_F(KeyOwnerTest, AnArchiveAfterAHundredRenewalsOfItsKeyStillRefusesItsReplay) {
+  ossl::UniquePtr<EVP_PKEY> key;
+  std::string csr;
+  const std::string request = NewArchivalRequest(&key, &csr);
+  for (int i = 0; i < 101; ++i) {
+    v1::EnrollmentResult renewal;
+    grpc::Status st = Submit("enrollee", csr, "User", &renewal);
+    ASSERT_TRUE(st.ok()) << i << ": " << st.error_message();
+    ASSERT_EQ(renewal.disposition(), v1::DISPOSITION_ISSUED);
+  }
+  v1::EnrollmentResult archived;
+  grpc::Status st = Submit("enrollee", request, "ArchivalUser", &archived);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(archived.disposition(), v1::DISPOSITION_ISSUED);
+  const std::string serial = SerialOf(archived.certificate());
+
+  v1::EnrollmentResult again;
+  st = Submit("enrollee", request, "ArchivalUser", &again);
+  ASSERT_FALSE(st.ok()) << "the key was archived twice";
+  EXPECT_EQ(DetailOf(st).hresult(), 0x80092005u) << st.error_message();
+  EXPECT_NE(st.error_message().find("replay:"), std::string::npos) << st.error_message();
+  EXPECT_NE(st.error_message().find(serial), std::string::npos) << st.error_message();
+  auto store = OpenStore();
+  EXPECT_EQ(Archives(*store), 1u);
+  // Another requester sending the plain request is still refused.
+  v1::EnrollmentResult bob;
+  st = Submit("enrollee2", csr, "User", &bob);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(DetailOf(st).hresult(), 0x80092005u) << st.error_message();
+}
+
 TEST_F(KeyOwnerTest, PendingArchivalHoldsItsKeyAgainstOtherRequesters) {
   ossl::UniquePtr<EVP_PKEY> key;
   const std::string request = NewArchivalRequest(&key);
