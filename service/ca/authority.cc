@@ -362,7 +362,8 @@ absl::Status CertificateAuthority::CheckKeyOwner(const std::string& spki_sha256,
                                                  int64_t exclude_request,
                                                  const std::string& exclude_serial,
                                                  std::string* same_key_as) {
-  return store_.Transact("checking the owner of a public key", [&](Transaction& t) {
+  // A read: the issuing transaction checks again under the key's lock.
+  return store_.Read("checking the owner of a public key", [&](Transaction& t) {
     return CheckKeyOwnerIn(t, spki_sha256, subject, requester, archiving, exclude_request,
                            exclude_serial, same_key_as);
   });

@@ -826,6 +826,14 @@ absl::Status CopyAllRows(sql::Session& from, sql::Session& to) {
   return absl::OkStatus();
 }
 
+absl::Status SqlStore::Read(std::string_view what,
+                            const std::function<absl::Status(Transaction&)>& fn) {
+  return db_->Transact(what, sql::Access::kRead, [&](Session& s) {
+    SqlTransaction txn(s, /*read_only=*/true);
+    return fn(txn);
+  });
+}
+
 absl::Status SqlStore::Transact(std::string_view what,
                                 const std::function<absl::Status(Transaction&)>& fn) {
   return db_->Transact(what, sql::Access::kWrite, [&](Session& s) {

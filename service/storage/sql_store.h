@@ -17,6 +17,8 @@ class SqlStore : public Store {
  public:
   absl::Status Transact(std::string_view what,
                         const std::function<absl::Status(Transaction&)>& fn) override;
+  absl::Status Read(std::string_view what,
+                    const std::function<absl::Status(Transaction&)>& fn) override;
 
   absl::StatusOr<int64_t> InsertRequest(const RequestRecord& request,
                                         const AuditFor& audit) override;

@@ -257,14 +257,117 @@ absl::Status ScopedTransaction::Commit(std::string_view what) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// `status` (its code and payloads, e.g. the database-fault mark) with its
+// message put after `what`.
+absl::Status Reworded(const absl::Status& status, std::string_view what) {
+  absl::Status out(status.code(), StrCat(what, ": ", status.message()));
+  status.ForEachPayload(
+      [&](absl::string_view url, const absl::Cord& payload) { out.SetPayload(url, payload); });
+  return out;
+}
+
+}  // namespace
+
 absl::Status SqliteDatabase::Transact(std::string_view what, sql::Access access,
                                       const std::function<absl::Status(sql::Session&)>& fn) {
+  if (access == sql::Access::kRead) {
+    const bool own = reader_ != nullptr;
+    std::lock_guard<std::mutex> lock(own ? reader_mu_ : mu_);
+    sqlite3* db = own ? reader_.get() : db_.get();
+    ScopedTransaction txn(db);
+    if (absl::Status s = txn.Begin(what, access); !s.ok()) return s;
+    ConnectionSession session(db, own ? &reader_statements_ : &statements_);
+    if (absl::Status s = fn(session); !s.ok()) return s;
+    return txn.Commit(what);
+  }
+  Unit self;
+  self.what = what;
+  self.fn = &fn;
+  std::unique_lock<std::mutex> queue_lock(queue_mu_);
+  queue_.push_back(&self);
+  while (!self.done) {
+    if (leading_) {
+      queue_cv_.wait(queue_lock);
+      continue;
+    }
+    // Lead: take what is queued (this unit among it) and run it as a group.
+    leading_ = true;
+    std::vector<Unit*> group;
+    while (!queue_.empty() && group.size() < kMaxGroup) {
+      group.push_back(queue_.front());
+      queue_.pop_front();
+    }
+    queue_lock.unlock();
+    RunGroup(group);
+    queue_lock.lock();
+    for (Unit* unit : group) unit->done = true;
+    leading_ = false;
+    queue_cv_.notify_all();
+  }
+  return self.result;
+}
+
+void SqliteDatabase::RunGroup(const std::vector<Unit*>& group) {
   std::lock_guard<std::mutex> lock(mu_);
-  ScopedTransaction txn(db_.get());
-  if (absl::Status s = txn.Begin(what, access); !s.ok()) return s;
-  ConnectionSession session(db_.get(), &statements_);
-  if (absl::Status s = fn(session); !s.ok()) return s;
-  return txn.Commit(what);
+  sqlite3* db = db_.get();
+  ScopedTransaction txn(db);
+  if (absl::Status s = txn.Begin(group.front()->what); !s.ok()) {
+    for (Unit* unit : group) unit->result = unit == group.front() ? s : Reworded(s, unit->what);
+    return;
+  }
+  ConnectionSession session(db, &statements_);
+  if (group.size() == 1) {
+    Unit& unit = *group.front();
+    unit.result = (*unit.fn)(session);
+    if (unit.result.ok()) unit.result = txn.Commit(unit.what);
+  } else {
+    bool any_ok = false;
+    for (size_t i = 0; i < group.size(); ++i) {
+      Unit& unit = *group[i];
+      if (absl::Status begun = Exec(db, "SAVEPOINT keywarden_unit", unit.what); !begun.ok()) {
+        unit.result = begun;
+      } else {
+        unit.result = (*unit.fn)(session);
+        if (sqlite3_get_autocommit(db) != 0) {
+          // SQLite rolled the whole transaction back by itself (I/O error,
+          // disk full): the units before this one are lost with it, and
+          // the ones after it are not run.
+          const absl::Status lost = MarkDatabaseFault(absl::UnavailableError(
+              StrCat("rolled back with another unit of work committed in the same group (",
+                     unit.result.ok() ? std::string("the database ended the transaction")
+                                      : std::string(unit.result.message()),
+                     ")")));
+          for (Unit* other : group) {
+            if (other != &unit || unit.result.ok()) other->result = Reworded(lost, other->what);
+          }
+          return;
+        }
+        const char* end = unit.result.ok() ? "RELEASE keywarden_unit"
+                                           : "ROLLBACK TO keywarden_unit; RELEASE keywarden_unit";
+        if (absl::Status ended = Exec(db, end, unit.what); !ended.ok() && unit.result.ok()) {
+          unit.result = ended;
+        }
+      }
+      any_ok = any_ok || unit.result.ok();
+    }
+    if (any_ok) {
+      // One commit for the group: a failure is every committed unit's.
+      absl::Status committed = txn.Commit(group.front()->what);
+      for (Unit* unit : group) {
+        if (unit->result.ok() && !committed.ok()) unit->result = Reworded(committed, unit->what);
+      }
+    }
+  }
+  std::lock_guard<std::mutex> stats_lock(queue_mu_);
+  ++stats_.commits;
+  stats_.units += group.size();
+}
+
+SqliteDatabase::GroupStats SqliteDatabase::group_stats() {
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  return stats_;
 }
 
 size_t SqliteDatabase::KeptStatements() {

@@ -535,8 +535,21 @@ absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path) 
     std::filesystem::path absolute = std::filesystem::absolute(path, ec);
     file = ec ? path : absolute.string();
   }
-  return std::unique_ptr<Store>(
-      new SqliteStore(std::make_unique<sqlite::SqliteDatabase>(std::move(db)), std::move(file)));
+  // Reads get a connection of their own (WAL lets them read the committed
+  // state while a write's commit waits for the disk); it refuses writes.
+  Connection reader;
+  if (IsFilePath(path)) {
+    sqlite3* raw_reader = nullptr;
+    rc = sqlite3_open_v2(path.c_str(), &raw_reader, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI,
+                         nullptr);
+    reader.reset(raw_reader);
+    if (rc != SQLITE_OK) return SqliteError(reader.get(), rc, StrCat(what, " for reading"));
+    sqlite3_extended_result_codes(reader.get(), 1);
+    sqlite3_busy_timeout(reader.get(), kBusyTimeoutMs);
+    if (absl::Status s = Exec(reader.get(), "PRAGMA query_only = ON;", what); !s.ok()) return s;
+  }
+  return std::unique_ptr<Store>(new SqliteStore(
+      std::make_unique<sqlite::SqliteDatabase>(std::move(db), std::move(reader)), std::move(file)));
 }
 
 absl::StatusOr<std::string> StreamBackupFile(const std::string& path, size_t chunk_size,

@@ -292,6 +292,12 @@ class Store {
   // before committing), so it acts only through the Transaction.
   virtual absl::Status Transact(std::string_view what,
                                 const std::function<absl::Status(Transaction&)>& fn) = 0;
+  // Runs `fn`, which only reads, on a consistent snapshot of what is
+  // committed. On SQLite it does not wait for a write's commit to reach the
+  // disk (its own connection, in WAL mode); a write through the Transaction
+  // fails. Like Transact, `fn` may run more than once.
+  virtual absl::Status Read(std::string_view what,
+                            const std::function<absl::Status(Transaction&)>& fn) = 0;
   virtual StoreAdmin& admin() = 0;
 
   // -- requests
