@@ -13,6 +13,7 @@
 #include <chrono>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -97,6 +98,16 @@ class SqliteDatabaseTest : public ::testing::Test {
     return results;
   }
 
+  // Inserts `first`, then `second` (id, name) in the caller's transaction.
+  static absl::Status InsertTwo(sql::Session& s, const std::pair<int64_t, std::string>& first,
+                                const std::pair<int64_t, std::string>& second) {
+    for (const auto& [id, name] : {first, second}) {
+      auto done = s.Execute("insert", "INSERT INTO t (id, name) VALUES (?, ?)", {id, name});
+      if (!done.ok()) return done.status();
+    }
+    return absl::OkStatus();
+  }
+
   static std::function<absl::Status(sql::Session&)> InsertUnit(int64_t id, std::string name) {
     return [id, name](sql::Session& s) {
       return s.Execute("insert", "INSERT INTO t (id, name) VALUES (?, ?)", {id, name}).status();
@@ -122,13 +133,7 @@ TEST_F(SqliteDatabaseTest, AFailedStepLeavesTheKeptStatementUsable) {
   EXPECT_EQ(NameOf(2), "bob");
   // A failure in the middle of a transaction rolls back what came before it.
   absl::Status st = database_->Transact("two", sql::Access::kWrite, [&](sql::Session& s) {
-    auto first = s.Execute("first", "INSERT INTO t (id, name) VALUES (?, ?)",
-                           {int64_t{3}, std::string("carol")});
-    if (!first.ok()) return first.status();
-    return s
-        .Execute("second", "INSERT INTO t (id, name) VALUES (?, ?)",
-                 {int64_t{4}, std::string("bob")})
-        .status();
+    return InsertTwo(s, {3, "carol"}, {4, "bob"});
   });
   EXPECT_EQ(st.code(), absl::StatusCode::kAlreadyExists) << st;
   EXPECT_EQ(NameOf(3), "");
@@ -200,15 +205,7 @@ TEST_F(SqliteDatabaseTest, AFailingUnitInAGroupLeavesNothingAndTheOthersAreKept)
   std::vector<std::function<absl::Status(sql::Session&)>> units;
   units.push_back(InsertUnit(1, "one"));
   // Writes a row, then fails: the row must go with it.
-  units.push_back([](sql::Session& s) -> absl::Status {
-    auto first = s.Execute("partial", "INSERT INTO t (id, name) VALUES (?, ?)",
-                           {int64_t{2}, std::string("partial")});
-    if (!first.ok()) return first.status();
-    return s
-        .Execute("dup", "INSERT INTO t (id, name) VALUES (?, ?)",
-                 {int64_t{3}, std::string("taken")})
-        .status();
-  });
+  units.push_back([](sql::Session& s) { return InsertTwo(s, {2, "partial"}, {3, "taken"}); });
   // Fails without writing.
   units.push_back([](sql::Session&) -> absl::Status {
     return absl::FailedPreconditionError("refused by the unit itself");
