@@ -512,8 +512,9 @@ TEST_F(TokenFaultTest, RequestsInterruptedByACrashAreFailedAtStartPendingOnesSta
   EXPECT_EQ(Sql("SELECT count(*) FROM requests WHERE disposition = 31"), "0");
 }
 
-// kill -9 at random moments under archival load from two clients, then a
-// restart each time. Afterwards every archival acknowledged to a client is
+// kill -9 at random moments under archival load from four clients (so that
+// SQLite commits their units of work in groups, and kills land in a group's
+// commit), then a restart each time. Afterwards every archival acknowledged to a client is
 // stored with its archived key, no archival certificate is without its key,
 // no request is left "In process", and the audit chain verifies.
 TEST_F(TokenFaultTest, KillsUnderArchivalLoadLoseNothingAcknowledged) {
@@ -531,7 +532,7 @@ TEST_F(TokenFaultTest, KillsUnderArchivalLoadLoseNothingAcknowledged) {
   std::vector<int64_t> acknowledged;
   std::vector<std::string> wrong;
   std::vector<std::thread> clients;
-  for (int c = 0; c < 2; ++c) {
+  for (int c = 0; c < 4; ++c) {
     clients.emplace_back([&] {
       while (!stop.load()) {
         const size_t i = next.fetch_add(1);
