@@ -5,6 +5,8 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include <algorithm>
+
 #include "absl/strings/cord.h"
 
 #include "hsm/status.h"
@@ -210,6 +212,38 @@ absl::StatusOr<Pkcs10Request> ParsePkcs10(std::span<const uint8_t> data) {
         RequestCheck::kSignature,
         "PKCS#10: the request's signature does not verify with its public key");
   }
+  // The SubjectPublicKeyInfo as sent (CertificationRequest ->
+  // certificationRequestInfo -> version, subject, subjectPKInfo) against
+  // OpenSSL's DER of the key decoded from it. OpenSSL decodes BER inside the
+  // key (a long-form length in an RSAPublicKey, say) to the same key.
+  std::span<const uint8_t> sent;
+  {
+    DerReader top(r.der);
+    DerElement request, info, version, subject, spki;
+    if (top.Expect(der::kSequence, &request)) {
+      DerReader fields(request.contents);
+      if (fields.Expect(der::kSequence, &info)) {
+        DerReader inner(info.contents);
+        if (inner.Expect(der::kInteger, &version) && inner.Expect(der::kSequence, &subject) &&
+            inner.Expect(der::kSequence, &spki)) {
+          sent = spki.whole;
+        }
+      }
+    }
+  }
+  unsigned char* encoded = nullptr;
+  const int encoded_len = i2d_PUBKEY(pub, &encoded);
+  const bool canonical = encoded_len > 0 && !sent.empty() &&
+                         sent.size() == static_cast<size_t>(encoded_len) &&
+                         std::equal(sent.begin(), sent.end(), encoded);
+  OPENSSL_free(encoded);
+  ERR_clear_error();
+  if (!canonical) {
+    return absl::InvalidArgumentError(
+        "PKCS#10: the public key (SubjectPublicKeyInfo) is not in DER: the same key has one "
+        "encoding only here, so that it is certified and found under one identity");
+  }
+  r.spki_sha256_ = Sha256Hex(sent);
   r.empty_subject = X509_NAME_entry_count(X509_REQ_get_subject_name(r.req.get())) == 0;
   if (auto st = ReadTemplateExtensions(r); !st.ok()) return st;
   ReadNameValuePairs(r);

@@ -31,6 +31,7 @@ struct Pkcs10Request {
   const std::string& spki_sha256() const;
 
  private:
+  friend absl::StatusOr<Pkcs10Request> ParsePkcs10(std::span<const uint8_t> data);
   mutable std::string spki_sha256_;
 };
 
@@ -59,7 +60,11 @@ std::string SpkiSha256(EVP_PKEY* key);
 std::string Sha256Hex(std::span<const uint8_t> data);
 
 // Accepts DER or PEM ("CERTIFICATE REQUEST" / "NEW CERTIFICATE REQUEST").
-// The request's self-signature must verify.
+// The request's self-signature must verify, and its SubjectPublicKeyInfo
+// must be DER exactly as OpenSSL encodes the key it holds: the certificate
+// carries the request's key bits as they are, and a key is looked up by the
+// hash of that encoding, so a second (BER) encoding of the same key would
+// be a second key to every check.
 absl::StatusOr<Pkcs10Request> ParsePkcs10(std::span<const uint8_t> data);
 
 // PEM to DER when `data` is PEM (any label), else `data` unchanged.

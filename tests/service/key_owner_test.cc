@@ -315,6 +315,50 @@ TEST_F(KeyOwnerTest, AnArchiveAfterAHundredRenewalsOfItsKeyStillRefusesItsReplay
   EXPECT_EQ(DetailOf(st).hresult(), 0x80092005u) << st.error_message();
 }
 
+// The same RSA key in a second encoding (BER inside the SubjectPublicKeyInfo,
+// which OpenSSL decodes to the same key, signed by it): the certificate would
+// carry those bytes and be indexed under their hash, so the key would have
+// two index entries and could be certified to two owners. Such a request is
+// refused as not DER and stores nothing; the DER request of the same key is
+// issued and then holds the key against everyone else, in any encoding.
+TEST_F(KeyOwnerTest, AKeyInASecondEncodingIsRefusedAndCannotGetASecondOwner) {
+  ossl::UniquePtr<EVP_PKEY> key;
+  const std::string der_csr = MakeRequestDer("", 2048, &key);
+  const std::string ber_csr = MakeBerKeyRequestDer("", key.get());
+  ASSERT_FALSE(ber_csr.empty());
+  {  // openssl itself accepts it: same key, verified signature
+    WriteFile(tmp_.File("ber.der"), ber_csr);
+    auto r = RunCommand(
+        StrCat("openssl req -inform DER -in ", tmp_.File("ber.der"), " -noout -verify 2>&1"));
+    ASSERT_NE(r.output.find("verify OK"), std::string::npos) << r.output;
+  }
+  auto store = OpenStore();
+  auto before = store->ListRequests(std::nullopt, 1000);
+  ASSERT_TRUE(before.ok());
+  v1::EnrollmentResult refused;
+  grpc::Status st = Submit("enrollee", ber_csr, "User", &refused);
+  ASSERT_FALSE(st.ok()) << "a BER-encoded key was certified";
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_NE(st.error_message().find("not in DER"), std::string::npos) << st.error_message();
+  auto after = store->ListRequests(std::nullopt, 1000);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->size(), before->size()) << "the refused request was stored";
+
+  v1::EnrollmentResult issued;
+  st = Submit("enrollee", der_csr, "User", &issued);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(issued.disposition(), v1::DISPOSITION_ISSUED);
+  for (const char* who : {"enrollee", "enrollee2"}) {
+    v1::EnrollmentResult again;
+    st = Submit(who, ber_csr, "User", &again);
+    EXPECT_FALSE(st.ok()) << who << ": the BER encoding of an issued key was certified";
+  }
+  v1::EnrollmentResult other;
+  st = Submit("enrollee2", der_csr, "User", &other);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(DetailOf(st).hresult(), 0x80092005u) << st.error_message();
+}
+
 TEST_F(KeyOwnerTest, PendingArchivalHoldsItsKeyAgainstOtherRequesters) {
   ossl::UniquePtr<EVP_PKEY> key;
   const std::string request = NewArchivalRequest(&key);
