@@ -12,6 +12,7 @@
 #include "pki/pkcs12.h"
 #include "service/storage/store.h"
 #include "tests/service/daemon_harness.h"
+#include "tests/service/rpc_test_util.h"
 #include "tests/service/soft_ca.h"
 
 #ifndef KEYWARDEN_CLI
@@ -201,6 +202,40 @@ TEST_F(ImportPfxTest, EveryKeyOfATwoKeyPfxIsArchived) {
   EXPECT_NE(r.output.find("Keys archived: 2"), std::string::npos) << r.output;
   EXPECT_EQ(ArchivedModulus("dave"), Modulus("dave"));
   EXPECT_EQ(ArchivedModulus("erin"), Modulus("erin"));
+}
+
+// A foreign certificate whose key is in BER (signed so by its CA): stored,
+// it would be indexed under another hash than the key's, and the key would
+// be free for a second owner. Refused, nothing archived; the same user's DER
+// certificate is imported.
+TEST_F(ImportPfxTest, AForeignCertificateWithItsKeyInBerIsRefused) {
+  auto frank = old_ca_.Issue("frank", "emailProtection");
+  ossl::UniquePtr<X509> ber(X509_dup(frank.cert.get()));
+  ASSERT_TRUE(SetBerRsaKey(X509_get_X509_PUBKEY(ber.get())));
+  ASSERT_GT(X509_sign(ber.get(), old_ca_.key.get(), EVP_sha256()), 0);
+  WriteFile(tmp_.File("ber.pem"), ToPem(ber.get()));
+  WriteFile(tmp_.File("old-ca.pem"), ToPem(old_ca_.cert.get()));
+  auto verified = RunCommand(StrCat("openssl verify -CAfile ", tmp_.File("old-ca.pem"), " ",
+                                    tmp_.File("ber.pem"), " 2>&1"));
+  ASSERT_NE(verified.output.find(": OK"), std::string::npos) << verified.output;
+  for (const auto& [name, cert] :
+       {std::pair<std::string, X509*>{"ber", ber.get()}, {"der", frank.cert.get()}}) {
+    auto pfx =
+        pki::BuildPkcs12({{frank.key.get(), cert, {}, "frank"}}, hsm::SecretString("old pass"),
+                         {pki::Pkcs12Protection::kLegacy3Des, 0});
+    ASSERT_TRUE(pfx.ok()) << pfx.status();
+    WriteFile(tmp_.File(name + ".pfx"), *pfx);
+  }
+  auto r = Kw(StrCat("importpfx -f -p 'old pass' ", tmp_.File("ber.pfx")));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("not in DER"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("Keys archived: 0"), std::string::npos) << r.output;
+  r = Kw(StrCat("importpfx -f -p 'old pass' ", tmp_.File("der.pfx")));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("Keys archived: 1"), std::string::npos) << r.output;
+  WriteFile(tmp_.File("frank.pem"), ToPem(frank.cert.get()));
+  WriteFile(tmp_.File("frank.key"), PrivateKeyPem(frank.key.get()));
+  EXPECT_EQ(ArchivedModulus("frank"), Modulus("frank"));
 }
 
 TEST_F(ImportPfxTest, AKeyWithoutItsCertificateIsNeverArchived) {

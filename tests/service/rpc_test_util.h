@@ -108,24 +108,16 @@ inline std::string MakeRequestDer(const std::string& subject_cn, int rsa_bits,
   return out;
 }
 
-// A PKCS#10 for the RSA `key`, signed by it, whose SubjectPublicKeyInfo
-// holds the RSAPublicKey in BER: the public exponent's length in long form
-// (02 81 03 instead of 02 03). OpenSSL decodes it to the same key and the
-// signature verifies; only the encoding differs from DER.
-inline std::string MakeBerKeyRequestDer(const std::string& subject_cn, EVP_PKEY* key) {
-  ossl::UniquePtr<X509_REQ> req(X509_REQ_new());
-  X509_REQ_set_version(req.get(), 0);
-  if (!subject_cn.empty()) {
-    X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(req.get()), "CN", MBSTRING_UTF8,
-                               reinterpret_cast<const unsigned char*>(subject_cn.c_str()), -1, -1,
-                               0);
-  }
-  X509_REQ_set_pubkey(req.get(), key);
-  X509_PUBKEY* spki = X509_REQ_get_X509_PUBKEY(req.get());
+// Re-encodes the RSAPublicKey inside `spki` in BER: the public exponent's
+// length in long form (02 81 03 instead of 02 03). OpenSSL decodes it to the
+// same key; only the encoding differs from DER. False if `spki` is not an
+// RSA key with a 3-byte exponent.
+inline bool SetBerRsaKey(X509_PUBKEY* spki) {
   const unsigned char* bits = nullptr;
   int bits_len = 0;
-  if (X509_PUBKEY_get0_param(nullptr, &bits, &bits_len, nullptr, spki) != 1 || bits_len < 10) {
-    return {};
+  if (X509_PUBKEY_get0_param(nullptr, &bits, &bits_len, nullptr, spki) != 1 || bits_len < 10 ||
+      bits[bits_len - 5] != 0x02 || bits[bits_len - 4] != 0x03) {
+    return false;
   }
   // RSAPublicKey: 30 82 LL LL <modulus INTEGER> 02 03 01 00 01.
   const std::string canonical(reinterpret_cast<const char*>(bits), static_cast<size_t>(bits_len));
@@ -135,8 +127,22 @@ inline std::string MakeBerKeyRequestDer(const std::string& subject_cn, EVP_PKEY*
                      static_cast<char>(body.size() & 0xff)};
   rsa += body;
   auto* copy = static_cast<unsigned char*>(OPENSSL_memdup(rsa.data(), rsa.size()));
-  X509_PUBKEY_set0_param(spki, OBJ_nid2obj(NID_rsaEncryption), V_ASN1_NULL, nullptr, copy,
-                         static_cast<int>(rsa.size()));
+  return X509_PUBKEY_set0_param(spki, OBJ_nid2obj(NID_rsaEncryption), V_ASN1_NULL, nullptr, copy,
+                                static_cast<int>(rsa.size())) == 1;
+}
+
+// A PKCS#10 for the RSA `key`, signed by it, with its key in BER
+// (SetBerRsaKey); empty if it cannot be made.
+inline std::string MakeBerKeyRequestDer(const std::string& subject_cn, EVP_PKEY* key) {
+  ossl::UniquePtr<X509_REQ> req(X509_REQ_new());
+  X509_REQ_set_version(req.get(), 0);
+  if (!subject_cn.empty()) {
+    X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(req.get()), "CN", MBSTRING_UTF8,
+                               reinterpret_cast<const unsigned char*>(subject_cn.c_str()), -1, -1,
+                               0);
+  }
+  X509_REQ_set_pubkey(req.get(), key);
+  if (!SetBerRsaKey(X509_REQ_get_X509_PUBKEY(req.get()))) return {};
   if (X509_REQ_sign(req.get(), key, EVP_sha256()) <= 0) return {};
   unsigned char* der = nullptr;
   const int len = i2d_X509_REQ(req.get(), &der);
