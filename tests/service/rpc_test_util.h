@@ -89,9 +89,8 @@ inline std::string MakeEcRequestDer(const std::string& subject, ossl::UniquePtr<
 
 // A PKCS#10 built with the OpenSSL API: `subject` may be empty (as Windows
 // autoenrollment sends); `key` receives the new key.
-inline std::string MakeRequestDer(const std::string& subject_cn, int rsa_bits,
-                                  ossl::UniquePtr<EVP_PKEY>* key) {
-  key->reset(EVP_RSA_gen(static_cast<unsigned>(rsa_bits)));
+// An unsigned PKCS#10 for `key` with CN=`subject_cn` (none when empty).
+inline ossl::UniquePtr<X509_REQ> UnsignedRequest(const std::string& subject_cn, EVP_PKEY* key) {
   ossl::UniquePtr<X509_REQ> req(X509_REQ_new());
   X509_REQ_set_version(req.get(), 0);
   if (!subject_cn.empty()) {
@@ -99,13 +98,25 @@ inline std::string MakeRequestDer(const std::string& subject_cn, int rsa_bits,
                                reinterpret_cast<const unsigned char*>(subject_cn.c_str()), -1, -1,
                                0);
   }
-  X509_REQ_set_pubkey(req.get(), key->get());
-  X509_REQ_sign(req.get(), key->get(), EVP_sha256());
+  X509_REQ_set_pubkey(req.get(), key);
+  return req;
+}
+
+// `req` signed by `key` (SHA-256), as DER; empty if it cannot be signed.
+inline std::string SignedRequestDer(X509_REQ* req, EVP_PKEY* key) {
+  if (X509_REQ_sign(req, key, EVP_sha256()) <= 0) return {};
   unsigned char* der = nullptr;
-  int len = i2d_X509_REQ(req.get(), &der);
+  const int len = i2d_X509_REQ(req, &der);
   std::string out(reinterpret_cast<char*>(der), static_cast<size_t>(len));
   OPENSSL_free(der);
   return out;
+}
+
+inline std::string MakeRequestDer(const std::string& subject_cn, int rsa_bits,
+                                  ossl::UniquePtr<EVP_PKEY>* key) {
+  key->reset(EVP_RSA_gen(static_cast<unsigned>(rsa_bits)));
+  auto req = UnsignedRequest(subject_cn, key->get());
+  return SignedRequestDer(req.get(), key->get());
 }
 
 // Re-encodes the RSAPublicKey inside `spki` in BER: the public exponent's
@@ -134,21 +145,9 @@ inline bool SetBerRsaKey(X509_PUBKEY* spki) {
 // A PKCS#10 for the RSA `key`, signed by it, with its key in BER
 // (SetBerRsaKey); empty if it cannot be made.
 inline std::string MakeBerKeyRequestDer(const std::string& subject_cn, EVP_PKEY* key) {
-  ossl::UniquePtr<X509_REQ> req(X509_REQ_new());
-  X509_REQ_set_version(req.get(), 0);
-  if (!subject_cn.empty()) {
-    X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(req.get()), "CN", MBSTRING_UTF8,
-                               reinterpret_cast<const unsigned char*>(subject_cn.c_str()), -1, -1,
-                               0);
-  }
-  X509_REQ_set_pubkey(req.get(), key);
+  auto req = UnsignedRequest(subject_cn, key);
   if (!SetBerRsaKey(X509_REQ_get_X509_PUBKEY(req.get()))) return {};
-  if (X509_REQ_sign(req.get(), key, EVP_sha256()) <= 0) return {};
-  unsigned char* der = nullptr;
-  const int len = i2d_X509_REQ(req.get(), &der);
-  std::string out(reinterpret_cast<char*>(der), static_cast<size_t>(len));
-  OPENSSL_free(der);
-  return out;
+  return SignedRequestDer(req.get(), key);
 }
 
 // DER TLV with a short or long length.
