@@ -93,6 +93,23 @@ void ReadNameValuePairs(Pkcs10Request& r) {
   }
 }
 
+// The subjectPKInfo element (tag, length and contents) as the request
+// carries it: CertificationRequest -> certificationRequestInfo -> version,
+// subject, subjectPKInfo. Empty if the layout is not that.
+std::span<const uint8_t> SentSpki(std::span<const uint8_t> request_der) {
+  DerReader top(request_der);
+  DerElement request, info, version, subject, spki;
+  if (!top.Expect(der::kSequence, &request)) return {};
+  DerReader fields(request.contents);
+  if (!fields.Expect(der::kSequence, &info)) return {};
+  DerReader inner(info.contents);
+  if (!inner.Expect(der::kInteger, &version) || !inner.Expect(der::kSequence, &subject) ||
+      !inner.Expect(der::kSequence, &spki)) {
+    return {};
+  }
+  return spki.whole;
+}
+
 }  // namespace
 
 std::vector<uint8_t> PemToDer(std::span<const uint8_t> data) {
@@ -175,11 +192,6 @@ std::string Sha256Hex(std::span<const uint8_t> data) {
   return out;
 }
 
-const std::string& Pkcs10Request::spki_sha256() const {
-  if (spki_sha256_.empty()) spki_sha256_ = SpkiSha256(public_key());
-  return spki_sha256_;
-}
-
 std::string SpkiSha256(EVP_PKEY* key) {
   if (key == nullptr) return {};
   unsigned char* der = nullptr;
@@ -216,21 +228,7 @@ absl::StatusOr<Pkcs10Request> ParsePkcs10(std::span<const uint8_t> data) {
   // certificationRequestInfo -> version, subject, subjectPKInfo) against
   // OpenSSL's DER of the key decoded from it. OpenSSL decodes BER inside the
   // key (a long-form length in an RSAPublicKey, say) to the same key.
-  std::span<const uint8_t> sent;
-  {
-    DerReader top(r.der);
-    DerElement request, info, version, subject, spki;
-    if (top.Expect(der::kSequence, &request)) {
-      DerReader fields(request.contents);
-      if (fields.Expect(der::kSequence, &info)) {
-        DerReader inner(info.contents);
-        if (inner.Expect(der::kInteger, &version) && inner.Expect(der::kSequence, &subject) &&
-            inner.Expect(der::kSequence, &spki)) {
-          sent = spki.whole;
-        }
-      }
-    }
-  }
+  const std::span<const uint8_t> sent = SentSpki(r.der);
   unsigned char* encoded = nullptr;
   const int encoded_len = i2d_PUBKEY(pub, &encoded);
   const bool canonical = encoded_len > 0 && !sent.empty() &&

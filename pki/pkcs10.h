@@ -26,13 +26,14 @@ struct Pkcs10Request {
   bool empty_subject = false;
 
   EVP_PKEY* public_key() const { return X509_REQ_get0_pubkey(req.get()); }
-  // SpkiSha256(public_key()), computed on first use and kept: a submission
-  // needs it three times, and OpenSSL 3.0 encodes a key slowly.
-  const std::string& spki_sha256() const;
+  // SHA-256 of the request's SubjectPublicKeyInfo, which ParsePkcs10 has
+  // checked is SpkiSha256(public_key())'s DER: set once by ParsePkcs10 (a
+  // submission needs it three times, and OpenSSL 3.0 encodes a key slowly).
+  const std::string& spki_sha256() const { return spki_sha256_; }
 
  private:
   friend absl::StatusOr<Pkcs10Request> ParsePkcs10(std::span<const uint8_t> data);
-  mutable std::string spki_sha256_;
+  std::string spki_sha256_;
 };
 
 // Which check a refused request failed, carried as a payload on the status

@@ -60,6 +60,29 @@ class DelegatedSignerTest : public TokenTest {
     return k;
   }
 
+  // A key made on the token under `label` and its self-signed CA
+  // certificate (CN=`cn`, signed on the token) in `cert`; nullptr if either
+  // could not be made.
+  std::shared_ptr<hsm::TokenKey> TokenCa(hsm::KeyAlgorithm algorithm, const std::string& label,
+                                         const std::string& cn, ossl::UniquePtr<X509>* cert) {
+    auto key = Generate(algorithm, label);
+    if (key == nullptr) return nullptr;
+    auto pkey = Load(key);
+    *cert = SelfSignedCa(crypto_->libctx(), pkey.get(), cn);
+    return *cert ? key : nullptr;
+  }
+
+  // The "Device" template of the issuing tests: RSA or EC of at least 256
+  // bits, one day.
+  static service::TemplateConfig DeviceTemplate() {
+    service::TemplateConfig t;
+    t.name = "Device";
+    t.key_types = {"rsa", "ec"};
+    t.min_key_bits = 256;
+    t.validity = std::chrono::hours(24);
+    return t;
+  }
+
   absl::Status Open() {
     auto signer = DelegatedSigner::Open(
         config_, crypto_, {ca_},
@@ -433,19 +456,13 @@ TEST_F(DelegatedSignerTest, OpenRefusesWhatItCannotUseNamingTheAlias) {
 }
 
 TEST_F(DelegatedSignerTest, IssuesUnderATemplateWithTheAliasCertificateAsIssuer) {
-  auto key = Generate(hsm::KeyAlgorithm::kEcP256, "issuing");
+  ossl::UniquePtr<X509> ca_cert;
+  auto key = TokenCa(hsm::KeyAlgorithm::kEcP256, "issuing", "Delegated Issuing CA", &ca_cert);
   ASSERT_NE(key, nullptr);
-  auto pkey = Load(key);
-  auto ca_cert = SelfSignedCa(crypto_->libctx(), pkey.get(), "Delegated Issuing CA");
-  ASSERT_NE(ca_cert, nullptr);
   // On the token beside the key: the signer finds it there.
   ASSERT_TRUE(hsm::ImportCertificate(*ca_, ca_cert.get(), "issuing", key->id).ok());
-  service::TemplateConfig t;
-  t.name = "Device";
-  t.key_types = {"rsa", "ec"};
-  t.min_key_bits = 256;
+  service::TemplateConfig t = DeviceTemplate();
   t.extended_key_usage = {"clientAuth"};
-  t.validity = std::chrono::hours(24);
   config_.templates = {t};
   SigningKeyConfig k =
       Key("issuing", "pkcs11:token=keywarden-ca;object=issuing", {"ecdsa-sha384", "ecdsa-sha256"});
@@ -482,19 +499,12 @@ TEST_F(DelegatedSignerTest, IssuesUnderATemplateWithTheAliasCertificateAsIssuer)
 // is handed to the recorder before it leaves -- without a recorder, or
 // when the recorder fails, nothing is issued.
 TEST_F(DelegatedSignerTest, TheCasOwnKeyNeverSignsRawAndWhatItIssuesIsRecordedFirst) {
-  auto key = Generate(hsm::KeyAlgorithm::kRsa2048, "this-ca");
+  ossl::UniquePtr<X509> ca_cert;
+  auto key = TokenCa(hsm::KeyAlgorithm::kRsa2048, "this-ca", "This CA", &ca_cert);
   ASSERT_NE(key, nullptr);
-  auto pkey = Load(key);
-  auto ca_cert = SelfSignedCa(crypto_->libctx(), pkey.get(), "This CA");
-  ASSERT_NE(ca_cert, nullptr);
   WriteFile(tmp_.File("ca.pem"), ToPem(ca_cert.get()));
   config_.ca.certificate = tmp_.File("ca.pem");
-  service::TemplateConfig t;
-  t.name = "Device";
-  t.key_types = {"rsa", "ec"};
-  t.min_key_bits = 256;
-  t.validity = std::chrono::hours(24);
-  config_.templates = {t};
+  config_.templates = {DeviceTemplate()};
   SigningKeyConfig k = Key("ca", "pkcs11:token=keywarden-ca;object=this-ca", {"rsa-pkcs1-sha256"});
   config_.signing.keys = {k};
   absl::Status refused = Open();
