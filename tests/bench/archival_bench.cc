@@ -35,7 +35,8 @@
 //                       [--backend sqlite|postgresql] [--replicas N]
 //                       [--pg CONNINFO] [--compare-backends]
 //   --keys    size of the pre-generated requester key pool (default 3000;
-//             a cell that runs out fails, except in --smoke)
+//             a cell that runs out fails, except in --smoke, where each
+//             cell has an equal share and stops when it is used up)
 //   --key-file PEM file the pool's keys are read from (as many as it
 //             holds) and written back to (when keys had to be generated):
 //             repeated runs skip key generation. Every run is a new CA, so
@@ -43,8 +44,8 @@
 //   --format  what the request carries: blob (the CLI's default) or pkcs8
 //   --sample  open every K-th stored archive (default 10; the first of each
 //             client thread always)
-//   --smoke   tiny durations, for ctest: proves the path and the checks,
-//             figures meaningless
+//   --smoke   tiny durations and no warm-up, for ctest: proves the path
+//             and the checks, figures meaningless
 //   --backend the CA database: sqlite (default) or postgresql (a fresh
 //             database on the cluster of --pg CONNINFO or KEYWARDEN_TEST_PG,
 //             a role that may create databases; without one the run is
@@ -572,8 +573,8 @@ double DaemonCpuSeconds(const std::vector<pid_t>& pids) {
 // targets[t % size] only (round robin, a channel of its own).
 Cell RunCell(DaemonHarness& daemon, const std::vector<std::string>& targets,
              const std::vector<pid_t>& pids, const KraSetup& kras, const TempDir& dir,
-             std::vector<Requester>& pool, std::atomic<size_t>& next_key, int concurrency,
-             const Options& o, bool openssl_check) {
+             std::vector<Requester>& pool, std::atomic<size_t>& next_key, size_t key_limit,
+             int concurrency, const Options& o, bool openssl_check) {
   Cell cell;
   cell.concurrency = concurrency;
   std::vector<Client> clients;
@@ -614,7 +615,7 @@ Cell RunCell(DaemonHarness& daemon, const std::vector<std::string>& targets,
         // Each key once: the CA certifies and archives a key for one owner
         // once (a second archival of it is refused as a replay).
         const size_t key_index = next_key.fetch_add(1);
-        if (key_index >= pool.size()) {
+        if (key_index >= key_limit) {
           if (!o.smoke) {
             fail(StrCat("the key pool ran out after ", pool.size(),
                         " archivals (each key is archived once); run with a larger --keys"));
@@ -797,7 +798,7 @@ bool ParseArgs(int argc, char** argv, Options& o) {
   }
   if (o.smoke) {
     o.seconds = 0.5;
-    o.warmup = 0.2;
+    o.warmup = 0;  // every enrollment counts: a cell has only its share of the keys
     o.floor_seconds = 0.1;
     o.keys = std::min(o.keys, 200);
     o.sample = 1;
@@ -1142,8 +1143,15 @@ int main(int argc, char** argv) {
     // ----------------------------------------------------------- end to end
     std::atomic<size_t> next_key{0};
     bool openssl_check = true;  // once per configuration
-    for (int c : o.concurrency) {
-      Cell cell = RunCell(*daemon, targets, pids, *kras, dir, pool, next_key, c, o, openssl_check);
+    for (size_t cell_index = 0; cell_index < o.concurrency.size(); ++cell_index) {
+      const int c = o.concurrency[cell_index];
+      // A smoke run stops a cell when the pool runs out rather than failing:
+      // each cell then gets its share, so that a fast first cell cannot
+      // leave the next one without keys.
+      const size_t key_limit =
+          o.smoke ? pool.size() * (cell_index + 1) / o.concurrency.size() : pool.size();
+      Cell cell = RunCell(*daemon, targets, pids, *kras, dir, pool, next_key, key_limit, c, o,
+                          openssl_check);
       cell.config = config.Label();
       openssl_check = openssl_check && !cell.ok;
       all_ok = all_ok && cell.ok;
