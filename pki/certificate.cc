@@ -11,6 +11,7 @@
 
 #include "hsm/status.h"
 #include "hsm/strings.h"
+#include "pki/der.h"
 #include "pki/files.h"
 
 namespace keywarden::pki {
@@ -358,6 +359,28 @@ std::vector<uint8_t> CertificateDer(X509* cert) {
   std::vector<uint8_t> out(der, der + std::max(len, 0));
   OPENSSL_free(der);
   return out;
+}
+
+std::span<const uint8_t> CertificateSpki(std::span<const uint8_t> der) {
+  DerReader outer(der);
+  DerElement cert, tbs, e;
+  if (!outer.Expect(der::kSequence, &cert) || !outer.empty()) return {};
+  DerReader c(cert.contents);
+  if (!c.Expect(der::kSequence, &tbs) || !c.Expect(der::kSequence, &e) ||
+      !c.Expect(der::kBitString, &e) || !c.empty()) {
+    return {};
+  }
+  DerReader t(tbs.contents);
+  uint8_t tag = 0;
+  if (t.PeekTag(&tag) && tag == 0xa0 && !t.Next(&e)) return {};  // [0] version
+  DerElement spki;
+  // serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo
+  if (!t.Expect(der::kInteger, &e) || !t.Expect(der::kSequence, &e) ||
+      !t.Expect(der::kSequence, &e) || !t.Expect(der::kSequence, &e) ||
+      !t.Expect(der::kSequence, &e) || !t.Expect(der::kSequence, &spki)) {
+    return {};
+  }
+  return spki.whole;
 }
 
 ossl::UniquePtr<X509> SoftwareCopy(X509* cert) {

@@ -95,6 +95,11 @@ std::string ToPem(X509* cert);
 // DER of a certificate (empty if it does not encode).
 std::vector<uint8_t> CertificateDer(X509* cert);
 
+// The subjectPublicKeyInfo element (tag, length, contents) of a DER
+// certificate, found by walking its outer structure without decoding the
+// key; empty if the layout is not a certificate's.
+std::span<const uint8_t> CertificateSpki(std::span<const uint8_t> der);
+
 // The certificate re-decoded from its DER. A certificate whose public key
 // was set from a token key caches that EVP_PKEY; checks of a token's
 // signature must use a software copy of the public key instead.

@@ -203,6 +203,38 @@ std::string SpkiSha256(EVP_PKEY* key) {
   return out;
 }
 
+std::string KeyEncodingProblem(EVP_PKEY* key, std::span<const uint8_t> spki) {
+  if (key == nullptr || spki.empty()) return "is missing";
+  // OpenSSL decodes BER inside the key (a long-form length in an
+  // RSAPublicKey, say) to the same key.
+  unsigned char* encoded = nullptr;
+  const int encoded_len = i2d_PUBKEY(key, &encoded);
+  const bool der = encoded_len > 0 && spki.size() == static_cast<size_t>(encoded_len) &&
+                   std::equal(spki.begin(), spki.end(), encoded);
+  OPENSSL_free(encoded);
+  ERR_clear_error();
+  if (!der) return "is not in DER";
+  if (!EVP_PKEY_is_a(key, "EC")) return {};
+  // SubjectPublicKeyInfo { AlgorithmIdentifier { id-ecPublicKey, parameters },
+  // BIT STRING { 0 unused bits, ECPoint } }: DER, as checked above.
+  DerReader top(spki);
+  DerElement info, algorithm, oid, parameters, bits;
+  if (!top.Expect(der::kSequence, &info)) return "is not a SubjectPublicKeyInfo";
+  DerReader fields(info.contents);
+  if (!fields.Expect(der::kSequence, &algorithm) || !fields.Expect(der::kBitString, &bits)) {
+    return "is not a SubjectPublicKeyInfo";
+  }
+  DerReader alg(algorithm.contents);
+  if (!alg.Expect(der::kOid, &oid) || !alg.Next(&parameters) || parameters.tag != der::kOid) {
+    return "does not name its curve (explicit or implicit EC parameters; RFC 5480 allows only "
+           "a named curve)";
+  }
+  if (bits.contents.size() < 2 || bits.contents[0] != 0 || bits.contents[1] != 0x04) {
+    return "is not an uncompressed EC point (compressed or hybrid form)";
+  }
+  return {};
+}
+
 absl::StatusOr<Pkcs10Request> ParsePkcs10(std::span<const uint8_t> data) {
   Pkcs10Request r;
   r.der = PemToDer(data);
@@ -225,21 +257,13 @@ absl::StatusOr<Pkcs10Request> ParsePkcs10(std::span<const uint8_t> data) {
         "PKCS#10: the request's signature does not verify with its public key");
   }
   // The SubjectPublicKeyInfo as sent (CertificationRequest ->
-  // certificationRequestInfo -> version, subject, subjectPKInfo) against
-  // OpenSSL's DER of the key decoded from it. OpenSSL decodes BER inside the
-  // key (a long-form length in an RSAPublicKey, say) to the same key.
+  // certificationRequestInfo -> version, subject, subjectPKInfo).
   const std::span<const uint8_t> sent = SentSpki(r.der);
-  unsigned char* encoded = nullptr;
-  const int encoded_len = i2d_PUBKEY(pub, &encoded);
-  const bool canonical = encoded_len > 0 && !sent.empty() &&
-                         sent.size() == static_cast<size_t>(encoded_len) &&
-                         std::equal(sent.begin(), sent.end(), encoded);
-  OPENSSL_free(encoded);
-  ERR_clear_error();
-  if (!canonical) {
-    return absl::InvalidArgumentError(
-        "PKCS#10: the public key (SubjectPublicKeyInfo) is not in DER: the same key has one "
-        "encoding only here, so that it is certified and found under one identity");
+  if (const std::string problem = KeyEncodingProblem(pub, sent); !problem.empty()) {
+    return absl::InvalidArgumentError(StrCat(
+        "PKCS#10: the public key (SubjectPublicKeyInfo) ", problem,
+        ": a key has one encoding only here, so that it is certified and found under one "
+        "identity"));
   }
   r.spki_sha256_ = Sha256Hex(sent);
   r.empty_subject = X509_NAME_entry_count(X509_REQ_get_subject_name(r.req.get())) == 0;

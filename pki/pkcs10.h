@@ -60,12 +60,24 @@ std::string SpkiSha256(EVP_PKEY* key);
 // SHA-256 (lower-case hex) of `data`.
 std::string Sha256Hex(std::span<const uint8_t> data);
 
+// Why `spki`, a SubjectPublicKeyInfo as it was sent, is not the one encoding
+// keywarden accepts for `key` (the key decoded from it); empty when it is.
+// A key is looked up by the hash of its encoding, so a second encoding of
+// the same key would be a second key to the one-key-one-owner check. The one
+// encoding is OpenSSL's DER of the key and, for an EC key, a named curve
+// with an uncompressed point (RFC 5480 2.1.1 and 2.2: specified curves are
+// not used in PKIX, the uncompressed form is the one every implementation
+// supports). OpenSSL keeps a compressed or hybrid point and explicit curve
+// parameters when it re-encodes a key, so DER alone does not make EC
+// encodings unique.
+std::string KeyEncodingProblem(EVP_PKEY* key, std::span<const uint8_t> spki);
+
 // Accepts DER or PEM ("CERTIFICATE REQUEST" / "NEW CERTIFICATE REQUEST").
 // The request's self-signature must verify, and its SubjectPublicKeyInfo
-// must be DER exactly as OpenSSL encodes the key it holds: the certificate
+// must be the one encoding of its key (KeyEncodingProblem): the certificate
 // carries the request's key bits as they are, and a key is looked up by the
-// hash of that encoding, so a second (BER) encoding of the same key would
-// be a second key to every check.
+// hash of that encoding, so a second encoding of the same key (BER, a
+// compressed EC point) would be a second key to every check.
 absl::StatusOr<Pkcs10Request> ParsePkcs10(std::span<const uint8_t> data);
 
 // PEM to DER when `data` is PEM (any label), else `data` unchanged.

@@ -1449,18 +1449,21 @@ absl::StatusOr<CertificateAuthority::ImportResult> CertificateAuthority::ImportO
     }
   }
 
-  // The key is looked up by the hash of OpenSSL's DER of it, and the stored
-  // certificate is indexed by the hash of the key bytes it carries: a key
-  // in BER there would be a second key to every later check (as for
-  // requests, pki::ParsePkcs10).
-  const std::string key_hash = pki::SpkiSha256(X509_get0_pubkey(cert.get()));
-  if (key_hash.empty() || SpkiSha256OfCertificate(pki::CertificateDer(cert.get())) != key_hash) {
+  // The stored certificate is indexed by the hash of the key bytes it
+  // carries: a second encoding of a key there (BER, a compressed EC point)
+  // would be a second key to every later check (as for requests,
+  // pki::ParsePkcs10).
+  const std::vector<uint8_t> cert_der = pki::CertificateDer(cert.get());
+  const std::span<const uint8_t> spki = pki::CertificateSpki(cert_der);
+  if (const std::string problem = pki::KeyEncodingProblem(X509_get0_pubkey(cert.get()), spki);
+      !problem.empty()) {
     return refuse(
         Error(hresult::kInvalidArg,
               StrCat("certificate ", pki::FormatName(X509_get_subject_name(cert.get())),
-                     ": its public key (SubjectPublicKeyInfo) is not in DER; a key has one "
-                     "encoding only here, so that it is found under one owner")));
+                     ": its public key (SubjectPublicKeyInfo) ", problem,
+                     "; a key has one encoding only here, so that it is found under one owner")));
   }
+  const std::string key_hash = pki::Sha256Hex(spki);
   // One key, one owner: the certificate's subject owns its key.
   if (auto st = CheckKeyOwner(key_hash, pki::FormatName(X509_get_subject_name(cert.get())),
                               /*requester=*/"",

@@ -751,32 +751,14 @@ absl::StatusOr<T> ReadOne(sql::Database& db, std::string_view what,
 }  // namespace
 
 std::string SpkiSha256OfCertificate(const std::vector<uint8_t>& der) {
-  // The SubjectPublicKeyInfo's DER, found by walking the certificate's
-  // outer structure: d2i_X509 would decode the public key too, which
-  // OpenSSL 3.0's decoders make cost about as much as the rest of storing
-  // an issuance. The same bytes as i2d_X509_PUBKEY of a decoded DER
-  // certificate (tests/service/store_test.cc compares them).
-  pki::DerReader outer(der);
-  pki::DerElement cert, tbs, e;
-  if (!outer.Expect(pki::der::kSequence, &cert) || !outer.empty()) return {};
-  pki::DerReader c(cert.contents);
-  if (!c.Expect(pki::der::kSequence, &tbs) || !c.Expect(pki::der::kSequence, &e) ||
-      !c.Expect(pki::der::kBitString, &e) || !c.empty()) {
-    return {};
-  }
-  pki::DerReader t(tbs.contents);
-  uint8_t tag = 0;
-  if (t.PeekTag(&tag) && tag == 0xa0 && !t.Next(&e)) return {};  // [0] version
-  pki::DerElement spki;
-  // serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo
-  if (!t.Expect(pki::der::kInteger, &e) || !t.Expect(pki::der::kSequence, &e) ||
-      !t.Expect(pki::der::kSequence, &e) || !t.Expect(pki::der::kSequence, &e) ||
-      !t.Expect(pki::der::kSequence, &e) || !t.Expect(pki::der::kSequence, &spki)) {
-    return {};
-  }
+  // pki::CertificateSpki walks the certificate's outer structure: d2i_X509
+  // would decode the public key too, which OpenSSL 3.0's decoders make cost
+  // about as much as the rest of storing an issuance.
+  const std::span<const uint8_t> spki = pki::CertificateSpki(der);
+  if (spki.empty()) return {};
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int n = 0;
-  if (EVP_Digest(spki.whole.data(), spki.whole.size(), md, &n, EVP_sha256(), nullptr) != 1) {
+  if (EVP_Digest(spki.data(), spki.size(), md, &n, EVP_sha256(), nullptr) != 1) {
     ERR_clear_error();
     return {};
   }

@@ -10,6 +10,7 @@
 //     OAEP-SHA256 request the token cannot decrypt is the token's failure.
 // Expected values come from the requests the test builds and from the
 // openssl command line, never from the code under test.
+#include <openssl/core_names.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
@@ -72,6 +73,13 @@ key_usage = ["keyEncipherment"]
 archival = "required"
 subject = "principal"
 pend = true
+
+[[template]]
+name = "EcUser"
+extended_key_usage = ["clientAuth"]
+key_types = ["ec"]
+min_key_bits = 256
+enrollees = ["enrollee"]
 )");
     auto d = DaemonHarness::Start(options);
     ASSERT_TRUE(d.ok()) << d.status();
@@ -361,6 +369,75 @@ TEST_F(KeyOwnerTest, AKeyInASecondEncodingIsRefusedAndCannotGetASecondOwner) {
     EXPECT_FALSE(st.ok()) << who << ": the BER encoding of an issued key was certified";
   }
   ExpectKeyRefused("enrollee2", der_csr, "User");
+}
+
+// A PKCS#10 for the EC `key`, signed by it, with its point or curve
+// written as `param` = `value` says (OpenSSL writes a key as its
+// conversion-format and encoding parameters say); empty if it cannot be made.
+std::string EcRequestDer(EVP_PKEY* key, const char* param, const char* value) {
+  ossl::UniquePtr<EVP_PKEY> copy(EVP_PKEY_dup(key));
+  if (!copy || EVP_PKEY_set_utf8_string_param(copy.get(), param, value) != 1) return {};
+  auto req = UnsignedRequest("", copy.get());
+  return SignedRequestDer(req.get(), key);
+}
+
+// The same EC key with a compressed or hybrid point, or with its curve
+// spelled out: OpenSSL decodes each to the same key and writes it back the
+// way it came, so each passes a DER check and would be indexed under its
+// own hash, a second key to the one-key-one-owner check. Each is refused,
+// stores nothing, and cannot take the key from the owner of the named,
+// uncompressed encoding.
+TEST_F(KeyOwnerTest, AnEcKeyHasOneEncoding) {
+  ossl::UniquePtr<EVP_PKEY> key(EVP_EC_gen("P-256"));
+  ASSERT_TRUE(key);
+  auto plain_req = UnsignedRequest("", key.get());
+  const std::string plain = SignedRequestDer(plain_req.get(), key.get());
+  struct Variant {
+    const char* name;
+    std::string csr;
+    const char* why;
+  };
+  const std::vector<Variant> variants = {
+      {"compressed",
+       EcRequestDer(key.get(), OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT, "compressed"),
+       "not an uncompressed EC point"},
+      {"hybrid", EcRequestDer(key.get(), OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT, "hybrid"),
+       "not an uncompressed EC point"},
+      {"explicit", EcRequestDer(key.get(), OSSL_PKEY_PARAM_EC_ENCODING, "explicit"),
+       "does not name its curve"},
+  };
+  auto store = OpenStore();
+  auto before = store->ListRequests(std::nullopt, 1000);
+  ASSERT_TRUE(before.ok());
+  for (const auto& v : variants) {
+    SCOPED_TRACE(v.name);
+    ASSERT_FALSE(v.csr.empty());
+    ASSERT_NE(v.csr, plain);
+    // openssl itself accepts it: the same key, its signature verifies.
+    WriteFile(tmp_.File("variant.der"), v.csr);
+    auto r = RunCommand(StrCat("openssl req -inform DER -in ", tmp_.File("variant.der"),
+                               " -noout -verify -text 2>&1"));
+    ASSERT_NE(r.output.find("verify OK"), std::string::npos) << r.output;
+    v1::EnrollmentResult refused;
+    grpc::Status st = Submit("enrollee", v.csr, "EcUser", &refused);
+    ASSERT_FALSE(st.ok()) << "a " << v.name << " EC key was certified";
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_NE(st.error_message().find(v.why), std::string::npos) << st.error_message();
+  }
+  auto after = store->ListRequests(std::nullopt, 1000);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->size(), before->size()) << "a refused request was stored";
+
+  v1::EnrollmentResult issued;
+  grpc::Status st = Submit("enrollee", plain, "EcUser", &issued);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(issued.disposition(), v1::DISPOSITION_ISSUED);
+  for (const auto& v : variants) {
+    v1::EnrollmentResult again;
+    st = Submit("enrollee2", v.csr, "EcUser", &again);
+    EXPECT_FALSE(st.ok()) << v.name << ": a second encoding of an issued key was certified";
+  }
+  ExpectKeyRefused("enrollee2", plain, "EcUser");
 }
 
 TEST_F(KeyOwnerTest, PendingArchivalHoldsItsKeyAgainstOtherRequesters) {
