@@ -121,7 +121,7 @@ absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> SignerPublicKey(const std::string& pat
       return absl::InvalidArgumentError(
           StrCat(path, " is not a PKCS#10 request: ", req.status().message()));
     }
-    EVP_PKEY* pub = X509_REQ_get0_pubkey(req->req.get());
+    EVP_PKEY* pub = req->public_key();
     if (pub == nullptr) return hsm::OpenSslError(StrCat(path, ": the request's public key"));
     return ossl::UniquePtr<EVP_PKEY>(EVP_PKEY_dup(pub));
   }

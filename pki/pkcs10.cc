@@ -1,5 +1,6 @@
 #include "pki/pkcs10.h"
 
+#include <openssl/asn1t.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -12,6 +13,7 @@
 #include "hsm/status.h"
 #include "hsm/strings.h"
 #include "pki/der.h"
+#include "pki/spki.h"
 
 namespace keywarden::pki {
 namespace {
@@ -93,21 +95,68 @@ void ReadNameValuePairs(Pkcs10Request& r) {
   }
 }
 
-// The subjectPKInfo element (tag, length and contents) as the request
-// carries it: CertificationRequest -> certificationRequestInfo -> version,
-// subject, subjectPKInfo. Empty if the layout is not that.
-std::span<const uint8_t> SentSpki(std::span<const uint8_t> request_der) {
-  DerReader top(request_der);
-  DerElement request, info, version, subject, spki;
-  if (!top.Expect(der::kSequence, &request)) return {};
-  DerReader fields(request.contents);
-  if (!fields.Expect(der::kSequence, &info)) return {};
-  DerReader inner(info.contents);
-  if (!inner.Expect(der::kInteger, &version) || !inner.Expect(der::kSequence, &subject) ||
-      !inner.Expect(der::kSequence, &spki)) {
-    return {};
+// A DER element decoded by OpenSSL's d2i function for its type, which must
+// use every byte of it.
+template <typename T>
+ossl::UniquePtr<T> D2iWhole(T* (*d2i)(T**, const unsigned char**, long),
+                            std::span<const uint8_t> element) {
+  const unsigned char* p = element.data();
+  ossl::UniquePtr<T> out(d2i(nullptr, &p, static_cast<long>(element.size())));
+  if (out && p != element.data() + element.size()) out.reset();
+  return out;
+}
+
+// The request's X509_REQ from its parts, without decoding its public key
+// (the caller has, with ReadPublicKey): X509_REQ_get0_pubkey is null on
+// it, Pkcs10Request::public_key() is the key. False on a malformed part.
+bool BuildRequest(const DerElement& subject, const DerElement& spki,
+                  std::span<const uint8_t> attributes, Pkcs10Request& r) {
+  r.req.reset(X509_REQ_new());
+  auto name = D2iWhole(d2i_X509_NAME, subject.whole);
+  if (!r.req || !name || X509_REQ_set_subject_name(r.req.get(), name.get()) != 1) return false;
+  // AlgorithmIdentifier and key bits as sent, as d2i_X509_REQ keeps them.
+  DerReader top(spki.contents);
+  DerElement algorithm, bits;
+  if (!top.Expect(der::kSequence, &algorithm) || !top.Expect(der::kBitString, &bits) ||
+      bits.contents.empty() || bits.contents[0] != 0) {
+    return false;
   }
-  return spki.whole;
+  ossl::UniquePtr<X509_ALGOR> alg = D2iWhole(d2i_X509_ALGOR, algorithm.whole);
+  if (!alg) return false;
+  const ASN1_OBJECT* oid = nullptr;
+  int ptype = V_ASN1_UNDEF;
+  const void* pval = nullptr;
+  X509_ALGOR_get0(&oid, &ptype, &pval, alg.get());
+  void* pval_copy = nullptr;
+  if (ptype == V_ASN1_OBJECT) {
+    pval_copy = OBJ_dup(static_cast<const ASN1_OBJECT*>(pval));
+  } else if (ptype != V_ASN1_UNDEF && ptype != V_ASN1_NULL) {
+    pval_copy = ASN1_STRING_dup(static_cast<const ASN1_STRING*>(pval));
+  }
+  const std::span<const uint8_t> key_bits = bits.contents.subspan(1);
+  auto* key_copy = static_cast<unsigned char*>(
+      OPENSSL_memdup(key_bits.data(), std::max<size_t>(key_bits.size(), 1)));
+  if (X509_PUBKEY_set0_param(X509_REQ_get_X509_PUBKEY(r.req.get()), OBJ_dup(oid), ptype, pval_copy,
+                             key_copy, static_cast<int>(key_bits.size())) != 1) {
+    OPENSSL_free(key_copy);
+    if (ptype == V_ASN1_OBJECT)
+      ASN1_OBJECT_free(static_cast<ASN1_OBJECT*>(pval_copy));
+    else
+      ASN1_STRING_free(static_cast<ASN1_STRING*>(pval_copy));
+    return false;
+  }
+  DerReader set(attributes);
+  while (!set.empty()) {
+    DerElement attribute;
+    if (!set.Expect(der::kSequence, &attribute)) return false;
+    const unsigned char* p = attribute.whole.data();
+    X509_ATTRIBUTE* a = d2i_X509_ATTRIBUTE(nullptr, &p, static_cast<long>(attribute.whole.size()));
+    const bool whole = a != nullptr && p == attribute.whole.data() + attribute.whole.size();
+    const bool added = whole && X509_REQ_add1_attr(r.req.get(), a) == 1;
+    X509_ATTRIBUTE_free(a);
+    if (!added) return false;
+  }
+  return true;
 }
 
 }  // namespace
@@ -203,69 +252,82 @@ std::string SpkiSha256(EVP_PKEY* key) {
   return out;
 }
 
-std::string KeyEncodingProblem(EVP_PKEY* key, std::span<const uint8_t> spki) {
-  if (key == nullptr || spki.empty()) return "is missing";
-  // OpenSSL decodes BER inside the key (a long-form length in an
-  // RSAPublicKey, say) to the same key.
-  unsigned char* encoded = nullptr;
-  const int encoded_len = i2d_PUBKEY(key, &encoded);
-  const bool der = encoded_len > 0 && spki.size() == static_cast<size_t>(encoded_len) &&
-                   std::equal(spki.begin(), spki.end(), encoded);
-  OPENSSL_free(encoded);
-  ERR_clear_error();
-  if (!der) return "is not in DER";
-  if (!EVP_PKEY_is_a(key, "EC")) return {};
-  // SubjectPublicKeyInfo { AlgorithmIdentifier { id-ecPublicKey, parameters },
-  // BIT STRING { 0 unused bits, ECPoint } }: DER, as checked above.
-  DerReader top(spki);
-  DerElement info, algorithm, oid, parameters, bits;
-  if (!top.Expect(der::kSequence, &info)) return "is not a SubjectPublicKeyInfo";
-  DerReader fields(info.contents);
-  if (!fields.Expect(der::kSequence, &algorithm) || !fields.Expect(der::kBitString, &bits)) {
-    return "is not a SubjectPublicKeyInfo";
-  }
-  DerReader alg(algorithm.contents);
-  if (!alg.Expect(der::kOid, &oid) || !alg.Next(&parameters) || parameters.tag != der::kOid) {
-    return "does not name its curve (explicit or implicit EC parameters; RFC 5480 allows only "
-           "a named curve)";
-  }
-  if (bits.contents.size() < 2 || bits.contents[0] != 0 || bits.contents[1] != 0x04) {
-    return "is not an uncompressed EC point (compressed or hybrid form)";
-  }
-  return {};
-}
-
 absl::StatusOr<Pkcs10Request> ParsePkcs10(std::span<const uint8_t> data) {
   Pkcs10Request r;
   r.der = PemToDer(data);
   if (r.der.empty()) return absl::InvalidArgumentError("PKCS#10: the request is empty or bad PEM");
-  const unsigned char* p = r.der.data();
-  r.req.reset(d2i_X509_REQ(nullptr, &p, static_cast<long>(r.der.size())));
-  if (!r.req)
-    return hsm::OpenSslError("PKCS#10: not a certification request",
-                             absl::StatusCode::kInvalidArgument);
-  if (p != r.der.data() + r.der.size()) {
-    return absl::InvalidArgumentError("PKCS#10: trailing bytes after the request");
+  // CertificationRequest { certificationRequestInfo { version, subject,
+  // subjectPKInfo, [0] attributes }, signatureAlgorithm, signature }, read
+  // part by part: d2i_X509_REQ would decode the public key with OpenSSL
+  // 3.0's decoders, several times what reading it from its parts costs.
+  DerReader top(r.der);
+  DerElement request, info, sig_alg, signature, version, subject, spki, attributes;
+  if (!top.Expect(der::kSequence, &request)) {
+    return absl::InvalidArgumentError("PKCS#10: not a certification request");
   }
-  EVP_PKEY* pub = X509_REQ_get0_pubkey(r.req.get());
-  if (pub == nullptr)
-    return hsm::OpenSslError("PKCS#10: unreadable public key", absl::StatusCode::kInvalidArgument);
-  if (X509_REQ_verify(r.req.get(), pub) != 1) {
+  if (!top.empty()) return absl::InvalidArgumentError("PKCS#10: trailing bytes after the request");
+  DerReader fields(request.contents);
+  if (!fields.Expect(der::kSequence, &info) || !fields.Expect(der::kSequence, &sig_alg) ||
+      !fields.Expect(der::kBitString, &signature) || !fields.empty()) {
+    return absl::InvalidArgumentError(
+        "PKCS#10: not a certification request (request info, signature algorithm, signature)");
+  }
+  DerReader parts(info.contents);
+  int64_t version_number = -1;
+  if (!parts.Expect(der::kInteger, &version) || !ReadSmallInt(version.contents, &version_number) ||
+      version_number != 0) {
+    return absl::InvalidArgumentError("PKCS#10: the request's version is not v1 (0)");
+  }
+  if (!parts.Expect(der::kSequence, &subject) || !parts.Expect(der::kSequence, &spki)) {
+    return absl::InvalidArgumentError("PKCS#10: the request has no subject or public key");
+  }
+  uint8_t tag = 0;
+  if (parts.PeekTag(&tag) && tag == der::ContextConstructed(0) && !parts.Next(&attributes)) {
+    return absl::InvalidArgumentError("PKCS#10: malformed attributes");
+  }
+  if (!parts.empty()) {
+    return absl::InvalidArgumentError("PKCS#10: unexpected data after the request's attributes");
+  }
+  auto key = ReadPublicKey(spki.whole);
+  if (!key.ok()) {
+    if (key.status().code() != absl::StatusCode::kInvalidArgument) return key.status();
+    return absl::InvalidArgumentError(
+        StrCat("PKCS#10: the public key (SubjectPublicKeyInfo) ", key.status().message(),
+               ": a key has one encoding only here, so that it is certified and found under one "
+               "identity"));
+  }
+  r.key_ = std::move(*key);
+  if (!BuildRequest(subject, spki, attributes.contents, r)) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(
+        "PKCS#10: malformed subject, public key or attributes in the request");
+  }
+  // The signature over certificationRequestInfo exactly as sent (an ANY
+  // holding a SEQUENCE encodes as its bytes), as X509_REQ_verify checks it.
+  ossl::UniquePtr<X509_ALGOR> alg = D2iWhole(d2i_X509_ALGOR, sig_alg.whole);
+  ossl::UniquePtr<ASN1_BIT_STRING> sig = D2iWhole(d2i_ASN1_BIT_STRING, signature.whole);
+  ossl::UniquePtr<ASN1_STRING> signed_info(ASN1_STRING_type_new(V_ASN1_SEQUENCE));
+  ASN1_TYPE signed_any{};
+  if (!alg || !sig || !signed_info ||
+      ASN1_STRING_set(signed_info.get(), info.whole.data(), static_cast<int>(info.whole.size())) !=
+          1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError("PKCS#10: malformed signature algorithm or signature");
+  }
+  signed_any.type = V_ASN1_SEQUENCE;
+  signed_any.value.sequence = signed_info.get();
+  if (ASN1_item_verify(ASN1_ITEM_rptr(ASN1_ANY), alg.get(), sig.get(), &signed_any, r.key_.get()) !=
+      1) {
     ERR_clear_error();
     return RequestCheckError(
         RequestCheck::kSignature,
         "PKCS#10: the request's signature does not verify with its public key");
   }
-  // The SubjectPublicKeyInfo as sent (CertificationRequest ->
-  // certificationRequestInfo -> version, subject, subjectPKInfo).
-  const std::span<const uint8_t> sent = SentSpki(r.der);
-  if (const std::string problem = KeyEncodingProblem(pub, sent); !problem.empty()) {
-    return absl::InvalidArgumentError(StrCat(
-        "PKCS#10: the public key (SubjectPublicKeyInfo) ", problem,
-        ": a key has one encoding only here, so that it is certified and found under one "
-        "identity"));
+  if (X509_REQ_set1_signature_algo(r.req.get(), alg.get()) != 1) {
+    return hsm::OpenSslError("PKCS#10: copy the signature algorithm");
   }
-  r.spki_sha256_ = Sha256Hex(sent);
+  X509_REQ_set0_signature(r.req.get(), sig.release());
+  r.spki_sha256_ = Sha256Hex(spki.whole);
   r.empty_subject = X509_NAME_entry_count(X509_REQ_get_subject_name(r.req.get())) == 0;
   if (auto st = ReadTemplateExtensions(r); !st.ok()) return st;
   ReadNameValuePairs(r);

@@ -25,14 +25,19 @@ struct Pkcs10Request {
   int64_t template_minor = -1;
   bool empty_subject = false;
 
-  EVP_PKEY* public_key() const { return X509_REQ_get0_pubkey(req.get()); }
+  // The request's key, read by ReadPublicKey (pki/spki.h). `req` holds the
+  // key's algorithm and bits as sent but no decoded key:
+  // X509_REQ_get0_pubkey(req) is null.
+  EVP_PKEY* public_key() const { return key_.get(); }
   // SHA-256 of the request's SubjectPublicKeyInfo, which ParsePkcs10 has
-  // checked is SpkiSha256(public_key())'s DER: set once by ParsePkcs10 (a
-  // submission needs it three times, and OpenSSL 3.0 encodes a key slowly).
+  // checked is the one encoding of public_key() and SpkiSha256's DER of it:
+  // set once by ParsePkcs10 (a submission needs it three times, and OpenSSL
+  // 3.0 encodes a key slowly).
   const std::string& spki_sha256() const { return spki_sha256_; }
 
  private:
   friend absl::StatusOr<Pkcs10Request> ParsePkcs10(std::span<const uint8_t> data);
+  ossl::UniquePtr<EVP_PKEY> key_;
   std::string spki_sha256_;
 };
 
@@ -60,21 +65,9 @@ std::string SpkiSha256(EVP_PKEY* key);
 // SHA-256 (lower-case hex) of `data`.
 std::string Sha256Hex(std::span<const uint8_t> data);
 
-// Why `spki`, a SubjectPublicKeyInfo as it was sent, is not the one encoding
-// keywarden accepts for `key` (the key decoded from it); empty when it is.
-// A key is looked up by the hash of its encoding, so a second encoding of
-// the same key would be a second key to the one-key-one-owner check. The one
-// encoding is OpenSSL's DER of the key and, for an EC key, a named curve
-// with an uncompressed point (RFC 5480 2.1.1 and 2.2: specified curves are
-// not used in PKIX, the uncompressed form is the one every implementation
-// supports). OpenSSL keeps a compressed or hybrid point and explicit curve
-// parameters when it re-encodes a key, so DER alone does not make EC
-// encodings unique.
-std::string KeyEncodingProblem(EVP_PKEY* key, std::span<const uint8_t> spki);
-
 // Accepts DER or PEM ("CERTIFICATE REQUEST" / "NEW CERTIFICATE REQUEST").
 // The request's self-signature must verify, and its SubjectPublicKeyInfo
-// must be the one encoding of its key (KeyEncodingProblem): the certificate
+// must be the one encoding of its key (ReadPublicKey): the certificate
 // carries the request's key bits as they are, and a key is looked up by the
 // hash of that encoding, so a second encoding of the same key (BER, a
 // compressed EC point) would be a second key to every check.

@@ -28,6 +28,7 @@
 #include "pki/pkcs10.h"
 #include "pki/pkcs12.h"
 #include "pki/recovery_blob.h"
+#include "pki/spki.h"
 #include "service/authz.h"
 #include "service/bounded.h"
 #include "service/ca/ceremony_certificates.h"
@@ -1455,12 +1456,12 @@ absl::StatusOr<CertificateAuthority::ImportResult> CertificateAuthority::ImportO
   // pki::ParsePkcs10).
   const std::vector<uint8_t> cert_der = pki::CertificateDer(cert.get());
   const std::span<const uint8_t> spki = pki::CertificateSpki(cert_der);
-  if (const std::string problem = pki::KeyEncodingProblem(X509_get0_pubkey(cert.get()), spki);
-      !problem.empty()) {
+  if (auto read = pki::ReadPublicKey(spki); !read.ok()) {
+    if (read.status().code() != absl::StatusCode::kInvalidArgument) return read.status();
     return refuse(
         Error(hresult::kInvalidArg,
               StrCat("certificate ", pki::FormatName(X509_get_subject_name(cert.get())),
-                     ": its public key (SubjectPublicKeyInfo) ", problem,
+                     ": its public key (SubjectPublicKeyInfo) ", read.status().message(),
                      "; a key has one encoding only here, so that it is found under one owner")));
   }
   const std::string key_hash = pki::Sha256Hex(spki);

@@ -1,0 +1,197 @@
+#include "pki/spki.h"
+
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/objects.h>
+#include <openssl/x509.h>
+
+#include <algorithm>
+#include <string>
+
+#include "pki/der.h"
+
+namespace keywarden::pki {
+namespace {
+
+constexpr char kRsaEncryption[] = "1.2.840.113549.1.1.1";
+constexpr char kEcPublicKey[] = "1.2.840.10045.2.1";
+
+absl::Status Problem(const char* what) {
+  return absl::InvalidArgumentError(what);
+}
+
+// `why`, or "is not in DER" when OpenSSL reads `spki` as a key all the same
+// (BER lengths the strict DER reader refuses, say).
+absl::Status NotDerOr(std::span<const uint8_t> spki, const char* why) {
+  const unsigned char* p = spki.data();
+  ossl::UniquePtr<EVP_PKEY> key(d2i_PUBKEY(nullptr, &p, static_cast<long>(spki.size())));
+  ERR_clear_error();
+  return Problem(key && p == spki.data() + spki.size() ? "is not in DER" : why);
+}
+
+bool Equal(std::span<const uint8_t> a, std::span<const uint8_t> b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end());
+}
+
+// The magnitude of a positive INTEGER's contents (no leading zero octets);
+// empty when it is zero or negative.
+std::span<const uint8_t> PositiveMagnitude(std::span<const uint8_t> contents) {
+  if (contents.empty() || (contents[0] & 0x80) != 0) return {};
+  while (!contents.empty() && contents[0] == 0) contents = contents.subspan(1);
+  return contents;
+}
+
+// DER INTEGER of a positive magnitude: minimal, with one zero octet in front
+// when its top bit is set.
+der::Bytes PositiveInteger(std::span<const uint8_t> magnitude) {
+  der::Bytes value;
+  if ((magnitude[0] & 0x80) != 0) value.push_back(0);
+  value.insert(value.end(), magnitude.begin(), magnitude.end());
+  return der::Tlv(der::kInteger, value);
+}
+
+// SubjectPublicKeyInfo { AlgorithmIdentifier `algorithm`, BIT STRING `bits` }.
+der::Bytes Spki(const der::Bytes& algorithm, std::span<const uint8_t> bits) {
+  return der::Tlv(der::kSequence, der::Concat({der::Tlv(der::kSequence, algorithm),
+                                               der::Tlv(der::kBitString, bits)}));
+}
+
+ossl::UniquePtr<EVP_PKEY> FromData(const char* type, const OSSL_PARAM* params) {
+  ossl::UniquePtr<EVP_PKEY_CTX> ctx(EVP_PKEY_CTX_new_from_name(nullptr, type, nullptr));
+  EVP_PKEY* key = nullptr;
+  if (!ctx || EVP_PKEY_fromdata_init(ctx.get()) != 1 ||
+      EVP_PKEY_fromdata(ctx.get(), &key, EVP_PKEY_PUBLIC_KEY, const_cast<OSSL_PARAM*>(params)) !=
+          1) {
+    ERR_clear_error();
+    return {};
+  }
+  return ossl::UniquePtr<EVP_PKEY>(key);
+}
+
+// RSAPublicKey { modulus INTEGER, publicExponent INTEGER } in the BIT STRING.
+absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> ReadRsa(std::span<const uint8_t> spki,
+                                                  std::span<const uint8_t> bits) {
+  if (bits.size() < 2 || bits[0] != 0) return NotDerOr(spki, "is not an RSA public key");
+  DerReader top(bits.subspan(1));
+  DerElement rsa, n, e;
+  if (!top.Expect(der::kSequence, &rsa) || !top.empty()) {
+    return NotDerOr(spki, "is not an RSA public key");
+  }
+  DerReader parts(rsa.contents);
+  if (!parts.Expect(der::kInteger, &n) || !parts.Expect(der::kInteger, &e) || !parts.empty()) {
+    return NotDerOr(spki, "is not an RSA public key");
+  }
+  const std::span<const uint8_t> modulus = PositiveMagnitude(n.contents);
+  const std::span<const uint8_t> exponent = PositiveMagnitude(e.contents);
+  if (modulus.empty() || exponent.empty()) {
+    return Problem("is not an RSA public key (its modulus and exponent must be positive)");
+  }
+  const der::Bytes rsa_der =
+      der::Tlv(der::kSequence, der::Concat({PositiveInteger(modulus), PositiveInteger(exponent)}));
+  der::Bytes bit_string = {0};
+  bit_string.insert(bit_string.end(), rsa_der.begin(), rsa_der.end());
+  if (!Equal(spki, Spki(der::Concat({der::Oid(kRsaEncryption), der::kNullValue}), bit_string))) {
+    return Problem("is not in DER");
+  }
+  ossl::UniquePtr<BIGNUM> bn_n(
+      BN_bin2bn(modulus.data(), static_cast<int>(modulus.size()), nullptr));
+  ossl::UniquePtr<BIGNUM> bn_e(
+      BN_bin2bn(exponent.data(), static_cast<int>(exponent.size()), nullptr));
+  ossl::UniquePtr<OSSL_PARAM_BLD> bld(OSSL_PARAM_BLD_new());
+  if (!bn_n || !bn_e || !bld ||
+      OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_N, bn_n.get()) != 1 ||
+      OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_E, bn_e.get()) != 1) {
+    ERR_clear_error();
+    return absl::ResourceExhaustedError("out of memory reading an RSA public key");
+  }
+  ossl::UniquePtr<OSSL_PARAM> params(OSSL_PARAM_BLD_to_param(bld.get()));
+  if (!params) return absl::ResourceExhaustedError("out of memory reading an RSA public key");
+  auto key = FromData("RSA", params.get());
+  if (!key) return Problem("is not a public key OpenSSL reads");
+  return key;
+}
+
+// id-ecPublicKey with a named curve and an uncompressed point.
+absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> ReadEc(std::span<const uint8_t> spki,
+                                                 const DerElement& parameters,
+                                                 std::span<const uint8_t> bits) {
+  if (parameters.tag != der::kOid) {
+    return Problem(
+        "does not name its curve (explicit or implicit EC parameters; RFC 5480 allows only a "
+        "named curve)");
+  }
+  if (bits.size() < 2 || bits[0] != 0 || bits[1] != 0x04) {
+    return Problem("is not an uncompressed EC point (compressed or hybrid form)");
+  }
+  const std::string curve_oid = OidToText(parameters.contents);
+  const int nid = curve_oid.empty() ? NID_undef : OBJ_txt2nid(curve_oid.c_str());
+  const char* curve = nid == NID_undef ? nullptr : OBJ_nid2sn(nid);
+  ERR_clear_error();
+  if (curve == nullptr) return Problem("names a curve OpenSSL does not know");
+  if (!Equal(spki,
+             Spki(der::Concat({der::Oid(kEcPublicKey), der::Oid(curve_oid.c_str())}), bits))) {
+    return Problem("is not in DER");
+  }
+  const std::span<const uint8_t> point = bits.subspan(1);
+  const OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, const_cast<char*>(curve), 0),
+      OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, const_cast<uint8_t*>(point.data()),
+                                        point.size()),
+      OSSL_PARAM_construct_end()};
+  // The provider checks that the point is on the curve, as its decoder does.
+  auto key = FromData("EC", params);
+  if (!key) return Problem("is not a point on its named curve, or a curve OpenSSL cannot use");
+  return key;
+}
+
+// Any other key type: OpenSSL's decoder, and its DER of the key.
+absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> ReadOther(std::span<const uint8_t> spki) {
+  const unsigned char* p = spki.data();
+  ossl::UniquePtr<EVP_PKEY> key(d2i_PUBKEY(nullptr, &p, static_cast<long>(spki.size())));
+  if (!key || p != spki.data() + spki.size()) {
+    ERR_clear_error();
+    return Problem("is not a public key OpenSSL reads");
+  }
+  unsigned char* encoded = nullptr;
+  const int encoded_len = i2d_PUBKEY(key.get(), &encoded);
+  const bool der = encoded_len > 0 && Equal(spki, {encoded, static_cast<size_t>(encoded_len)});
+  OPENSSL_free(encoded);
+  ERR_clear_error();
+  if (!der) return Problem("is not in DER");
+  if (EVP_PKEY_is_a(key.get(), "EC")) {
+    // An EC key under another algorithm identifier has a second encoding.
+    return Problem("is an EC key not marked id-ecPublicKey");
+  }
+  return key;
+}
+
+}  // namespace
+
+absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> ReadPublicKey(std::span<const uint8_t> spki) {
+  DerReader top(spki);
+  DerElement info, algorithm, oid, bits;
+  if (!top.Expect(der::kSequence, &info) || !top.empty()) {
+    return NotDerOr(spki, "is not a SubjectPublicKeyInfo");
+  }
+  DerReader fields(info.contents);
+  if (!fields.Expect(der::kSequence, &algorithm) || !fields.Expect(der::kBitString, &bits) ||
+      !fields.empty()) {
+    return NotDerOr(spki, "is not a SubjectPublicKeyInfo");
+  }
+  DerReader alg(algorithm.contents);
+  if (!alg.Expect(der::kOid, &oid)) return NotDerOr(spki, "is not a SubjectPublicKeyInfo");
+  const std::string algorithm_oid = OidToText(oid.contents);
+  if (algorithm_oid == kRsaEncryption) return ReadRsa(spki, bits.contents);
+  if (algorithm_oid == kEcPublicKey) {
+    DerElement parameters;
+    if (!alg.Next(&parameters) || !alg.empty()) {
+      return Problem(
+          "does not name its curve (explicit or implicit EC parameters; RFC 5480 allows only a "
+          "named curve)");
+    }
+    return ReadEc(spki, parameters, bits.contents);
+  }
+  return ReadOther(spki);
+}
+
+}  // namespace keywarden::pki
