@@ -707,7 +707,7 @@ absl::StatusOr<IssuedCertificate> DelegatedSigner::IssueCertificate(
     return refuse(st);
   }
   if (key_owner_check_) {
-    if (auto st = key_owner_check_(pki::SpkiSha256(pub), pki::FormatName(name.get()), principal);
+    if (auto st = key_owner_check_(parsed->spki_sha256(), pki::FormatName(name.get()), principal);
         !st.ok()) {
       if (!HResultOf(st)) return st;  // the CA database, not the request
       return refuse(st);
