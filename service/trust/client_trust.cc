@@ -224,18 +224,16 @@ void ClientTrust::ReloadIfChanged() {
 
 absl::StatusOr<std::shared_ptr<const PeerIdentity>> ClientTrust::Identify(
     std::string_view leaf_pem, std::string_view chain_pem) {
-  // Verifying a chain costs more than a small RPC: each thread remembers the
-  // last few certificates it identified (revocation is checked every call).
-  struct Seen {
-    uint64_t generation = 0;
-    std::string pem;
-    std::shared_ptr<const PeerIdentity> peer;
-  };
-  thread_local std::array<Seen, 8> seen;
-  thread_local size_t next = 0;
+  // Verifying a chain costs more than a small RPC: the last identities
+  // verified are kept for all threads (gRPC's synchronous server starts and
+  // ends threads under load, so a per-thread memory kept missing).
+  // Revocation is checked on every call, not here.
   const std::shared_ptr<const Anchors> anchors = CurrentAnchors();
-  for (const Seen& s : seen) {
-    if (s.generation == anchors->generation && s.pem == leaf_pem) return s.peer;
+  {
+    std::lock_guard<std::mutex> lock(seen_mu_);
+    for (const SeenIdentity& s : seen_) {
+      if (s.peer && s.generation == anchors->generation && s.pem == leaf_pem) return s.peer;
+    }
   }
 
   auto leaf_certs = pki::ParsePemCertificates(AsBytes(leaf_pem));
@@ -305,11 +303,13 @@ absl::StatusOr<std::shared_ptr<const PeerIdentity>> ClientTrust::Identify(
     if (held[static_cast<size_t>(r)]) peer->roles.push_back(r);
   }
 
-  Seen& slot = seen[next++ % seen.size()];
+  std::shared_ptr<const PeerIdentity> identity = std::move(peer);
+  std::lock_guard<std::mutex> lock(seen_mu_);
+  SeenIdentity& slot = seen_[seen_next_++ % seen_.size()];
   slot.generation = anchors->generation;
   slot.pem.assign(leaf_pem.data(), leaf_pem.size());
-  slot.peer = peer;
-  return std::shared_ptr<const PeerIdentity>(std::move(peer));
+  slot.peer = identity;
+  return identity;
 }
 
 absl::Status ClientTrust::CheckRevocation(const PeerIdentity& peer) {

@@ -18,6 +18,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <shared_mutex>
 #include <string>
 #include <string_view>
@@ -117,6 +118,15 @@ class ClientTrust {
   const Config& config_;
   Clock clock_;
   ossl::UniquePtr<X509> this_ca_;
+  // Identify's memory of the last identities it verified, by leaf PEM.
+  struct SeenIdentity {
+    uint64_t generation = 0;
+    std::string pem;
+    std::shared_ptr<const PeerIdentity> peer;
+  };
+  std::mutex seen_mu_;
+  std::array<SeenIdentity, 64> seen_;
+  size_t seen_next_ = 0;
 
   std::shared_mutex mu_;  // guards anchors_, own_, crls_, crl_stamps_
   std::shared_ptr<const Anchors> anchors_;
