@@ -188,7 +188,7 @@ class ReplicaTest : public ::testing::Test {
 };
 
 TEST_F(ReplicaTest, BothServeConcurrentArchivalsAndTakeUpEachOthersExchangeRenewal) {
-  Start();
+  ASSERT_NO_FATAL_FAILURE(Start());
   // The second replica found the exchange certificate the first made.
   const std::string first = XchgSerial(a_);
   EXPECT_EQ(XchgSerial(b_), first);
@@ -254,7 +254,7 @@ TEST_F(ReplicaTest, TwoReplicasRacingToRenewMakeExactlyOneExchangeKey) {
   DaemonHarness::Options options;
   options.exchange_validity = "90s";
   options.exchange_overlap = "60s";
-  Start(options);
+  ASSERT_NO_FATAL_FAILURE(Start(options));
   ASSERT_EQ(HarnessAuditEvents(*daemon_, "exchange.renewed").size(), 1u);
   const std::string first = XchgSerial(a_);
   EXPECT_EQ(XchgSerial(b_), first);
@@ -296,7 +296,7 @@ TEST_F(ReplicaTest, TwoReplicasRacingToRenewMakeExactlyOneExchangeKey) {
 }
 
 TEST_F(ReplicaTest, CrlNumbersIncreaseAcrossReplicasAndEachServesTheNewest) {
-  Start();
+  ASSERT_NO_FATAL_FAILURE(Start());
   // Publications through both at once, three each.
   std::vector<std::thread> threads;
   std::vector<CommandResult> results(6);
@@ -366,7 +366,7 @@ TEST_F(ReplicaTest, AClientRevokedThroughOneReplicaIsRefusedByTheOther) {
   options.trust_own_ca = true;
   options.extra_clients.emplace("root", "CN=root admin,O=keywarden test");
   options.extra_toml = kOwnCaClientsToml;
-  Start(options);
+  ASSERT_NO_FATAL_FAILURE(Start(options));
   ASSERT_NO_FATAL_FAILURE(EnrolOfficer2());
   const std::string cert = daemon_->dir().File("tls/officer2.pem");
   auto r = Kw("officer2", b_, "officer list");
@@ -387,7 +387,7 @@ TEST_F(ReplicaTest, AClientRevokedThroughOneReplicaIsRefusedByTheOther) {
 }
 
 TEST_F(ReplicaTest, CliFailsOverToTheFirstServerThatAnswers) {
-  Start();
+  ASSERT_NO_FATAL_FAILURE(Start());
   const std::string dead1 = StrCat("127.0.0.1:", DeadPort());
   const std::string dead2 = StrCat("127.0.0.1:", DeadPort());
 
@@ -439,7 +439,7 @@ TEST_F(ReplicaTest, CliFailsOverToTheFirstServerThatAnswers) {
 // processing right now: only requests in process for longer than any
 // request takes (10 minutes) are failed as interrupted.
 TEST_F(ReplicaTest, AStartingReplicaFailsOnlyRequestsInProcessForLong) {
-  Start();
+  ASSERT_NO_FATAL_FAILURE(Start());
   auto store = OpenHarnessStore(*daemon_);
   ASSERT_TRUE(store);
   const int64_t now = static_cast<int64_t>(std::time(nullptr));
@@ -485,7 +485,7 @@ listen = "127.0.0.1:0"
 crl_urls = ["http://pki.example.com/pki/ca.crl"]
 ca_issuers_urls = ["http://pki.example.com/pki/ca.crt"]
 )" + std::string(kOwnCaClientsToml);
-  Start(options);
+  ASSERT_NO_FATAL_FAILURE(Start(options));
   auto listener = [](const std::string& log_path) {
     const std::string log = Trim(RunCommand("cat " + log_path).output);
     const size_t at = log.find("publication");
