@@ -20,13 +20,20 @@ namespace {
 
 using Bytes = std::vector<uint8_t>;
 
-Bytes SpkiOf(EVP_PKEY* key) {
+// `value` in DER by OpenSSL's i2d function for its type; empty if it does
+// not encode.
+template <typename T>
+Bytes DerOf(int (*i2d)(const T*, unsigned char**), const T* value) {
   unsigned char* der = nullptr;
-  const int len = i2d_PUBKEY(key, &der);
+  const int len = i2d(value, &der);
   Bytes out;
   if (len > 0) out.assign(der, der + len);
   OPENSSL_free(der);
   return out;
+}
+
+Bytes SpkiOf(EVP_PKEY* key) {
+  return DerOf(i2d_PUBKEY, key);
 }
 
 // The SubjectPublicKeyInfo OpenSSL writes for `key` with `param` = `value`.
@@ -194,27 +201,7 @@ ossl::UniquePtr<X509_REQ> OpenSslRequest(const std::vector<uint8_t>& der) {
 }
 
 std::vector<uint8_t> Der(X509_REQ* req) {
-  unsigned char* der = nullptr;
-  const int len = i2d_X509_REQ(req, &der);
-  std::vector<uint8_t> out(der, der + std::max(len, 0));
-  OPENSSL_free(der);
-  return out;
-}
-
-std::string NameDer(X509_NAME* name) {
-  unsigned char* der = nullptr;
-  const int len = i2d_X509_NAME(name, &der);
-  std::string out(reinterpret_cast<char*>(der), static_cast<size_t>(std::max(len, 0)));
-  OPENSSL_free(der);
-  return out;
-}
-
-std::string AttributeDer(X509_ATTRIBUTE* a) {
-  unsigned char* der = nullptr;
-  const int len = i2d_X509_ATTRIBUTE(a, &der);
-  std::string out(reinterpret_cast<char*>(der), static_cast<size_t>(std::max(len, 0)));
-  OPENSSL_free(der);
-  return out;
+  return DerOf(i2d_X509_REQ, req);
 }
 
 // A request for `key` with a subject, an extension request (SAN, key
@@ -253,12 +240,12 @@ void ExpectSameAsOpenSsl(const std::vector<uint8_t>& der) {
   auto parsed = pki::ParsePkcs10(der);
   ASSERT_TRUE(parsed.ok()) << parsed.status();
   EXPECT_EQ(EVP_PKEY_eq(parsed->public_key(), X509_REQ_get0_pubkey(reference.get())), 1);
-  EXPECT_EQ(NameDer(X509_REQ_get_subject_name(parsed->req.get())),
-            NameDer(X509_REQ_get_subject_name(reference.get())));
+  EXPECT_EQ(DerOf(i2d_X509_NAME, X509_REQ_get_subject_name(parsed->req.get())),
+            DerOf(i2d_X509_NAME, X509_REQ_get_subject_name(reference.get())));
   ASSERT_EQ(X509_REQ_get_attr_count(parsed->req.get()), X509_REQ_get_attr_count(reference.get()));
   for (int i = 0; i < X509_REQ_get_attr_count(reference.get()); ++i) {
-    EXPECT_EQ(AttributeDer(X509_REQ_get_attr(parsed->req.get(), i)),
-              AttributeDer(X509_REQ_get_attr(reference.get(), i)));
+    EXPECT_EQ(DerOf(i2d_X509_ATTRIBUTE, X509_REQ_get_attr(parsed->req.get(), i)),
+              DerOf(i2d_X509_ATTRIBUTE, X509_REQ_get_attr(reference.get(), i)));
   }
   // The key's algorithm and bits as sent are kept for the certificate.
   const unsigned char* bits_a = nullptr;

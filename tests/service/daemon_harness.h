@@ -25,12 +25,22 @@
 
 namespace keywarden::testing {
 
+// Template ClientAuth: EC client certificates (P-256 and up) for enrollees.
+inline constexpr char kEcClientAuthTemplateToml[] = R"(
+[[template]]
+name = "ClientAuth"
+extended_key_usage = ["clientAuth"]
+key_types = ["ec"]
+min_key_bits = 256
+enrollees = ["enrollee"]
+)";
+
 // Configuration for tests of clients whose TLS certificate this CA issues
 // (Options::trust_own_ca; add client "root" with the root admin's subject):
 // "CN=root admin" (TLS CA) administers and enrols; "CN=officer2" (issued by
 // this CA, so client_ca has ca.pem too) is a Certificate Manager; template
 // ClientAuth issues EC client certificates to enrollees.
-inline constexpr char kOwnCaClientsToml[] = R"(
+inline const std::string kOwnCaClientsToml = R"(
 [[role]]
 principal = "CN=root admin,O=keywarden test"
 issuer = "tls/tls-ca.pem"
@@ -40,14 +50,7 @@ roles = ["ca-administrator", "enrollee"]
 principal = "CN=officer2,O=keywarden test"
 issuer = "ca.pem"
 roles = ["certificate-manager"]
-
-[[template]]
-name = "ClientAuth"
-extended_key_usage = ["clientAuth"]
-key_types = ["ec"]
-min_key_bits = 256
-enrollees = ["enrollee"]
-)";
+)" + std::string(kEcClientAuthTemplateToml);
 
 struct ClientIdentity {
   std::string principal;  // RFC 4514 subject, as the daemon sees it

@@ -73,14 +73,8 @@ key_usage = ["keyEncipherment"]
 archival = "required"
 subject = "principal"
 pend = true
-
-[[template]]
-name = "EcUser"
-extended_key_usage = ["clientAuth"]
-key_types = ["ec"]
-min_key_bits = 256
-enrollees = ["enrollee"]
-)");
+)",
+               kEcClientAuthTemplateToml);
     auto d = DaemonHarness::Start(options);
     ASSERT_TRUE(d.ok()) << d.status();
     daemon_ = std::move(*d);
@@ -419,7 +413,7 @@ TEST_F(KeyOwnerTest, AnEcKeyHasOneEncoding) {
                                " -noout -verify -text 2>&1"));
     ASSERT_NE(r.output.find("verify OK"), std::string::npos) << r.output;
     v1::EnrollmentResult refused;
-    grpc::Status st = Submit("enrollee", v.csr, "EcUser", &refused);
+    grpc::Status st = Submit("enrollee", v.csr, "ClientAuth", &refused);
     ASSERT_FALSE(st.ok()) << "a " << v.name << " EC key was certified";
     EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
     EXPECT_NE(st.error_message().find(v.why), std::string::npos) << st.error_message();
@@ -429,15 +423,15 @@ TEST_F(KeyOwnerTest, AnEcKeyHasOneEncoding) {
   EXPECT_EQ(after->size(), before->size()) << "a refused request was stored";
 
   v1::EnrollmentResult issued;
-  grpc::Status st = Submit("enrollee", plain, "EcUser", &issued);
+  grpc::Status st = Submit("enrollee", plain, "ClientAuth", &issued);
   ASSERT_TRUE(st.ok()) << st.error_message();
   ASSERT_EQ(issued.disposition(), v1::DISPOSITION_ISSUED);
   for (const auto& v : variants) {
     v1::EnrollmentResult again;
-    st = Submit("enrollee2", v.csr, "EcUser", &again);
+    st = Submit("enrollee2", v.csr, "ClientAuth", &again);
     EXPECT_FALSE(st.ok()) << v.name << ": a second encoding of an issued key was certified";
   }
-  ExpectKeyRefused("enrollee2", plain, "EcUser");
+  ExpectKeyRefused("enrollee2", plain, "ClientAuth");
 }
 
 TEST_F(KeyOwnerTest, PendingArchivalHoldsItsKeyAgainstOtherRequesters) {
