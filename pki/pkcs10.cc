@@ -134,8 +134,8 @@ bool BuildRequest(const DerElement& subject, const DerElement& spki,
     pval_copy = ASN1_STRING_dup(static_cast<const ASN1_STRING*>(pval));
   }
   const std::span<const uint8_t> key_bits = bits.contents.subspan(1);
-  auto* key_copy = static_cast<unsigned char*>(
-      OPENSSL_memdup(key_bits.data(), std::max<size_t>(key_bits.size(), 1)));
+  if (key_bits.empty()) return false;
+  auto* key_copy = static_cast<unsigned char*>(OPENSSL_memdup(key_bits.data(), key_bits.size()));
   if (X509_PUBKEY_set0_param(X509_REQ_get_X509_PUBKEY(r.req.get()), OBJ_dup(oid), ptype, pval_copy,
                              key_copy, static_cast<int>(key_bits.size())) != 1) {
     OPENSSL_free(key_copy);

@@ -86,6 +86,15 @@ absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> ReadRsa(std::span<const uint8_t> spki,
   if (modulus.empty() || exponent.empty()) {
     return Problem("is not an RSA public key (its modulus and exponent must be positive)");
   }
+  // No RSA key pair has an even modulus or exponent, and with an exponent
+  // of 1 anyone can "sign" for the key: certifying one would vouch for no
+  // holder (CA/Browser Forum BR 6.1.6 asks the same of a CA).
+  const bool exponent_one = exponent.size() == 1 && exponent[0] == 1;
+  if ((modulus.back() & 1) == 0 || (exponent.back() & 1) == 0 || exponent_one) {
+    return Problem(
+        "is not an RSA public key keywarden certifies (its modulus must be odd, and its exponent "
+        "odd and at least 3)");
+  }
   const der::Bytes rsa_der =
       der::Tlv(der::kSequence, der::Concat({PositiveInteger(modulus), PositiveInteger(exponent)}));
   der::Bytes bit_string = {0};

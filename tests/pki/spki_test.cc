@@ -170,6 +170,29 @@ TEST(ReadPublicKeyTest, RsaKeysNotInDerAreRefused) {
   }
 }
 
+// Keys no RSA key pair has, or that anyone can sign for (exponent 1).
+TEST(ReadPublicKeyTest, RsaKeysNoHolderCouldHaveAreRefused) {
+  auto key = Rsa(2048, 65537);
+  ASSERT_TRUE(key);
+  const Bytes der = SpkiOf(key.get());
+  ASSERT_EQ(der.size(), 294u);  // ... <modulus: 288 ends it> 02 03 01 00 01
+  Bytes even_exponent = der;
+  even_exponent.back() = 0x00;  // 65536
+  ExpectRefused(even_exponent, "exponent odd and at least 3");
+  Bytes even_modulus = der;
+  ASSERT_EQ(even_modulus[288] & 1, 1);
+  even_modulus[288] ^= 1;
+  ExpectRefused(even_modulus, "modulus must be odd");
+  // Exponent 1: 02 01 01, two bytes shorter.
+  Bytes exponent_one(der.begin(), der.end() - 5);
+  for (uint8_t b : {0x02, 0x01, 0x01}) exponent_one.push_back(b);
+  exponent_one[3] -= 2;
+  exponent_one[22] -= 2;
+  exponent_one[27] -= 2;
+  ExpectRefused(exponent_one, "exponent odd and at least 3");
+  ExpectReadsAsItself(key.get());
+}
+
 TEST(ReadPublicKeyTest, BadBytesAreRefusedWithAReason) {
   ossl::UniquePtr<EVP_PKEY> key(EVP_EC_gen("P-256"));
   ASSERT_TRUE(key);
