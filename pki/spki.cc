@@ -120,6 +120,8 @@ absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> ReadRsa(std::span<const uint8_t> spki,
   return key;
 }
 
+absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> ReadOther(std::span<const uint8_t> spki);
+
 // id-ecPublicKey with a named curve and an uncompressed point.
 absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> ReadEc(std::span<const uint8_t> spki,
                                                  const DerElement& parameters,
@@ -137,6 +139,8 @@ absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> ReadEc(std::span<const uint8_t> spki,
   const char* curve = nid == NID_undef ? nullptr : OBJ_nid2sn(nid);
   ERR_clear_error();
   if (curve == nullptr) return Problem("names a curve OpenSSL does not know");
+  // OpenSSL's decoder makes an SM2 key (not an "ec" key type) of this one.
+  if (nid == NID_sm2) return ReadOther(spki);
   if (!Equal(spki,
              Spki(der::Concat({der::Oid(kEcPublicKey), der::Oid(curve_oid.c_str())}), bits))) {
     return Problem("is not in DER");

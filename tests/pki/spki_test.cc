@@ -96,6 +96,15 @@ TEST(ReadPublicKeyTest, OtherKeyTypesGoThroughOpenSsl) {
   ossl::UniquePtr<EVP_PKEY> ed(EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519"));
   ASSERT_TRUE(ed);
   ExpectReadsAsItself(ed.get());
+  // id-ecPublicKey on the SM2 curve: OpenSSL makes an SM2 key of it, not an
+  // "ec" key a template's key_types would take.
+  ossl::UniquePtr<EVP_PKEY> sm2(EVP_PKEY_Q_keygen(nullptr, nullptr, "SM2"));
+  ASSERT_TRUE(sm2);
+  ExpectReadsAsItself(sm2.get());
+  auto read = pki::ReadPublicKey(SpkiOf(sm2.get()));
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_TRUE(EVP_PKEY_is_a(read->get(), "SM2"));
+  EXPECT_FALSE(EVP_PKEY_is_a(read->get(), "EC"));
 }
 
 // Every other encoding of a key OpenSSL reads as the same key is refused.
