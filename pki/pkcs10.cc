@@ -122,39 +122,16 @@ bool BuildRequest(const DerElement& subject, const DerElement& spki,
     return false;
   }
   ossl::UniquePtr<X509_ALGOR> alg = D2iWhole(d2i_X509_ALGOR, algorithm.whole);
-  if (!alg) return false;
-  const ASN1_OBJECT* oid = nullptr;
-  int ptype = V_ASN1_UNDEF;
-  const void* pval = nullptr;
-  X509_ALGOR_get0(&oid, &ptype, &pval, alg.get());
-  void* pval_copy = nullptr;
-  if (ptype == V_ASN1_OBJECT) {
-    pval_copy = OBJ_dup(static_cast<const ASN1_OBJECT*>(pval));
-  } else if (ptype != V_ASN1_UNDEF && ptype != V_ASN1_NULL) {
-    pval_copy = ASN1_STRING_dup(static_cast<const ASN1_STRING*>(pval));
-  }
-  const std::span<const uint8_t> key_bits = bits.contents.subspan(1);
-  if (key_bits.empty()) return false;
-  auto* key_copy = static_cast<unsigned char*>(OPENSSL_memdup(key_bits.data(), key_bits.size()));
-  if (X509_PUBKEY_set0_param(X509_REQ_get_X509_PUBKEY(r.req.get()), OBJ_dup(oid), ptype, pval_copy,
-                             key_copy, static_cast<int>(key_bits.size())) != 1) {
-    OPENSSL_free(key_copy);
-    if (ptype == V_ASN1_OBJECT)
-      ASN1_OBJECT_free(static_cast<ASN1_OBJECT*>(pval_copy));
-    else
-      ASN1_STRING_free(static_cast<ASN1_STRING*>(pval_copy));
+  if (!alg ||
+      !SetSpkiParts(X509_REQ_get_X509_PUBKEY(r.req.get()), alg.get(), bits.contents.subspan(1))) {
     return false;
   }
   DerReader set(attributes);
   while (!set.empty()) {
     DerElement attribute;
     if (!set.Expect(der::kSequence, &attribute)) return false;
-    const unsigned char* p = attribute.whole.data();
-    X509_ATTRIBUTE* a = d2i_X509_ATTRIBUTE(nullptr, &p, static_cast<long>(attribute.whole.size()));
-    const bool whole = a != nullptr && p == attribute.whole.data() + attribute.whole.size();
-    const bool added = whole && X509_REQ_add1_attr(r.req.get(), a) == 1;
-    X509_ATTRIBUTE_free(a);
-    if (!added) return false;
+    auto a = D2iWhole(d2i_X509_ATTRIBUTE, attribute.whole);
+    if (!a || X509_REQ_add1_attr(r.req.get(), a.get()) != 1) return false;
   }
   return true;
 }

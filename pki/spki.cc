@@ -207,4 +207,35 @@ absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> ReadPublicKey(std::span<const uint8_t>
   return ReadOther(spki);
 }
 
+bool SetSpkiParts(X509_PUBKEY* to, const X509_ALGOR* algorithm, std::span<const uint8_t> bits) {
+  if (to == nullptr || algorithm == nullptr || bits.empty()) return false;
+  const ASN1_OBJECT* oid = nullptr;
+  int ptype = V_ASN1_UNDEF;
+  const void* pval = nullptr;
+  X509_ALGOR_get0(&oid, &ptype, &pval, algorithm);
+  ossl::UniquePtr<ASN1_OBJECT> oid_copy(OBJ_dup(oid));
+  void* pval_copy = nullptr;
+  if (ptype == V_ASN1_OBJECT) {
+    pval_copy = OBJ_dup(static_cast<const ASN1_OBJECT*>(pval));
+  } else if (ptype != V_ASN1_UNDEF && ptype != V_ASN1_NULL) {
+    pval_copy = ASN1_STRING_dup(static_cast<const ASN1_STRING*>(pval));  // SEQUENCE etc.
+  }
+  auto* key_copy = static_cast<unsigned char*>(OPENSSL_memdup(bits.data(), bits.size()));
+  const bool copied = oid_copy && key_copy != nullptr &&
+                      (pval_copy != nullptr || ptype == V_ASN1_UNDEF || ptype == V_ASN1_NULL);
+  if (copied && X509_PUBKEY_set0_param(to, oid_copy.get(), ptype, pval_copy, key_copy,
+                                       static_cast<int>(bits.size())) == 1) {
+    oid_copy.release();  // owned by `to` now, as are the others
+    return true;
+  }
+  if (ptype == V_ASN1_OBJECT) {
+    ASN1_OBJECT_free(static_cast<ASN1_OBJECT*>(pval_copy));
+  } else {
+    ASN1_STRING_free(static_cast<ASN1_STRING*>(pval_copy));
+  }
+  OPENSSL_free(key_copy);
+  ERR_clear_error();
+  return false;
+}
+
 }  // namespace keywarden::pki

@@ -31,4 +31,9 @@ namespace keywarden::pki {
 // (...)", "is not a public key OpenSSL reads".
 absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> ReadPublicKey(std::span<const uint8_t> spki);
 
+// Sets `to` (a certificate's or a request's SubjectPublicKeyInfo) to copies
+// of `algorithm` (OID and parameters) and the key `bits`, without decoding
+// or encoding a key. False if `bits` is empty or a copy fails.
+bool SetSpkiParts(X509_PUBKEY* to, const X509_ALGOR* algorithm, std::span<const uint8_t> bits);
+
 }  // namespace keywarden::pki

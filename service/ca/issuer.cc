@@ -10,6 +10,7 @@
 #include "pki/alt_names.h"
 #include "pki/der.h"
 #include "pki/publication_extensions.h"
+#include "pki/spki.h"
 #include "service/authz.h"
 #include "service/errors.h"
 
@@ -257,36 +258,10 @@ bool CopySpki(const X509_PUBKEY* from, X509* cert) {
   const unsigned char* bits = nullptr;
   int bits_len = 0;
   X509_ALGOR* alg = nullptr;
-  if (X509_PUBKEY_get0_param(nullptr, &bits, &bits_len, &alg, from) != 1 || alg == nullptr ||
-      bits_len <= 0) {
+  if (X509_PUBKEY_get0_param(nullptr, &bits, &bits_len, &alg, from) != 1 || bits_len <= 0) {
     return false;
   }
-  const ASN1_OBJECT* oid = nullptr;
-  int ptype = V_ASN1_UNDEF;
-  const void* pval = nullptr;
-  X509_ALGOR_get0(&oid, &ptype, &pval, alg);
-  ossl::UniquePtr<ASN1_OBJECT> oid_copy(OBJ_dup(oid));
-  void* pval_copy = nullptr;
-  if (ptype == V_ASN1_OBJECT) {
-    pval_copy = OBJ_dup(static_cast<const ASN1_OBJECT*>(pval));
-  } else if (ptype != V_ASN1_UNDEF && ptype != V_ASN1_NULL) {
-    pval_copy = ASN1_STRING_dup(static_cast<const ASN1_STRING*>(pval));  // SEQUENCE etc.
-  }
-  auto* key_copy = static_cast<unsigned char*>(OPENSSL_memdup(bits, static_cast<size_t>(bits_len)));
-  const bool copied = oid_copy && key_copy != nullptr &&
-                      (pval_copy != nullptr || ptype == V_ASN1_UNDEF || ptype == V_ASN1_NULL);
-  if (copied && X509_PUBKEY_set0_param(X509_get_X509_PUBKEY(cert), oid_copy.get(), ptype, pval_copy,
-                                       key_copy, bits_len) == 1) {
-    oid_copy.release();  // owned by the certificate now, as are the others
-    return true;
-  }
-  if (ptype == V_ASN1_OBJECT) {
-    ASN1_OBJECT_free(static_cast<ASN1_OBJECT*>(pval_copy));
-  } else {
-    ASN1_STRING_free(static_cast<ASN1_STRING*>(pval_copy));
-  }
-  OPENSSL_free(key_copy);
-  return false;
+  return pki::SetSpkiParts(X509_get_X509_PUBKEY(cert), alg, {bits, static_cast<size_t>(bits_len)});
 }
 
 }  // namespace
