@@ -208,11 +208,7 @@ std::string Sha256Hex(std::span<const uint8_t> data) {
   unsigned int n = 0;
   std::string out;
   if (EVP_Digest(data.data(), data.size(), md, &n, EVP_sha256(), nullptr) == 1) {
-    static const char kDigits[] = "0123456789abcdef";
-    for (unsigned int i = 0; i < n; ++i) {
-      out.push_back(kDigits[md[i] >> 4]);
-      out.push_back(kDigits[md[i] & 0xf]);
-    }
+    out = HexString({md, n});
   }
   ERR_clear_error();
   return out;

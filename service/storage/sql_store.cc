@@ -13,6 +13,7 @@
 #include "hsm/strings.h"
 #include "pki/certificate.h"
 #include "pki/der.h"
+#include "pki/pkcs10.h"
 
 namespace keywarden::service {
 namespace {
@@ -755,14 +756,7 @@ std::string SpkiSha256OfCertificate(const std::vector<uint8_t>& der) {
   // would decode the public key too, which OpenSSL 3.0's decoders make cost
   // about as much as the rest of storing an issuance.
   const std::span<const uint8_t> spki = pki::CertificateSpki(der);
-  if (spki.empty()) return {};
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  if (EVP_Digest(spki.data(), spki.size(), md, &n, EVP_sha256(), nullptr) != 1) {
-    ERR_clear_error();
-    return {};
-  }
-  return HexString({md, n});
+  return spki.empty() ? std::string() : pki::Sha256Hex(spki);
 }
 
 absl::Status CopyAllRows(sql::Session& from, sql::Session& to) {
