@@ -12,7 +12,11 @@
 //   (c) Signing/SignDigests (batch) to the same daemon with the same number
 //       of signatures in flight: calls of min(B, in flight) digests,
 //       in flight / that many calls at once; ops/s counts signatures, the
-//       latency is per call.
+//       latency is per call;
+//   (d) Signing/GetSigningKey to the same daemon, at 1 and 16 in flight:
+//       the same mTLS, authorization, limits and access log as (b), and no
+//       token operation or signature. Its CPU per call is the floor under
+//       (b)'s overhead beyond C_Sign: what a unary call costs here at all.
 // It prints one table, with (b@16)/(a) and (c@16)/(a) against the 0.90
 // target, keywardend's CPU per signature against raw C_Sign's, and p99 at
 // in flight = cores against 4 x the single-operation time. Figures, never
@@ -262,10 +266,11 @@ Cell SignerSign(DelegatedSigner& signer, const BenchKey& k, int threads, const O
 // (b) One run of `concurrency` request streams over `channels` connections.
 class RpcRun {
  public:
-  // batch 0: SignDigest; else SignDigests with `batch` digests per call.
+  // batch 0: SignDigest (or GetSigningKey with `info`); else SignDigests
+  // with `batch` digests per call.
   RpcRun(std::vector<std::unique_ptr<v1::Signing::Stub>>& stubs, const BenchKey& k, int concurrency,
-         const Options& o, int batch = 0)
-      : key_(k), batch_(batch) {
+         const Options& o, int batch = 0, bool info = false)
+      : key_(k), batch_(batch), info_(info) {
     begin_ = Clock::now();
     measure_from_ = begin_ + std::chrono::duration_cast<Clock::duration>(
                                  std::chrono::duration<double>(o.warmup));
@@ -279,6 +284,7 @@ class RpcRun {
       s->request.set_alias(k.alias);
       s->request.set_algorithm(k.rpc_algorithm);
       s->request.set_digest(std::string(k.digest.begin(), k.digest.end()));
+      s->info_request.set_alias(k.alias);
       s->batch_request.set_alias(k.alias);
       s->batch_request.set_algorithm(k.rpc_algorithm);
       for (int d = 0; d < batch; ++d) {
@@ -303,7 +309,7 @@ class RpcRun {
     const double client_cpu = CpuSeconds() - client_before;
     const double daemon_cpu = CpuSeconds(daemon) - daemon_before;
     Cell cell;
-    cell.path = batch_ > 0 ? "(c) batch RPC" : "(b) Sign RPC";
+    cell.path = batch_ > 0 ? "(c) batch RPC" : info_ ? "(d) no-sign RPC" : "(b) Sign RPC";
     cell.concurrency = concurrency;
     cell.batch = batch_;
     std::vector<double> all;
@@ -311,8 +317,8 @@ class RpcRun {
     for (auto& s : streams_) {
       all.insert(all.end(), s->latencies.begin(), s->latencies.end());
       ok = ok && s->failed == 0 && s->verified;
-      if (s->failed > 0) std::fprintf(stderr, "Sign RPC: %s\n", s->error.c_str());
-      if (!s->verified) std::fprintf(stderr, "Sign RPC: a signature did not verify\n");
+      if (s->failed > 0) std::fprintf(stderr, "RPC: %s\n", s->error.c_str());
+      if (!s->verified) std::fprintf(stderr, "RPC: an answer did not verify\n");
     }
     cell.ops = static_cast<double>(all.size()) * std::max(batch_, 1) / seconds_;
     cell.p50_ms = Percentile(all, 0.50);
@@ -335,6 +341,8 @@ class RpcRun {
     v1::SignResponse response;
     v1::SignDigestsRequest batch_request;
     v1::SignDigestsResponse batch_response;
+    v1::GetSigningKeyRequest info_request;
+    v1::SigningKeyInfo info_response;
     Clock::time_point start;
     std::vector<double> latencies;
     int failed = 0;
@@ -346,8 +354,12 @@ class RpcRun {
       context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
       response.Clear();
       batch_response.Clear();
+      info_response.Clear();
       start = Clock::now();
-      if (run->batch_ > 0) {
+      if (run->info_) {
+        stub->async()->GetSigningKey(context.get(), &info_request, &info_response,
+                                     [this](grpc::Status status) { Done(status); });
+      } else if (run->batch_ > 0) {
         stub->async()->SignDigests(context.get(), &batch_request, &batch_response,
                                    [this](grpc::Status status) { Done(status); });
       } else {
@@ -366,7 +378,15 @@ class RpcRun {
         return;
       }
       if (!checked) {
-        if (run->batch_ > 0) {
+        if (run->info_) {
+          // The daemon's key: its public key as this process holds it.
+          unsigned char* der = nullptr;
+          const int len = i2d_PUBKEY(run->key_.key->public_key.get(), &der);
+          verified = len > 0 && info_response.alias() == info_request.alias() &&
+                     info_response.public_key() ==
+                         std::string(reinterpret_cast<const char*>(der), static_cast<size_t>(len));
+          OPENSSL_free(der);
+        } else if (run->batch_ > 0) {
           // Every signature of the first call, each against its own digest.
           verified = batch_response.signatures_size() == batch_request.digests_size();
           for (int i = 0; verified && i < batch_response.signatures_size(); ++i) {
@@ -400,6 +420,7 @@ class RpcRun {
 
   const BenchKey& key_;
   const int batch_;
+  const bool info_;
   Clock::time_point begin_, measure_from_, stop_;
   double seconds_ = 0;
   std::vector<std::unique_ptr<Stream>> streams_;
@@ -608,6 +629,14 @@ int main(int argc, char** argv) {
       all_ok = all_ok && cell.ok;
       rows.push_back({&k, cell});
     }
+    for (int c : {1, 16}) {
+      const int channels = o.channels > 0 ? o.channels : std::min(c, 4 * cores);
+      auto& stubs = stub_sets.emplace_back(Stubs(**daemon, channels));
+      RpcRun& run = *runs.emplace_back(std::make_unique<RpcRun>(stubs, k, c, o, 0, true));
+      Cell cell = run.Run(c, (*daemon)->pid());
+      all_ok = all_ok && cell.ok;
+      rows.push_back({&k, cell});
+    }
   }
   auto stopped = (*daemon)->Stop();
   if (!stopped.ok()) {
@@ -623,14 +652,14 @@ int main(int argc, char** argv) {
       o.seconds, o.warmup);
   std::printf(
       "single = (a) at 1 thread, median C_Sign time; conc = signatures in flight ((c): calls of "
-      "'batch' digests); ops/s = signatures/s; (c) latency is per call\n");
+      "'batch' digests); ops/s = signatures/s ((d): calls/s); (c) latency is per call\n");
   std::printf(
       "targets: (b@16) and (c@16) >= %.2f x (a@%d); keywardend CPU/signature in batch <= 1.10 x "
       "raw; unary overhead beyond C_Sign <= 100 us; p99 at conc = %d <= 4 x single\n",
       kTargetRatio, cores, cores);
   std::printf(
       "cpu us/op: CPU time per signature of this process for (a) and (a2), of keywardend for "
-      "(b)/(c); client us/op: of the client (this process) for (b)/(c)\n\n");
+      "(b)/(c)/(d); client us/op: of the client (this process) for (b)/(c)/(d)\n\n");
   std::printf("%-26s %-13s %5s %5s %10s %9s %9s %8s %11s %9s %9s\n", "key", "path", "conc", "batch",
               "ops/s", "p50 ms", "p99 ms", "/(a)", "p99/4single", "cpu us/op", "client us");
   for (size_t ki = 0; ki < keys.size(); ++ki) {
@@ -638,15 +667,17 @@ int main(int argc, char** argv) {
     const Cell* batch16 = nullptr;
     const Cell* unary_cores = nullptr;
     const Cell* batch_cores = nullptr;
+    const Cell* info16 = nullptr;
     for (const Row& r : rows) {
       if (r.key != &keys[ki]) continue;
       const Cell& c = r.cell;
-      const bool rpc = c.path[1] == 'b' || c.path[1] == 'c';
+      const bool rpc = c.path[1] == 'b' || c.path[1] == 'c' || c.path[1] == 'd';
       const bool raw = c.path == "(a) C_Sign";
       if (c.path[1] == 'b' && c.concurrency == 16) unary16 = &c;
       if (c.path[1] == 'c' && c.concurrency == 16) batch16 = &c;
       if (c.path[1] == 'b' && c.concurrency == cores) unary_cores = &c;
       if (c.path[1] == 'c' && c.concurrency == cores) batch_cores = &c;
+      if (c.path[1] == 'd' && c.concurrency == 16) info16 = &c;
       std::printf("%-26s %-13s %5d %5s %10s %9s %9s %8s %11s %9s %9s%s\n", keys[ki].title.c_str(),
                   c.path.c_str(), c.concurrency, c.batch > 0 ? StrCat(c.batch).c_str() : "",
                   Fixed(c.ops, 1).c_str(), Fixed(c.p50_ms, 3).c_str(), Fixed(c.p99_ms, 3).c_str(),
@@ -680,6 +711,16 @@ int main(int argc, char** argv) {
                                                      : " (target <= +100 us: NOT met)"),
           c->client_cpu_us, raw_cpu_us[ki] / c->cpu_us,
           raw_cpu_us[ki] / (c->cpu_us + c->client_cpu_us));
+    }
+    if (unary16 != nullptr && info16 != nullptr && raw_cpu_us[ki] > 0) {
+      // What any unary call costs keywardend, against (b)'s overhead.
+      const double overhead = unary16->cpu_us - raw_cpu_us[ki];
+      std::printf(
+          "%-26s    (d) no-sign RPC at 16 in flight: keywardend %.0f us per call (client %.0f us) "
+          "with no token operation; of (b)'s %+.0f us beyond C_Sign, %.0f us is the call itself "
+          "and %+.0f us the signature path\n",
+          "", info16->cpu_us, info16->client_cpu_us, overhead, info16->cpu_us,
+          overhead - info16->cpu_us);
     }
     for (const Cell* c : {unary_cores, batch_cores}) {
       if (c == nullptr || single_ms[ki] <= 0) continue;

@@ -7,7 +7,9 @@
 #include <openssl/x509.h>
 
 #include <algorithm>
+#include <atomic>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -90,6 +92,33 @@ TEST(ReadPublicKeyTest, EcKeysOnEveryNamedCurveReadAsOpenSslWritesThem) {
     ASSERT_TRUE(key);
     ExpectReadsAsItself(key.get());
   }
+}
+
+// A curve's parameters are kept after its first key: every later key on it,
+// read from any thread, is still its own point.
+TEST(ReadPublicKeyTest, KeysOnTheSameCurveFromManyThreadsEachReadAsThemselves) {
+  std::vector<ossl::UniquePtr<EVP_PKEY>> keys;
+  for (int i = 0; i < 4; ++i) {
+    for (const char* curve : {"P-256", "P-384", "secp256k1"}) {
+      keys.emplace_back(EVP_EC_gen(curve));
+      ASSERT_TRUE(keys.back());
+    }
+  }
+  std::vector<std::thread> threads;
+  std::atomic<int> wrong{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&keys, &wrong, t] {
+      for (int round = 0; round < 50; ++round) {
+        const auto& key =
+            keys[(static_cast<size_t>(t) * 5 + static_cast<size_t>(round)) % keys.size()];
+        auto read = pki::ReadPublicKey(SpkiOf(key.get()));
+        if (!read.ok() || EVP_PKEY_eq(read->get(), key.get()) != 1) ++wrong;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(wrong.load(), 0);
+  for (const auto& key : keys) ExpectReadsAsItself(key.get());
 }
 
 TEST(ReadPublicKeyTest, OtherKeyTypesGoThroughOpenSsl) {
@@ -223,6 +252,15 @@ TEST(ReadPublicKeyTest, BadBytesAreRefusedWithAReason) {
   Bytes unknown_curve = der;
   unknown_curve[22] ^= 0x7f;  // the last arc of prime256v1
   ExpectRefused(unknown_curve, "names a curve OpenSSL does not know");
+  // An object OpenSSL knows that is no curve: ecdsa-with-SHA256, the same
+  // length as prime256v1 (2A 86 48 CE 3D 04 03 02 for ... 3D 03 01 07).
+  Bytes not_a_curve = der;
+  not_a_curve[20] = 0x04;
+  not_a_curve[21] = 0x03;
+  not_a_curve[22] = 0x02;
+  ExpectRefused(not_a_curve, "names a curve OpenSSL cannot use");
+  ExpectRefused(not_a_curve, "names a curve OpenSSL cannot use");  // and again, remembered
+  ExpectReadsAsItself(key.get());
 }
 
 // ParsePkcs10 reads a request part by part; OpenSSL's d2i_X509_REQ and
