@@ -506,6 +506,16 @@ class SqlTransaction final : public Transaction {
                                                         const std::string& exclude_serial,
                                                         size_t limit) override {
     if (spki_sha256.empty()) return std::vector<KeyHolder>();  // never a match
+    // Nearly every key is new: one probe of the key index says so, where the
+    // grouping below builds temporary tables even when no row matches. It
+    // finds a row exactly when the grouping does (the LEFT JOIN keeps every
+    // certificate that matches).
+    auto any =
+        s_.Query("searching the holders of a public key",
+                 "SELECT 1 FROM certificates WHERE spki_sha256 = ?1 AND serial <> ?2 LIMIT 1",
+                 {spki_sha256, exclude_serial});
+    if (!any.ok()) return any.status();
+    if (any->empty()) return std::vector<KeyHolder>();
     // `kind`: 0 this CA's own certificate, 1 the request under processing,
     // 2 any other request. The outer join names each group by its earliest
     // certificate (the same SQL on both backends: no bare columns).

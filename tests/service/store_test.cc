@@ -1731,28 +1731,36 @@ std::string OpenSslSpkiSha256(const std::vector<uint8_t>& der) {
   return HexString({md, n});
 }
 
+// A self-signed certificate of `key` (empty on failure).
+std::vector<uint8_t> SelfSignedDer(EVP_PKEY* key, long version, long serial) {
+  ossl::UniquePtr<X509> cert(X509_new());
+  if (!cert) return {};
+  X509_set_version(cert.get(), version);
+  ASN1_INTEGER_set(X509_get_serialNumber(cert.get()), serial);
+  X509_NAME_add_entry_by_txt(X509_get_subject_name(cert.get()), "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>("spki"), -1, -1, 0);
+  X509_set_issuer_name(cert.get(), X509_get_subject_name(cert.get()));
+  X509_gmtime_adj(X509_getm_notBefore(cert.get()), 0);
+  X509_gmtime_adj(X509_getm_notAfter(cert.get()), 3600);
+  X509_set_pubkey(cert.get(), key);
+  if (X509_sign(cert.get(), key, EVP_sha256()) <= 0) return {};
+  unsigned char* raw = nullptr;
+  const int len = i2d_X509(cert.get(), &raw);
+  if (len <= 0) return {};
+  std::vector<uint8_t> der(raw, raw + len);
+  OPENSSL_free(raw);
+  return der;
+}
+
 TEST(SpkiSha256OfCertificateTest, SameAsOpenSslDecodeForV1AndV3Certificates) {
   std::vector<ossl::UniquePtr<EVP_PKEY>> keys;
   keys.push_back(testing::SoftwareRsaKey(2048));
   keys.emplace_back(EVP_EC_gen("P-256"));
   for (const auto& key : keys) {
     for (long version : {X509_VERSION_1, X509_VERSION_3}) {
-      ossl::UniquePtr<X509> cert(X509_new());
-      ASSERT_TRUE(cert && key);
-      X509_set_version(cert.get(), version);
-      ASN1_INTEGER_set(X509_get_serialNumber(cert.get()), 0x1234);
-      X509_NAME_add_entry_by_txt(X509_get_subject_name(cert.get()), "CN", MBSTRING_ASC,
-                                 reinterpret_cast<const unsigned char*>("spki"), -1, -1, 0);
-      X509_set_issuer_name(cert.get(), X509_get_subject_name(cert.get()));
-      X509_gmtime_adj(X509_getm_notBefore(cert.get()), 0);
-      X509_gmtime_adj(X509_getm_notAfter(cert.get()), 3600);
-      X509_set_pubkey(cert.get(), key.get());
-      ASSERT_GT(X509_sign(cert.get(), key.get(), EVP_sha256()), 0);
-      unsigned char* raw = nullptr;
-      const int len = i2d_X509(cert.get(), &raw);
-      ASSERT_GT(len, 0);
-      std::vector<uint8_t> der(raw, raw + len);
-      OPENSSL_free(raw);
+      ASSERT_TRUE(key);
+      const std::vector<uint8_t> der = SelfSignedDer(key.get(), version, 0x1234);
+      ASSERT_FALSE(der.empty());
       const std::string expected = OpenSslSpkiSha256(der);
       ASSERT_EQ(expected.size(), 64u);
       EXPECT_EQ(SpkiSha256OfCertificate(der), expected) << "version " << version;
@@ -1765,6 +1773,67 @@ TEST(SpkiSha256OfCertificateTest, SameAsOpenSslDecodeForV1AndV3Certificates) {
     }
   }
   EXPECT_EQ(SpkiSha256OfCertificate({}), "");
+}
+
+// The owner check's view of a key: nothing for a key never certified (or
+// certified only under the excluded serial), else one row per kind of holder
+// named by its earliest certificate.
+TEST_P(StoreTest, KeyHoldersAreFoundByTheKeyAndExcludedBySerial) {
+  ossl::UniquePtr<EVP_PKEY> pair(EVP_EC_gen("P-256")), other_pair(EVP_EC_gen("P-256"));
+  ASSERT_TRUE(pair && other_pair);
+  // A record of a real certificate of `k`: the store indexes its key.
+  auto certificate = [](EVP_PKEY* k, const std::string& serial, long n) {
+    CertificateRecord c = MakeCertificate(serial, "CN=alice,DC=corp,DC=example");
+    c.der = SelfSignedDer(k, X509_VERSION_3, n);
+    return c;
+  };
+  const std::string key = OpenSslSpkiSha256(SelfSignedDer(pair.get(), X509_VERSION_3, 1));
+  const std::string other_key =
+      OpenSslSpkiSha256(SelfSignedDer(other_pair.get(), X509_VERSION_3, 1));
+  ASSERT_EQ(key.size(), 64u);
+  auto holders = [&](const std::string& spki, int64_t exclude_request,
+                     const std::string& exclude_serial) {
+    std::vector<Transaction::KeyHolder> out;
+    absl::Status st = store().Read("holders", [&](Transaction& t) -> absl::Status {
+      auto found = t.FindKeyHolders(spki, exclude_request, exclude_serial, 100);
+      if (!found.ok()) return found.status();
+      out = *found;
+      return absl::OkStatus();
+    });
+    EXPECT_TRUE(st.ok()) << st;
+    return out;
+  };
+  EXPECT_TRUE(holders(key, 0, "").empty());
+
+  const int64_t alice = Submit("alice");
+  CertificateRecord first = certificate(pair.get(), "0b01", 0xb01);
+  ASSERT_TRUE(store().RecordIssued(alice, first, std::nullopt, "policy", 3000).ok());
+  EXPECT_TRUE(holders(other_key, 0, "").empty());
+  EXPECT_TRUE(holders(key, 0, "0b01").empty());  // its only certificate, excluded
+  auto found = holders(key, 0, "");
+  ASSERT_EQ(found.size(), 1u);
+  EXPECT_EQ(found[0].serial, "0b01");
+  EXPECT_EQ(found[0].request_id, alice);
+  EXPECT_EQ(found[0].subject, "CN=alice,DC=corp,DC=example");
+  EXPECT_EQ(found[0].requester, "alice");
+  EXPECT_FALSE(found[0].archived);
+
+  // Renewed with the same key: still one holder, named by the first.
+  const int64_t renewal = Submit("alice");
+  CertificateRecord second = certificate(pair.get(), "0b02", 0xb02);
+  ASSERT_TRUE(store().RecordIssued(renewal, second, std::nullopt, "policy", 3001).ok());
+  found = holders(key, 0, "");
+  ASSERT_EQ(found.size(), 1u);
+  EXPECT_EQ(found[0].serial, "0b01");
+  found = holders(key, 0, "0b01");
+  ASSERT_EQ(found.size(), 1u);
+  EXPECT_EQ(found[0].serial, "0b02");
+  // The request under processing is a kind of its own.
+  found = holders(key, renewal, "");
+  ASSERT_EQ(found.size(), 2u);
+  EXPECT_EQ(found[0].serial, "0b01");
+  EXPECT_EQ(found[1].serial, "0b02");
+  EXPECT_EQ(found[1].request_id, renewal);
 }
 
 }  // namespace
