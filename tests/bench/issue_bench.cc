@@ -104,6 +104,7 @@ struct Cell {
   std::string server;
   int concurrency = 0;
   double certs = 0, p50_ms = 0, p99_ms = 0, server_cpu_us = 0;
+  double client_cpu_us = 0;  // of this process: its protocol, TLS and the certificate check
   bool ok = false;
 };
 
@@ -195,7 +196,7 @@ Cell Timed(const std::string& server, int threads, const Options& o,
   std::atomic<bool> failed{false};
   std::atomic<int64_t> issued{0};
   std::atomic<size_t> next{0};
-  const double server_before = CpuSeconds(server_pid);
+  const double server_before = CpuSeconds(server_pid), client_before = CpuSeconds();
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; ++t) {
     pool.emplace_back([&, t] {
@@ -224,12 +225,16 @@ Cell Timed(const std::string& server, int threads, const Options& o,
   }
   for (auto& t : pool) t.join();
   const double server_cpu = CpuSeconds(server_pid) - server_before;
+  const double client_cpu = CpuSeconds() - client_before;
   std::vector<double> all;
   for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
   cell.certs = static_cast<double>(all.size()) / o.seconds;
   cell.p50_ms = Percentile(all, 0.50);
   cell.p99_ms = Percentile(all, 0.99);
-  if (issued > 0) cell.server_cpu_us = server_cpu * 1e6 / static_cast<double>(issued.load());
+  if (issued > 0) {
+    cell.server_cpu_us = server_cpu * 1e6 / static_cast<double>(issued.load());
+    cell.client_cpu_us = client_cpu * 1e6 / static_cast<double>(issued.load());
+  }
   cell.ok = !failed && !all.empty();
   return cell;
 }
@@ -526,15 +531,16 @@ audit_interval = "1m"
       "requests; %.1f s per cell after %.1f s warm-up\n\n",
       o.smoke ? " (SMOKE RUN: figures meaningless)" : "", cores, SoftHsmFixture::kCaToken,
       o.requests, o.seconds, o.warmup);
-  std::printf("%-9s %-27s %5s %9s %9s %9s %13s %9s\n", "issuer", "server", "conc", "certs/s",
-              "p50 ms", "p99 ms", "server us/crt", "kw/cfssl");
+  std::printf("%-9s %-27s %5s %9s %9s %9s %13s %13s %9s\n", "issuer", "server", "conc", "certs/s",
+              "p50 ms", "p99 ms", "server us/crt", "client us/crt", "kw/cfssl");
   for (size_t i = 0; i < rows.size(); ++i) {
     const auto& [k, c] = rows[i];
     const bool kw = c.server[0] == 'k';
     const double cf_certs = kw ? rows[i - 1].second.certs : 0;
-    std::printf("%-9s %-27s %5d %9s %9s %9s %13s %9s%s\n", k->title.c_str(), c.server.c_str(),
+    std::printf("%-9s %-27s %5d %9s %9s %9s %13s %13s %9s%s\n", k->title.c_str(), c.server.c_str(),
                 c.concurrency, Fixed(c.certs, 1).c_str(), Fixed(c.p50_ms, 2).c_str(),
                 Fixed(c.p99_ms, 2).c_str(), Fixed(c.server_cpu_us, 0).c_str(),
+                Fixed(c.client_cpu_us, 0).c_str(),
                 kw && cf_certs > 0 ? Fixed(c.certs / cf_certs, 2).c_str() : "",
                 c.ok ? "" : "  FAILED");
   }
