@@ -25,6 +25,7 @@
 #include <openssl/x509.h>
 
 #include "hsm/strings.h"
+#include "pki/certificate.h"
 #include "service/storage/sql_store.h"
 #include "service/storage/store.h"
 #include "tests/pg_test_util.h"
@@ -1744,12 +1745,7 @@ std::vector<uint8_t> SelfSignedDer(EVP_PKEY* key, long version, long serial) {
   X509_gmtime_adj(X509_getm_notAfter(cert.get()), 3600);
   X509_set_pubkey(cert.get(), key);
   if (X509_sign(cert.get(), key, EVP_sha256()) <= 0) return {};
-  unsigned char* raw = nullptr;
-  const int len = i2d_X509(cert.get(), &raw);
-  if (len <= 0) return {};
-  std::vector<uint8_t> der(raw, raw + len);
-  OPENSSL_free(raw);
-  return der;
+  return pki::CertificateDer(cert.get());
 }
 
 TEST(SpkiSha256OfCertificateTest, SameAsOpenSslDecodeForV1AndV3Certificates) {
