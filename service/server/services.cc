@@ -11,6 +11,7 @@
 #include "service/bounded.h"
 #include "service/errors.h"
 #include "service/server/rpc.h"
+#include "service/server/workers.h"
 
 namespace keywarden::service {
 namespace {
@@ -61,9 +62,24 @@ Disposition FromProto(v1::Disposition d) {
   }
 }
 
-class EnrollmentService final : public v1::Enrollment::Service {
+// Submit (an archival: token operations and commits) runs on the callback
+// API with workers of its own; gRPC's synchronous server, which starts and
+// ends threads under load, cost more CPU per call and tripled its p99
+// (archival_bench, docs/DECISIONS.md). The other methods stay synchronous.
+class EnrollmentService final
+    : public v1::Enrollment::WithCallbackMethod_Submit<v1::Enrollment::Service> {
  public:
-  explicit EnrollmentService(CertificateAuthority& ca) : ca_(ca) {}
+  explicit EnrollmentService(CertificateAuthority& ca)
+      : ca_(ca), workers_(std::make_unique<Workers>(ServiceWorkerCount(ca.config()))) {}
+
+  grpc::ServerUnaryReactor* Submit(grpc::CallbackServerContext* context,
+                                   const v1::SubmitRequest* in,
+                                   v1::EnrollmentResult* out) override {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    workers_->Post(
+        [this, context, in, out, reactor] { reactor->Finish(SubmitOnWorker(context, in, out)); });
+    return reactor;
+  }
 
   Status GetCaCertificate(ServerContext* context, const v1::GetCaCertificateRequest*,
                           v1::CertificateChain* out) override {
@@ -83,8 +99,8 @@ class EnrollmentService final : public v1::Enrollment::Service {
     return Status::OK;
   }
 
-  Status Submit(ServerContext* context, const v1::SubmitRequest* in,
-                v1::EnrollmentResult* out) override {
+  Status SubmitOnWorker(grpc::CallbackServerContext* context, const v1::SubmitRequest* in,
+                        v1::EnrollmentResult* out) {
     KW_AUTHORIZE_IN("/keywarden.v1.Enrollment/Submit", in);
     const auto& raw = in->request();
     auto outcome = ca_.Submit(caller, {reinterpret_cast<const uint8_t*>(raw.data()), raw.size()},
@@ -114,6 +130,7 @@ class EnrollmentService final : public v1::Enrollment::Service {
 
  private:
   CertificateAuthority& ca_;
+  std::unique_ptr<Workers> workers_;  // last: stopped first
 };
 
 class OfficerService final : public v1::Officer::Service {

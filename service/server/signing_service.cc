@@ -1,19 +1,16 @@
 #include "service/server/signing_service.h"
 
 #include <algorithm>
-#include <condition_variable>
-#include <deque>
-#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "keywarden/v1/signing.grpc.pb.h"
 #include "pki/certificate.h"
 #include "service/server/limits.h"
 #include "service/server/rpc.h"
+#include "service/server/workers.h"
 
 namespace keywarden::service {
 namespace {
@@ -182,64 +179,6 @@ class Handlers {
   signing::DelegatedSigner& signer_;
 };
 
-// The threads that serve the Signing calls: as many as [server] threads
-// (default: kWorkersPerCore per core), whatever number of threads gRPC runs
-// callbacks on (1.51: half the cores, at least 2), so that token operations
-// (and the audit writes of refusals) never hold up gRPC's own threads. The
-// queue's lock is held only to push and pop.
-class Workers {
- public:
-  struct Job {
-    Status (*run)(Handlers&, const ServerContextBase&, const void* in, void* out) = nullptr;
-    Handlers* handlers = nullptr;
-    grpc::CallbackServerContext* context = nullptr;
-    const void* in = nullptr;
-    void* out = nullptr;
-    grpc::ServerUnaryReactor* reactor = nullptr;
-  };
-
-  explicit Workers(int n) {
-    for (int i = 0; i < n; ++i) threads_.emplace_back([this] { Loop(); });
-  }
-  ~Workers() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stopping_ = true;
-    }
-    cv_.notify_all();
-    for (auto& t : threads_) t.join();
-  }
-
-  void Post(const Job& job) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      queue_.push_back(job);
-    }
-    cv_.notify_one();
-  }
-
- private:
-  void Loop() {
-    for (;;) {
-      Job job;
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
-        if (queue_.empty()) return;
-        job = queue_.front();
-        queue_.pop_front();
-      }
-      job.reactor->Finish(job.run(*job.handlers, *job.context, job.in, job.out));
-    }
-  }
-
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Job> queue_;
-  bool stopping_ = false;
-  std::vector<std::thread> threads_;
-};
-
 // Callback API: every call is handed to the workers.
 class SigningService final : public v1::Signing::CallbackService {
  public:
@@ -280,17 +219,10 @@ class SigningService final : public v1::Signing::CallbackService {
  private:
   template <auto M, typename In, typename Out>
   grpc::ServerUnaryReactor* Post(grpc::CallbackServerContext* context, const In* in, Out* out) {
-    Workers::Job job;
-    job.run = [](Handlers& h, const ServerContextBase& c, const void* i, void* o) {
-      return (h.*M)(c, *static_cast<const In*>(i), static_cast<Out*>(o));
-    };
-    job.handlers = &h_;
-    job.context = context;
-    job.in = in;
-    job.out = out;
-    job.reactor = context->DefaultReactor();
-    workers_->Post(job);
-    return job.reactor;
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    workers_->Post(
+        [this, context, in, out, reactor] { reactor->Finish((h_.*M)(*context, *in, out)); });
+    return reactor;
   }
 
   Handlers h_;
@@ -301,15 +233,7 @@ class SigningService final : public v1::Signing::CallbackService {
 
 std::unique_ptr<grpc::Service> MakeSigningService(CertificateAuthority& ca,
                                                   signing::DelegatedSigner& signer) {
-  // An issuing worker waits for its group's commit (the audit record, or
-  // the certificate of this CA with its request): with one worker per core
-  // the cores sat idle meanwhile (issue_bench, docs/DECISIONS.md).
-  constexpr unsigned kWorkersPerCore = 4;
-  const int threads =
-      ca.config().server.threads > 0
-          ? ca.config().server.threads
-          : static_cast<int>(kWorkersPerCore * std::max(2u, std::thread::hardware_concurrency()));
-  return std::make_unique<SigningService>(ca, signer, threads);
+  return std::make_unique<SigningService>(ca, signer, ServiceWorkerCount(ca.config()));
 }
 
 }  // namespace keywarden::service
