@@ -70,15 +70,14 @@ class EnrollmentService final
     : public v1::Enrollment::WithCallbackMethod_Submit<v1::Enrollment::Service> {
  public:
   explicit EnrollmentService(CertificateAuthority& ca)
-      : ca_(ca), workers_(std::make_unique<Workers>(ServiceWorkerCount(ca.config()))) {}
+      : ca_(ca), workers_(std::make_unique<Workers<SubmitJob>>(ServiceWorkerCount(ca.config()))) {}
 
   grpc::ServerUnaryReactor* Submit(grpc::CallbackServerContext* context,
                                    const v1::SubmitRequest* in,
                                    v1::EnrollmentResult* out) override {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    workers_->Post(
-        [this, context, in, out, reactor] { reactor->Finish(SubmitOnWorker(context, in, out)); });
-    return reactor;
+    SubmitJob job{this, context, in, out, context->DefaultReactor()};
+    workers_->Post(job);
+    return job.reactor;
   }
 
   Status GetCaCertificate(ServerContext* context, const v1::GetCaCertificateRequest*,
@@ -130,7 +129,17 @@ class EnrollmentService final
 
  private:
   CertificateAuthority& ca_;
-  std::unique_ptr<Workers> workers_;  // last: stopped first
+  struct SubmitJob {
+    EnrollmentService* service = nullptr;
+    grpc::CallbackServerContext* context = nullptr;
+    const v1::SubmitRequest* in = nullptr;
+    v1::EnrollmentResult* out = nullptr;
+    grpc::ServerUnaryReactor* reactor = nullptr;
+
+    void operator()() const { reactor->Finish(service->SubmitOnWorker(context, in, out)); }
+  };
+
+  std::unique_ptr<Workers<SubmitJob>> workers_;  // last: stopped first
 };
 
 class OfficerService final : public v1::Officer::Service {

@@ -179,11 +179,24 @@ class Handlers {
   signing::DelegatedSigner& signer_;
 };
 
+// One call for a worker: the handler, its arguments and the reactor to
+// finish with its status.
+struct Job {
+  Status (*run)(Handlers&, const ServerContextBase&, const void* in, void* out) = nullptr;
+  Handlers* handlers = nullptr;
+  grpc::CallbackServerContext* context = nullptr;
+  const void* in = nullptr;
+  void* out = nullptr;
+  grpc::ServerUnaryReactor* reactor = nullptr;
+
+  void operator()() const { reactor->Finish(run(*handlers, *context, in, out)); }
+};
+
 // Callback API: every call is handed to the workers.
 class SigningService final : public v1::Signing::CallbackService {
  public:
   SigningService(CertificateAuthority& ca, signing::DelegatedSigner& signer, int threads)
-      : h_(ca, signer), workers_(std::make_unique<Workers>(threads)) {}
+      : h_(ca, signer), workers_(std::make_unique<Workers<Job>>(threads)) {}
 
   grpc::ServerUnaryReactor* SignDigest(grpc::CallbackServerContext* context,
                                        const v1::SignDigestRequest* in,
@@ -219,14 +232,21 @@ class SigningService final : public v1::Signing::CallbackService {
  private:
   template <auto M, typename In, typename Out>
   grpc::ServerUnaryReactor* Post(grpc::CallbackServerContext* context, const In* in, Out* out) {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    workers_->Post(
-        [this, context, in, out, reactor] { reactor->Finish((h_.*M)(*context, *in, out)); });
-    return reactor;
+    Job job;
+    job.run = [](Handlers& h, const ServerContextBase& c, const void* i, void* o) {
+      return (h.*M)(c, *static_cast<const In*>(i), static_cast<Out*>(o));
+    };
+    job.handlers = &h_;
+    job.context = context;
+    job.in = in;
+    job.out = out;
+    job.reactor = context->DefaultReactor();
+    workers_->Post(job);
+    return job.reactor;
   }
 
   Handlers h_;
-  std::unique_ptr<Workers> workers_;  // last: stopped first
+  std::unique_ptr<Workers<Job>> workers_;  // last: stopped first
 };
 
 }  // namespace

@@ -6,7 +6,6 @@
 
 #include <condition_variable>
 #include <deque>
-#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -21,24 +20,54 @@ namespace keywarden::service {
 // (issue_bench, archival_bench; docs/DECISIONS.md).
 int ServiceWorkerCount(const Config& config);
 
+// `Job` is a small copyable callable, kept by value in the queue (no
+// allocation per call on the signing path).
+template <typename Job>
 class Workers {
  public:
-  explicit Workers(int n);
+  explicit Workers(int n) {
+    for (int i = 0; i < n; ++i) threads_.emplace_back([this] { Loop(); });
+  }
   // Runs what is queued, then joins.
-  ~Workers();
+  ~Workers() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
   Workers(const Workers&) = delete;
   Workers& operator=(const Workers&) = delete;
 
   // The queue's lock is held only to push and pop.
-  void Post(std::function<void()> job);
+  void Post(const Job& job) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(job);
+    }
+    cv_.notify_one();
+  }
 
  private:
-  void Loop();
+  void Loop() {
+    for (;;) {
+      Job job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        job = queue_.front();
+        queue_.pop_front();
+      }
+      job();
+    }
+  }
 
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<std::function<void()>> queue_;  // guarded by mu_
-  bool stopping_ = false;                    // guarded by mu_
+  std::deque<Job> queue_;  // guarded by mu_
+  bool stopping_ = false;  // guarded by mu_
   std::vector<std::thread> threads_;
 };
 
