@@ -63,8 +63,8 @@ Disposition FromProto(v1::Disposition d) {
 }
 
 // Submit (an archival: token operations and commits) runs on the callback
-// API with workers of its own; gRPC's synchronous server, which starts and
-// ends threads under load, cost more CPU per call and tripled its p99
+// API with workers of its own; on gRPC's synchronous server, which starts
+// and ends threads under load, its p99 at 8 clients was 2.5 x higher
 // (archival_bench, docs/DECISIONS.md). The other methods stay synchronous.
 class EnrollmentService final
     : public v1::Enrollment::WithCallbackMethod_Submit<v1::Enrollment::Service> {
