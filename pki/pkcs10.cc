@@ -6,8 +6,6 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
-#include <algorithm>
-
 #include "absl/strings/cord.h"
 
 #include "hsm/status.h"

@@ -58,12 +58,14 @@ der::Bytes Spki(const der::Bytes& algorithm, std::span<const uint8_t> bits) {
                                                der::Tlv(der::kBitString, bits)}));
 }
 
-ossl::UniquePtr<EVP_PKEY> FromData(const char* type, const OSSL_PARAM* params) {
+// A key of `type` made from `params`: its public key, or with
+// EVP_PKEY_KEY_PARAMETERS its parameters only. Null when OpenSSL refuses.
+ossl::UniquePtr<EVP_PKEY> FromData(const char* type, const OSSL_PARAM* params,
+                                   int selection = EVP_PKEY_PUBLIC_KEY) {
   ossl::UniquePtr<EVP_PKEY_CTX> ctx(EVP_PKEY_CTX_new_from_name(nullptr, type, nullptr));
   EVP_PKEY* key = nullptr;
   if (!ctx || EVP_PKEY_fromdata_init(ctx.get()) != 1 ||
-      EVP_PKEY_fromdata(ctx.get(), &key, EVP_PKEY_PUBLIC_KEY, const_cast<OSSL_PARAM*>(params)) !=
-          1) {
+      EVP_PKEY_fromdata(ctx.get(), &key, selection, const_cast<OSSL_PARAM*>(params)) != 1) {
     ERR_clear_error();
     return {};
   }
@@ -125,9 +127,9 @@ absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> ReadRsa(std::span<const uint8_t> spki,
 absl::StatusOr<ossl::UniquePtr<EVP_PKEY>> ReadOther(std::span<const uint8_t> spki);
 
 // A key of `curve` with its parameters only, made once per curve and kept
-// (at most one per object name OpenSSL knows). Copying it is what TLS does for a
-// peer's share: ~4 us, where building the curve's group for every key from
-// its name is ~16 us. Null when OpenSSL cannot use the curve.
+// (at most one per object name OpenSSL knows). Copying it is what TLS does
+// for a peer's share: ~4 us, where building the curve's group for every key
+// from its name is ~16 us. Null when OpenSSL cannot use the curve.
 const EVP_PKEY* CurveParameters(int nid, const char* curve) {
   static std::mutex mu;
   static auto* kept = new std::map<int, ossl::UniquePtr<EVP_PKEY>>();  // never freed
@@ -137,15 +139,8 @@ const EVP_PKEY* CurveParameters(int nid, const char* curve) {
     const OSSL_PARAM params[] = {
         OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, const_cast<char*>(curve), 0),
         OSSL_PARAM_construct_end()};
-    ossl::UniquePtr<EVP_PKEY_CTX> ctx(EVP_PKEY_CTX_new_from_name(nullptr, "EC", nullptr));
-    EVP_PKEY* key = nullptr;
-    if (!ctx || EVP_PKEY_fromdata_init(ctx.get()) != 1 ||
-        EVP_PKEY_fromdata(ctx.get(), &key, EVP_PKEY_KEY_PARAMETERS,
-                          const_cast<OSSL_PARAM*>(params)) != 1) {
-      ERR_clear_error();
-      key = nullptr;  // remembered as unusable too
-    }
-    it = kept->emplace(nid, ossl::UniquePtr<EVP_PKEY>(key)).first;
+    // Null (not a curve OpenSSL can use) is remembered too.
+    it = kept->emplace(nid, FromData("EC", params, EVP_PKEY_KEY_PARAMETERS)).first;
   }
   return it->second.get();
 }

@@ -1,8 +1,6 @@
 #include "service/storage/sql_store.h"
 
-#include <openssl/err.h>
 #include <openssl/evp.h>
-#include <openssl/x509.h>
 
 #include <charconv>
 #include <cstring>
