@@ -13,7 +13,6 @@
 #include <ctime>
 #include <mutex>
 #include <optional>
-#include <thread>
 
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -28,6 +27,7 @@
 #include "hsm/strings.h"
 #include "hsm/uri.h"
 #include "pki/certificate.h"
+#include "pki/cores.h"
 #include "pki/files.h"
 #include "pki/key_file.h"
 #include "pki/kra_card.h"
@@ -756,7 +756,7 @@ int RunRecoverBatch(const RecoverOptions& o, const Output& out) {
   const auto start = Clock::now();
   // The card thread (this one) verifies each blob and decrypts its key on
   // the card, in input order, with one session and one login; the PFX files
-  // are built and written by hardware_concurrency() workers meanwhile
+  // are built and written by one worker per usable core meanwhile
   // (pki/pipeline.h). Results are kept per input and reported in input
   // order, whatever order the workers finish in.
   struct Outcome {
@@ -786,7 +786,7 @@ int RunRecoverBatch(const RecoverOptions& o, const Output& out) {
   progress(0);
   absl::Status fatal;
   const std::string card_label = card->card->label();
-  const size_t workers = std::max(1u, std::thread::hardware_concurrency());
+  const size_t workers = pki::UsableCores();
   const size_t attempted = pki::RunPipeline<Work>(
       inputs->size(), {workers, 0},
       [&](size_t index, bool* stop) -> std::optional<Work> {

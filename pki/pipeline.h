@@ -16,10 +16,12 @@
 #include <utility>
 #include <vector>
 
+#include "pki/cores.h"
+
 namespace keywarden::pki {
 
 struct PipelineOptions {
-  size_t workers = 0;   // 0: std::thread::hardware_concurrency() (at least 1)
+  size_t workers = 0;   // 0: UsableCores() (pki/cores.h)
   size_t capacity = 0;  // items waiting for a worker; 0: 2 * workers
 };
 
@@ -37,8 +39,7 @@ size_t RunPipeline(size_t count, const PipelineOptions& options,
                    const std::function<std::optional<Work>(size_t, bool* stop)>& first,
                    const std::function<void(size_t, Work)>& second) {
   size_t workers = options.workers;
-  if (workers == 0) workers = std::thread::hardware_concurrency();
-  if (workers == 0) workers = 1;
+  if (workers == 0) workers = UsableCores();
   const size_t capacity = options.capacity > 0 ? options.capacity : 2 * workers;
 
   std::mutex mu;

@@ -167,7 +167,8 @@ struct Config {
     // client_ca files whose certificates are accepted when no current CRL of
     // theirs is loaded (revocation is then not checked for them).
     std::vector<std::string> client_crl_optional;
-    int threads = 0;  // 0: four per core for the callback workers, one per core elsewhere
+    int threads =
+        0;  // 0: four per usable core (pki/cores.h) for the callback workers, one elsewhere
   } server;
 
   struct Crl {

@@ -17,6 +17,7 @@
 #include "hsm/secret.h"
 #include "hsm/strings.h"
 #include "pki/certificate.h"
+#include "pki/cores.h"
 #include "pki/files.h"
 #include "service/server/limits.h"
 #include "service/server/rpc.h"
@@ -264,7 +265,7 @@ absl::StatusOr<RunningServer> StartServer(const Config& config, CertificateAutho
   builder.experimental().SetInterceptorCreators(MakeInterceptors());
   const int threads = config.server.threads > 0
                           ? config.server.threads
-                          : static_cast<int>(std::max(2u, std::thread::hardware_concurrency()));
+                          : static_cast<int>(std::max<size_t>(2, pki::UsableCores()));
   builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, threads);
   running.services = MakeServices(ca);
   for (auto& s : extra) running.services.push_back(std::move(s));

@@ -12,6 +12,7 @@
 #include "hsm/status.h"
 #include "hsm/strings.h"
 #include "pki/certificate.h"
+#include "pki/cores.h"
 #include "pki/pkcs10.h"
 #include "service/authz.h"
 #include "service/errors.h"
@@ -296,9 +297,8 @@ absl::StatusOr<std::unique_ptr<DelegatedSigner>> DelegatedSigner::Open(
   // SignDigests helpers: with the calling thread, one per core ([server]
   // threads when set). Idle unless a batch is being signed.
   if (!signer->keys_.empty()) {
-    const size_t cores = config.server.threads > 0
-                             ? static_cast<size_t>(config.server.threads)
-                             : std::max<size_t>(1, std::thread::hardware_concurrency());
+    const size_t cores =
+        config.server.threads > 0 ? static_cast<size_t>(config.server.threads) : pki::UsableCores();
     for (size_t i = 1; i < cores; ++i) {
       signer->helpers_.emplace_back([s = signer.get()] { s->HelperLoop(); });
     }
