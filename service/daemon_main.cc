@@ -27,6 +27,7 @@
 #include "hsm/open.h"
 #include "hsm/provider/provider.h"
 #include "hsm/strings.h"
+#include "pki/cores.h"
 #include "pki/files.h"
 #include "service/ca/authority.h"
 #include "service/config.h"
@@ -41,6 +42,7 @@
 #include "service/server/server.h"
 #include "service/server/signing_service.h"
 #include "service/server/token_watch.h"
+#include "service/server/workers.h"
 #include "service/signing/delegated_signer.h"
 #include "service/storage/db_lock.h"
 #include "service/storage/postgres_database.h"
@@ -273,7 +275,9 @@ int Run(const std::string& config_path, const std::string& port_file, bool accep
     nlohmann::json fields = {{"listen", host + ":" + std::to_string(server->port)},
                              {"config", config_path},
                              {"kras_valid", valid},
-                             {"kras_configured", (*ca)->KraStatuses().size()}};
+                             {"kras_configured", (*ca)->KraStatuses().size()},
+                             {"cores", pki::UsableCores()},
+                             {"workers", service::ServiceWorkerCount(*config)}};
     if (http) {
       fields["metrics"] = "http://" + http->host() + ":" + std::to_string(http->port());
     }

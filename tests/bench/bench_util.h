@@ -3,11 +3,14 @@
 // an mTLS connection of its own to a DaemonHarness daemon.
 #pragma once
 
+#include <dirent.h>
+#include <sched.h>
 #include <sys/resource.h>
 #include <sys/types.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -25,6 +28,51 @@
 #include "tests/service/daemon_harness.h"
 
 namespace keywarden::bench {
+
+// The CPUs this thread may run on, in order.
+inline std::vector<int> AffinityCpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> cpus;
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return cpus;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
+  }
+  return cpus;
+}
+
+// Moves every thread of this process (and the threads they start later) to
+// `cpus`. False if a thread could not be moved.
+inline bool PinProcess(const std::vector<int>& cpus) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (int cpu : cpus) CPU_SET(cpu, &set);
+  DIR* tasks = opendir("/proc/self/task");
+  if (tasks == nullptr) return false;
+  bool ok = true;
+  while (const dirent* e = readdir(tasks)) {
+    if (e->d_name[0] == '.') continue;
+    const pid_t tid = static_cast<pid_t>(std::atoi(e->d_name));
+    // A thread that ended since the listing is not an error.
+    if (sched_setaffinity(tid, sizeof set, &set) != 0 && errno != ESRCH) ok = false;
+  }
+  closedir(tasks);
+  return ok;
+}
+
+// "0-1" or "0,2,4" for a header line.
+inline std::string CpuList(const std::vector<int>& cpus) {
+  std::string out;
+  for (size_t i = 0; i < cpus.size();) {
+    size_t j = i;
+    while (j + 1 < cpus.size() && cpus[j + 1] == cpus[j] + 1) ++j;
+    if (!out.empty()) out += ",";
+    out += std::to_string(cpus[i]);
+    if (j > i) out += "-" + std::to_string(cpus[j]);
+    i = j + 1;
+  }
+  return out;
+}
 
 // User + system CPU seconds of this process.
 inline double CpuSeconds() {

@@ -24,13 +24,20 @@
 // signature does not verify (every signature of the first call of every
 // stream is checked in software).
 //
+// With --split, keywardend runs on the first half of this process's CPUs
+// and the client on the rest (sched_setaffinity, as taskset would), as when
+// the clients are other machines: (a) and (a2) then run on keywardend's
+// CPUs, and "all cores" in the targets means keywardend's. Without it both
+// share every CPU, and the client's work competes with keywardend's.
+//
 // Usage: sign_rpc_bench [--seconds S] [--warmup S] [--concurrency 1,4,16,64]
-//                       [--channels N] [--keys rsa,ec] [--batch B] [--smoke]
+//                       [--channels N] [--keys rsa,ec] [--batch B] [--split] [--smoke]
 //   --seconds   measured time per cell (default 5)
 //   --keys      which of the two keys to measure (default both)
 //   --channels  client connections (default: one per request in flight, at
 //               most 4 x cores); each has its own TLS session
 //   --batch     digests per SignDigests call at most (default 8; 0: no (c))
+//   --split     keywardend and the client on separate CPUs (needs 2 or more)
 //   --smoke     tiny durations, for ctest: proves the path works, figures meaningless
 #include <sys/resource.h>
 #include <unistd.h>
@@ -68,12 +75,15 @@ namespace hsm = keywarden::hsm;
 namespace v1 = keywarden::v1;
 namespace ossl = keywarden::ossl;
 using keywarden::StrCat;
+using keywarden::bench::AffinityCpus;
+using keywarden::bench::CpuList;
 using keywarden::bench::CpuSeconds;
 using keywarden::bench::Fixed;
 using keywarden::bench::FlagValue;
 using keywarden::bench::IntList;
 using keywarden::bench::OwnConnection;
 using keywarden::bench::Percentile;
+using keywarden::bench::PinProcess;
 using keywarden::service::signing::Algorithm;
 using keywarden::service::signing::DelegatedSigner;
 using keywarden::testing::DaemonHarness;
@@ -91,6 +101,7 @@ struct Options {
   int channels = 0;
   std::string keys = "rsa,ec";
   int batch = 8;
+  bool split = false;
   bool smoke = false;
 };
 
@@ -453,12 +464,14 @@ bool ParseArgs(int argc, char** argv, Options& o) {
       o.keys = k;
     } else if (const char* b = value("--batch")) {
       o.batch = std::atoi(b);
+    } else if (a == "--split") {
+      o.split = true;
     } else if (a == "--smoke") {
       o.smoke = true;
     } else {
       std::fprintf(stderr,
                    "usage: sign_rpc_bench [--seconds S] [--warmup S] [--concurrency 1,4,16,64] "
-                   "[--channels N] [--keys rsa,ec] [--batch B] [--smoke]\n");
+                   "[--channels N] [--keys rsa,ec] [--batch B] [--split] [--smoke]\n");
       return false;
     }
   }
@@ -481,7 +494,34 @@ bool ParseArgs(int argc, char** argv, Options& o) {
 int main(int argc, char** argv) {
   Options o;
   if (!ParseArgs(argc, argv, o)) return 2;
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // The CPUs this process may use; with --split, keywardend gets the first
+  // half (at least one) and the client the rest, and "cores" are
+  // keywardend's.
+  std::vector<int> cpus = AffinityCpus();
+  if (cpus.empty()) {
+    for (unsigned i = 0; i < std::max(1u, std::thread::hardware_concurrency()); ++i) {
+      cpus.push_back(static_cast<int>(i));
+    }
+  }
+  std::vector<int> daemon_cpus = cpus, client_cpus = cpus;
+  if (o.split) {
+    if (cpus.size() < 2) {
+      std::fprintf(stderr, "sign_rpc_bench: --split needs 2 or more CPUs; this process has %zu\n",
+                   cpus.size());
+      return 77;  // ctest: skipped
+    }
+    const auto half = cpus.begin() + static_cast<std::ptrdiff_t>((cpus.size() + 1) / 2);
+    daemon_cpus.assign(cpus.begin(), half);
+    client_cpus.assign(half, cpus.end());
+  }
+  const int cores = static_cast<int>(daemon_cpus.size());
+  auto pin = [&](const std::vector<int>& to) {
+    if (o.split && !PinProcess(to)) {
+      std::fprintf(stderr, "sign_rpc_bench: could not move this process to CPUs %s\n",
+                   CpuList(to).c_str());
+      std::exit(1);
+    }
+  };
   // p99 at in flight = cores is one of the targets: always measured.
   o.concurrency.push_back(cores);
   std::sort(o.concurrency.begin(), o.concurrency.end());
@@ -509,6 +549,7 @@ int main(int argc, char** argv) {
 
   // The daemon, with the two bench keys made on its token before it starts.
   DaemonHarness::Options options;
+  if (o.split) options.cpus = daemon_cpus;
   options.before_launch = [&](DaemonHarness& h) -> absl::Status {
     auto uri = hsm::Pkcs11Uri::Parse(SoftHsmFixture::TokenUri(SoftHsmFixture::kCaToken));
     if (!uri.ok()) return uri.status();
@@ -553,6 +594,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "sign_rpc_bench: %s\n", std::string(daemon.status().message()).c_str());
     return 1;
   }
+  // keywardend logs the cores it sized its pools for: with --split, its own.
+  if (auto st = (*daemon)->WaitForLog(StrCat(" cores=", cores, " "), 1, std::chrono::seconds(5));
+      !st.ok()) {
+    std::fprintf(stderr, "sign_rpc_bench: keywardend did not start on %d cores: %s\n", cores,
+                 std::string(st.message()).c_str());
+    return 1;
+  }
 
   // The signing layer in this process, on the same token and keys.
   service::Config signer_config;
@@ -593,6 +641,7 @@ int main(int argc, char** argv) {
     const std::string family = k.key->type == hsm::KeyType::kRsa ? "rsa" : "ec";
     if (("," + o.keys + ",").find("," + family + ",") == std::string::npos) continue;
     std::atomic<bool> verified{true};
+    pin(daemon_cpus);  // (a) and (a2) on keywardend's CPUs
     for (int threads : {1, cores}) {
       Cell c = RawCSign(*token, k, threads, o, &verified);
       all_ok = all_ok && c.ok && verified;
@@ -607,6 +656,7 @@ int main(int argc, char** argv) {
     Cell layer = SignerSign(*signer, k, cores, o, &verified);
     all_ok = all_ok && layer.ok && verified;
     rows.push_back({&k, layer});
+    pin(client_cpus);  // the client on its own
     for (int c : o.concurrency) {
       const int channels = o.channels > 0 ? o.channels : std::min(c, 4 * cores);
       auto& stubs = stub_sets.emplace_back(Stubs(**daemon, channels));
@@ -645,11 +695,19 @@ int main(int argc, char** argv) {
   }
 
   std::printf(
-      "\nkeywarden sign_rpc_bench%s: SoftHSM2 token \"%s\", %d cores; keywardend is a "
-      "separate process (mTLS on loopback, signing workers = cores), the client is this "
-      "process; %.1f s per cell after %.1f s warm-up\n",
+      "\nkeywarden sign_rpc_bench%s: SoftHSM2 token \"%s\", %d cores for keywardend; "
+      "keywardend is a separate process (mTLS on loopback), the client is this process; %.1f s "
+      "per cell after %.1f s warm-up\n",
       o.smoke ? " (SMOKE RUN: figures meaningless)" : "", SoftHsmFixture::kCaToken, cores,
       o.seconds, o.warmup);
+  if (o.split) {
+    std::printf(
+        "layout (--split): keywardend, (a) and (a2) on CPUs %s; the client (b)/(c)/(d) on CPUs "
+        "%s\n",
+        CpuList(daemon_cpus).c_str(), CpuList(client_cpus).c_str());
+  } else {
+    std::printf("layout: keywardend and the client share CPUs %s\n", CpuList(cpus).c_str());
+  }
   std::printf(
       "single = (a) at 1 thread, median C_Sign time; conc = signatures in flight ((c): calls of "
       "'batch' digests); ops/s = signatures/s ((d): calls/s); (c) latency is per call\n");

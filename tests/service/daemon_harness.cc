@@ -1,5 +1,6 @@
 #include "tests/service/daemon_harness.h"
 
+#include <sched.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -42,6 +43,18 @@ absl::Status Write(const std::string& path, const std::string& data) {
 std::string Slurp(const std::string& path) {
   const auto bytes = ReadFile(path);
   return std::string(bytes.begin(), bytes.end());
+}
+
+// In the forked child before exec: the CPUs it may run on (none: unchanged).
+bool PinTo(const std::vector<int>& cpus) {
+  if (cpus.empty()) return true;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (int cpu : cpus) {
+    if (cpu < 0 || cpu >= CPU_SETSIZE) return false;
+    CPU_SET(cpu, &set);
+  }
+  return sched_setaffinity(0, sizeof set, &set) == 0;
 }
 
 }  // namespace
@@ -189,6 +202,7 @@ subject = "principal"
     if (auto st = options.before_launch(*h); !st.ok()) return st;
   }
   h->while_starting_ = options.while_starting;
+  h->cpus_ = options.cpus;
   if (auto st = h->Launch(); !st.ok()) return st;
   return h;
 }
@@ -259,6 +273,7 @@ absl::Status DaemonHarness::Launch() {
                             const_cast<char*>(port_file.c_str())};
     for (const std::string& a : daemon_args_) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
+    if (!PinTo(cpus_)) _exit(126);
     execv(KEYWARDEN_DAEMON, argv.data());
     _exit(127);
   }
@@ -363,6 +378,7 @@ absl::StatusOr<int> DaemonHarness::StartReplica() {
                             const_cast<char*>(port_file.c_str())};
     for (const std::string& a : daemon_args_) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
+    if (!PinTo(cpus_)) _exit(126);
     execv(KEYWARDEN_DAEMON, argv.data());
     _exit(127);
   }

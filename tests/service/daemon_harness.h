@@ -93,6 +93,9 @@ class DaemonHarness {
     // keywardend's PKCS#11 module ([hsm] module): SoftHSM2 when empty (the
     // CLI runs the harness makes always use SoftHSM2 itself).
     std::string module;
+    // The CPUs keywardend (and its replicas) may run on, set as its affinity
+    // before it starts (as taskset would); empty: those of this process.
+    std::vector<int> cpus;
   };
 
   // Principals with a client certificate from the trusted TLS CA:
@@ -194,6 +197,7 @@ class DaemonHarness {
   ossl::UniquePtr<X509> tls_ca_cert_;
   std::vector<std::pair<std::string, int>> tls_revoked_;  // serial (hex), reason
   std::function<void(const DaemonHarness&)> while_starting_;
+  std::vector<int> cpus_;
   std::vector<std::string> daemon_args_;
   pid_t pid_ = -1;
   int port_ = 0;
