@@ -37,6 +37,9 @@
 //   --channels  client connections (default: one per request in flight, at
 //               most 4 x cores); each has its own TLS session
 //   --batch     digests per SignDigests call at most (default 8; 0: no (c))
+//   --rounds    run every cell of a key R times for seconds / R each, and add
+//               them up (default 1): raw and RPC cells then share the same
+//               stretches of time on a machine whose speed drifts
 //   --split     keywardend and the client on separate CPUs (needs 2 or more)
 //   --smoke     tiny durations, for ctest: proves the path works, figures meaningless
 #include <sys/resource.h>
@@ -48,7 +51,9 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -101,6 +106,7 @@ struct Options {
   int channels = 0;
   std::string keys = "rsa,ec";
   int batch = 8;
+  int rounds = 1;
   bool split = false;
   bool smoke = false;
 };
@@ -127,7 +133,38 @@ struct Cell {
   double cpu_us = 0, client_cpu_us = 0;
   int batch = 0;  // (c): digests per call
   bool ok = false;
+  // What the figures above are made from, so that rounds add up (Merge).
+  std::vector<double> samples_ms;  // measured latencies
+  double seconds = 0;              // measured time
+  double counted = 0;              // operations the CPU time covers (warm-up included)
+  double cpu_s = 0, client_cpu_s = 0;
 };
+
+// The figures from the raw material.
+void Finalize(Cell& c) {
+  c.ops = c.seconds > 0
+              ? static_cast<double>(c.samples_ms.size()) * std::max(c.batch, 1) / c.seconds
+              : 0;
+  c.p50_ms = Percentile(c.samples_ms, 0.50);
+  c.p99_ms = Percentile(c.samples_ms, 0.99);
+  c.cpu_us = c.counted > 0 ? c.cpu_s * 1e6 / c.counted : 0;
+  c.client_cpu_us = c.counted > 0 ? c.client_cpu_s * 1e6 / c.counted : 0;
+}
+
+// Adds one round of a cell to its total (the first round is taken whole).
+void Merge(Cell& total, const Cell& round, bool first) {
+  if (first) {
+    total = round;
+    return;
+  }
+  total.samples_ms.insert(total.samples_ms.end(), round.samples_ms.begin(), round.samples_ms.end());
+  total.seconds += round.seconds;
+  total.counted += round.counted;
+  total.cpu_s += round.cpu_s;
+  total.client_cpu_s += round.client_cpu_s;
+  total.ok = total.ok && round.ok;
+  Finalize(total);
+}
 
 // Software check of a digest signature (default provider, public key only).
 bool Verifies(const BenchKey& k, const unsigned char* sig, size_t len,
@@ -200,15 +237,12 @@ Cell Timed(const char* path, int threads, const Options& o, MakeOp make_op) {
     });
   }
   for (auto& t : pool) t.join();
-  if (operations > 0) {
-    cell.cpu_us = (CpuSeconds() - cpu_before) * 1e6 / static_cast<double>(operations.load());
-  }
-  std::vector<double> all;
-  for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
-  cell.ops = static_cast<double>(all.size()) / o.seconds;
-  cell.p50_ms = Percentile(all, 0.50);
-  cell.p99_ms = Percentile(all, 0.99);
-  cell.ok = !failed && !all.empty();
+  cell.cpu_s = CpuSeconds() - cpu_before;
+  cell.counted = static_cast<double>(operations.load());
+  for (auto& l : latencies) cell.samples_ms.insert(cell.samples_ms.end(), l.begin(), l.end());
+  cell.seconds = o.seconds;
+  Finalize(cell);
+  cell.ok = !failed && !cell.samples_ms.empty();
   return cell;
 }
 
@@ -323,23 +357,19 @@ class RpcRun {
     cell.path = batch_ > 0 ? "(c) batch RPC" : info_ ? "(d) no-sign RPC" : "(b) Sign RPC";
     cell.concurrency = concurrency;
     cell.batch = batch_;
-    std::vector<double> all;
     bool ok = true;
     for (auto& s : streams_) {
-      all.insert(all.end(), s->latencies.begin(), s->latencies.end());
+      cell.samples_ms.insert(cell.samples_ms.end(), s->latencies.begin(), s->latencies.end());
       ok = ok && s->failed == 0 && s->verified;
       if (s->failed > 0) std::fprintf(stderr, "RPC: %s\n", s->error.c_str());
       if (!s->verified) std::fprintf(stderr, "RPC: an answer did not verify\n");
     }
-    cell.ops = static_cast<double>(all.size()) * std::max(batch_, 1) / seconds_;
-    cell.p50_ms = Percentile(all, 0.50);
-    cell.p99_ms = Percentile(all, 0.99);
-    const double operations = static_cast<double>(operations_.load());
-    if (operations > 0) {
-      cell.cpu_us = daemon_cpu * 1e6 / operations;
-      cell.client_cpu_us = client_cpu * 1e6 / operations;
-    }
-    cell.ok = ok && !all.empty();
+    cell.seconds = seconds_;
+    cell.counted = static_cast<double>(operations_.load());
+    cell.cpu_s = daemon_cpu;
+    cell.client_cpu_s = client_cpu;
+    Finalize(cell);
+    cell.ok = ok && !cell.samples_ms.empty();
     return cell;
   }
 
@@ -464,6 +494,8 @@ bool ParseArgs(int argc, char** argv, Options& o) {
       o.keys = k;
     } else if (const char* b = value("--batch")) {
       o.batch = std::atoi(b);
+    } else if (const char* r = value("--rounds")) {
+      o.rounds = std::atoi(r);
     } else if (a == "--split") {
       o.split = true;
     } else if (a == "--smoke") {
@@ -471,7 +503,7 @@ bool ParseArgs(int argc, char** argv, Options& o) {
     } else {
       std::fprintf(stderr,
                    "usage: sign_rpc_bench [--seconds S] [--warmup S] [--concurrency 1,4,16,64] "
-                   "[--channels N] [--keys rsa,ec] [--batch B] [--split] [--smoke]\n");
+                   "[--channels N] [--keys rsa,ec] [--batch B] [--rounds R] [--split] [--smoke]\n");
       return false;
     }
   }
@@ -482,7 +514,7 @@ bool ParseArgs(int argc, char** argv, Options& o) {
   const bool bad_level = std::any_of(o.concurrency.begin(), o.concurrency.end(),
                                      [](int c) { return c < 1 || c > 1024; });
   if (o.seconds <= 0 || o.warmup < 0 || o.concurrency.empty() || bad_level || o.channels < 0 ||
-      o.batch < 0 || o.batch > 256) {
+      o.batch < 0 || o.batch > 256 || o.rounds < 1 || o.rounds > 100) {
     std::fprintf(stderr, "sign_rpc_bench: bad arguments\n");
     return false;
   }
@@ -634,59 +666,75 @@ int main(int argc, char** argv) {
   };
   std::vector<Row> rows;
   std::vector<double> single_ms(keys.size()), raw_ops(keys.size()), raw_cpu_us(keys.size());
-  std::vector<std::vector<std::unique_ptr<v1::Signing::Stub>>> stub_sets;
+  // A deque: a cell keeps a pointer to its connections while more are added.
+  std::deque<std::vector<std::unique_ptr<v1::Signing::Stub>>> stub_sets;
   std::vector<std::unique_ptr<RpcRun>> runs;
+  // Each round runs every cell of a key once, for seconds / rounds (and
+  // warm-up / rounds) each; the cells' figures add up over the rounds. With
+  // several rounds, raw C_Sign and the RPC paths are measured in the same
+  // stretches of time, so a machine that speeds up or slows down between
+  // cells moves both sides of each ratio alike.
+  Options round_options = o;
+  round_options.seconds = o.seconds / o.rounds;
+  round_options.warmup = o.warmup / o.rounds;
   for (size_t ki = 0; ki < keys.size(); ++ki) {
     const BenchKey& k = keys[ki];
     const std::string family = k.key->type == hsm::KeyType::kRsa ? "rsa" : "ec";
     if (("," + o.keys + ",").find("," + family + ",") == std::string::npos) continue;
     std::atomic<bool> verified{true};
-    pin(daemon_cpus);  // (a) and (a2) on keywardend's CPUs
+    struct Slot {
+      bool on_daemon_cpus = false;
+      std::function<Cell()> run;
+      Cell total;
+    };
+    std::vector<Slot> slots;
+    const Options& ro = round_options;
     for (int threads : {1, cores}) {
-      Cell c = RawCSign(*token, k, threads, o, &verified);
-      all_ok = all_ok && c.ok && verified;
-      if (threads == 1) single_ms[ki] = c.p50_ms;
-      if (threads == cores) {
-        raw_ops[ki] = c.ops;
-        raw_cpu_us[ki] = c.cpu_us;
-      }
-      rows.push_back({&k, c});
+      slots.push_back(
+          {true, [&, threads] { return RawCSign(*token, k, threads, ro, &verified); }, {}});
       if (cores == 1) break;
     }
-    Cell layer = SignerSign(*signer, k, cores, o, &verified);
-    all_ok = all_ok && layer.ok && verified;
-    rows.push_back({&k, layer});
-    pin(client_cpus);  // the client on its own
-    for (int c : o.concurrency) {
-      const int channels = o.channels > 0 ? o.channels : std::min(c, 4 * cores);
-      auto& stubs = stub_sets.emplace_back(Stubs(**daemon, channels));
-      // Kept until the end: gRPC may still hold the last calls' contexts briefly.
-      RpcRun& run = *runs.emplace_back(std::make_unique<RpcRun>(stubs, k, c, o));
-      Cell cell = run.Run(c, (*daemon)->pid());
-      all_ok = all_ok && cell.ok;
-      rows.push_back({&k, cell});
-    }
+    slots.push_back({true, [&] { return SignerSign(*signer, k, cores, ro, &verified); }, {}});
+    // The connections of each RPC cell are made once and kept over the rounds.
+    auto rpc_slot = [&](int streams, int concurrency, int batch, bool info) {
+      const int channels = o.channels > 0 ? o.channels : std::min(streams, 4 * cores);
+      auto* stubs = &stub_sets.emplace_back(Stubs(**daemon, channels));
+      slots.push_back({false,
+                       [&, stubs, streams, concurrency, batch, info] {
+                         // Kept until the end: gRPC may still hold the last calls' contexts.
+                         RpcRun& run = *runs.emplace_back(
+                             std::make_unique<RpcRun>(*stubs, k, streams, ro, batch, info));
+                         Cell cell = run.Run(streams, (*daemon)->pid());
+                         cell.concurrency = concurrency;
+                         return cell;
+                       },
+                       {}});
+    };
+    for (int c : o.concurrency) rpc_slot(c, c, 0, false);
     for (int c : o.concurrency) {
       if (o.batch == 0) break;
       // c signatures in flight: calls of up to B digests.
       const int batch = std::min(o.batch, c);
-      const int calls = (c + batch - 1) / batch;
-      const int channels = o.channels > 0 ? o.channels : std::min(calls, 4 * cores);
-      auto& stubs = stub_sets.emplace_back(Stubs(**daemon, channels));
-      RpcRun& run = *runs.emplace_back(std::make_unique<RpcRun>(stubs, k, calls, o, batch));
-      Cell cell = run.Run(calls, (*daemon)->pid());
-      cell.concurrency = c;
-      all_ok = all_ok && cell.ok;
-      rows.push_back({&k, cell});
+      rpc_slot((c + batch - 1) / batch, c, batch, false);
     }
-    for (int c : {1, 16}) {
-      const int channels = o.channels > 0 ? o.channels : std::min(c, 4 * cores);
-      auto& stubs = stub_sets.emplace_back(Stubs(**daemon, channels));
-      RpcRun& run = *runs.emplace_back(std::make_unique<RpcRun>(stubs, k, c, o, 0, true));
-      Cell cell = run.Run(c, (*daemon)->pid());
-      all_ok = all_ok && cell.ok;
-      rows.push_back({&k, cell});
+    for (int c : {1, 16}) rpc_slot(c, c, 0, true);
+    for (int round = 0; round < o.rounds; ++round) {
+      for (Slot& slot : slots) {
+        pin(slot.on_daemon_cpus ? daemon_cpus : client_cpus);
+        Merge(slot.total, slot.run(), round == 0);
+      }
     }
+    for (Slot& slot : slots) {
+      const Cell& c = slot.total;
+      all_ok = all_ok && c.ok;
+      if (c.path == "(a) C_Sign" && c.concurrency == 1) single_ms[ki] = c.p50_ms;
+      if (c.path == "(a) C_Sign" && c.concurrency == cores) {
+        raw_ops[ki] = c.ops;
+        raw_cpu_us[ki] = c.cpu_us;
+      }
+      rows.push_back({&k, c});
+    }
+    all_ok = all_ok && verified;
   }
   auto stopped = (*daemon)->Stop();
   if (!stopped.ok()) {
