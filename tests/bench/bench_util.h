@@ -109,6 +109,31 @@ inline double Percentile(std::vector<double> v, double p) {
   return v[i];
 }
 
+// What a cell's figures are made from, so that rounds of the same cell add
+// up: the measured latencies, the measured time, the operations the CPU
+// times cover (warm-up included), and the server's and the client's CPU
+// seconds.
+struct Tally {
+  std::vector<double> samples_ms;
+  double seconds = 0;
+  double counted = 0;
+  double server_cpu_s = 0, client_cpu_s = 0;
+
+  void Add(const Tally& other) {
+    samples_ms.insert(samples_ms.end(), other.samples_ms.begin(), other.samples_ms.end());
+    seconds += other.seconds;
+    counted += other.counted;
+    server_cpu_s += other.server_cpu_s;
+    client_cpu_s += other.client_cpu_s;
+  }
+  // Operations per second, `per_sample` operations per measured sample.
+  double Rate(int per_sample = 1) const {
+    return seconds > 0 ? static_cast<double>(samples_ms.size()) * per_sample / seconds : 0;
+  }
+  double ServerCpuUs() const { return counted > 0 ? server_cpu_s * 1e6 / counted : 0; }
+  double ClientCpuUs() const { return counted > 0 ? client_cpu_s * 1e6 / counted : 0; }
+};
+
 // The value of option `name` at argv[i], given as "NAME VALUE" (i advances)
 // or "NAME=VALUE"; null if argv[i] is another option.
 inline const char* FlagValue(int argc, char** argv, int& i, const char* name) {

@@ -14,7 +14,7 @@
 // only when a call fails or a certificate is wrong.
 //
 // Usage: issue_bench [--seconds S] [--warmup S] [--concurrency 1,4,16]
-//                    [--keys rsa,ec,ca] [--requests N] [--smoke]
+//                    [--keys rsa,ec,ca] [--requests N] [--rounds R] [--smoke]
 //   --keys      issuing keys: rsa and ec are roots of their own made on the
 //               token (what they issue is audited, not stored); ca is the
 //               CA's own RSA-2048 key under its certificate, whose
@@ -22,6 +22,8 @@
 //               and the certificate, in one transaction with the audit
 //               record), against an RSA-2048 CFSSL (default rsa,ec)
 //   --requests  distinct pre-made PKCS#10 requests, used in turn (default 256)
+//   --rounds    run every cell R times for seconds / R each, CFSSL and
+//               keywardend in turn, and add them up (default 1)
 //   --smoke     tiny durations, for ctest: proves both paths work, figures meaningless
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -68,6 +70,7 @@ using keywarden::bench::IntList;
 using keywarden::bench::OwnConnection;
 using keywarden::bench::Percentile;
 using keywarden::bench::Slurp;
+using keywarden::bench::Tally;
 using keywarden::testing::DaemonHarness;
 using keywarden::testing::RunCommand;
 using keywarden::testing::SoftHsmFixture;
@@ -82,6 +85,7 @@ struct Options {
   std::vector<int> concurrency = {1, 4, 16};
   std::string keys = "rsa,ec";
   int requests = 256;
+  int rounds = 1;
   bool smoke = false;
 };
 
@@ -106,7 +110,16 @@ struct Cell {
   double certs = 0, p50_ms = 0, p99_ms = 0, server_cpu_us = 0;
   double client_cpu_us = 0;  // of this process: its protocol, TLS and the certificate check
   bool ok = false;
+  Tally tally;  // what the figures are made from
 };
+
+void Finalize(Cell& c) {
+  c.certs = c.tally.Rate();
+  c.p50_ms = Percentile(c.tally.samples_ms, 0.50);
+  c.p99_ms = Percentile(c.tally.samples_ms, 0.99);
+  c.server_cpu_us = c.tally.ServerCpuUs();
+  c.client_cpu_us = c.tally.ClientCpuUs();
+}
 
 std::shared_ptr<EVP_PKEY> PublicKeyOfPemCert(const std::string& path) {
   std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "r"), std::fclose);
@@ -180,9 +193,11 @@ std::string PemToDer(const std::string& pem) {
 using IssueFn = std::function<bool(const Request&, std::string* der, std::string* error)>;
 
 // `threads` loops, each with the client `make_client(thread)` returns, for
-// warm-up + seconds; the server's CPU from /proc/<server_pid>/stat.
+// warm-up + seconds; the server's CPU from /proc/<server_pid>/stat. The
+// requests are taken in turn from `*cursor` on, which is left after the last
+// one taken (so later rounds go on with requests this server has not seen).
 Cell Timed(const std::string& server, int threads, const Options& o,
-           const std::vector<Request>& requests, EVP_PKEY* issuer, pid_t server_pid,
+           const std::vector<Request>& requests, EVP_PKEY* issuer, pid_t server_pid, size_t* cursor,
            const std::function<IssueFn(int)>& make_client) {
   Cell cell;
   cell.server = server;
@@ -195,7 +210,7 @@ Cell Timed(const std::string& server, int threads, const Options& o,
   std::vector<std::vector<double>> latencies(static_cast<size_t>(threads));
   std::atomic<bool> failed{false};
   std::atomic<int64_t> issued{0};
-  std::atomic<size_t> next{0};
+  std::atomic<size_t> next{*cursor};
   const double server_before = CpuSeconds(server_pid), client_before = CpuSeconds();
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; ++t) {
@@ -224,18 +239,15 @@ Cell Timed(const std::string& server, int threads, const Options& o,
     });
   }
   for (auto& t : pool) t.join();
-  const double server_cpu = CpuSeconds(server_pid) - server_before;
-  const double client_cpu = CpuSeconds() - client_before;
-  std::vector<double> all;
-  for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
-  cell.certs = static_cast<double>(all.size()) / o.seconds;
-  cell.p50_ms = Percentile(all, 0.50);
-  cell.p99_ms = Percentile(all, 0.99);
-  if (issued > 0) {
-    cell.server_cpu_us = server_cpu * 1e6 / static_cast<double>(issued.load());
-    cell.client_cpu_us = client_cpu * 1e6 / static_cast<double>(issued.load());
-  }
-  cell.ok = !failed && !all.empty();
+  *cursor = next.load();
+  Tally& t = cell.tally;
+  t.server_cpu_s = CpuSeconds(server_pid) - server_before;
+  t.client_cpu_s = CpuSeconds() - client_before;
+  t.counted = static_cast<double>(issued.load());
+  for (auto& l : latencies) t.samples_ms.insert(t.samples_ms.end(), l.begin(), l.end());
+  t.seconds = o.seconds;
+  Finalize(cell);
+  cell.ok = !failed && !t.samples_ms.empty();
   return cell;
 }
 
@@ -386,12 +398,14 @@ bool ParseArgs(int argc, char** argv, Options& o) {
       o.keys = k;
     } else if (const char* n = value("--requests")) {
       o.requests = std::atoi(n);
+    } else if (const char* r = value("--rounds")) {
+      o.rounds = std::atoi(r);
     } else if (a == "--smoke") {
       o.smoke = true;
     } else {
       std::fprintf(stderr,
                    "usage: issue_bench [--seconds S] [--warmup S] [--concurrency 1,4,16] "
-                   "[--keys rsa,ec,ca] [--requests N] [--smoke]\n");
+                   "[--keys rsa,ec,ca] [--requests N] [--rounds R] [--smoke]\n");
       return false;
     }
   }
@@ -410,7 +424,7 @@ bool ParseArgs(int argc, char** argv, Options& o) {
     at = end + 1;
   }
   if (o.seconds <= 0 || o.warmup < 0 || o.concurrency.empty() || bad_level || bad_keys ||
-      o.requests < 1 || o.requests > 100000) {
+      o.requests < 1 || o.requests > 100000 || o.rounds < 1 || o.rounds > 100) {
     std::fprintf(stderr, "issue_bench: bad arguments\n");
     return false;
   }
@@ -510,16 +524,39 @@ audit_interval = "1m"
       return 1;
     }
     k.cfssl_ca = std::shared_ptr<EVP_PKEY>(cfssl.ca_public(), [](EVP_PKEY*) {});
-    for (int c : o.concurrency) {
-      const int channels = std::min(c, 4 * cores);
-      Cell cf = Timed("cfssl serve (software key)", c, o, requests, cfssl.ca_public(), cfssl.pid(),
-                      [&](int) { return CfsslClient(cfssl.port()); });
-      Cell kw =
-          Timed("keywardend (token key)", c, o, requests, k.keywarden_ca.get(), (*daemon)->pid(),
-                [&](int t) { return KeywardenClient(**daemon, "issue-" + k.family, t, channels); });
-      all_ok = all_ok && cf.ok && kw.ok;
-      rows.push_back({&k, cf});
-      rows.push_back({&k, kw});
+    // Each round runs every cell of this key once for seconds / rounds
+    // (and warm-up / rounds), CFSSL and keywardend in turn; the rounds add
+    // up, so both servers share the same stretches of time.
+    Options ro = o;
+    ro.seconds = o.seconds / o.rounds;
+    ro.warmup = o.warmup / o.rounds;
+    std::vector<Cell> cf(o.concurrency.size()), kw(o.concurrency.size());
+    size_t cf_cursor = 0, kw_cursor = 0;
+    for (int round = 0; round < o.rounds; ++round) {
+      for (size_t i = 0; i < o.concurrency.size(); ++i) {
+        const int c = o.concurrency[i];
+        const int channels = std::min(c, 4 * cores);
+        Cell one = Timed("cfssl serve (software key)", c, ro, requests, cfssl.ca_public(),
+                         cfssl.pid(), &cf_cursor, [&](int) { return CfsslClient(cfssl.port()); });
+        Cell two = Timed("keywardend (token key)", c, ro, requests, k.keywarden_ca.get(),
+                         (*daemon)->pid(), &kw_cursor, [&](int t) {
+                           return KeywardenClient(**daemon, "issue-" + k.family, t, channels);
+                         });
+        for (auto [total, cell] : {std::pair{&cf[i], &one}, std::pair{&kw[i], &two}}) {
+          if (round == 0) {
+            *total = std::move(*cell);
+          } else {
+            total->tally.Add(cell->tally);
+            total->ok = total->ok && cell->ok;
+            Finalize(*total);
+          }
+        }
+      }
+    }
+    for (size_t i = 0; i < o.concurrency.size(); ++i) {
+      all_ok = all_ok && cf[i].ok && kw[i].ok;
+      rows.push_back({&k, cf[i]});
+      rows.push_back({&k, kw[i]});
     }
   }
 
@@ -528,9 +565,9 @@ audit_interval = "1m"
       "gRPC Signing/IssueCertificate, an S/MIME template) and cfssl serve (golang-cfssl, software "
       "key, HTTP keep-alive) are separate processes on loopback; the client is this process "
       "(one thread per request in flight, every certificate verified); %d distinct EC P-256 "
-      "requests; %.1f s per cell after %.1f s warm-up\n\n",
+      "requests; %.1f s per cell after %.1f s warm-up, in %d round(s) with the servers in turn\n\n",
       o.smoke ? " (SMOKE RUN: figures meaningless)" : "", cores, SoftHsmFixture::kCaToken,
-      o.requests, o.seconds, o.warmup);
+      o.requests, o.seconds, o.warmup, o.rounds);
   std::printf("%-9s %-27s %5s %9s %9s %9s %13s %13s %9s\n", "issuer", "server", "conc", "certs/s",
               "p50 ms", "p99 ms", "server us/crt", "client us/crt", "kw/cfssl");
   for (size_t i = 0; i < rows.size(); ++i) {

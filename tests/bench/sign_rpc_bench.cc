@@ -89,6 +89,7 @@ using keywarden::bench::IntList;
 using keywarden::bench::OwnConnection;
 using keywarden::bench::Percentile;
 using keywarden::bench::PinProcess;
+using keywarden::bench::Tally;
 using keywarden::service::signing::Algorithm;
 using keywarden::service::signing::DelegatedSigner;
 using keywarden::testing::DaemonHarness;
@@ -133,22 +134,16 @@ struct Cell {
   double cpu_us = 0, client_cpu_us = 0;
   int batch = 0;  // (c): digests per call
   bool ok = false;
-  // What the figures above are made from, so that rounds add up (Merge).
-  std::vector<double> samples_ms;  // measured latencies
-  double seconds = 0;              // measured time
-  double counted = 0;              // operations the CPU time covers (warm-up included)
-  double cpu_s = 0, client_cpu_s = 0;
+  Tally tally;  // what the figures above are made from (server = keywardend or (a)'s process)
 };
 
-// The figures from the raw material.
+// The figures from the tally.
 void Finalize(Cell& c) {
-  c.ops = c.seconds > 0
-              ? static_cast<double>(c.samples_ms.size()) * std::max(c.batch, 1) / c.seconds
-              : 0;
-  c.p50_ms = Percentile(c.samples_ms, 0.50);
-  c.p99_ms = Percentile(c.samples_ms, 0.99);
-  c.cpu_us = c.counted > 0 ? c.cpu_s * 1e6 / c.counted : 0;
-  c.client_cpu_us = c.counted > 0 ? c.client_cpu_s * 1e6 / c.counted : 0;
+  c.ops = c.tally.Rate(std::max(c.batch, 1));
+  c.p50_ms = Percentile(c.tally.samples_ms, 0.50);
+  c.p99_ms = Percentile(c.tally.samples_ms, 0.99);
+  c.cpu_us = c.tally.ServerCpuUs();
+  c.client_cpu_us = c.tally.ClientCpuUs();
 }
 
 // Adds one round of a cell to its total (the first round is taken whole).
@@ -157,11 +152,7 @@ void Merge(Cell& total, const Cell& round, bool first) {
     total = round;
     return;
   }
-  total.samples_ms.insert(total.samples_ms.end(), round.samples_ms.begin(), round.samples_ms.end());
-  total.seconds += round.seconds;
-  total.counted += round.counted;
-  total.cpu_s += round.cpu_s;
-  total.client_cpu_s += round.client_cpu_s;
+  total.tally.Add(round.tally);
   total.ok = total.ok && round.ok;
   Finalize(total);
 }
@@ -237,12 +228,13 @@ Cell Timed(const char* path, int threads, const Options& o, MakeOp make_op) {
     });
   }
   for (auto& t : pool) t.join();
-  cell.cpu_s = CpuSeconds() - cpu_before;
-  cell.counted = static_cast<double>(operations.load());
-  for (auto& l : latencies) cell.samples_ms.insert(cell.samples_ms.end(), l.begin(), l.end());
-  cell.seconds = o.seconds;
+  Tally& t = cell.tally;
+  t.server_cpu_s = CpuSeconds() - cpu_before;
+  t.counted = static_cast<double>(operations.load());
+  for (auto& l : latencies) t.samples_ms.insert(t.samples_ms.end(), l.begin(), l.end());
+  t.seconds = o.seconds;
   Finalize(cell);
-  cell.ok = !failed && !cell.samples_ms.empty();
+  cell.ok = !failed && !t.samples_ms.empty();
   return cell;
 }
 
@@ -359,17 +351,18 @@ class RpcRun {
     cell.batch = batch_;
     bool ok = true;
     for (auto& s : streams_) {
-      cell.samples_ms.insert(cell.samples_ms.end(), s->latencies.begin(), s->latencies.end());
+      cell.tally.samples_ms.insert(cell.tally.samples_ms.end(), s->latencies.begin(),
+                                   s->latencies.end());
       ok = ok && s->failed == 0 && s->verified;
       if (s->failed > 0) std::fprintf(stderr, "RPC: %s\n", s->error.c_str());
       if (!s->verified) std::fprintf(stderr, "RPC: an answer did not verify\n");
     }
-    cell.seconds = seconds_;
-    cell.counted = static_cast<double>(operations_.load());
-    cell.cpu_s = daemon_cpu;
-    cell.client_cpu_s = client_cpu;
+    cell.tally.seconds = seconds_;
+    cell.tally.counted = static_cast<double>(operations_.load());
+    cell.tally.server_cpu_s = daemon_cpu;
+    cell.tally.client_cpu_s = client_cpu;
     Finalize(cell);
-    cell.ok = ok && !cell.samples_ms.empty();
+    cell.ok = ok && !cell.tally.samples_ms.empty();
     return cell;
   }
 
