@@ -31,7 +31,8 @@
 // share every CPU, and the client's work competes with keywardend's.
 //
 // Usage: sign_rpc_bench [--seconds S] [--warmup S] [--concurrency 1,4,16,64]
-//                       [--channels N] [--keys rsa,ec] [--batch B] [--split] [--smoke]
+//                       [--channels N] [--keys rsa,ec] [--batch B] [--rounds R] [--split]
+//                       [--smoke]
 //   --seconds   measured time per cell (default 5)
 //   --keys      which of the two keys to measure (default both)
 //   --channels  client connections (default: one per request in flight, at
@@ -738,9 +739,9 @@ int main(int argc, char** argv) {
   std::printf(
       "\nkeywarden sign_rpc_bench%s: SoftHSM2 token \"%s\", %d cores for keywardend; "
       "keywardend is a separate process (mTLS on loopback), the client is this process; %.1f s "
-      "per cell after %.1f s warm-up\n",
+      "per cell after %.1f s warm-up, in %d round(s)\n",
       o.smoke ? " (SMOKE RUN: figures meaningless)" : "", SoftHsmFixture::kCaToken, cores,
-      o.seconds, o.warmup);
+      o.seconds, o.warmup, o.rounds);
   if (o.split) {
     std::printf(
         "layout (--split): keywardend, (a) and (a2) on CPUs %s; the client (b)/(c)/(d) on CPUs "
