@@ -119,6 +119,11 @@ struct Tally {
   double counted = 0;
   double server_cpu_s = 0, client_cpu_s = 0;
 
+  // A cell's latencies, one list per thread, measured over `measured_s`.
+  void Record(const std::vector<std::vector<double>>& per_thread, double measured_s) {
+    for (const auto& l : per_thread) samples_ms.insert(samples_ms.end(), l.begin(), l.end());
+    seconds = measured_s;
+  }
   void Add(const Tally& other) {
     samples_ms.insert(samples_ms.end(), other.samples_ms.begin(), other.samples_ms.end());
     seconds += other.seconds;

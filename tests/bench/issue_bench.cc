@@ -244,8 +244,7 @@ Cell Timed(const std::string& server, int threads, const Options& o,
   t.server_cpu_s = CpuSeconds(server_pid) - server_before;
   t.client_cpu_s = CpuSeconds() - client_before;
   t.counted = static_cast<double>(issued.load());
-  for (auto& l : latencies) t.samples_ms.insert(t.samples_ms.end(), l.begin(), l.end());
-  t.seconds = o.seconds;
+  t.Record(latencies, o.seconds);
   Finalize(cell);
   cell.ok = !failed && !t.samples_ms.empty();
   return cell;

@@ -232,8 +232,7 @@ Cell Timed(const char* path, int threads, const Options& o, MakeOp make_op) {
   Tally& t = cell.tally;
   t.server_cpu_s = CpuSeconds() - cpu_before;
   t.counted = static_cast<double>(operations.load());
-  for (auto& l : latencies) t.samples_ms.insert(t.samples_ms.end(), l.begin(), l.end());
-  t.seconds = o.seconds;
+  t.Record(latencies, o.seconds);
   Finalize(cell);
   cell.ok = !failed && !t.samples_ms.empty();
   return cell;
