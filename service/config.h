@@ -167,8 +167,9 @@ struct Config {
     // client_ca files whose certificates are accepted when no current CRL of
     // theirs is loaded (revocation is then not checked for them).
     std::vector<std::string> client_crl_optional;
-    int threads =
-        0;  // 0: four per usable core (pki/cores.h) for the callback workers, one elsewhere
+    // 0: four per usable core (pki/cores.h) for the callback workers, one
+    // per usable core elsewhere.
+    int threads = 0;
   } server;
 
   struct Crl {

@@ -18,6 +18,7 @@
 #include <iterator>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
@@ -138,6 +139,20 @@ struct Tally {
   double ServerCpuUs() const { return counted > 0 ? server_cpu_s * 1e6 / counted : 0; }
   double ClientCpuUs() const { return counted > 0 ? client_cpu_s * 1e6 / counted : 0; }
 };
+
+// Adds one round of a cell (a struct with `tally` and `ok`) to its total,
+// taking the first round whole, and lets `finalize` compute the total's
+// figures again from its tally.
+template <typename Cell, typename Finalize>
+void AddRound(Cell& total, Cell round, bool first, Finalize finalize) {
+  if (first) {
+    total = std::move(round);
+    return;
+  }
+  total.tally.Add(round.tally);
+  total.ok = total.ok && round.ok;
+  finalize(total);
+}
 
 // The value of option `name` at argv[i], given as "NAME VALUE" (i advances)
 // or "NAME=VALUE"; null if argv[i] is another option.

@@ -63,6 +63,7 @@ namespace {
 namespace v1 = keywarden::v1;
 namespace ossl = keywarden::ossl;
 using keywarden::StrCat;
+using keywarden::bench::AddRound;
 using keywarden::bench::CpuSeconds;
 using keywarden::bench::Fixed;
 using keywarden::bench::FlagValue;
@@ -541,15 +542,8 @@ audit_interval = "1m"
                          (*daemon)->pid(), &kw_cursor, [&](int t) {
                            return KeywardenClient(**daemon, "issue-" + k.family, t, channels);
                          });
-        for (auto [total, cell] : {std::pair{&cf[i], &one}, std::pair{&kw[i], &two}}) {
-          if (round == 0) {
-            *total = std::move(*cell);
-          } else {
-            total->tally.Add(cell->tally);
-            total->ok = total->ok && cell->ok;
-            Finalize(*total);
-          }
-        }
+        AddRound(cf[i], std::move(one), round == 0, Finalize);
+        AddRound(kw[i], std::move(two), round == 0, Finalize);
       }
     }
     for (size_t i = 0; i < o.concurrency.size(); ++i) {

@@ -81,6 +81,7 @@ namespace hsm = keywarden::hsm;
 namespace v1 = keywarden::v1;
 namespace ossl = keywarden::ossl;
 using keywarden::StrCat;
+using keywarden::bench::AddRound;
 using keywarden::bench::AffinityCpus;
 using keywarden::bench::CpuList;
 using keywarden::bench::CpuSeconds;
@@ -145,17 +146,6 @@ void Finalize(Cell& c) {
   c.p99_ms = Percentile(c.tally.samples_ms, 0.99);
   c.cpu_us = c.tally.ServerCpuUs();
   c.client_cpu_us = c.tally.ClientCpuUs();
-}
-
-// Adds one round of a cell to its total (the first round is taken whole).
-void Merge(Cell& total, const Cell& round, bool first) {
-  if (first) {
-    total = round;
-    return;
-  }
-  total.tally.Add(round.tally);
-  total.ok = total.ok && round.ok;
-  Finalize(total);
 }
 
 // Software check of a digest signature (default provider, public key only).
@@ -714,7 +704,7 @@ int main(int argc, char** argv) {
     for (int round = 0; round < o.rounds; ++round) {
       for (Slot& slot : slots) {
         pin(slot.on_daemon_cpus ? daemon_cpus : client_cpus);
-        Merge(slot.total, slot.run(), round == 0);
+        AddRound(slot.total, slot.run(), round == 0, Finalize);
       }
     }
     for (Slot& slot : slots) {
