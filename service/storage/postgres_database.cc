@@ -791,7 +791,15 @@ class PostgresDatabaseLock final : public DatabaseLock {
     conn_ = *std::move(conn);
     return absl::OkStatus();
   }
-  // Closing the connection releases the session-level lock.
+  // Closing a connection releases its session-level locks, but only once
+  // the server has noticed: PQfinish does not wait for that, so a
+  // "keywarden restore" run the moment the last keywardend exits could
+  // still find the shared lock held. The lock is given back first, waiting
+  // at most kReleaseWait for the server's answer (a vanished server gets
+  // the connection closed, and releases the lock when it notices).
+  ~PostgresDatabaseLock() override {
+    if (conn_ != nullptr && StillUsable(conn_.get())) Release(conn_.get());
+  }
   const std::string& path() const override { return description_; }
   absl::Status Refresh() override {
     if (conn_ != nullptr && StillUsable(conn_.get())) return absl::OkStatus();
@@ -800,6 +808,22 @@ class PostgresDatabaseLock final : public DatabaseLock {
   }
 
  private:
+  static constexpr std::chrono::milliseconds kReleaseWait{2000};
+
+  static void Release(PGconn* c) {
+    if (PQsendQuery(c, "SELECT pg_advisory_unlock_all()") == 0) return;
+    const auto deadline = std::chrono::steady_clock::now() + kReleaseWait;
+    while (PQisBusy(c) != 0) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return;
+      pollfd p{PQsocket(c), POLLIN, 0};
+      if (p.fd < 0 || poll(&p, 1, static_cast<int>(left.count())) < 0) return;
+      if (PQconsumeInput(c) == 0) return;
+    }
+    while (PGresult* r = PQgetResult(c)) PQclear(r);
+  }
+
   PostgresDatabase db_;  // keeps the connection string and password for Refresh
   const PostgresLockMode mode_;
   const std::string holder_;
