@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <charconv>
 #include <condition_variable>
 #include <cstring>
@@ -818,8 +819,10 @@ class PostgresDatabaseLock final : public DatabaseLock {
           deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0) return;
       pollfd p{PQsocket(c), POLLIN, 0};
-      if (p.fd < 0 || poll(&p, 1, static_cast<int>(left.count())) < 0) return;
-      if (PQconsumeInput(c) == 0) return;
+      if (p.fd < 0) return;
+      const int ready = poll(&p, 1, static_cast<int>(left.count()));
+      if (ready < 0 && errno == EINTR) continue;  // a signal: the deadline still holds
+      if (ready < 0 || PQconsumeInput(c) == 0) return;
     }
     while (PGresult* r = PQgetResult(c)) PQclear(r);
   }
