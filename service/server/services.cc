@@ -70,14 +70,14 @@ class EnrollmentService final
     : public v1::Enrollment::WithCallbackMethod_Submit<v1::Enrollment::Service> {
  public:
   explicit EnrollmentService(CertificateAuthority& ca)
-      : ca_(ca), workers_(std::make_unique<Workers<SubmitJob>>(ServiceWorkerCount(ca.config()))) {}
+      : ca_(ca),
+        workers_(std::make_unique<Workers<UnaryCall<EnrollmentService>>>(
+            ServiceWorkerCount(ca.config()))) {}
 
   grpc::ServerUnaryReactor* Submit(grpc::CallbackServerContext* context,
                                    const v1::SubmitRequest* in,
                                    v1::EnrollmentResult* out) override {
-    SubmitJob job{this, context, in, out, context->DefaultReactor()};
-    workers_->Post(job);
-    return job.reactor;
+    return PostUnary<&EnrollmentService::SubmitOnWorker>(*workers_, *this, context, in, out);
   }
 
   Status GetCaCertificate(ServerContext* context, const v1::GetCaCertificateRequest*,
@@ -98,12 +98,13 @@ class EnrollmentService final
     return Status::OK;
   }
 
-  Status SubmitOnWorker(grpc::CallbackServerContext* context, const v1::SubmitRequest* in,
+  Status SubmitOnWorker(const grpc::ServerContextBase& context, const v1::SubmitRequest& in,
                         v1::EnrollmentResult* out) {
-    KW_AUTHORIZE_IN("/keywarden.v1.Enrollment/Submit", in);
-    const auto& raw = in->request();
-    auto outcome = ca_.Submit(caller, {reinterpret_cast<const uint8_t*>(raw.data()), raw.size()},
-                              in->template_name());
+    auto caller = Authorize(ca_, context, "/keywarden.v1.Enrollment/Submit", in);
+    if (!caller.ok()) return ToGrpc(caller.status());
+    const auto& raw = in.request();
+    auto outcome = ca_.Submit(*caller, {reinterpret_cast<const uint8_t*>(raw.data()), raw.size()},
+                              in.template_name());
     if (!outcome.ok()) return ToGrpc(outcome.status());
     Fill(*outcome, ca_.ChainDer(), out);
     return Status::OK;
@@ -129,17 +130,7 @@ class EnrollmentService final
 
  private:
   CertificateAuthority& ca_;
-  struct SubmitJob {
-    EnrollmentService* service = nullptr;
-    grpc::CallbackServerContext* context = nullptr;
-    const v1::SubmitRequest* in = nullptr;
-    v1::EnrollmentResult* out = nullptr;
-    grpc::ServerUnaryReactor* reactor = nullptr;
-
-    void operator()() const { reactor->Finish(service->SubmitOnWorker(context, in, out)); }
-  };
-
-  std::unique_ptr<Workers<SubmitJob>> workers_;  // last: stopped first
+  std::unique_ptr<Workers<UnaryCall<EnrollmentService>>> workers_;  // last: stopped first
 };
 
 class OfficerService final : public v1::Officer::Service {

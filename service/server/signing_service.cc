@@ -179,74 +179,46 @@ class Handlers {
   signing::DelegatedSigner& signer_;
 };
 
-// One call for a worker: the handler, its arguments and the reactor to
-// finish with its status.
-struct Job {
-  Status (*run)(Handlers&, const ServerContextBase&, const void* in, void* out) = nullptr;
-  Handlers* handlers = nullptr;
-  grpc::CallbackServerContext* context = nullptr;
-  const void* in = nullptr;
-  void* out = nullptr;
-  grpc::ServerUnaryReactor* reactor = nullptr;
-
-  void operator()() const { reactor->Finish(run(*handlers, *context, in, out)); }
-};
-
 // Callback API: every call is handed to the workers.
 class SigningService final : public v1::Signing::CallbackService {
  public:
   SigningService(CertificateAuthority& ca, signing::DelegatedSigner& signer, int threads)
-      : h_(ca, signer), workers_(std::make_unique<Workers<Job>>(threads)) {}
+      : h_(ca, signer), workers_(std::make_unique<Workers<UnaryCall<Handlers>>>(threads)) {}
 
   grpc::ServerUnaryReactor* SignDigest(grpc::CallbackServerContext* context,
                                        const v1::SignDigestRequest* in,
                                        v1::SignResponse* out) override {
-    return Post<&Handlers::SignDigest>(context, in, out);
+    return PostUnary<&Handlers::SignDigest>(*workers_, h_, context, in, out);
   }
   grpc::ServerUnaryReactor* SignDigests(grpc::CallbackServerContext* context,
                                         const v1::SignDigestsRequest* in,
                                         v1::SignDigestsResponse* out) override {
-    return Post<&Handlers::SignDigests>(context, in, out);
+    return PostUnary<&Handlers::SignDigests>(*workers_, h_, context, in, out);
   }
   grpc::ServerUnaryReactor* SignData(grpc::CallbackServerContext* context,
                                      const v1::SignDataRequest* in,
                                      v1::SignResponse* out) override {
-    return Post<&Handlers::SignData>(context, in, out);
+    return PostUnary<&Handlers::SignData>(*workers_, h_, context, in, out);
   }
   grpc::ServerUnaryReactor* GetSigningKey(grpc::CallbackServerContext* context,
                                           const v1::GetSigningKeyRequest* in,
                                           v1::SigningKeyInfo* out) override {
-    return Post<&Handlers::GetSigningKey>(context, in, out);
+    return PostUnary<&Handlers::GetSigningKey>(*workers_, h_, context, in, out);
   }
   grpc::ServerUnaryReactor* ListSigningKeys(grpc::CallbackServerContext* context,
                                             const v1::ListSigningKeysRequest* in,
                                             v1::ListSigningKeysResponse* out) override {
-    return Post<&Handlers::ListSigningKeys>(context, in, out);
+    return PostUnary<&Handlers::ListSigningKeys>(*workers_, h_, context, in, out);
   }
   grpc::ServerUnaryReactor* IssueCertificate(grpc::CallbackServerContext* context,
                                              const v1::IssueCertificateRequest* in,
                                              v1::IssuedCertificate* out) override {
-    return Post<&Handlers::IssueCertificate>(context, in, out);
+    return PostUnary<&Handlers::IssueCertificate>(*workers_, h_, context, in, out);
   }
 
  private:
-  template <auto M, typename In, typename Out>
-  grpc::ServerUnaryReactor* Post(grpc::CallbackServerContext* context, const In* in, Out* out) {
-    Job job;
-    job.run = [](Handlers& h, const ServerContextBase& c, const void* i, void* o) {
-      return (h.*M)(c, *static_cast<const In*>(i), static_cast<Out*>(o));
-    };
-    job.handlers = &h_;
-    job.context = context;
-    job.in = in;
-    job.out = out;
-    job.reactor = context->DefaultReactor();
-    workers_->Post(job);
-    return job.reactor;
-  }
-
   Handlers h_;
-  std::unique_ptr<Workers<Job>> workers_;  // last: stopped first
+  std::unique_ptr<Workers<UnaryCall<Handlers>>> workers_;  // last: stopped first
 };
 
 }  // namespace

@@ -4,6 +4,8 @@
 #ifndef KEYWARDEN_SERVICE_SERVER_WORKERS_H_
 #define KEYWARDEN_SERVICE_SERVER_WORKERS_H_
 
+#include <grpcpp/grpcpp.h>
+
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -70,6 +72,40 @@ class Workers {
   bool stopping_ = false;  // guarded by mu_
   std::vector<std::thread> threads_;
 };
+
+// One unary callback-API call for a worker: its handler runs on `target`
+// with the call's context, request and response, and the call's reactor is
+// finished with the handler's status. Six words, kept by value in the queue.
+template <typename Target>
+struct UnaryCall {
+  grpc::Status (*run)(Target&, const grpc::ServerContextBase&, const void* in, void* out) = nullptr;
+  Target* target = nullptr;
+  grpc::CallbackServerContext* context = nullptr;
+  const void* in = nullptr;
+  void* out = nullptr;
+  grpc::ServerUnaryReactor* reactor = nullptr;
+
+  void operator()() const { reactor->Finish(run(*target, *context, in, out)); }
+};
+
+// Hands a call to `workers` and returns the reactor gRPC waits on.
+// `Handle` is a grpc::Status (Target::*)(const grpc::ServerContextBase&,
+// const In&, Out*).
+template <auto Handle, typename Target, typename In, typename Out>
+grpc::ServerUnaryReactor* PostUnary(Workers<UnaryCall<Target>>& workers, Target& target,
+                                    grpc::CallbackServerContext* context, const In* in, Out* out) {
+  UnaryCall<Target> call;
+  call.run = [](Target& t, const grpc::ServerContextBase& c, const void* i, void* o) {
+    return (t.*Handle)(c, *static_cast<const In*>(i), static_cast<Out*>(o));
+  };
+  call.target = &target;
+  call.context = context;
+  call.in = in;
+  call.out = out;
+  call.reactor = context->DefaultReactor();
+  workers.Post(call);
+  return call.reactor;
+}
 
 }  // namespace keywarden::service
 
